@@ -1,0 +1,32 @@
+// RFC 6901 JSON pointer, parsed once at config load and walked without exceptions on the
+// request path (nlohmann's own json_pointer throws on missing members).
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace batchgate::routes {
+
+class json_pointer {
+public:
+    json_pointer() = default;  // the root ("")
+
+    // nullopt when text is neither "" nor starts with '/', or has a bad '~' escape.
+    static std::optional<json_pointer> parse(std::string_view text);
+
+    // The value at this pointer, or nullptr when any step is missing or of the wrong type.
+    const nlohmann::json* find(const nlohmann::json& doc) const;
+
+    bool is_root() const { return tokens_.empty(); }
+    const std::string& text() const { return text_; }
+
+private:
+    std::vector<std::string> tokens_;
+    std::string text_;
+};
+
+}  // namespace batchgate::routes

@@ -1,0 +1,64 @@
+// Ordered route table: the first route whose method and path (template or prefix) match
+// wins. Built once per config; immutable and shared across threads afterwards.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "config/config.hpp"
+
+namespace batchgate::routes {
+
+using param_list = std::vector<std::pair<std::string, std::string>>;
+
+// "/users/{id}" compiled into literal and parameter segments. A parameter matches one
+// non-empty segment; values are percent-decoded.
+class path_template {
+public:
+    // Throws std::invalid_argument for a malformed template ("/users/{", "{}", duplicate names).
+    explicit path_template(std::string_view text);
+    bool match(std::string_view path, param_list& params) const;
+    const std::vector<std::string>& param_names() const { return names_; }
+
+private:
+    struct segment {
+        std::string text;  // literal text, or the parameter name
+        bool is_param = false;
+    };
+    std::vector<segment> segments_;
+    std::vector<std::string> names_;
+};
+
+struct match_result {
+    const config::route_settings* route = nullptr;  // nullptr: no route matched
+    param_list path_params;
+};
+
+class route_table {
+public:
+    // config must outlive the table (both live in the same runtime snapshot).
+    explicit route_table(const config::gateway_config& config);
+    // path is the raw path without the query string.
+    match_result match(std::string_view method, std::string_view path) const;
+
+private:
+    struct entry {
+        const config::route_settings* route;
+        std::unique_ptr<path_template> tmpl;  // null for prefix routes
+    };
+    std::vector<entry> entries_;
+};
+
+// Percent-decoding ('+' is a space only in query strings). Invalid escapes are kept verbatim.
+std::string url_decode(std::string_view text, bool plus_is_space);
+// Percent-encoding of everything except RFC 3986 unreserved characters.
+std::string url_encode(std::string_view text);
+// "a=1&b=2&a=3" -> {{a,1},{b,2},{a,3}}, decoded, in order.
+param_list parse_query(std::string_view query);
+// Splits a request target into path and query (without '?').
+std::pair<std::string_view, std::string_view> split_target(std::string_view target);
+
+}  // namespace batchgate::routes
