@@ -1,0 +1,791 @@
+// Config loader: what a user sees when a file loads (values, defaults) and when it does not
+// (every error, with file, line, column and key path).
+#include "config/loader.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <limits>
+#include <string>
+#include <vector>
+
+using namespace batchgate::config;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::string data(const std::string& name) {
+    return std::string(BATCHGATE_TESTDATA) + "/" + name;
+}
+
+std::string dump(const std::vector<std::string>& errs) {
+    std::string out;
+    for (const auto& e : errs) out += "\n  " + e;
+    return out.empty() ? "\n  (no errors)" : out;
+}
+
+std::vector<std::string> errors_of_file(const std::string& path) {
+    try {
+        load_file(path);
+    } catch (const config_error& e) {
+        return e.errors();
+    }
+    ADD_FAILURE() << path << " loaded without errors";
+    return {};
+}
+
+std::vector<std::string> errors_of(const std::string& yaml) {
+    try {
+        load_string(yaml, "t.yaml");
+    } catch (const config_error& e) {
+        return e.errors();
+    }
+    ADD_FAILURE() << "loaded without errors:\n" << yaml;
+    return {};
+}
+
+// An error "FILE:LINE:COL: KEY: ..." whose message contains fragment.
+::testing::AssertionResult has_error(const std::vector<std::string>& errs, const std::string& file, int line,
+                                     int col, const std::string& key, const std::string& fragment) {
+    const std::string head = file + ":" + std::to_string(line) + ":" + std::to_string(col) + ": " + key + ": ";
+    for (const auto& e : errs)
+        if (e.rfind(head, 0) == 0 && e.find(fragment, head.size()) != std::string::npos)
+            return ::testing::AssertionSuccess();
+    return ::testing::AssertionFailure() << "no error starting with \"" << head << "\" containing \"" << fragment
+                                         << "\"; got:" << dump(errs);
+}
+
+// Same, for inline YAML where only the key path and message matter.
+::testing::AssertionResult has_error(const std::vector<std::string>& errs, const std::string& key,
+                                     const std::string& fragment) {
+    const std::string needle = ": " + key + ": ";
+    for (const auto& e : errs) {
+        auto at = e.find(needle);
+        if (e.rfind("t.yaml:", 0) == 0 && at != std::string::npos && e.find(fragment, at + needle.size()) != std::string::npos)
+            return ::testing::AssertionSuccess();
+    }
+    return ::testing::AssertionFailure() << "no error for " << key << " containing \"" << fragment
+                                         << "\"; got:" << dump(errs);
+}
+
+const std::string upstream_api = R"(
+upstreams:
+  api:
+    url: http://127.0.0.1:9000
+)";
+
+// One coalescing route on /users/{id}; `coalesce` is the block under "coalesce:" indented by 6.
+std::string coalesce_route(const std::string& coalesce, const std::string& match_path = "/users/{id}") {
+    return upstream_api + R"(
+routes:
+  - name: users
+    match:
+      path: )" + match_path + R"(
+    upstream: api
+    mode: coalesce
+    coalesce:
+)" + coalesce;
+}
+
+const std::string valid_request_response = R"(      request:
+        path: /users
+        encoding: query_list
+        query_param: ids
+      response:
+        key: /id
+)";
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// Files that load
+
+TEST(ConfigLoad, MinimalFileGetsDocumentedDefaults) {
+    const auto cfg = load_file(data("minimal.yaml"));
+    EXPECT_EQ(cfg.source_file, data("minimal.yaml"));
+    EXPECT_EQ(cfg.listen.host, "127.0.0.1");
+    EXPECT_EQ(cfg.listen.port, 8080);
+    EXPECT_EQ(cfg.admin_listen.host, "127.0.0.1");
+    EXPECT_EQ(cfg.admin_listen.port, 9090);
+    EXPECT_EQ(cfg.worker_threads, 0u);
+    EXPECT_EQ(cfg.limits.max_body_bytes, 1024u * 1024);
+    EXPECT_EQ(cfg.limits.max_header_bytes, 16u * 1024);
+    EXPECT_EQ(cfg.limits.idle_timeout, 60s);
+    EXPECT_EQ(cfg.limits.drain_timeout, 10s);
+
+    ASSERT_EQ(cfg.upstreams.size(), 1u);
+    const auto& u = cfg.upstreams[0];
+    EXPECT_EQ(u.name, "backend");
+    EXPECT_EQ(u.url, "http://127.0.0.1:9000");
+    EXPECT_EQ(u.host, "127.0.0.1");
+    EXPECT_EQ(u.port, 9000);
+    EXPECT_EQ(u.max_connections, 256u);
+    EXPECT_EQ(u.connect_timeout, 2s);
+    EXPECT_EQ(u.request_timeout, 10s);
+    EXPECT_EQ(u.max_response_bytes, 64u * 1024 * 1024);
+    EXPECT_EQ(u.mark.file, data("minimal.yaml"));
+    EXPECT_EQ(u.mark.line, 3);
+
+    ASSERT_EQ(cfg.routes.size(), 1u);
+    const auto& r = cfg.routes[0];
+    EXPECT_EQ(r.name, "all");
+    EXPECT_EQ(r.mode, route_mode::passthrough);
+    EXPECT_TRUE(r.match.methods.empty());
+    EXPECT_EQ(r.match.prefix, "/");
+    EXPECT_EQ(r.match.path, "");
+    EXPECT_EQ(r.upstream, "backend");
+    EXPECT_EQ(r.timeout, 0ms);
+    EXPECT_EQ(r.mark.file, data("minimal.yaml"));
+    EXPECT_EQ(r.mark.line, 6);
+    EXPECT_EQ(cfg.find_upstream("backend"), &cfg.upstreams[0]);
+}
+
+TEST(ConfigLoad, FullFileTopLevelLimitsAndUpstreams) {
+    const auto cfg = load_file(data("full.yaml"));
+    EXPECT_EQ(cfg.listen.host, "::1");
+    EXPECT_EQ(cfg.listen.port, 8081);
+    EXPECT_EQ(cfg.admin_listen.host, "0.0.0.0");  // ":9191": host defaults to all interfaces
+    EXPECT_EQ(cfg.admin_listen.port, 9191);
+    EXPECT_EQ(cfg.worker_threads, 4u);
+    EXPECT_EQ(cfg.limits.max_body_bytes, 2u * 1024 * 1024);
+    EXPECT_EQ(cfg.limits.max_header_bytes, 8u * 1024);
+    EXPECT_EQ(cfg.limits.idle_timeout, 30s);
+    EXPECT_EQ(cfg.limits.drain_timeout, 0ms);
+
+    ASSERT_EQ(cfg.upstreams.size(), 2u);
+    const auto& users = cfg.upstreams[0];  // file order is kept
+    EXPECT_EQ(users.name, "users_api");
+    EXPECT_EQ(users.url, "http://users.internal:9000/");
+    EXPECT_EQ(users.host, "users.internal");
+    EXPECT_EQ(users.port, 9000);
+    EXPECT_EQ(users.max_connections, 64u);
+    EXPECT_EQ(users.connect_timeout, 500ms);
+    EXPECT_EQ(users.request_timeout, 1min);
+    EXPECT_EQ(users.max_response_bytes, 10'000'000u);
+    EXPECT_EQ(users.mark.line, 11);
+    const auto& act = cfg.upstreams[1];
+    EXPECT_EQ(act.name, "activity_api");
+    EXPECT_EQ(act.host, "10.0.0.7");
+    EXPECT_EQ(act.port, 80);  // no port in the url
+    EXPECT_EQ(act.mark.line, 17);
+
+    ASSERT_EQ(cfg.routes.size(), 7u);
+    const char* names[] = {"users", "characters", "activities", "search", "profile", "bulk", "fallback"};
+    for (std::size_t i = 0; i < 7; ++i) EXPECT_EQ(cfg.routes[i].name, names[i]) << "routes keep file order";
+    EXPECT_EQ(cfg.routes[0].mark.line, 20);
+    EXPECT_EQ(cfg.routes[6].mark.line, 142);
+    EXPECT_EQ(cfg.routes[6].mode, route_mode::passthrough);
+    EXPECT_EQ(cfg.routes[6].match.prefix, "/api/");
+}
+
+TEST(ConfigLoad, FullFileQueryListRoute) {
+    const auto cfg = load_file(data("full.yaml"));
+    const auto& r = cfg.routes[0];
+    EXPECT_EQ(r.match.methods, (std::vector<std::string>{"GET", "HEAD"}));  // upper-cased
+    EXPECT_EQ(r.match.path, "/users/{id}");
+    EXPECT_EQ(r.mode, route_mode::coalesce);
+    EXPECT_EQ(r.timeout, 3s);
+    const auto& c = r.coalesce;
+    EXPECT_EQ(c.key.source, value_source::path);
+    EXPECT_EQ(c.key.name, "id");
+    EXPECT_EQ(c.partition.headers, std::vector<std::string>{"x-tenant"});
+    EXPECT_FALSE(c.partition.credentials);
+    EXPECT_EQ(c.max_batch_items, 50u);
+    EXPECT_EQ(c.max_batch_bytes, 64u * 1024);
+    EXPECT_EQ(c.max_wait, 1ms);  // 250us rounds up, never down to "no wait"
+    EXPECT_EQ(c.max_concurrent_batches, 8u);
+    EXPECT_EQ(c.max_waiting, 500u);
+    EXPECT_EQ(c.request.method, "GET");
+    EXPECT_EQ(c.request.path, "/users");
+    EXPECT_EQ(c.request.encoding, batch_encoding::query_list);
+    EXPECT_EQ(c.request.query_param, "ids");
+    EXPECT_EQ(c.request.separator, ";");
+    EXPECT_EQ(c.request.forward_headers, std::vector<std::string>{"x-trace-id"});
+    EXPECT_EQ(c.response.items, "/data");
+    EXPECT_EQ(c.response.key, "/id");
+    EXPECT_FALSE(c.response.by_position);
+    EXPECT_EQ(c.response.missing_status, 410);
+}
+
+TEST(ConfigLoad, FullFileQueryRepeatRouteByPosition) {
+    const auto cfg = load_file(data("full.yaml"));
+    const auto& r = cfg.routes[1];
+    EXPECT_EQ(r.match.methods, std::vector<std::string>{"GET"});
+    const auto& c = r.coalesce;
+    EXPECT_EQ(c.key.name, "item_id");
+    EXPECT_EQ(c.partition.path, std::vector<std::string>{"character_id"});
+    EXPECT_TRUE(c.partition.credentials);  // default
+    EXPECT_EQ(c.max_wait, 0ms);
+    EXPECT_EQ(c.max_batch_items, 100u);
+    EXPECT_EQ(c.max_batch_bytes, 0u);
+    EXPECT_EQ(c.max_concurrent_batches, 4u);
+    EXPECT_EQ(c.max_waiting, 10000u);
+    EXPECT_EQ(c.request.method, "GET");
+    EXPECT_EQ(c.request.path, "/characters/{path.character_id}/items");
+    EXPECT_EQ(c.request.encoding, batch_encoding::query_repeat);
+    EXPECT_EQ(c.request.query_param, "id");
+    EXPECT_TRUE(c.response.by_position);
+    EXPECT_EQ(c.response.key, "");
+    EXPECT_EQ(c.response.body, "");
+    EXPECT_EQ(c.response.missing_status, 404);
+}
+
+TEST(ConfigLoad, FullFileJsonBodyConvertsYamlToJson) {
+    const auto cfg = load_file(data("full.yaml"));
+    const auto& c = cfg.routes[2].coalesce;
+    EXPECT_EQ(c.request.method, "POST");
+    EXPECT_EQ(c.request.encoding, batch_encoding::json_body);
+    EXPECT_EQ(c.partition.query, std::vector<std::string>{"fields"});
+    // Quoted scalars stay strings ("2", "yes"); plain ones become numbers, bools and null.
+    const auto expected = nlohmann::json::parse(R"({
+        "resource_type": "activities", "ids": "{items}", "fields": "{query.fields}",
+        "tenant": "{header.x-tenant}", "limit": 100, "ratio": 0.5, "strict": true,
+        "cursor": null, "version": "2", "tags": ["a", 1, "yes"]})");
+    EXPECT_EQ(c.request.body_template, expected) << c.request.body_template.dump();
+    EXPECT_TRUE(c.request.body_template["limit"].is_number_integer());
+
+    const auto& resp = c.response;
+    EXPECT_EQ(resp.items, "");
+    EXPECT_EQ(resp.key, "/id");
+    EXPECT_EQ(resp.status_code, "/status_code");
+    EXPECT_EQ(resp.status, "/status");
+    EXPECT_EQ(resp.status_map, (std::map<std::string, int>{{"success", 200}, {"error", 502}, {"true", 200}}));
+    EXPECT_EQ(resp.body, "/data");
+    EXPECT_EQ(resp.error, "/error");
+}
+
+TEST(ConfigLoad, FullFileOtherKeySources) {
+    const auto cfg = load_file(data("full.yaml"));
+    const auto& search = cfg.routes[3].coalesce;
+    EXPECT_EQ(search.key.source, value_source::query);
+    EXPECT_EQ(search.key.name, "q");
+    EXPECT_EQ(search.request.body_template, nlohmann::json::parse(R"(["{items}"])"));
+
+    const auto& profile = cfg.routes[4].coalesce;
+    EXPECT_EQ(profile.key.source, value_source::header);
+    EXPECT_EQ(profile.key.name, "x-user-id");  // header names are stored lower case
+    EXPECT_EQ(profile.response.key, "/a~1b~0c");
+
+    const auto& bulk = cfg.routes[5];
+    EXPECT_EQ(bulk.match.methods, std::vector<std::string>{"POST"});
+    EXPECT_EQ(bulk.coalesce.key.source, value_source::body);
+    EXPECT_EQ(bulk.coalesce.key.name, "/user/id");
+    EXPECT_EQ(bulk.coalesce.request.method, "GET");  // GET with a JSON body is allowed
+    EXPECT_EQ(bulk.coalesce.request.encoding, batch_encoding::json_body);
+}
+
+// ---------------------------------------------------------------------------------------
+// Files that do not load: each error with its place, and all of them at once
+
+TEST(ConfigErrors, UnknownKeysAtEveryLevelWithSuggestions) {
+    const auto f = data("bad_unknown_key.yaml");
+    const auto errs = errors_of_file(f);
+    EXPECT_EQ(errs.size(), 4u) << dump(errs);
+    EXPECT_TRUE(has_error(errs, f, 2, 1, "listne", "unknown key \"listne\" (did you mean \"listen\"?)"));
+    EXPECT_TRUE(has_error(errs, f, 6, 5, "upstreams.api.max_conections",
+                          "unknown key \"max_conections\" (did you mean \"max_connections\"?)"));
+    EXPECT_TRUE(has_error(errs, f, 15, 7, "routes[0].coalesce.max_wiat",
+                          "unknown key \"max_wiat\" (did you mean \"max_wait\"?)"));
+    // Too far from any known key: no suggestion.
+    EXPECT_TRUE(has_error(errs, f, 20, 9, "routes[0].coalesce.request.frobnicate", "unknown key \"frobnicate\""));
+    for (const auto& e : errs)
+        if (e.find("frobnicate") != std::string::npos) EXPECT_EQ(e.find("did you mean"), std::string::npos) << e;
+}
+
+TEST(ConfigErrors, BadDurations) {
+    const auto f = data("bad_duration.yaml");
+    const auto errs = errors_of_file(f);
+    EXPECT_EQ(errs.size(), 6u) << dump(errs);
+    EXPECT_TRUE(has_error(errs, f, 2, 17, "limits.idle_timeout", "bad duration \"5 ms\""));
+    EXPECT_TRUE(has_error(errs, f, 3, 18, "limits.drain_timeout", "bad duration \"ms\""));
+    EXPECT_TRUE(has_error(errs, f, 7, 22, "upstreams.api.connect_timeout", "bad duration \"10\""));
+    EXPECT_TRUE(has_error(errs, f, 8, 22, "upstreams.api.request_timeout", "bad duration \"-1s\""));
+    EXPECT_TRUE(has_error(errs, f, 15, 14, "routes[0].timeout", "bad duration \"1.5s\""));
+    EXPECT_TRUE(has_error(errs, f, 18, 17, "routes[0].coalesce.max_wait", "bad duration \"99999999999999999999ms\""));
+    // The message tells how to write it.
+    EXPECT_NE(errs[0].find("like \"5ms\" or \"2s\""), std::string::npos) << errs[0];
+}
+
+TEST(ConfigErrors, BadUpstreamUrls) {
+    const auto f = data("bad_url.yaml");
+    const auto errs = errors_of_file(f);
+    EXPECT_EQ(errs.size(), 5u) << dump(errs);
+    EXPECT_TRUE(has_error(errs, f, 3, 10, "upstreams.secure.url", "https upstreams are not supported yet"));
+    EXPECT_TRUE(has_error(errs, f, 5, 10, "upstreams.with_path.url", "must not have a path (got \"/v1\")"));
+    EXPECT_TRUE(has_error(errs, f, 7, 10, "upstreams.bad_port.url", "port must be 1..65535"));
+    EXPECT_TRUE(has_error(errs, f, 9, 10, "upstreams.no_scheme.url", "expected http://host[:port]"));
+    // Missing required key: reported at the mapping that lacks it.
+    EXPECT_TRUE(has_error(errs, f, 11, 5, "upstreams.no_url.url", "required key is missing"));
+}
+
+TEST(ConfigErrors, DuplicateRouteNameNamesTheFirstLine) {
+    const auto f = data("duplicate_route.yaml");
+    const auto errs = errors_of_file(f);
+    ASSERT_EQ(errs.size(), 1u) << dump(errs);
+    EXPECT_TRUE(has_error(errs, f, 13, 11, "routes[2].name", "duplicate route name \"users\" (first defined at line 5)"));
+}
+
+TEST(ConfigErrors, UnknownUpstreamListsKnownOnesAndSuggests) {
+    const auto f = data("unknown_upstream.yaml");
+    const auto errs = errors_of_file(f);
+    ASSERT_EQ(errs.size(), 1u) << dump(errs);
+    EXPECT_TRUE(has_error(errs, f, 10, 15, "routes[0].upstream", "unknown upstream \"user_api\""));
+    EXPECT_TRUE(has_error(errs, f, 10, 15, "routes[0].upstream", "did you mean \"users_api\"?"));
+    EXPECT_TRUE(has_error(errs, f, 10, 15, "routes[0].upstream", "defined upstreams: users_api, orders_api"));
+}
+
+TEST(ConfigErrors, PlaceholdersMustBeInThePartition) {
+    const auto f = data("bad_placeholder.yaml");
+    const auto errs = errors_of_file(f);
+    EXPECT_EQ(errs.size(), 5u) << dump(errs);
+    EXPECT_TRUE(has_error(errs, f, 16, 15, "routes[0].coalesce.request.path",
+                          "request.path uses {path.character_id} but partition.path does not list it"));
+    EXPECT_TRUE(has_error(errs, f, 21, 19, "routes[0].coalesce.request.body.fields",
+                          "request.body uses {query.fields} but partition.query does not list it: "
+                          "callers with different values would share a batch"));
+    // Header placeholders compare case-insensitively: {header.X-Tenant} is covered by partition X-Tenant,
+    // {header.x-region} is not.
+    EXPECT_TRUE(has_error(errs, f, 23, 19, "routes[0].coalesce.request.body.region",
+                          "{header.x-region} but partition.headers does not list it"));
+    EXPECT_TRUE(has_error(errs, f, 24, 17, "routes[0].coalesce.request.body.note", "{items} must be a whole string value"));
+    EXPECT_TRUE(has_error(errs, f, 25, 18, "routes[0].coalesce.request.body.other", "unknown placeholder {foo.bar}"));
+}
+
+TEST(ConfigErrors, CoalesceSettingsAreCrossChecked) {
+    const auto f = data("bad_coalesce.yaml");
+    const auto errs = errors_of_file(f);
+    EXPECT_EQ(errs.size(), 21u) << dump(errs);
+    // routes[0]: names that are not parameters of /users/{id}, counts out of range, missing keys.
+    EXPECT_TRUE(has_error(errs, f, 11, 19, "routes[0].coalesce.key.path", "\"user_id\" is not a parameter of match.path (parameters: id)"));
+    EXPECT_TRUE(has_error(errs, f, 13, 16, "routes[0].coalesce.partition.path[0]", "\"tenant\" is not a parameter of match.path"));
+    EXPECT_TRUE(has_error(errs, f, 14, 24, "routes[0].coalesce.max_batch_items", "must be between 1 and 10000, got 0"));
+    EXPECT_TRUE(has_error(errs, f, 15, 31, "routes[0].coalesce.max_concurrent_batches", "must be at least 1, got 0"));
+    EXPECT_TRUE(has_error(errs, f, 17, 9, "routes[0].coalesce.request.query_param", "required key is missing"));
+    EXPECT_TRUE(has_error(errs, f, 20, 9, "routes[0].coalesce.response.key", "required key is missing (or set by_position: true)"));
+    EXPECT_TRUE(has_error(errs, f, 20, 16, "routes[0].coalesce.response.items", "bad JSON pointer \"data\""));
+    EXPECT_TRUE(has_error(errs, f, 21, 9, "routes[0].coalesce.response.status_map", "no effect without status"));
+    // routes[1]: a prefix route has no path parameters to key on.
+    EXPECT_TRUE(has_error(errs, f, 28, 19, "routes[1].coalesce.key.path", "needs a route with match.path"));
+    EXPECT_TRUE(has_error(errs, f, 29, 24, "routes[1].coalesce.max_batch_items", "must be between 1 and 10000, got 10001"));
+    EXPECT_TRUE(has_error(errs, f, 31, 9, "routes[1].coalesce.request.body", "required key is missing for encoding json_body"));
+    EXPECT_TRUE(has_error(errs, f, 31, 15, "routes[1].coalesce.request.path", "must start with \"/\""));
+    EXPECT_TRUE(has_error(errs, f, 33, 9, "routes[1].coalesce.request.query_param", "only used with query_list / query_repeat"));
+    EXPECT_TRUE(has_error(errs, f, 35, 14, "routes[1].coalesce.response.key", "bad JSON pointer \"/id~2\""));
+    EXPECT_TRUE(has_error(errs, f, 36, 25, "routes[1].coalesce.response.missing_status", "must be between 100 and 599, got 600"));
+    // routes[2] / [3]: coalesce block and mode must agree.
+    EXPECT_TRUE(has_error(errs, f, 41, 5, "routes[2].coalesce", "coalesce settings given but mode is passthrough"));
+    EXPECT_TRUE(has_error(errs, f, 43, 5, "routes[3].coalesce", "required key is missing for mode: coalesce"));
+    // routes[4]
+    EXPECT_TRUE(has_error(errs, f, 54, 12, "routes[4].coalesce.key", "give exactly one of path, query, header or body"));
+    EXPECT_TRUE(has_error(errs, f, 58, 15, "routes[4].coalesce.request.body", "\"{items}\" appears 2 times"));
+    EXPECT_TRUE(has_error(errs, f, 61, 9, "routes[4].coalesce.response.key", "give either key or by_position: true"));
+    EXPECT_TRUE(has_error(errs, f, 62, 17, "routes[4].coalesce.response.status", "must not be empty"));
+}
+
+TEST(ConfigErrors, WrongNodeTypes) {
+    const auto f = data("bad_types.yaml");
+    const auto errs = errors_of_file(f);
+    EXPECT_EQ(errs.size(), 6u) << dump(errs);
+    EXPECT_TRUE(has_error(errs, f, 1, 9, "listen", "expected a string, got a list"));
+    EXPECT_TRUE(has_error(errs, f, 2, 15, "admin_listen", "bad address \"9090\": missing port"));
+    EXPECT_TRUE(has_error(errs, f, 3, 17, "worker_threads", "must be between 0 and 256, got 300"));
+    EXPECT_TRUE(has_error(errs, f, 4, 9, "limits", "expected a map, got a scalar"));
+    EXPECT_TRUE(has_error(errs, f, 6, 3, "upstreams", "expected a map of upstream name -> settings, got a list"));
+    EXPECT_TRUE(has_error(errs, f, 8, 3, "routes", "expected a list of routes, got a map"));
+}
+
+TEST(ConfigErrors, BadValuesAllReportedTogetherInFileOrder) {
+    const auto f = data("bad_values.yaml");
+    const auto errs = errors_of_file(f);
+    EXPECT_EQ(errs.size(), 16u) << dump(errs);
+    EXPECT_TRUE(has_error(errs, f, 1, 9, "listen", "IPv6 addresses need brackets"));
+    EXPECT_TRUE(has_error(errs, f, 2, 17, "worker_threads", "expected a whole number, got \"many\""));
+    EXPECT_TRUE(has_error(errs, f, 4, 13, "limits.max_body", "bad size \"1.5MB\""));
+    EXPECT_TRUE(has_error(errs, f, 5, 15, "limits.max_header", "must be greater than 0"));
+    EXPECT_TRUE(has_error(errs, f, 7, 3, "upstreams.bad name", "bad upstream name \"bad name\""));
+    EXPECT_TRUE(has_error(errs, f, 9, 22, "upstreams.bad name.max_connections", "must be at least 1, got 0"));
+    EXPECT_TRUE(has_error(errs, f, 10, 19, "upstreams.bad name.max_response", "bad size \"10mb\""));
+    EXPECT_TRUE(has_error(errs, f, 12, 11, "routes[0].name", "bad route name \"users/v2\""));
+    EXPECT_TRUE(has_error(errs, f, 14, 21, "routes[0].match.method[1]", "bad HTTP method \"BAD METHOD\""));
+    EXPECT_TRUE(has_error(errs, f, 15, 13, "routes[0].match.path", "duplicate parameter {id}"));
+    EXPECT_TRUE(has_error(errs, f, 16, 7, "routes[0].match", "give either path or prefix, not both"));
+    EXPECT_TRUE(has_error(errs, f, 18, 11, "routes[0].mode", "unknown mode \"batch\" (expected passthrough or coalesce)"));
+    EXPECT_TRUE(has_error(errs, f, 21, 13, "routes[1].match.path", "bad path template: path template \"users\" must start with"));
+    EXPECT_TRUE(has_error(errs, f, 23, 5, "routes[2].name", "required key is missing"));
+    EXPECT_TRUE(has_error(errs, f, 23, 12, "routes[2].match.path", "give match.path or match.prefix"));
+    EXPECT_TRUE(has_error(errs, f, 25, 14, "routes[2].timeout", "expected a duration"));
+    // Sorted by position, so the output reads top to bottom like the file.
+    EXPECT_TRUE(std::is_sorted(errs.begin(), errs.end(), [&](const std::string& a, const std::string& b) {
+        auto line = [&](const std::string& e) { return std::stoi(e.substr(f.size() + 1)); };
+        return line(a) < line(b);
+    }));
+}
+
+TEST(ConfigErrors, DuplicateYamlKey) {
+    const auto f = data("duplicate_key.yaml");
+    const auto errs = errors_of_file(f);
+    ASSERT_EQ(errs.size(), 1u) << dump(errs);
+    EXPECT_TRUE(has_error(errs, f, 4, 5, "upstreams.api.url", "duplicate key (first given at line 3)"));
+}
+
+TEST(ConfigErrors, YamlSyntaxError) {
+    const auto f = data("bad_syntax.yaml");
+    const auto errs = errors_of_file(f);
+    ASSERT_EQ(errs.size(), 1u) << dump(errs);
+    EXPECT_EQ(errs[0].rfind(f + ":7:13: invalid YAML: ", 0), 0u) << errs[0];
+}
+
+TEST(ConfigErrors, EmptyFileNamesWhatIsRequired) {
+    const auto f = data("empty.yaml");
+    const auto errs = errors_of_file(f);
+    EXPECT_EQ(errs.size(), 2u) << dump(errs);
+    EXPECT_TRUE(has_error(errs, f, 1, 1, "upstreams", "required key is missing"));
+    EXPECT_TRUE(has_error(errs, f, 1, 1, "routes", "required key is missing"));
+}
+
+TEST(ConfigErrors, EmptyRouteList) {
+    const auto f = data("no_routes.yaml");
+    const auto errs = errors_of_file(f);
+    ASSERT_EQ(errs.size(), 1u) << dump(errs);
+    EXPECT_TRUE(has_error(errs, f, 4, 9, "routes", "at least one route is required"));
+}
+
+TEST(ConfigErrors, UnreadableFile) {
+    const auto missing = data("does_not_exist.yaml");
+    auto errs = errors_of_file(missing);
+    ASSERT_EQ(errs.size(), 1u);
+    EXPECT_EQ(errs[0], missing + ": cannot read: No such file or directory");
+
+    errs = errors_of_file(BATCHGATE_TESTDATA);  // a directory
+    ASSERT_EQ(errs.size(), 1u);
+    EXPECT_EQ(errs[0], std::string(BATCHGATE_TESTDATA) + ": cannot read: Is a directory");
+}
+
+TEST(ConfigErrors, WhatListsEveryErrorOnItsOwnLine) {
+    try {
+        load_file(data("bad_url.yaml"));
+        FAIL() << "expected config_error";
+    } catch (const config_error& e) {
+        std::string joined;
+        for (const auto& line : e.errors()) joined += (joined.empty() ? "" : "\n") + line;
+        EXPECT_EQ(std::string(e.what()), joined);
+        EXPECT_EQ(std::count(joined.begin(), joined.end(), '\n'), 4);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Inline YAML: one rule at a time
+
+TEST(ConfigInline, FileNameIsUsedInMessages) {
+    const auto errs = errors_of("listen: nope\n");
+    EXPECT_TRUE(has_error(errs, "t.yaml", 1, 9, "listen", "bad address \"nope\""));
+}
+
+TEST(ConfigInline, RootMustBeAMap) {
+    const auto errs = errors_of("- a\n- b\n");
+    ASSERT_EQ(errs.size(), 1u) << dump(errs);
+    EXPECT_EQ(errs[0], "t.yaml:1:1: expected a map, got a list");
+}
+
+TEST(ConfigInline, ListenAddressForms) {
+    struct ok_case {
+        const char* text;
+        const char* host;
+        int port;
+    };
+    for (const auto& c : {ok_case{":8080", "0.0.0.0", 8080}, ok_case{"0.0.0.0:80", "0.0.0.0", 80},
+                          ok_case{"localhost:1", "localhost", 1}, ok_case{"[::1]:8080", "::1", 8080},
+                          ok_case{"127.0.0.1:0", "127.0.0.1", 0}}) {
+        const auto cfg = load_string("listen: \"" + std::string(c.text) + "\"\n" + upstream_api +
+                                         "routes: [{name: a, match: {prefix: /}, upstream: api}]\n",
+                                     "t.yaml");
+        EXPECT_EQ(cfg.listen.host, c.host) << c.text;
+        EXPECT_EQ(cfg.listen.port, c.port) << c.text;
+    }
+    for (const char* bad : {"127.0.0.1", "127.0.0.1:", "127.0.0.1:65536", "[::1]8080", "[::1", "a b:80", "host:http"}) {
+        const auto errs = errors_of("listen: \"" + std::string(bad) + "\"\n" + upstream_api +
+                                    "routes: [{name: a, match: {prefix: /}, upstream: api}]\n");
+        EXPECT_TRUE(has_error(errs, "listen", "bad address \"" + std::string(bad) + "\"")) << bad;
+    }
+}
+
+TEST(ConfigInline, ListenAndAdminMustDiffer) {
+    const auto errs = errors_of("listen: \"127.0.0.1:9090\"\n" + upstream_api +
+                                "routes: [{name: a, match: {prefix: /}, upstream: api}]\n");
+    EXPECT_TRUE(has_error(errs, "listen", "listen and admin_listen must be different addresses"));
+}
+
+TEST(ConfigInline, UpstreamUrlForms) {
+    auto load_url = [](const std::string& url) {
+        return load_string("upstreams:\n  u:\n    url: \"" + url +
+                               "\"\nroutes: [{name: a, match: {prefix: /}, upstream: u}]\n",
+                           "t.yaml");
+    };
+    auto cfg = load_url("http://example.com");
+    EXPECT_EQ(cfg.upstreams[0].host, "example.com");
+    EXPECT_EQ(cfg.upstreams[0].port, 80);
+    cfg = load_url("http://example.com:8081/");
+    EXPECT_EQ(cfg.upstreams[0].port, 8081);
+    cfg = load_url("http://[::1]:9000");
+    EXPECT_EQ(cfg.upstreams[0].host, "::1");
+    EXPECT_EQ(cfg.upstreams[0].port, 9000);
+
+    for (const char* bad : {"http://", "http://:80", "http://h:0", "http://h:", "http://user@h", "http://h?x=1",
+                            "http://h/#top", "ftp://h", "HTTP//h", "http://h:80/api/"}) {
+        const auto errs = errors_of(std::string("upstreams:\n  u:\n    url: \"") + bad +
+                                    "\"\nroutes: [{name: a, match: {prefix: /}, upstream: u}]\n");
+        EXPECT_TRUE(has_error(errs, "upstreams.u.url", "bad url")) << bad;
+    }
+}
+
+TEST(ConfigInline, MethodMayBeOneStringAndIsUpperCased) {
+    const auto cfg = load_string(upstream_api + "routes: [{name: a, match: {method: post, prefix: /}, upstream: api}]\n",
+                                 "t.yaml");
+    EXPECT_EQ(cfg.routes[0].match.methods, std::vector<std::string>{"POST"});
+}
+
+TEST(ConfigInline, CountsAcceptPlainAndQuotedIntegersOnly) {
+    auto cfg = load_string(coalesce_route("      key: {path: id}\n      max_batch_items: \"20\"\n"
+                                          "      max_batch_bytes: 1048576\n" +
+                                          valid_request_response),
+                           "t.yaml");
+    EXPECT_EQ(cfg.routes[0].coalesce.max_batch_items, 20u);
+    EXPECT_EQ(cfg.routes[0].coalesce.max_batch_bytes, 1048576u);
+
+    for (const char* bad : {"1e3", "12.0", "+5", "0x10", "ten"}) {
+        const auto errs = errors_of(coalesce_route("      key: {path: id}\n      max_waiting: " + std::string(bad) + "\n" +
+                                                   valid_request_response));
+        EXPECT_TRUE(has_error(errs, "routes[0].coalesce.max_waiting", "expected a whole number")) << bad;
+    }
+    const auto errs = errors_of(coalesce_route("      key: {path: id}\n      max_waiting: -3\n" + valid_request_response));
+    EXPECT_TRUE(has_error(errs, "routes[0].coalesce.max_waiting", "must be at least 1, got -3"));
+    const auto huge = errors_of(coalesce_route("      key: {path: id}\n      max_waiting: 99999999999999999999\n" +
+                                               valid_request_response));
+    EXPECT_TRUE(has_error(huge, "routes[0].coalesce.max_waiting", "must be at least 1, got 99999999999999999999"));
+}
+
+TEST(ConfigInline, ZeroTimeoutsThatWouldNeverSucceedAreRejected) {
+    const auto errs = errors_of(R"(
+limits: {idle_timeout: 0s}
+upstreams:
+  api: {url: "http://h", connect_timeout: 0, request_timeout: 0ms}
+routes: [{name: a, match: {prefix: /}, upstream: api}]
+)");
+    EXPECT_EQ(errs.size(), 3u) << dump(errs);
+    EXPECT_TRUE(has_error(errs, "limits.idle_timeout", "must be greater than 0"));
+    EXPECT_TRUE(has_error(errs, "upstreams.api.connect_timeout", "must be greater than 0"));
+    EXPECT_TRUE(has_error(errs, "upstreams.api.request_timeout", "must be greater than 0"));
+}
+
+TEST(ConfigInline, QueryEncodingsNeedQueryParamAndNoBody) {
+    const auto errs = errors_of(coalesce_route(R"(      key: {path: id}
+      request:
+        path: /users
+        encoding: query_repeat
+        separator: ";"
+        body: {ids: "{items}"}
+      response:
+        key: /id
+)"));
+    EXPECT_EQ(errs.size(), 3u) << dump(errs);
+    EXPECT_TRUE(has_error(errs, "routes[0].coalesce.request.query_param", "required key is missing"));
+    EXPECT_TRUE(has_error(errs, "routes[0].coalesce.request.body", "only used with encoding: json_body"));
+    EXPECT_TRUE(has_error(errs, "routes[0].coalesce.request.separator", "only used with encoding: query_list"));
+}
+
+TEST(ConfigInline, UnknownEncodingAndMissingEncoding) {
+    auto errs = errors_of(coalesce_route("      key: {path: id}\n      request: {path: /u, encoding: csv}\n"
+                                         "      response: {key: /id}\n"));
+    EXPECT_TRUE(has_error(errs, "routes[0].coalesce.request.encoding",
+                          "unknown encoding \"csv\" (expected query_list, query_repeat or json_body)"));
+    EXPECT_EQ(errs.size(), 1u) << "no follow-on errors about query_param/body for an unknown encoding" << dump(errs);
+
+    errs = errors_of(coalesce_route("      key: {path: id}\n      request: {path: /u}\n      response: {key: /id}\n"));
+    EXPECT_TRUE(has_error(errs, "routes[0].coalesce.request.encoding", "required key is missing"));
+}
+
+TEST(ConfigInline, JsonBodyNeedsItemsExactlyOnce) {
+    const auto errs = errors_of(coalesce_route(R"(      key: {path: id}
+      request:
+        path: /batch
+        encoding: json_body
+        body: {ids: "{query.x}"}
+      response:
+        key: /id
+)"));
+    EXPECT_TRUE(has_error(errs, "routes[0].coalesce.request.body", "must contain \"{items}\" once"));
+    EXPECT_TRUE(has_error(errs, "routes[0].coalesce.request.body.ids", "partition.query does not list it"));
+}
+
+TEST(ConfigInline, ItemsIsNotAllowedInRequestPath) {
+    const auto errs = errors_of(coalesce_route(R"(      key: {path: id}
+      request:
+        path: /users/{items}
+        encoding: query_list
+        query_param: ids
+      response:
+        key: /id
+)"));
+    ASSERT_EQ(errs.size(), 1u) << dump(errs);
+    EXPECT_TRUE(has_error(errs, "routes[0].coalesce.request.path", "{items} is only allowed in request.body"));
+}
+
+TEST(ConfigInline, BadTemplatesInRequestPath) {
+    for (const char* bad : {"/users/{path.id", "/users/}", "/users/{id}", "/users/{path.}"}) {
+        const auto errs = errors_of(coalesce_route("      key: {path: id}\n      request:\n        path: \"" +
+                                                   std::string(bad) +
+                                                   "\"\n        encoding: query_list\n        query_param: ids\n"
+                                                   "      response: {key: /id}\n"));
+        EXPECT_TRUE(has_error(errs, "routes[0].coalesce.request.path", "")) << bad << dump(errs);
+        EXPECT_EQ(errs.size(), 1u) << bad << dump(errs);
+    }
+}
+
+TEST(ConfigInline, PlaceholdersListedInPartitionAreAccepted) {
+    const auto cfg = load_string(coalesce_route(R"(      key: {path: id}
+      partition:
+        path: [org]
+        query: [fields]
+        headers: [X-Tenant]
+      request:
+        path: /orgs/{path.org}/users
+        encoding: json_body
+        body: {ids: "{items}", fields: "{query.fields}", tenant: "{header.x-tenant}", org: "org-{path.org}"}
+      response:
+        key: /id
+)",
+                                                "/orgs/{org}/users/{id}"),
+                                 "t.yaml");
+    const auto& c = cfg.routes[0].coalesce;
+    EXPECT_EQ(c.partition.path, std::vector<std::string>{"org"});
+    EXPECT_EQ(c.partition.headers, std::vector<std::string>{"x-tenant"});
+    EXPECT_EQ(c.request.body_template["org"], "org-{path.org}");
+}
+
+TEST(ConfigInline, BadPathTemplates) {
+    for (const char* bad : {"/users/{", "/users/{}", "/users/{id", "/users/x{id}", "/users/{a.b}", "/users/{a}{b}", "/users?x=1"}) {
+        const auto errs = errors_of(upstream_api + "routes: [{name: a, match: {path: \"" + std::string(bad) +
+                                    "\"}, upstream: api}]\n");
+        EXPECT_TRUE(has_error(errs, "routes[0].match.path", "bad path template")) << bad;
+    }
+    const auto errs = errors_of(upstream_api + "routes: [{name: a, match: {prefix: \"/u/{id}\"}, upstream: api}]\n");
+    EXPECT_TRUE(has_error(errs, "routes[0].match.prefix", "a prefix is literal"));
+}
+
+TEST(ConfigInline, KeySourcesAreValidated) {
+    auto errs = errors_of(coalesce_route("      key: {body: \"id\"}\n" + valid_request_response));
+    EXPECT_TRUE(has_error(errs, "routes[0].coalesce.key.body", "bad JSON pointer \"id\""));
+    errs = errors_of(coalesce_route("      key: {header: \"X Bad\"}\n" + valid_request_response));
+    EXPECT_TRUE(has_error(errs, "routes[0].coalesce.key.header", "bad header name \"X Bad\""));
+    errs = errors_of(coalesce_route("      key: {}\n" + valid_request_response));
+    EXPECT_TRUE(has_error(errs, "routes[0].coalesce.key", "give one of path, query, header or body"));
+    errs = errors_of(coalesce_route("      key: id\n" + valid_request_response));
+    EXPECT_TRUE(has_error(errs, "routes[0].coalesce.key", "expected a map, got a scalar"));
+    errs = errors_of(coalesce_route(valid_request_response));
+    EXPECT_TRUE(has_error(errs, "routes[0].coalesce.key", "required key is missing"));
+}
+
+TEST(ConfigInline, StatusMapValues) {
+    const auto errs = errors_of(coalesce_route(R"(      key: {path: id}
+      request: {path: /u, encoding: query_list, query_param: ids}
+      response:
+        key: /id
+        status: /ok
+        status_map: {ok: 99, bad: "x", fine: 204}
+)"));
+    EXPECT_EQ(errs.size(), 2u) << dump(errs);
+    EXPECT_TRUE(has_error(errs, "routes[0].coalesce.response.status_map.ok", "must be between 100 and 599, got 99"));
+    EXPECT_TRUE(has_error(errs, "routes[0].coalesce.response.status_map.bad", "expected a whole number"));
+}
+
+TEST(ConfigInline, BoolsAndBodyDuplicates) {
+    auto errs = errors_of(coalesce_route(R"(      key: {path: id}
+      partition: {credentials: maybe}
+      request:
+        path: /u
+        encoding: json_body
+        body: {ids: "{items}", a: 1, a: 2}
+      response: {key: /id, by_position: 1x}
+)"));
+    EXPECT_EQ(errs.size(), 3u) << dump(errs);
+    EXPECT_TRUE(has_error(errs, "routes[0].coalesce.partition.credentials", "expected true or false, got \"maybe\""));
+    EXPECT_TRUE(has_error(errs, "routes[0].coalesce.request.body.a", "duplicate key"));
+    EXPECT_TRUE(has_error(errs, "routes[0].coalesce.response.by_position", "expected true or false"));
+}
+
+TEST(ConfigInline, HeaderListsAreLowerCasedAndChecked) {
+    const auto cfg = load_string(coalesce_route(R"(      key: {path: id}
+      partition: {headers: X-Tenant}
+      request: {path: /u, encoding: query_list, query_param: ids, forward_headers: [X-Request-Id, Traceparent]}
+      response: {key: /id}
+)"),
+                                 "t.yaml");
+    EXPECT_EQ(cfg.routes[0].coalesce.partition.headers, std::vector<std::string>{"x-tenant"});
+    EXPECT_EQ(cfg.routes[0].coalesce.request.forward_headers,
+              (std::vector<std::string>{"x-request-id", "traceparent"}));
+
+    const auto errs = errors_of(coalesce_route(R"(      key: {path: id}
+      request: {path: /u, encoding: query_list, query_param: ids, forward_headers: [{a: b}]}
+      response: {key: /id}
+)"));
+    EXPECT_TRUE(has_error(errs, "routes[0].coalesce.request.forward_headers[0]", "expected a string, got a map"));
+}
+
+// ---------------------------------------------------------------------------------------
+// parse_duration / parse_size
+
+TEST(ParseDuration, Units) {
+    EXPECT_EQ(parse_duration("5ms"), 5ms);
+    EXPECT_EQ(parse_duration("2s"), 2s);
+    EXPECT_EQ(parse_duration("1m"), 1min);
+    EXPECT_EQ(parse_duration("1h"), 1h);
+    EXPECT_EQ(parse_duration("0"), 0ms);
+    EXPECT_EQ(parse_duration("0s"), 0ms);
+    EXPECT_EQ(parse_duration("007ms"), 7ms);
+}
+
+TEST(ParseDuration, SubMillisecondRoundsUpButZeroStaysZero) {
+    EXPECT_EQ(parse_duration("250us"), 1ms);
+    EXPECT_EQ(parse_duration("1us"), 1ms);
+    EXPECT_EQ(parse_duration("1000us"), 1ms);
+    EXPECT_EQ(parse_duration("1001us"), 2ms);
+    EXPECT_EQ(parse_duration("0us"), 0ms);
+}
+
+TEST(ParseDuration, Malformed) {
+    for (const char* bad : {"", "5", "ms", "5 ms", " 5ms", "5ms ", "-5ms", "+5ms", "1.5s", "5ns", "5MS", "5sec",
+                            "1m30s", "s5", "0x5s", "00"})
+        EXPECT_EQ(parse_duration(bad), std::nullopt) << '"' << bad << '"';
+}
+
+TEST(ParseDuration, Overflow) {
+    // 2562047788h is the last whole hour that fits in signed 64-bit microseconds.
+    EXPECT_EQ(parse_duration("2562047788h"), std::chrono::hours(2562047788));
+    EXPECT_EQ(parse_duration("2562047789h"), std::nullopt);
+    EXPECT_EQ(parse_duration("99999999999999999999ms"), std::nullopt);  // does not fit in 64 bits at all
+}
+
+TEST(ParseSize, Units) {
+    EXPECT_EQ(parse_size("512"), 512u);
+    EXPECT_EQ(parse_size("0"), 0u);
+    EXPECT_EQ(parse_size("512B"), 512u);
+    EXPECT_EQ(parse_size("64KiB"), 65536u);
+    EXPECT_EQ(parse_size("10KB"), 10000u);
+    EXPECT_EQ(parse_size("10MB"), 10'000'000u);
+    EXPECT_EQ(parse_size("1MiB"), 1048576u);
+    EXPECT_EQ(parse_size("2GB"), 2'000'000'000u);
+    EXPECT_EQ(parse_size("1GiB"), 1073741824u);
+}
+
+TEST(ParseSize, Malformed) {
+    for (const char* bad : {"", "KiB", "-1", "-1KiB", "+1", "1.5MB", "10 MB", " 10MB", "10mb", "10kb", "10Kib", "10TB",
+                            "10K", "1e3"})
+        EXPECT_EQ(parse_size(bad), std::nullopt) << '"' << bad << '"';
+}
+
+TEST(ParseSize, Overflow) {
+    EXPECT_EQ(parse_size("18446744073709551615"), std::numeric_limits<std::size_t>::max());
+    EXPECT_EQ(parse_size("18446744073709551616"), std::nullopt);
+    EXPECT_EQ(parse_size("17179869183GiB"), 17179869183ull << 30);
+    EXPECT_EQ(parse_size("17179869184GiB"), std::nullopt);  // exactly 2^64
+}
