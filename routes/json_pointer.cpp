@@ -1,0 +1,69 @@
+#include "routes/json_pointer.hpp"
+
+#include <cstddef>
+
+namespace batchgate::routes {
+
+std::optional<json_pointer> json_pointer::parse(std::string_view text) {
+    json_pointer p;
+    p.text_ = std::string(text);
+    if (text.empty()) return p;
+    if (text.front() != '/') return std::nullopt;
+
+    std::string token;
+    for (std::size_t i = 1; i <= text.size(); ++i) {
+        if (i == text.size() || text[i] == '/') {
+            p.tokens_.push_back(std::move(token));
+            token.clear();
+            continue;
+        }
+        char c = text[i];
+        if (c == '~') {
+            if (i + 1 >= text.size()) return std::nullopt;
+            char e = text[++i];
+            if (e == '0') token.push_back('~');
+            else if (e == '1') token.push_back('/');
+            else return std::nullopt;
+        } else {
+            token.push_back(c);
+        }
+    }
+    return p;
+}
+
+namespace {
+
+// RFC 6901 array index: "0" or a decimal without leading zeros; "-" (past the end) never matches.
+std::optional<std::size_t> array_index(const std::string& token, std::size_t size) {
+    if (token.empty() || token.size() > 19) return std::nullopt;
+    if (token.size() > 1 && token.front() == '0') return std::nullopt;
+    std::size_t value = 0;
+    for (char c : token) {
+        if (c < '0' || c > '9') return std::nullopt;
+        value = value * 10 + static_cast<std::size_t>(c - '0');
+    }
+    if (value >= size) return std::nullopt;
+    return value;
+}
+
+}  // namespace
+
+const nlohmann::json* json_pointer::find(const nlohmann::json& doc) const {
+    const nlohmann::json* cur = &doc;
+    for (const auto& token : tokens_) {
+        if (cur->is_object()) {
+            auto it = cur->find(token);
+            if (it == cur->end()) return nullptr;
+            cur = &*it;
+        } else if (cur->is_array()) {
+            auto index = array_index(token, cur->size());
+            if (!index) return nullptr;
+            cur = &(*cur)[*index];
+        } else {
+            return nullptr;
+        }
+    }
+    return cur;
+}
+
+}  // namespace batchgate::routes

@@ -1,0 +1,250 @@
+// Route matching, URL helpers and JSON pointers: what decides which route a caller hits and
+// which values the batch call is built from.
+#include <gtest/gtest.h>
+
+#include <stdexcept>
+
+#include "routes/json_pointer.hpp"
+#include "routes/route_table.hpp"
+
+namespace batchgate::routes {
+namespace {
+
+using config::gateway_config;
+using config::route_settings;
+
+route_settings path_route(std::string name, std::string path, std::vector<std::string> methods = {}) {
+    route_settings r;
+    r.name = std::move(name);
+    r.match.path = std::move(path);
+    r.match.methods = std::move(methods);
+    return r;
+}
+
+route_settings prefix_route(std::string name, std::string prefix,
+                            std::vector<std::string> methods = {}) {
+    route_settings r;
+    r.name = std::move(name);
+    r.match.prefix = std::move(prefix);
+    r.match.methods = std::move(methods);
+    return r;
+}
+
+// ---------------------------------------------------------------- path_template
+
+TEST(PathTemplate, MatchesSingleParamAndDecodesIt) {
+    path_template t("/users/{id}");
+    param_list params;
+    ASSERT_TRUE(t.match("/users/7", params));
+    ASSERT_EQ(params.size(), 1u);
+    EXPECT_EQ(params[0], (std::pair<std::string, std::string>{"id", "7"}));
+
+    ASSERT_TRUE(t.match("/users/a%20b%2Fc", params));
+    EXPECT_EQ(params[0].second, "a b/c");  // %2F stays inside the one segment
+    ASSERT_TRUE(t.match("/users/a+b", params));
+    EXPECT_EQ(params[0].second, "a+b");  // '+' is only a space in query strings
+}
+
+TEST(PathTemplate, MatchesSeveralParamsInOrder) {
+    path_template t("/api/characters/{character_id}/abilities/{ability_id}");
+    EXPECT_EQ(t.param_names(), (std::vector<std::string>{"character_id", "ability_id"}));
+    param_list params;
+    ASSERT_TRUE(t.match("/api/characters/3/abilities/4", params));
+    EXPECT_EQ(params, (param_list{{"character_id", "3"}, {"ability_id", "4"}}));
+}
+
+TEST(PathTemplate, RejectsExtraMissingOrEmptySegments) {
+    path_template t("/users/{id}");
+    param_list params;
+    EXPECT_FALSE(t.match("/users", params));
+    EXPECT_FALSE(t.match("/users/", params));  // a param needs a non-empty segment
+    EXPECT_FALSE(t.match("/users/7/friends", params));
+    EXPECT_FALSE(t.match("/users/7/", params));  // trailing slash is significant
+    EXPECT_FALSE(t.match("/people/7", params));
+    EXPECT_FALSE(t.match("users/7", params));
+    EXPECT_FALSE(t.match("", params));
+    EXPECT_TRUE(params.empty());  // a failed match leaves no half-filled params
+}
+
+TEST(PathTemplate, TrailingSlashInTemplateIsSignificant) {
+    path_template t("/users/");
+    param_list params;
+    EXPECT_TRUE(t.match("/users/", params));
+    EXPECT_FALSE(t.match("/users", params));
+
+    path_template root("/");
+    EXPECT_TRUE(root.match("/", params));
+    EXPECT_FALSE(root.match("/x", params));
+}
+
+TEST(PathTemplate, LiteralsCompareExactly) {
+    path_template t("/api/v1/activities/{id}");
+    param_list params;
+    EXPECT_FALSE(t.match("/API/v1/activities/a1", params));
+    EXPECT_FALSE(t.match("/api//v1/activities/a1", params));
+    EXPECT_TRUE(t.match("/api/v1/activities/a1", params));
+}
+
+TEST(PathTemplate, RejectsMalformedTemplates) {
+    for (const char* bad : {"/users/{", "/users/{}", "/users/}", "/a/{id}/b/{id}", "/users/x{id}",
+                            "/users/{id}x", "/users/{a}{b}", "/users/{i d}", "users/{id}", ""}) {
+        EXPECT_THROW(path_template{bad}, std::invalid_argument) << bad;
+    }
+}
+
+// ---------------------------------------------------------------- route_table
+
+TEST(RouteTable, FirstMatchWinsInConfigOrder) {
+    gateway_config cfg;
+    cfg.routes.push_back(path_route("me", "/users/me"));
+    cfg.routes.push_back(path_route("user", "/users/{id}"));
+    cfg.routes.push_back(prefix_route("fallback", "/"));
+    route_table table(cfg);
+
+    auto m = table.match("GET", "/users/me");
+    ASSERT_NE(m.route, nullptr);
+    EXPECT_EQ(m.route->name, "me");
+    EXPECT_TRUE(m.path_params.empty());
+
+    m = table.match("GET", "/users/7");
+    ASSERT_NE(m.route, nullptr);
+    EXPECT_EQ(m.route->name, "user");
+    EXPECT_EQ(m.path_params, (param_list{{"id", "7"}}));
+
+    m = table.match("GET", "/users/7/friends");
+    ASSERT_NE(m.route, nullptr);
+    EXPECT_EQ(m.route->name, "fallback");
+    EXPECT_TRUE(m.path_params.empty());
+}
+
+TEST(RouteTable, MethodFilteringSkipsToNextRoute) {
+    gateway_config cfg;
+    cfg.routes.push_back(path_route("get-user", "/users/{id}", {"GET"}));
+    cfg.routes.push_back(path_route("write-user", "/users/{id}", {"PUT", "PATCH"}));
+    cfg.routes.push_back(path_route("any-user", "/users/{id}"));
+    route_table table(cfg);
+
+    EXPECT_EQ(table.match("GET", "/users/1").route->name, "get-user");
+    EXPECT_EQ(table.match("PATCH", "/users/1").route->name, "write-user");
+    EXPECT_EQ(table.match("PUT", "/users/1").route->name, "write-user");
+    EXPECT_EQ(table.match("DELETE", "/users/1").route->name, "any-user");
+    EXPECT_EQ(table.match("get", "/users/1").route->name, "any-user");  // methods are case-sensitive
+}
+
+TEST(RouteTable, NoMatchReturnsNull) {
+    gateway_config cfg;
+    cfg.routes.push_back(path_route("user", "/users/{id}", {"GET"}));
+    route_table table(cfg);
+    EXPECT_EQ(table.match("POST", "/users/1").route, nullptr);
+    EXPECT_EQ(table.match("GET", "/orders/1").route, nullptr);
+    EXPECT_EQ(route_table(gateway_config{}).match("GET", "/").route, nullptr);
+}
+
+TEST(RouteTable, PrefixIsPlainStringPrefixOnRawPath) {
+    gateway_config cfg;
+    cfg.routes.push_back(prefix_route("api", "/api/", {"GET"}));
+    cfg.routes.push_back(prefix_route("docs", "/doc"));
+    route_table table(cfg);
+
+    EXPECT_EQ(table.match("GET", "/api/v1/x").route->name, "api");
+    EXPECT_EQ(table.match("GET", "/api/").route->name, "api");
+    EXPECT_EQ(table.match("GET", "/api").route, nullptr);
+    EXPECT_EQ(table.match("POST", "/api/v1/x").route, nullptr);
+    EXPECT_EQ(table.match("GET", "/documents").route->name, "docs");  // plain prefix, not segments
+    EXPECT_EQ(table.match("GET", "/%61pi/x").route, nullptr);        // raw path, no decoding
+}
+
+TEST(RouteTable, MalformedTemplateFailsAtBuild) {
+    gateway_config cfg;
+    cfg.routes.push_back(path_route("bad", "/users/{id"));
+    EXPECT_THROW(route_table{cfg}, std::invalid_argument);
+}
+
+// ---------------------------------------------------------------- URL helpers
+
+TEST(UrlDecode, DecodesEscapesAndKeepsBadOnesVerbatim) {
+    EXPECT_EQ(url_decode("a%20b%2fc", false), "a b/c");
+    EXPECT_EQ(url_decode("a+b", false), "a+b");
+    EXPECT_EQ(url_decode("a+b", true), "a b");
+    EXPECT_EQ(url_decode("%2B", true), "+");  // an encoded plus stays a plus
+    EXPECT_EQ(url_decode("100%", false), "100%");
+    EXPECT_EQ(url_decode("%4", false), "%4");
+    EXPECT_EQ(url_decode("%zz%4g", false), "%zz%4g");
+    EXPECT_EQ(url_decode("%C3%A9", false), "\xC3\xA9");
+    EXPECT_EQ(url_decode("%00x", false), std::string("\0x", 2));
+}
+
+TEST(UrlEncode, EncodesAllButUnreserved) {
+    EXPECT_EQ(url_encode("AZaz09-._~"), "AZaz09-._~");
+    EXPECT_EQ(url_encode("a b,c/d?e&f=g+h%"), "a%20b%2Cc%2Fd%3Fe%26f%3Dg%2Bh%25");
+    EXPECT_EQ(url_encode("\xC3\xA9"), "%C3%A9");
+    EXPECT_EQ(url_decode(url_encode("x,y&z=1 2"), true), "x,y&z=1 2");
+}
+
+TEST(ParseQuery, KeepsOrderRepeatsAndEmptyValues) {
+    EXPECT_EQ(parse_query("a=1&b=2&a=3"), (param_list{{"a", "1"}, {"b", "2"}, {"a", "3"}}));
+    EXPECT_EQ(parse_query("flag&empty=&x=1"), (param_list{{"flag", ""}, {"empty", ""}, {"x", "1"}}));
+    EXPECT_EQ(parse_query("&&a=1&"), (param_list{{"a", "1"}}));
+    EXPECT_TRUE(parse_query("").empty());
+}
+
+TEST(ParseQuery, DecodesPlusAndEscapesAndKeepsBadEscapes) {
+    EXPECT_EQ(parse_query("q=hello+world&fields=id%2Cname"),
+              (param_list{{"q", "hello world"}, {"fields", "id,name"}}));
+    EXPECT_EQ(parse_query("a%5B%5D=1"), (param_list{{"a[]", "1"}}));
+    EXPECT_EQ(parse_query("bad=%G1%"), (param_list{{"bad", "%G1%"}}));
+    EXPECT_EQ(parse_query("eq=a=b"), (param_list{{"eq", "a=b"}}));  // split on the first '='
+}
+
+TEST(SplitTarget, SplitsOnFirstQuestionMark) {
+    EXPECT_EQ(split_target("/users/7?fields=a"),
+              (std::pair<std::string_view, std::string_view>{"/users/7", "fields=a"}));
+    EXPECT_EQ(split_target("/users/7"), (std::pair<std::string_view, std::string_view>{"/users/7", ""}));
+    EXPECT_EQ(split_target("/a?b?c"), (std::pair<std::string_view, std::string_view>{"/a", "b?c"}));
+    EXPECT_EQ(split_target("/a?"), (std::pair<std::string_view, std::string_view>{"/a", ""}));
+}
+
+// ---------------------------------------------------------------- json_pointer
+
+TEST(JsonPointer, ParsesAndWalksObjectsAndArrays) {
+    auto doc = nlohmann::json::parse(R"({"results":[{"id":"a1"},{"id":"a2"}],"a/b":1,"m~n":2,"":3})");
+    auto p = json_pointer::parse("/results/1/id");
+    ASSERT_TRUE(p);
+    EXPECT_EQ(p->text(), "/results/1/id");
+    ASSERT_NE(p->find(doc), nullptr);
+    EXPECT_EQ(*p->find(doc), "a2");
+
+    EXPECT_EQ(*json_pointer::parse("/a~1b")->find(doc), 1);
+    EXPECT_EQ(*json_pointer::parse("/m~0n")->find(doc), 2);
+    EXPECT_EQ(*json_pointer::parse("/")->find(doc), 3);  // "" member name
+
+    auto root = json_pointer::parse("");
+    ASSERT_TRUE(root);
+    EXPECT_TRUE(root->is_root());
+    EXPECT_EQ(root->find(doc), &doc);
+    EXPECT_TRUE(json_pointer{}.is_root());
+}
+
+TEST(JsonPointer, RejectsBadSyntax) {
+    EXPECT_FALSE(json_pointer::parse("results"));
+    EXPECT_FALSE(json_pointer::parse("/a~2"));
+    EXPECT_FALSE(json_pointer::parse("/a~"));
+    EXPECT_FALSE(json_pointer::parse("#/a"));
+}
+
+TEST(JsonPointer, MissingStepsGiveNullNeverThrow) {
+    auto doc = nlohmann::json::parse(R"({"a":[10,20,30],"s":"text","n":null})");
+    for (const char* text : {"/b", "/a/3", "/a/-", "/a/01", "/a/x", "/a/-1", "/a/1/x", "/s/0", "/n/x",
+                             "/a/99999999999999999999999"}) {
+        auto p = json_pointer::parse(text);
+        ASSERT_TRUE(p) << text;
+        EXPECT_EQ(p->find(doc), nullptr) << text;
+    }
+    EXPECT_EQ(*json_pointer::parse("/a/0")->find(doc), 10);
+    EXPECT_EQ(*json_pointer::parse("/a/2")->find(doc), 30);
+    ASSERT_NE(json_pointer::parse("/n")->find(doc), nullptr);  // present, but null
+    EXPECT_TRUE(json_pointer::parse("/n")->find(doc)->is_null());
+}
+
+}  // namespace
+}  // namespace batchgate::routes
