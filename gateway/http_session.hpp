@@ -1,0 +1,17 @@
+// One client connection: reads requests (HTTP/1.1 keep-alive, one at a time), routes each
+// to passthrough or a batcher, and writes exactly one answer per request. Runs on the
+// connection's strand; replies from batchers and upstream pools are posted back onto it.
+#pragma once
+
+#include <memory>
+
+#include <boost/asio/ip/tcp.hpp>
+
+#include "gateway/listener.hpp"
+#include "gateway/shared_state.hpp"
+
+namespace batchgate::gateway {
+
+void start_session(boost::asio::ip::tcp::socket socket, listener_role role, std::shared_ptr<shared_state> state);
+
+}  // namespace batchgate::gateway

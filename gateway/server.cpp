@@ -1,0 +1,176 @@
+#include "gateway/server.hpp"
+
+#include <iostream>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "config/loader.hpp"
+#include "gateway/listener.hpp"
+#include "gateway/log.hpp"
+#include "gateway/shared_state.hpp"
+
+namespace batchgate::gateway {
+
+namespace net = boost::asio;
+using clock_type = std::chrono::steady_clock;
+
+struct server::impl {
+    explicit impl(std::shared_ptr<const config::gateway_config> c)
+        : initial(std::move(c)), work(net::make_work_guard(ioc)), drain_timer(ioc), signals(ioc) {
+        state = std::make_shared<shared_state>(metrics);
+    }
+
+    std::shared_ptr<const runtime> build_runtime(std::shared_ptr<const config::gateway_config> c) {
+        auto rt = std::make_shared<runtime>(std::move(c));
+        for (const auto& u : rt->config->upstreams)
+            rt->upstreams.emplace(u.name, std::make_shared<upstream_pool>(ioc.get_executor(), u));
+        for (const auto& r : rt->config->routes) {
+            metrics.route(r.name);  // so every route shows in /metrics from the start
+            if (r.mode != config::route_mode::coalesce) continue;
+            rt->batchers.emplace(r.name, std::make_shared<coalescer::batcher>(ioc.get_executor(), rt->config, r,
+                                                                              rt->upstreams.at(r.upstream), metrics));
+        }
+        return rt;
+    }
+
+    void retire(const std::shared_ptr<const runtime>& old) {
+        if (!old) return;
+        for (auto& [name, b] : old->batchers) b->drain();
+        for (auto& [name, p] : old->upstreams) p->close_idle();
+    }
+
+    void begin_shutdown() {
+        if (stopping) return;
+        stopping = true;
+        state->draining = true;
+        log_line("info", "draining", {{"in_flight", state->active_requests.load()}});
+        if (traffic) traffic->stop();
+        // Keep the admin listener until the end: /readyz now says "draining".
+        auto rt = state->current();
+        for (auto& [name, b] : rt->batchers) b->drain();
+        drain_deadline = clock_type::now() + rt->config->limits.drain_timeout;
+        poll_drain();
+    }
+
+    void poll_drain() {
+        if (state->active_requests.load() == 0 || clock_type::now() >= drain_deadline) {
+            if (state->active_requests.load() != 0)
+                log_line("warn", "drain timeout reached", {{"in_flight", state->active_requests.load()}});
+            if (admin) admin->stop();
+            for (auto& [name, p] : state->current()->upstreams) p->close_idle();
+            signals.cancel();
+            work.reset();
+            ioc.stop();
+            return;
+        }
+        drain_timer.expires_after(std::chrono::milliseconds(5));
+        drain_timer.async_wait([this](boost::system::error_code ec) {
+            if (!ec) poll_drain();
+        });
+    }
+
+    void wait_signal() {
+        signals.async_wait([this](boost::system::error_code ec, int sig) {
+            if (ec) return;
+            if (sig == SIGHUP) {
+                try {
+                    auto next = std::make_shared<const config::gateway_config>(config::load_file(config_path));
+                    apply(std::move(next));
+                    metrics.reloads(true).Increment();
+                    log_line("info", "config reloaded", {{"file", config_path}});
+                } catch (const config::config_error& e) {
+                    metrics.reloads(false).Increment();
+                    for (const auto& line : e.errors())
+                        log_line("error", "config reload rejected; keeping the old config", {{"error", line}});
+                }
+                wait_signal();
+                return;
+            }
+            begin_shutdown();
+        });
+    }
+
+    void apply(std::shared_ptr<const config::gateway_config> next) {
+        auto rt = build_runtime(std::move(next));
+        auto old = state->current();
+        state->replace(rt);
+        retire(old);
+    }
+
+    // Declared first so it is destroyed last: sessions released with the io_context's
+    // pending handlers still update metrics on their way out.
+    metrics::registry metrics;
+    net::io_context ioc;
+    std::shared_ptr<const config::gateway_config> initial;
+    std::shared_ptr<shared_state> state;
+    net::executor_work_guard<net::io_context::executor_type> work;
+    std::shared_ptr<listener> traffic;
+    std::shared_ptr<listener> admin;
+    std::vector<std::thread> threads;
+    net::steady_timer drain_timer;
+    net::signal_set signals;
+    std::string config_path;
+    clock_type::time_point drain_deadline{};
+    bool stopping = false;  // touched only from io_context threads via post
+};
+
+server::server(std::shared_ptr<const config::gateway_config> config) : impl_(std::make_unique<impl>(std::move(config))) {}
+
+server::~server() {
+    if (!impl_->threads.empty()) {
+        shutdown();
+        wait();
+    }
+}
+
+void server::start() {
+    auto& i = *impl_;
+    i.state->replace(i.build_runtime(i.initial));
+    const auto& cfg = *i.initial;
+    i.traffic = std::make_shared<listener>(i.ioc, cfg.listen, listener_role::traffic, i.state);
+    i.admin = std::make_shared<listener>(i.ioc, cfg.admin_listen, listener_role::admin, i.state);
+    i.traffic->run();
+    i.admin->run();
+    unsigned n = cfg.worker_threads ? cfg.worker_threads : std::max(1u, std::thread::hardware_concurrency());
+    for (unsigned t = 0; t < n; ++t) i.threads.emplace_back([&i] { i.ioc.run(); });
+    i.state->ready = true;
+    log_line("info", "batchgate started",
+             {{"listen", cfg.listen.host + ":" + std::to_string(port())},
+              {"admin", cfg.admin_listen.host + ":" + std::to_string(admin_port())},
+              {"routes", cfg.routes.size()},
+              {"threads", n},
+              {"config", cfg.source_file}});
+}
+
+void server::wait() {
+    for (auto& t : impl_->threads)
+        if (t.joinable()) t.join();
+    impl_->threads.clear();
+}
+
+void server::handle_signals(std::string config_path) {
+    auto& i = *impl_;
+    i.config_path = std::move(config_path);
+    i.signals.add(SIGTERM);
+    i.signals.add(SIGINT);
+    i.signals.add(SIGHUP);
+    net::post(i.ioc, [&i] { i.wait_signal(); });
+}
+
+void server::shutdown() {
+    net::post(impl_->ioc, [i = impl_.get()] { i->begin_shutdown(); });
+}
+
+void server::reload(std::shared_ptr<const config::gateway_config> next) {
+    net::post(impl_->ioc, [i = impl_.get(), next = std::move(next)]() mutable { i->apply(std::move(next)); });
+}
+
+unsigned short server::port() const { return impl_->traffic ? impl_->traffic->port() : 0; }
+unsigned short server::admin_port() const { return impl_->admin ? impl_->admin->port() : 0; }
+metrics::registry& server::metrics() { return impl_->metrics; }
+
+}  // namespace batchgate::gateway

@@ -1,0 +1,42 @@
+// What every session needs, shared by all of them: the current runtime snapshot (config,
+// route table, upstream pools, batchers), metrics, and the drain state. The snapshot is
+// swapped whole on reload; a request keeps the snapshot it started with.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <unordered_map>
+
+#include "coalescer/batcher.hpp"
+#include "config/config.hpp"
+#include "gateway/upstream_pool.hpp"
+#include "metrics/metrics.hpp"
+#include "routes/route_table.hpp"
+
+namespace batchgate::gateway {
+
+struct runtime {
+    explicit runtime(std::shared_ptr<const config::gateway_config> c) : config(std::move(c)), table(*config) {}
+    std::shared_ptr<const config::gateway_config> config;
+    routes::route_table table;
+    std::unordered_map<std::string, std::shared_ptr<upstream_pool>> upstreams;          // by upstream name
+    std::unordered_map<std::string, std::shared_ptr<coalescer::batcher>> batchers;      // by route name
+};
+
+struct shared_state {
+    explicit shared_state(metrics::registry& m) : metrics(m) {}
+
+    std::shared_ptr<const runtime> current() const { return std::atomic_load(&runtime_); }
+    void replace(std::shared_ptr<const runtime> next) { std::atomic_store(&runtime_, std::move(next)); }
+
+    metrics::registry& metrics;
+    std::atomic<bool> draining{false};
+    std::atomic<bool> ready{false};
+    std::atomic<std::size_t> active_requests{0};  // read, not yet answered
+
+private:
+    std::shared_ptr<const runtime> runtime_;
+};
+
+}  // namespace batchgate::gateway

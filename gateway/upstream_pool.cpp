@@ -1,0 +1,286 @@
+#include "gateway/upstream_pool.hpp"
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+namespace batchgate::gateway {
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+using tcp = net::ip::tcp;
+using clock_type = std::chrono::steady_clock;
+
+struct upstream_pool::connection {
+    explicit connection(net::any_io_executor ex) : stream(net::make_strand(ex)) {}
+    beast::tcp_stream stream;
+    beast::flat_buffer buffer;
+};
+
+// One request/response exchange. Lives while an async operation holds shared_from_this().
+class upstream_pool::call : public std::enable_shared_from_this<upstream_pool::call> {
+public:
+    call(std::shared_ptr<upstream_pool> pool, upstream_request req, std::chrono::milliseconds timeout,
+         handler done)
+        : pool_(std::move(pool)),
+          req_(std::move(req)),
+          start_(clock_type::now()),
+          deadline_(start_ + timeout),
+          done_(std::move(done)),
+          queue_timer_(net::make_strand(pool_->executor_)) {}
+
+    void start() { pool_->acquire(shared_from_this()); }
+
+    // Queued: give up at the deadline unless a connection arrives first.
+    void wait_in_queue() {
+        queue_timer_.expires_at(deadline_);
+        queue_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+            if (ec) return;
+            if (self->pool_->forget(self.get()))
+                self->finish(upstream_failure::timeout, "no upstream connection free before the deadline");
+        });
+    }
+
+    // Called by the pool, from any thread, with an idle connection or nullptr (connect one).
+    void use(std::unique_ptr<connection> conn) {
+        net::post(queue_timer_.get_executor(),
+                  [self = shared_from_this(), c = std::move(conn)]() mutable {
+                      self->queue_timer_.cancel();
+                      self->begin(std::move(c));
+                  });
+    }
+
+private:
+    void begin(std::unique_ptr<connection> conn) {
+        if (conn) {
+            reused_ = true;
+            conn_ = std::move(conn);
+            do_write();
+        } else {
+            reused_ = false;
+            conn_ = std::make_unique<connection>(pool_->executor_);
+            do_resolve();
+        }
+    }
+
+    std::chrono::steady_clock::duration remaining() const {
+        auto left = deadline_ - clock_type::now();
+        return left > clock_type::duration::zero() ? left : clock_type::duration(1);
+    }
+
+    void do_resolve() {
+        // Resolve per new connection (connections are pooled, so this is rare) so that DNS
+        // changes of a Kubernetes service are picked up.
+        resolver_ = std::make_unique<tcp::resolver>(conn_->stream.get_executor());
+        const auto& s = pool_->settings_;
+        resolver_->async_resolve(s.host, std::to_string(s.port),
+                                 [self = shared_from_this()](beast::error_code ec, tcp::resolver::results_type r) {
+                                     self->on_resolve(ec, std::move(r));
+                                 });
+    }
+
+    void on_resolve(beast::error_code ec, tcp::resolver::results_type results) {
+        if (ec) return fail(upstream_failure::connect_failed, "cannot resolve upstream host: " + ec.message());
+        auto connect_budget = std::min<clock_type::duration>(remaining(), pool_->settings_.connect_timeout);
+        conn_->stream.expires_after(connect_budget);
+        conn_->stream.async_connect(results, [self = shared_from_this()](beast::error_code ec, const tcp::endpoint&) {
+            self->on_connect(ec);
+        });
+    }
+
+    void on_connect(beast::error_code ec) {
+        if (ec == beast::error::timeout)
+            return fail(clock_type::now() >= deadline_ ? upstream_failure::timeout : upstream_failure::connect_failed,
+                        "connect timed out");
+        if (ec) return fail(upstream_failure::connect_failed, "cannot connect to upstream: " + ec.message());
+        conn_->stream.socket().set_option(tcp::no_delay(true), ec);
+        do_write();
+    }
+
+    void do_write() {
+        conn_->stream.expires_after(remaining());
+        http::async_write(conn_->stream, req_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
+            self->on_write(ec);
+        });
+    }
+
+    void on_write(beast::error_code ec) {
+        if (ec) return io_failed(ec, true);
+        parser_.emplace();
+        parser_->body_limit(pool_->settings_.max_response_bytes);
+        parser_->header_limit(64 * 1024);
+        if (req_.method() == http::verb::head) parser_->skip(true);
+        conn_->stream.expires_after(remaining());
+        http::async_read(conn_->stream, conn_->buffer, *parser_,
+                         [self = shared_from_this()](beast::error_code ec, std::size_t n) { self->on_read(ec, n); });
+    }
+
+    void on_read(beast::error_code ec, std::size_t bytes) {
+        if (ec) return io_failed(ec, bytes == 0);
+        upstream_result r;
+        r.response = parser_->release();
+        const bool keep = r.response.keep_alive();
+        conn_->stream.expires_never();
+        if (keep) pool_->release(std::move(conn_));
+        else drop_connection();
+        r.elapsed = clock_type::now() - start_;
+        deliver(std::move(r));
+    }
+
+    void io_failed(beast::error_code ec, bool nothing_received) {
+        // An idle keep-alive connection the upstream already closed: try once more on a fresh
+        // one when the request is safe to repeat.
+        if (reused_ && nothing_received && !retried_ && ec != beast::error::timeout && idempotent()) {
+            retried_ = true;
+            reused_ = false;
+            beast::error_code ignored;
+            conn_->stream.socket().close(ignored);
+            conn_ = std::make_unique<connection>(pool_->executor_);
+            return do_resolve();
+        }
+        if (ec == beast::error::timeout) return fail(upstream_failure::timeout, "upstream did not answer in time");
+        if (ec == http::error::body_limit)
+            return fail(upstream_failure::bad_response, "upstream response exceeds max_response");
+        if (ec.category() == beast::error_code(http::error::end_of_stream).category() && ec != http::error::end_of_stream)
+            return fail(upstream_failure::bad_response, "upstream sent invalid HTTP: " + ec.message());
+        fail(upstream_failure::io_error, "upstream connection failed: " + ec.message());
+    }
+
+    bool idempotent() const {
+        switch (req_.method()) {
+            case http::verb::get:
+            case http::verb::head:
+            case http::verb::options:
+            case http::verb::put:
+            case http::verb::delete_:
+                return true;
+            default:
+                return false;
+        }
+    }
+
+    void fail(upstream_failure f, std::string detail) {
+        drop_connection();
+        finish(f, std::move(detail));
+    }
+
+    void drop_connection() {
+        if (!conn_) return;
+        beast::error_code ignored;
+        conn_->stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+        conn_->stream.socket().close(ignored);
+        conn_.reset();
+        pool_->release(nullptr);
+    }
+
+    void finish(upstream_failure f, std::string detail) {
+        upstream_result r;
+        r.failure = f;
+        r.detail = std::move(detail);
+        r.elapsed = clock_type::now() - start_;
+        deliver(std::move(r));
+    }
+
+    void deliver(upstream_result r) {
+        if (!done_) return;  // exactly once
+        auto done = std::move(done_);
+        done_ = nullptr;
+        done(std::move(r));
+    }
+
+    std::shared_ptr<upstream_pool> pool_;
+    upstream_request req_;
+    clock_type::time_point start_;
+    clock_type::time_point deadline_;
+    handler done_;
+    net::steady_timer queue_timer_;
+    std::unique_ptr<connection> conn_;
+    std::unique_ptr<tcp::resolver> resolver_;
+    std::optional<http::response_parser<http::string_body>> parser_;
+    bool reused_ = false;
+    bool retried_ = false;
+};
+
+upstream_pool::upstream_pool(net::any_io_executor executor, config::upstream_settings settings)
+    : executor_(std::move(executor)), settings_(std::move(settings)) {}
+
+upstream_pool::~upstream_pool() = default;
+
+void upstream_pool::async_send(upstream_request req, std::chrono::milliseconds timeout, handler done) {
+    req.set(http::field::host, settings_.port == 80 ? settings_.host
+                                                    : settings_.host + ":" + std::to_string(settings_.port));
+    req.version(11);
+    req.keep_alive(true);
+    req.prepare_payload();
+    auto c = std::make_shared<call>(shared_from_this(), std::move(req), timeout, std::move(done));
+    c->start();
+}
+
+void upstream_pool::acquire(const std::shared_ptr<call>& c) {
+    std::unique_ptr<connection> conn;
+    {
+        std::lock_guard lock(mutex_);
+        if (!idle_.empty()) {
+            conn = std::move(idle_.back());
+            idle_.pop_back();
+            ++active_;
+        } else if (active_ < settings_.max_connections) {
+            ++active_;
+        } else {
+            waiting_.push_back(c);
+            c->wait_in_queue();
+            return;
+        }
+    }
+    c->use(std::move(conn));
+}
+
+void upstream_pool::release(std::unique_ptr<connection> conn) {
+    std::shared_ptr<call> next;
+    {
+        std::lock_guard lock(mutex_);
+        if (!waiting_.empty()) {
+            next = std::move(waiting_.front());
+            waiting_.pop_front();
+        } else {
+            --active_;
+            if (conn) idle_.push_back(std::move(conn));
+            return;
+        }
+    }
+    // The slot passes to the next queued call, with this connection if it is still good.
+    next->use(std::move(conn));
+}
+
+bool upstream_pool::forget(const call* c) {
+    std::lock_guard lock(mutex_);
+    for (auto it = waiting_.begin(); it != waiting_.end(); ++it) {
+        if (it->get() == c) {
+            waiting_.erase(it);
+            return true;
+        }
+    }
+    return false;
+}
+
+void upstream_pool::close_idle() {
+    std::vector<std::unique_ptr<connection>> idle;
+    {
+        std::lock_guard lock(mutex_);
+        idle.swap(idle_);
+    }
+    for (auto& c : idle) {
+        // Close on the connection's own strand.
+        auto* raw = c.release();
+        net::post(raw->stream.get_executor(), [raw] {
+            beast::error_code ignored;
+            raw->stream.socket().close(ignored);
+            delete raw;
+        });
+    }
+}
+
+}  // namespace batchgate::gateway

@@ -1,0 +1,80 @@
+// Keep-alive connection pool to one upstream. Shared by every session and batcher; safe to
+// call from any thread. Each connection runs on its own strand; the pool's bookkeeping
+// (idle list, waiting queue) is guarded by a mutex that is never held across a callback.
+#pragma once
+
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/string_body.hpp>
+
+#include "config/config.hpp"
+
+namespace batchgate::gateway {
+
+namespace http = boost::beast::http;
+
+using upstream_request = http::request<http::string_body>;
+using upstream_response = http::response<http::string_body>;
+
+enum class upstream_failure {
+    none,
+    connect_failed,  // refused, unreachable, DNS failure
+    timeout,         // no complete answer before the deadline
+    io_error,        // connection dropped mid-exchange
+    bad_response,    // not HTTP, or over max_response
+};
+
+struct upstream_result {
+    upstream_failure failure = upstream_failure::none;
+    std::string detail;              // human-readable cause when failure != none
+    upstream_response response;      // valid when failure == none
+    std::chrono::steady_clock::duration elapsed{};
+};
+
+class upstream_pool : public std::enable_shared_from_this<upstream_pool> {
+public:
+    using handler = std::function<void(upstream_result)>;
+
+    upstream_pool(boost::asio::any_io_executor executor, config::upstream_settings settings);
+    ~upstream_pool();
+    upstream_pool(const upstream_pool&) = delete;
+    upstream_pool& operator=(const upstream_pool&) = delete;
+
+    // Sends req (Host is set here) and calls done exactly once, on an arbitrary thread,
+    // within `timeout` (plus scheduling delay). The caller posts to its own strand.
+    void async_send(upstream_request req, std::chrono::milliseconds timeout, handler done);
+
+    // Closes idle connections; calls in flight finish normally.
+    void close_idle();
+
+    const config::upstream_settings& settings() const { return settings_; }
+
+private:
+    struct connection;
+    class call;
+    friend class call;
+
+    // Gives the call a connection now (idle or new), or queues it.
+    void acquire(const std::shared_ptr<call>& c);
+    // Returns a connection (nullptr: it is broken) and hands a slot to the next queued call.
+    void release(std::unique_ptr<connection> conn);
+    // A queued call gave up; false when it was already handed a slot.
+    bool forget(const call* c);
+
+    boost::asio::any_io_executor executor_;
+    config::upstream_settings settings_;
+    std::mutex mutex_;
+    std::vector<std::unique_ptr<connection>> idle_;
+    std::deque<std::shared_ptr<call>> waiting_;
+    std::size_t active_ = 0;  // connections lent out or being connected
+};
+
+}  // namespace batchgate::gateway

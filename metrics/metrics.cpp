@@ -1,0 +1,161 @@
+#include "metrics/metrics.hpp"
+
+#include <prometheus/text_serializer.h>
+
+namespace batchgate::metrics {
+
+namespace {
+
+const prometheus::Histogram::BucketBoundaries& latency_buckets() {
+    static const prometheus::Histogram::BucketBoundaries b{
+        0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+    return b;
+}
+
+const prometheus::Histogram::BucketBoundaries& wait_buckets() {
+    static const prometheus::Histogram::BucketBoundaries b{
+        0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5};
+    return b;
+}
+
+const prometheus::Histogram::BucketBoundaries& size_buckets() {
+    static const prometheus::Histogram::BucketBoundaries b{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000};
+    return b;
+}
+
+}  // namespace
+
+status_counters::status_counters(prometheus::Family<prometheus::Counter>& family,
+                                 std::map<std::string, std::string> labels)
+    : family_(family), labels_(std::move(labels)) {}
+
+void status_counters::inc(int status) {
+    if (status < 0 || status >= static_cast<int>(by_status_.size())) {
+        inc(std::string("invalid"));
+        return;
+    }
+    prometheus::Counter* c = by_status_[status].load(std::memory_order_acquire);
+    if (!c) {
+        std::lock_guard lock(mutex_);
+        auto labels = labels_;
+        labels["status"] = std::to_string(status);
+        c = &family_.Add(labels);
+        by_status_[status].store(c, std::memory_order_release);
+    }
+    c->Increment();
+}
+
+void status_counters::inc(const std::string& outcome) {
+    std::lock_guard lock(mutex_);
+    auto labels = labels_;
+    labels["status"] = outcome;
+    family_.Add(labels).Increment();
+}
+
+registry::registry()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      requests_(prometheus::BuildCounter()
+                    .Name("batchgate_requests_total")
+                    .Help("Client requests answered, by route and HTTP status")
+                    .Register(*registry_)),
+      request_duration_(prometheus::BuildHistogram()
+                            .Name("batchgate_request_duration_seconds")
+                            .Help("Time from a complete client request to its answer, by route")
+                            .Register(*registry_)),
+      batch_size_(prometheus::BuildHistogram()
+                      .Name("batchgate_batch_size")
+                      .Help("Distinct items per upstream batch call, by route")
+                      .Register(*registry_)),
+      batch_wait_(prometheus::BuildHistogram()
+                      .Name("batchgate_batch_wait_seconds")
+                      .Help("Time a caller waited in the window before its batch was flushed")
+                      .Register(*registry_)),
+      flushes_(prometheus::BuildCounter()
+                   .Name("batchgate_batch_flushes_total")
+                   .Help("Batches closed, by route and reason (size, bytes, timer, shutdown)")
+                   .Register(*registry_)),
+      upstream_requests_(prometheus::BuildCounter()
+                             .Name("batchgate_upstream_requests_total")
+                             .Help("Calls made to upstreams, by upstream, route and status")
+                             .Register(*registry_)),
+      upstream_duration_(prometheus::BuildHistogram()
+                             .Name("batchgate_upstream_duration_seconds")
+                             .Help("Upstream call duration, by upstream and route")
+                             .Register(*registry_)),
+      deduplicated_(prometheus::BuildCounter()
+                        .Name("batchgate_deduplicated_keys_total")
+                        .Help("Callers that joined an identical key already waiting in a batch")
+                        .Register(*registry_)),
+      waiting_(prometheus::BuildGauge()
+                   .Name("batchgate_waiting_callers")
+                   .Help("Callers waiting for a batch answer, by route")
+                   .Register(*registry_)),
+      calls_saved_(prometheus::BuildCounter()
+                       .Name("batchgate_upstream_calls_saved_total")
+                       .Help("Upstream calls avoided by coalescing (callers minus batch calls)")
+                       .Register(*registry_)),
+      rejected_(prometheus::BuildCounter()
+                    .Name("batchgate_callers_rejected_total")
+                    .Help("Callers refused with 503 because too many were already waiting")
+                    .Register(*registry_)),
+      reloads_(prometheus::BuildCounter()
+                   .Name("batchgate_config_reloads_total")
+                   .Help("Configuration reloads, by result")
+                   .Register(*registry_)),
+      connections_family_(prometheus::BuildGauge()
+                              .Name("batchgate_open_connections")
+                              .Help("Client connections currently open")
+                              .Register(*registry_)),
+      reload_ok_(&reloads_.Add({{"result", "success"}})),
+      reload_failed_(&reloads_.Add({{"result", "failure"}})),
+      connections_(&connections_family_.Add({})) {
+    prometheus::BuildGauge()
+        .Name("batchgate_build_info")
+        .Help("Build information")
+        .Register(*registry_)
+        .Add({{"version", BATCHGATE_VERSION}})
+        .Set(1);
+}
+
+route_metrics& registry::route(const std::string& name) {
+    std::lock_guard lock(mutex_);
+    auto& slot = routes_[name];
+    if (!slot) {
+        auto m = std::make_unique<route_metrics>();
+        const std::map<std::string, std::string> labels{{"route", name}};
+        m->name = name;
+        m->requests = std::make_unique<status_counters>(requests_, labels);
+        m->request_duration = &request_duration_.Add(labels, latency_buckets());
+        m->batch_size = &batch_size_.Add(labels, size_buckets());
+        m->batch_wait = &batch_wait_.Add(labels, wait_buckets());
+        m->flush_size = &flushes_.Add({{"route", name}, {"reason", "size"}});
+        m->flush_bytes = &flushes_.Add({{"route", name}, {"reason", "bytes"}});
+        m->flush_timer = &flushes_.Add({{"route", name}, {"reason", "timer"}});
+        m->flush_shutdown = &flushes_.Add({{"route", name}, {"reason", "shutdown"}});
+        m->deduplicated = &deduplicated_.Add(labels);
+        m->calls_saved = &calls_saved_.Add(labels);
+        m->rejected = &rejected_.Add(labels);
+        m->waiting = &waiting_.Add(labels);
+        slot = std::move(m);
+    }
+    return *slot;
+}
+
+upstream_route_metrics& registry::upstream(const std::string& upstream, const std::string& route) {
+    std::lock_guard lock(mutex_);
+    auto& slot = upstreams_[{upstream, route}];
+    if (!slot) {
+        auto m = std::make_unique<upstream_route_metrics>();
+        const std::map<std::string, std::string> labels{{"upstream", upstream}, {"route", route}};
+        m->requests = std::make_unique<status_counters>(upstream_requests_, labels);
+        m->duration = &upstream_duration_.Add(labels, latency_buckets());
+        slot = std::move(m);
+    }
+    return *slot;
+}
+
+std::string registry::serialize() const {
+    return prometheus::TextSerializer{}.Serialize(registry_->Collect());
+}
+
+}  // namespace batchgate::metrics

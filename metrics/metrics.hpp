@@ -1,0 +1,98 @@
+// All Prometheus metrics of the gateway. Families are built once at start-up; per-route
+// children are created when a config is applied (not per request) and handed out by
+// reference. Thread-safe: prometheus-cpp children are atomic; our caches take a mutex only
+// on first use of a label value.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+namespace batchgate::metrics {
+
+// A counter family child per HTTP status, created lazily once per status.
+class status_counters {
+public:
+    status_counters(prometheus::Family<prometheus::Counter>& family,
+                    std::map<std::string, std::string> labels);
+    void inc(int status);
+    void inc(const std::string& outcome);  // non-HTTP outcomes: "timeout", "connect_error", ...
+
+private:
+    prometheus::Family<prometheus::Counter>& family_;
+    std::map<std::string, std::string> labels_;
+    std::array<std::atomic<prometheus::Counter*>, 600> by_status_{};
+    std::mutex mutex_;
+};
+
+struct route_metrics {
+    std::string name;
+    std::unique_ptr<status_counters> requests;
+    prometheus::Histogram* request_duration = nullptr;
+    prometheus::Histogram* batch_size = nullptr;
+    prometheus::Histogram* batch_wait = nullptr;
+    prometheus::Counter* flush_size = nullptr;
+    prometheus::Counter* flush_bytes = nullptr;
+    prometheus::Counter* flush_timer = nullptr;
+    prometheus::Counter* flush_shutdown = nullptr;
+    prometheus::Counter* deduplicated = nullptr;
+    prometheus::Counter* calls_saved = nullptr;
+    prometheus::Counter* rejected = nullptr;
+    prometheus::Gauge* waiting = nullptr;
+};
+
+struct upstream_route_metrics {
+    std::unique_ptr<status_counters> requests;
+    prometheus::Histogram* duration = nullptr;
+};
+
+class registry {
+public:
+    registry();
+    registry(const registry&) = delete;
+    registry& operator=(const registry&) = delete;
+
+    // Stable references: created on first request for a name, then reused (also across reloads).
+    route_metrics& route(const std::string& name);
+    upstream_route_metrics& upstream(const std::string& upstream, const std::string& route);
+
+    prometheus::Counter& reloads(bool ok) { return ok ? *reload_ok_ : *reload_failed_; }
+    prometheus::Gauge& open_connections() { return *connections_; }
+
+    // Prometheus text exposition of everything.
+    std::string serialize() const;
+
+private:
+    std::shared_ptr<prometheus::Registry> registry_;
+    prometheus::Family<prometheus::Counter>& requests_;
+    prometheus::Family<prometheus::Histogram>& request_duration_;
+    prometheus::Family<prometheus::Histogram>& batch_size_;
+    prometheus::Family<prometheus::Histogram>& batch_wait_;
+    prometheus::Family<prometheus::Counter>& flushes_;
+    prometheus::Family<prometheus::Counter>& upstream_requests_;
+    prometheus::Family<prometheus::Histogram>& upstream_duration_;
+    prometheus::Family<prometheus::Counter>& deduplicated_;
+    prometheus::Family<prometheus::Gauge>& waiting_;
+    prometheus::Family<prometheus::Counter>& calls_saved_;
+    prometheus::Family<prometheus::Counter>& rejected_;
+    prometheus::Family<prometheus::Counter>& reloads_;
+    prometheus::Family<prometheus::Gauge>& connections_family_;
+    prometheus::Counter* reload_ok_;
+    prometheus::Counter* reload_failed_;
+    prometheus::Gauge* connections_;
+
+    std::mutex mutex_;
+    std::map<std::string, std::unique_ptr<route_metrics>> routes_;
+    std::map<std::pair<std::string, std::string>, std::unique_ptr<upstream_route_metrics>> upstreams_;
+};
+
+}  // namespace batchgate::metrics

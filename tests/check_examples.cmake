@@ -1,0 +1,12 @@
+# ctest: every shipped example must pass `batchgate --check-config`.
+file(GLOB examples "${DIR}/*.yaml")
+if(NOT examples)
+  message(FATAL_ERROR "no examples found in ${DIR}")
+endif()
+foreach(f ${examples})
+  execute_process(COMMAND ${BIN} --check-config ${f} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "${f} fails --check-config:\n${out}${err}")
+  endif()
+  message(STATUS "${out}")
+endforeach()

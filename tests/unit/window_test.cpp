@@ -1,0 +1,186 @@
+// Batching logic under a clock the test advances by hand: no sleeps, exact deadlines.
+#include "coalescer/core/window.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <set>
+
+using namespace std::chrono_literals;
+using batchgate::coalescer::flush_reason;
+using batchgate::coalescer::partition;
+using batchgate::coalescer::window;
+using batchgate::coalescer::window_limits;
+
+namespace {
+
+using test_window = window<int>;  // a waiter is just the caller's number here
+using time_point = test_window::time_point;
+
+partition part(const std::string& key) { return partition{key, {}}; }
+
+struct manual_clock {
+    time_point now{};
+    void advance(std::chrono::nanoseconds d) { now += d; }
+};
+
+std::vector<int> waiters_of(const test_window::batch& b) {
+    std::vector<int> out;
+    for (const auto& i : b.items) out.insert(out.end(), i.waiters.begin(), i.waiters.end());
+    return out;
+}
+
+}  // namespace
+
+TEST(Window, FlushesWhenOldestWaiterReachesMaxWait) {
+    manual_clock clock;
+    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 5ms});
+    EXPECT_TRUE(w.add(part("p"), "1", 1, 1, clock.now).empty());
+    clock.advance(3ms);
+    EXPECT_TRUE(w.add(part("p"), "2", 1, 2, clock.now).empty());
+    ASSERT_TRUE(w.next_deadline());
+    EXPECT_EQ(*w.next_deadline(), time_point{} + 5ms);  // from the first caller, not the last
+
+    clock.advance(1999us);
+    EXPECT_TRUE(w.expire(clock.now).empty());
+    clock.advance(1us);
+    auto closed = w.expire(clock.now);
+    ASSERT_EQ(closed.size(), 1u);
+    EXPECT_EQ(closed[0].reason, flush_reason::timer);
+    EXPECT_EQ(waiters_of(closed[0]), (std::vector<int>{1, 2}));
+    EXPECT_EQ(w.waiting(), 0u);
+    EXPECT_FALSE(w.next_deadline());
+}
+
+TEST(Window, FlushesAtMaxItemsAndStartsAFreshWindow) {
+    manual_clock clock;
+    test_window w({.max_items = 3, .max_bytes = 0, .max_wait = 5ms});
+    EXPECT_TRUE(w.add(part("p"), "1", 1, 1, clock.now).empty());
+    EXPECT_TRUE(w.add(part("p"), "2", 1, 2, clock.now).empty());
+    auto closed = w.add(part("p"), "3", 1, 3, clock.now);
+    ASSERT_EQ(closed.size(), 1u);
+    EXPECT_EQ(closed[0].reason, flush_reason::size);
+    EXPECT_EQ(closed[0].items.size(), 3u);
+    // The closed batch's deadline must not fire for the next window.
+    clock.advance(4ms);
+    EXPECT_TRUE(w.add(part("p"), "4", 1, 4, clock.now).empty());
+    clock.advance(1ms);
+    EXPECT_TRUE(w.expire(clock.now).empty());
+    EXPECT_EQ(*w.next_deadline(), time_point{} + 9ms);
+    clock.advance(4ms);
+    auto later = w.expire(clock.now);
+    ASSERT_EQ(later.size(), 1u);
+    EXPECT_EQ(waiters_of(later[0]), (std::vector<int>{4}));
+}
+
+TEST(Window, DuplicateKeysShareOneItemAndAllWaitersAreKept) {
+    manual_clock clock;
+    test_window w({.max_items = 2, .max_bytes = 0, .max_wait = 5ms});
+    w.add(part("p"), "7", 1, 1, clock.now);
+    w.add(part("p"), "7", 1, 2, clock.now);
+    w.add(part("p"), "7", 1, 3, clock.now);
+    EXPECT_EQ(w.take_deduplicated(), 2u);
+    EXPECT_EQ(w.take_deduplicated(), 0u);
+    EXPECT_EQ(w.waiting(), 3u);
+    // Duplicates do not count toward max_items: the batch is still open with one key.
+    auto closed = w.add(part("p"), "8", 1, 4, clock.now);
+    ASSERT_EQ(closed.size(), 1u);
+    ASSERT_EQ(closed[0].items.size(), 2u);
+    EXPECT_EQ(closed[0].items[0].key, "7");
+    EXPECT_EQ(closed[0].items[0].waiters, (std::vector<int>{1, 2, 3}));
+    EXPECT_EQ(closed[0].waiter_count(), 4u);
+}
+
+TEST(Window, PartitionsNeverShareABatch) {
+    manual_clock clock;
+    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 5ms});
+    for (int i = 0; i < 50; ++i)
+        w.add(part(i % 2 ? "alice" : "bob"), std::to_string(i % 5), 1, i, clock.now);
+    clock.advance(5ms);
+    auto closed = w.expire(clock.now);
+    ASSERT_EQ(closed.size(), 2u);
+    for (const auto& b : closed) {
+        for (int waiter : waiters_of(b)) {
+            const bool odd = waiter % 2;
+            EXPECT_EQ(b.partition_key, odd ? "alice" : "bob") << "caller " << waiter;
+        }
+        EXPECT_EQ(b.waiter_count(), 25u);
+        EXPECT_EQ(b.items.size(), 5u);
+    }
+}
+
+TEST(Window, ByteLimitClosesBeforeTheItemThatWouldOverflow) {
+    manual_clock clock;
+    test_window w({.max_items = 100, .max_bytes = 10, .max_wait = 5ms});
+    EXPECT_TRUE(w.add(part("p"), "a", 4, 1, clock.now).empty());
+    EXPECT_TRUE(w.add(part("p"), "b", 4, 2, clock.now).empty());
+    auto closed = w.add(part("p"), "c", 4, 3, clock.now);  // 12 > 10
+    ASSERT_EQ(closed.size(), 1u);
+    EXPECT_EQ(closed[0].reason, flush_reason::bytes);
+    EXPECT_EQ(closed[0].bytes, 8u);
+    EXPECT_EQ(waiters_of(closed[0]), (std::vector<int>{1, 2}));
+    EXPECT_EQ(w.waiting(), 1u);  // "c" waits in a fresh batch
+    // An item reaching the limit exactly flushes at once.
+    auto exact = w.add(part("p"), "d", 6, 4, clock.now);
+    ASSERT_EQ(exact.size(), 1u);
+    EXPECT_EQ(exact[0].bytes, 10u);
+}
+
+TEST(Window, OversizedSingleItemStillGoesAlone) {
+    manual_clock clock;
+    test_window w({.max_items = 100, .max_bytes = 10, .max_wait = 5ms});
+    auto closed = w.add(part("p"), "huge", 50, 1, clock.now);
+    ASSERT_EQ(closed.size(), 1u);
+    EXPECT_EQ(waiters_of(closed[0]), (std::vector<int>{1}));
+}
+
+TEST(Window, DrainHandsBackEveryWaiterExactlyOnce) {
+    manual_clock clock;
+    test_window w({.max_items = 4, .max_bytes = 0, .max_wait = 5ms});
+    std::multiset<int> seen;
+    int next = 0;
+    for (int round = 0; round < 3; ++round) {
+        for (int p = 0; p < 7; ++p) {
+            for (auto& b : w.add(part("p" + std::to_string(p)), std::to_string(next % 6), 1, next,
+                                 clock.now))
+                for (int x : waiters_of(b)) seen.insert(x);
+            ++next;
+        }
+        clock.advance(2ms);
+        for (auto& b : w.expire(clock.now))
+            for (int x : waiters_of(b)) seen.insert(x);
+    }
+    for (auto& b : w.drain()) {
+        EXPECT_EQ(b.reason, flush_reason::shutdown);
+        for (int x : waiters_of(b)) seen.insert(x);
+    }
+    EXPECT_EQ(w.waiting(), 0u);
+    EXPECT_EQ(w.open_batches(), 0u);
+    ASSERT_EQ(seen.size(), static_cast<std::size_t>(next));
+    for (int i = 0; i < next; ++i) EXPECT_EQ(seen.count(i), 1u) << "caller " << i;
+    EXPECT_TRUE(w.drain().empty());
+}
+
+TEST(Window, ZeroWaitFlushesOnTheNextExpire) {
+    manual_clock clock;
+    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 0ms});
+    w.add(part("p"), "1", 1, 1, clock.now);
+    EXPECT_EQ(*w.next_deadline(), clock.now);
+    EXPECT_EQ(w.expire(clock.now).size(), 1u);
+}
+
+TEST(Window, ExpireClosesOnlyDuePartitionsInOpeningOrder) {
+    manual_clock clock;
+    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 5ms});
+    w.add(part("a"), "1", 1, 1, clock.now);
+    clock.advance(2ms);
+    w.add(part("b"), "1", 1, 2, clock.now);
+    clock.advance(2ms);
+    w.add(part("c"), "1", 1, 3, clock.now);
+    clock.advance(3ms);  // a due at 5, b at 7, c at 9; now = 7
+    auto closed = w.expire(clock.now);
+    ASSERT_EQ(closed.size(), 2u);
+    EXPECT_EQ(closed[0].partition_key, "a");
+    EXPECT_EQ(closed[1].partition_key, "b");
+    EXPECT_EQ(*w.next_deadline(), time_point{} + 9ms);
+}
