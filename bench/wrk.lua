@@ -1,0 +1,29 @@
+-- wrk script for bench/run.sh.
+--
+-- BENCH_RANDOM_IDS=N  each request is GET /users/<random id in 1..N>; unset = wrk's static
+--                     request (the URL given on the command line).
+-- The done hook prints one machine-readable line that run.sh parses:
+--   WRK_RESULT rps=.. p50_us=.. p99_us=.. requests=.. non2xx=.. sockerr=.. timeouts=..
+-- (wrk's "status" error counter is every response with a status >= 400.)
+
+local max_id = tonumber(os.getenv("BENCH_RANDOM_IDS") or "")
+
+if max_id then
+  function init(args)
+    -- seeded per wrk thread; run.sh uses -t1
+    math.randomseed(os.time() + math.floor(os.clock() * 1e6))
+  end
+
+  function request()
+    return wrk.format("GET", "/users/" .. math.random(1, max_id))
+  end
+end
+
+function done(summary, latency, requests)
+  local seconds = summary.duration / 1e6
+  local e = summary.errors
+  io.write(string.format(
+    "WRK_RESULT rps=%.1f p50_us=%d p99_us=%d requests=%d non2xx=%d sockerr=%d timeouts=%d\n",
+    summary.requests / seconds, latency:percentile(50), latency:percentile(99),
+    summary.requests, e.status, e.connect + e.read + e.write, e.timeout))
+end
