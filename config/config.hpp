@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -59,9 +60,27 @@ struct route_match {
 
 // A value taken from the caller's request.
 enum class value_source { path, query, header, body };
+
+// coalesce.key.generate: whether the gateway makes up the item key (a correlation id such as
+// "bg-3f9a2c-17", unique for the process lifetime).
+enum class key_generation {
+    never,         // "never" (default): the key comes from the request; missing -> on_missing_key
+    when_missing,  // "when_missing": natural key when present, a made-up one when absent (creates)
+    always         // "always": always made up; no path/query/header/body is given
+};
+
 struct value_ref {
     value_source source = value_source::path;
     std::string name;  // path param, query param, header name (lower case), or JSON pointer for body
+                       // (source and name are unset when generate == always)
+    key_generation generate = key_generation::never;  // key.generate: never
+};
+
+// coalesce.on_missing_key: a caller whose key is missing (or whose body is not JSON when the key
+// comes from the body).
+enum class missing_key_action {
+    reject,      // "reject" (default): 400 with a JSON error naming the missing key
+    passthrough  // "passthrough": the request goes to the upstream unchanged
 };
 
 // coalesce.partition: what must be equal for two callers to share an upstream call.
@@ -69,6 +88,9 @@ struct partition_settings {
     std::vector<std::string> path;     // path params
     std::vector<std::string> query;    // query params
     std::vector<std::string> headers;  // header names, lower case
+    // partition.body: JSON pointers into the caller's body (default none). The JSON text of each
+    // value is compared (absent != empty); batch templates use them as {body./pointer}.
+    std::vector<std::string> body;
     // Authorization and Cookie are part of the partition unless the route turns this off.
     bool credentials = true;
 };
@@ -79,12 +101,22 @@ enum class batch_encoding {
     json_body      // POST /batch with a body built from body_template
 };
 
+// coalesce.same_key: a caller whose key already waits in its partition's open batch.
+enum class same_key_policy {
+    share,            // "share": both callers get the one answer (default when every match entry is GET/HEAD)
+    sequence,         // "sequence": the later write goes to a later batch (default otherwise)
+    last_write_wins,  // "last_write_wins": one item with the latest payload
+    merge_patch       // "merge_patch": one item, RFC 7386 merge of the later payload onto the earlier
+};
+
 // coalesce.request: the upstream batch call.
 //
 // path and string values inside body_template may use placeholders that name partition
-// values: {path.NAME}, {query.NAME}, {header.NAME}. A string that is exactly "{items}" is
-// replaced by the JSON array of item keys. A string that is exactly one placeholder whose
-// value the caller did not send is removed from its object (so an optional "fields" vanishes).
+// values: {path.NAME}, {query.NAME}, {header.NAME}, {body./POINTER}. A string that is exactly
+// "{items}" is replaced by the JSON array of built items (item template below). A string that is
+// exactly one placeholder whose value the caller did not send is removed from its object (so an
+// optional "fields" vanishes). A ":int", ":number", ":bool", ":string" or ":json" suffix converts.
+// See docs/design/write-coalescing.md section 5.
 struct batch_request_settings {
     std::string method = "GET";
     std::string path;                   // template, e.g. /users or /api/characters/{path.id}/batch
@@ -92,25 +124,66 @@ struct batch_request_settings {
     std::string query_param;            // query_list / query_repeat: the parameter name
     std::string separator = ",";        // query_list
     nlohmann::json body_template;       // json_body
+    // request.item: per-item template, built when the caller arrives; may also use {key},
+    // {method}, {body}, {map.NAME} and any {path.X}/{query.X}/{header.X}/{body./ptr}.
+    // null (default) = "{key}": the bare key as a JSON string.
+    nlohmann::json item;
+    // request.maps: NAME -> upper-case method -> JSON value, for {map.NAME} (default none).
+    std::map<std::string, std::map<std::string, nlohmann::json>> maps;
     std::vector<std::string> forward_headers;  // extra caller headers to copy (first caller's), lower case
 };
 
-// coalesce.response: how to split the batch answer back to callers.
+// One result list of the batch answer (coalesce.response.lists[], or the single-list form).
+struct result_list {
+    std::string items;               // items: JSON pointer to the array of items; "" (default) = the root
+    // key: JSON pointers inside an item to its key; the first present wins ([/tempId, /id]).
+    // {""} = the element itself is the key (bare ids). Empty only with by_position.
+    std::vector<std::string> key;
+    bool by_position = false;        // by_position: false; match by order (single list only)
+    int status = 0;                  // lists[].status: fixed HTTP status for every item; 0 = none
+    std::string status_code;         // status_code: JSON pointer to a numeric HTTP status, optional
+    // status_field: JSON pointer to a string/bool/number status, optional (in the single-list
+    // form this is the YAML key "status").
+    std::string status_field;
+    std::map<std::string, int> status_map;  // status_map: status value ("success", "true") -> HTTP status
+    std::string body;                // body: JSON pointer to the caller's body; "" (default) = whole item
+    std::optional<nlohmann::json> body_value;  // body_value: fixed JSON body instead of body
+    std::string error;               // error: JSON pointer to an error message (non-2xx), optional
+};
+
+// coalesce.response: how to split the batch answer back to callers. The single-list YAML form is
+// normalised by the loader into exactly one entry of lists.
 struct batch_response_settings {
-    std::string items;               // JSON pointer to the array of items; "" = the root
-    std::string key;                 // JSON pointer inside an item to its key, e.g. /id
-    bool by_position = false;        // match by order instead of key (only if upstream keeps order)
-    std::string status_code;         // JSON pointer to a numeric HTTP status in the item, optional
-    std::string status;              // JSON pointer to a string/bool status, optional
-    std::map<std::string, int> status_map;  // status value ("success", "true") -> HTTP status
-    std::string body;                // JSON pointer to the caller's body inside the item; "" = whole item
-    std::string error;               // JSON pointer to an error message inside the item, optional
-    int missing_status = 404;        // for a caller whose key is absent from the answer
+    std::vector<result_list> lists;  // walked in order; a key found in two lists: the first wins
+    int missing_status = 404;        // missing_status: for a caller whose key is in no list
+    // success_status: upper-case method -> status replacing an item status of exactly 200
+    // (e.g. {POST: 201, DELETE: 204}); default none.
+    std::map<std::string, int> success_status;
+};
+
+// coalesce.on_batch_error: a whole-batch 4xx answer (not 401/403/408/429).
+enum class batch_error_policy {
+    fail_all,  // "fail_all" (default): every caller gets the upstream's status and body
+    isolate    // "isolate": re-send in halves until each failing item is alone
+};
+
+// coalesce.retry: whole-batch answers worth retrying.
+struct retry_settings {
+    std::vector<int> statuses{429, 503};                     // retry.statuses: [429, 503]
+    unsigned max_attempts = 3;                               // retry.max_attempts: 3 (incl. the first call), 1..20
+    duration initial_backoff = std::chrono::milliseconds(50);  // retry.initial_backoff: 50ms, doubles per attempt
+    duration max_backoff = std::chrono::seconds(2);          // retry.max_backoff: 2s
 };
 
 struct coalesce_settings {
     value_ref key;
+    missing_key_action on_missing_key = missing_key_action::reject;  // on_missing_key: reject
     partition_settings partition;
+    // same_key / ordered: always resolved by the loader. same_key defaults to share when every
+    // match entry lists only GET/HEAD (an entry without method counts as not GET), else sequence;
+    // ordered defaults to true unless same_key is share.
+    same_key_policy same_key = same_key_policy::share;
+    bool ordered = false;
     std::size_t max_batch_items = 100;
     std::size_t max_batch_bytes = 0;          // 0 = no byte limit
     duration max_wait = std::chrono::milliseconds(5);
@@ -118,11 +191,14 @@ struct coalesce_settings {
     std::size_t max_waiting = 10000;          // callers waiting on this route; more get 503
     batch_request_settings request;
     batch_response_settings response;
+    batch_error_policy on_batch_error = batch_error_policy::fail_all;  // on_batch_error: fail_all
+    retry_settings retry;                                             // retry: see retry_settings
 };
 
 struct route_settings {
     std::string name;
-    route_match match;
+    // routes[].match: one mapping or a list of them; the route matches when any entry matches.
+    std::vector<route_match> matches;
     route_mode mode = route_mode::passthrough;
     std::string upstream;
     // Deadline for one caller's answer; 0 = derived (max_wait + upstream request_timeout + 1s).

@@ -457,13 +457,23 @@ nlohmann::json plain_scalar_to_json(const std::string& s) {
 }
 
 struct placeholder_use {
-    std::string source;  // "path", "query", "header", "items"
+    // "path", "query", "header", "body" (name = JSON pointer, "" = the whole body), "items", "key",
+    // "method", "map" (name = map name)
+    std::string source;
     std::string name;
+    std::string type;    // type suffix without ':' ("" = none)
     YAML::Mark mark;
     std::string path;    // key path of the string that uses it
+
+    std::string text() const { return "{" + source + (name.empty() ? "" : "." + name) + "}"; }
 };
 
+bool is_type_suffix(std::string_view t) {
+    return t == "int" || t == "number" || t == "bool" || t == "string" || t == "json";
+}
+
 // Finds {...} placeholders in a template string. Returns an error text for malformed ones.
+// A ":TYPE" suffix is split off at the last ':'.
 std::optional<std::string> scan_placeholders(std::string_view s, const YAML::Mark& mark, const std::string& path,
                                              std::vector<placeholder_use>& uses) {
     std::size_t pos = 0;
@@ -473,33 +483,51 @@ std::optional<std::string> scan_placeholders(std::string_view s, const YAML::Mar
         if (s[open] == '}') return "unmatched \"}\"";
         std::size_t close = s.find_first_of("{}", open + 1);
         if (close == std::string_view::npos || s[close] == '{') return "unmatched \"{\"";
-        std::string_view inner = s.substr(open + 1, close - open - 1);
-        if (inner == "items") {
-            uses.push_back({"items", "", mark, path});
+        const std::string_view whole = s.substr(open + 1, close - open - 1);
+        std::string_view inner = whole;
+        placeholder_use u{"", "", "", mark, path};
+        if (auto colon = inner.rfind(':'); colon != std::string_view::npos) {
+            std::string_view type = inner.substr(colon + 1);
+            inner = inner.substr(0, colon);
+            if (!is_type_suffix(type))
+                return "unknown type suffix \":" + std::string(type) + "\" in {" + std::string(whole) +
+                       "}: use :int, :number, :bool, :string or :json";
+            u.type = std::string(type);
+        }
+        if (inner == "items" || inner == "key" || inner == "method" || inner == "body") {
+            u.source = std::string(inner);
+            if (inner == "items" && !u.type.empty()) return "{items} takes no type suffix";
         } else {
             auto dot = inner.find('.');
             std::string_view src = dot == std::string_view::npos ? inner : inner.substr(0, dot);
             std::string_view name = dot == std::string_view::npos ? std::string_view{} : inner.substr(dot + 1);
-            if ((src != "path" && src != "query" && src != "header") || name.empty())
-                return "unknown placeholder {" + std::string(inner) +
-                       "}: use {path.NAME}, {query.NAME}, {header.NAME} or {items}";
-            std::string n(name);
-            if (src == "header") n = to_lower(n);
-            uses.push_back({std::string(src), n, mark, path});
+            if ((src != "path" && src != "query" && src != "header" && src != "body" && src != "map") || name.empty())
+                return "unknown placeholder {" + std::string(whole) +
+                       "}: use {path.NAME}, {query.NAME}, {header.NAME}, {body./POINTER} or {items}; "
+                       "request.item may also use {key}, {method}, {body} and {map.NAME}";
+            u.source = std::string(src);
+            u.name = std::string(name);
+            if (src == "header") u.name = to_lower(u.name);
+            if (src == "body" && (name.front() != '/' || !is_valid_json_pointer(name)))
+                return "bad JSON pointer \"" + std::string(name) + "\" in {" + std::string(whole) +
+                       "}: write {body./field} (\"~\" must be followed by 0 or 1)";
         }
+        uses.push_back(std::move(u));
         pos = close + 1;
     }
     return std::nullopt;
 }
 
+// YAML -> JSON. With templates, string scalars are scanned for placeholders (collected in uses);
+// without, they are plain strings (request.maps values, body_value).
 nlohmann::json yaml_to_json(context& ctx, const YAML::Node& n, const std::string& path,
-                            std::vector<placeholder_use>& uses, const YAML::Mark& fallback) {
+                            std::vector<placeholder_use>& uses, const YAML::Mark& fallback, bool templates = true) {
     const YAML::Mark mark = n.Mark().is_null() ? fallback : n.Mark();
     switch (n.Type()) {
         case YAML::NodeType::Sequence: {
             auto arr = nlohmann::json::array();
             std::size_t i = 0;
-            for (const auto& item : n) arr.push_back(yaml_to_json(ctx, item, index(path, i++), uses, mark));
+            for (const auto& item : n) arr.push_back(yaml_to_json(ctx, item, index(path, i++), uses, mark, templates));
             return arr;
         }
         case YAML::NodeType::Map: {
@@ -514,7 +542,7 @@ nlohmann::json yaml_to_json(context& ctx, const YAML::Node& n, const std::string
                     ctx.add(it->first.Mark(), child(path, k), "duplicate key");
                     continue;
                 }
-                obj[k] = yaml_to_json(ctx, it->second, child(path, k), uses, it->first.Mark());
+                obj[k] = yaml_to_json(ctx, it->second, child(path, k), uses, it->first.Mark(), templates);
             }
             return obj;
         }
@@ -524,6 +552,7 @@ nlohmann::json yaml_to_json(context& ctx, const YAML::Node& n, const std::string
                 auto j = plain_scalar_to_json(s);
                 if (!j.is_string()) return j;
             }
+            if (!templates) return s;
             std::vector<placeholder_use> found;
             if (auto err = scan_placeholders(s, mark, path, found)) {
                 ctx.add(mark, path, *err);
@@ -532,7 +561,7 @@ nlohmann::json yaml_to_json(context& ctx, const YAML::Node& n, const std::string
             for (const auto& u : found) {
                 if (u.source == "items" && s != "{items}")
                     ctx.add(mark, path,
-                            "{items} must be a whole string value (\"{items}\"): it is replaced by the JSON array of keys");
+                            "{items} must be a whole string value (\"{items}\"): it is replaced by the JSON array of items");
                 else
                     uses.push_back(u);
             }
@@ -652,9 +681,52 @@ void load_upstreams(context& ctx, const field& f, gateway_config& cfg) {
     }
 }
 
-void load_match(context& ctx, const field& f, route_match& out, std::vector<std::string>& params, bool& params_known) {
+// What the coalesce checks need to know about one match entry.
+struct match_shape {
+    bool prefix = false;                // uses match.prefix: no parameters
+    bool known = true;                  // false when its path itself was bad (or missing)
+    std::vector<std::string> params;    // parameters of its path template
+    std::vector<std::string> methods;   // upper case; empty = any
+};
+
+// ... and about the route's match entries together.
+struct route_shape {
+    std::vector<match_shape> entries;
+    bool params_known = true;  // false when any match entry was bad: skip follow-on errors
+
+    // Every entry lists only GET/HEAD (an entry without method counts as not GET).
+    bool read_only() const {
+        if (entries.empty()) return false;
+        for (const auto& e : entries) {
+            if (e.methods.empty()) return false;
+            for (const auto& m : e.methods)
+                if (m != "GET" && m != "HEAD") return false;
+        }
+        return true;
+    }
+    // Methods the route can receive, or nullopt when some entry takes any method.
+    std::optional<std::vector<std::string>> methods() const {
+        std::vector<std::string> out;
+        for (const auto& e : entries) {
+            if (e.methods.empty()) return std::nullopt;
+            for (const auto& m : e.methods)
+                if (std::find(out.begin(), out.end(), m) == out.end()) out.push_back(m);
+        }
+        return out;
+    }
+    bool in_every_entry(const std::string& param) const {
+        for (const auto& e : entries)
+            if (std::find(e.params.begin(), e.params.end(), param) == e.params.end()) return false;
+        return true;
+    }
+};
+
+void load_match(context& ctx, const field& f, route_match& out, match_shape& shape) {
     map_reader m(ctx, f.value, f.path, {"method", "path", "prefix"});
-    if (!m.ok()) return;
+    if (!m.ok()) {
+        shape.known = false;
+        return;
+    }
     if (auto* x = m.get("method")) {
         if (auto list = read_string_list(ctx, *x)) {
             if (list->empty()) ctx.add(x->mark(), x->path, "must list at least one method (leave it out for any method)");
@@ -668,22 +740,24 @@ void load_match(context& ctx, const field& f, route_match& out, std::vector<std:
             }
         }
     }
+    shape.methods = out.methods;
     const field* path = m.get("path");
     const field* prefix = m.get("prefix");
     if (path && prefix) {
         ctx.add(prefix->key.Mark(), f.path, "give either path or prefix, not both");
     } else if (!path && !prefix) {
         ctx.add(m.mark(), child(f.path, "path"), "required key is missing (give match.path or match.prefix)");
+        shape.known = false;
     }
     if (path) {
         if (auto s = read_string(ctx, *path)) {
             out.path = *s;
-            if (auto err = check_path_template(*s, params)) {
+            if (auto err = check_path_template(*s, shape.params)) {
                 ctx.add(path->mark(), path->path, "bad path template: " + *err);
-                params_known = false;
+                shape.known = false;
             }
         } else {
-            params_known = false;
+            shape.known = false;
         }
     }
     if (prefix) {
@@ -697,40 +771,122 @@ void load_match(context& ctx, const field& f, route_match& out, std::vector<std:
                 ctx.add(prefix->mark(), prefix->path, "must not contain a query string (\"?\")");
         }
     }
+    shape.prefix = out.path.empty() && !out.prefix.empty();
 }
 
-// What the coalesce checks need to know about the route's match.
-struct route_shape {
-    bool uses_prefix = false;
-    bool params_known = true;  // false when match.path itself was bad: skip follow-on errors
-    std::vector<std::string> params;
-};
+std::string join(const std::vector<std::string>& v, const char* none = "none") {
+    std::string out;
+    for (const auto& s : v) out += (out.empty() ? "" : ", ") + s;
+    return out.empty() ? std::string(none) : out;
+}
 
+// A path parameter named by key.path (in_every = false: one entry is enough), partition.path
+// (in_every = true) or an item template (false).
 bool check_path_param(context& ctx, const std::string& name, const YAML::Mark& mark, const std::string& path,
-                      const route_shape& shape, const std::string& what) {
-    if (shape.uses_prefix) {
-        ctx.add(mark, path, what + " needs a route with match.path (this route uses match.prefix, which has no parameters)");
-        return false;
+                      const route_shape& shape, const std::string& what, bool in_every) {
+    if (!shape.params_known || shape.entries.empty()) return false;
+    auto has = [&](const match_shape& e) { return std::find(e.params.begin(), e.params.end(), name) != e.params.end(); };
+    if (shape.entries.size() == 1) {
+        const auto& e = shape.entries.front();
+        if (e.prefix) {
+            ctx.add(mark, path, what + " needs a route with match.path (this route uses match.prefix, which has no parameters)");
+            return false;
+        }
+        if (!has(e)) {
+            ctx.add(mark, path, quote(name) + " is not a parameter of match.path (parameters: " + join(e.params) + ")");
+            return false;
+        }
+        return true;
     }
-    if (!shape.params_known) return false;
-    if (std::find(shape.params.begin(), shape.params.end(), name) == shape.params.end()) {
-        std::string known;
-        for (const auto& p : shape.params) known += (known.empty() ? "" : ", ") + p;
-        ctx.add(mark, path, quote(name) + " is not a parameter of match.path (parameters: " +
-                                (known.empty() ? std::string("none") : known) + ")");
-        return false;
+    if (in_every) {
+        for (std::size_t i = 0; i < shape.entries.size(); ++i) {
+            const auto& e = shape.entries[i];
+            if (has(e)) continue;
+            const std::string entry = "match[" + std::to_string(i) + "]";
+            ctx.add(mark, path,
+                    quote(name) + (e.prefix ? " is not a parameter of " + entry + " (it uses match.prefix, which has no parameters)"
+                                            : " is not a parameter of " + entry + ".path (parameters: " + join(e.params) + ")") +
+                        "; " + what + " must be a parameter of every match entry");
+            return false;
+        }
+        return true;
     }
-    return true;
+    std::vector<std::string> all;
+    bool all_prefix = true;
+    for (const auto& e : shape.entries) {
+        if (has(e)) return true;
+        all_prefix = all_prefix && e.prefix;
+        for (const auto& p : e.params)
+            if (std::find(all.begin(), all.end(), p) == all.end()) all.push_back(p);
+    }
+    if (all_prefix)
+        ctx.add(mark, path, what + " needs a route with match.path (every match entry uses match.prefix, which has no parameters)");
+    else
+        ctx.add(mark, path, quote(name) + " is not a parameter of any match entry's path (parameters: " + join(all) + ")");
+    return false;
+}
+
+template <typename E>
+std::optional<E> read_enum(context& ctx, const field& f, std::string_view what,
+                           std::initializer_list<std::pair<std::string_view, E>> values) {
+    auto s = read_string(ctx, f);
+    if (!s) return std::nullopt;
+    std::string expected;
+    std::size_t i = 0;
+    for (const auto& [name, value] : values) {
+        if (*s == name) return value;
+        expected += (i == 0 ? "" : i + 1 == values.size() ? " or " : ", ") + std::string(name);
+        ++i;
+    }
+    ctx.add(f.mark(), f.path, "unknown " + std::string(what) + " " + quote(*s) + " (expected " + expected + ")");
+    return std::nullopt;
+}
+
+// A method used as a key of request.maps or response.success_status: a standard HTTP method,
+// and one the route's match entries can receive.
+std::optional<std::string> read_route_method(context& ctx, const YAML::Node& key, const std::string& path,
+                                             const route_shape& shape) {
+    static const std::vector<std::string> standard = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"};
+    if (!key.IsScalar()) {
+        ctx.add(key.Mark(), path, std::string("expected an HTTP method, got ") + kind(key));
+        return std::nullopt;
+    }
+    const std::string m = to_upper(key.Scalar());
+    const std::string at = child(path, key.Scalar());
+    if (std::find(standard.begin(), standard.end(), m) == standard.end()) {
+        ctx.add(key.Mark(), at, quote(key.Scalar()) + " is not an HTTP method (expected one of " + join(standard) + ")");
+        return std::nullopt;
+    }
+    if (auto methods = shape.methods(); methods && shape.params_known &&
+                                        std::find(methods->begin(), methods->end(), m) == methods->end()) {
+        ctx.add(key.Mark(), at, quote(m) + " is not a method this route matches (methods: " + join(*methods) + ")");
+        return std::nullopt;
+    }
+    return m;
 }
 
 void load_key(context& ctx, const field& f, value_ref& out, const route_shape& shape) {
-    map_reader m(ctx, f.value, f.path, {"path", "query", "header", "body"});
+    map_reader m(ctx, f.value, f.path, {"path", "query", "header", "body", "generate"});
     if (!m.ok()) return;
+    const field* gen = m.get("generate");
+    if (gen)
+        if (auto v = read_enum<key_generation>(ctx, *gen, "generate",
+                                               {{"never", key_generation::never},
+                                                {"when_missing", key_generation::when_missing},
+                                                {"always", key_generation::always}}))
+            out.generate = *v;
     std::vector<const field*> given;
     for (auto k : {"path", "query", "header", "body"})
         if (auto* x = m.get(k)) given.push_back(x);
+    if (out.generate == key_generation::always) {
+        for (const field* x : given)
+            ctx.add(x->key.Mark(), x->path,
+                    "generate: always makes up every key, so the key has no source: remove " + x->key.Scalar() +
+                        " (or use generate: when_missing)");
+        return;
+    }
     if (given.size() != 1) {
-        ctx.add(m.mark(), f.path, given.empty() ? "give one of path, query, header or body"
+        ctx.add(m.mark(), f.path, given.empty() ? "give one of path, query, header or body (or generate: always)"
                                                 : "give exactly one of path, query, header or body");
         return;
     }
@@ -740,7 +896,11 @@ void load_key(context& ctx, const field& f, value_ref& out, const route_shape& s
     if (!s) return;
     if (src == "path") {
         out.source = value_source::path;
-        check_path_param(ctx, *s, x.mark(), x.path, shape, "key.path");
+        if (check_path_param(ctx, *s, x.mark(), x.path, shape, "key.path", false) &&
+            out.generate == key_generation::when_missing && shape.in_every_entry(*s))
+            ctx.add(gen->mark(), gen->path,
+                    "generate: when_missing would never generate a key: every match entry has {" + *s +
+                        "} (add a match entry without it, such as the create, or use generate: never)");
     } else if (src == "query") {
         out.source = value_source::query;
         if (s->empty()) ctx.add(x.mark(), x.path, "must name a query parameter");
@@ -758,14 +918,14 @@ void load_key(context& ctx, const field& f, value_ref& out, const route_shape& s
 }
 
 void load_partition(context& ctx, const field& f, partition_settings& out, const route_shape& shape) {
-    map_reader m(ctx, f.value, f.path, {"path", "query", "headers", "credentials"});
+    map_reader m(ctx, f.value, f.path, {"path", "query", "headers", "body", "credentials"});
     if (!m.ok()) return;
     if (auto* x = m.get("path")) {
         if (auto list = read_string_list(ctx, *x)) {
             std::size_t i = 0;
             for (const auto& [name, mark] : *list) {
                 auto p = x->value.IsSequence() ? index(x->path, i++) : x->path;
-                check_path_param(ctx, name, mark, p, shape, "partition.path");
+                check_path_param(ctx, name, mark, p, shape, "partition.path", true);
                 out.path.push_back(name);
             }
         }
@@ -784,33 +944,123 @@ void load_partition(context& ctx, const field& f, partition_settings& out, const
                 out.headers.push_back(to_lower(name));
             }
     }
+    if (auto* x = m.get("body")) {
+        if (auto list = read_string_list(ctx, *x)) {
+            std::size_t i = 0;
+            for (const auto& [pointer, mark] : *list) {
+                auto p = x->value.IsSequence() ? index(x->path, i++) : x->path;
+                if (pointer.empty())
+                    ctx.add(mark, p, "must name a field of the body, like /period_id (\"\" would be the whole body)");
+                else if (!is_valid_json_pointer(pointer))
+                    ctx.add(mark, p,
+                            "bad JSON pointer " + quote(pointer) + ": must start with \"/\", and \"~\" must be followed by 0 or 1");
+                out.body.push_back(pointer);
+            }
+        }
+    }
     if (auto* x = m.get("credentials"))
         if (auto v = read_bool(ctx, *x)) out.credentials = *v;
 }
 
-void check_placeholder_partition(context& ctx, const std::vector<placeholder_use>& uses, const partition_settings& part,
-                                 const char* where) {
+enum class template_kind { batch_path, batch_body, item };
+
+// Where each placeholder may be used (docs/design/write-coalescing.md section 5): batch templates
+// only use partition values; {key}, {method}, {body} and {map.NAME} are per caller (item only);
+// {items} is for request.body (counted by the caller).
+void check_template_uses(context& ctx, const std::vector<placeholder_use>& uses, template_kind where,
+                         const partition_settings& part, const route_shape& shape,
+                         const std::map<std::string, std::map<std::string, nlohmann::json>>& maps) {
+    const char* where_name = where == template_kind::batch_path   ? "request.path"
+                             : where == template_kind::batch_body ? "request.body"
+                                                                  : "request.item";
     for (const auto& u : uses) {
+        if (u.source == "items") {
+            if (where == template_kind::batch_path)
+                ctx.add(u.mark, u.path, "{items} is only allowed in request.body; query encodings add the keys via query_param");
+            else if (where == template_kind::item)
+                ctx.add(u.mark, u.path, "{items} is only allowed in request.body (request.item is one element of it)");
+            continue;
+        }
+        const bool per_caller = u.source == "key" || u.source == "method" || u.source == "map" ||
+                                (u.source == "body" && u.name.empty());
+        if (per_caller) {
+            if (where != template_kind::item) {
+                ctx.add(u.mark, u.path,
+                        u.text() + " is only allowed in request.item: " + where_name +
+                            " is shared by every caller of a batch");
+            } else if (u.source == "map" && !maps.contains(u.name)) {
+                std::vector<std::string> names;
+                for (const auto& [n, table] : maps) names.push_back(n);
+                ctx.add(u.mark, u.path, u.text() + " names no map of request.maps (defined: " + join(names) + ")");
+            }
+            continue;
+        }
+        if (where == template_kind::item) {
+            if (u.source == "path") check_path_param(ctx, u.name, u.mark, u.path, shape, "request.item " + u.text(), false);
+            continue;
+        }
         const std::vector<std::string>* list = nullptr;
         const char* list_name = "";
         if (u.source == "path") list = &part.path, list_name = "partition.path";
         else if (u.source == "query") list = &part.query, list_name = "partition.query";
         else if (u.source == "header") list = &part.headers, list_name = "partition.headers";
+        else if (u.source == "body") list = &part.body, list_name = "partition.body";
         else continue;
         if (std::find(list->begin(), list->end(), u.name) == list->end())
             ctx.add(u.mark, u.path,
-                    std::string(where) + " uses {" + u.source + "." + u.name + "} but " + list_name +
+                    std::string(where_name) + " uses " + u.text() + " but " + list_name +
                         " does not list it: callers with different values would share a batch");
     }
 }
 
-void load_request(context& ctx, const field& f, batch_request_settings& out, const partition_settings& part) {
+void load_maps(context& ctx, const field& f, std::map<std::string, std::map<std::string, nlohmann::json>>& out,
+               const route_shape& shape) {
+    if (!f.value.IsMap()) {
+        ctx.add(f.mark(), f.path, std::string("expected a map of name -> {METHOD: value}, got ") + kind(f.value));
+        return;
+    }
+    for (auto it = f.value.begin(); it != f.value.end(); ++it) {
+        if (!it->first.IsScalar()) {
+            ctx.add(it->first.Mark(), f.path, std::string("map names must be strings, got ") + kind(it->first));
+            continue;
+        }
+        const std::string name = it->first.Scalar();
+        const std::string path = child(f.path, name);
+        if (!is_valid_name(name)) ctx.add(it->first.Mark(), path, "bad map name " + quote(name) + " (use A-Z a-z 0-9 _ . -)");
+        if (out.contains(name)) {
+            ctx.add(it->first.Mark(), path, "duplicate key");
+            continue;
+        }
+        auto& table = out[name];
+        const YAML::Node& v = it->second;
+        if (!v.IsMap() || v.size() == 0) {
+            ctx.add(v.IsNull() || v.Mark().is_null() ? it->first.Mark() : v.Mark(), path,
+                    std::string("expected a map of HTTP method -> JSON value, like {POST: create, PUT: update}, got ") +
+                        (v.IsMap() ? "an empty map" : kind(v)));
+            continue;
+        }
+        for (auto e = v.begin(); e != v.end(); ++e) {
+            auto method = read_route_method(ctx, e->first, path, shape);
+            if (!method) continue;
+            if (table.contains(*method)) {
+                ctx.add(e->first.Mark(), child(path, e->first.Scalar()), "duplicate method " + *method);
+                continue;
+            }
+            std::vector<placeholder_use> none;
+            table[*method] = yaml_to_json(ctx, e->second, child(path, e->first.Scalar()), none, e->first.Mark(), false);
+        }
+    }
+}
+
+void load_request(context& ctx, const field& f, batch_request_settings& out, const partition_settings& part,
+                  const route_shape& shape) {
     map_reader m(ctx, f.value, f.path,
-                 {"method", "path", "encoding", "query_param", "separator", "body", "forward_headers"});
+                 {"method", "path", "encoding", "query_param", "separator", "body", "item", "maps", "forward_headers"});
     if (!m.ok()) return;
     if (auto* x = m.get("method"))
         if (auto s = read_string(ctx, *x))
             if (auto meth = read_method(ctx, *s, x->mark(), x->path)) out.method = *meth;
+    if (auto* x = m.get("maps")) load_maps(ctx, *x, out.maps, shape);
     if (auto* x = m.required("path")) {
         if (auto s = read_string(ctx, *x)) {
             out.path = *s;
@@ -820,11 +1070,7 @@ void load_request(context& ctx, const field& f, batch_request_settings& out, con
             } else if (auto err = scan_placeholders(*s, x->mark(), x->path, uses)) {
                 ctx.add(x->mark(), x->path, "bad template " + quote(*s) + ": " + *err);
             } else {
-                for (const auto& u : uses)
-                    if (u.source == "items")
-                        ctx.add(x->mark(), x->path,
-                                "{items} is only allowed in request.body; query encodings add the keys via query_param");
-                check_placeholder_partition(ctx, uses, part, "request.path");
+                check_template_uses(ctx, uses, template_kind::batch_path, part, shape, out.maps);
             }
         }
     }
@@ -845,6 +1091,8 @@ void load_request(context& ctx, const field& f, batch_request_settings& out, con
     const field* qp = m.get("query_param");
     const field* sep = m.get("separator");
     const field* body = m.get("body");
+    const field* item = m.get("item");
+    const field* maps = m.get("maps");
     if (qp) {
         if (auto s = read_string(ctx, *qp)) {
             out.query_param = *s;
@@ -860,17 +1108,24 @@ void load_request(context& ctx, const field& f, batch_request_settings& out, con
     if (body) {
         std::vector<placeholder_use> uses;
         out.body_template = yaml_to_json(ctx, body->value, body->path, uses, body->key.Mark());
-        check_placeholder_partition(ctx, uses, part, "request.body");
+        check_template_uses(ctx, uses, template_kind::batch_body, part, shape, out.maps);
         auto items = std::count_if(uses.begin(), uses.end(), [](const auto& u) { return u.source == "items"; });
         if (have_encoding && !is_query && items != 1)
             ctx.add(body->mark(), body->path,
-                    items == 0 ? "must contain \"{items}\" once, as a whole string value: it is replaced by the JSON array of keys"
+                    items == 0 ? "must contain \"{items}\" once, as a whole string value: it is replaced by the JSON array of items"
                                : "\"{items}\" appears " + std::to_string(items) + " times; it must appear exactly once");
+    }
+    if (item) {
+        std::vector<placeholder_use> uses;
+        out.item = yaml_to_json(ctx, item->value, item->path, uses, item->key.Mark());
+        check_template_uses(ctx, uses, template_kind::item, part, shape, out.maps);
     }
     if (!have_encoding) return;
     if (is_query) {
         if (!qp) ctx.add(m.mark(), child(f.path, "query_param"), "required key is missing for encoding query_list / query_repeat");
         if (body) ctx.add(body->key.Mark(), body->path, "body is only used with encoding: json_body");
+        if (item) ctx.add(item->key.Mark(), item->path, "item is only used with encoding: json_body (query encodings send the keys)");
+        if (maps) ctx.add(maps->key.Mark(), maps->path, "maps is only used with encoding: json_body (by request.item)");
         if (sep && out.encoding == batch_encoding::query_repeat)
             ctx.add(sep->key.Mark(), sep->path, "separator is only used with encoding: query_list");
     } else {
@@ -887,61 +1142,200 @@ void load_request(context& ctx, const field& f, batch_request_settings& out, con
     }
 }
 
-void load_response(context& ctx, const field& f, batch_response_settings& out) {
-    map_reader m(ctx, f.value, f.path,
-                 {"items", "key", "by_position", "status_code", "status", "status_map", "body", "error", "missing_status"});
-    if (!m.ok()) return;
+void read_status_map(context& ctx, const field& x, std::map<std::string, int>& out) {
+    if (!x.value.IsMap()) {
+        ctx.add(x.mark(), x.path, std::string("expected a map of status value -> HTTP status, got ") + kind(x.value));
+        return;
+    }
+    for (auto it = x.value.begin(); it != x.value.end(); ++it) {
+        if (!it->first.IsScalar()) {
+            ctx.add(it->first.Mark(), x.path, "status values must be strings");
+            continue;
+        }
+        const std::string k = it->first.Scalar();
+        if (out.count(k)) {
+            ctx.add(it->first.Mark(), child(x.path, k), "duplicate key");
+            continue;
+        }
+        field entry{it->first, it->second, child(x.path, k)};
+        if (auto v = read_int(ctx, entry, 100, 599)) out[k] = static_cast<int>(*v);
+    }
+}
+
+// key: one JSON pointer or a list of them (the first present wins).
+void read_key_pointers(context& ctx, const field& f, std::vector<std::string>& out) {
+    if (f.value.IsSequence()) {
+        if (f.value.size() == 0) ctx.add(f.mark(), f.path, "must list at least one JSON pointer");
+        std::size_t i = 0;
+        for (const auto& n : f.value) {
+            field entry{f.key, n, index(f.path, i++)};
+            if (auto v = read_pointer(ctx, entry, true)) out.push_back(*v);
+        }
+        return;
+    }
+    if (auto v = read_pointer(ctx, f, true)) out.push_back(*v);
+}
+
+// One result list: the single-list form (single = true: "status" is a pointer) or lists[i].
+void load_result_list(context& ctx, const map_reader& m, const std::string& path, result_list& out, bool single) {
     if (auto* x = m.get("items"))
         if (auto v = read_pointer(ctx, *x, true)) out.items = *v;
     if (auto* x = m.get("by_position"))
         if (auto v = read_bool(ctx, *x)) out.by_position = *v;
     const field* key = m.get("key");
     if (key) {
-        if (auto v = read_pointer(ctx, *key, true)) out.key = *v;
+        read_key_pointers(ctx, *key, out.key);
         if (out.by_position) ctx.add(key->key.Mark(), key->path, "give either key or by_position: true, not both");
     } else if (!out.by_position) {
-        ctx.add(m.mark(), child(f.path, "key"), "required key is missing (or set by_position: true)");
+        ctx.add(m.mark(), child(path, "key"), "required key is missing (or set by_position: true)");
     }
-    if (auto* x = m.get("status_code"))
-        if (auto v = read_pointer(ctx, *x, false)) out.status_code = *v;
+    const field* status_code = m.get("status_code");
+    if (status_code)
+        if (auto v = read_pointer(ctx, *status_code, false)) out.status_code = *v;
     const field* status = m.get("status");
-    if (status)
-        if (auto v = read_pointer(ctx, *status, false)) out.status = *v;
+    const field* status_field = single ? status : m.get("status_field");
+    if (single) {
+        if (status)
+            if (auto v = read_pointer(ctx, *status, false)) out.status_field = *v;
+    } else {
+        if (status_field)
+            if (auto v = read_pointer(ctx, *status_field, false)) out.status_field = *v;
+        if (status) {
+            if (auto v = read_int(ctx, *status, 100, 599)) out.status = static_cast<int>(*v);
+            if (status_code || status_field)
+                ctx.add(status->key.Mark(), status->path,
+                        "give either a fixed status or status_code / status_field, not both");
+        }
+    }
     if (auto* x = m.get("status_map")) {
-        if (!status) ctx.add(x->key.Mark(), x->path, "status_map has no effect without status");
+        if (!status_field)
+            ctx.add(x->key.Mark(), x->path, single ? "status_map has no effect without status" : "status_map has no effect without status_field");
+        read_status_map(ctx, *x, out.status_map);
+    }
+    const field* body = m.get("body");
+    if (body)
+        if (auto v = read_pointer(ctx, *body, true)) out.body = *v;
+    if (auto* x = m.get("body_value")) {
+        std::vector<placeholder_use> none;
+        out.body_value = yaml_to_json(ctx, x->value, x->path, none, x->key.Mark(), false);
+        if (body) ctx.add(x->key.Mark(), x->path, "give either body or body_value, not both");
+    }
+    if (auto* x = m.get("error"))
+        if (auto v = read_pointer(ctx, *x, false)) out.error = *v;
+}
+
+void load_response(context& ctx, const field& f, batch_response_settings& out, const route_shape& shape) {
+    static constexpr std::string_view single_keys[] = {
+        "items", "key", "by_position", "status_code", "status", "status_map", "body", "body_value", "error"};
+    map_reader m(ctx, f.value, f.path,
+                 {"items", "key", "by_position", "status_code", "status", "status_map", "body", "body_value", "error",
+                  "lists", "missing_status", "success_status"});
+    if (!m.ok()) return;
+    if (const field* lists = m.get("lists")) {
+        for (auto k : single_keys)
+            if (const field* x = m.get(k))
+                ctx.add(x->key.Mark(), x->path,
+                        "give either lists or the single-list keys, not both (move " + std::string(k) +
+                            " into an entry of lists)");
+        if (!lists->value.IsSequence() || lists->value.size() == 0) {
+            ctx.add(lists->mark(), lists->path,
+                    std::string("expected a non-empty list of result lists, got ") +
+                        (lists->value.IsSequence() ? "an empty list" : kind(lists->value)));
+        } else {
+            std::size_t i = 0;
+            for (const auto& node : lists->value) {
+                const std::string path = index(lists->path, i++);
+                map_reader lm(ctx, node, path,
+                              {"items", "key", "by_position", "status", "status_code", "status_field", "status_map", "body",
+                               "body_value", "error"});
+                if (!lm.ok()) continue;
+                result_list list;
+                load_result_list(ctx, lm, path, list, false);
+                if (list.by_position && lists->value.size() > 1)
+                    if (const field* x = lm.get("by_position"))
+                        ctx.add(x->key.Mark(), x->path, "by_position needs exactly one result list");
+                out.lists.push_back(std::move(list));
+            }
+        }
+    } else {
+        result_list list;
+        load_result_list(ctx, m, f.path, list, true);
+        out.lists.push_back(std::move(list));
+    }
+    if (auto* x = m.get("missing_status"))
+        if (auto v = read_int(ctx, *x, 100, 599)) out.missing_status = static_cast<int>(*v);
+    if (auto* x = m.get("success_status")) {
         if (!x->value.IsMap()) {
-            ctx.add(x->mark(), x->path, std::string("expected a map of status value -> HTTP status, got ") + kind(x->value));
+            ctx.add(x->mark(), x->path, std::string("expected a map of HTTP method -> status, like {POST: 201}, got ") + kind(x->value));
         } else {
             for (auto it = x->value.begin(); it != x->value.end(); ++it) {
-                if (!it->first.IsScalar()) {
-                    ctx.add(it->first.Mark(), x->path, "status values must be strings");
+                auto method = read_route_method(ctx, it->first, x->path, shape);
+                if (!method) continue;
+                field entry{it->first, it->second, child(x->path, it->first.Scalar())};
+                if (out.success_status.contains(*method)) {
+                    ctx.add(it->first.Mark(), entry.path, "duplicate method " + *method);
                     continue;
                 }
-                const std::string k = it->first.Scalar();
-                if (out.status_map.count(k)) {
-                    ctx.add(it->first.Mark(), child(x->path, k), "duplicate key");
-                    continue;
-                }
-                field entry{it->first, it->second, child(x->path, k)};
-                if (auto v = read_int(ctx, entry, 100, 599)) out.status_map[k] = static_cast<int>(*v);
+                if (auto v = read_int(ctx, entry, 100, 599)) out.success_status[*method] = static_cast<int>(*v);
             }
         }
     }
-    if (auto* x = m.get("body"))
-        if (auto v = read_pointer(ctx, *x, true)) out.body = *v;
-    if (auto* x = m.get("error"))
-        if (auto v = read_pointer(ctx, *x, false)) out.error = *v;
-    if (auto* x = m.get("missing_status"))
-        if (auto v = read_int(ctx, *x, 100, 599)) out.missing_status = static_cast<int>(*v);
+}
+
+void load_retry(context& ctx, const field& f, retry_settings& out) {
+    map_reader m(ctx, f.value, f.path, {"statuses", "max_attempts", "initial_backoff", "max_backoff"});
+    if (!m.ok()) return;
+    if (auto* x = m.get("statuses")) {
+        out.statuses.clear();
+        if (x->value.IsSequence()) {
+            std::size_t i = 0;
+            for (const auto& n : x->value) {
+                field entry{x->key, n, index(x->path, i++)};
+                if (auto v = read_int(ctx, entry, 100, 599)) out.statuses.push_back(static_cast<int>(*v));
+            }
+        } else if (auto v = read_int(ctx, *x, 100, 599)) {
+            out.statuses.push_back(static_cast<int>(*v));
+        }
+    }
+    if (auto* x = m.get("max_attempts"))
+        if (auto v = read_int(ctx, *x, 1, 20)) out.max_attempts = static_cast<unsigned>(*v);
+    const field* initial = m.get("initial_backoff");
+    if (initial)
+        if (auto v = read_duration(ctx, *initial, false)) out.initial_backoff = *v;
+    if (auto* x = m.get("max_backoff")) {
+        if (auto v = read_duration(ctx, *x, false)) {
+            out.max_backoff = *v;
+            if (out.max_backoff < out.initial_backoff)
+                ctx.add(x->mark(), x->path,
+                        "must be at least initial_backoff (" + std::to_string(out.initial_backoff.count()) + "ms)");
+        }
+    }
 }
 
 void load_coalesce(context& ctx, const field& f, coalesce_settings& out, const route_shape& shape) {
     map_reader m(ctx, f.value, f.path,
-                 {"key", "partition", "max_batch_items", "max_batch_bytes", "max_wait", "max_concurrent_batches",
-                  "max_waiting", "request", "response"});
+                 {"key", "on_missing_key", "partition", "same_key", "ordered", "max_batch_items", "max_batch_bytes",
+                  "max_wait", "max_concurrent_batches", "max_waiting", "request", "response", "on_batch_error", "retry"});
     if (!m.ok()) return;
     if (auto* x = m.required("key")) load_key(ctx, *x, out.key, shape);
+    if (auto* x = m.get("on_missing_key"))
+        if (auto v = read_enum<missing_key_action>(ctx, *x, "on_missing_key",
+                                                   {{"reject", missing_key_action::reject},
+                                                    {"passthrough", missing_key_action::passthrough}}))
+            out.on_missing_key = *v;
     if (auto* x = m.get("partition")) load_partition(ctx, *x, out.partition, shape);
+    out.same_key = shape.read_only() ? same_key_policy::share : same_key_policy::sequence;
+    const field* same_key = m.get("same_key");
+    if (same_key)
+        if (auto v = read_enum<same_key_policy>(ctx, *same_key, "same_key",
+                                                {{"share", same_key_policy::share},
+                                                 {"sequence", same_key_policy::sequence},
+                                                 {"last_write_wins", same_key_policy::last_write_wins},
+                                                 {"merge_patch", same_key_policy::merge_patch}}))
+            out.same_key = *v;
+    out.ordered = out.same_key != same_key_policy::share;
+    if (auto* x = m.get("ordered"))
+        if (auto v = read_bool(ctx, *x)) out.ordered = *v;
     if (auto* x = m.get("max_batch_items"))
         if (auto v = read_count(ctx, *x, 1, 10000)) out.max_batch_items = *v;
     if (auto* x = m.get("max_batch_bytes"))
@@ -952,8 +1346,20 @@ void load_coalesce(context& ctx, const field& f, coalesce_settings& out, const r
         if (auto v = read_count(ctx, *x, 1)) out.max_concurrent_batches = *v;
     if (auto* x = m.get("max_waiting"))
         if (auto v = read_count(ctx, *x, 1)) out.max_waiting = *v;
-    if (auto* x = m.required("request")) load_request(ctx, *x, out.request, out.partition);
-    if (auto* x = m.required("response")) load_response(ctx, *x, out.response);
+    const field* request = m.required("request");
+    if (request) load_request(ctx, *request, out.request, out.partition, shape);
+    if (auto* x = m.required("response")) load_response(ctx, *x, out.response, shape);
+    if (auto* x = m.get("on_batch_error"))
+        if (auto v = read_enum<batch_error_policy>(ctx, *x, "on_batch_error",
+                                                   {{"fail_all", batch_error_policy::fail_all},
+                                                    {"isolate", batch_error_policy::isolate}}))
+            out.on_batch_error = *v;
+    if (auto* x = m.get("retry")) load_retry(ctx, *x, out.retry);
+    if (same_key && out.same_key == same_key_policy::merge_patch && request &&
+        out.request.encoding != batch_encoding::json_body) {
+        ctx.add(same_key->mark(), same_key->path,
+                "merge_patch needs encoding: json_body (query encodings send only keys, there is no payload to merge)");
+    }
 }
 
 void load_routes(context& ctx, const field& f, gateway_config& cfg, const YAML::Mark& root_mark) {
@@ -984,9 +1390,28 @@ void load_routes(context& ctx, const field& f, gateway_config& cfg, const YAML::
         }
         route_shape shape;
         if (auto* x = m.required("match")) {
-            load_match(ctx, *x, r.match, shape.params, shape.params_known);
-            shape.uses_prefix = r.match.path.empty() && !r.match.prefix.empty();
-            if (r.match.path.empty() && r.match.prefix.empty()) shape.params_known = false;
+            if (x->value.IsSequence()) {
+                if (x->value.size() == 0)
+                    ctx.add(x->mark(), x->path, "must list at least one match entry");
+                std::size_t j = 0;
+                for (const auto& entry : x->value) {
+                    field ef{x->key, entry, index(x->path, j++)};
+                    route_match rm;
+                    match_shape ms;
+                    load_match(ctx, ef, rm, ms);
+                    r.matches.push_back(std::move(rm));
+                    shape.entries.push_back(std::move(ms));
+                }
+            } else {
+                route_match rm;
+                match_shape ms;
+                load_match(ctx, *x, rm, ms);
+                r.matches.push_back(std::move(rm));
+                shape.entries.push_back(std::move(ms));
+            }
+            for (const auto& e : shape.entries)
+                if (!e.known) shape.params_known = false;
+            if (shape.entries.empty()) shape.params_known = false;
         } else {
             shape.params_known = false;
         }

@@ -83,26 +83,27 @@ bool path_template::match(std::string_view path, param_list& params) const {
 }
 
 route_table::route_table(const config::gateway_config& config) {
-    entries_.reserve(config.routes.size());
-    for (const auto& r : config.routes) {
-        entry e{&r, nullptr};
-        if (!r.match.path.empty()) e.tmpl = std::make_unique<path_template>(r.match.path);
-        entries_.push_back(std::move(e));
-    }
+    for (const auto& r : config.routes)
+        for (const auto& m : r.matches) {
+            entry e{&r, &m, nullptr};
+            if (!m.path.empty()) e.tmpl = std::make_unique<path_template>(m.path);
+            entries_.push_back(std::move(e));
+        }
 }
 
 match_result route_table::match(std::string_view method, std::string_view path) const {
     match_result result;
     for (const auto& e : entries_) {
-        const auto& methods = e.route->match.methods;
+        const auto& methods = e.match->methods;
         if (!methods.empty() && std::find(methods.begin(), methods.end(), method) == methods.end())
             continue;
         if (e.tmpl) {
             if (!e.tmpl->match(path, result.path_params)) continue;
-        } else if (!path.starts_with(e.route->match.prefix)) {
+        } else if (!path.starts_with(e.match->prefix)) {
             continue;
         }
         result.route = e.route;
+        result.entry = e.match;
         return result;
     }
     return result;

@@ -1,5 +1,5 @@
-// Ordered route table: the first route whose method and path (template or prefix) match
-// wins. Built once per config; immutable and shared across threads afterwards.
+// Ordered route table: the first route with a match entry whose method and path (template or
+// prefix) match wins. Built once per config; immutable and shared across threads afterwards.
 #pragma once
 
 #include <memory>
@@ -34,6 +34,7 @@ private:
 
 struct match_result {
     const config::route_settings* route = nullptr;  // nullptr: no route matched
+    const config::route_match* entry = nullptr;     // the entry of route->matches that matched
     param_list path_params;
 };
 
@@ -47,8 +48,10 @@ public:
 private:
     struct entry {
         const config::route_settings* route;
-        std::unique_ptr<path_template> tmpl;  // null for prefix routes
+        const config::route_match* match;
+        std::unique_ptr<path_template> tmpl;  // null for prefix entries
     };
+    // One per match entry, routes in order and each route's entries in order.
     std::vector<entry> entries_;
 };
 

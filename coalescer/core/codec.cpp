@@ -1,6 +1,11 @@
 #include "coalescer/core/codec.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <charconv>
+#include <chrono>
+#include <cstdio>
+#include <random>
 #include <unordered_set>
 
 #include "gateway/errors.hpp"
@@ -31,6 +36,13 @@ std::optional<std::string> header_value(const caller_request& request, std::stri
     auto v = request.header(name);
     if (!v) return std::nullopt;
     return std::string(*v);
+}
+
+std::string to_upper(std::string_view s) {
+    std::string out(s);
+    for (auto& c : out)
+        if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 'a' + 'A');
+    return out;
 }
 
 // Length-prefixed, so no value can forge a separator: "<len>:<bytes>".
@@ -69,32 +81,147 @@ std::optional<std::string> key_text(const json& v) {
     return std::nullopt;
 }
 
-// Value of a {source.name} placeholder, or nullopt when the caller did not send it.
-// found is false when the text is not a known placeholder at all.
-std::optional<std::string> placeholder_value(const partition_values& values,
-                                             std::string_view inner, bool& found) {
-    found = true;
-    auto dot = inner.find('.');
-    if (dot != std::string_view::npos) {
-        auto source = inner.substr(0, dot);
-        std::string name(inner.substr(dot + 1));
-        const std::map<std::string, std::string>* m = nullptr;
-        if (source == "path") m = &values.path;
-        else if (source == "query") m = &values.query;
-        else if (source == "header") m = &values.headers;
-        if (m && !name.empty()) {
-            auto it = m->find(name);
-            if (it == m->end()) return std::nullopt;
-            return it->second;
+// The caller's body parsed on first use: nullptr when empty, discarded when not JSON.
+class lazy_body {
+public:
+    explicit lazy_body(std::string_view text) : text_(text) {}
+    // nullptr when the body is empty or not JSON (invalid() tells which).
+    const json* get() {
+        if (!parsed_) {
+            parsed_ = true;
+            if (!text_.empty()) doc_ = json::parse(text_, nullptr, false);
         }
+        if (text_.empty() || doc_.is_discarded()) return nullptr;
+        return &doc_;
     }
-    found = false;
-    return std::nullopt;
+    bool invalid() {
+        get();
+        return !text_.empty() && doc_.is_discarded();
+    }
+
+private:
+    std::string_view text_;
+    bool parsed_ = false;
+    json doc_;
+};
+
+// ---------------------------------------------------------------------------------------
+// Templates: {source.name:type} placeholders (docs/design/write-coalescing.md section 5)
+
+struct placeholder {
+    std::string_view source;  // path, query, header, body, items, key, method, map
+    std::string_view name;    // "" for items, key, method and the whole body
+    std::string_view type;    // "" or int, number, bool, string, json
+};
+
+bool is_type(std::string_view t) {
+    return t == "int" || t == "number" || t == "bool" || t == "string" || t == "json";
 }
 
-// Replaces every {path.X}/{query.X}/{header.X} in text; absent values become "".
-// Unknown brace groups (e.g. "{items}" inside a longer string) are kept verbatim.
-std::string interpolate(std::string_view text, const partition_values& values, bool url_encoded) {
+// nullopt when inner is not a placeholder at all (kept literally).
+std::optional<placeholder> parse_placeholder(std::string_view inner) {
+    placeholder p;
+    if (auto colon = inner.rfind(':'); colon != std::string_view::npos) {
+        p.type = inner.substr(colon + 1);
+        if (!is_type(p.type)) return std::nullopt;
+        inner = inner.substr(0, colon);
+    }
+    if (inner == "items" || inner == "key" || inner == "method" || inner == "body") {
+        p.source = inner;
+        return p;
+    }
+    auto dot = inner.find('.');
+    if (dot == std::string_view::npos || dot + 1 == inner.size()) return std::nullopt;
+    p.source = inner.substr(0, dot);
+    p.name = inner.substr(dot + 1);
+    if (p.source != "path" && p.source != "query" && p.source != "header" && p.source != "body" &&
+        p.source != "map")
+        return std::nullopt;
+    return p;
+}
+
+std::string placeholder_text(const placeholder& p) {
+    std::string out = "{" + std::string(p.source);
+    if (!p.name.empty()) out += "." + std::string(p.name);
+    if (!p.type.empty()) out += ":" + std::string(p.type);
+    return out + "}";
+}
+
+// Applies a type suffix; nullopt (with why) when the value does not convert.
+std::optional<json> convert(const json& v, std::string_view type, std::string& why) {
+    if (type.empty()) return v;
+    const bool is_str = v.is_string();
+    const std::string text = is_str ? v.get<std::string>() : dump(v);
+    if (type == "string") return json(text);
+    if (type == "int") {
+        if (v.is_number_integer()) return v;
+        if (v.is_number_float()) {
+            double d = v.get<double>();
+            if (d >= -9.2e18 && d <= 9.2e18 && d == static_cast<double>(static_cast<std::int64_t>(d)))
+                return json(static_cast<std::int64_t>(d));
+        } else if (is_str) {
+            std::int64_t n = 0;
+            auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+            if (!text.empty() && ec == std::errc{} && p == text.data() + text.size()) return json(n);
+            std::uint64_t u = 0;
+            auto [p2, ec2] = std::from_chars(text.data(), text.data() + text.size(), u);
+            if (!text.empty() && ec2 == std::errc{} && p2 == text.data() + text.size()) return json(u);
+        }
+        why = dump(v) + " is not an integer";
+        return std::nullopt;
+    }
+    if (type == "number") {
+        if (v.is_number()) return v;
+        if (is_str) {
+            auto n = json::parse(text, nullptr, false);
+            if (!n.is_discarded() && n.is_number()) return n;
+        }
+        why = dump(v) + " is not a number";
+        return std::nullopt;
+    }
+    if (type == "bool") {
+        if (v.is_boolean()) return v;
+        if (text == "true") return json(true);
+        if (text == "false") return json(false);
+        why = dump(v) + " is not true or false";
+        return std::nullopt;
+    }
+    // json: a string's text is parsed; any other value already is JSON.
+    if (!is_str) return v;
+    auto parsed = json::parse(text, nullptr, false);
+    if (parsed.is_discarded()) {
+        why = dump(v) + " is not valid JSON";
+        return std::nullopt;
+    }
+    return parsed;
+}
+
+// How a template's placeholders get their values.
+struct template_values {
+    // The value of p (before conversion), nullopt when the caller did not send it. known is set
+    // to false when p is not something this template can use (it is then kept literally).
+    std::function<std::optional<json>(const placeholder& p, bool& known)> resolve;
+    const json* items = nullptr;  // for "{items}"; nullptr: kept literally
+    std::string error;            // first failed conversion
+};
+
+std::string text_of(const json& v) { return v.is_string() ? v.get<std::string>() : dump(v); }
+
+// Value of one placeholder after conversion. found = false: keep literally; nullopt with found:
+// absent (or a failed conversion, recorded in values.error).
+std::optional<json> value_of(const placeholder& p, template_values& values, bool& found) {
+    found = true;
+    auto v = values.resolve(p, found);
+    if (!found || !v) return std::nullopt;
+    std::string why;
+    auto converted = convert(*v, p.type, why);
+    if (!converted && values.error.empty()) values.error = placeholder_text(p) + ": " + why;
+    return converted;
+}
+
+// Replaces every placeholder in text; absent values become "". Unknown brace groups (e.g.
+// "{items}" inside a longer string) are kept verbatim.
+std::string interpolate(std::string_view text, template_values& values, bool url_encoded) {
     std::string out;
     out.reserve(text.size());
     std::size_t i = 0;
@@ -104,12 +231,15 @@ std::string interpolate(std::string_view text, const partition_values& values, b
         auto close = text.find('}', open + 1);
         if (close == std::string_view::npos) break;
         out.append(text.substr(i, open - i));
+        auto p = parse_placeholder(text.substr(open + 1, close - open - 1));
         bool found = false;
-        auto v = placeholder_value(values, text.substr(open + 1, close - open - 1), found);
+        std::optional<json> v;
+        if (p && p->source != "items") v = value_of(*p, values, found);
         if (!found) {
             out.append(text.substr(open, close - open + 1));
         } else if (v) {
-            out += url_encoded ? routes::url_encode(*v) : *v;
+            auto t = text_of(*v);
+            out += url_encoded ? routes::url_encode(t) : t;
         }
         i = close + 1;
     }
@@ -117,24 +247,30 @@ std::string interpolate(std::string_view text, const partition_values& values, b
     return out;
 }
 
+// The placeholder a string is exactly, if any ("{path.id}" but not "a{path.id}" or "{a}{b}").
+std::optional<placeholder> whole_placeholder(const std::string& s) {
+    if (s.size() > 2 && s.front() == '{' && s.back() == '}' && s.find_first_of("{}", 1) == s.size() - 1)
+        return parse_placeholder(std::string_view(s).substr(1, s.size() - 2));
+    return std::nullopt;
+}
+
 enum class fill { keep, remove };
 
-// Rewrites string values of the body template in place; returns remove when the value is a
-// lone placeholder the caller did not send.
-fill fill_template(json& node, const partition_values& values, const std::vector<std::string>& keys) {
+// Rewrites string values of a template in place; returns remove when the value is a lone
+// placeholder without a value.
+fill fill_template(json& node, template_values& values) {
     if (node.is_string()) {
         const auto& s = node.get_ref<const std::string&>();
-        if (s == "{items}") {
-            node = json(keys);
-            return fill::keep;
-        }
-        if (s.size() > 2 && s.front() == '{' && s.back() == '}' &&
-            s.find_first_of("{}", 1) == s.size() - 1) {
+        if (auto p = whole_placeholder(s)) {
+            if (p->source == "items") {
+                if (values.items) node = *values.items;
+                return fill::keep;
+            }
             bool found = false;
-            auto v = placeholder_value(values, std::string_view(s).substr(1, s.size() - 2), found);
+            auto v = value_of(*p, values, found);
             if (found) {
                 if (!v) return fill::remove;
-                node = *v;
+                node = std::move(*v);
                 return fill::keep;
             }
         }
@@ -143,17 +279,72 @@ fill fill_template(json& node, const partition_values& values, const std::vector
     }
     if (node.is_object()) {
         for (auto it = node.begin(); it != node.end();) {
-            if (fill_template(*it, values, keys) == fill::remove) it = node.erase(it);
+            if (fill_template(*it, values) == fill::remove) it = node.erase(it);
             else ++it;
         }
     } else if (node.is_array()) {
         json kept = json::array();
         for (auto& element : node)
-            if (fill_template(element, values, keys) == fill::keep) kept.push_back(std::move(element));
+            if (fill_template(element, values) == fill::keep) kept.push_back(std::move(element));
         node = std::move(kept);
     }
     return fill::keep;
 }
+
+// Evaluates only the typed placeholders of a template, without building it: records the first
+// failed conversion in values.error.
+void check_typed_text(std::string_view text, template_values& values) {
+    std::size_t i = 0;
+    while (values.error.empty()) {
+        auto open = text.find('{', i);
+        if (open == std::string_view::npos) return;
+        auto close = text.find('}', open + 1);
+        if (close == std::string_view::npos) return;
+        auto p = parse_placeholder(text.substr(open + 1, close - open - 1));
+        if (p && !p->type.empty() && p->source != "items") {
+            bool found = false;
+            value_of(*p, values, found);
+        }
+        i = close + 1;
+    }
+}
+
+void check_typed(const json& node, template_values& values) {
+    if (node.is_string()) {
+        check_typed_text(node.get_ref<const std::string&>(), values);
+    } else if (node.is_structured()) {
+        for (const auto& element : node) {
+            if (!values.error.empty()) return;
+            check_typed(element, values);
+        }
+    }
+}
+
+// Placeholder values of a batch template: the partition's values.
+template_values partition_template_values(const partition_values& values) {
+    template_values out;
+    out.resolve = [&values](const placeholder& p, bool& known) -> std::optional<json> {
+        const std::map<std::string, std::string>* m = nullptr;
+        if (p.source == "path") m = &values.path;
+        else if (p.source == "query") m = &values.query;
+        else if (p.source == "header") m = &values.headers;
+        else if (p.source == "body" && !p.name.empty()) {
+            auto it = values.body.find(std::string(p.name));
+            if (it == values.body.end()) return std::nullopt;
+            return it->second;
+        } else {
+            known = false;
+            return std::nullopt;
+        }
+        auto it = m->find(std::string(p.name));
+        if (it == m->end()) return std::nullopt;
+        return json(it->second);
+    };
+    return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Splitting
 
 // Headers the upstream client owns, or that would be wrong for a rebuilt request.
 bool never_forwarded(std::string_view name, bool json_body) {
@@ -197,36 +388,77 @@ item_outcome item_error(int status, std::string_view message, std::string_view r
     return {status, error_body("upstream_item_error", message, route)};
 }
 
+// One result list with its pointers parsed.
+struct compiled_list {
+    const config::result_list* list = nullptr;
+    routes::json_pointer items;
+    std::vector<routes::json_pointer> key;
+    std::optional<routes::json_pointer> status_code, status_field, error;
+    routes::json_pointer body;
+};
+
+std::optional<compiled_list> compile(const config::result_list& l) {
+    bool bad = false;
+    compiled_list c;
+    c.list = &l;
+    auto items = routes::json_pointer::parse(l.items);
+    auto body = routes::json_pointer::parse(l.body);
+    if (!items || !body) return std::nullopt;
+    c.items = *items;
+    c.body = *body;
+    for (const auto& k : l.key) {
+        auto p = routes::json_pointer::parse(k);
+        if (!p) return std::nullopt;
+        c.key.push_back(*p);
+    }
+    if (!l.by_position && c.key.empty()) return std::nullopt;
+    c.status_code = optional_pointer(l.status_code, bad);
+    c.status_field = optional_pointer(l.status_field, bad);
+    c.error = optional_pointer(l.error, bad);
+    if (bad) return std::nullopt;
+    return c;
+}
+
+// The key of an item: the first key pointer present.
+std::optional<std::string> key_of(const compiled_list& c, const json& item) {
+    for (const auto& p : c.key)
+        if (const json* v = p.find(item)) return key_text(*v);
+    return std::nullopt;
+}
+
 // The answer for one item of the batch.
-item_outcome outcome_of(const config::batch_response_settings& rs, std::string_view route,
-                        const json& item, const std::optional<routes::json_pointer>& status_code_ptr,
-                        const std::optional<routes::json_pointer>& status_ptr,
-                        const routes::json_pointer& body_ptr,
-                        const std::optional<routes::json_pointer>& error_ptr) {
+item_outcome outcome_of(const compiled_list& c, std::string_view route, const json& item) {
+    const auto& l = *c.list;
     int status = 200;
-    std::optional<int> from_code;
-    if (status_code_ptr)
-        if (const json* v = status_code_ptr->find(item)) from_code = status_code_of(*v);
-    const json* status_value = status_ptr ? status_ptr->find(item) : nullptr;
-    if (from_code) {
-        status = *from_code;
-    } else if (status_value) {
-        auto text = status_text(*status_value);
-        auto it = rs.status_map.find(text);
-        if (it == rs.status_map.end())
-            return item_error(502, "upstream reported unknown item status " + dump(*status_value),
-                              route);
-        status = it->second;
+    if (l.status != 0) {
+        status = l.status;
+    } else {
+        std::optional<int> from_code;
+        if (c.status_code)
+            if (const json* v = c.status_code->find(item)) from_code = status_code_of(*v);
+        const json* status_value = c.status_field ? c.status_field->find(item) : nullptr;
+        if (from_code) {
+            status = *from_code;
+        } else if (status_value) {
+            auto text = status_text(*status_value);
+            auto it = l.status_map.find(text);
+            if (it == l.status_map.end())
+                return item_error(502, "upstream reported unknown item status " + dump(*status_value),
+                                  route);
+            status = it->second;
+        }
     }
 
     if (status >= 200 && status < 300) {
-        const json* body = body_ptr.find(item);
-        if (!body) return item_error(502, "upstream item has no " + body_ptr.text(), route);
+        if (status == 204) return {status, {}};
+        if (l.body_value) return {status, dump(*l.body_value)};
+        const json* body = c.body.find(item);
+        if (!body) return item_error(502, "upstream item has no " + c.body.text(), route);
         return {status, dump(*body)};
     }
     std::string message;
-    if (error_ptr)
-        if (const json* e = error_ptr->find(item); e && e->is_string()) message = e->get<std::string>();
+    if (c.error)
+        if (const json* e = c.error->find(item); e && e->is_string()) message = e->get<std::string>();
     if (message.empty())
         message = "upstream reported status " + std::to_string(status) + " for this item";
     return item_error(status, message, route);
@@ -258,6 +490,17 @@ partition make_partition(std::string_view route_name, const config::coalesce_set
         append_value(out.key, 'h', name, v);
         if (v) out.values.headers.emplace(name, *v);
     }
+    if (!p.body.empty()) {
+        lazy_body body(request.body);
+        const json* doc = body.get();
+        for (const auto& ptr_text : p.body) {
+            const json* v = nullptr;
+            if (doc)
+                if (auto ptr = routes::json_pointer::parse(ptr_text)) v = ptr->find(*doc);
+            append_value(out.key, 'b', ptr_text, v ? std::optional<std::string>(dump(*v)) : std::nullopt);
+            if (v) out.values.body.emplace(ptr_text, *v);
+        }
+    }
     return out;
 }
 
@@ -265,21 +508,27 @@ key_result extract_key(const config::coalesce_settings& settings, const caller_r
     const auto& ref = settings.key;
     auto fail = [](std::string message) { return key_result{std::nullopt, std::move(message)}; };
     auto quoted = [](std::string_view s) { return "\"" + std::string(s) + "\""; };
+    auto generated = [] { return key_result{generate_correlation_id(), {}, true}; };
+    const bool when_missing = ref.generate == config::key_generation::when_missing;
+    if (ref.generate == config::key_generation::always) return generated();
 
     std::optional<std::string> key;
     switch (ref.source) {
         case config::value_source::path:
             key = path_value(request.path_params, ref.name);
+            if (!key && when_missing) return generated();
             if (!key) return fail("path parameter " + quoted(ref.name) + " is missing");
             if (key->empty()) return fail("path parameter " + quoted(ref.name) + " is empty");
             break;
         case config::value_source::query:
             key = first_query_value(routes::parse_query(request.query), ref.name);
+            if (!key && when_missing) return generated();
             if (!key) return fail("query parameter " + quoted(ref.name) + " is missing");
             if (key->empty()) return fail("query parameter " + quoted(ref.name) + " is empty");
             break;
         case config::value_source::header:
             key = header_value(request, ref.name);
+            if (!key && when_missing) return generated();
             if (!key) return fail("header " + quoted(ref.name) + " is missing");
             if (key->empty()) return fail("header " + quoted(ref.name) + " is empty");
             break;
@@ -289,6 +538,7 @@ key_result extract_key(const config::coalesce_settings& settings, const caller_r
             auto doc = json::parse(request.body, nullptr, false);
             if (doc.is_discarded()) return fail("request body is not valid JSON");
             const json* v = pointer->find(doc);
+            if (!v && when_missing) return generated();
             if (!v) return fail("item key " + ref.name + " is missing from the request body");
             key = key_text(*v);
             if (!key)
@@ -314,14 +564,132 @@ std::size_t item_cost(const config::coalesce_settings& settings, std::string_vie
     return key.size();
 }
 
+std::size_t item_cost(const nlohmann::json& item) { return dump(item).size() + 1; }
+
+std::string generate_correlation_id() {
+    static const std::string prefix = [] {
+        std::uint64_t seed = 0;
+        try {
+            std::random_device rd;
+            seed = (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
+        } catch (...) {
+        }
+        seed ^= static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+        seed ^= static_cast<std::uint64_t>(std::chrono::system_clock::now().time_since_epoch().count()) * 0x9E3779B97F4A7C15ULL;
+        char buf[16];
+        std::snprintf(buf, sizeof buf, "bg-%06x-", static_cast<unsigned>((seed ^ (seed >> 29)) & 0xFFFFFF));
+        return std::string(buf);
+    }();
+    static std::atomic<std::uint64_t> counter{0};
+    const std::uint64_t n = counter.fetch_add(1, std::memory_order_relaxed) + 1;
+    char hex[17];
+    auto [end, ec] = std::to_chars(hex, hex + sizeof hex, n, 16);
+    (void)ec;
+    return prefix + std::string(hex, end);
+}
+
+item_build build_item(const config::coalesce_settings& settings, const caller_request& request,
+                      const std::string& key) {
+    const auto& rq = settings.request;
+    lazy_body body(request.body);
+    bool body_unusable = false;  // a body placeholder was asked for and the body is not JSON
+    std::optional<routes::param_list> query;
+    const std::string method = to_upper(request.method);
+
+    // The caller's own values: everything for request.item; batch templates (per_caller false)
+    // see only what a partition could hold.
+    auto resolver = [&](bool per_caller) {
+        return [&, per_caller](const placeholder& p, bool& known) -> std::optional<json> {
+            if (p.source == "path") {
+                if (auto v = path_value(request.path_params, p.name)) return json(*v);
+                return std::nullopt;
+            }
+            if (p.source == "query") {
+                if (!query) query = routes::parse_query(request.query);
+                if (auto v = first_query_value(*query, p.name)) return json(*v);
+                return std::nullopt;
+            }
+            if (p.source == "header") {
+                if (auto v = header_value(request, p.name)) return json(*v);
+                return std::nullopt;
+            }
+            if (p.source == "body" && (!p.name.empty() || per_caller)) {
+                const json* doc = body.get();
+                if (!doc) {
+                    if (body.invalid()) body_unusable = true;
+                    return std::nullopt;
+                }
+                if (p.name.empty()) return *doc;
+                auto ptr = routes::json_pointer::parse(p.name);
+                const json* v = ptr ? ptr->find(*doc) : nullptr;
+                if (!v) return std::nullopt;
+                return *v;
+            }
+            if (per_caller) {
+                if (p.source == "key") return json(key);
+                if (p.source == "method") return json(method);
+                if (p.source == "map") {
+                    auto m = rq.maps.find(std::string(p.name));
+                    if (m == rq.maps.end()) return std::nullopt;
+                    auto v = m->second.find(method);
+                    if (v == m->second.end()) return std::nullopt;
+                    return v->second;
+                }
+            }
+            known = false;
+            return std::nullopt;
+        };
+    };
+
+    item_build out;
+    template_values values;
+    values.resolve = resolver(true);
+    json item;
+    if (rq.item.is_null()) {
+        item = json(key);
+    } else {
+        item = rq.item;
+        if (fill_template(item, values) == fill::remove) item = nullptr;
+    }
+    if (body_unusable) {
+        out.error = "request body is not valid JSON";
+        return out;
+    }
+    if (!values.error.empty()) {
+        out.error = "cannot build the batch item: " + values.error;
+        return out;
+    }
+
+    // Typed placeholders of the batch templates must convert for this caller's values too, so a
+    // bad value fails this caller only, not the batch it would join.
+    template_values batch;
+    batch.resolve = resolver(false);
+    check_typed_text(rq.path, batch);
+    if (rq.encoding == config::batch_encoding::json_body) check_typed(rq.body_template, batch);
+    if (!batch.error.empty()) {
+        out.error = "cannot build the batch call: " + batch.error;
+        return out;
+    }
+    out.item = std::move(item);
+    return out;
+}
+
+int apply_success_status(const config::coalesce_settings& settings, std::string_view method, int status) {
+    if (status != 200 || settings.response.success_status.empty()) return status;
+    auto it = settings.response.success_status.find(to_upper(method));
+    return it == settings.response.success_status.end() ? status : it->second;
+}
+
 outgoing_request build_batch_request(const config::coalesce_settings& settings,
                                      const partition_values& values,
-                                     const std::vector<std::string>& keys) {
+                                     const std::vector<std::string>& keys,
+                                     const std::vector<nlohmann::json>& items) {
     const auto& rq = settings.request;
     const bool json_body = rq.encoding == config::batch_encoding::json_body;
     outgoing_request out;
     out.method = rq.method;
-    out.target = interpolate(rq.path, values, true);
+    template_values tv = partition_template_values(values);
+    out.target = interpolate(rq.path, tv, true);
 
     if (!json_body) {
         // Join onto an existing query without doubling '?' or '&'.
@@ -360,8 +728,10 @@ outgoing_request build_batch_request(const config::coalesce_settings& settings,
     }
 
     if (json_body) {
+        const json array = items.empty() ? json(keys) : json(items);
+        tv.items = &array;
         json body = rq.body_template;
-        if (fill_template(body, values, keys) == fill::remove) body = nullptr;
+        if (fill_template(body, tv) == fill::remove) body = nullptr;
         out.body = dump(body);
         out.headers.emplace_back("content-type", "application/json");
     }
@@ -374,15 +744,22 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
     const auto& rs = settings.response;
     split_outcome out;
 
-    bool bad_pointer = false;
-    auto items_ptr = routes::json_pointer::parse(rs.items);
-    auto key_ptr = routes::json_pointer::parse(rs.key);
-    auto body_ptr = routes::json_pointer::parse(rs.body);
-    auto status_code_ptr = optional_pointer(rs.status_code, bad_pointer);
-    auto status_ptr = optional_pointer(rs.status, bad_pointer);
-    auto error_ptr = optional_pointer(rs.error, bad_pointer);
-    if (!items_ptr || !body_ptr || (!rs.by_position && !key_ptr) || bad_pointer) {
-        out.error = "route has an invalid JSON pointer in coalesce.response";
+    std::vector<compiled_list> lists;
+    for (const auto& l : rs.lists) {
+        auto c = compile(l);
+        if (!c) {
+            out.error = "route has an invalid JSON pointer in coalesce.response";
+            return out;
+        }
+        lists.push_back(std::move(*c));
+    }
+    if (lists.empty()) {
+        out.error = "route has no result list in coalesce.response";
+        return out;
+    }
+    const bool by_position = lists.front().list->by_position;
+    if (lists.size() > 1 && std::any_of(lists.begin(), lists.end(), [](const auto& c) { return c.list->by_position; })) {
+        out.error = "route uses by_position with more than one result list";
         return out;
     }
 
@@ -391,40 +768,58 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
         out.error = "upstream batch answer is not valid JSON";
         return out;
     }
-    const json* items = items_ptr->find(doc);
-    if (!items || !items->is_array()) {
-        out.error = items_ptr->is_root() ? "upstream batch answer is not a JSON array"
-                                         : "upstream batch answer has no array at " + rs.items;
+    // The array of each list; with several lists, an absent one is empty.
+    std::vector<const json*> arrays;
+    std::string texts;
+    for (const auto& c : lists) {
+        const json* items = c.items.find(doc);
+        texts += (texts.empty() ? "" : ", ") + (c.items.is_root() ? std::string("\"\"") : c.items.text());
+        if (items && items->is_array()) {
+            arrays.push_back(items);
+        } else if (items || lists.size() == 1) {
+            out.error = c.items.is_root() ? "upstream batch answer is not a JSON array"
+                                          : "upstream batch answer has no array at " + c.items.text();
+            return out;
+        } else {
+            arrays.push_back(nullptr);
+        }
+    }
+    if (std::all_of(arrays.begin(), arrays.end(), [](const json* a) { return a == nullptr; })) {
+        out.error = "upstream batch answer has none of the result lists (" + texts + ")";
         return out;
     }
 
-    auto outcome = [&](const json& item) {
-        return outcome_of(rs, route_name, item, status_code_ptr, status_ptr, *body_ptr, error_ptr);
-    };
-
-    if (rs.by_position) {
-        if (items->size() != keys.size()) {
-            out.error = "upstream batch answer has " + std::to_string(items->size()) +
+    if (by_position) {
+        const json& items = *arrays.front();
+        if (items.size() != keys.size()) {
+            out.error = "upstream batch answer has " + std::to_string(items.size()) +
                         " items for " + std::to_string(keys.size()) + " requested keys";
             return out;
         }
-        for (std::size_t i = 0; i < keys.size(); ++i) out.items[keys[i]] = outcome((*items)[i]);
+        for (std::size_t i = 0; i < keys.size(); ++i) out.items[keys[i]] = outcome_of(lists.front(), route_name, items[i]);
         return out;
     }
 
-    // First item seen per requested key; a second, different item marks the key ambiguous.
-    std::unordered_map<std::string, const json*> found;
+    // First item seen per requested key (first list wins); a second, different item for the same
+    // key in the same list marks the key ambiguous.
+    struct seen {
+        std::size_t list;
+        const json* item;
+    };
+    std::unordered_map<std::string, seen> found;
     std::unordered_set<std::string> requested(keys.begin(), keys.end());
     std::unordered_set<std::string> duplicated;
-    for (const auto& item : *items) {
-        const json* k = key_ptr->find(item);
-        auto key = k ? key_text(*k) : std::nullopt;
-        if (!key || !requested.contains(*key)) {
-            ++out.ignored_items;
-            continue;
+    for (std::size_t li = 0; li < lists.size(); ++li) {
+        if (!arrays[li]) continue;
+        for (const auto& item : *arrays[li]) {
+            auto key = key_of(lists[li], item);
+            if (!key || !requested.contains(*key)) {
+                ++out.ignored_items;
+                continue;
+            }
+            auto [it, inserted] = found.emplace(*key, seen{li, &item});
+            if (!inserted && it->second.list == li && *it->second.item != item) duplicated.insert(*key);
         }
-        auto [it, inserted] = found.emplace(*key, &item);
-        if (!inserted && *it->second != item) duplicated.insert(*key);
     }
 
     for (const auto& key : keys) {
@@ -433,7 +828,7 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
                                               "upstream returned key \"" + key + "\" more than once",
                                               route_name)};
         } else if (auto it = found.find(key); it != found.end()) {
-            out.items[key] = outcome(*it->second);
+            out.items[key] = outcome_of(lists[it->second.list], route_name, *it->second.item);
         } else {
             out.items[key] = {rs.missing_status,
                               error_body("not_found",

@@ -50,9 +50,11 @@ coalesce_settings users_api() {
     s.request.encoding = batch_encoding::query_list;
     s.request.query_param = "ids";
     s.request.separator = ",";
-    s.response.items = "";
-    s.response.key = "/id";
-    s.response.body = "";
+    config::result_list list;
+    list.items = "";
+    list.key = {"/id"};
+    list.body = "";
+    s.response.lists = {list};
     return s;
 }
 
@@ -66,13 +68,15 @@ coalesce_settings activities_api() {
     s.request.encoding = batch_encoding::json_body;
     s.request.body_template =
         json{{"resource_type", "activities"}, {"ids", "{items}"}, {"fields", "{query.fields}"}};
-    s.response.items = "/results";
-    s.response.key = "/id";
-    s.response.status_code = "/status_code";
-    s.response.status = "/status";
-    s.response.status_map = {{"success", 200}, {"error", 502}};
-    s.response.body = "/data";
-    s.response.error = "/error";
+    config::result_list list;
+    list.items = "/results";
+    list.key = {"/id"};
+    list.status_code = "/status_code";
+    list.status_field = "/status";
+    list.status_map = {{"success", 200}, {"error", 502}};
+    list.body = "/data";
+    list.error = "/error";
+    s.response.lists = {list};
     return s;
 }
 
@@ -343,7 +347,7 @@ TEST(BuildA, QueryListExactTarget) {
     auto s = users_api();
     partition_values v;
     v.headers["authorization"] = "Bearer t";
-    auto out = build_batch_request(s, v, {"1", "2", "7"});
+    auto out = build_batch_request(s, v, {"1", "2", "7"}, {});
     EXPECT_EQ(out.method, "GET");
     EXPECT_EQ(out.target, "/users?ids=1,2,7");
     EXPECT_TRUE(out.body.empty());
@@ -354,7 +358,7 @@ TEST(BuildA, QueryRepeatExactTarget) {
     auto s = users_api();
     s.request.encoding = batch_encoding::query_repeat;
     s.request.query_param = "id";
-    auto out = build_batch_request(s, {}, {"1", "2", "7"});
+    auto out = build_batch_request(s, {}, {"1", "2", "7"}, {});
     EXPECT_EQ(out.target, "/users?id=1&id=2&id=7");
     EXPECT_TRUE(out.headers.empty());
 }
@@ -362,17 +366,17 @@ TEST(BuildA, QueryRepeatExactTarget) {
 TEST(BuildA, KeysAreUrlEncodedAndSeparatorIsLiteral) {
     auto s = users_api();
     s.request.separator = "|";
-    auto out = build_batch_request(s, {}, {"a,b", "c d", "e|f"});
+    auto out = build_batch_request(s, {}, {"a,b", "c d", "e|f"}, {});
     EXPECT_EQ(out.target, "/users?ids=a%2Cb|c%20d|e%7Cf");
 }
 
 TEST(BuildA, AppendsToAnExistingQuery) {
     auto s = users_api();
     s.request.path = "/users?view=full";
-    EXPECT_EQ(build_batch_request(s, {}, {"1", "2"}).target, "/users?view=full&ids=1,2");
+    EXPECT_EQ(build_batch_request(s, {}, {"1", "2"}, {}).target, "/users?view=full&ids=1,2");
     s.request.encoding = batch_encoding::query_repeat;
     s.request.query_param = "id";
-    EXPECT_EQ(build_batch_request(s, {}, {"1", "2"}).target, "/users?view=full&id=1&id=2");
+    EXPECT_EQ(build_batch_request(s, {}, {"1", "2"}, {}).target, "/users?view=full&id=1&id=2");
 }
 
 TEST(BuildA, PathPlaceholdersComeFromThePartitionUrlEncoded) {
@@ -381,7 +385,7 @@ TEST(BuildA, PathPlaceholdersComeFromThePartitionUrlEncoded) {
     partition_values v;
     v.path["character_id"] = "3/4";
     v.query["fields"] = "id,name";
-    auto out = build_batch_request(s, v, {"9"});
+    auto out = build_batch_request(s, v, {"9"}, {});
     EXPECT_EQ(out.target, "/api/characters/3%2F4/abilities?fields=id%2Cname&t=&ids=9");
 }
 
@@ -392,7 +396,7 @@ TEST(BuildA, ForwardsPartitionAndForwardHeadersOnly) {
     partition_values v;
     v.headers = {{"x-tenant", "t1"}, {"authorization", "Bearer a"}, {"cookie", "sid=1"},
                  {"x-request-id", "r-1"}, {"x-unrelated", "no"}};
-    auto out = build_batch_request(s, v, {"1"});
+    auto out = build_batch_request(s, v, {"1"}, {});
     EXPECT_EQ(out.headers, (std::vector<std::pair<std::string, std::string>>{
                                {"x-tenant", "t1"},
                                {"authorization", "Bearer a"},
@@ -411,7 +415,7 @@ TEST(BuildB, ExactJsonBodyWithFields) {
     caller.headers["authorization"] = "Bearer t";
     auto p = make_partition("activities", s, caller.view());
 
-    auto out = build_batch_request(s, p.values, {"a1", "a2"});
+    auto out = build_batch_request(s, p.values, {"a1", "a2"}, {});
     EXPECT_EQ(out.method, "POST");
     EXPECT_EQ(out.target, "/api/v1/batch/get");
     EXPECT_EQ(json::parse(out.body),
@@ -425,7 +429,7 @@ TEST(BuildB, WithoutFieldsTheKeyVanishes) {
     fake_request caller;
     caller.path_params = {{"id", "a1"}};
     auto p = make_partition("activities", s, caller.view());
-    auto out = build_batch_request(s, p.values, {"a1", "a2"});
+    auto out = build_batch_request(s, p.values, {"a1", "a2"}, {});
     auto body = json::parse(out.body);
     EXPECT_EQ(body, json::parse(R"({"resource_type":"activities","ids":["a1","a2"]})"));
     EXPECT_FALSE(body.contains("fields"));
@@ -433,7 +437,7 @@ TEST(BuildB, WithoutFieldsTheKeyVanishes) {
     // Sent but empty is not absent: the upstream sees what the caller sent.
     caller.query = "fields=";
     p = make_partition("activities", s, caller.view());
-    EXPECT_EQ(json::parse(build_batch_request(s, p.values, {"a1"}).body).at("fields"), "");
+    EXPECT_EQ(json::parse(build_batch_request(s, p.values, {"a1"}, {}).body).at("fields"), "");
 }
 
 TEST(BuildJsonBody, NestedArraysInterpolationAndKeysAsStrings) {
@@ -448,7 +452,7 @@ TEST(BuildJsonBody, NestedArraysInterpolationAndKeysAsStrings) {
     partition_values v;
     v.path["cid"] = "3";
     v.headers["x-tag"] = "blue";
-    auto out = build_batch_request(s, v, {"4", "7"});
+    auto out = build_batch_request(s, v, {"4", "7"}, {});
     EXPECT_EQ(out.target, "/api/characters/3/abilities/batch");
     EXPECT_EQ(json::parse(out.body), json::parse(R"({
         "batch": {"ids": ["4", "7"], "tags": ["blue", "fixed"]},
@@ -465,7 +469,7 @@ TEST(BuildJsonBody, InvalidUtf8InValuesDoesNotThrow) {
     partition_values v;
     v.query["fields"] = "bad\xff";
     outgoing_request out;
-    ASSERT_NO_THROW(out = build_batch_request(s, v, {"a\xfe"}));
+    ASSERT_NO_THROW(out = build_batch_request(s, v, {"a\xfe"}, {}));
     EXPECT_TRUE(json::accept(out.body));
 }
 
@@ -576,7 +580,7 @@ TEST(SplitB, ReferenceResponse) {
 
 TEST(SplitB, StatusFromMapWhenNoStatusCode) {
     auto s = activities_api();
-    s.response.status_map = {{"success", 200}, {"error", 500}, {"true", 201}, {"3", 202}};
+    s.response.lists[0].status_map = {{"success", 200}, {"error", 500}, {"true", 201}, {"3", 202}};
     auto out = split_batch_response(s, "activities", R"({"results":[
         {"id":"a1","status":"error"},
         {"id":"a2","status":true,"data":{"ok":1}},
@@ -614,8 +618,8 @@ TEST(SplitB, SuccessWithoutDataIs502) {
 
 TEST(SplitB, NoStatusPointersMeans200) {
     auto s = activities_api();
-    s.response.status_code.clear();
-    s.response.status.clear();
+    s.response.lists[0].status_code.clear();
+    s.response.lists[0].status_field.clear();
     auto out = split_batch_response(
         s, "activities", R"({"results":[{"id":"a1","status_code":404,"data":{"id":"a1"}}]})", {"a1"});
     EXPECT_EQ(out.items.at("a1").status, 200);
@@ -635,8 +639,8 @@ TEST(SplitB, ItemsPointerNotAnArray) {
 
 TEST(SplitByPosition, ItemIBelongsToKeyI) {
     auto s = users_api();
-    s.response.by_position = true;
-    s.response.key.clear();
+    s.response.lists[0].by_position = true;
+    s.response.lists[0].key.clear();
     auto out = split_batch_response(s, "users", R"([{"name":"one"},{"name":"two"}])", {"1", "2"});
     ASSERT_TRUE(out.error.empty()) << out.error;
     EXPECT_EQ(json::parse(out.items.at("1").body)["name"], "one");
@@ -645,7 +649,7 @@ TEST(SplitByPosition, ItemIBelongsToKeyI) {
 
 TEST(SplitByPosition, WrongLengthFailsTheWholeBatch) {
     auto s = users_api();
-    s.response.by_position = true;
+    s.response.lists[0].by_position = true;
     auto out = split_batch_response(s, "users", R"([{"name":"one"}])", {"1", "2"});
     EXPECT_FALSE(out.error.empty());
     EXPECT_TRUE(out.items.empty());
@@ -656,8 +660,8 @@ TEST(SplitByPosition, WrongLengthFailsTheWholeBatch) {
 TEST(SplitByPosition, BareIdListWithRootKey) {
     // D's "accepted":["e-1"] lists bare ids: the key pointer "" is the item itself.
     auto s = users_api();
-    s.response.items = "/accepted";
-    s.response.key = "";
+    s.response.lists[0].items = "/accepted";
+    s.response.lists[0].key = {""};
     auto out = split_batch_response(s, "progress", R"({"accepted":["e-1"],"duplicates":["e-0"]})",
                                     {"e-1", "e-0"});
     EXPECT_EQ(out.items.at("e-1").status, 200);

@@ -130,9 +130,9 @@ TEST(ConfigLoad, MinimalFileGetsDocumentedDefaults) {
     const auto& r = cfg.routes[0];
     EXPECT_EQ(r.name, "all");
     EXPECT_EQ(r.mode, route_mode::passthrough);
-    EXPECT_TRUE(r.match.methods.empty());
-    EXPECT_EQ(r.match.prefix, "/");
-    EXPECT_EQ(r.match.path, "");
+    EXPECT_TRUE(r.matches[0].methods.empty());
+    EXPECT_EQ(r.matches[0].prefix, "/");
+    EXPECT_EQ(r.matches[0].path, "");
     EXPECT_EQ(r.upstream, "backend");
     EXPECT_EQ(r.timeout, 0ms);
     EXPECT_EQ(r.mark.file, data("minimal.yaml"));
@@ -175,14 +175,14 @@ TEST(ConfigLoad, FullFileTopLevelLimitsAndUpstreams) {
     EXPECT_EQ(cfg.routes[0].mark.line, 20);
     EXPECT_EQ(cfg.routes[6].mark.line, 142);
     EXPECT_EQ(cfg.routes[6].mode, route_mode::passthrough);
-    EXPECT_EQ(cfg.routes[6].match.prefix, "/api/");
+    EXPECT_EQ(cfg.routes[6].matches[0].prefix, "/api/");
 }
 
 TEST(ConfigLoad, FullFileQueryListRoute) {
     const auto cfg = load_file(data("full.yaml"));
     const auto& r = cfg.routes[0];
-    EXPECT_EQ(r.match.methods, (std::vector<std::string>{"GET", "HEAD"}));  // upper-cased
-    EXPECT_EQ(r.match.path, "/users/{id}");
+    EXPECT_EQ(r.matches[0].methods, (std::vector<std::string>{"GET", "HEAD"}));  // upper-cased
+    EXPECT_EQ(r.matches[0].path, "/users/{id}");
     EXPECT_EQ(r.mode, route_mode::coalesce);
     EXPECT_EQ(r.timeout, 3s);
     const auto& c = r.coalesce;
@@ -201,16 +201,17 @@ TEST(ConfigLoad, FullFileQueryListRoute) {
     EXPECT_EQ(c.request.query_param, "ids");
     EXPECT_EQ(c.request.separator, ";");
     EXPECT_EQ(c.request.forward_headers, std::vector<std::string>{"x-trace-id"});
-    EXPECT_EQ(c.response.items, "/data");
-    EXPECT_EQ(c.response.key, "/id");
-    EXPECT_FALSE(c.response.by_position);
+    ASSERT_EQ(c.response.lists.size(), 1u);  // the single-list form is one result list
+    EXPECT_EQ(c.response.lists[0].items, "/data");
+    EXPECT_EQ(c.response.lists[0].key, std::vector<std::string>{"/id"});
+    EXPECT_FALSE(c.response.lists[0].by_position);
     EXPECT_EQ(c.response.missing_status, 410);
 }
 
 TEST(ConfigLoad, FullFileQueryRepeatRouteByPosition) {
     const auto cfg = load_file(data("full.yaml"));
     const auto& r = cfg.routes[1];
-    EXPECT_EQ(r.match.methods, std::vector<std::string>{"GET"});
+    EXPECT_EQ(r.matches[0].methods, std::vector<std::string>{"GET"});
     const auto& c = r.coalesce;
     EXPECT_EQ(c.key.name, "item_id");
     EXPECT_EQ(c.partition.path, std::vector<std::string>{"character_id"});
@@ -224,9 +225,10 @@ TEST(ConfigLoad, FullFileQueryRepeatRouteByPosition) {
     EXPECT_EQ(c.request.path, "/characters/{path.character_id}/items");
     EXPECT_EQ(c.request.encoding, batch_encoding::query_repeat);
     EXPECT_EQ(c.request.query_param, "id");
-    EXPECT_TRUE(c.response.by_position);
-    EXPECT_EQ(c.response.key, "");
-    EXPECT_EQ(c.response.body, "");
+    ASSERT_EQ(c.response.lists.size(), 1u);
+    EXPECT_TRUE(c.response.lists[0].by_position);
+    EXPECT_TRUE(c.response.lists[0].key.empty());
+    EXPECT_EQ(c.response.lists[0].body, "");
     EXPECT_EQ(c.response.missing_status, 404);
 }
 
@@ -244,11 +246,13 @@ TEST(ConfigLoad, FullFileJsonBodyConvertsYamlToJson) {
     EXPECT_EQ(c.request.body_template, expected) << c.request.body_template.dump();
     EXPECT_TRUE(c.request.body_template["limit"].is_number_integer());
 
-    const auto& resp = c.response;
+    ASSERT_EQ(c.response.lists.size(), 1u);
+    const auto& resp = c.response.lists[0];
     EXPECT_EQ(resp.items, "");
-    EXPECT_EQ(resp.key, "/id");
+    EXPECT_EQ(resp.key, std::vector<std::string>{"/id"});
     EXPECT_EQ(resp.status_code, "/status_code");
-    EXPECT_EQ(resp.status, "/status");
+    EXPECT_EQ(resp.status_field, "/status");  // "status" in the single-list form is a pointer
+    EXPECT_EQ(resp.status, 0);
     EXPECT_EQ(resp.status_map, (std::map<std::string, int>{{"success", 200}, {"error", 502}, {"true", 200}}));
     EXPECT_EQ(resp.body, "/data");
     EXPECT_EQ(resp.error, "/error");
@@ -264,10 +268,10 @@ TEST(ConfigLoad, FullFileOtherKeySources) {
     const auto& profile = cfg.routes[4].coalesce;
     EXPECT_EQ(profile.key.source, value_source::header);
     EXPECT_EQ(profile.key.name, "x-user-id");  // header names are stored lower case
-    EXPECT_EQ(profile.response.key, "/a~1b~0c");
+    EXPECT_EQ(profile.response.lists.at(0).key, std::vector<std::string>{"/a~1b~0c"});
 
     const auto& bulk = cfg.routes[5];
-    EXPECT_EQ(bulk.match.methods, std::vector<std::string>{"POST"});
+    EXPECT_EQ(bulk.matches[0].methods, std::vector<std::string>{"POST"});
     EXPECT_EQ(bulk.coalesce.key.source, value_source::body);
     EXPECT_EQ(bulk.coalesce.key.name, "/user/id");
     EXPECT_EQ(bulk.coalesce.request.method, "GET");  // GET with a JSON body is allowed
@@ -541,7 +545,7 @@ TEST(ConfigInline, UpstreamUrlForms) {
 TEST(ConfigInline, MethodMayBeOneStringAndIsUpperCased) {
     const auto cfg = load_string(upstream_api + "routes: [{name: a, match: {method: post, prefix: /}, upstream: api}]\n",
                                  "t.yaml");
-    EXPECT_EQ(cfg.routes[0].match.methods, std::vector<std::string>{"POST"});
+    EXPECT_EQ(cfg.routes[0].matches[0].methods, std::vector<std::string>{"POST"});
 }
 
 TEST(ConfigInline, CountsAcceptPlainAndQuotedIntegersOnly) {

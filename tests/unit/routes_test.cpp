@@ -16,8 +16,7 @@ using config::route_settings;
 route_settings path_route(std::string name, std::string path, std::vector<std::string> methods = {}) {
     route_settings r;
     r.name = std::move(name);
-    r.match.path = std::move(path);
-    r.match.methods = std::move(methods);
+    r.matches.push_back({std::move(methods), std::move(path), {}});
     return r;
 }
 
@@ -25,8 +24,7 @@ route_settings prefix_route(std::string name, std::string prefix,
                             std::vector<std::string> methods = {}) {
     route_settings r;
     r.name = std::move(name);
-    r.match.prefix = std::move(prefix);
-    r.match.methods = std::move(methods);
+    r.matches.push_back({std::move(methods), {}, std::move(prefix)});
     return r;
 }
 
@@ -152,6 +150,65 @@ TEST(RouteTable, PrefixIsPlainStringPrefixOnRawPath) {
     EXPECT_EQ(table.match("POST", "/api/v1/x").route, nullptr);
     EXPECT_EQ(table.match("GET", "/documents").route->name, "docs");  // plain prefix, not segments
     EXPECT_EQ(table.match("GET", "/%61pi/x").route, nullptr);        // raw path, no decoding
+}
+
+TEST(RouteTable, AnyMatchEntryOfARouteMatches) {
+    // E documents: a create without {doc_id} and update/delete with it, one route.
+    gateway_config cfg;
+    route_settings docs;
+    docs.name = "documents";
+    docs.matches.push_back({{"POST"}, "/api/v1/workspaces/{ws}/documents", {}});
+    docs.matches.push_back({{"PUT", "DELETE"}, "/api/v1/workspaces/{ws}/documents/{doc_id}", {}});
+    cfg.routes.push_back(std::move(docs));
+    cfg.routes.push_back(prefix_route("fallback", "/"));
+    route_table table(cfg);
+
+    auto m = table.match("POST", "/api/v1/workspaces/w1/documents");
+    ASSERT_NE(m.route, nullptr);
+    EXPECT_EQ(m.route->name, "documents");
+    EXPECT_EQ(m.entry, &cfg.routes[0].matches[0]);
+    EXPECT_EQ(m.path_params, (param_list{{"ws", "w1"}}));
+
+    m = table.match("DELETE", "/api/v1/workspaces/w1/documents/doc_4");
+    ASSERT_NE(m.route, nullptr);
+    EXPECT_EQ(m.route->name, "documents");
+    EXPECT_EQ(m.entry, &cfg.routes[0].matches[1]);
+    EXPECT_EQ(m.path_params, (param_list{{"ws", "w1"}, {"doc_id", "doc_4"}}));
+
+    // The right path with a method of the other entry matches neither entry.
+    m = table.match("POST", "/api/v1/workspaces/w1/documents/doc_4");
+    ASSERT_NE(m.route, nullptr);
+    EXPECT_EQ(m.route->name, "fallback");
+    EXPECT_EQ(m.entry, &cfg.routes[1].matches[0]);
+    EXPECT_TRUE(m.path_params.empty());
+    m = table.match("PUT", "/api/v1/workspaces/w1/documents");
+    EXPECT_EQ(m.route->name, "fallback");
+}
+
+TEST(RouteTable, FirstRouteWithAnyMatchingEntryWins) {
+    gateway_config cfg;
+    route_settings a;
+    a.name = "a";
+    a.matches.push_back({{"GET"}, "/x/{id}", {}});
+    a.matches.push_back({{}, {}, "/y/"});
+    cfg.routes.push_back(std::move(a));
+    cfg.routes.push_back(path_route("b", "/y/{id}"));
+    cfg.routes.push_back(path_route("c", "/x/{id}"));
+    route_table table(cfg);
+    EXPECT_EQ(table.match("GET", "/x/1").route->name, "a");
+    EXPECT_EQ(table.match("POST", "/x/1").route->name, "c");  // a's /x entry is GET only
+    EXPECT_EQ(table.match("POST", "/y/1").route->name, "a");  // a's later prefix entry beats b
+    EXPECT_EQ(table.match("POST", "/y/1").entry, &cfg.routes[0].matches[1]);
+}
+
+TEST(RouteTable, RouteWithoutEntriesNeverMatches) {
+    gateway_config cfg;
+    route_settings empty;
+    empty.name = "empty";
+    cfg.routes.push_back(std::move(empty));
+    cfg.routes.push_back(prefix_route("all", "/"));
+    route_table table(cfg);
+    EXPECT_EQ(table.match("GET", "/").route->name, "all");
 }
 
 TEST(RouteTable, MalformedTemplateFailsAtBuild) {
