@@ -9,6 +9,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -49,7 +50,9 @@ struct upstream_settings {
     source_mark mark;
 };
 
-enum class route_mode { passthrough, coalesce };
+// fan_out: a client's batch call becomes single-item upstream calls (fan_out settings);
+// batch_envelope: a generic {"requests":[...]} call dispatched through the route table.
+enum class route_mode { passthrough, coalesce, fan_out, batch_envelope };
 
 // routes[].match: either a path template ("/users/{id}") or a prefix ("/api/").
 struct route_match {
@@ -195,6 +198,45 @@ struct coalesce_settings {
     retry_settings retry;                                             // retry: see retry_settings
 };
 
+// fan_out.request: the single-item upstream call made once per item. Every string may hold
+// placeholders: {item}, {item./PTR}, {index}, {body./PTR}, {header.NAME} (see docs/fanout.md).
+struct fan_out_request_settings {
+    std::string method = "GET";                                // method: GET
+    std::string path;                                          // path: required (values url-encoded)
+    std::vector<std::pair<std::string, std::string>> query;    // query: NAME -> template; absent -> omitted
+    std::map<std::string, std::string> headers;                // headers: NAME -> template (lower-case names)
+    nlohmann::json body;                                       // body: JSON template; null = no body
+    // forward_headers: client headers copied to every item call (lower case).
+    std::vector<std::string> forward_headers{"authorization", "cookie"};
+};
+
+// fan_out.response: JSON templates for one item (success: 2xx, error: anything else) and the
+// envelope around all of them.
+struct fan_out_response_settings {
+    nlohmann::json success = "{response}";
+    nlohmann::json error = nlohmann::json{{"status", "{status}"}, {"error", "{response}"}};
+    nlohmann::json envelope = nlohmann::json{{"results", "{results}"}};
+};
+
+struct fan_out_settings {
+    std::string items;                                         // items: JSON pointer, required
+    std::size_t min_items = 1;                                 // min_items: 1
+    std::size_t max_items = 100;                               // max_items: 100
+    std::vector<std::pair<std::string, nlohmann::json>> require;  // require: POINTER -> value
+    fan_out_request_settings request;
+    std::size_t concurrency = 10;                              // concurrency: 10
+    duration item_timeout = std::chrono::seconds(2);           // item_timeout: 2s
+    duration timeout = std::chrono::seconds(10);               // timeout: 10s
+    fan_out_response_settings response;
+};
+
+// batch_envelope: a generic {"requests":[...]} call dispatched through the route table.
+struct batch_envelope_settings {
+    std::size_t max_requests = 20;                             // max_requests: 20 (1..100)
+    std::size_t concurrency = 10;                              // concurrency: 10
+    duration timeout = std::chrono::seconds(10);               // timeout: 10s
+};
+
 struct route_settings {
     std::string name;
     // routes[].match: one mapping or a list of them; the route matches when any entry matches.
@@ -204,6 +246,8 @@ struct route_settings {
     // Deadline for one caller's answer; 0 = derived (max_wait + upstream request_timeout + 1s).
     duration timeout{0};
     coalesce_settings coalesce;  // meaningful when mode == coalesce
+    fan_out_settings fan_out;              // meaningful when mode == fan_out
+    batch_envelope_settings batch_envelope;  // meaningful when mode == batch_envelope
     source_mark mark;
 };
 

@@ -413,7 +413,7 @@ TEST(ConfigErrors, BadValuesAllReportedTogetherInFileOrder) {
     EXPECT_TRUE(has_error(errs, f, 14, 21, "routes[0].match.method[1]", "bad HTTP method \"BAD METHOD\""));
     EXPECT_TRUE(has_error(errs, f, 15, 13, "routes[0].match.path", "duplicate parameter {id}"));
     EXPECT_TRUE(has_error(errs, f, 16, 7, "routes[0].match", "give either path or prefix, not both"));
-    EXPECT_TRUE(has_error(errs, f, 18, 11, "routes[0].mode", "unknown mode \"batch\" (expected passthrough or coalesce)"));
+    EXPECT_TRUE(has_error(errs, f, 18, 11, "routes[0].mode", "unknown mode \"batch\" (expected passthrough, coalesce, fan_out or batch_envelope)"));
     EXPECT_TRUE(has_error(errs, f, 21, 13, "routes[1].match.path", "bad path template: path template \"users\" must start with"));
     EXPECT_TRUE(has_error(errs, f, 23, 5, "routes[2].name", "required key is missing"));
     EXPECT_TRUE(has_error(errs, f, 23, 12, "routes[2].match.path", "give match.path or match.prefix"));
