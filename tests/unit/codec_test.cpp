@@ -1,12 +1,18 @@
 // Batch codec: what callers share a batch, which key each one contributes, the exact upstream
-// call that is sent, and how the batch answer is split back, for the reference APIs A and B.
+// call that is sent, and how the batch answer is split back, for the reference APIs A and B,
+// and the write APIs C, D, E and F (items, generated keys, body partitions, result lists).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
+#include <set>
+#include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "coalescer/core/codec.hpp"
+#include "config/loader.hpp"
 
 namespace batchgate::coalescer {
 namespace {
@@ -667,6 +673,582 @@ TEST(SplitByPosition, BareIdListWithRootKey) {
     EXPECT_EQ(out.items.at("e-1").status, 200);
     EXPECT_EQ(out.items.at("e-1").body, R"("e-1")");
     EXPECT_EQ(out.items.at("e-0").status, 404);
+}
+
+// ================================================================ write coalescing: C, D, E, F
+// The settings are the reference routes of tests/testdata/write_routes.yaml, as the loader
+// builds them (docs/design/write-coalescing.md section 8).
+
+const config::gateway_config& write_routes() {
+    static const config::gateway_config cfg = config::load_file(std::string(BATCHGATE_TESTDATA) + "/write_routes.yaml");
+    return cfg;
+}
+
+const coalesce_settings& write_route(const std::string& name) {
+    for (const auto& r : write_routes().routes)
+        if (r.name == name) return r.coalesce;
+    throw std::runtime_error("no route " + name);
+}
+
+fake_request caller(std::string method, std::string path, routes::param_list params, std::string body = {}) {
+    fake_request r;
+    r.method = std::move(method);
+    r.path = std::move(path);
+    r.path_params = std::move(params);
+    r.body = std::move(body);
+    return r;
+}
+
+json built(const coalesce_settings& s, const fake_request& r, const std::string& key) {
+    auto b = build_item(s, r.view(), key);
+    EXPECT_TRUE(b.item) << b.error;
+    return b.item ? *b.item : json();
+}
+
+bool is_correlation_id(const std::string& k) {
+    if (k.size() < 11 || k.rfind("bg-", 0) != 0 || k[9] != '-') return false;
+    auto hex = [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); };
+    return std::all_of(k.begin() + 3, k.begin() + 9, hex) && std::all_of(k.begin() + 10, k.end(), hex);
+}
+
+// ---------------------------------------------------------------- generate_correlation_id
+
+TEST(CorrelationId, FormatAndUniqueAcrossThreads) {
+    const auto first = generate_correlation_id();
+    EXPECT_TRUE(is_correlation_id(first)) << first;
+    std::vector<std::vector<std::string>> per_thread(4);
+    std::vector<std::thread> threads;
+    for (auto& ids : per_thread)
+        threads.emplace_back([&ids] {
+            for (int i = 0; i < 2000; ++i) ids.push_back(generate_correlation_id());
+        });
+    for (auto& t : threads) t.join();
+    std::set<std::string> all{first};
+    for (const auto& ids : per_thread)
+        for (const auto& id : ids) {
+            EXPECT_EQ(id.substr(0, 10), first.substr(0, 10)) << "one random prefix per process";
+            all.insert(id);
+        }
+    EXPECT_EQ(all.size(), 8001u);
+}
+
+TEST(CorrelationId, CounterIsHex) {
+    const auto a = generate_correlation_id();
+    const auto b = generate_correlation_id();
+    EXPECT_EQ(std::stoull(b.substr(10), nullptr, 16), std::stoull(a.substr(10), nullptr, 16) + 1);
+}
+
+// ---------------------------------------------------------------- extract_key: generation
+
+TEST(ExtractKey, GenerateAlwaysIgnoresTheRequest) {
+    auto s = users_api();
+    s.key = {value_source::path, "", config::key_generation::always};
+    fake_request r;
+    auto a = extract_key(s, r.view());
+    auto b = extract_key(s, r.view());
+    ASSERT_TRUE(a.key && b.key);
+    EXPECT_TRUE(a.generated);
+    EXPECT_TRUE(is_correlation_id(*a.key)) << *a.key;
+    EXPECT_NE(*a.key, *b.key);
+}
+
+TEST(ExtractKey, GenerateWhenMissingKeepsNaturalKeys) {
+    const auto& e = write_route("documents");
+    auto put = caller("PUT", "/api/v1/workspaces/w/documents/doc_9", {{"ws", "w"}, {"doc_id", "doc_9"}});
+    auto k = extract_key(e, put.view());
+    EXPECT_EQ(k.key, "doc_9");
+    EXPECT_FALSE(k.generated);
+    auto post = caller("POST", "/api/v1/workspaces/w/documents", {{"ws", "w"}});
+    k = extract_key(e, post.view());
+    ASSERT_TRUE(k.key) << k.error;
+    EXPECT_TRUE(k.generated);
+    EXPECT_TRUE(is_correlation_id(*k.key)) << *k.key;
+
+    auto s = users_api();
+    s.key = {value_source::body, "/id", config::key_generation::when_missing};
+    fake_request r;
+    r.body = R"({"name":"x"})";
+    EXPECT_TRUE(extract_key(s, r.view()).generated);
+    r.body = R"({"id":"n-1"})";
+    EXPECT_EQ(extract_key(s, r.view()).key, "n-1");
+    r.body = "not json";  // not a missing key: on_missing_key decides
+    k = extract_key(s, r.view());
+    EXPECT_FALSE(k.key);
+    EXPECT_EQ(k.error, "request body is not valid JSON");
+}
+
+// ---------------------------------------------------------------- build_item
+
+TEST(BuildItem, DefaultItemIsTheKey) {
+    auto s = activities_api();
+    fake_request r;
+    EXPECT_EQ(built(s, r, "a1"), json("a1"));
+    EXPECT_EQ(item_cost(json("a1")), item_cost(s, "a1"));  // the same bytes as before items existed
+}
+
+TEST(BuildItem, PlaceholdersValuesAndRemoval) {
+    auto s = activities_api();
+    s.request.item = json::parse(R"({
+        "k": "{key}", "m": "{method}", "p": "{path.id}", "q": "{query.v}", "h": "{header.x-h}",
+        "whole": "{body}", "ptr": "{body./a/b}", "missing": "{body./nope}", "nq": "{query.none}",
+        "text": "{method}:{path.id}/{body./a}/{query.none}", "map": "{map.op}", "nomap": "{map.other}",
+        "arr": ["{path.none}", 1, "{key}"], "lit": "{not a placeholder}", "n": 5})");
+    s.request.maps = {{"op", {{"PATCH", json{{"kind", "patch"}}}}}, {"other", {{"POST", "x"}}}};
+    auto r = caller("patch", "/x/7", {{"id", "7"}}, R"({"a":{"b":[1,2]},"c":null})");
+    r.query = "v=1&v=2";
+    r.headers["x-h"] = "hv";
+    EXPECT_EQ(built(s, r, "k-1"), json::parse(R"({
+        "k": "k-1", "m": "PATCH", "p": "7", "q": "1", "h": "hv",
+        "whole": {"a":{"b":[1,2]},"c":null}, "ptr": [1,2],
+        "text": "PATCH:7/{\"b\":[1,2]}/", "map": {"kind":"patch"},
+        "arr": [1, "k-1"], "lit": "{not a placeholder}", "n": 5})"));
+    // The template is untouched for the next caller.
+    EXPECT_EQ(s.request.item["k"], "{key}");
+}
+
+TEST(BuildItem, BodyAbsentOrNotJson) {
+    auto s = activities_api();
+    s.request.item = json::parse(R"({"k":"{key}","data":"{body}","t":"{body./type}"})");
+    auto r = caller("DELETE", "/x/1", {{"id", "1"}});
+    EXPECT_EQ(built(s, r, "1"), json::parse(R"({"k":"1"})"));  // no body: both removed
+
+    r.body = "{oops";
+    auto b = build_item(s, r.view(), "1");
+    EXPECT_FALSE(b.item);
+    EXPECT_EQ(b.error, "request body is not valid JSON");
+
+    // A template that does not use the body does not care what it is.
+    s.request.item = json::parse(R"({"k":"{key}"})");
+    EXPECT_EQ(built(s, r, "1"), json::parse(R"({"k":"1"})"));
+    s.request.item = "{body}";
+    r.body.clear();
+    EXPECT_EQ(built(s, r, "1"), json(nullptr));  // a removed whole item is null
+}
+
+TEST(BuildItem, TypeSuffixes) {
+    auto s = activities_api();
+    s.request.item = json::parse(R"({"i":"{path.i:int}","n":"{path.n:number}","b":"{path.b:bool}",
+        "j":"{header.x-j:json}","s":"{body./num:string}","bi":"{body./num:int}","bs":"{body./str:json}",
+        "f":"{body./f:int}","keep":"{body./obj:json}"})");
+    auto r = caller("POST", "/", {{"i", "-4"}, {"n", "2.5e1"}, {"b", "false"}},
+                    R"({"num":5,"str":"[1,{\"a\":2}]","f":6.0,"obj":{"x":1}})");
+    r.headers["x-j"] = R"({"deep":[true]})";
+    EXPECT_EQ(built(s, r, "k"), json::parse(R"({"i":-4,"n":25.0,"b":false,"j":{"deep":[true]},"s":"5","bi":5,
+        "bs":[1,{"a":2}],"f":6,"keep":{"x":1}})"));
+    EXPECT_TRUE(built(s, r, "k")["i"].is_number_integer());
+}
+
+TEST(BuildItem, FailedConversionRejectsThisCallerOnly) {
+    auto s = activities_api();
+    struct bad_case {
+        const char* tmpl;
+        const char* error;
+    };
+    for (const auto& c : {bad_case{"{path.i:int}", "{path.i:int}: \"4x\" is not an integer"},
+                          bad_case{"{path.i:number}", "{path.i:number}: \"4x\" is not a number"},
+                          bad_case{"{path.i:bool}", "{path.i:bool}: \"4x\" is not true or false"},
+                          bad_case{"{path.i:json}", "{path.i:json}: \"4x\" is not valid JSON"},
+                          bad_case{"{body./f:int}", "{body./f:int}: 1.5 is not an integer"},
+                          bad_case{"x-{path.i:int}", "{path.i:int}: \"4x\" is not an integer"}}) {
+        s.request.item = json{{"v", c.tmpl}};
+        auto r = caller("PATCH", "/", {{"i", "4x"}}, R"({"f":1.5})");
+        auto b = build_item(s, r.view(), "k");
+        EXPECT_FALSE(b.item) << c.tmpl;
+        EXPECT_EQ(b.error, std::string("cannot build the batch item: ") + c.error) << c.tmpl;
+    }
+    // An absent value is removed, not a failed conversion.
+    s.request.item = json{{"v", "{path.none:int}"}};
+    EXPECT_EQ(built(s, caller("PATCH", "/", {}), "k"), json::object());
+}
+
+TEST(BuildItem, BatchTemplateConversionsAreCheckedPerCaller) {
+    auto s = activities_api();
+    s.partition.path = {"org"};
+    s.request.path = "/orgs/{path.org:int}/batch";
+    auto good = caller("POST", "/", {{"org", "12"}});
+    EXPECT_TRUE(build_item(s, good.view(), "k").item);
+    auto bad = caller("POST", "/", {{"org", "acme"}});
+    auto b = build_item(s, bad.view(), "k");
+    EXPECT_FALSE(b.item);
+    EXPECT_EQ(b.error, "cannot build the batch call: {path.org:int}: \"acme\" is not an integer");
+
+    s.request.path = "/batch";
+    s.partition.body = {"/period"};
+    s.request.body_template = json::parse(R"({"period":"{body./period:int}","items":"{items}"})");
+    bad.body = R"({"period":"p-1"})";
+    b = build_item(s, bad.view(), "k");
+    EXPECT_EQ(b.error, "cannot build the batch call: {body./period:int}: \"p-1\" is not an integer");
+    good.body = R"({"period":"7"})";
+    EXPECT_TRUE(build_item(s, good.view(), "k").item);
+
+    // And the batch uses the converted value.
+    auto p = make_partition("r", s, good.view());
+    EXPECT_EQ(json::parse(build_batch_request(s, p.values, {"k"}, {json("k")}).body),
+              json::parse(R"({"period":7,"items":["k"]})"));
+}
+
+// ---------------------------------------------------------------- apply_success_status
+
+TEST(SuccessStatus, OnlyExactly200IsReplaced) {
+    const auto& e = write_route("documents");
+    EXPECT_EQ(apply_success_status(e, "POST", 200), 201);
+    EXPECT_EQ(apply_success_status(e, "DELETE", 200), 204);
+    EXPECT_EQ(apply_success_status(e, "PUT", 200), 200);
+    EXPECT_EQ(apply_success_status(e, "post", 200), 201);
+    EXPECT_EQ(apply_success_status(e, "POST", 202), 202);
+    EXPECT_EQ(apply_success_status(e, "POST", 409), 409);
+    EXPECT_EQ(apply_success_status(users_api(), "POST", 200), 200);
+}
+
+// ---------------------------------------------------------------- C abilities
+
+const char* const c_ability4 = R"({"action":"increment","data":{"score":5,"experience_points":75}})";
+const char* const c_ability7 = R"({"action":"decrement","data":{"score":2,"experience_points":20}})";
+
+TEST(WritesC, ExactBatchBodyFromPatchCallers) {
+    const auto& s = write_route("abilities");
+    auto a = caller("PATCH", "/api/characters/3/abilities/4", {{"character_id", "3"}, {"ability_id", "4"}}, c_ability4);
+    auto b = caller("PATCH", "/api/characters/3/abilities/7", {{"character_id", "3"}, {"ability_id", "7"}}, c_ability7);
+    a.headers["authorization"] = b.headers["authorization"] = "Bearer t";
+    auto ka = extract_key(s, a.view());
+    auto kb = extract_key(s, b.view());
+    ASSERT_EQ(ka.key, "4");
+    ASSERT_EQ(kb.key, "7");
+    auto pa = make_partition("abilities", s, a.view());
+    EXPECT_EQ(pa.key, make_partition("abilities", s, b.view()).key);
+    auto other = caller("PATCH", "/api/characters/5/abilities/4", {{"character_id", "5"}, {"ability_id", "4"}}, c_ability4);
+    other.headers["authorization"] = "Bearer t";
+    EXPECT_NE(pa.key, make_partition("abilities", s, other.view()).key) << "one batch per character";
+
+    auto out = build_batch_request(s, pa.values, {"4", "7"}, {built(s, a, "4"), built(s, b, "7")});
+    EXPECT_EQ(out.method, "POST");
+    EXPECT_EQ(out.target, "/api/characters/3/abilities/batch");
+    EXPECT_EQ(out.body, R"({"operations":[{"abilityId":4,"action":"increment","data":{"experience_points":75,"score":5}},)"
+                        R"({"abilityId":7,"action":"decrement","data":{"experience_points":20,"score":2}}]})");
+    EXPECT_EQ(json::parse(out.body), json::parse(R"(
+        {"operations":[{"abilityId":4,"action":"increment","data":{"score":5,"experience_points":75}},
+                       {"abilityId":7,"action":"decrement","data":{"score":2,"experience_points":20}}]})"));
+    EXPECT_EQ(out.headers, (std::vector<std::pair<std::string, std::string>>{
+                               {"authorization", "Bearer t"}, {"content-type", "application/json"}}));
+}
+
+TEST(WritesC, NonNumericAbilityIdIs400ForThatCaller) {
+    const auto& s = write_route("abilities");
+    auto r = caller("PATCH", "/api/characters/3/abilities/fire", {{"character_id", "3"}, {"ability_id", "fire"}}, c_ability4);
+    auto b = build_item(s, r.view(), "fire");
+    EXPECT_FALSE(b.item);
+    EXPECT_EQ(b.error, "cannot build the batch item: {path.ability_id:int}: \"fire\" is not an integer");
+}
+
+TEST(WritesC, SplitSuccessTrueAndFalse) {
+    const auto& s = write_route("abilities");
+    auto out = split_batch_response(s, "abilities", R"({"status":"success","results":[
+        {"abilityId":4,"action":"increment","success":true,
+         "data":{"id":4,"ability_name":"Area Lore","score":5,"effective_score":6,"experience_points":75}},
+        {"abilityId":7,"action":"decrement","success":true,"data":{"id":7,"score":2}}]})",
+                                    {"4", "7"});
+    ASSERT_TRUE(out.error.empty()) << out.error;
+    EXPECT_EQ(out.items.at("4").status, 200);
+    EXPECT_EQ(json::parse(out.items.at("4").body),
+              json::parse(R"({"id":4,"ability_name":"Area Lore","score":5,"effective_score":6,"experience_points":75})"));
+    EXPECT_EQ(json::parse(out.items.at("7").body), json::parse(R"({"id":7,"score":2})"));
+
+    // The all-or-nothing 422 answer: the failing operation is found, the others are not in it.
+    out = split_batch_response(s, "abilities", R"({"status":"error","results":[
+        {"abilityId":7,"action":"decrement","success":false,"error":"score would be negative"}]})",
+                               {"4", "7"});
+    ASSERT_TRUE(out.error.empty()) << out.error;
+    EXPECT_EQ(out.items.at("7").status, 422);
+    EXPECT_EQ(error_json(out.items.at("7")),
+              json::parse(R"({"error":"upstream_item_error","message":"score would be negative","route":"abilities"})"));
+    EXPECT_EQ(out.items.at("4").status, 404);
+    EXPECT_EQ(error_json(out.items.at("4"))["error"], "not_found");
+}
+
+// ---------------------------------------------------------------- D progress events
+
+const char* const d_event1 = R"({"type":"lesson_progress","courseId":"foundations","lessonId":"lesson-video","userId":"demo-user","percent":42,"position":185,"clientEventId":"e-1","timestamp":1730956800000})";
+const char* const d_event2 = R"({"type":"lesson_progress","courseId":"foundations","lessonId":"lesson-quiz","userId":"demo-user","percent":100,"position":0,"clientEventId":"e-2","timestamp":1730956801000})";
+
+TEST(WritesD, EventsAreTheWholeBodies) {
+    const auto& s = write_route("progress");
+    auto a = caller("POST", "/api/client/progress", {}, d_event1);
+    auto b = caller("POST", "/api/client/progress", {}, d_event2);
+    ASSERT_EQ(extract_key(s, a.view()).key, "e-1");
+    ASSERT_EQ(extract_key(s, b.view()).key, "e-2");
+    const json ia = built(s, a, "e-1");
+    EXPECT_EQ(ia, json::parse(d_event1));
+    EXPECT_EQ(item_cost(ia), ia.dump().size() + 1);
+    auto out = build_batch_request(s, make_partition("progress", s, a.view()).values, {"e-1", "e-2"},
+                                   {ia, built(s, b, "e-2")});
+    EXPECT_EQ(out.target, "/api/client/progress/batch");
+    EXPECT_EQ(json::parse(out.body),
+              (json{{"events", json::array({json::parse(d_event1), json::parse(d_event2)})}}));
+}
+
+TEST(WritesD, EventWithoutClientEventIdIsNamed) {
+    const auto& s = write_route("progress");
+    auto r = caller("POST", "/api/client/progress", {}, R"({"type":"lesson_progress","percent":42})");
+    auto k = extract_key(s, r.view());
+    EXPECT_FALSE(k.key);
+    EXPECT_EQ(k.error, "item key /clientEventId is missing from the request body");
+}
+
+TEST(WritesD, SplitAcceptedDuplicatesAndFailed) {
+    const auto& s = write_route("progress");
+    auto out = split_batch_response(
+        s, "progress",
+        R"({"accepted":["e-1","e-3"],"duplicates":["e-0"],"failed":[{"id":"e-9","reason":"validation_error"}]})",
+        {"e-1", "e-0", "e-9", "e-5"});
+    ASSERT_TRUE(out.error.empty()) << out.error;
+    EXPECT_EQ(out.items.at("e-1").status, 202);
+    EXPECT_EQ(out.items.at("e-1").body, R"({"status":"accepted"})");
+    EXPECT_EQ(out.items.at("e-0").status, 200);
+    EXPECT_EQ(out.items.at("e-0").body, R"({"status":"duplicate"})");
+    EXPECT_EQ(out.items.at("e-9").status, 422);
+    EXPECT_EQ(error_json(out.items.at("e-9")),
+              json::parse(R"({"error":"upstream_item_error","message":"upstream reported status 422 for this item",
+                              "route":"progress"})"));
+    EXPECT_EQ(out.items.at("e-5").status, 404);
+    EXPECT_EQ(error_json(out.items.at("e-5"))["message"], "no item with key \"e-5\" in the upstream batch answer");
+    EXPECT_EQ(out.ignored_items, 1u);  // e-3 was not asked for
+
+    auto with_reason = s;
+    with_reason.response.lists[2].error = "/reason";
+    out = split_batch_response(with_reason, "progress", R"({"accepted":[],"duplicates":[],"failed":[{"id":"e-9","reason":"validation_error"}]})",
+                               {"e-9"});
+    EXPECT_EQ(error_json(out.items.at("e-9"))["message"], "validation_error");
+}
+
+TEST(WritesD, FirstListWinsAndAbsentListsAreEmpty) {
+    const auto& s = write_route("progress");
+    auto out = split_batch_response(s, "progress", R"({"accepted":["e-1"],"duplicates":["e-1"]})", {"e-1"});
+    ASSERT_TRUE(out.error.empty()) << out.error;
+    EXPECT_EQ(out.items.at("e-1").status, 202);
+    EXPECT_EQ(out.items.at("e-1").body, R"({"status":"accepted"})");
+
+    out = split_batch_response(s, "progress", R"({"duplicates":["e-1"]})", {"e-1", "e-2"});
+    ASSERT_TRUE(out.error.empty()) << out.error;
+    EXPECT_EQ(out.items.at("e-1").status, 200);
+    EXPECT_EQ(out.items.at("e-2").status, 404);
+
+    out = split_batch_response(s, "progress", R"({"accepted":"e-1"})", {"e-1"});
+    EXPECT_EQ(out.error, "upstream batch answer has no array at /accepted");
+    EXPECT_TRUE(out.items.empty());
+    out = split_batch_response(s, "progress", R"({"status":"ok"})", {"e-1"});
+    EXPECT_EQ(out.error, "upstream batch answer has none of the result lists (/accepted, /duplicates, /failed)");
+}
+
+// ---------------------------------------------------------------- E documents
+
+TEST(WritesE, OperationsWithGeneratedClientIdAndMethodMap) {
+    const auto& s = write_route("documents");
+    const std::string ws = "550e8400-e29b-41d4-a716-446655440000";
+    auto create = caller("POST", "/api/v1/workspaces/" + ws + "/documents", {{"ws", ws}},
+                         R"({"title":"New","content":"# Hello"})");
+    auto update = caller("PUT", "/api/v1/workspaces/" + ws + "/documents/doc_9", {{"ws", ws}, {"doc_id", "doc_9"}},
+                         R"({"version":3,"title":"x"})");
+    auto remove = caller("DELETE", "/api/v1/workspaces/" + ws + "/documents/doc_4", {{"ws", ws}, {"doc_id", "doc_4"}});
+
+    auto kc = extract_key(s, create.view());
+    ASSERT_TRUE(kc.key && kc.generated) << kc.error;
+    const std::string op1 = *kc.key;
+    ASSERT_EQ(extract_key(s, update.view()).key, "doc_9");
+    ASSERT_EQ(extract_key(s, remove.view()).key, "doc_4");
+
+    const json ic = built(s, create, op1);
+    EXPECT_EQ(ic, (json{{"operation", "create"}, {"client_id", op1}, {"data", {{"title", "New"}, {"content", "# Hello"}}}}));
+    EXPECT_FALSE(ic.contains("document_id")) << "a create has no document_id key at all";
+    const json iu = built(s, update, "doc_9");
+    EXPECT_EQ(iu, json::parse(R"({"operation":"update","client_id":"doc_9","document_id":"doc_9","data":{"version":3,"title":"x"}})"));
+    const json id = built(s, remove, "doc_4");
+    EXPECT_EQ(id, json::parse(R"({"operation":"delete","client_id":"doc_4","document_id":"doc_4"})"));
+
+    auto p = make_partition("documents", s, create.view());
+    EXPECT_EQ(p.key, make_partition("documents", s, remove.view()).key) << "one batch per workspace";
+    auto out = build_batch_request(s, p.values, {op1, "doc_9", "doc_4"}, {ic, iu, id});
+    EXPECT_EQ(out.method, "POST");
+    EXPECT_EQ(out.target, "/api/v1/documents/batch");
+    EXPECT_EQ(json::parse(out.body), json::parse(R"({"workspace_id":"550e8400-e29b-41d4-a716-446655440000","atomic":false,
+        "operations":[{"operation":"create","client_id":")" + op1 + R"(","data":{"title":"New","content":"# Hello"}},
+                      {"operation":"update","client_id":"doc_9","document_id":"doc_9","data":{"version":3,"title":"x"}},
+                      {"operation":"delete","client_id":"doc_4","document_id":"doc_4"}]})"));
+}
+
+TEST(WritesE, SplitStatusStringsAndSuccessStatus) {
+    const auto& s = write_route("documents");
+    auto out = split_batch_response(s, "documents", R"({"total":5,"successful":2,"failed":3,"results":[
+        {"client_id":"bg-1-1","status":"success","document_id":"doc_abc","version":1},
+        {"client_id":"doc_9","status":"conflict","error":"version mismatch"},
+        {"client_id":"doc_4","status":"success"},
+        {"client_id":"doc_5","status":"error","error":"bad title"},
+        {"client_id":"doc_6","status":"skipped"}],"processing_time_ms":120})",
+                                    {"bg-1-1", "doc_9", "doc_4", "doc_5", "doc_6"});
+    ASSERT_TRUE(out.error.empty()) << out.error;
+    const auto& created = out.items.at("bg-1-1");
+    EXPECT_EQ(created.status, 200);
+    EXPECT_EQ(apply_success_status(s, "POST", created.status), 201);
+    EXPECT_EQ(json::parse(created.body),
+              json::parse(R"({"client_id":"bg-1-1","status":"success","document_id":"doc_abc","version":1})"));
+    EXPECT_EQ(out.items.at("doc_9").status, 409);
+    EXPECT_EQ(apply_success_status(s, "PUT", 409), 409);
+    EXPECT_EQ(error_json(out.items.at("doc_9")),
+              json::parse(R"({"error":"upstream_item_error","message":"version mismatch","route":"documents"})"));
+    EXPECT_EQ(out.items.at("doc_4").status, 200);
+    EXPECT_EQ(apply_success_status(s, "DELETE", out.items.at("doc_4").status), 204);
+    EXPECT_EQ(out.items.at("doc_5").status, 422);
+    EXPECT_EQ(error_json(out.items.at("doc_5"))["message"], "bad title");
+    EXPECT_EQ(out.items.at("doc_6").status, 424);
+    EXPECT_EQ(error_json(out.items.at("doc_6"))["message"], "upstream reported status 424 for this item");
+}
+
+// ---------------------------------------------------------------- F goals
+
+TEST(WritesF, PeriodFromTheBodyPartitionAndIsNewFromTheMap) {
+    const auto& s = write_route("goals");
+    auto create = caller("POST", "/api/v1/org/acme/goals", {{"org", "acme"}},
+                         R"({"period_id":"p-1","type":"performance","title":"Ship","weight":30})");
+    auto update = caller("PUT", "/api/v1/org/acme/goals/g-42", {{"org", "acme"}, {"goal_id", "g-42"}},
+                         R"({"period_id":"p-1","type":"competency","weight":40})");
+    auto kc = extract_key(s, create.view());
+    ASSERT_TRUE(kc.key && kc.generated);
+    const std::string temp = *kc.key;
+    ASSERT_EQ(extract_key(s, update.view()).key, "g-42");
+
+    auto p = make_partition("goals", s, create.view());
+    EXPECT_EQ(p.key, make_partition("goals", s, update.view()).key);
+    EXPECT_EQ(p.values.body, (std::map<std::string, json>{{"/period_id", "p-1"}}));
+
+    auto out = build_batch_request(s, p.values, {temp, "g-42"}, {built(s, create, temp), built(s, update, "g-42")});
+    EXPECT_EQ(out.target, "/api/v1/org/acme/goals/batch-save");
+    EXPECT_EQ(json::parse(out.body), json::parse(R"({"period_id":"p-1","goals":[
+        {"id":")" + temp + R"(","type":"performance","is_new":true,
+         "data":{"period_id":"p-1","type":"performance","title":"Ship","weight":30}},
+        {"id":"g-42","type":"competency","is_new":false,"data":{"period_id":"p-1","type":"competency","weight":40}}]})"));
+}
+
+TEST(WritesF, PeriodsNeverShareABatch) {
+    const auto& s = write_route("goals");
+    auto with_body = [&](std::string body) {
+        return make_partition("goals", s, caller("POST", "/api/v1/org/acme/goals", {{"org", "acme"}}, std::move(body)).view());
+    };
+    auto p1 = with_body(R"({"period_id":"p-1","type":"performance"})");
+    EXPECT_EQ(p1.key, with_body(R"({"type":"competency","period_id":"p-1"})").key);
+    EXPECT_NE(p1.key, with_body(R"({"period_id":"p-2"})").key);
+    // Absent, null, empty string and a number are all different.
+    std::set<std::string> keys{p1.key};
+    for (const char* body : {R"({})", R"({"period_id":null})", R"({"period_id":""})", R"({"period_id":1})",
+                             R"({"period_id":"1"})"})
+        EXPECT_TRUE(keys.insert(with_body(body).key).second) << body;
+    EXPECT_EQ(with_body("not json").key, with_body("{}").key);  // a body that is not JSON has no values
+    auto numeric = with_body(R"({"period_id":1})");
+    EXPECT_EQ(numeric.values.body.at("/period_id"), json(1));
+    EXPECT_EQ(json::parse(build_batch_request(s, numeric.values, {"k"}, {json("k")}).body),
+              json::parse(R"({"period_id":1,"goals":["k"]})"));  // the JSON value, not its text
+    auto absent = with_body(R"({})");
+    EXPECT_TRUE(absent.values.body.empty());
+    EXPECT_EQ(json::parse(build_batch_request(s, absent.values, {"k"}, {json("k")}).body),
+              json::parse(R"({"goals":["k"]})"));
+}
+
+TEST(WritesF, SplitSavedByTempIdOrIdAndFailed) {
+    const auto& s = write_route("goals");
+    auto out = split_batch_response(s, "goals", R"({"saved":[
+        {"tempId":"bg-00abcd-1","serverId":"g-77","data":{"id":"g-77","title":"Ship"}},
+        {"id":"g-42","data":{"id":"g-42","weight":40}}],
+        "failed":[{"id":"g-13","error":"weight out of range"}]})",
+                                    {"bg-00abcd-1", "g-42", "g-13", "g-99"});
+    ASSERT_TRUE(out.error.empty()) << out.error;
+    EXPECT_EQ(out.items.at("bg-00abcd-1").status, 200);
+    EXPECT_EQ(apply_success_status(s, "POST", 200), 201);
+    EXPECT_EQ(json::parse(out.items.at("bg-00abcd-1").body), json::parse(R"({"id":"g-77","title":"Ship"})"));
+    EXPECT_EQ(out.items.at("g-42").status, 200);
+    EXPECT_EQ(apply_success_status(s, "PUT", 200), 200);
+    EXPECT_EQ(json::parse(out.items.at("g-42").body), json::parse(R"({"id":"g-42","weight":40})"));
+    EXPECT_EQ(out.items.at("g-13").status, 422);
+    EXPECT_EQ(error_json(out.items.at("g-13")),
+              json::parse(R"({"error":"upstream_item_error","message":"weight out of range","route":"goals"})"));
+    EXPECT_EQ(out.items.at("g-99").status, 404);
+}
+
+TEST(WritesF, KeyPointersFirstPresentWins) {
+    const auto& s = write_route("goals");
+    // tempId present wins over id; an item with neither is ignored.
+    auto out = split_batch_response(s, "goals", R"({"saved":[{"tempId":"t-1","id":"g-1","data":1},{"data":2}],"failed":[]})",
+                                    {"t-1", "g-1"});
+    ASSERT_TRUE(out.error.empty()) << out.error;
+    EXPECT_EQ(out.items.at("t-1").body, "1");
+    EXPECT_EQ(out.items.at("g-1").status, 404);
+    EXPECT_EQ(out.ignored_items, 1u);
+}
+
+// ---------------------------------------------------------------- lists: details
+
+TEST(SplitLists, FixedStatus204HasNoBodyAndBodyValueOverridesThePointer) {
+    auto s = users_api();
+    config::result_list deleted;
+    deleted.items = "/deleted";
+    deleted.key = {""};
+    deleted.status = 204;
+    config::result_list kept;
+    kept.items = "/kept";
+    kept.key = {"/id"};
+    kept.status = 200;
+    kept.body_value = json{{"kept", true}};
+    s.response.lists = {deleted, kept};
+    auto out = split_batch_response(s, "r", R"({"deleted":["a"],"kept":[{"id":"b"}]})", {"a", "b"});
+    ASSERT_TRUE(out.error.empty()) << out.error;
+    EXPECT_EQ(out.items.at("a").status, 204);
+    EXPECT_EQ(out.items.at("a").body, "");
+    EXPECT_EQ(out.items.at("b").body, R"({"kept":true})");
+}
+
+TEST(SplitLists, DuplicateInOneListIs502ButAcrossListsTheFirstWins) {
+    const auto& s = write_route("goals");
+    auto out = split_batch_response(
+        s, "goals", R"({"saved":[{"id":"g-1","data":1},{"id":"g-1","data":2}],"failed":[{"id":"g-2"}, {"id":"g-3"}]})",
+        {"g-1", "g-3"});
+    EXPECT_EQ(out.items.at("g-1").status, 502);
+    EXPECT_EQ(out.items.at("g-3").status, 422);
+    out = split_batch_response(s, "goals", R"({"saved":[{"id":"g-1","data":1}],"failed":[{"id":"g-1","error":"x"}]})",
+                               {"g-1"});
+    EXPECT_EQ(out.items.at("g-1").status, 200);
+}
+
+TEST(SplitLists, StatusCodePointerAndStatusFieldInAList) {
+    auto s = users_api();
+    s.response.lists[0].items = "/r";
+    s.response.lists[0].status_code = "/code";
+    s.response.lists[0].status_field = "/ok";
+    s.response.lists[0].status_map = {{"true", 201}, {"false", 400}};
+    auto out = split_batch_response(s, "r", R"({"r":[{"id":"a","code":409},{"id":"b","ok":true},{"id":"c","ok":false}]})",
+                                    {"a", "b", "c"});
+    EXPECT_EQ(out.items.at("a").status, 409);
+    EXPECT_EQ(out.items.at("b").status, 201);
+    EXPECT_EQ(out.items.at("c").status, 400);
+}
+
+TEST(SplitLists, NoListsIsAConfigurationError) {
+    auto s = users_api();
+    s.response.lists.clear();
+    auto out = split_batch_response(s, "r", "[]", {"a"});
+    EXPECT_FALSE(out.error.empty());
+    EXPECT_TRUE(out.items.empty());
+}
+
+TEST(BuildJsonBody, EmptyItemsMeansTheKeys) {
+    auto s = activities_api();
+    EXPECT_EQ(json::parse(build_batch_request(s, {}, {"a1", "a2"}, {}).body)["ids"], json::parse(R"(["a1","a2"])"));
+    EXPECT_EQ(json::parse(build_batch_request(s, {}, {"a1"}, {json{{"x", 1}}}).body)["ids"], json::parse(R"([{"x":1}])"));
+}
+
+TEST(BuildJsonBody, BodyPointerPlaceholdersInThePathAreText) {
+    auto s = activities_api();
+    s.request.path = "/p/{body./period}/{body./obj}/{body./none}";
+    partition_values v;
+    v.body["/period"] = "a b";
+    v.body["/obj"] = json{{"k", 1}};
+    EXPECT_EQ(build_batch_request(s, v, {"1"}, {}).target, "/p/a%20b/%7B%22k%22%3A1%7D/");
 }
 
 }  // namespace

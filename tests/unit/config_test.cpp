@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <limits>
+#include <map>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -733,6 +735,356 @@ TEST(ConfigInline, HeaderListsAreLowerCasedAndChecked) {
       response: {key: /id}
 )"));
     EXPECT_TRUE(has_error(errs, "routes[0].coalesce.request.forward_headers[0]", "expected a string, got a map"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Write coalescing (docs/design/write-coalescing.md): the reference routes C, D, E and F
+
+namespace {
+
+// Every error of a file, exactly, in file order ("LINE:COL: KEY: message" after the file name).
+std::vector<std::string> with_file(const std::string& f, std::vector<std::string> lines) {
+    for (auto& l : lines) l = f + ":" + l;
+    return lines;
+}
+
+const route_settings& route_named(const gateway_config& cfg, const std::string& name) {
+    for (const auto& r : cfg.routes)
+        if (r.name == name) return r;
+    throw std::runtime_error("no route " + name);
+}
+
+}  // namespace
+
+TEST(ConfigWrites, AbilitiesC) {
+    const auto cfg = load_file(data("write_routes.yaml"));
+    ASSERT_EQ(cfg.routes.size(), 4u);
+    const auto& r = route_named(cfg, "abilities");
+    ASSERT_EQ(r.matches.size(), 1u);  // a single mapping is one entry
+    EXPECT_EQ(r.matches[0].methods, std::vector<std::string>{"PATCH"});
+    EXPECT_EQ(r.matches[0].path, "/api/characters/{character_id}/abilities/{ability_id}");
+    const auto& c = r.coalesce;
+    EXPECT_EQ(c.key.source, value_source::path);
+    EXPECT_EQ(c.key.name, "ability_id");
+    EXPECT_EQ(c.key.generate, key_generation::never);
+    EXPECT_EQ(c.on_missing_key, missing_key_action::reject);
+    EXPECT_EQ(c.partition.path, std::vector<std::string>{"character_id"});
+    EXPECT_TRUE(c.partition.body.empty());
+    EXPECT_EQ(c.same_key, same_key_policy::merge_patch);
+    EXPECT_TRUE(c.ordered);  // default for merge_patch
+    EXPECT_EQ(c.on_batch_error, batch_error_policy::isolate);
+    EXPECT_EQ(c.request.path, "/api/characters/{path.character_id}/abilities/batch");
+    EXPECT_EQ(c.request.body_template, nlohmann::json::parse(R"({"operations":"{items}"})"));
+    EXPECT_EQ(c.request.item, nlohmann::json::parse(
+                                  R"({"abilityId":"{path.ability_id:int}","action":"{body./action}","data":"{body./data}"})"));
+    EXPECT_TRUE(c.request.maps.empty());
+    ASSERT_EQ(c.response.lists.size(), 1u);  // the single-list form, normalised
+    const auto& l = c.response.lists[0];
+    EXPECT_EQ(l.items, "/results");
+    EXPECT_EQ(l.key, std::vector<std::string>{"/abilityId"});
+    EXPECT_EQ(l.status, 0);
+    EXPECT_EQ(l.status_field, "/success");
+    EXPECT_EQ(l.status_map, (std::map<std::string, int>{{"true", 200}, {"false", 422}}));
+    EXPECT_EQ(l.body, "/data");
+    EXPECT_FALSE(l.body_value);
+    EXPECT_EQ(l.error, "/error");
+    EXPECT_TRUE(c.response.success_status.empty());
+    // Defaults: retry as documented.
+    EXPECT_EQ(c.retry.statuses, (std::vector<int>{429, 503}));
+    EXPECT_EQ(c.retry.max_attempts, 3u);
+    EXPECT_EQ(c.retry.initial_backoff, 50ms);
+    EXPECT_EQ(c.retry.max_backoff, 2s);
+}
+
+TEST(ConfigWrites, ProgressD) {
+    const auto cfg = load_file(data("write_routes.yaml"));
+    const auto& c = route_named(cfg, "progress").coalesce;
+    EXPECT_EQ(c.key.source, value_source::body);
+    EXPECT_EQ(c.key.name, "/clientEventId");
+    EXPECT_EQ(c.on_missing_key, missing_key_action::reject);
+    EXPECT_EQ(c.same_key, same_key_policy::sequence);  // a POST route: writes are sequenced by default
+    EXPECT_TRUE(c.ordered);
+    EXPECT_EQ(c.on_batch_error, batch_error_policy::fail_all);
+    EXPECT_EQ(c.max_batch_items, 25u);
+    EXPECT_EQ(c.max_batch_bytes, 64000u);
+    EXPECT_EQ(c.request.body_template, nlohmann::json::parse(R"({"events":"{items}"})"));
+    EXPECT_EQ(c.request.item, "{body}");
+    const auto& lists = c.response.lists;
+    ASSERT_EQ(lists.size(), 3u);
+    EXPECT_EQ(lists[0].items, "/accepted");
+    EXPECT_EQ(lists[0].key, std::vector<std::string>{""});
+    EXPECT_EQ(lists[0].status, 202);
+    EXPECT_EQ(lists[0].body_value, nlohmann::json::parse(R"({"status":"accepted"})"));
+    EXPECT_EQ(lists[1].items, "/duplicates");
+    EXPECT_EQ(lists[1].status, 200);
+    EXPECT_EQ(lists[1].body_value, nlohmann::json::parse(R"({"status":"duplicate"})"));
+    EXPECT_EQ(lists[2].items, "/failed");
+    EXPECT_EQ(lists[2].key, std::vector<std::string>{"/id"});
+    EXPECT_EQ(lists[2].status, 422);
+    EXPECT_FALSE(lists[2].body_value);
+    EXPECT_EQ(lists[2].body, "");
+    EXPECT_EQ(c.response.missing_status, 404);
+    EXPECT_EQ(c.retry.statuses, (std::vector<int>{429, 503}));
+    EXPECT_EQ(c.retry.max_attempts, 4u);
+    EXPECT_EQ(c.retry.initial_backoff, 50ms);
+    EXPECT_EQ(c.retry.max_backoff, 2s);
+}
+
+TEST(ConfigWrites, DocumentsE) {
+    const auto cfg = load_file(data("write_routes.yaml"));
+    const auto& r = route_named(cfg, "documents");
+    ASSERT_EQ(r.matches.size(), 2u);
+    EXPECT_EQ(r.matches[0].methods, std::vector<std::string>{"POST"});
+    EXPECT_EQ(r.matches[0].path, "/api/v1/workspaces/{ws}/documents");
+    EXPECT_EQ(r.matches[1].methods, (std::vector<std::string>{"PUT", "DELETE"}));
+    EXPECT_EQ(r.matches[1].path, "/api/v1/workspaces/{ws}/documents/{doc_id}");
+    const auto& c = r.coalesce;
+    EXPECT_EQ(c.key.source, value_source::path);
+    EXPECT_EQ(c.key.name, "doc_id");
+    EXPECT_EQ(c.key.generate, key_generation::when_missing);
+    EXPECT_EQ(c.partition.path, std::vector<std::string>{"ws"});
+    EXPECT_EQ(c.same_key, same_key_policy::sequence);
+    EXPECT_TRUE(c.ordered);
+    EXPECT_EQ(c.max_batch_items, 100u);
+    EXPECT_EQ(c.max_batch_bytes, 10'000'000u);
+    EXPECT_EQ(c.request.body_template,
+              nlohmann::json::parse(R"({"workspace_id":"{path.ws}","atomic":false,"operations":"{items}"})"));
+    EXPECT_EQ(c.request.item, nlohmann::json::parse(R"({"operation":"{map.operation}","client_id":"{key}",
+                                                          "document_id":"{path.doc_id}","data":"{body}"})"));
+    ASSERT_EQ(c.request.maps.size(), 1u);
+    EXPECT_EQ(c.request.maps.at("operation"),
+              (std::map<std::string, nlohmann::json>{{"POST", "create"}, {"PUT", "update"}, {"DELETE", "delete"}}));
+    ASSERT_EQ(c.response.lists.size(), 1u);
+    const auto& l = c.response.lists[0];
+    EXPECT_EQ(l.items, "/results");
+    EXPECT_EQ(l.key, std::vector<std::string>{"/client_id"});
+    EXPECT_EQ(l.status_field, "/status");
+    EXPECT_EQ(l.status_map,
+              (std::map<std::string, int>{{"success", 200}, {"conflict", 409}, {"error", 422}, {"skipped", 424}}));
+    EXPECT_EQ(l.body, "");
+    EXPECT_EQ(l.error, "/error");
+    EXPECT_EQ(c.response.success_status, (std::map<std::string, int>{{"POST", 201}, {"DELETE", 204}}));
+}
+
+TEST(ConfigWrites, GoalsF) {
+    const auto cfg = load_file(data("write_routes.yaml"));
+    const auto& r = route_named(cfg, "goals");
+    ASSERT_EQ(r.matches.size(), 2u);
+    EXPECT_EQ(r.matches[1].methods, std::vector<std::string>{"PUT"});
+    const auto& c = r.coalesce;
+    EXPECT_EQ(c.key.generate, key_generation::when_missing);
+    EXPECT_EQ(c.partition.path, std::vector<std::string>{"org"});
+    EXPECT_EQ(c.partition.body, std::vector<std::string>{"/period_id"});
+    EXPECT_EQ(c.request.body_template, nlohmann::json::parse(R"({"period_id":"{body./period_id}","goals":"{items}"})"));
+    EXPECT_EQ(c.request.item, nlohmann::json::parse(
+                                  R"({"id":"{key}","type":"{body./type}","is_new":"{map.is_new}","data":"{body}"})"));
+    EXPECT_EQ(c.request.maps.at("is_new"), (std::map<std::string, nlohmann::json>{{"POST", true}, {"PUT", false}}));
+    const auto& lists = c.response.lists;
+    ASSERT_EQ(lists.size(), 2u);
+    EXPECT_EQ(lists[0].items, "/saved");
+    EXPECT_EQ(lists[0].key, (std::vector<std::string>{"/tempId", "/id"}));
+    EXPECT_EQ(lists[0].status, 200);
+    EXPECT_EQ(lists[0].body, "/data");
+    EXPECT_EQ(lists[1].items, "/failed");
+    EXPECT_EQ(lists[1].key, std::vector<std::string>{"/id"});
+    EXPECT_EQ(lists[1].status, 422);
+    EXPECT_EQ(lists[1].error, "/error");
+    EXPECT_EQ(c.response.success_status, (std::map<std::string, int>{{"POST", 201}}));
+    EXPECT_EQ(c.response.missing_status, 404);
+}
+
+TEST(ConfigWrites, ReadRoutesKeepTheirDefaults) {
+    const auto cfg = load_file(data("full.yaml"));
+    const auto& users = cfg.routes[0].coalesce;  // GET, HEAD
+    EXPECT_EQ(users.same_key, same_key_policy::share);
+    EXPECT_FALSE(users.ordered);
+    EXPECT_EQ(users.key.generate, key_generation::never);
+    EXPECT_EQ(users.on_missing_key, missing_key_action::reject);
+    EXPECT_EQ(users.on_batch_error, batch_error_policy::fail_all);
+    EXPECT_TRUE(users.request.item.is_null());  // default "{key}"
+    EXPECT_TRUE(users.request.maps.empty());
+    EXPECT_TRUE(users.response.success_status.empty());
+    EXPECT_EQ(users.retry.max_attempts, 3u);
+    EXPECT_EQ(cfg.routes[5].coalesce.same_key, same_key_policy::sequence);  // bulk: POST
+    EXPECT_TRUE(cfg.routes[5].coalesce.ordered);
+}
+
+TEST(ConfigWrites, SameKeyDefaultDependsOnEveryMatchEntry) {
+    auto policy = [](const std::string& match) {
+        const auto cfg = load_string(upstream_api + "routes:\n  - name: r\n    match: " + match +
+                                         "\n    upstream: api\n    mode: coalesce\n    coalesce:\n"
+                                         "      key: {query: id}\n" + valid_request_response,
+                                     "t.yaml");
+        return std::pair{cfg.routes[0].coalesce.same_key, cfg.routes[0].coalesce.ordered};
+    };
+    EXPECT_EQ(policy("{method: [GET, HEAD], path: /u}"), std::pair(same_key_policy::share, false));
+    EXPECT_EQ(policy("[{method: GET, path: /u}, {method: HEAD, prefix: /v/}]"), std::pair(same_key_policy::share, false));
+    EXPECT_EQ(policy("[{method: GET, path: /u}, {method: PUT, path: /v}]"), std::pair(same_key_policy::sequence, true));
+    // A match entry without method takes writes too.
+    EXPECT_EQ(policy("{path: /u}"), std::pair(same_key_policy::sequence, true));
+    EXPECT_EQ(policy("[{method: GET, path: /u}, {path: /v}]"), std::pair(same_key_policy::sequence, true));
+}
+
+TEST(ConfigWrites, ExplicitSameKeyAndOrdered) {
+    auto load = [](const std::string& extra) {
+        return load_string(coalesce_route("      key: {path: id}\n" + extra + valid_request_response), "t.yaml")
+            .routes[0]
+            .coalesce;
+    };
+    auto c = load("      same_key: last_write_wins\n");
+    EXPECT_EQ(c.same_key, same_key_policy::last_write_wins);
+    EXPECT_TRUE(c.ordered);
+    c = load("      same_key: sequence\n      ordered: false\n");
+    EXPECT_EQ(c.same_key, same_key_policy::sequence);
+    EXPECT_FALSE(c.ordered);
+    c = load("      same_key: share\n      ordered: true\n      on_missing_key: passthrough\n");
+    EXPECT_EQ(c.same_key, same_key_policy::share);
+    EXPECT_TRUE(c.ordered);
+    EXPECT_EQ(c.on_missing_key, missing_key_action::passthrough);
+    c = load("      retry: {statuses: 502, initial_backoff: 10ms, max_backoff: 10ms}\n");
+    EXPECT_EQ(c.retry.statuses, std::vector<int>{502});
+    EXPECT_EQ(c.retry.initial_backoff, 10ms);
+    EXPECT_EQ(c.retry.max_backoff, 10ms);
+    c = load("      retry: {statuses: []}\n");
+    EXPECT_TRUE(c.retry.statuses.empty());  // never retry
+}
+
+TEST(ConfigWrites, GenerateAlwaysNeedsNoSource) {
+    const auto cfg = load_string(coalesce_route(R"(      key: {generate: always}
+      request: {method: POST, path: /users, encoding: json_body, body: ["{items}"], item: {tmp: "{key}", u: "{body}"}}
+      response: {key: /tmp}
+)"),
+                                 "t.yaml");
+    EXPECT_EQ(cfg.routes[0].coalesce.key.generate, key_generation::always);
+    EXPECT_EQ(cfg.routes[0].coalesce.request.item, nlohmann::json::parse(R"({"tmp":"{key}","u":"{body}"})"));
+    // when_missing with a source that can be missing: query, header, body.
+    for (const char* key : {"{query: id, generate: when_missing}", "{header: X-Id, generate: when_missing}",
+                            "{body: /id, generate: when_missing}", "{path: id, generate: never}"}) {
+        const auto c = load_string(coalesce_route("      key: " + std::string(key) + "\n" + valid_request_response), "t.yaml");
+        EXPECT_EQ(c.routes[0].coalesce.key.generate,
+                  std::string(key).find("never") != std::string::npos ? key_generation::never : key_generation::when_missing)
+            << key;
+    }
+}
+
+TEST(ConfigWrites, ResponseKeyListAndBodyValueInTheSingleListForm) {
+    const auto cfg = load_string(coalesce_route(R"(      key: {path: id}
+      request: {path: /u, encoding: query_list, query_param: ids}
+      response: {items: /done, key: [/tempId, /id], body_value: {ok: true}, success_status: {get: 203}}
+)"),
+                                 "t.yaml");
+    const auto& resp = cfg.routes[0].coalesce.response;
+    ASSERT_EQ(resp.lists.size(), 1u);
+    EXPECT_EQ(resp.lists[0].key, (std::vector<std::string>{"/tempId", "/id"}));
+    EXPECT_EQ(resp.lists[0].body_value, nlohmann::json::parse(R"({"ok":true})"));
+    EXPECT_EQ(resp.success_status, (std::map<std::string, int>{{"GET", 203}}));  // methods upper-cased
+}
+
+TEST(ConfigWrites, MatchListEntriesAreNamedByIndex) {
+    const auto errs = errors_of(upstream_api + R"(routes:
+  - name: r
+    match:
+      - {method: GET, path: /a}
+      - {method: "B A D", path: "/b/{"}
+      - {path: /c, prefix: /c}
+      - nope
+    upstream: api
+)");
+    EXPECT_EQ(errs.size(), 4u) << dump(errs);
+    EXPECT_TRUE(has_error(errs, "routes[0].match[1].method", "bad HTTP method \"B A D\""));
+    EXPECT_TRUE(has_error(errs, "routes[0].match[1].path", "bad path template"));
+    EXPECT_TRUE(has_error(errs, "routes[0].match[2]", "give either path or prefix, not both"));
+    EXPECT_TRUE(has_error(errs, "routes[0].match[3]", "expected a map, got a scalar"));
+}
+
+TEST(ConfigWrites, PlaceholderTypeSuffixesAndBodyPointersInBatchTemplates) {
+    const auto cfg = load_string(coalesce_route(R"(      key: {path: id}
+      partition: {path: [org], body: /period_id, query: [v]}
+      request:
+        method: POST
+        path: /orgs/{path.org}/batch?period={body./period_id}
+        encoding: json_body
+        body: {org: "{path.org:int}", v: "{query.v:number}", p: "{body./period_id:string}", items: "{items}"}
+        item: {n: "{path.id:int}", b: "{query.flag:bool}", j: "{header.x-meta:json}", s: "{body./a~1b:string}"}
+      response: {key: /id}
+)",
+                                                "/orgs/{org}/users/{id}"),
+                                 "t.yaml");
+    EXPECT_EQ(cfg.routes[0].coalesce.partition.body, std::vector<std::string>{"/period_id"});
+}
+
+TEST(ConfigErrors, WriteMatchEntries) {
+    const auto f = data("bad_write_match.yaml");
+    EXPECT_EQ(errors_of_file(f), with_file(f, {
+        "12:19: routes[0].coalesce.key.path: \"id\" is not a parameter of any match entry's path (parameters: ws, doc_id)",
+        "13:26: routes[0].coalesce.partition.path[0]: \"ws\" is not a parameter of match[2] (it uses match.prefix, which has no parameters); partition.path must be a parameter of every match entry",
+        "19:34: routes[0].coalesce.request.item.rev: \"rev\" is not a parameter of any match entry's path (parameters: ws, doc_id)",
+        "28:38: routes[1].coalesce.key.generate: generate: when_missing would never generate a key: every match entry has {goal_id} (add a match entry without it, such as the create, or use generate: never)",
+        "32:12: routes[2].match: must list at least one match entry",
+    }));
+}
+
+TEST(ConfigErrors, WriteKeys) {
+    const auto f = data("bad_write_key.yaml");
+    EXPECT_EQ(errors_of_file(f), with_file(f, {
+        "9:13: routes[0].coalesce.key.path: generate: always makes up every key, so the key has no source: remove path (or use generate: when_missing)",
+        "10:23: routes[0].coalesce.on_missing_key: unknown on_missing_key \"ignore\" (expected reject or passthrough)",
+        "18:34: routes[1].coalesce.key.generate: unknown generate \"maybe\" (expected never, when_missing or always)",
+    }));
+}
+
+TEST(ConfigErrors, WriteTemplates) {
+    const auto f = data("bad_write_templates.yaml");
+    EXPECT_EQ(errors_of_file(f), with_file(f, {
+        "10:51: routes[0].coalesce.partition.body[1]: must name a field of the body, like /period_id (\"\" would be the whole body)",
+        "10:55: routes[0].coalesce.partition.body[2]: bad JSON pointer \"/a~2\": must start with \"/\", and \"~\" must be followed by 0 or 1",
+        "13:15: routes[0].coalesce.request.path: {method} is only allowed in request.item: request.path is shared by every caller of a batch",
+        "17:17: routes[0].coalesce.request.body.type: request.body uses {body./type} but partition.body does not list it: callers with different values would share a batch",
+        "18:16: routes[0].coalesce.request.body.who: {key} is only allowed in request.item: request.body is shared by every caller of a batch",
+        "19:16: routes[0].coalesce.request.body.all: {body} is only allowed in request.item: request.body is shared by every caller of a batch",
+        "20:15: routes[0].coalesce.request.body.op: {map.op} is only allowed in request.item: request.body is shared by every caller of a batch",
+        "24:14: routes[0].coalesce.request.item.n: unknown type suffix \":integer\" in {path.goal_id:integer}: use :int, :number, :bool, :string or :json",
+        "25:15: routes[0].coalesce.request.item.op: {map.operation} names no map of request.maps (defined: op)",
+        "26:20: routes[0].coalesce.request.item.nested[0]: {items} is only allowed in request.body (request.item is one element of it)",
+        "27:16: routes[0].coalesce.request.item.bad: bad JSON pointer \"type\" in {body.type}: write {body./field} (\"~\" must be followed by 0 or 1)",
+        "29:30: routes[0].coalesce.request.maps.op.PATCH: \"PATCH\" is not a method this route matches (methods: POST, PUT)",
+        "29:45: routes[0].coalesce.request.maps.op.FETCH: \"FETCH\" is not an HTTP method (expected one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS)",
+        "41:9: routes[1].coalesce.request.item: item is only used with encoding: json_body (query encodings send the keys)",
+        "42:9: routes[1].coalesce.request.maps: maps is only used with encoding: json_body (by request.item)",
+    }));
+}
+
+TEST(ConfigErrors, WriteResponseLists) {
+    const auto f = data("bad_write_response.yaml");
+    EXPECT_EQ(errors_of_file(f), with_file(f, {
+        "12:9: routes[0].coalesce.response.items: give either lists or the single-list keys, not both (move items into an entry of lists)",
+        "14:49: routes[0].coalesce.response.lists[0].status: must be between 100 and 599, got 99",
+        "15:35: routes[0].coalesce.response.lists[1].key: must list at least one JSON pointer",
+        "15:39: routes[0].coalesce.response.lists[1].status: give either a fixed status or status_code / status_field, not both",
+        "16:74: routes[0].coalesce.response.lists[2].status_map.ok: must be between 100 and 599, got 600",
+        "16:93: routes[0].coalesce.response.lists[2].body_value: give either body or body_value, not both",
+        "17:27: routes[0].coalesce.response.lists[3].by_position: by_position needs exactly one result list",
+        "18:26: routes[0].coalesce.response.success_status.created: \"created\" is not an HTTP method (expected one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS)",
+        "18:40: routes[0].coalesce.response.success_status.PUT: \"PUT\" is not a method this route matches (methods: POST)",
+        "18:56: routes[0].coalesce.response.success_status.POST: must be between 100 and 599, got 1000",
+        "26:25: routes[1].coalesce.response.lists: expected a non-empty list of result lists, got an empty list",
+        "26:29: routes[1].coalesce.response.status_map: give either lists or the single-list keys, not both (move status_map into an entry of lists)",
+    }));
+}
+
+TEST(ConfigErrors, WritePolicies) {
+    const auto f = data("bad_write_policies.yaml");
+    EXPECT_EQ(errors_of_file(f), with_file(f, {
+        "10:17: routes[0].coalesce.same_key: merge_patch needs encoding: json_body (query encodings send only keys, there is no payload to merge)",
+        "11:16: routes[0].coalesce.ordered: expected true or false, got \"sometimes\"",
+        "14:23: routes[0].coalesce.on_batch_error: unknown on_batch_error \"bisect\" (expected fail_all or isolate)",
+        "16:25: routes[0].coalesce.retry.statuses[1]: must be between 100 and 599, got 600",
+        "17:23: routes[0].coalesce.retry.max_attempts: must be between 1 and 20, got 21",
+        "19:22: routes[0].coalesce.retry.max_backoff: must be at least initial_backoff (500ms)",
+        "26:17: routes[1].coalesce.same_key: unknown same_key \"newest\" (expected share, sequence, last_write_wins or merge_patch)",
+        "29:29: routes[1].coalesce.retry.max_attempts: must be between 1 and 20, got 0",
+        "29:49: routes[1].coalesce.retry.initial_backoff: must be greater than 0",
+    }));
 }
 
 // ---------------------------------------------------------------------------------------
