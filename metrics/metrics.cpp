@@ -108,7 +108,19 @@ registry::registry()
                               .Register(*registry_)),
       reload_ok_(&reloads_.Add({{"result", "success"}})),
       reload_failed_(&reloads_.Add({{"result", "failure"}})),
-      connections_(&connections_family_.Add({})) {
+      connections_(&connections_family_.Add({})),
+      fanout_calls_(prometheus::BuildCounter()
+                        .Name("batchgate_fanout_calls_total")
+                        .Help("Client batch calls fanned out to single calls, by route")
+                        .Register(*registry_)),
+      fanout_items_(prometheus::BuildHistogram()
+                        .Name("batchgate_fanout_items")
+                        .Help("Items (or sub-requests) per fanned-out call, by route")
+                        .Register(*registry_)),
+      fanout_outcomes_(prometheus::BuildCounter()
+                           .Name("batchgate_fanout_item_outcomes_total")
+                           .Help("Fanned-out items by route and outcome (success, error, timeout, skipped)")
+                           .Register(*registry_)) {
     prometheus::BuildGauge()
         .Name("batchgate_build_info")
         .Help("Build information")
@@ -149,6 +161,22 @@ upstream_route_metrics& registry::upstream(const std::string& upstream, const st
         const std::map<std::string, std::string> labels{{"upstream", upstream}, {"route", route}};
         m->requests = std::make_unique<status_counters>(upstream_requests_, labels);
         m->duration = &upstream_duration_.Add(labels, latency_buckets());
+        slot = std::move(m);
+    }
+    return *slot;
+}
+
+fanout_metrics& registry::fanout(const std::string& route) {
+    std::lock_guard lock(mutex_);
+    auto& slot = fanouts_[route];
+    if (!slot) {
+        auto m = std::make_unique<fanout_metrics>();
+        m->calls = &fanout_calls_.Add({{"route", route}});
+        m->items = &fanout_items_.Add({{"route", route}}, size_buckets());
+        m->success = &fanout_outcomes_.Add({{"route", route}, {"outcome", "success"}});
+        m->error = &fanout_outcomes_.Add({{"route", route}, {"outcome", "error"}});
+        m->timeout = &fanout_outcomes_.Add({{"route", route}, {"outcome", "timeout"}});
+        m->skipped = &fanout_outcomes_.Add({{"route", route}, {"outcome", "skipped"}});
         slot = std::move(m);
     }
     return *slot;

@@ -55,6 +55,16 @@ struct upstream_route_metrics {
     prometheus::Histogram* duration = nullptr;
 };
 
+// Fan-out routes (fan_out, batch_envelope): one client call becomes several upstream/sub calls.
+struct fanout_metrics {
+    prometheus::Counter* calls = nullptr;     // client batch calls served
+    prometheus::Histogram* items = nullptr;   // items (or sub-requests) per call
+    prometheus::Counter* success = nullptr;   // item answered 2xx
+    prometheus::Counter* error = nullptr;     // item answered with another status
+    prometheus::Counter* timeout = nullptr;   // item got no answer in time (504)
+    prometheus::Counter* skipped = nullptr;   // item never sent (failed dependency, deadline, rejected)
+};
+
 class registry {
 public:
     registry();
@@ -64,6 +74,7 @@ public:
     // Stable references: created on first request for a name, then reused (also across reloads).
     route_metrics& route(const std::string& name);
     upstream_route_metrics& upstream(const std::string& upstream, const std::string& route);
+    fanout_metrics& fanout(const std::string& route);
 
     prometheus::Counter& reloads(bool ok) { return ok ? *reload_ok_ : *reload_failed_; }
     prometheus::Gauge& open_connections() { return *connections_; }
@@ -89,10 +100,14 @@ private:
     prometheus::Counter* reload_ok_;
     prometheus::Counter* reload_failed_;
     prometheus::Gauge* connections_;
+    prometheus::Family<prometheus::Counter>& fanout_calls_;
+    prometheus::Family<prometheus::Histogram>& fanout_items_;
+    prometheus::Family<prometheus::Counter>& fanout_outcomes_;
 
     std::mutex mutex_;
     std::map<std::string, std::unique_ptr<route_metrics>> routes_;
     std::map<std::pair<std::string, std::string>, std::unique_ptr<upstream_route_metrics>> upstreams_;
+    std::map<std::string, std::unique_ptr<fanout_metrics>> fanouts_;
 };
 
 }  // namespace batchgate::metrics

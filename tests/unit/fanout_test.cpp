@@ -5,6 +5,7 @@
 #include "fanout/core/batch_envelope.hpp"
 #include "fanout/core/dependency_plan.hpp"
 #include "fanout/core/fan_out.hpp"
+#include "fanout/core/plan_runner.hpp"
 #include "fanout/core/template.hpp"
 #include "config/loader.hpp"
 
@@ -321,4 +322,50 @@ TEST(FanoutConfig, ErrorsNameFileLineAndKeyPath) {
     EXPECT_EQ(all_errors(upstream_yaml + "  - {name: f, match: {path: /b}, upstream: api, mode: fan_out}\n")
                   .find("routes[0].fan_out: required key is missing for mode: fan_out") == std::string::npos,
               false);
+}
+
+// --- plan_runner: bounded concurrency, inline completions, exactly one done ------------------
+
+TEST(PlanRunner, NeverMoreThanConcurrencyInFlightAndDoneOnce) {
+    std::vector<std::size_t> started, skipped;
+    std::vector<std::size_t> pending;
+    int done = 0;
+    std::size_t in_flight = 0, peak = 0;
+    plan_runner* self = nullptr;
+    plan_runner r(dependency_plan({{}, {}, {}, {}, {0}, {}}), 2,
+                  {[&](std::size_t i) {
+                       started.push_back(i);
+                       peak = std::max(peak, ++in_flight);
+                       pending.push_back(i);
+                   },
+                   [&](std::size_t i) { skipped.push_back(i); }, [&] { ++done; }});
+    self = &r;
+    r.run();
+    EXPECT_EQ(started, (std::vector<std::size_t>{0, 1}));
+    while (!pending.empty()) {
+        auto i = pending.front();
+        pending.erase(pending.begin());
+        --in_flight;
+        self->finish(i, i == 0 ? 500 : 200);  // 0 fails: 4 is skipped
+    }
+    EXPECT_EQ(started, (std::vector<std::size_t>{0, 1, 2, 3, 5}));
+    EXPECT_EQ(skipped, std::vector<std::size_t>{4});
+    EXPECT_LE(peak, 2u);
+    EXPECT_EQ(done, 1);
+}
+
+TEST(PlanRunner, StartHookMayFinishInline) {
+    int done = 0;
+    std::vector<std::size_t> started;
+    plan_runner* self = nullptr;
+    plan_runner r(dependency_plan(std::vector<std::vector<std::size_t>>(500)), 1,
+                  {[&](std::size_t i) {
+                       started.push_back(i);
+                       self->finish(i, 200);  // e.g. a sub-request rejected before sending
+                   },
+                   [](std::size_t) {}, [&] { ++done; }});
+    self = &r;
+    r.run();
+    EXPECT_EQ(started.size(), 500u);
+    EXPECT_EQ(done, 1);
 }
