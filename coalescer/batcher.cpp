@@ -1,6 +1,8 @@
 #include "coalescer/batcher.hpp"
 
+#include <algorithm>
 #include <atomic>
+#include <charconv>
 
 #include <boost/asio/post.hpp>
 #include <boost/beast/http.hpp>
@@ -25,7 +27,36 @@ std::string next_batch_id() {
 
 double seconds(clock_type::duration d) { return std::chrono::duration<double>(d).count(); }
 
+same_key window_policy(config::same_key_policy p) {
+    switch (p) {
+        case config::same_key_policy::share: return same_key::share;
+        case config::same_key_policy::sequence: return same_key::sequence;
+        case config::same_key_policy::last_write_wins: return same_key::last_write_wins;
+        case config::same_key_policy::merge_patch: return same_key::merge_patch;
+    }
+    return same_key::share;
+}
+
+// Retry-After in seconds (the HTTP-date form is treated as absent).
+std::optional<std::chrono::milliseconds> retry_after(const gateway::upstream_response& res) {
+    auto it = res.find(http::field::retry_after);
+    if (it == res.end()) return std::nullopt;
+    auto v = it->value();
+    unsigned long secs = 0;
+    auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), secs);
+    if (ec != std::errc() || p != v.data() + v.size()) return std::nullopt;
+    return std::chrono::milliseconds(std::min<unsigned long>(secs, 3600) * 1000);
+}
+
 }  // namespace
+
+config::duration caller_timeout(const config::gateway_config& config, const config::route_settings& route) {
+    if (route.timeout.count() > 0) return route.timeout;
+    const auto* up = config.find_upstream(route.upstream);
+    auto t = (up ? up->request_timeout : config::duration(10000)) + std::chrono::seconds(1);
+    if (route.mode == config::route_mode::coalesce) t += route.coalesce.max_wait;
+    return t;
+}
 
 batcher::batcher(net::any_io_executor executor, std::shared_ptr<const config::gateway_config> config,
                  const config::route_settings& route, std::shared_ptr<gateway::upstream_pool> upstream,
@@ -36,35 +67,36 @@ batcher::batcher(net::any_io_executor executor, std::shared_ptr<const config::ga
       upstream_(std::move(upstream)),
       metrics_(metrics.route(route.name)),
       upstream_metrics_(metrics.upstream(route.upstream, route.name)),
-      window_(window_limits{route.coalesce.max_batch_items, route.coalesce.max_batch_bytes,
-                            route.coalesce.max_wait}),
-      timer_(strand_) {}
+      window_(window_limits{route.coalesce.max_batch_items, route.coalesce.max_batch_bytes, route.coalesce.max_wait,
+                            window_policy(route.coalesce.same_key)}),
+      ordered_(route.coalesce.ordered),
+      timer_(strand_),
+      rng_(std::random_device{}()) {}
 
-void batcher::submit(partition part, std::string key, std::size_t cost, reply_handler done) {
-    net::post(strand_, [self = shared_from_this(), part = std::move(part), key = std::move(key), cost,
-                        done = std::move(done)]() mutable {
-        self->on_submit(std::move(part), std::move(key), cost, std::move(done));
-    });
+void batcher::submit(submission s) {
+    net::post(strand_, [self = shared_from_this(), s = std::move(s)]() mutable { self->on_submit(std::move(s)); });
 }
 
-void batcher::on_submit(partition part, std::string key, std::size_t cost, reply_handler done) {
+void batcher::on_submit(submission s) {
     if (window_.waiting() + queued_callers_ >= route_.coalesce.max_waiting) {
         metrics_.rejected->Increment();
         reply r;
         r.status = http_status(gateway_error::overloaded);
         r.body = error_body(gateway_error::overloaded, "too many callers waiting on this route", route_.name);
         r.headers.emplace_back("Retry-After", "1");
-        done(std::move(r));
+        s.done(std::move(r));
         return;
     }
     const auto now = clock_type::now();
-    auto closed = window_.add(part, std::move(key), cost, waiter{std::move(done), now}, now);
+    waiter w{std::move(s.done), now, s.deadline, std::move(s.method), std::move(s.traceparent)};
+    auto closed = window_.add(s.part, std::move(s.key), s.cost, std::move(w), now, std::move(s.item));
     if (auto d = window_.take_deduplicated()) metrics_.deduplicated->Increment(static_cast<double>(d));
+    if (auto m = window_.take_merged()) metrics_.merged->Increment(static_cast<double>(m));
     if (draining_) {
-        auto rest = window_.drain();
+        auto rest = window_.drain(now);
         std::move(rest.begin(), rest.end(), std::back_inserter(closed));
     }
-    dispatch(std::move(closed));
+    enqueue(std::move(closed));
     arm_timer();
     update_waiting_gauge();
 }
@@ -84,7 +116,7 @@ void batcher::arm_timer() {
 }
 
 void batcher::on_timer() {
-    dispatch(window_.expire(clock_type::now()));
+    enqueue(window_.expire(clock_type::now()));
     arm_timer();
     update_waiting_gauge();
 }
@@ -92,14 +124,14 @@ void batcher::on_timer() {
 void batcher::drain() {
     net::post(strand_, [self = shared_from_this()] {
         self->draining_ = true;
-        self->dispatch(self->window_.drain());
+        self->enqueue(self->window_.drain(clock_type::now()));
         self->timer_.cancel();
         self->armed_at_.reset();
         self->update_waiting_gauge();
     });
 }
 
-void batcher::dispatch(std::vector<batch> closed) {
+void batcher::enqueue(std::vector<batch> closed) {
     const auto now = clock_type::now();
     for (auto& b : closed) {
         switch (b.reason) {
@@ -114,124 +146,242 @@ void batcher::dispatch(std::vector<batch> closed) {
         for (const auto& item : b.items)
             for (const auto& w : item.waiters) metrics_.batch_wait->Observe(seconds(now - w.enqueued));
         queued_callers_ += callers;
-        ready_.push_back(std::move(b));
+        ready_.push_back(pending{std::move(b), 1});
     }
-    // Per-route cap on batch calls in flight, so the gateway never floods the upstream.
-    while (!ready_.empty() && in_flight_ < route_.coalesce.max_concurrent_batches) {
-        batch b = std::move(ready_.front());
-        ready_.pop_front();
-        send(std::move(b));
+    pump();
+}
+
+// Sends ready batches while the route's concurrency cap allows; on ordered routes a
+// partition never has two calls in flight, so one key's writes arrive in order.
+void batcher::pump() {
+    for (auto it = ready_.begin(); it != ready_.end() && in_flight_ < route_.coalesce.max_concurrent_batches;) {
+        if (ordered_ && busy_partitions_.count(it->b.partition_key)) {
+            ++it;
+            continue;
+        }
+        pending p = std::move(*it);
+        it = ready_.erase(it);
+        send(std::move(p));
+        it = ready_.begin();  // send() may not touch ready_, but restart to keep the scan simple
     }
 }
 
-void batcher::send(batch b) {
+void batcher::send(pending p) {
     ++in_flight_;
+    if (ordered_) busy_partitions_.insert(p.b.partition_key);
     std::vector<std::string> keys;
-    keys.reserve(b.items.size());
-    for (const auto& item : b.items) keys.push_back(item.key);
-    outgoing_request out = build_batch_request(route_.coalesce, b.values, keys);
+    std::vector<nlohmann::json> items;
+    keys.reserve(p.b.items.size());
+    items.reserve(p.b.items.size());
+    std::string traceparent;
+    for (const auto& item : p.b.items) {
+        keys.push_back(item.key);
+        items.push_back(item.payload.is_null() ? nlohmann::json(item.key) : item.payload);
+        for (const auto& w : item.waiters)
+            if (traceparent.empty()) traceparent = w.traceparent;
+    }
+    outgoing_request out = build_batch_request(route_.coalesce, p.b.values, keys, items);
 
     gateway::upstream_request req;
     req.method_string(out.method);
     req.target(out.target);
     for (auto& [name, value] : out.headers) req.set(name, value);
     std::string batch_id = next_batch_id();
+    // The batch call carries the first caller's trace and names itself.
     req.set("X-Batchgate-Batch-Id", batch_id);
+    req.set("X-Request-Id", batch_id);
+    if (!traceparent.empty()) req.set("traceparent", traceparent);
     req.body() = std::move(out.body);
 
     upstream_->async_send(
         std::move(req), upstream_->settings().request_timeout,
-        [self = shared_from_this(), b = std::move(b), batch_id](gateway::upstream_result r) mutable {
+        [self = shared_from_this(), p = std::move(p), batch_id](gateway::upstream_result r) mutable {
             // Back onto the strand: the window, queue and counters are strand-owned.
-            net::post(self->strand_, [self, b = std::move(b), batch_id = std::move(batch_id),
+            net::post(self->strand_, [self, p = std::move(p), batch_id = std::move(batch_id),
                                       r = std::move(r)]() mutable {
-                self->on_answer(std::move(b), batch_id, std::move(r));
+                self->on_answer(std::move(p), batch_id, std::move(r));
             });
         });
 }
 
-void batcher::on_answer(batch b, const std::string& batch_id, gateway::upstream_result r) {
-    --in_flight_;
-    queued_callers_ -= b.waiter_count();
+void batcher::on_answer(pending p, const std::string& batch_id, gateway::upstream_result r) {
     upstream_metrics_.duration->Observe(seconds(r.elapsed));
 
     reply proto;
     proto.batch_id = batch_id;
-    proto.batch_size = b.items.size();
+    proto.batch_size = p.b.items.size();
     proto.upstream_elapsed = r.elapsed;
-    const std::string& upstream_name = route_.upstream;
-
+    const std::string where = "upstream '" + route_.upstream + "'";
     auto fail_all = [&](gateway_error e, const std::string& message) {
         proto.status = http_status(e);
         proto.body = error_body(e, message, route_.name);
-        answer_all(b, proto);
+        answer_all(p, proto);
     };
 
+    bool keep_busy = false;  // the partition stays busy while a retry backs off
     switch (r.failure) {
-        case gateway::upstream_failure::none: break;
         case gateway::upstream_failure::timeout:
             upstream_metrics_.requests->inc(std::string("timeout"));
-            fail_all(gateway_error::upstream_timeout, "upstream '" + upstream_name + "' timed out: " + r.detail);
+            fail_all(gateway_error::upstream_timeout, where + " timed out: " + r.detail);
             break;
         case gateway::upstream_failure::connect_failed:
             upstream_metrics_.requests->inc(std::string("connect_error"));
-            fail_all(gateway_error::upstream_unreachable, "upstream '" + upstream_name + "': " + r.detail);
+            fail_all(gateway_error::upstream_unreachable, where + ": " + r.detail);
             break;
         case gateway::upstream_failure::io_error:
             upstream_metrics_.requests->inc(std::string("io_error"));
-            fail_all(gateway_error::upstream_unreachable, "upstream '" + upstream_name + "': " + r.detail);
+            fail_all(gateway_error::upstream_unreachable, where + ": " + r.detail);
             break;
         case gateway::upstream_failure::bad_response:
             upstream_metrics_.requests->inc(std::string("bad_response"));
-            fail_all(gateway_error::upstream_bad_response, "upstream '" + upstream_name + "': " + r.detail);
+            fail_all(gateway_error::upstream_bad_response, where + ": " + r.detail);
             break;
-    }
-    if (r.failure == gateway::upstream_failure::none) {
-        const int status = r.response.result_int();
-        upstream_metrics_.requests->inc(status);
-        proto.upstream_status = status;
-        if (status == 401 || status == 403 || status == 429) {
-            // The whole partition shares these credentials / this rate limit: the upstream's
-            // own answer is the right one for every caller.
-            proto.status = status;
-            proto.body = r.response.body();
-            for (auto field : {http::field::retry_after, http::field::www_authenticate})
-                if (auto it = r.response.find(field); it != r.response.end())
-                    proto.headers.emplace_back(std::string(it->name_string()), std::string(it->value()));
-            answer_all(b, proto);
-        } else if (status < 200 || status > 299) {
-            fail_all(gateway_error::upstream_bad_response,
-                     "upstream '" + upstream_name + "' answered the batch call with status " + std::to_string(status));
-        } else {
-            std::vector<std::string> keys;
-            keys.reserve(b.items.size());
-            for (const auto& item : b.items) keys.push_back(item.key);
-            split_outcome split = split_batch_response(route_.coalesce, route_.name, r.response.body(), keys);
-            if (!split.error.empty()) {
-                fail_all(gateway_error::upstream_bad_response, "upstream '" + upstream_name + "': " + split.error);
-            } else {
-                for (auto& item : b.items) {
-                    reply rep = proto;
-                    if (auto it = split.items.find(item.key); it != split.items.end()) {
-                        rep.status = it->second.status;
-                        rep.body = it->second.body;
-                    } else {  // the splitter answers every key; this is a safety net
-                        rep.status = 502;
-                        rep.body = error_body(gateway_error::upstream_bad_response, "no answer for this item", route_.name);
+        case gateway::upstream_failure::none: {
+            const int status = r.response.result_int();
+            upstream_metrics_.requests->inc(status);
+            proto.upstream_status = status;
+            auto pass_through = [&] {
+                // The upstream's own answer is the right one for every caller of the batch.
+                proto.status = status;
+                proto.body = r.response.body();
+                for (auto field : {http::field::retry_after, http::field::www_authenticate})
+                    if (auto it = r.response.find(field); it != r.response.end())
+                        proto.headers.emplace_back(std::string(it->name_string()), std::string(it->value()));
+                answer_all(p, proto);
+            };
+            const auto& retry = route_.coalesce.retry;
+            if (std::find(retry.statuses.begin(), retry.statuses.end(), status) != retry.statuses.end()) {
+                keep_busy = try_retry(p, r);
+                if (!keep_busy) pass_through();
+            } else if (status >= 200 && status <= 299) {
+                deliver_split(p, r.response.body(), proto);
+            } else if (status == 401 || status == 403 || status == 408 || status == 429) {
+                pass_through();  // credentials and rate limits are shared by the whole partition
+            } else if (status >= 400 && status <= 499) {
+                if (route_.coalesce.on_batch_error == config::batch_error_policy::isolate && p.b.items.size() > 1) {
+                    isolate(std::move(p));
+                    keep_busy = true;  // isolate() released the slot itself
+                } else if (p.b.items.size() == 1) {
+                    // A lone item: its own entry in the answer if there is one, else the whole answer.
+                    split_outcome split = split_batch_response(route_.coalesce, route_.name, r.response.body(),
+                                                               {p.b.items[0].key});
+                    auto it = split.items.find(p.b.items[0].key);
+                    if (split.error.empty() && it != split.items.end() && it->second.status != route_.coalesce.response.missing_status) {
+                        proto.status = it->second.status;
+                        proto.body = it->second.body;
+                        answer_all(p, proto);
+                    } else {
+                        pass_through();
                     }
-                    for (auto& w : item.waiters) w.done(rep);
-                    item.waiters.clear();
+                } else {
+                    pass_through();  // fail_all: nothing was applied, every caller learns why
                 }
+            } else {
+                fail_all(gateway_error::upstream_bad_response,
+                         where + " answered the batch call with status " + std::to_string(status));
             }
+            break;
         }
     }
-    dispatch({});
+    if (!keep_busy) {
+        --in_flight_;
+        if (ordered_) busy_partitions_.erase(p.b.partition_key);
+    }
+    pump();
     update_waiting_gauge();
 }
 
-void batcher::answer_all(batch& b, const reply& proto) {
-    for (auto& item : b.items) {
-        for (auto& w : item.waiters) w.done(proto);
+// 429/503: back off (Retry-After, else exponential with full jitter) when the retry can
+// still start before the earliest caller deadline. True when a retry was scheduled.
+bool batcher::try_retry(pending& p, const gateway::upstream_result& r) {
+    const auto& retry = route_.coalesce.retry;
+    if (p.attempt >= retry.max_attempts) return false;
+    std::chrono::milliseconds delay;
+    if (auto ra = retry_after(r.response)) {
+        delay = *ra;
+    } else {
+        auto cap = std::min<std::chrono::milliseconds>(retry.max_backoff, retry.initial_backoff * (1u << std::min(p.attempt - 1, 16u)));
+        std::uniform_int_distribution<long long> jitter(0, std::max<long long>(cap.count(), 0));
+        delay = std::chrono::milliseconds(jitter(rng_));
+    }
+    auto earliest = clock_type::time_point::max();
+    for (const auto& item : p.b.items)
+        for (const auto& w : item.waiters) earliest = std::min(earliest, w.deadline);
+    const auto start_at = clock_type::now() + delay;
+    if (start_at >= earliest) return false;
+    metrics_.retries->Increment();
+    auto timer = std::make_shared<net::steady_timer>(strand_);
+    timer->expires_at(start_at);
+    ++p.attempt;
+    timer->async_wait([self = shared_from_this(), timer, p = std::move(p)](boost::system::error_code) mutable {
+        // The slot and the partition stay held through the back-off; the retry re-takes them.
+        --self->in_flight_;
+        if (self->ordered_) self->busy_partitions_.erase(p.b.partition_key);
+        self->ready_.push_front(std::move(p));
+        self->pump();
+    });
+    return true;
+}
+
+// All-or-nothing upstream rejected the batch: re-send each half on its own, so valid
+// callers succeed and only the invalid one gets the upstream's error.
+void batcher::isolate(pending p) {
+    const std::size_t half = p.b.items.size() / 2;
+    pending first{batch{}, 1}, second{batch{}, 1};
+    for (auto* part : {&first, &second}) {
+        part->b.partition_key = p.b.partition_key;
+        part->b.values = p.b.values;
+        part->b.opened = p.b.opened;
+        part->b.reason = p.b.reason;
+    }
+    for (std::size_t i = 0; i < p.b.items.size(); ++i) (i < half ? first : second).b.items.push_back(std::move(p.b.items[i]));
+    metrics_.isolations->Increment(2);
+    --in_flight_;
+    if (ordered_) busy_partitions_.erase(p.b.partition_key);
+    ready_.push_front(std::move(second));
+    ready_.push_front(std::move(first));
+}
+
+void batcher::deliver_split(pending& p, const std::string& body, const reply& proto) {
+    std::vector<std::string> keys;
+    keys.reserve(p.b.items.size());
+    for (const auto& item : p.b.items) keys.push_back(item.key);
+    split_outcome split = split_batch_response(route_.coalesce, route_.name, body, keys);
+    if (!split.error.empty()) {
+        reply r = proto;
+        r.status = http_status(gateway_error::upstream_bad_response);
+        r.body = error_body(gateway_error::upstream_bad_response, "upstream '" + route_.upstream + "': " + split.error,
+                            route_.name);
+        answer_all(p, r);
+        return;
+    }
+    for (auto& item : p.b.items) {
+        reply rep = proto;
+        if (auto it = split.items.find(item.key); it != split.items.end()) {
+            rep.status = it->second.status;
+            rep.body = std::move(it->second.body);
+        } else {  // the splitter answers every key; this is a safety net
+            rep.status = 502;
+            rep.body = error_body(gateway_error::upstream_bad_response, "no answer for this item", route_.name);
+        }
+        for (auto& w : item.waiters) {
+            reply mine = rep;
+            mine.status = apply_success_status(route_.coalesce, w.method, rep.status);
+            answer(w, std::move(mine));
+        }
+        item.waiters.clear();
+    }
+}
+
+void batcher::answer(waiter& w, reply r) {
+    --queued_callers_;
+    auto done = std::move(w.done);
+    done(std::move(r));
+}
+
+void batcher::answer_all(pending& p, const reply& proto) {
+    for (auto& item : p.b.items) {
+        for (auto& w : item.waiters) answer(w, proto);
         item.waiters.clear();
     }
 }

@@ -1,7 +1,8 @@
 // One coalescing route at run time: feeds callers into a window (coalescer/core/window.hpp),
-// owns the one timer that flushes it, sends each closed batch through the upstream pool and
-// answers every waiter exactly once. Runs on its own strand; submit() may be called from any
-// thread. Holds only completion handlers, never sessions.
+// owns the one timer that flushes it, sends each closed batch through the upstream pool
+// (retrying 429/503 with backoff, bisecting all-or-nothing failures when the route says so)
+// and answers every waiter exactly once. Runs on its own strand; submit() may be called from
+// any thread. Holds only completion handlers, never sessions.
 #pragma once
 
 #include <chrono>
@@ -10,6 +11,8 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <random>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -38,16 +41,31 @@ struct reply {
 
 using reply_handler = std::function<void(reply)>;
 
+// One caller, as the batcher sees it.
+struct submission {
+    partition part;
+    std::string key;
+    nlohmann::json item;          // built item (codec build_item)
+    std::size_t cost = 0;         // bytes it adds to the batch call
+    std::string method;           // the caller's method (success_status)
+    std::string traceparent;      // W3C trace context, "" when none
+    std::chrono::steady_clock::time_point deadline;  // retries never start after it
+    reply_handler done;           // called exactly once, on the batcher's strand
+};
+
+// The deadline of a caller on this route: route.timeout, or max_wait + the upstream's
+// request_timeout + 1s.
+config::duration caller_timeout(const config::gateway_config& config, const config::route_settings& route);
+
 class batcher : public std::enable_shared_from_this<batcher> {
 public:
     // route lives inside config; the batcher keeps config alive for as long as any of its
     // batches is in flight, even after a reload retired the snapshot.
     batcher(boost::asio::any_io_executor executor, std::shared_ptr<const config::gateway_config> config,
-            const config::route_settings& route,
-            std::shared_ptr<gateway::upstream_pool> upstream, metrics::registry& metrics);
+            const config::route_settings& route, std::shared_ptr<gateway::upstream_pool> upstream,
+            metrics::registry& metrics);
 
-    // Queues one caller. done is called exactly once, on the batcher's strand.
-    void submit(partition part, std::string key, std::size_t cost, reply_handler done);
+    void submit(submission s);
 
     // Flushes everything now and sends later callers at once (SIGTERM, reload).
     void drain();
@@ -56,17 +74,29 @@ private:
     struct waiter {
         reply_handler done;
         std::chrono::steady_clock::time_point enqueued;
+        std::chrono::steady_clock::time_point deadline;
+        std::string method;
+        std::string traceparent;
     };
     using window_type = window<waiter>;
     using batch = window_type::batch;
+    struct pending {
+        batch b;
+        unsigned attempt = 1;  // 1 = first call
+    };
 
-    void on_submit(partition part, std::string key, std::size_t cost, reply_handler done);
+    void on_submit(submission s);
     void arm_timer();
     void on_timer();
-    void dispatch(std::vector<batch> closed);
-    void send(batch b);
-    void on_answer(batch b, const std::string& batch_id, gateway::upstream_result r);
-    void answer_all(batch& b, const reply& proto);
+    void enqueue(std::vector<batch> closed);
+    void pump();
+    void send(pending p);
+    void on_answer(pending p, const std::string& batch_id, gateway::upstream_result r);
+    bool try_retry(pending& p, const gateway::upstream_result& r);
+    void isolate(pending p);
+    void deliver_split(pending& p, const std::string& body, const reply& proto);
+    void answer(waiter& w, reply r);
+    void answer_all(pending& p, const reply& proto);
     void update_waiting_gauge();
 
     boost::asio::strand<boost::asio::any_io_executor> strand_;
@@ -76,11 +106,14 @@ private:
     metrics::route_metrics& metrics_;
     metrics::upstream_route_metrics& upstream_metrics_;
     window_type window_;
+    bool ordered_;
     boost::asio::steady_timer timer_;
     std::optional<std::chrono::steady_clock::time_point> armed_at_;
-    std::deque<batch> ready_;       // closed batches waiting for a concurrency slot
-    std::size_t in_flight_ = 0;     // batch calls sent, not yet answered
-    std::size_t queued_callers_ = 0;  // callers in ready_ and in flight
+    std::deque<pending> ready_;                // closed batches waiting for a slot
+    std::set<std::string> busy_partitions_;    // ordered routes: partitions with a call in flight
+    std::size_t in_flight_ = 0;                // batch calls sent or backing off
+    std::size_t queued_callers_ = 0;           // callers handed out of the window, not yet answered
+    std::minstd_rand rng_;
     bool draining_ = false;
 };
 

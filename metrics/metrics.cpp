@@ -98,6 +98,18 @@ registry::registry()
                     .Name("batchgate_callers_rejected_total")
                     .Help("Callers refused with 503 because too many were already waiting")
                     .Register(*registry_)),
+      merged_(prometheus::BuildCounter()
+                  .Name("batchgate_merged_writes_total")
+                  .Help("Writes merged into an item already waiting for the same key")
+                  .Register(*registry_)),
+      isolations_(prometheus::BuildCounter()
+                      .Name("batchgate_isolations_total")
+                      .Help("Batch halves re-sent to isolate an item an all-or-nothing upstream rejected")
+                      .Register(*registry_)),
+      retries_(prometheus::BuildCounter()
+                   .Name("batchgate_upstream_retries_total")
+                   .Help("Batch calls retried after 429/503 from the upstream")
+                   .Register(*registry_)),
       reloads_(prometheus::BuildCounter()
                    .Name("batchgate_config_reloads_total")
                    .Help("Configuration reloads, by result")
@@ -147,6 +159,9 @@ route_metrics& registry::route(const std::string& name) {
         m->deduplicated = &deduplicated_.Add(labels);
         m->calls_saved = &calls_saved_.Add(labels);
         m->rejected = &rejected_.Add(labels);
+        m->merged = &merged_.Add(labels);
+        m->isolations = &isolations_.Add(labels);
+        m->retries = &retries_.Add(labels);
         m->waiting = &waiting_.Add(labels);
         slot = std::move(m);
     }

@@ -47,6 +47,9 @@ struct route_metrics {
     prometheus::Counter* deduplicated = nullptr;
     prometheus::Counter* calls_saved = nullptr;
     prometheus::Counter* rejected = nullptr;
+    prometheus::Counter* merged = nullptr;
+    prometheus::Counter* isolations = nullptr;
+    prometheus::Counter* retries = nullptr;
     prometheus::Gauge* waiting = nullptr;
 };
 
@@ -95,6 +98,9 @@ private:
     prometheus::Family<prometheus::Gauge>& waiting_;
     prometheus::Family<prometheus::Counter>& calls_saved_;
     prometheus::Family<prometheus::Counter>& rejected_;
+    prometheus::Family<prometheus::Counter>& merged_;
+    prometheus::Family<prometheus::Counter>& isolations_;
+    prometheus::Family<prometheus::Counter>& retries_;
     prometheus::Family<prometheus::Counter>& reloads_;
     prometheus::Family<prometheus::Gauge>& connections_family_;
     prometheus::Counter* reload_ok_;

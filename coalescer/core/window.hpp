@@ -13,6 +13,8 @@
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "coalescer/core/codec.hpp"
 
 namespace batchgate::coalescer {
@@ -29,10 +31,14 @@ inline const char* to_string(flush_reason r) {
     return "unknown";
 }
 
+// What a caller whose key already waits in its partition's open batch does.
+enum class same_key { share, sequence, last_write_wins, merge_patch };
+
 struct window_limits {
     std::size_t max_items = 100;                // distinct keys per batch
     std::size_t max_bytes = 0;                  // 0 = unlimited
     std::chrono::nanoseconds max_wait{5'000'000};
+    same_key policy = same_key::share;
 };
 
 // Waiter is whatever the owner needs to answer one caller (a completion handler).
@@ -44,7 +50,8 @@ public:
 
     struct item {
         std::string key;
-        std::vector<Waiter> waiters;  // >1 when callers asked for the same key in one window
+        nlohmann::json payload;       // what goes into the batch call for this key
+        std::vector<Waiter> waiters;  // >1 when callers shared or merged into this key
     };
 
     struct batch {
@@ -63,37 +70,14 @@ public:
 
     explicit window(window_limits limits) : limits_(limits) {}
 
-    // Adds one caller and returns the batches this add closed (usually none). A caller whose
-    // key is already waiting in its partition joins that item (deduplication).
+    // Adds one caller and returns the batches this add closed (usually none). What happens to
+    // a caller whose key already waits in its partition depends on the same_key policy:
+    // share (read dedup), merge (one item, every merged caller answered), or sequence (the
+    // later write waits for a later batch, keeping arrival order).
     std::vector<batch> add(const partition& part, std::string key, std::size_t cost, Waiter waiter,
-                           time_point now) {
+                           time_point now, nlohmann::json payload = nullptr) {
         std::vector<batch> closed;
-        ++waiting_;
-        auto it = open_.find(part.key);
-        if (it != open_.end()) {
-            open_batch& ob = it->second;
-            if (auto idx = ob.index.find(key); idx != ob.index.end()) {
-                ob.b.items[idx->second].waiters.push_back(std::move(waiter));
-                ++deduplicated_;
-                return closed;
-            }
-            // Byte limit: close the current batch first, so the new key starts a fresh one.
-            if (limits_.max_bytes && ob.b.bytes + cost > limits_.max_bytes && !ob.b.items.empty()) {
-                closed.push_back(close(it, flush_reason::bytes));
-                it = open_.end();
-            }
-        }
-        if (it == open_.end()) it = open_new(part, now);
-        open_batch& ob = it->second;
-        ob.index.emplace(key, ob.b.items.size());
-        ob.b.bytes += cost;
-        item fresh{std::move(key), {}};
-        fresh.waiters.push_back(std::move(waiter));
-        ob.b.items.push_back(std::move(fresh));
-        if (ob.b.items.size() >= limits_.max_items)
-            closed.push_back(close(it, flush_reason::size));
-        else if (limits_.max_bytes && ob.b.bytes >= limits_.max_bytes)
-            closed.push_back(close(it, flush_reason::bytes));
+        add_to(part.key, part.values, std::move(key), cost, std::move(waiter), now, std::move(payload), closed);
         return closed;
     }
 
@@ -111,21 +95,23 @@ public:
         while (!deadlines_.empty() && deadlines_.front().at <= now) {
             auto it = open_.find(deadlines_.front().partition_key);
             deadlines_.pop_front();
-            closed.push_back(close(it, flush_reason::timer));
+            close(it, flush_reason::timer, now, closed);
             drop_stale();
         }
         return closed;
     }
 
     // Closes everything (shutdown, reload): every waiter is handed back exactly once.
-    std::vector<batch> drain() {
+    // Sequenced writes come out as successive batches, in arrival order.
+    std::vector<batch> drain(time_point now = {}) {
         std::vector<batch> closed;
-        for (auto& d : deadlines_) {
+        while (!deadlines_.empty()) {
+            deadline d = std::move(deadlines_.front());
+            deadlines_.pop_front();
             auto it = open_.find(d.partition_key);
             if (it != open_.end() && it->second.generation == d.generation)
-                closed.push_back(close(it, flush_reason::shutdown));
+                close(it, flush_reason::shutdown, now, closed);
         }
-        deadlines_.clear();
         return closed;
     }
 
@@ -133,11 +119,20 @@ public:
     std::size_t open_batches() const { return open_.size(); }
     // Callers that joined an existing item since the last call (for a metric).
     std::size_t take_deduplicated() { return std::exchange(deduplicated_, 0); }
+    // Writes merged into an existing item since the last call (for a metric).
+    std::size_t take_merged() { return std::exchange(merged_, 0); }
 
 private:
+    struct deferred {  // a write sequenced behind an earlier write of the same key
+        std::string key;
+        nlohmann::json payload;
+        std::size_t cost;
+        Waiter waiter;
+    };
     struct open_batch {
         batch b;
         std::unordered_map<std::string, std::size_t> index;  // key -> position in b.items
+        std::vector<deferred> overflow;
         std::uint64_t generation = 0;
     };
     struct deadline {
@@ -147,23 +142,86 @@ private:
     };
     using map = std::unordered_map<std::string, open_batch>;
 
-    typename map::iterator open_new(const partition& part, time_point now) {
-        open_batch ob;
-        ob.b.partition_key = part.key;
-        ob.b.values = part.values;
-        ob.b.opened = now;
-        ob.generation = ++generation_;
-        // max_wait is the same for every partition of a route, so deadlines stay sorted.
-        deadlines_.push_back({now + limits_.max_wait, part.key, ob.generation});
-        return open_.emplace(part.key, std::move(ob)).first;
+    void add_to(const std::string& pkey, const partition_values& values, std::string key, std::size_t cost,
+                Waiter waiter, time_point now, nlohmann::json payload, std::vector<batch>& closed) {
+        ++waiting_;
+        auto it = open_.find(pkey);
+        if (it != open_.end()) {
+            open_batch& ob = it->second;
+            if (auto idx = ob.index.find(key); idx != ob.index.end()) {
+                item& existing = ob.b.items[idx->second];
+                switch (limits_.policy) {
+                    case same_key::share:
+                        ++deduplicated_;
+                        break;
+                    case same_key::last_write_wins:
+                        existing.payload = std::move(payload);
+                        ++merged_;
+                        break;
+                    case same_key::merge_patch:
+                        if (existing.payload.is_object() && payload.is_object())
+                            existing.payload.merge_patch(payload);
+                        else
+                            existing.payload = std::move(payload);
+                        ++merged_;
+                        break;
+                    case same_key::sequence:
+                        ob.overflow.push_back({std::move(key), std::move(payload), cost, std::move(waiter)});
+                        return;
+                }
+                existing.waiters.push_back(std::move(waiter));
+                return;
+            }
+            if (!ob.overflow.empty() && limits_.policy == same_key::sequence) {
+                // Keep arrival order within the partition: once writes are sequenced behind
+                // this batch, later ones queue behind them too.
+                ob.overflow.push_back({std::move(key), std::move(payload), cost, std::move(waiter)});
+                return;
+            }
+            // Byte limit: close the current batch first, so the new key starts a fresh one.
+            if (limits_.max_bytes && ob.b.bytes + cost > limits_.max_bytes && !ob.b.items.empty()) {
+                close(it, flush_reason::bytes, now, closed);
+                --waiting_;  // counted again below
+                return add_to(pkey, values, std::move(key), cost, std::move(waiter), now, std::move(payload), closed);
+            }
+        }
+        if (it == open_.end()) it = open_new(pkey, values, now);
+        open_batch& ob = it->second;
+        ob.index.emplace(key, ob.b.items.size());
+        ob.b.bytes += cost;
+        item fresh{std::move(key), std::move(payload), {}};
+        fresh.waiters.push_back(std::move(waiter));
+        ob.b.items.push_back(std::move(fresh));
+        if (ob.b.items.size() >= limits_.max_items)
+            close(it, flush_reason::size, now, closed);
+        else if (limits_.max_bytes && ob.b.bytes >= limits_.max_bytes)
+            close(it, flush_reason::bytes, now, closed);
     }
 
-    batch close(typename map::iterator it, flush_reason reason) {
+    typename map::iterator open_new(const std::string& key, const partition_values& values, time_point now) {
+        open_batch ob;
+        ob.b.partition_key = key;
+        ob.b.values = values;
+        ob.b.opened = now;
+        ob.generation = ++generation_;
+        // max_wait is the same for every partition and now never goes back, so deadlines stay sorted.
+        deadlines_.push_back({now + limits_.max_wait, key, ob.generation});
+        return open_.emplace(key, std::move(ob)).first;
+    }
+
+    // Moves the batch out; writes sequenced behind it open the partition's next batch.
+    void close(typename map::iterator it, flush_reason reason, time_point now, std::vector<batch>& closed) {
         batch b = std::move(it->second.b);
+        std::vector<deferred> overflow = std::move(it->second.overflow);
         open_.erase(it);
         b.reason = reason;
         waiting_ -= b.waiter_count();
-        return b;
+        waiting_ -= overflow.size();  // counted again as they are re-added
+        const std::string pkey = b.partition_key;
+        const partition_values values = overflow.empty() ? partition_values{} : b.values;
+        closed.push_back(std::move(b));
+        for (auto& d : overflow)
+            add_to(pkey, values, std::move(d.key), d.cost, std::move(d.waiter), now, std::move(d.payload), closed);
     }
 
     // Deadlines of batches already closed by size or bytes are removed lazily.
@@ -181,6 +239,7 @@ private:
     std::uint64_t generation_ = 0;
     std::size_t waiting_ = 0;
     std::size_t deduplicated_ = 0;
+    std::size_t merged_ = 0;
 };
 
 }  // namespace batchgate::coalescer

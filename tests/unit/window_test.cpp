@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <set>
 
+#include <nlohmann/json.hpp>
+
 using namespace std::chrono_literals;
 using batchgate::coalescer::flush_reason;
 using batchgate::coalescer::partition;
@@ -183,4 +185,74 @@ TEST(Window, ExpireClosesOnlyDuePartitionsInOpeningOrder) {
     EXPECT_EQ(closed[0].partition_key, "a");
     EXPECT_EQ(closed[1].partition_key, "b");
     EXPECT_EQ(*w.next_deadline(), time_point{} + 9ms);
+}
+
+TEST(Window, SequencedWritesToOneKeyGoToSuccessiveBatchesInArrivalOrder) {
+    manual_clock clock;
+    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 5ms, .policy = batchgate::coalescer::same_key::sequence});
+    w.add(part("p"), "doc", 1, 1, clock.now, nlohmann::json{{"v", 1}});
+    w.add(part("p"), "other", 1, 2, clock.now);
+    w.add(part("p"), "doc", 1, 3, clock.now, nlohmann::json{{"v", 2}});
+    w.add(part("p"), "doc", 1, 4, clock.now, nlohmann::json{{"v", 3}});
+    w.add(part("p"), "late", 1, 5, clock.now);  // queued behind the sequenced writes
+    EXPECT_EQ(w.waiting(), 5u);
+    clock.advance(5ms);
+    std::vector<test_window::batch> all = w.expire(clock.now);
+    ASSERT_EQ(all.size(), 1u);
+    EXPECT_EQ(waiters_of(all[0]), (std::vector<int>{1, 2}));
+    EXPECT_EQ(w.waiting(), 3u);
+    clock.advance(5ms);
+    auto second = w.expire(clock.now);
+    ASSERT_EQ(second.size(), 1u);
+    // Once a write is sequenced, later writes of the partition queue behind it (FIFO).
+    EXPECT_EQ(waiters_of(second[0]), (std::vector<int>{3}));
+    EXPECT_EQ(second[0].items[0].payload["v"], 2);
+    auto rest = w.drain(clock.now);
+    ASSERT_EQ(rest.size(), 1u);
+    EXPECT_EQ(waiters_of(rest[0]), (std::vector<int>{4, 5}));
+    EXPECT_EQ(rest[0].items[0].payload["v"], 3);
+    EXPECT_EQ(w.waiting(), 0u);
+}
+
+TEST(Window, MergePatchKeepsOneItemWithTheFinalStateAndEveryCaller) {
+    manual_clock clock;
+    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 5ms,
+                   .policy = batchgate::coalescer::same_key::merge_patch});
+    w.add(part("p"), "4", 1, 1, clock.now, nlohmann::json{{"score", 5}, {"name", "a"}});
+    w.add(part("p"), "4", 1, 2, clock.now, nlohmann::json{{"score", 7}, {"name", nullptr}});
+    EXPECT_EQ(w.take_merged(), 1u);
+    auto closed = w.drain(clock.now);
+    ASSERT_EQ(closed.size(), 1u);
+    ASSERT_EQ(closed[0].items.size(), 1u);
+    EXPECT_EQ(closed[0].items[0].payload, (nlohmann::json{{"score", 7}}));
+    EXPECT_EQ(closed[0].items[0].waiters, (std::vector<int>{1, 2}));
+}
+
+TEST(Window, LastWriteWinsReplacesThePayload) {
+    manual_clock clock;
+    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 5ms,
+                   .policy = batchgate::coalescer::same_key::last_write_wins});
+    w.add(part("p"), "4", 1, 1, clock.now, nlohmann::json{{"score", 5}, {"name", "a"}});
+    w.add(part("p"), "4", 1, 2, clock.now, nlohmann::json{{"score", 7}});
+    auto closed = w.drain(clock.now);
+    EXPECT_EQ(closed[0].items[0].payload, (nlohmann::json{{"score", 7}}));
+    EXPECT_EQ(closed[0].waiter_count(), 2u);
+}
+
+TEST(Window, ByteLimitWithSequencedKeysLosesNobody) {
+    manual_clock clock;
+    test_window w({.max_items = 100, .max_bytes = 10, .max_wait = 5ms,
+                   .policy = batchgate::coalescer::same_key::sequence});
+    std::multiset<int> seen;
+    for (int i = 0; i < 40; ++i)
+        for (auto& b : w.add(part("p"), std::to_string(i % 4), 3, i, clock.now)) {
+            std::set<std::string> keys;
+            for (auto& it : b.items) EXPECT_TRUE(keys.insert(it.key).second) << "key twice in one batch";
+            EXPECT_LE(b.bytes, 10u);
+            for (int x : waiters_of(b)) seen.insert(x);
+        }
+    for (auto& b : w.drain(clock.now))
+        for (int x : waiters_of(b)) seen.insert(x);
+    EXPECT_EQ(seen.size(), 40u);
+    for (int i = 0; i < 40; ++i) EXPECT_EQ(seen.count(i), 1u);
 }

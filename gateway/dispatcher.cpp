@@ -1,0 +1,220 @@
+#include "gateway/dispatcher.hpp"
+
+#include <optional>
+#include <string>
+
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+#include "coalescer/batcher.hpp"
+#include "coalescer/core/codec.hpp"
+#include "fanout/engine.hpp"
+
+namespace batchgate::gateway {
+
+namespace beast = boost::beast;
+
+namespace {
+
+constexpr std::string_view json_type = "application/json";
+
+bool is_hop_by_hop(std::string_view name) {
+    static constexpr std::string_view hop[] = {"connection", "keep-alive", "proxy-authenticate",
+                                               "proxy-authorization", "te", "trailer",
+                                               "transfer-encoding", "upgrade", "proxy-connection"};
+    for (auto h : hop)
+        if (beast::iequals(name, h)) return true;
+    return false;
+}
+
+// Removes hop-by-hop headers, including any the Connection header names.
+template <class Fields>
+void strip_hop_by_hop(Fields& fields) {
+    std::vector<std::string> named;
+    for (const auto& f : fields)
+        if (f.name() == http::field::connection)
+            for (auto token : http::token_list(f.value())) named.emplace_back(token);
+    for (const auto& n : named) fields.erase(n);
+    for (auto it = fields.begin(); it != fields.end();) {
+        if (is_hop_by_hop(it->name_string()))
+            it = fields.erase(it);
+        else
+            ++it;
+    }
+}
+
+// One request on one route; lives until its single answer is handed to done.
+struct exchange {
+    std::shared_ptr<shared_state> state;
+    std::shared_ptr<const runtime> rt;
+    const config::route_settings* route;
+    request_t req;
+    request_context ctx;
+    dispatch_done done;
+
+    void fail(gateway_error e, const std::string& message) {
+        done(error_response(e, message, route->name, req.version()), {});
+    }
+
+    void passthrough() {
+        auto pool_it = rt->upstreams.find(route->upstream);
+        if (pool_it == rt->upstreams.end()) return fail(gateway_error::internal, "route names an unknown upstream");
+        upstream_request up{req.method(), req.target(), 11};
+        if (req.method() == http::verb::unknown) up.method_string(req.method_string());
+        for (const auto& f : req) up.insert(f.name_string(), f.value());
+        strip_hop_by_hop(up);
+        up.erase(http::field::host);
+        up.erase(http::field::content_length);
+        if (auto xff = req.find("X-Forwarded-For"); xff != req.end())
+            up.set("X-Forwarded-For", std::string(xff->value()) + ", " + ctx.client_ip);
+        else
+            up.set("X-Forwarded-For", ctx.client_ip);
+        up.set("X-Forwarded-Proto", "http");
+        if (auto host = req.find(http::field::host); host != req.end()) up.set("X-Forwarded-Host", host->value());
+        up.body() = std::move(req.body());
+
+        const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
+            std::max(ctx.deadline - std::chrono::steady_clock::now(), std::chrono::steady_clock::duration(1000000)));
+        auto* um = &state->metrics.upstream(route->upstream, route->name);
+        const bool head = req.method() == http::verb::head;
+        const unsigned version = req.version();
+        const std::string where = "upstream '" + route->upstream + "'";
+        const std::string route_name = route->name;
+        pool_it->second->async_send(
+            std::move(up), timeout,
+            [um, head, version, where, route_name, done = std::move(done)](upstream_result r) {
+                um->duration->Observe(std::chrono::duration<double>(r.elapsed).count());
+                dispatch_info info;
+                info.upstream_elapsed = r.elapsed;
+                switch (r.failure) {
+                    case upstream_failure::none: break;
+                    case upstream_failure::timeout:
+                        um->requests->inc(std::string("timeout"));
+                        return done(error_response(gateway_error::upstream_timeout, where + " timed out", route_name, version), info);
+                    case upstream_failure::connect_failed:
+                        um->requests->inc(std::string("connect_error"));
+                        return done(error_response(gateway_error::upstream_unreachable, where + ": " + r.detail, route_name, version), info);
+                    case upstream_failure::io_error:
+                        um->requests->inc(std::string("io_error"));
+                        return done(error_response(gateway_error::upstream_unreachable, where + ": " + r.detail, route_name, version), info);
+                    case upstream_failure::bad_response:
+                        um->requests->inc(std::string("bad_response"));
+                        return done(error_response(gateway_error::upstream_bad_response, where + ": " + r.detail, route_name, version), info);
+                }
+                const int status = r.response.result_int();
+                um->requests->inc(status);
+                info.upstream_status = status;
+                response_t res = std::move(r.response);
+                strip_hop_by_hop(res);
+                res.version(version);
+                // A HEAD answer keeps the upstream's Content-Length; everything else is re-framed.
+                if (!head) res.prepare_payload();
+                done(std::move(res), info);
+            });
+    }
+
+    void coalesce(std::string_view path, std::string_view query, routes::param_list params) {
+        const auto& settings = route->coalesce;
+        coalescer::caller_request caller;
+        caller.method = req.method_string();
+        caller.path = path;
+        caller.query = query;
+        caller.path_params = std::move(params);
+        const request_t& r = req;
+        caller.header = [&r](std::string_view name) -> std::optional<std::string_view> {
+            auto it = r.find(name);
+            if (it == r.end()) return std::nullopt;
+            return std::string_view(it->value().data(), it->value().size());
+        };
+        caller.body = req.body();
+
+        std::string key;
+        if (settings.key.generate == config::key_generation::always) {
+            key = coalescer::generate_correlation_id();
+        } else {
+            coalescer::key_result k = coalescer::extract_key(settings, caller);
+            if (k.key) {
+                key = std::move(*k.key);
+            } else if (settings.key.generate == config::key_generation::when_missing) {
+                key = coalescer::generate_correlation_id();
+            } else if (settings.on_missing_key == config::missing_key_action::passthrough) {
+                return passthrough();
+            } else {
+                return fail(gateway_error::bad_request, k.error);
+            }
+        }
+        coalescer::item_build item = coalescer::build_item(settings, caller, key);
+        if (!item.item) return fail(gateway_error::bad_request, item.error);
+        auto batcher = rt->batchers.find(route->name);
+        if (batcher == rt->batchers.end()) return fail(gateway_error::internal, "route has no batcher");
+
+        coalescer::submission s;
+        s.part = coalescer::make_partition(route->name, settings, caller);
+        s.cost = settings.request.encoding == config::batch_encoding::json_body ? coalescer::item_cost(*item.item)
+                                                                               : coalescer::item_cost(settings, key);
+        s.key = std::move(key);
+        s.item = std::move(*item.item);
+        s.method = std::string(req.method_string());
+        s.traceparent = ctx.traceparent;
+        s.deadline = ctx.deadline;
+        s.done = [version = req.version(), done = std::move(done)](coalescer::reply r) {
+            response_t res{static_cast<http::status>(r.status), version};
+            if (r.status != 204 && r.status != 304) {
+                res.set(http::field::content_type, json_type);
+                res.body() = std::move(r.body);
+            }
+            for (auto& [name, value] : r.headers) res.set(name, value);
+            if (!r.batch_id.empty()) {
+                res.set("X-Batchgate-Batch-Id", r.batch_id);
+                res.set("X-Batchgate-Batch-Size", std::to_string(r.batch_size));
+            }
+            res.prepare_payload();
+            done(std::move(res), dispatch_info{r.batch_id, r.batch_size, r.upstream_status, r.upstream_elapsed});
+        };
+        batcher->second->submit(std::move(s));
+    }
+};
+
+}  // namespace
+
+response_t error_response(gateway_error e, const std::string& message, const std::string& route, unsigned version) {
+    response_t res{static_cast<http::status>(http_status(e)), version ? version : 11};
+    res.set(http::field::content_type, json_type);
+    res.body() = error_body(e, message, route);
+    if (e == gateway_error::overloaded || e == gateway_error::shutting_down) res.set(http::field::retry_after, "1");
+    res.prepare_payload();
+    return res;
+}
+
+const config::route_settings* find_route(const runtime& rt, const request_t& req, routes::param_list* params) {
+    auto [path, query] = routes::split_target(req.target());
+    routes::match_result m = rt.table.match(req.method_string(), path);
+    if (params) *params = std::move(m.path_params);
+    return m.route;
+}
+
+void dispatch(const std::shared_ptr<shared_state>& state, const std::shared_ptr<const runtime>& rt, request_t req,
+              request_context ctx, dispatch_done done) {
+    routes::param_list params;
+    const config::route_settings* route = find_route(*rt, req, &params);
+    if (!route) {
+        auto [path, query] = routes::split_target(req.target());
+        return done(error_response(gateway_error::not_found,
+                                   "no route matches " + std::string(req.method_string()) + " " + std::string(path), "",
+                                   req.version()),
+                    {});
+    }
+    if (route->mode == config::route_mode::fan_out)
+        return fanout::serve_fan_out(state, rt, *route, std::move(req), std::move(ctx), std::move(done));
+    if (route->mode == config::route_mode::batch_envelope)
+        return fanout::serve_batch_envelope(state, rt, *route, std::move(req), std::move(ctx), std::move(done));
+    auto ex = std::make_shared<exchange>(exchange{state, rt, route, std::move(req), std::move(ctx), std::move(done)});
+    if (route->mode == config::route_mode::coalesce) {
+        // path and query view into ex->req, which lives as long as ex.
+        auto [path, query] = routes::split_target(ex->req.target());
+        return ex->coalesce(path, query, std::move(params));
+    }
+    ex->passthrough();
+}
+
+}  // namespace batchgate::gateway

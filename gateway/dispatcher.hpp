@@ -1,0 +1,50 @@
+// Routes one request — from a client connection or a $batch sub-request — to passthrough or
+// a batcher, and produces exactly one response. Holds no state of its own; safe to call from
+// any thread. The completion runs on an arbitrary thread: callers post to their own strand.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/string_body.hpp>
+
+#include "gateway/errors.hpp"
+#include "gateway/shared_state.hpp"
+
+namespace batchgate::gateway {
+
+using request_t = http::request<http::string_body>;
+using response_t = http::response<http::string_body>;
+
+struct request_context {
+    std::string client_ip;       // for X-Forwarded-For
+    std::string request_id;      // X-Request-Id (already set on the request too)
+    std::string traceparent;     // W3C trace context, "" when none
+    std::chrono::steady_clock::time_point deadline;  // when the caller stops waiting
+    int depth = 0;               // 0: a client's request; 1: a sub-request of a $batch call
+};
+
+// What the access log and metrics want to know about how a request was served.
+struct dispatch_info {
+    std::string batch_id;
+    std::size_t batch_size = 0;
+    int upstream_status = 0;
+    std::chrono::steady_clock::duration upstream_elapsed{};
+};
+
+using dispatch_done = std::function<void(response_t, dispatch_info)>;
+
+// The route a request will take, or nullptr (then dispatch() answers 404).
+const config::route_settings* find_route(const runtime& rt, const request_t& req, routes::param_list* params = nullptr);
+
+// Serves req; done is called exactly once.
+void dispatch(const std::shared_ptr<shared_state>& state, const std::shared_ptr<const runtime>& rt, request_t req,
+              request_context ctx, dispatch_done done);
+
+// A JSON error response for a request (content type, body naming the route).
+response_t error_response(gateway_error e, const std::string& message, const std::string& route, unsigned version = 11);
+
+}  // namespace batchgate::gateway

@@ -1,0 +1,214 @@
+// The real batchgate binary as an operator runs it: exit codes, SIGHUP reload (good and bad
+// files), SIGTERM drain with callers waiting.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <thread>
+
+#include "tests/integration/harness.hpp"
+
+using namespace batchgate::testing;
+using batchgate::mock::mock_upstream;
+
+namespace {
+
+struct run_result {
+    int exit_code = -1;
+    std::string out, err;
+};
+
+// Runs the binary to completion (for the short-lived command-line modes).
+run_result run(const std::vector<std::string>& args) {
+    int out_pipe[2], err_pipe[2];
+    EXPECT_EQ(pipe(out_pipe), 0);
+    EXPECT_EQ(pipe(err_pipe), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(out_pipe[1], 1);
+        dup2(err_pipe[1], 2);
+        close(out_pipe[0]);
+        close(err_pipe[0]);
+        std::vector<char*> argv{const_cast<char*>(BATCHGATE_BIN)};
+        for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+        argv.push_back(nullptr);
+        execv(BATCHGATE_BIN, argv.data());
+        _exit(127);
+    }
+    close(out_pipe[1]);
+    close(err_pipe[1]);
+    run_result r;
+    auto drain = [](int fd, std::string& into) {
+        char buf[4096];
+        ssize_t n;
+        while ((n = read(fd, buf, sizeof buf)) > 0) into.append(buf, static_cast<std::size_t>(n));
+        close(fd);
+    };
+    std::thread t([&] { drain(out_pipe[0], r.out); });
+    drain(err_pipe[0], r.err);
+    t.join();
+    int status = 0;
+    waitpid(pid, &status, 0);
+    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return r;
+}
+
+// A gateway process; its stderr log is read line by line.
+class gateway_process {
+public:
+    explicit gateway_process(const std::string& config_path) {
+        int err_pipe[2];
+        EXPECT_EQ(pipe(err_pipe), 0);
+        pid_ = fork();
+        if (pid_ == 0) {
+            dup2(err_pipe[1], 2);
+            int devnull = open("/dev/null", O_WRONLY);
+            dup2(devnull, 1);  // access log
+            close(err_pipe[0]);
+            execl(BATCHGATE_BIN, BATCHGATE_BIN, "--config", config_path.c_str(), nullptr);
+            _exit(127);
+        }
+        close(err_pipe[1]);
+        err_ = fdopen(err_pipe[0], "r");
+        auto started = wait_for("batchgate started");
+        auto j = nlohmann::json::parse(started, nullptr, false);
+        std::string listen = j.value("listen", "");
+        std::string admin = j.value("admin", "");
+        if (!listen.empty()) port_ = static_cast<unsigned short>(std::stoi(listen.substr(listen.rfind(':') + 1)));
+        if (!admin.empty()) admin_port_ = static_cast<unsigned short>(std::stoi(admin.substr(admin.rfind(':') + 1)));
+    }
+    ~gateway_process() {
+        if (pid_ > 0) {
+            kill(pid_, SIGKILL);
+            waitpid(pid_, nullptr, 0);
+        }
+        if (err_) fclose(err_);
+    }
+    // The next stderr line containing text (bounded by the process's own output).
+    std::string wait_for(const std::string& text) {
+        char line[8192];
+        while (fgets(line, sizeof line, err_)) {
+            lines_.emplace_back(line);
+            if (lines_.back().find(text) != std::string::npos) return lines_.back();
+        }
+        return {};
+    }
+    void signal(int sig) { kill(pid_, sig); }
+    int wait_exit() {
+        int status = 0;
+        waitpid(pid_, &status, 0);
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    }
+    unsigned short port() const { return port_; }
+    unsigned short admin_port() const { return admin_port_; }
+
+private:
+    pid_t pid_ = -1;
+    FILE* err_ = nullptr;
+    unsigned short port_ = 0;
+    unsigned short admin_port_ = 0;
+    std::vector<std::string> lines_;
+};
+
+std::string config_text(unsigned short upstream, const std::string& wait, const std::string& path = "/users/{id}") {
+    return fill(R"(
+listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+worker_threads: 2
+limits: {drain_timeout: 5s}
+upstreams:
+  api: {url: "http://127.0.0.1:{{PORT}}"}
+routes:
+  - name: users
+    match: {method: GET, path: "{{PATH}}"}
+    upstream: api
+    mode: coalesce
+    coalesce:
+      key: {path: id}
+      max_wait: {{WAIT}}
+      request: {method: GET, path: /users, encoding: query_list, query_param: ids}
+      response: {items: "", key: /id}
+)",
+                {{"PORT", std::to_string(upstream)}, {"WAIT", wait}, {"PATH", path}});
+}
+
+std::string write_file(const std::string& name, const std::string& text) {
+    auto dir = std::filesystem::temp_directory_path() / ("batchgate-proc-" + std::to_string(getpid()));
+    std::filesystem::create_directories(dir);
+    auto path = (dir / name).string();
+    std::ofstream(path) << text;
+    return path;
+}
+
+}  // namespace
+
+TEST(Process, CommandLineExitCodes) {
+    auto version = run({"--version"});
+    EXPECT_EQ(version.exit_code, 0);
+    EXPECT_NE(version.out.find("batchgate "), std::string::npos);
+    auto help = run({"--help"});
+    EXPECT_EQ(help.exit_code, 0);
+    EXPECT_NE(help.out.find("--check-config"), std::string::npos);
+    auto bad_flag = run({"--frobnicate"});
+    EXPECT_EQ(bad_flag.exit_code, 2);
+    EXPECT_NE(bad_flag.err.find("unknown argument"), std::string::npos);
+    EXPECT_EQ(run({}).exit_code, 2);
+
+    auto good = run({"--check-config", write_file("good.yaml", config_text(9, "5ms"))});
+    EXPECT_EQ(good.exit_code, 0) << good.err;
+    EXPECT_NE(good.out.find("OK"), std::string::npos);
+    auto path = write_file("bad.yaml", config_text(9, "five"));
+    auto bad = run({"--check-config", path});
+    EXPECT_EQ(bad.exit_code, 1);
+    EXPECT_NE(bad.err.find(path + ":15:"), std::string::npos) << bad.err;
+    EXPECT_NE(bad.err.find("routes[0].coalesce.max_wait"), std::string::npos) << bad.err;
+    EXPECT_EQ(run({"--check-config", "/nonexistent/file.yaml"}).exit_code, 1);
+}
+
+TEST(Process, SighupReloadsAndRejectsABadFileWhileServing) {
+    mock_upstream up;
+    auto path = write_file("reload.yaml", config_text(up.port(), "1ms"));
+    gateway_process gw(path);
+    ASSERT_NE(gw.port(), 0);
+    EXPECT_EQ(get(gw.port(), "/users/3").status, 200);
+
+    std::ofstream(path) << config_text(up.port(), "5 ms");  // a typo
+    gw.signal(SIGHUP);
+    std::string rejected = gw.wait_for("config reload rejected");
+    EXPECT_NE(rejected.find("routes[0].coalesce.max_wait"), std::string::npos) << rejected;
+    EXPECT_NE(rejected.find(path), std::string::npos) << rejected;
+    EXPECT_EQ(get(gw.port(), "/users/3").status, 200) << "the old config keeps serving";
+
+    std::ofstream(path) << config_text(up.port(), "1ms", "/people/{id}");
+    gw.signal(SIGHUP);
+    EXPECT_FALSE(gw.wait_for("config reloaded").empty());
+    EXPECT_EQ(get(gw.port(), "/people/4").json()["id"], "4");
+    EXPECT_EQ(get(gw.port(), "/users/4").status, 404);
+    gw.signal(SIGTERM);
+    EXPECT_EQ(gw.wait_exit(), 0);
+}
+
+TEST(Process, SigtermAnswersWaitingCallersAndExitsZero) {
+    mock_upstream up;
+    gateway_process gw(write_file("drain.yaml", config_text(up.port(), "60s")));
+    std::vector<response> out(5);
+    std::vector<std::thread> callers;
+    for (int i = 0; i < 5; ++i) callers.emplace_back([&, i] { out[i] = get(gw.port(), "/users/" + std::to_string(i + 1)); });
+    // Bounded wait until all five wait in the 60 s window: only the drain can flush them.
+    auto waiting = [&] {
+        const std::string text = get(gw.admin_port(), "/metrics").body;
+        return text.find("batchgate_waiting_callers{route=\"users\"} 5") != std::string::npos;
+    };
+    for (int tries = 0; tries < 500 && !waiting(); ++tries) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    ASSERT_TRUE(waiting());
+    EXPECT_EQ(up.calls().size(), 0u);
+    gw.signal(SIGTERM);
+    for (auto& t : callers) t.join();
+    for (int i = 0; i < 5; ++i) {
+        EXPECT_EQ(out[i].status, 200) << out[i].body;
+        EXPECT_EQ(out[i].json()["id"], std::to_string(i + 1));
+    }
+    EXPECT_EQ(gw.wait_exit(), 0);
+}
