@@ -251,8 +251,15 @@ struct route_settings {
     source_mark mark;
 };
 
+// logging: operational log level (stderr) and the per-request access log (stdout).
+struct logging_settings {
+    std::string level = "info";  // logging.level: debug | info | warn | error
+    bool access_log = true;      // logging.access_log: one JSON line per client request
+};
+
 struct gateway_config {
     std::string source_file;
+    logging_settings logging;
     endpoint listen{"127.0.0.1", 8080};
     endpoint admin_listen{"127.0.0.1", 9090};
     unsigned worker_threads = 0;  // 0 = number of cores

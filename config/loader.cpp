@@ -589,6 +589,21 @@ void load_limits(context& ctx, const field& f, limits_settings& out) {
         if (auto v = read_duration(ctx, *x, true)) out.drain_timeout = *v;
 }
 
+void load_logging(context& ctx, const field& f, logging_settings& out) {
+    map_reader m(ctx, f.value, f.path, {"level", "access_log"});
+    if (!m.ok()) return;
+    if (auto* x = m.get("level")) {
+        if (auto v = read_string(ctx, *x)) {
+            if (*v == "debug" || *v == "info" || *v == "warn" || *v == "error")
+                out.level = *v;
+            else
+                ctx.add(x->mark(), x->path, "unknown level " + quote(*v) + " (use debug, info, warn or error)");
+        }
+    }
+    if (auto* x = m.get("access_log"))
+        if (auto v = read_bool(ctx, *x)) out.access_log = *v;
+}
+
 void parse_upstream_url(context& ctx, const field& f, upstream_settings& u) {
     auto s = read_string(ctx, f);
     if (!s) return;
@@ -1622,7 +1637,7 @@ gateway_config load_tree(context& ctx, const YAML::Node& root) {
     cfg.source_file = ctx.file;
     // Built, never assigned: assigning a YAML::Node rewrites the tree it referred to.
     const YAML::Node doc = root.IsNull() ? YAML::Node(YAML::NodeType::Map) : root;  // empty file: report what is missing
-    map_reader m(ctx, doc, "", {"listen", "admin_listen", "worker_threads", "limits", "upstreams", "routes"});
+    map_reader m(ctx, doc, "", {"listen", "admin_listen", "worker_threads", "logging", "limits", "upstreams", "routes"});
     if (!m.ok()) return cfg;
     if (auto* x = m.get("listen"))
         if (auto e = read_endpoint(ctx, *x)) cfg.listen = *e;
@@ -1634,6 +1649,7 @@ gateway_config load_tree(context& ctx, const YAML::Node& root) {
     }
     if (auto* x = m.get("worker_threads"))
         if (auto v = read_int(ctx, *x, 0, 256)) cfg.worker_threads = static_cast<unsigned>(*v);
+    if (auto* x = m.get("logging")) load_logging(ctx, *x, cfg.logging);
     if (auto* x = m.get("limits")) load_limits(ctx, *x, cfg.limits);
     if (auto* x = m.required("upstreams")) load_upstreams(ctx, *x, cfg);
     if (auto* x = m.required("routes")) load_routes(ctx, *x, cfg, doc.Mark());

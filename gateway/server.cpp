@@ -18,6 +18,11 @@ namespace batchgate::gateway {
 namespace net = boost::asio;
 using clock_type = std::chrono::steady_clock;
 
+void apply_logging(const config::gateway_config& cfg) {
+    logging().level = level_number(cfg.logging.level);
+    logging().access_log = cfg.logging.access_log;
+}
+
 struct server::impl {
     explicit impl(std::shared_ptr<const config::gateway_config> c)
         : initial(std::move(c)), work(net::make_work_guard(ioc)), drain_timer(ioc), signals(ioc) {
@@ -95,6 +100,7 @@ struct server::impl {
     }
 
     void apply(std::shared_ptr<const config::gateway_config> next) {
+        apply_logging(*next);
         auto rt = build_runtime(std::move(next));
         auto old = state->current();
         state->replace(rt);
@@ -129,6 +135,7 @@ server::~server() {
 
 void server::start() {
     auto& i = *impl_;
+    apply_logging(*i.initial);
     i.state->replace(i.build_runtime(i.initial));
     const auto& cfg = *i.initial;
     i.traffic = std::make_shared<listener>(i.ioc, cfg.listen, listener_role::traffic, i.state);

@@ -1145,3 +1145,21 @@ TEST(ParseSize, Overflow) {
     EXPECT_EQ(parse_size("17179869183GiB"), 17179869183ull << 30);
     EXPECT_EQ(parse_size("17179869184GiB"), std::nullopt);  // exactly 2^64
 }
+
+TEST(ConfigLogging, DefaultsAndValuesAndErrors) {
+    const std::string base = "upstreams: {a: {url: 'http://127.0.0.1:1'}}\nroutes: [{name: r, match: {prefix: /}, upstream: a}]\n";
+    auto defaults = batchgate::config::load_string(base, "log.yaml");
+    EXPECT_EQ(defaults.logging.level, "info");
+    EXPECT_TRUE(defaults.logging.access_log);
+    auto quiet = batchgate::config::load_string("logging: {level: warn, access_log: false}\n" + base, "log.yaml");
+    EXPECT_EQ(quiet.logging.level, "warn");
+    EXPECT_FALSE(quiet.logging.access_log);
+    try {
+        batchgate::config::load_string("logging: {level: loud, acces_log: false}\n" + base, "log.yaml");
+        FAIL() << "accepted a bad logging section";
+    } catch (const batchgate::config::config_error& e) {
+        const std::string all = e.what();
+        EXPECT_NE(all.find("log.yaml:1:18: logging.level: unknown level \"loud\""), std::string::npos) << all;
+        EXPECT_NE(all.find("logging.acces_log: unknown key \"acces_log\" (did you mean \"access_log\"?)"), std::string::npos) << all;
+    }
+}
