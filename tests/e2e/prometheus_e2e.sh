@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# ctest prometheus_e2e: the demo upstream, batchgate and Debian's Prometheus on 127.0.0.1,
+# coalesced traffic, then Prometheus must have scraped exactly what the gateway reports.
+#   usage: prometheus_e2e.sh BATCHGATE_BINARY MOCK_UPSTREAM_BINARY SOURCE_DIR
+# Also: `promtool check metrics` must print nothing for the gateway's /metrics, every
+# batchgate_* metric used by deploy/prometheus/rules.yaml and the Grafana dashboard must
+# exist, and the alert rules must evaluate without errors against the live data.
+set -euo pipefail
+gw_bin=${1:?usage: $0 BATCHGATE MOCK_UPSTREAM SOURCE_DIR}
+mock_bin=${2:?usage: $0 BATCHGATE MOCK_UPSTREAM SOURCE_DIR}
+src=$(cd "${3:?usage: $0 BATCHGATE MOCK_UPSTREAM SOURCE_DIR}" && pwd)
+py=/usr/bin/python3; [[ -x $py ]] || py=python3
+for tool in prometheus promtool curl; do
+  command -v "$tool" >/dev/null || { echo "FAIL $tool not found (apt-get install prometheus curl)"; exit 1; }
+done
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  local rc=$?
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+  done
+  if ((rc != 0)); then
+    for f in mock.log gateway.log prometheus.log; do
+      [[ -s $tmp/$f ]] && { echo "--- last lines of $f"; tail -n 20 "$tmp/$f"; }
+    done
+  fi
+  rm -rf "$tmp"
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+fail() { echo "FAIL $*"; exit 1; }
+ok() { echo "ok   $*"; }
+
+# Four free ports on 127.0.0.1 (a tiny race with other processes is accepted).
+read -r up_port gw_port admin_port prom_port < <("$py" -c '
+import socket
+socks = [socket.socket() for _ in range(4)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in socks])
+for s in socks: s.close()')
+
+wait_http() {  # URL SECONDS: until URL answers 2xx
+  local end=$((SECONDS + $2))
+  until curl -fs -o /dev/null --max-time 1 "$1"; do
+    ((SECONDS < end)) || return 1
+    sleep 0.1
+  done
+}
+
+"$mock_bin" --address 127.0.0.1 --port "$up_port" --threads 1 --latency 2ms >"$tmp/mock.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$up_port/users/1" 10 || fail "mock upstream did not start on 127.0.0.1:$up_port"
+ok "mock upstream on 127.0.0.1:$up_port"
+
+cat >"$tmp/gateway.yaml" <<YAML
+listen: 127.0.0.1:$gw_port
+admin_listen: 127.0.0.1:$admin_port
+worker_threads: 2
+limits: {drain_timeout: 2s}
+upstreams:
+  demo: {url: "http://127.0.0.1:$up_port"}
+routes:
+  - name: users
+    match: {method: GET, path: "/users/{id}"}
+    upstream: demo
+    mode: coalesce
+    coalesce:
+      key: {path: id}
+      max_wait: 20ms
+      request: {method: GET, path: /users, encoding: query_list, query_param: ids}
+      response: {items: "", key: /id}
+  - name: passthrough
+    match: {prefix: /}
+    upstream: demo
+YAML
+"$gw_bin" --config "$tmp/gateway.yaml" >"$tmp/gateway.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$admin_port/readyz" 10 || fail "batchgate not ready on 127.0.0.1:$admin_port"
+ok "batchgate on 127.0.0.1:$gw_port, admin 127.0.0.1:$admin_port"
+
+cat >"$tmp/prometheus.yml" <<YAML
+global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}
+rule_files: ["$src/deploy/prometheus/rules.yaml"]
+scrape_configs:
+  - job_name: batchgate
+    static_configs: [{targets: ["127.0.0.1:$admin_port"]}]
+YAML
+(cd "$tmp" && exec prometheus --config.file="$tmp/prometheus.yml" --storage.tsdb.path="$tmp/tsdb" \
+   --web.listen-address="127.0.0.1:$prom_port" --log.level=warn) >"$tmp/prometheus.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$prom_port/-/ready" 30 || fail "prometheus not ready on 127.0.0.1:$prom_port"
+ok "prometheus on 127.0.0.1:$prom_port scraping the admin port every 1s"
+
+# 3 rounds of 50 concurrent single-item calls.
+: >"$tmp/codes"
+for round in 1 2 3; do
+  curls=()
+  for i in $(seq 1 50); do
+    curl -s -o /dev/null -w '%{http_code}\n' --max-time 10 "http://127.0.0.1:$gw_port/users/$i" >>"$tmp/codes" &
+    curls+=($!)
+  done
+  wait "${curls[@]}" || true  # only the curls (each bounded by --max-time), not the servers
+done
+total=$(wc -l <"$tmp/codes"); good=$(grep -c '^200$' "$tmp/codes" || true)
+((total == 150 && good == 150)) || fail "expected 150 answers with 200, got $good of $total: $(sort "$tmp/codes" | uniq -c | tr '\n' ' ')"
+ok "150 concurrent calls to /users/N answered 200"
+
+metric() {  # FILE NAME{LABELS}: the sample's value, or empty
+  awk -v m="$2" '$1 == m {print $2}' "$1"
+}
+curl -fs --max-time 5 "http://127.0.0.1:$admin_port/metrics" >"$tmp/metrics.txt" || fail "GET /metrics"
+batches=$(metric "$tmp/metrics.txt" 'batchgate_batch_size_count{route="users"}')
+items=$(metric "$tmp/metrics.txt" 'batchgate_batch_size_sum{route="users"}')
+saved=$(metric "$tmp/metrics.txt" 'batchgate_upstream_calls_saved_total{route="users"}')
+[[ -n $batches && -n $items && -n $saved ]] || fail "batch_size / calls_saved for route users missing from /metrics"
+"$py" -c "import sys; b, s = float('$batches'), float('$saved'); sys.exit(0 if 0 < b < 150 and s > 0 else 1)" ||
+  fail "no coalescing: $batches batches for 150 calls, $saved calls saved"
+ok "coalesced: 150 calls -> $batches batch calls ($items items), $saved upstream calls saved"
+
+# promtool must not have anything to say (errors or lint warnings).
+lint_rc=0
+lint=$(promtool check metrics <"$tmp/metrics.txt" 2>&1) || lint_rc=$?
+[[ $lint_rc -eq 0 && -z $lint ]] || fail "promtool check metrics on the gateway's /metrics (rc=$lint_rc):
+$lint"
+ok "promtool check metrics: no findings"
+
+# Every batchgate_* name used by the alert rules and the dashboard is exported.
+"$py" - "$tmp/metrics.txt" "$src/deploy/prometheus/rules.yaml" "$src/deploy/grafana/batchgate-dashboard.json" <<'PY' ||
+import re, sys
+exported = set()
+for line in open(sys.argv[1]):
+    if line.startswith("# TYPE "):
+        _, _, name, kind = line.split()
+        exported |= {name} | ({name + s for s in ("_bucket", "_sum", "_count")} if kind == "histogram" else set())
+    elif line and not line.startswith("#"):
+        exported.add(re.split(r"[{ ]", line, 1)[0])
+used = set()
+for f in sys.argv[2:]:
+    used |= set(re.findall(r"\bbatchgate_[a-z_]+", open(f).read()))
+missing = sorted(used - exported)
+print(f"     {len(used)} metric names used by rules.yaml and the dashboard")
+sys.exit(f"unknown metrics: {missing}" if missing else 0)
+PY
+  fail "rules.yaml or the dashboard use metrics batchgate does not export"
+ok "every batchgate_* metric in rules.yaml and the dashboard is exported"
+
+query() {  # PROMQL -> the single instant-vector value, or empty
+  curl -fs --max-time 2 "http://127.0.0.1:$prom_port/api/v1/query" --data-urlencode "query=$1" |
+    "$py" -c 'import json, sys
+r = json.load(sys.stdin)["data"]["result"]
+print(r[0]["value"][1] if len(r) == 1 else "")' 2>/dev/null || true
+}
+rules_ok() {  # every rule evaluated at least once, with health ok
+  curl -fs --max-time 2 "http://127.0.0.1:$prom_port/api/v1/rules" |
+    "$py" -c 'import json, sys
+rules = [r for g in json.load(sys.stdin)["data"]["groups"] for r in g["rules"]]
+bad = [(r["name"], r.get("health"), r.get("lastError", "")) for r in rules if r.get("health") != "ok"]
+print(len(rules) if rules and not bad else bad)' 2>/dev/null || true
+}
+end=$((SECONDS + 60))
+while :; do
+  up=$(query 'up{job="batchgate"}')
+  scraped=$(query 'batchgate_batch_size_count{job="batchgate",route="users"}')
+  direct=$(curl -fs --max-time 2 "http://127.0.0.1:$admin_port/metrics" | awk '$1 == "batchgate_batch_size_count{route=\"users\"}" {print $2}')
+  rules=$(rules_ok)
+  if [[ $up == 1 && -n $scraped && $scraped == "$direct" && $rules =~ ^[0-9]+$ ]] &&
+     "$py" -c "import sys; sys.exit(0 if float('$direct') > 0 else 1)"; then
+    break
+  fi
+  ((SECONDS < end)) || fail "after 60s: up='$up', Prometheus batch_size_count='$scraped', gateway '$direct', rules: $rules"
+  sleep 1
+done
+ok "Prometheus: up{job=\"batchgate\"} == 1"
+ok "Prometheus batchgate_batch_size_count{route=\"users\"} = $scraped = gateway /metrics"
+ok "$rules alert rules from deploy/prometheus/rules.yaml evaluate with health ok"
+firing=$(curl -fs --max-time 2 "http://127.0.0.1:$prom_port/api/v1/alerts" |
+  "$py" -c 'import json, sys; print(" ".join(a["labels"]["alertname"] for a in json.load(sys.stdin)["data"]["alerts"]))')
+[[ -z $firing ]] || fail "alerts pending or firing on a healthy gateway: $firing"
+ok "no alert pending or firing"
+echo "prometheus_e2e passed"
