@@ -1,5 +1,5 @@
-// batchgate-mock-upstream: the reference APIs A and B as a standalone server, for the quick
-// start and the benchmarks. Logs nothing per request; exits 0 on SIGINT or SIGTERM.
+// batchgate-mock-upstream: the reference APIs A–F as a standalone server, for the quick
+// start, the examples and the benchmarks. Logs nothing per request; exits 0 on SIGINT or SIGTERM.
 
 #include <csignal>
 #include <cstdio>
@@ -24,9 +24,17 @@ constexpr const char* usage =
     "  --latency D         added to every call: 2ms, 500us, 1s (bare number = ms; default 0)\n"
     "  --max-concurrent N  calls handled at once, more queue FIFO; 0 = unlimited (default 0)\n"
     "  --users N           users 1..N and activities a1..aN exist (default 1000)\n"
+    "  --single-rate-limit N  C: single ability PATCHes beyond N within 100 ms get 429;\n"
+    "                      0 = off (default 0)\n"
     "  --help              this text\n"
     "Endpoints: GET /users/{id}, GET /users?ids=1,2 | ?id=1&id=2,\n"
     "  GET /api/v1/activities/{id}[?fields=..], POST /api/v1/batch/get,\n"
+    "  PATCH /api/characters/{cid}/abilities/{aid}, POST /api/characters/{cid}/abilities/batch,\n"
+    "  POST /api/client/progress, POST /api/client/progress/batch,\n"
+    "  POST /api/v1/workspaces/{ws}/documents, PUT|DELETE /api/v1/workspaces/{ws}/documents/{id},\n"
+    "  POST /api/v1/documents/batch,\n"
+    "  POST /api/v1/org/{org}/goals, PUT /api/v1/org/{org}/goals/{id},\n"
+    "  POST /api/v1/org/{org}/goals/batch-save,\n"
     "  ANY /echo..., GET /large?bytes=N, GET /status/{code}, GET /set-cookie\n";
 
 std::optional<unsigned long long> parse_unsigned(std::string_view s) {
@@ -86,6 +94,8 @@ int main(int argc, char** argv) {
       options.latency = *d;
     } else if (flag == "--max-concurrent") {
       options.max_concurrent = static_cast<unsigned>(number(1u << 20));
+    } else if (flag == "--single-rate-limit") {
+      options.single_rate_limit = static_cast<unsigned>(number(1u << 20));
     } else if (flag == "--users") {
       options.user_count = static_cast<std::size_t>(number(1ull << 40));
     } else {

@@ -1,4 +1,5 @@
 #include "tests/mock_upstream/mock_upstream.hpp"
+#include "tests/mock_upstream/write_apis.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -188,7 +189,7 @@ struct action {
   std::size_t large_bytes = 0;
 };
 
-action route(const api& apis, fault current_fault,
+action route(const api& apis, detail::write_apis& writes, fault current_fault,
              const http::request<http::string_body>& req) {
   std::string_view target = req.target();
   auto qpos = target.find('?');
@@ -310,6 +311,14 @@ action route(const api& apis, fault current_fault,
                                               {"processed_at", utc_now_iso8601()}})};
   }
 
+  // C–F: the write APIs, with their own state.
+  if (detail::write_apis::is_batch_path(path))
+    if (auto f = batch_fault()) return *f;
+  if (auto w = writes.handle(req.method_string(), path, req.body())) {
+    reply r{static_cast<http::status>(w->status), std::move(w->body), std::move(w->headers)};
+    return {action::respond, std::move(r)};
+  }
+
   // Passthrough helpers.
   if (path == "/large" && get) {
     std::optional<std::size_t> bytes;
@@ -341,10 +350,12 @@ action route(const api& apis, fault current_fault,
 // Shared state: recorded calls, fault, and the FIFO of concurrency slots.
 
 struct shared_state {
-  explicit shared_state(mock_options o) : options(std::move(o)), apis{options.user_count} {}
+  explicit shared_state(mock_options o)
+      : options(std::move(o)), apis{options.user_count}, writes(options.single_rate_limit) {}
 
   const mock_options options;
   const api apis;
+  detail::write_apis writes;  // thread-safe on its own
   std::atomic<fault> current_fault{fault::none};
 
   mutable std::mutex calls_mutex;
@@ -462,7 +473,7 @@ class session : public std::enable_shared_from_this<session> {
 
   void on_latency(beast::error_code ec) {
     if (ec) return;  // server stopping
-    action a = route(state_->apis, state_->current_fault.load(), req_);
+    action a = route(state_->apis, state_->writes, state_->current_fault.load(), req_);
     // The call's cost is paid; writing the answer does not hold a slot, so that N slots
     // and a latency L give N / L calls per second.
     state_->release();
@@ -657,8 +668,11 @@ void mock_upstream::clear() {
     std::lock_guard lock(impl_->state->calls_mutex);
     impl_->state->calls.clear();
   }
-  std::lock_guard lock(impl_->state->slots_mutex);
-  impl_->state->peak = impl_->state->active;
+  {
+    std::lock_guard lock(impl_->state->slots_mutex);
+    impl_->state->peak = impl_->state->active;
+  }
+  impl_->state->writes.reset();
 }
 
 void mock_upstream::set_fault(fault f) { impl_->state->current_fault.store(f); }
@@ -666,6 +680,38 @@ void mock_upstream::set_fault(fault f) { impl_->state->current_fault.store(f); }
 std::size_t mock_upstream::max_observed_concurrency() const {
   std::lock_guard lock(impl_->state->slots_mutex);
   return impl_->state->peak;
+}
+
+void mock_upstream::set_progress_rate_limit(std::size_t calls, unsigned retry_after_seconds) {
+  impl_->state->writes.set_progress_rate_limit(calls, retry_after_seconds);
+}
+
+std::size_t mock_upstream::rate_limited_count() const { return impl_->state->writes.rate_limited_count(); }
+
+void mock_upstream::seed_document(const std::string& ws, const std::string& doc_id, std::uint64_t version) {
+  impl_->state->writes.seed_document(ws, doc_id, version);
+}
+
+void mock_upstream::seed_goal(const std::string& org, const std::string& goal_id, const std::string& period_id,
+                              const std::string& type, double weight) {
+  impl_->state->writes.seed_goal(org, goal_id, period_id, type, weight);
+}
+
+std::optional<ability_state> mock_upstream::ability(std::string_view character_id,
+                                                    std::int64_t ability_id) const {
+  return impl_->state->writes.ability(character_id, ability_id);
+}
+
+bool mock_upstream::progress_event_seen(std::string_view client_event_id) const {
+  return impl_->state->writes.progress_event_seen(client_event_id);
+}
+
+std::optional<document_state> mock_upstream::document(std::string_view ws, std::string_view doc_id) const {
+  return impl_->state->writes.document(ws, doc_id);
+}
+
+std::optional<std::string> mock_upstream::goal(std::string_view org, std::string_view goal_id) const {
+  return impl_->state->writes.goal(org, goal_id);
 }
 
 void mock_upstream::stop() { impl_->stop(); }

@@ -1,15 +1,18 @@
 #pragma once
 
-// A real HTTP/1.1 upstream for tests and benchmarks that implements reference APIs A (users,
-// query-list multi-get) and B (activities, batch GET with per-item status), plus a few
-// passthrough helpers (/echo, /large, /status, /set-cookie). Beast stays in the .cpp so that test
-// files including this header compile fast.
+// A real HTTP/1.1 upstream for tests and benchmarks that implements the reference APIs of
+// /work/shared/reference-apis.md: A (users, query-list multi-get), B (activities, batch GET with
+// per-item status), and the write APIs C (abilities), D (progress events), E (documents) and
+// F (goals), each with its single endpoints and its batch endpoint over an in-memory store; plus
+// a few passthrough helpers (/echo, /large, /status, /set-cookie). Beast stays in the .cpp so
+// that test files including this header compile fast.
 
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -25,7 +28,8 @@ struct recorded_call {
   std::map<std::string, std::string> headers;  // lower-case names; repeats joined with ", "
 };
 
-/// Misbehaviour of the batch endpoints (`GET /users?...`, `POST /api/v1/batch/get`).
+/// Misbehaviour of the batch endpoints (`GET /users?...`, `POST /api/v1/batch/get`, and the
+/// batch endpoints of C–F).
 enum class fault {
   none,
   status_500,        // 500 {"error":"boom"}
@@ -41,6 +45,24 @@ struct mock_options {
   std::chrono::microseconds latency{0};  // added to every call (async timer, not sleep)
   unsigned max_concurrent = 0;           // 0 = unlimited; more calls queue (FIFO) for a slot
   std::size_t user_count = 1000;         // users 1..N exist; activities a1..aN exist
+  // C: a single `PATCH .../abilities/{id}` gets 429 (Retry-After: 1) when more than this many
+  // single PATCHes were handled within the last 100 ms (itself included). 0 = no limit.
+  // (Batch limits are fixed: D 25 events / 64,000 bytes, E 100 operations / 10,000,000 bytes.)
+  unsigned single_rate_limit = 0;
+};
+
+/// C: one ability of one character. Abilities start at 0/0 and exist once written.
+struct ability_state {
+  std::int64_t score = 0;
+  std::int64_t experience_points = 0;
+  friend bool operator==(const ability_state&, const ability_state&) = default;
+};
+
+/// E: one stored document.
+struct document_state {
+  std::string title;
+  std::string content;
+  std::uint64_t version = 0;
 };
 
 /// The mock server. Owns its io_context and `threads` threads; starts serving in the
@@ -59,13 +81,34 @@ class mock_upstream {
   std::vector<recorded_call> calls() const;
   /// Calls with that method and exact path (no query).
   std::size_t count(std::string_view method, std::string_view path) const;
-  /// Forgets the recorded calls and resets max_observed_concurrency to the current level.
+  /// Forgets the recorded calls, resets max_observed_concurrency to the current level, and
+  /// empties the stores of C–F (abilities, seen event ids, documents, goals, id counters,
+  /// rate-limit hook and counter).
   void clear();
 
   void set_fault(fault f);
   /// Peak number of calls being handled at once: holding a slot, i.e. from the end of any
   /// queueing until the answer is ready (the latency timer included, the write excluded).
   std::size_t max_observed_concurrency() const;
+
+  // --- Write APIs C–F: test hooks and state. ---
+
+  /// D: the next `calls` batch calls (`POST /api/client/progress/batch`) are answered
+  /// `429 {"error":"rate limited"}` with `Retry-After: <retry_after_seconds>`.
+  void set_progress_rate_limit(std::size_t calls, unsigned retry_after_seconds = 0);
+  /// 429s answered since clear(): C single calls over the limit and D batch calls of the hook.
+  std::size_t rate_limited_count() const;
+  /// E: stores document `doc_id` in workspace `ws` with that version (title "seeded <doc_id>").
+  void seed_document(const std::string& ws, const std::string& doc_id, std::uint64_t version);
+  /// F: stores goal `goal_id` of organisation `org` (title "seeded <goal_id>").
+  void seed_goal(const std::string& org, const std::string& goal_id, const std::string& period_id,
+                 const std::string& type = "performance", double weight = 10);
+
+  std::optional<ability_state> ability(std::string_view character_id, std::int64_t ability_id) const;
+  bool progress_event_seen(std::string_view client_event_id) const;
+  std::optional<document_state> document(std::string_view ws, std::string_view doc_id) const;
+  /// F: the stored goal as JSON text, or nullopt.
+  std::optional<std::string> goal(std::string_view org, std::string_view goal_id) const;
 
   void stop();
 
