@@ -140,7 +140,7 @@ msum() {
         index($0, "#") == 1 { next }
         { name = $1; sub(/\{.*/, "", name) }
         name == m && (f == "" || index($0, f) > 0) { s += $NF }
-        END { printf "%.0f\n", s + 0 }' "$1"
+        END { printf fmt "\n", s + 0 }' fmt="${MSUM_FMT:-%.0f}" "$1"
 }
 
 # status breakdown of batchgate_requests_total for a route between two scrapes: "200:123 503:4"
@@ -313,6 +313,16 @@ routes:
 $(users_route 30s 10000 20000)
 EOF
 
+# nginx runs with access_log off; turn batchgate's access log off too where the config allows it
+# (a `logging` section); otherwise its access log (stdout) goes to a file in the temp dir.
+ACCESS_LOG="on (config has no logging.access_log switch)"
+{ cat "$TMP/passthrough.yaml"; printf 'logging: {access_log: false}\n'; } >"$TMP/probe.yaml"
+if "$BUILD_DIR/batchgate" --check-config "$TMP/probe.yaml" >/dev/null 2>&1; then
+    for c in passthrough coalesce memory; do printf 'logging: {access_log: false}\n' >>"$TMP/$c.yaml"; done
+    ACCESS_LOG="off (logging.access_log: false)"
+fi
+log "batchgate access log: $ACCESS_LOG"
+
 for c in passthrough coalesce memory; do
     "$BUILD_DIR/batchgate" --check-config "$TMP/$c.yaml" >"$TMP/check-$c.log" 2>&1 \
         || { cat "$TMP/check-$c.log" >&2; die "gateway rejects bench config $c.yaml"; }
@@ -332,7 +342,9 @@ check_alive() {  # check_alive NAME SCENARIO
 # 1. passthrough
 # ---------------------------------------------------------------------------------------------
 log ""
+loadavg() { log "   load average: $(cut -d' ' -f1-3 /proc/loadavg) (2 cores shared with everything else on the machine)"; }
 log "== 1. passthrough: GET /users/7, mock without latency (--threads 1) =="
+loadavg
 start_mock mock "$P_MOCK"
 start_nginx
 start_gateway gw-passthrough "$TMP/passthrough.yaml" "$P_GW_PT" "$P_GW_PT_ADMIN"
@@ -355,6 +367,7 @@ stop nginx QUIT
 log ""
 log "== 2. fan-in: random ids 1..$MAX_ID, 200 connections, mock --latency 2ms --max-concurrent 8 =="
 log "   route users: coalesce max_wait ${WINDOW_MS}ms, max_batch_items 100, query_list ids, key /id"
+loadavg
 start_mock mock-slow "$P_MOCK_SLOW" --latency 2ms --max-concurrent 8
 start_gateway gw-coalesce "$TMP/coalesce.yaml" "$P_GW_CO" "$P_GW_CO_ADMIN"
 table_header
@@ -384,10 +397,16 @@ log "gateway /metrics deltas over the measured run (route users):"
 log "   client requests $FAN_CLIENT (by status: $(status_delta "$TMP/co-before.metrics" "$TMP/co-after.metrics" users)), upstream calls $FAN_UPSTREAM"
 log "   upstream calls per 1000 client requests: ${PER_1000:-n/a}; upstream calls saved: ${SAVED_PCT:-n/a}%" \
     "(batchgate_upstream_calls_saved_total +$FAN_SAVED)"
-((FAN_BATCH_COUNT > 0)) && log "   mean batch size: $(awk -v s="$FAN_BATCH_SUM" -v c="$FAN_BATCH_COUNT" 'BEGIN { printf "%.1f", s / c }') items over $FAN_BATCH_COUNT batches"
+if ((FAN_BATCH_COUNT > 0)); then
+    UP_SEC=$(awk -v a="$(MSUM_FMT=%.6f msum "$TMP/co-after.metrics" batchgate_upstream_duration_seconds_sum "$R")" \
+                 -v b="$(MSUM_FMT=%.6f msum "$TMP/co-before.metrics" batchgate_upstream_duration_seconds_sum "$R")" \
+                 -v n="$FAN_UPSTREAM" 'BEGIN { if (n > 0) printf "%.2fms", (a - b) / n * 1000; else print "?" }')
+    log "   mean batch size: $(awk -v s="$FAN_BATCH_SUM" -v c="$FAN_BATCH_COUNT" 'BEGIN { printf "%.1f", s / c }') items over $FAN_BATCH_COUNT batches; mean upstream call: $UP_SEC (mock: 2ms + queueing)"
+fi
 
 log ""
 log "== 3. added latency at low load: 1 connection, random ids, same mock and route =="
+loadavg
 table_header
 run_wrk lat-direct "mock direct" 1 "http://127.0.0.1:$P_MOCK_SLOW/" 1 "${PIDS[mock-slow]}"
 run_wrk lat-gw "batchgate coalesce (window ${WINDOW_MS}ms)" 1 "http://127.0.0.1:$P_GW_CO/" 1 "${PIDS[gw-coalesce]}"
@@ -406,6 +425,7 @@ stop mock-slow
 log ""
 log "== 4. memory per waiting caller: $CALLERS connections, one GET /users/N each, route users"
 log "   (max_wait 30s, max_batch_items 10000, max_waiting 20000; mock without latency) =="
+loadavg
 # The window flushes as soon as it holds max_batch_items distinct keys, so with 10000 callers
 # one key is asked twice (ids 1..CALLERS-1): every caller waits, the batch holds 9999 keys.
 DISTINCT=$(( CALLERS < 10000 ? CALLERS : 9999 ))
@@ -435,7 +455,8 @@ else
     log "waiting callers reached only $WAITING of $CALLERS within the bound (RSS now ${RSS_LOADED:-?} KiB)"
     NOTES+=("memory scenario: batchgate_waiting_callers reached $WAITING, not $CALLERS; callers: $(tail -2 "$TMP/callers.log" | tr '\n' ' ')")
 fi
-log "SIGTERM to the gateway (drain flushes the waiting batch) ..."
+URL_BYTES=$(awk -v n="$DISTINCT" 'BEGIN { s = length("/users?ids=") + n - 1; for (i = 1; i <= n; i++) s += length(i ""); print s }')
+log "SIGTERM to the gateway (drain flushes the waiting batch: one GET /users?ids=1,...,$DISTINCT, a $URL_BYTES-byte target) ..."
 T0=$SECONDS
 if alive gw-memory; then
     stop gw-memory TERM; RC=$STOP_RC
@@ -467,6 +488,7 @@ r0() { [[ -n $1 ]] && printf '%.0f' "$1" || echo "?"; }
 
 log ""
 log "== summary (targets are informational; nothing is asserted) =="
+loadavg
 for c in 50 200; do
     verdict "$(ge "${RPS[gw-$c]:-}" "${RPS[nginx-$c]:-}")" \
         "passthrough req/s at $c conns >= nginx: batchgate $(r0 "${RPS[gw-$c]:-}") vs nginx $(r0 "${RPS[nginx-$c]:-}")"
