@@ -1,0 +1,188 @@
+// Mode batch_envelope: {"requests":[...]} -> one dispatch() per sub-request (depth 1), in
+// dependsOn order and at most `concurrency` at a time -> {"responses":[...]} in request order.
+#include "fanout/engine.hpp"
+
+#include <algorithm>
+#include <vector>
+
+#include <boost/beast/core/string.hpp>
+#include <boost/beast/http.hpp>
+
+#include "fanout/core/batch_envelope.hpp"
+#include "fanout/core/plan_runner.hpp"
+
+namespace batchgate::fanout {
+
+namespace {
+
+namespace http = boost::beast::http;
+namespace beast = boost::beast;
+using json = nlohmann::json;
+using clock_type = std::chrono::steady_clock;
+using gateway::request_t;
+using gateway::response_t;
+
+bool hidden_header(std::string_view name) {
+    static constexpr std::string_view hidden[] = {"connection", "keep-alive", "transfer-encoding", "content-length",
+                                                  "te", "trailer", "upgrade", "proxy-connection"};
+    for (auto h : hidden)
+        if (beast::iequals(name, h)) return true;
+    return false;
+}
+
+class envelope_call : public std::enable_shared_from_this<envelope_call> {
+public:
+    envelope_call(std::shared_ptr<gateway::shared_state> state, std::shared_ptr<const gateway::runtime> rt,
+                  const config::route_settings& route, request_t req, gateway::request_context ctx,
+                  gateway::dispatch_done done, std::vector<sub_request> requests)
+        : state_(std::move(state)),
+          rt_(std::move(rt)),
+          route_(route),
+          req_(std::move(req)),
+          ctx_(std::move(ctx)),
+          done_(std::move(done)),
+          requests_(std::move(requests)),
+          deadline_(std::min(ctx_.deadline, clock_type::now() + route_.batch_envelope.timeout)),
+          metrics_(state_->metrics.fanout(route_.name)),
+          entries_(requests_.size()),
+          statuses_(requests_.size(), 0),
+          runner_(plan(requests_), route_.batch_envelope.concurrency,
+                  // Raw this: the runner is a member, and every hook runs while a holder of
+                  // shared_from_this() (start() or a sub-request's completion) is on the stack.
+                  {[this](std::size_t i) { send(i); }, [this](std::size_t i) { skip(i); }, [this] { answer(); }}) {}
+
+    void start() {
+        auto self = shared_from_this();
+        metrics_.calls->Increment();
+        metrics_.items->Observe(static_cast<double>(requests_.size()));
+        runner_.run();
+    }
+
+private:
+    static dependency_plan plan(const std::vector<sub_request>& requests) {
+        std::vector<std::vector<std::size_t>> deps;
+        for (const auto& r : requests) deps.push_back(r.depends_on);
+        return dependency_plan(std::move(deps));
+    }
+
+    // Copies a header of the outer call unless the sub-request names its own.
+    void inherit(request_t& sub, const sub_request& r, http::field f, std::string_view name) {
+        if (names_header(r, name)) return;
+        if (auto it = req_.find(f); it != req_.end()) sub.set(f, it->value());
+    }
+
+    void send(std::size_t i) {
+        const sub_request& r = requests_[i];
+        if (auto err = check_sub_url(r.url))
+            return reject(i, 400, "bad_request", *err);
+        if (clock_type::now() >= deadline_)
+            return reject(i, 504, "upstream_timeout", "the $batch call's deadline passed before this sub-request was sent");
+
+        request_t sub{http::string_to_verb(r.method), r.url, 11};
+        if (sub.method() == http::verb::unknown) sub.method_string(r.method);
+        for (const auto& [name, value] : r.headers)
+            if (!hidden_header(name)) sub.set(name, value);
+        inherit(sub, r, http::field::authorization, "authorization");
+        inherit(sub, r, http::field::cookie, "cookie");
+        inherit(sub, r, http::field::host, "host");
+        sub.set("X-Request-Id", ctx_.request_id);
+        if (r.body) {
+            auto [bytes, is_json] = encode_body(*r.body);
+            if (is_json && !names_header(r, "content-type")) sub.set(http::field::content_type, "application/json");
+            sub.body() = std::move(bytes);
+            sub.prepare_payload();
+        }
+        gateway::request_context ctx;
+        ctx.client_ip = ctx_.client_ip;
+        ctx.request_id = ctx_.request_id;
+        ctx.traceparent = ctx_.traceparent;
+        ctx.deadline = deadline_;
+        ctx.depth = ctx_.depth + 1;
+        gateway::dispatch(state_, rt_, std::move(sub), std::move(ctx),
+                          [self = shared_from_this(), i](response_t res, gateway::dispatch_info) {
+                              self->on_response(i, std::move(res));
+                          });
+    }
+
+    void on_response(std::size_t i, response_t res) {
+        const int status = res.result_int();
+        std::vector<std::pair<std::string, std::string>> headers;
+        for (const auto& f : res)
+            if (!hidden_header(f.name_string())) headers.emplace_back(std::string(f.name_string()), std::string(f.value()));
+        std::string_view type;
+        if (auto it = res.find(http::field::content_type); it != res.end()) type = it->value();
+        if (status == 504) metrics_.timeout->Increment();
+        else if (status >= 200 && status < 300) metrics_.success->Increment();
+        else metrics_.error->Increment();
+        // Each index is written once, before finish(); answer() reads after the runner's lock.
+        entries_[i] = response_entry(requests_[i].id, status, headers, type, res.body());
+        statuses_[i] = status;
+        runner_.finish(i, status);
+    }
+
+    // Answered by the gateway without dispatching (bad URL, deadline passed).
+    void reject(std::size_t i, int status, std::string_view code, const std::string& message) {
+        (status == 504 ? metrics_.skipped : metrics_.error)->Increment();
+        entries_[i] = error_entry(requests_[i].id, status, code, message);
+        statuses_[i] = status;
+        runner_.finish(i, status);
+    }
+
+    // A dependency did not succeed: 424, naming it.
+    void skip(std::size_t i) {
+        metrics_.skipped->Increment();
+        std::string failed;
+        for (std::size_t d : requests_[i].depends_on)
+            if (statuses_[d] < 200 || statuses_[d] >= 300) {
+                failed = requests_[d].id;
+                break;
+            }
+        entries_[i] = error_entry(requests_[i].id, 424, "failed_dependency",
+                                  "not sent: sub-request \"" + failed + "\" it depends on did not succeed");
+        statuses_[i] = 424;
+    }
+
+    void answer() {
+        response_t res{http::status::ok, req_.version()};
+        res.set(http::field::content_type, "application/json");
+        res.body() = json{{"responses", std::move(entries_)}}.dump(-1, ' ', false, json::error_handler_t::replace);
+        res.prepare_payload();
+        auto done = std::move(done_);
+        done(std::move(res), {});
+    }
+
+    std::shared_ptr<gateway::shared_state> state_;
+    std::shared_ptr<const gateway::runtime> rt_;  // keeps route_ alive; sub-requests route with it
+    const config::route_settings& route_;
+    request_t req_;
+    gateway::request_context ctx_;
+    gateway::dispatch_done done_;
+    std::vector<sub_request> requests_;
+    clock_type::time_point deadline_;
+    metrics::fanout_metrics& metrics_;
+    std::vector<json> entries_;
+    std::vector<int> statuses_;
+    plan_runner runner_;
+};
+
+}  // namespace
+
+void serve_batch_envelope(const std::shared_ptr<gateway::shared_state>& state,
+                          const std::shared_ptr<const gateway::runtime>& rt, const config::route_settings& route,
+                          request_t req, gateway::request_context ctx, gateway::dispatch_done done) {
+    const unsigned version = req.version();
+    if (ctx.depth > 0)
+        return done(gateway::error_response(gateway_error::bad_request, "a $batch call cannot be nested in another",
+                                            route.name, version),
+                    {});
+    parsed_envelope e = parse_envelope(req.body(), route.batch_envelope.max_requests);
+    if (e.error == envelope_error::too_many)
+        return done(gateway::error_response(gateway_error::payload_too_large, e.message, route.name, version), {});
+    if (e.error != envelope_error::none)
+        return done(gateway::error_response(gateway_error::bad_request, e.message, route.name, version), {});
+    std::make_shared<envelope_call>(state, rt, route, std::move(req), std::move(ctx), std::move(done),
+                                    std::move(e.requests))
+        ->start();
+}
+
+}  // namespace batchgate::fanout
