@@ -8,6 +8,7 @@
 #include <boost/beast/http.hpp>
 
 #include "gateway/errors.hpp"
+#include "gateway/log.hpp"
 
 namespace batchgate::coalescer {
 
@@ -213,6 +214,10 @@ void batcher::on_answer(pending p, const std::string& batch_id, gateway::upstrea
     proto.upstream_elapsed = r.elapsed;
     const std::string where = "upstream '" + route_.upstream + "'";
     auto fail_all = [&](gateway_error e, const std::string& message) {
+        // Every caller of the batch gets this error: worth one line for the operator.
+        gateway::log_line("warn", "batch call failed",
+                          {{"route", route_.name}, {"batch_id", batch_id}, {"items", p.b.items.size()},
+                           {"callers", p.b.waiter_count()}, {"error", message}});
         proto.status = http_status(e);
         proto.body = error_body(e, message, route_.name);
         answer_all(p, proto);

@@ -178,6 +178,10 @@ struct retry_settings {
     duration max_backoff = std::chrono::seconds(2);          // retry.max_backoff: 2s
 };
 
+// max_batch_bytes of query_list / query_repeat routes that set none: keys in the URL stay
+// well under the 8 KiB request line most servers accept.
+inline constexpr std::size_t default_query_batch_bytes = 6 * 1024;
+
 struct coalesce_settings {
     value_ref key;
     missing_key_action on_missing_key = missing_key_action::reject;  // on_missing_key: reject
@@ -188,7 +192,8 @@ struct coalesce_settings {
     same_key_policy same_key = same_key_policy::share;
     bool ordered = false;
     std::size_t max_batch_items = 100;
-    std::size_t max_batch_bytes = 0;          // 0 = no byte limit
+    // 0 = no byte limit; query encodings default to default_query_batch_bytes (request-line budget)
+    std::size_t max_batch_bytes = 0;
     duration max_wait = std::chrono::milliseconds(5);
     std::size_t max_concurrent_batches = 4;   // upstream batch calls in flight per route
     std::size_t max_waiting = 10000;          // callers waiting on this route; more get 503

@@ -1371,6 +1371,10 @@ void load_coalesce(context& ctx, const field& f, coalesce_settings& out, const r
                                                     {"isolate", batch_error_policy::isolate}}))
             out.on_batch_error = *v;
     if (auto* x = m.get("retry")) load_retry(ctx, *x, out.retry);
+    // Query encodings put every key in the request line, which most servers cap at 8 KiB:
+    // bound it unless the route sets its own limit.
+    if (request && out.max_batch_bytes == 0 && out.request.encoding != batch_encoding::json_body)
+        out.max_batch_bytes = default_query_batch_bytes;
     if (same_key && out.same_key == same_key_policy::merge_patch && request &&
         out.request.encoding != batch_encoding::json_body) {
         ctx.add(same_key->mark(), same_key->path,

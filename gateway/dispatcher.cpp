@@ -75,7 +75,7 @@ struct exchange {
 
         const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
             std::max(ctx.deadline - std::chrono::steady_clock::now(), std::chrono::steady_clock::duration(1000000)));
-        auto* um = &state->metrics.upstream(route->upstream, route->name);
+        auto* um = rt->handles_for(*route).upstream_metrics;
         const bool head = req.method() == http::verb::head;
         const unsigned version = req.version();
         const std::string where = "upstream '" + route->upstream + "'";
@@ -197,6 +197,12 @@ void dispatch(const std::shared_ptr<shared_state>& state, const std::shared_ptr<
               request_context ctx, dispatch_done done) {
     routes::param_list params;
     const config::route_settings* route = find_route(*rt, req, &params);
+    dispatch_matched(state, rt, route, std::move(params), std::move(req), std::move(ctx), std::move(done));
+}
+
+void dispatch_matched(const std::shared_ptr<shared_state>& state, const std::shared_ptr<const runtime>& rt,
+                      const config::route_settings* route, routes::param_list params, request_t req,
+                      request_context ctx, dispatch_done done) {
     if (!route) {
         auto [path, query] = routes::split_target(req.target());
         return done(error_response(gateway_error::not_found,

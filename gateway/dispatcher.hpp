@@ -40,7 +40,12 @@ using dispatch_done = std::function<void(response_t, dispatch_info)>;
 // The route a request will take, or nullptr (then dispatch() answers 404).
 const config::route_settings* find_route(const runtime& rt, const request_t& req, routes::param_list* params = nullptr);
 
-// Serves req; done is called exactly once.
+// Serves req on an already matched route (route == nullptr: 404); done is called exactly once.
+void dispatch_matched(const std::shared_ptr<shared_state>& state, const std::shared_ptr<const runtime>& rt,
+                      const config::route_settings* route, routes::param_list params, request_t req,
+                      request_context ctx, dispatch_done done);
+
+// Matches and serves req; done is called exactly once.
 void dispatch(const std::shared_ptr<shared_state>& state, const std::shared_ptr<const runtime>& rt, request_t req,
               request_context ctx, dispatch_done done);
 

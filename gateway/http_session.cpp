@@ -49,6 +49,7 @@ public:
         : stream_(std::move(socket)), role_(role), state_(std::move(state)), deadline_(stream_.get_executor()) {
         state_->metrics.open_connections().Increment();
         beast::error_code ec;
+        stream_.socket().set_option(tcp::no_delay(true), ec);
         auto remote = stream_.socket().remote_endpoint(ec);
         client_ip_ = ec ? std::string("unknown") : remote.address().to_string();
     }
@@ -145,11 +146,12 @@ private:
 
     void handle_traffic() {
         request_.set("X-Request-Id", request_id_);
-        const config::route_settings* route = find_route(*runtime_, request_);
+        routes::param_list params;
+        const config::route_settings* route = find_route(*runtime_, request_, &params);
         config::duration timeout = std::chrono::seconds(30);
         if (route) {
             route_name_ = route->name;
-            route_metrics_ = &state_->metrics.route(route_name_);
+            route_metrics_ = runtime_->handles_for(*route).metrics;
             timeout = coalescer::caller_timeout(*runtime_->config, *route);
         }
         request_context ctx;
@@ -160,7 +162,7 @@ private:
         arm_deadline(ctx.deadline);
         method_ = std::string(request_.method_string());
         target_ = std::string(request_.target());
-        dispatch(state_, runtime_, std::move(request_), std::move(ctx),
+        dispatch_matched(state_, runtime_, route, std::move(params), std::move(request_), std::move(ctx),
                  [self = shared_from_this(), gen = generation_](response_t res, dispatch_info info) {
                      // Back onto this connection's strand.
                      net::post(self->stream_.get_executor(), [self, gen, res = std::move(res), info = std::move(info)]() mutable {

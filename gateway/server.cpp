@@ -34,7 +34,9 @@ struct server::impl {
         for (const auto& u : rt->config->upstreams)
             rt->upstreams.emplace(u.name, std::make_shared<upstream_pool>(ioc.get_executor(), u));
         for (const auto& r : rt->config->routes) {
-            metrics.route(r.name);  // so every route shows in /metrics from the start
+            route_handles& h = rt->handles[&r];
+            h.metrics = &metrics.route(r.name);  // every route shows in /metrics from the start
+            if (!r.upstream.empty()) h.upstream_metrics = &metrics.upstream(r.upstream, r.name);
             if (r.mode != config::route_mode::coalesce) continue;
             rt->batchers.emplace(r.name, std::make_shared<coalescer::batcher>(ioc.get_executor(), rt->config, r,
                                                                               rt->upstreams.at(r.upstream), metrics));

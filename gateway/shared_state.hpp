@@ -16,12 +16,21 @@
 
 namespace batchgate::gateway {
 
+// Per-route metric children, looked up once per config instead of once per request.
+struct route_handles {
+    metrics::route_metrics* metrics = nullptr;
+    metrics::upstream_route_metrics* upstream_metrics = nullptr;  // null when the route has no upstream
+};
+
 struct runtime {
     explicit runtime(std::shared_ptr<const config::gateway_config> c) : config(std::move(c)), table(*config) {}
     std::shared_ptr<const config::gateway_config> config;
     routes::route_table table;
     std::unordered_map<std::string, std::shared_ptr<upstream_pool>> upstreams;          // by upstream name
     std::unordered_map<std::string, std::shared_ptr<coalescer::batcher>> batchers;      // by route name
+    std::unordered_map<const config::route_settings*, route_handles> handles;           // every route
+
+    const route_handles& handles_for(const config::route_settings& route) const { return handles.at(&route); }
 };
 
 struct shared_state {

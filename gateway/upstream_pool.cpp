@@ -29,15 +29,16 @@ public:
           req_(std::move(req)),
           start_(clock_type::now()),
           deadline_(start_ + timeout),
-          done_(std::move(done)),
-          queue_timer_(net::make_strand(pool_->executor_)) {}
+          done_(std::move(done)) {}
 
     void start() { pool_->acquire(shared_from_this()); }
 
-    // Queued: give up at the deadline unless a connection arrives first.
+    // Queued: give up at the deadline unless a connection arrives first. Only queued calls
+    // pay for a timer.
     void wait_in_queue() {
-        queue_timer_.expires_at(deadline_);
-        queue_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+        queue_timer_ = std::make_unique<net::steady_timer>(net::make_strand(pool_->executor_));
+        queue_timer_->expires_at(deadline_);
+        queue_timer_->async_wait([self = shared_from_this()](beast::error_code ec) {
             if (ec) return;
             if (self->pool_->forget(self.get()))
                 self->finish(upstream_failure::timeout, "no upstream connection free before the deadline");
@@ -46,11 +47,11 @@ public:
 
     // Called by the pool, from any thread, with an idle connection or nullptr (connect one).
     void use(std::unique_ptr<connection> conn) {
-        net::post(queue_timer_.get_executor(),
-                  [self = shared_from_this(), c = std::move(conn)]() mutable {
-                      self->queue_timer_.cancel();
-                      self->begin(std::move(c));
-                  });
+        if (queue_timer_) {
+            // Stop the queue timer on its own strand so it does not keep this call alive.
+            net::post(queue_timer_->get_executor(), [self = shared_from_this()] { self->queue_timer_->cancel(); });
+        }
+        begin(std::move(conn));
     }
 
 private:
@@ -196,7 +197,7 @@ private:
     clock_type::time_point start_;
     clock_type::time_point deadline_;
     handler done_;
-    net::steady_timer queue_timer_;
+    std::unique_ptr<net::steady_timer> queue_timer_;  // only while queued for a connection
     std::unique_ptr<connection> conn_;
     std::unique_ptr<tcp::resolver> resolver_;
     std::optional<http::response_parser<http::string_body>> parser_;

@@ -456,9 +456,14 @@ item_outcome outcome_of(const compiled_list& c, std::string_view route, const js
         if (!body) return item_error(502, "upstream item has no " + c.body.text(), route);
         return {status, dump(*body)};
     }
+    // A failed item: with an `error` pointer, a gateway error naming the upstream's message;
+    // without one, the upstream's own item (at `body`, else whole) is the caller's answer.
+    if (!c.error) {
+        const json* body = c.body.find(item);
+        return {status, dump(body ? *body : item)};
+    }
     std::string message;
-    if (c.error)
-        if (const json* e = c.error->find(item); e && e->is_string()) message = e->get<std::string>();
+    if (const json* e = c.error->find(item); e && e->is_string()) message = e->get<std::string>();
     if (message.empty())
         message = "upstream reported status " + std::to_string(status) + " for this item";
     return item_error(status, message, route);

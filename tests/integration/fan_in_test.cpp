@@ -81,21 +81,6 @@ std::shared_ptr<const batchgate::config::gateway_config> users_config(unsigned s
                                        {"TIMEOUT", o.timeout}}));
 }
 
-// Runs fn(i) on n threads released at the same moment; returns the results in order.
-template <class Fn>
-std::vector<response> concurrently(int n, Fn fn) {
-    std::vector<response> results(n);
-    std::latch go(n);
-    std::vector<std::thread> threads;
-    threads.reserve(n);
-    for (int i = 0; i < n; ++i)
-        threads.emplace_back([&, i] {
-            go.arrive_and_wait();
-            results[i] = fn(i);
-        });
-    for (auto& t : threads) t.join();
-    return results;
-}
 
 std::vector<batchgate::mock::recorded_call> batch_calls(const mock_upstream& up) {
     std::vector<batchgate::mock::recorded_call> out;

@@ -13,6 +13,8 @@
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <latch>
+#include <thread>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -156,6 +158,22 @@ private:
     gateway::server server_;
     bool stopped_ = false;
 };
+
+// Runs fn(i) on n threads released at the same moment; returns the results in order.
+template <class Fn>
+std::vector<response> concurrently(int n, Fn fn) {
+    std::vector<response> results(n);
+    std::latch go(n);
+    std::vector<std::thread> threads;
+    threads.reserve(n);
+    for (int i = 0; i < n; ++i)
+        threads.emplace_back([&, i] {
+            go.arrive_and_wait();
+            results[i] = fn(i);
+        });
+    for (auto& t : threads) t.join();
+    return results;
+}
 
 // Splits "1,2,7" / repeated params out of a recorded batch call's target.
 inline std::vector<std::string> query_values(const std::string& target, const std::string& param, bool list) {

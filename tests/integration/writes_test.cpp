@@ -54,21 +54,6 @@ std::shared_ptr<const batchgate::config::gateway_config> example_config(const st
     return load_yaml(text);
 }
 
-// Runs fn(i) on n threads released at the same moment; returns the results in order.
-template <class Fn>
-std::vector<response> concurrently(int n, Fn fn) {
-    std::vector<response> results(n);
-    std::latch go(n);
-    std::vector<std::thread> threads;
-    threads.reserve(n);
-    for (int i = 0; i < n; ++i)
-        threads.emplace_back([&, i] {
-            go.arrive_and_wait();
-            results[i] = fn(i);
-        });
-    for (auto& t : threads) t.join();
-    return results;
-}
 
 std::vector<recorded_call> calls_to(const mock_upstream& up, const std::string& method, const std::string& path_regex) {
     std::vector<recorded_call> out;
