@@ -18,6 +18,10 @@ namespace batchgate::gateway {
 namespace net = boost::asio;
 using clock_type = std::chrono::steady_clock;
 
+int thread_count(const config::gateway_config& cfg) {
+    return static_cast<int>(cfg.worker_threads ? cfg.worker_threads : std::max(1u, std::thread::hardware_concurrency()));
+}
+
 void apply_logging(const config::gateway_config& cfg) {
     logging().level = level_number(cfg.logging.level);
     logging().access_log = cfg.logging.access_log;
@@ -25,7 +29,11 @@ void apply_logging(const config::gateway_config& cfg) {
 
 struct server::impl {
     explicit impl(std::shared_ptr<const config::gateway_config> c)
-        : initial(std::move(c)), work(net::make_work_guard(ioc)), drain_timer(ioc), signals(ioc) {
+        : ioc(thread_count(*c)),  // a hint of 1 lets asio skip its internal locking
+          initial(std::move(c)),
+          work(net::make_work_guard(ioc)),
+          drain_timer(ioc),
+          signals(ioc) {
         state = std::make_shared<shared_state>(metrics);
     }
 
@@ -144,7 +152,7 @@ void server::start() {
     i.admin = std::make_shared<listener>(i.ioc, cfg.admin_listen, listener_role::admin, i.state);
     i.traffic->run();
     i.admin->run();
-    unsigned n = cfg.worker_threads ? cfg.worker_threads : std::max(1u, std::thread::hardware_concurrency());
+    const unsigned n = static_cast<unsigned>(thread_count(cfg));
     for (unsigned t = 0; t < n; ++t) i.threads.emplace_back([&i] { i.ioc.run(); });
     i.state->ready = true;
     log_line("info", "batchgate started",
