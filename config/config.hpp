@@ -204,7 +204,7 @@ struct coalesce_settings {
 };
 
 // fan_out.request: the single-item upstream call made once per item. Every string may hold
-// placeholders: {item}, {item./PTR}, {index}, {body./PTR}, {header.NAME} (see docs/fanout.md).
+// placeholders: {item}, {item./PTR}, {index}, {body./PTR}, {header.NAME} (see README, Fan-out).
 struct fan_out_request_settings {
     std::string method = "GET";                                // method: GET
     std::string path;                                          // path: required (values url-encoded)

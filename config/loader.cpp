@@ -1383,7 +1383,7 @@ void load_coalesce(context& ctx, const field& f, coalesce_settings& out, const r
 }
 
 // ---------------------------------------------------------------------------------------
-// fan_out and batch_envelope (docs/fanout.md)
+// fan_out and batch_envelope (README: Fan-out)
 
 // A JSON template (no coalesce placeholders) whose placeholders are checked against rules.
 nlohmann::json read_fanout_template(context& ctx, const field& f, const fanout::placeholder_rules& rules) {

@@ -22,7 +22,7 @@ resolver from(const json& values) {
     };
 }
 
-// Reference API B served by single GETs, as docs/fanout.md configures it.
+// Reference API B served by single GETs, as the README's fan-out section configures it.
 batchgate::config::fan_out_settings b_settings() {
     batchgate::config::fan_out_settings s;
     s.items = "/ids";
