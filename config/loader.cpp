@@ -175,7 +175,7 @@ public:
             return;
         }
         for (auto it = node.begin(); it != node.end(); ++it) {
-            const YAML::Node& k = it->first;
+            const YAML::Node k = it->first;  // a copy: it-> returns a temporary proxy
             if (!k.IsScalar()) {
                 ctx_.add(k.Mark(), path_, std::string("map keys must be plain strings, got ") + kind(k));
                 continue;
@@ -538,7 +538,7 @@ nlohmann::json yaml_to_json(context& ctx, const YAML::Node& n, const std::string
                     ctx.add(it->first.Mark(), path, "JSON object keys must be strings");
                     continue;
                 }
-                const std::string& k = it->first.Scalar();
+                const std::string k = it->first.Scalar();
                 if (obj.contains(k)) {
                     ctx.add(it->first.Mark(), child(path, k), "duplicate key");
                     continue;
@@ -665,7 +665,7 @@ void load_upstreams(context& ctx, const field& f, gateway_config& cfg) {
     }
     std::set<std::string> seen;
     for (auto it = f.value.begin(); it != f.value.end(); ++it) {
-        const YAML::Node& k = it->first;
+        const YAML::Node k = it->first;  // a copy: it-> returns a temporary proxy
         if (!k.IsScalar()) {
             ctx.add(k.Mark(), f.path, std::string("upstream names must be strings, got ") + kind(k));
             continue;
@@ -1048,7 +1048,7 @@ void load_maps(context& ctx, const field& f, std::map<std::string, std::map<std:
             continue;
         }
         auto& table = out[name];
-        const YAML::Node& v = it->second;
+        const YAML::Node v = it->second;  // a copy: it-> returns a temporary proxy
         if (!v.IsMap() || v.size() == 0) {
             ctx.add(v.IsNull() || v.Mark().is_null() ? it->first.Mark() : v.Mark(), path,
                     std::string("expected a map of HTTP method -> JSON value, like {POST: create, PUT: update}, got ") +
@@ -1174,7 +1174,7 @@ void read_status_map(context& ctx, const field& x, std::map<std::string, int>& o
             continue;
         }
         field entry{it->first, it->second, child(x.path, k)};
-        if (auto v = read_int(ctx, entry, 100, 599)) out[k] = static_cast<int>(*v);
+        if (auto v = read_int(ctx, entry, 200, 599)) out[k] = static_cast<int>(*v);
     }
 }
 
@@ -1217,7 +1217,7 @@ void load_result_list(context& ctx, const map_reader& m, const std::string& path
         if (status_field)
             if (auto v = read_pointer(ctx, *status_field, false)) out.status_field = *v;
         if (status) {
-            if (auto v = read_int(ctx, *status, 100, 599)) out.status = static_cast<int>(*v);
+            if (auto v = read_int(ctx, *status, 200, 599)) out.status = static_cast<int>(*v);
             if (status_code || status_field)
                 ctx.add(status->key.Mark(), status->path,
                         "give either a fixed status or status_code / status_field, not both");
@@ -1279,7 +1279,7 @@ void load_response(context& ctx, const field& f, batch_response_settings& out, c
         out.lists.push_back(std::move(list));
     }
     if (auto* x = m.get("missing_status"))
-        if (auto v = read_int(ctx, *x, 100, 599)) out.missing_status = static_cast<int>(*v);
+        if (auto v = read_int(ctx, *x, 200, 599)) out.missing_status = static_cast<int>(*v);
     if (auto* x = m.get("success_status")) {
         if (!x->value.IsMap()) {
             ctx.add(x->mark(), x->path, std::string("expected a map of HTTP method -> status, like {POST: 201}, got ") + kind(x->value));
@@ -1292,7 +1292,7 @@ void load_response(context& ctx, const field& f, batch_response_settings& out, c
                     ctx.add(it->first.Mark(), entry.path, "duplicate method " + *method);
                     continue;
                 }
-                if (auto v = read_int(ctx, entry, 100, 599)) out.success_status[*method] = static_cast<int>(*v);
+                if (auto v = read_int(ctx, entry, 200, 599)) out.success_status[*method] = static_cast<int>(*v);
             }
         }
     }
@@ -1465,7 +1465,7 @@ void load_fan_out(context& ctx, const field& f, fan_out_settings& out) {
             for (auto it = x->value.begin(); it != x->value.end(); ++it) {
                 if (!it->first.IsScalar()) continue;
                 field entry{it->first, it->second, child(x->path, it->first.Scalar())};
-                const std::string& ptr = it->first.Scalar();
+                const std::string ptr = it->first.Scalar();
                 if (ptr.empty() || ptr.front() != '/' || !is_valid_json_pointer(ptr))
                     ctx.add(entry.key.Mark(), entry.path, "keys are JSON pointers into the request body, e.g. /resource_type");
                 std::vector<placeholder_use> unused;

@@ -78,6 +78,11 @@ private:
         if (clock_type::now() >= deadline_)
             return reject(i, 504, "upstream_timeout", "the $batch call's deadline passed before this sub-request was sent");
 
+        const std::size_t header_limit = rt_->config->limits.max_header_bytes;
+        std::size_t header_bytes = 0;
+        for (const auto& [name, value] : r.headers) header_bytes += name.size() + value.size() + 4;
+        if (header_bytes > header_limit)  // also keeps Beast's 64 KiB field limit from throwing
+            return reject(i, 431, "headers_too_large", "the sub-request's headers exceed limits.max_header");
         request_t sub{http::string_to_verb(r.method), r.url, 11};
         if (sub.method() == http::verb::unknown) sub.method_string(r.method);
         for (const auto& [name, value] : r.headers)

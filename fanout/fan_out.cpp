@@ -68,6 +68,10 @@ private:
             return complete(i, {504, json{{"error", "the call's deadline passed before this item was sent"}}},
                             outcome::skipped);
 
+        std::size_t header_bytes = 0;
+        for (const auto& [name, value] : item.headers) header_bytes += name.size() + value.size() + 4;
+        if (header_bytes > rt_->config->limits.max_header_bytes)  // Beast throws past 64 KiB per field
+            return complete(i, {431, json{{"error", "the item's headers exceed limits.max_header"}}}, outcome::error);
         gateway::upstream_request up{http::string_to_verb(item.method), item.target, 11};
         if (up.method() == http::verb::unknown) up.method_string(item.method);
         for (const auto& [name, value] : item.headers) up.set(name, value);

@@ -19,9 +19,11 @@ namespace {
 constexpr std::string_view json_type = "application/json";
 
 bool is_hop_by_hop(std::string_view name) {
+    // "expect" too: the gateway has the whole body already, and a 100 Continue from the
+    // upstream must never be taken for its answer.
     static constexpr std::string_view hop[] = {"connection", "keep-alive", "proxy-authenticate",
                                                "proxy-authorization", "te", "trailer",
-                                               "transfer-encoding", "upgrade", "proxy-connection"};
+                                               "transfer-encoding", "upgrade", "proxy-connection", "expect"};
     for (auto h : hop)
         if (beast::iequals(name, h)) return true;
     return false;

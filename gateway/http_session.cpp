@@ -43,7 +43,7 @@ std::string request_id_for(const request_t& req) {
     return buf;
 }
 
-class http_session : public std::enable_shared_from_this<http_session> {
+class http_session : public drainable, public std::enable_shared_from_this<http_session> {
 public:
     http_session(tcp::socket socket, listener_role role, std::shared_ptr<shared_state> state)
         : stream_(std::move(socket)), role_(role), state_(std::move(state)), deadline_(stream_.get_executor()) {
@@ -54,11 +54,23 @@ public:
         client_ip_ = ec ? std::string("unknown") : remote.address().to_string();
     }
 
-    ~http_session() { state_->metrics.open_connections().Decrement(); }
+    ~http_session() override {
+        state_->untrack(this);
+        state_->metrics.open_connections().Decrement();
+    }
 
     void run() {
+        state_->track(shared_from_this());
         // Start on the connection's strand.
         net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->do_read(); });
+    }
+
+    void answer_shutting_down() override {
+        net::post(stream_.get_executor(), [self = shared_from_this()] {
+            if (self->answered_ || self->generation_ == 0) return;  // nothing owed
+            self->send(error_response(gateway_error::shutting_down, "the gateway is shutting down",
+                                      self->route_name_, self->version_));
+        });
     }
 
 private:
@@ -162,15 +174,23 @@ private:
         arm_deadline(ctx.deadline);
         method_ = std::string(request_.method_string());
         target_ = std::string(request_.target());
-        dispatch_matched(state_, runtime_, route, std::move(params), std::move(request_), std::move(ctx),
-                 [self = shared_from_this(), gen = generation_](response_t res, dispatch_info info) {
-                     // Back onto this connection's strand.
-                     net::post(self->stream_.get_executor(), [self, gen, res = std::move(res), info = std::move(info)]() mutable {
-                         if (gen != self->generation_ || self->answered_) return;  // the deadline answered already
-                         self->info_ = std::move(info);
-                         self->send(std::move(res));
-                     });
-                 });
+        try {
+            dispatch_matched(state_, runtime_, route, std::move(params), std::move(request_), std::move(ctx),
+                             [self = shared_from_this(), gen = generation_](response_t res, dispatch_info info) {
+                                 // Back onto this connection's strand.
+                                 net::post(self->stream_.get_executor(),
+                                           [self, gen, res = std::move(res), info = std::move(info)]() mutable {
+                                               if (gen != self->generation_ || self->answered_)
+                                                   return;  // the deadline answered already
+                                               self->info_ = std::move(info);
+                                               self->send(std::move(res));
+                                           });
+                             });
+        } catch (const std::exception& e) {
+            // Never expected; the caller still gets exactly one answer.
+            log_line("error", "request handling failed", {{"route", route_name_}, {"error", e.what()}});
+            send(error_response(gateway_error::internal, "internal error", route_name_, version_));
+        }
     }
 
     // Safety net: whatever happens downstream, the caller is answered by its deadline.

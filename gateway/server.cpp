@@ -7,6 +7,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
 
 #include "config/loader.hpp"
 #include "gateway/listener.hpp"
@@ -30,10 +31,11 @@ void apply_logging(const config::gateway_config& cfg) {
 struct server::impl {
     explicit impl(std::shared_ptr<const config::gateway_config> c)
         : ioc(thread_count(*c)),  // a hint of 1 lets asio skip its internal locking
+          control(net::make_strand(ioc)),
           initial(std::move(c)),
           work(net::make_work_guard(ioc)),
-          drain_timer(ioc),
-          signals(ioc) {
+          drain_timer(control),
+          signals(control) {
         state = std::make_shared<shared_state>(metrics);
     }
 
@@ -72,9 +74,17 @@ struct server::impl {
     }
 
     void poll_drain() {
-        if (state->active_requests.load() == 0 || clock_type::now() >= drain_deadline) {
-            if (state->active_requests.load() != 0)
-                log_line("warn", "drain timeout reached", {{"in_flight", state->active_requests.load()}});
+        const auto now = clock_type::now();
+        if (state->active_requests.load() != 0 && now >= drain_deadline && !stragglers_answered) {
+            // Whoever is still waiting gets a 503 rather than a closed socket; then a short
+            // grace period lets those answers reach the wire.
+            stragglers_answered = true;
+            log_line("warn", "drain timeout reached; answering the rest 503",
+                     {{"in_flight", state->active_requests.load()}});
+            for (auto& c : state->connections()) c->answer_shutting_down();
+            drain_deadline = now + std::chrono::seconds(1);
+        }
+        if (state->active_requests.load() == 0 || (stragglers_answered && now >= drain_deadline)) {
             if (admin) admin->stop();
             for (auto& [name, p] : state->current()->upstreams) p->close_idle();
             signals.cancel();
@@ -121,6 +131,8 @@ struct server::impl {
     // pending handlers still update metrics on their way out.
     metrics::registry metrics;
     net::io_context ioc;
+    // Shutdown, reload and signals run here, one at a time.
+    net::strand<net::io_context::executor_type> control;
     std::shared_ptr<const config::gateway_config> initial;
     std::shared_ptr<shared_state> state;
     net::executor_work_guard<net::io_context::executor_type> work;
@@ -131,7 +143,8 @@ struct server::impl {
     net::signal_set signals;
     std::string config_path;
     clock_type::time_point drain_deadline{};
-    bool stopping = false;  // touched only from io_context threads via post
+    bool stopping = false;             // touched only on the control strand
+    bool stragglers_answered = false;  // touched only on the control strand
 };
 
 server::server(std::shared_ptr<const config::gateway_config> config) : impl_(std::make_unique<impl>(std::move(config))) {}
@@ -153,7 +166,19 @@ void server::start() {
     i.traffic->run();
     i.admin->run();
     const unsigned n = static_cast<unsigned>(thread_count(cfg));
-    for (unsigned t = 0; t < n; ++t) i.threads.emplace_back([&i] { i.ioc.run(); });
+    for (unsigned t = 0; t < n; ++t)
+        i.threads.emplace_back([&i] {
+            // Last resort: a handler that throws must not take every other caller down with
+            // the process. The caller it belonged to is answered by its session's deadline.
+            for (;;) {
+                try {
+                    i.ioc.run();
+                    return;
+                } catch (const std::exception& e) {
+                    log_line("error", "unhandled exception in a request handler", {{"error", e.what()}});
+                }
+            }
+        });
     i.state->ready = true;
     log_line("info", "batchgate started",
              {{"listen", cfg.listen.host + ":" + std::to_string(port())},
@@ -175,15 +200,15 @@ void server::handle_signals(std::string config_path) {
     i.signals.add(SIGTERM);
     i.signals.add(SIGINT);
     i.signals.add(SIGHUP);
-    net::post(i.ioc, [&i] { i.wait_signal(); });
+    net::post(i.control, [&i] { i.wait_signal(); });
 }
 
 void server::shutdown() {
-    net::post(impl_->ioc, [i = impl_.get()] { i->begin_shutdown(); });
+    net::post(impl_->control, [i = impl_.get()] { i->begin_shutdown(); });
 }
 
 void server::reload(std::shared_ptr<const config::gateway_config> next) {
-    net::post(impl_->ioc, [i = impl_.get(), next = std::move(next)]() mutable { i->apply(std::move(next)); });
+    net::post(impl_->control, [i = impl_.get(), next = std::move(next)]() mutable { i->apply(std::move(next)); });
 }
 
 unsigned short server::port() const { return impl_->traffic ? impl_->traffic->port() : 0; }

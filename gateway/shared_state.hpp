@@ -5,6 +5,8 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
+#include <vector>
 #include <string>
 #include <unordered_map>
 
@@ -33,8 +35,33 @@ struct runtime {
     const route_handles& handles_for(const config::route_settings& route) const { return handles.at(&route); }
 };
 
+// A client connection, as the drain sees it: at the drain deadline, whatever it still owes
+// its caller is answered 503 instead of the socket just closing.
+class drainable {
+public:
+    virtual ~drainable() = default;
+    virtual void answer_shutting_down() = 0;  // thread-safe: posts to the connection's strand
+};
+
 struct shared_state {
     explicit shared_state(metrics::registry& m) : metrics(m) {}
+
+    // Connections register once when they start and leave in their destructor.
+    void track(const std::shared_ptr<drainable>& c) {
+        std::lock_guard lock(connections_mutex_);
+        connections_.emplace(c.get(), c);
+    }
+    void untrack(const drainable* c) {
+        std::lock_guard lock(connections_mutex_);
+        connections_.erase(c);
+    }
+    std::vector<std::shared_ptr<drainable>> connections() {
+        std::vector<std::shared_ptr<drainable>> out;
+        std::lock_guard lock(connections_mutex_);
+        for (auto& [raw, weak] : connections_)
+            if (auto c = weak.lock()) out.push_back(std::move(c));
+        return out;
+    }
 
     std::shared_ptr<const runtime> current() const { return std::atomic_load(&runtime_); }
     void replace(std::shared_ptr<const runtime> next) { std::atomic_store(&runtime_, std::move(next)); }
@@ -46,6 +73,8 @@ struct shared_state {
 
 private:
     std::shared_ptr<const runtime> runtime_;
+    std::mutex connections_mutex_;
+    std::unordered_map<const drainable*, std::weak_ptr<drainable>> connections_;
 };
 
 }  // namespace batchgate::gateway

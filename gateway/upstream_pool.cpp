@@ -75,15 +75,29 @@ private:
     void do_resolve() {
         // Resolve per new connection (connections are pooled, so this is rare) so that DNS
         // changes of a Kubernetes service are picked up.
-        resolver_ = std::make_unique<tcp::resolver>(conn_->stream.get_executor());
         const auto& s = pool_->settings_;
+        beast::error_code literal;
+        auto address = net::ip::make_address(s.host, literal);
+        if (!literal)  // an IP address needs no resolver
+            return on_resolve({}, tcp::resolver::results_type::create(tcp::endpoint(address, s.port), s.host,
+                                                                      std::to_string(s.port)));
+        resolver_ = std::make_unique<tcp::resolver>(conn_->stream.get_executor());
+        // A resolver that hangs must not hold the slot past the connect budget.
+        resolve_timer_ = std::make_unique<net::steady_timer>(conn_->stream.get_executor());
+        resolve_timer_->expires_after(std::min<clock_type::duration>(remaining(), s.connect_timeout));
+        resolve_timer_->async_wait([self = shared_from_this()](beast::error_code ec) {
+            if (!ec && self->resolver_) self->resolver_->cancel();
+        });
         resolver_->async_resolve(s.host, std::to_string(s.port),
                                  [self = shared_from_this()](beast::error_code ec, tcp::resolver::results_type r) {
+                                     self->resolve_timer_->cancel();
                                      self->on_resolve(ec, std::move(r));
                                  });
     }
 
     void on_resolve(beast::error_code ec, tcp::resolver::results_type results) {
+        if (ec == net::error::operation_aborted)
+            return fail(upstream_failure::connect_failed, "resolving the upstream host timed out");
         if (ec) return fail(upstream_failure::connect_failed, "cannot resolve upstream host: " + ec.message());
         auto connect_budget = std::min<clock_type::duration>(remaining(), pool_->settings_.connect_timeout);
         conn_->stream.expires_after(connect_budget);
@@ -110,6 +124,10 @@ private:
 
     void on_write(beast::error_code ec) {
         if (ec) return io_failed(ec, true);
+        read_response();
+    }
+
+    void read_response() {
         parser_.emplace();
         parser_->body_limit(pool_->settings_.max_response_bytes);
         parser_->header_limit(64 * 1024);
@@ -121,9 +139,15 @@ private:
 
     void on_read(beast::error_code ec, std::size_t bytes) {
         if (ec) return io_failed(ec, bytes == 0);
+        const int status = parser_->get().result_int();
+        if (status >= 100 && status < 200 && status != 101) {
+            // An interim answer (100 Continue, 103 Early Hints): the real one follows.
+            return read_response();
+        }
         upstream_result r;
         r.response = parser_->release();
-        const bool keep = r.response.keep_alive();
+        // Only a connection with nothing left unread may serve another call.
+        const bool keep = r.response.keep_alive() && conn_->buffer.size() == 0;
         conn_->stream.expires_never();
         if (keep) pool_->release(std::move(conn_));
         else drop_connection();
@@ -200,6 +224,7 @@ private:
     std::unique_ptr<net::steady_timer> queue_timer_;  // only while queued for a connection
     std::unique_ptr<connection> conn_;
     std::unique_ptr<tcp::resolver> resolver_;
+    std::unique_ptr<net::steady_timer> resolve_timer_;
     std::optional<http::response_parser<http::string_body>> parser_;
     bool reused_ = false;
     bool retried_ = false;

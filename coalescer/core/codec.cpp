@@ -363,11 +363,11 @@ std::optional<int> status_code_of(const json& v) {
     int code = 0;
     if (v.is_number_integer()) {
         auto n = v.get<std::int64_t>();
-        if (n < 100 || n > 599) return std::nullopt;
+        if (n < 200 || n > 599) return std::nullopt;  // a caller's final answer is never 1xx
         code = static_cast<int>(n);
     } else if (v.is_number_float()) {
         double d = v.get<double>();
-        if (!(d >= 100 && d <= 599) || d != static_cast<double>(static_cast<int>(d)))
+        if (!(d >= 200 && d <= 599) || d != static_cast<double>(static_cast<int>(d)))
             return std::nullopt;
         code = static_cast<int>(d);
     } else {

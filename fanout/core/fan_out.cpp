@@ -64,7 +64,7 @@ fan_out_call parse_fan_out(const config::fan_out_settings& settings, std::string
     for (const auto& [pointer, expected] : settings.require) {
         auto v = pointer_value(out.body, pointer);
         if (!v || *v != expected) {
-            out.error = "request body must have " + pointer + " = " + expected.dump();
+            out.error = "request body must have " + pointer + " = " + expected.dump(-1, ' ', false, json::error_handler_t::replace);
             return out;
         }
     }
@@ -169,7 +169,7 @@ std::string render_envelope(const config::fan_out_settings& settings, const fan_
         return client_value(call, header, name, known);
     };
     auto r = render_json(settings.response.envelope, resolve);
-    if (!r.error.empty() || !r.value) return json{{"results", results}}.dump();
+    if (!r.error.empty() || !r.value) return json{{"results", results}}.dump(-1, ' ', false, json::error_handler_t::replace);
     return r.value->dump(-1, ' ', false, json::error_handler_t::replace);
 }
 

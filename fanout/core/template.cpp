@@ -27,7 +27,7 @@ placeholder split(std::string_view inner) {
 // Applies a ":type" conversion; nullopt with error set when it does not convert.
 std::optional<json> convert(json v, std::string_view type, std::string_view name, std::string& error) {
     auto fail = [&](const char* what) -> std::optional<json> {
-        error = "{" + std::string(name) + ":" + std::string(type) + "}: " + what + ", got " + v.dump();
+        error = "{" + std::string(name) + ":" + std::string(type) + "}: " + what + ", got " + v.dump(-1, ' ', false, json::error_handler_t::replace);
         return std::nullopt;
     };
     if (type.empty() || type == "json") {

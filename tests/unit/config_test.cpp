@@ -377,7 +377,7 @@ TEST(ConfigErrors, CoalesceSettingsAreCrossChecked) {
     EXPECT_TRUE(has_error(errs, f, 31, 15, "routes[1].coalesce.request.path", "must start with \"/\""));
     EXPECT_TRUE(has_error(errs, f, 33, 9, "routes[1].coalesce.request.query_param", "only used with query_list / query_repeat"));
     EXPECT_TRUE(has_error(errs, f, 35, 14, "routes[1].coalesce.response.key", "bad JSON pointer \"/id~2\""));
-    EXPECT_TRUE(has_error(errs, f, 36, 25, "routes[1].coalesce.response.missing_status", "must be between 100 and 599, got 600"));
+    EXPECT_TRUE(has_error(errs, f, 36, 25, "routes[1].coalesce.response.missing_status", "must be between 200 and 599, got 600"));
     // routes[2] / [3]: coalesce block and mode must agree.
     EXPECT_TRUE(has_error(errs, f, 41, 5, "routes[2].coalesce", "coalesce settings given but mode is passthrough"));
     EXPECT_TRUE(has_error(errs, f, 43, 5, "routes[3].coalesce", "required key is missing for mode: coalesce"));
@@ -700,7 +700,7 @@ TEST(ConfigInline, StatusMapValues) {
         status_map: {ok: 99, bad: "x", fine: 204}
 )"));
     EXPECT_EQ(errs.size(), 2u) << dump(errs);
-    EXPECT_TRUE(has_error(errs, "routes[0].coalesce.response.status_map.ok", "must be between 100 and 599, got 99"));
+    EXPECT_TRUE(has_error(errs, "routes[0].coalesce.response.status_map.ok", "must be between 200 and 599, got 99"));
     EXPECT_TRUE(has_error(errs, "routes[0].coalesce.response.status_map.bad", "expected a whole number"));
 }
 
@@ -1058,15 +1058,15 @@ TEST(ConfigErrors, WriteResponseLists) {
     const auto f = data("bad_write_response.yaml");
     EXPECT_EQ(errors_of_file(f), with_file(f, {
         "12:9: routes[0].coalesce.response.items: give either lists or the single-list keys, not both (move items into an entry of lists)",
-        "14:49: routes[0].coalesce.response.lists[0].status: must be between 100 and 599, got 99",
+        "14:49: routes[0].coalesce.response.lists[0].status: must be between 200 and 599, got 99",
         "15:35: routes[0].coalesce.response.lists[1].key: must list at least one JSON pointer",
         "15:39: routes[0].coalesce.response.lists[1].status: give either a fixed status or status_code / status_field, not both",
-        "16:74: routes[0].coalesce.response.lists[2].status_map.ok: must be between 100 and 599, got 600",
+        "16:74: routes[0].coalesce.response.lists[2].status_map.ok: must be between 200 and 599, got 600",
         "16:93: routes[0].coalesce.response.lists[2].body_value: give either body or body_value, not both",
         "17:27: routes[0].coalesce.response.lists[3].by_position: by_position needs exactly one result list",
         "18:26: routes[0].coalesce.response.success_status.created: \"created\" is not an HTTP method (expected one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS)",
         "18:40: routes[0].coalesce.response.success_status.PUT: \"PUT\" is not a method this route matches (methods: POST)",
-        "18:56: routes[0].coalesce.response.success_status.POST: must be between 100 and 599, got 1000",
+        "18:56: routes[0].coalesce.response.success_status.POST: must be between 200 and 599, got 1000",
         "26:25: routes[1].coalesce.response.lists: expected a non-empty list of result lists, got an empty list",
         "26:29: routes[1].coalesce.response.status_map: give either lists or the single-list keys, not both (move status_map into an entry of lists)",
     }));
