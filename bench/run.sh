@@ -275,7 +275,7 @@ routes:
     upstream: mock
 EOF
 
-users_route() {  # users_route MAX_WAIT MAX_ITEMS MAX_WAITING
+users_route() {  # users_route MAX_WAIT MAX_ITEMS MAX_WAITING [MAX_BATCH_BYTES]
     cat <<EOF
   - name: users
     match: {method: GET, path: "/users/{id}"}
@@ -286,6 +286,7 @@ users_route() {  # users_route MAX_WAIT MAX_ITEMS MAX_WAITING
       max_wait: $1
       max_batch_items: $2
       max_waiting: $3
+      max_batch_bytes: ${4:-6KiB}
       request: {method: GET, path: /users, encoding: query_list, query_param: ids}
       response: {items: "", key: /id}
 EOF
@@ -310,7 +311,7 @@ upstreams:
   mock:
     url: http://127.0.0.1:$P_MOCK
 routes:
-$(users_route 30s 10000 20000)
+$(users_route 30s 10000 20000 1MiB)
 EOF
 
 # nginx runs with access_log off; turn batchgate's access log off too where the config allows it

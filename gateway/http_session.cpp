@@ -15,6 +15,7 @@
 #include "coalescer/batcher.hpp"
 #include "gateway/dispatcher.hpp"
 #include "gateway/log.hpp"
+#include "gateway/wire.hpp"
 
 namespace batchgate::gateway {
 
@@ -45,7 +46,7 @@ std::string request_id_for(const request_t& req) {
 
 class http_session : public drainable, public std::enable_shared_from_this<http_session> {
 public:
-    http_session(tcp::socket socket, listener_role role, std::shared_ptr<shared_state> state)
+    http_session(socket_t socket, listener_role role, std::shared_ptr<shared_state> state)
         : stream_(std::move(socket)), role_(role), state_(std::move(state)), deadline_(stream_.get_executor()) {
         state_->metrics.open_connections().Increment();
         beast::error_code ec;
@@ -225,8 +226,9 @@ private:
         if (role_ == listener_role::traffic) res.set("X-Request-Id", request_id_);
         response_ = std::move(res);
         stream_.expires_after(runtime_->config->limits.idle_timeout);
-        http::async_write(stream_, *response_,
-                          [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_write(ec); });
+        // One head buffer plus the body in place: a single writev, no per-field buffers.
+        net::async_write(stream_, wire::buffers(head_, *response_),
+                         [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_write(ec); });
     }
 
     void access_log(int status, clock_type::duration elapsed) {
@@ -268,7 +270,7 @@ private:
         stream_.close();
     }
 
-    beast::tcp_stream stream_;
+    stream_t stream_;
     listener_role role_;
     std::shared_ptr<shared_state> state_;
     std::shared_ptr<const runtime> runtime_;  // the snapshot this request was routed with
@@ -276,7 +278,8 @@ private:
     std::optional<http::request_parser<http::string_body>> parser_;
     request_t request_;
     std::optional<response_t> response_;
-    net::steady_timer deadline_;
+    std::string head_;  // serialized status line and fields of response_
+    net::basic_waitable_timer<clock_type, net::wait_traits<clock_type>, strand_t> deadline_;
     std::string client_ip_;
     std::string request_id_;
     std::string method_;
@@ -293,7 +296,7 @@ private:
 
 }  // namespace
 
-void start_session(tcp::socket socket, listener_role role, std::shared_ptr<shared_state> state) {
+void start_session(socket_t socket, listener_role role, std::shared_ptr<shared_state> state) {
     std::make_shared<http_session>(std::move(socket), role, std::move(state))->run();
 }
 

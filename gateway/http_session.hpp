@@ -9,9 +9,10 @@
 
 #include "gateway/listener.hpp"
 #include "gateway/shared_state.hpp"
+#include "gateway/wire.hpp"
 
 namespace batchgate::gateway {
 
-void start_session(boost::asio::ip::tcp::socket socket, listener_role role, std::shared_ptr<shared_state> state);
+void start_session(socket_t socket, listener_role role, std::shared_ptr<shared_state> state);
 
 }  // namespace batchgate::gateway

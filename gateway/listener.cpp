@@ -47,8 +47,8 @@ void listener::stop() {
 
 void listener::do_accept() {
     // Each connection gets its own strand, so its handlers never run concurrently.
-    acceptor_.async_accept(net::make_strand(ioc_), [self = shared_from_this()](boost::system::error_code ec,
-                                                                              tcp::socket socket) {
+    acceptor_.async_accept(strand_t(ioc_.get_executor()), [self = shared_from_this()](boost::system::error_code ec,
+                                                                                      socket_t socket) {
         if (ec == net::error::operation_aborted || !self->acceptor_.is_open()) return;
         if (ec) {
             std::cerr << "{\"level\":\"warn\",\"msg\":\"accept failed\",\"error\":\"" << ec.message() << "\"}\n";

@@ -7,16 +7,20 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
+#include "gateway/wire.hpp"
+
 namespace batchgate::gateway {
 
 namespace net = boost::asio;
 namespace beast = boost::beast;
 using tcp = net::ip::tcp;
 using clock_type = std::chrono::steady_clock;
+using wait_timer = net::basic_waitable_timer<clock_type, net::wait_traits<clock_type>, strand_t>;
+using resolver_t = net::ip::basic_resolver<tcp, strand_t>;
 
 struct upstream_pool::connection {
-    explicit connection(net::any_io_executor ex) : stream(net::make_strand(ex)) {}
-    beast::tcp_stream stream;
+    explicit connection(const net::io_context::executor_type& ex) : stream(strand_t(ex)) {}
+    stream_t stream;
     beast::flat_buffer buffer;
 };
 
@@ -36,7 +40,7 @@ public:
     // Queued: give up at the deadline unless a connection arrives first. Only queued calls
     // pay for a timer.
     void wait_in_queue() {
-        queue_timer_ = std::make_unique<net::steady_timer>(net::make_strand(pool_->executor_));
+        queue_timer_ = std::make_unique<wait_timer>(strand_t(pool_->executor_));
         queue_timer_->expires_at(deadline_);
         queue_timer_->async_wait([self = shared_from_this()](beast::error_code ec) {
             if (ec) return;
@@ -79,23 +83,23 @@ private:
         beast::error_code literal;
         auto address = net::ip::make_address(s.host, literal);
         if (!literal)  // an IP address needs no resolver
-            return on_resolve({}, tcp::resolver::results_type::create(tcp::endpoint(address, s.port), s.host,
+            return on_resolve({}, resolver_t::results_type::create(tcp::endpoint(address, s.port), s.host,
                                                                       std::to_string(s.port)));
-        resolver_ = std::make_unique<tcp::resolver>(conn_->stream.get_executor());
+        resolver_ = std::make_unique<resolver_t>(conn_->stream.get_executor());
         // A resolver that hangs must not hold the slot past the connect budget.
-        resolve_timer_ = std::make_unique<net::steady_timer>(conn_->stream.get_executor());
+        resolve_timer_ = std::make_unique<wait_timer>(conn_->stream.get_executor());
         resolve_timer_->expires_after(std::min<clock_type::duration>(remaining(), s.connect_timeout));
         resolve_timer_->async_wait([self = shared_from_this()](beast::error_code ec) {
             if (!ec && self->resolver_) self->resolver_->cancel();
         });
         resolver_->async_resolve(s.host, std::to_string(s.port),
-                                 [self = shared_from_this()](beast::error_code ec, tcp::resolver::results_type r) {
+                                 [self = shared_from_this()](beast::error_code ec, resolver_t::results_type r) {
                                      self->resolve_timer_->cancel();
                                      self->on_resolve(ec, std::move(r));
                                  });
     }
 
-    void on_resolve(beast::error_code ec, tcp::resolver::results_type results) {
+    void on_resolve(beast::error_code ec, resolver_t::results_type results) {
         if (ec == net::error::operation_aborted)
             return fail(upstream_failure::connect_failed, "resolving the upstream host timed out");
         if (ec) return fail(upstream_failure::connect_failed, "cannot resolve upstream host: " + ec.message());
@@ -117,9 +121,9 @@ private:
 
     void do_write() {
         conn_->stream.expires_after(remaining());
-        http::async_write(conn_->stream, req_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
-            self->on_write(ec);
-        });
+        // One head buffer plus the body in place: a single writev, no per-field buffers.
+        net::async_write(conn_->stream, wire::buffers(head_, req_),
+                         [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_write(ec); });
     }
 
     void on_write(beast::error_code ec) {
@@ -221,16 +225,17 @@ private:
     clock_type::time_point start_;
     clock_type::time_point deadline_;
     handler done_;
-    std::unique_ptr<net::steady_timer> queue_timer_;  // only while queued for a connection
+    std::string head_;  // serialized request line and fields of req_
+    std::unique_ptr<wait_timer> queue_timer_;  // only while queued for a connection
     std::unique_ptr<connection> conn_;
-    std::unique_ptr<tcp::resolver> resolver_;
-    std::unique_ptr<net::steady_timer> resolve_timer_;
+    std::unique_ptr<resolver_t> resolver_;
+    std::unique_ptr<wait_timer> resolve_timer_;
     std::optional<http::response_parser<http::string_body>> parser_;
     bool reused_ = false;
     bool retried_ = false;
 };
 
-upstream_pool::upstream_pool(net::any_io_executor executor, config::upstream_settings settings)
+upstream_pool::upstream_pool(net::io_context::executor_type executor, config::upstream_settings settings)
     : executor_(std::move(executor)), settings_(std::move(settings)) {}
 
 upstream_pool::~upstream_pool() = default;

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/http/string_body.hpp>
 
@@ -43,7 +43,7 @@ class upstream_pool : public std::enable_shared_from_this<upstream_pool> {
 public:
     using handler = std::function<void(upstream_result)>;
 
-    upstream_pool(boost::asio::any_io_executor executor, config::upstream_settings settings);
+    upstream_pool(boost::asio::io_context::executor_type executor, config::upstream_settings settings);
     ~upstream_pool();
     upstream_pool(const upstream_pool&) = delete;
     upstream_pool& operator=(const upstream_pool&) = delete;
@@ -69,7 +69,7 @@ private:
     // A queued call gave up; false when it was already handed a slot.
     bool forget(const call* c);
 
-    boost::asio::any_io_executor executor_;
+    boost::asio::io_context::executor_type executor_;
     config::upstream_settings settings_;
     std::mutex mutex_;
     std::vector<std::unique_ptr<connection>> idle_;

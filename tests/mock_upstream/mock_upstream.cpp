@@ -428,6 +428,8 @@ class session : public std::enable_shared_from_this<session> {
   void do_read() {
     parser_.emplace();
     parser_->body_limit(body_limit);
+    // Batch calls with thousands of ids in the query string (the benchmark's drain flush).
+    parser_->header_limit(1024 * 1024);
     http::async_read(stream_, buffer_, *parser_,
                      [self = shared_from_this()](beast::error_code ec, std::size_t) {
                        self->on_read(ec);
