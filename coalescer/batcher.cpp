@@ -79,13 +79,15 @@ void batcher::submit(submission s) {
 }
 
 void batcher::on_submit(submission s) {
+    // Callers whose deadline passed while their batch queued for a slot no longer count.
+    if (window_.waiting() + queued_callers_ >= route_.coalesce.max_waiting) shed_all_expired();
     if (window_.waiting() + queued_callers_ >= route_.coalesce.max_waiting) {
         metrics_.rejected->Increment();
         reply r;
         r.status = http_status(gateway_error::overloaded);
         r.body = error_body(gateway_error::overloaded, "too many callers waiting on this route", route_.name);
         r.headers.emplace_back("Retry-After", "1");
-        s.done(std::move(r));
+        call_safely(s.done, std::move(r));
         return;
     }
     const auto now = clock_type::now();
@@ -162,6 +164,10 @@ void batcher::pump() {
         }
         pending p = std::move(*it);
         it = ready_.erase(it);
+        if (shed_expired(p)) {  // nobody is waiting for this batch any more
+            it = ready_.begin();
+            continue;
+        }
         send(std::move(p));
         it = ready_.begin();  // send() may not touch ready_, but restart to keep the scan simple
     }
@@ -175,12 +181,20 @@ void batcher::send(pending p) {
     keys.reserve(p.b.items.size());
     items.reserve(p.b.items.size());
     std::string traceparent;
+    auto latest = clock_type::now();
     for (const auto& item : p.b.items) {
         keys.push_back(item.key);
         items.push_back(item.payload.is_null() ? nlohmann::json(item.key) : item.payload);
-        for (const auto& w : item.waiters)
+        for (const auto& w : item.waiters) {
             if (traceparent.empty()) traceparent = w.traceparent;
+            latest = std::max(latest, w.deadline);
+        }
     }
+    // No point waiting for the upstream after the last caller stopped waiting.
+    const auto budget = std::max<std::chrono::milliseconds>(
+        std::chrono::milliseconds(1),
+        std::min(upstream_->settings().request_timeout,
+                 std::chrono::ceil<std::chrono::milliseconds>(latest - clock_type::now())));
     outgoing_request out = build_batch_request(route_.coalesce, p.b.values, keys, items);
 
     gateway::upstream_request req;
@@ -195,7 +209,7 @@ void batcher::send(pending p) {
     req.body() = std::move(out.body);
 
     upstream_->async_send(
-        std::move(req), upstream_->settings().request_timeout,
+        std::move(req), budget,
         [self = shared_from_this(), p = std::move(p), batch_id](gateway::upstream_result r) mutable {
             // Back onto the strand: the window, queue and counters are strand-owned.
             net::post(self->strand_, [self, p = std::move(p), batch_id = std::move(batch_id),
@@ -380,8 +394,55 @@ void batcher::deliver_split(pending& p, const std::string& body, const reply& pr
 
 void batcher::answer(waiter& w, reply r) {
     --queued_callers_;
-    auto done = std::move(w.done);
-    done(std::move(r));
+    call_safely(w.done, std::move(r));
+}
+
+void batcher::call_safely(reply_handler& done, reply r) {
+    auto handler = std::move(done);
+    done = nullptr;
+    if (!handler) return;
+    // A caller's handler must never unwind through the batcher: the rest of the batch and
+    // the route's in-flight count depend on this loop finishing.
+    try {
+        handler(std::move(r));
+    } catch (const std::exception& e) {
+        gateway::log_line("error", "a caller's completion failed", {{"route", route_.name}, {"error", e.what()}});
+    } catch (...) {
+        gateway::log_line("error", "a caller's completion failed", {{"route", route_.name}});
+    }
+}
+
+bool batcher::shed_expired(pending& p) {
+    const auto now = clock_type::now();
+    auto& items = p.b.items;
+    for (auto& item : items) {
+        auto& ws = item.waiters;
+        for (auto it = ws.begin(); it != ws.end();) {
+            if (it->deadline > now) {
+                ++it;
+                continue;
+            }
+            reply r;
+            r.status = http_status(gateway_error::upstream_timeout);
+            r.body = error_body(gateway_error::upstream_timeout,
+                                "the caller's deadline passed while its batch waited for a free upstream slot",
+                                route_.name);
+            answer(*it, std::move(r));
+            it = ws.erase(it);
+        }
+    }
+    items.erase(std::remove_if(items.begin(), items.end(), [](const auto& i) { return i.waiters.empty(); }),
+                items.end());
+    return items.empty();
+}
+
+void batcher::shed_all_expired() {
+    for (auto it = ready_.begin(); it != ready_.end();) {
+        if (shed_expired(*it))
+            it = ready_.erase(it);
+        else
+            ++it;
+    }
 }
 
 void batcher::answer_all(pending& p, const reply& proto) {

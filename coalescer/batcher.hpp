@@ -96,6 +96,10 @@ private:
     void isolate(pending p);
     void deliver_split(pending& p, const std::string& body, const reply& proto);
     void answer(waiter& w, reply r);
+    void call_safely(reply_handler& done, reply r);
+    // Answers (504) and drops the waiters whose deadline passed; true when none is left.
+    bool shed_expired(pending& p);
+    void shed_all_expired();
     void answer_all(pending& p, const reply& proto);
     void update_waiting_gauge();
 

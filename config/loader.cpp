@@ -1153,7 +1153,16 @@ void load_request(context& ctx, const field& f, batch_request_settings& out, con
         if (auto list = read_string_list(ctx, *x))
             for (const auto& [name, mark] : *list) {
                 if (!is_token(name)) ctx.add(mark, x->path, "bad header name " + quote(name));
-                out.forward_headers.push_back(to_lower(name));
+                const std::string lower = to_lower(name);
+                // One batch call carries one value for all its callers: only a header they
+                // all share (a partition header) may go on it.
+                const bool shared = std::find(part.headers.begin(), part.headers.end(), lower) != part.headers.end() ||
+                                    (part.credentials && (lower == "authorization" || lower == "cookie"));
+                if (!shared)
+                    ctx.add(mark, x->path,
+                            quote(name) + " is not in partition.headers: callers with different values would "
+                                          "share one batch call (add it there; partition headers are forwarded anyway)");
+                out.forward_headers.push_back(lower);
             }
     }
 }
@@ -1364,6 +1373,7 @@ void load_coalesce(context& ctx, const field& f, coalesce_settings& out, const r
         if (auto v = read_count(ctx, *x, 1)) out.max_waiting = *v;
     const field* request = m.required("request");
     if (request) load_request(ctx, *request, out.request, out.partition, shape);
+
     if (auto* x = m.required("response")) load_response(ctx, *x, out.response, shape);
     if (auto* x = m.get("on_batch_error"))
         if (auto v = read_enum<batch_error_policy>(ctx, *x, "on_batch_error",

@@ -3,7 +3,13 @@
 #include "fanout/engine.hpp"
 
 #include <algorithm>
+#include <mutex>
+#include <optional>
 #include <vector>
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
 
 #include <boost/beast/core/string.hpp>
 #include <boost/beast/http.hpp>
@@ -46,6 +52,7 @@ public:
           metrics_(state_->metrics.fanout(route_.name)),
           entries_(requests_.size()),
           statuses_(requests_.size(), 0),
+          timer_(boost::asio::make_strand(state_->executor)),
           runner_(plan(requests_), route_.batch_envelope.concurrency,
                   // Raw this: the runner is a member, and every hook runs while a holder of
                   // shared_from_this() (start() or a sub-request's completion) is on the stack.
@@ -55,6 +62,11 @@ public:
         auto self = shared_from_this();
         metrics_.calls->Increment();
         metrics_.items->Observe(static_cast<double>(requests_.size()));
+        // At the deadline the call is answered with what has finished; the rest get 504.
+        timer_.expires_at(deadline_);
+        timer_.async_wait([self](boost::system::error_code ec) {
+            if (!ec) self->on_deadline();
+        });
         runner_.run();
     }
 
@@ -83,6 +95,26 @@ private:
         for (const auto& [name, value] : r.headers) header_bytes += name.size() + value.size() + 4;
         if (header_bytes > header_limit)  // also keeps Beast's 64 KiB field limit from throwing
             return reject(i, 431, "headers_too_large", "the sub-request's headers exceed limits.max_header");
+        request_t sub;
+        try {
+            sub = build_sub_request(r);
+        } catch (const std::exception& e) {
+            // Beast refuses some shapes (a TRACE with a body, say): this entry only.
+            return reject(i, 400, "bad_request", std::string("cannot build the sub-request: ") + e.what());
+        }
+        gateway::request_context ctx;
+        ctx.client_ip = ctx_.client_ip;
+        ctx.request_id = ctx_.request_id;
+        ctx.traceparent = ctx_.traceparent;
+        ctx.deadline = deadline_;
+        ctx.depth = ctx_.depth + 1;
+        gateway::dispatch(state_, rt_, std::move(sub), std::move(ctx),
+                          [self = shared_from_this(), i](response_t res, gateway::dispatch_info) {
+                              self->on_response(i, std::move(res));
+                          });
+    }
+
+    request_t build_sub_request(const sub_request& r) {
         request_t sub{http::string_to_verb(r.method), r.url, 11};
         if (sub.method() == http::verb::unknown) sub.method_string(r.method);
         for (const auto& [name, value] : r.headers)
@@ -97,16 +129,7 @@ private:
             sub.body() = std::move(bytes);
             sub.prepare_payload();
         }
-        gateway::request_context ctx;
-        ctx.client_ip = ctx_.client_ip;
-        ctx.request_id = ctx_.request_id;
-        ctx.traceparent = ctx_.traceparent;
-        ctx.deadline = deadline_;
-        ctx.depth = ctx_.depth + 1;
-        gateway::dispatch(state_, rt_, std::move(sub), std::move(ctx),
-                          [self = shared_from_this(), i](response_t res, gateway::dispatch_info) {
-                              self->on_response(i, std::move(res));
-                          });
+        return sub;
     }
 
     void on_response(std::size_t i, response_t res) {
@@ -119,23 +142,32 @@ private:
         if (status == 504) metrics_.timeout->Increment();
         else if (status >= 200 && status < 300) metrics_.success->Increment();
         else metrics_.error->Increment();
-        // Each index is written once, before finish(); answer() reads after the runner's lock.
-        entries_[i] = response_entry(requests_[i].id, status, headers, type, res.body());
-        statuses_[i] = status;
+        {
+            std::lock_guard lock(mutex_);
+            if (answered_) return;  // the deadline answered the call already
+            entries_[i] = response_entry(requests_[i].id, status, headers, type, res.body());
+            statuses_[i] = status;
+        }
         runner_.finish(i, status);
     }
 
     // Answered by the gateway without dispatching (bad URL, deadline passed).
     void reject(std::size_t i, int status, std::string_view code, const std::string& message) {
         (status == 504 ? metrics_.skipped : metrics_.error)->Increment();
-        entries_[i] = error_entry(requests_[i].id, status, code, message);
-        statuses_[i] = status;
+        {
+            std::lock_guard lock(mutex_);
+            if (answered_) return;
+            entries_[i] = error_entry(requests_[i].id, status, code, message);
+            statuses_[i] = status;
+        }
         runner_.finish(i, status);
     }
 
     // A dependency did not succeed: 424, naming it.
     void skip(std::size_t i) {
         metrics_.skipped->Increment();
+        std::lock_guard lock(mutex_);
+        if (answered_) return;
         std::string failed;
         for (std::size_t d : requests_[i].depends_on)
             if (statuses_[d] < 200 || statuses_[d] >= 300) {
@@ -149,11 +181,35 @@ private:
 
     void answer() {
         response_t res{http::status::ok, req_.version()};
+        {
+            std::lock_guard lock(mutex_);
+            if (answered_) return;
+            answered_ = true;
+            res.body() = json{{"responses", std::move(entries_)}}.dump(-1, ' ', false, json::error_handler_t::replace);
+        }
+        // Stop the deadline timer on its own strand; it holds this call alive until then.
+        boost::asio::post(timer_.get_executor(), [self = shared_from_this()] { self->timer_.cancel(); });
         res.set(http::field::content_type, "application/json");
-        res.body() = json{{"responses", std::move(entries_)}}.dump(-1, ' ', false, json::error_handler_t::replace);
         res.prepare_payload();
         auto done = std::move(done_);
         done(std::move(res), {});
+    }
+
+    // The call's deadline passed with sub-requests still out (a coalesced one can wait on a
+    // batch that other callers keep open longer): answer now, those entries 504.
+    void on_deadline() {
+        {
+            std::lock_guard lock(mutex_);
+            if (answered_) return;
+            for (std::size_t i = 0; i < entries_.size(); ++i) {
+                if (statuses_[i] != 0) continue;
+                entries_[i] = error_entry(requests_[i].id, 504, "upstream_timeout",
+                                          "no answer before the $batch call's deadline");
+                statuses_[i] = 504;
+                metrics_.timeout->Increment();
+            }
+        }
+        answer();
     }
 
     std::shared_ptr<gateway::shared_state> state_;
@@ -165,8 +221,11 @@ private:
     std::vector<sub_request> requests_;
     clock_type::time_point deadline_;
     metrics::fanout_metrics& metrics_;
+    std::mutex mutex_;  // entries_, statuses_ and answered_: completions arrive on any thread
     std::vector<json> entries_;
-    std::vector<int> statuses_;
+    std::vector<int> statuses_;  // 0 = not finished yet
+    bool answered_ = false;
+    boost::asio::steady_timer timer_;
     plan_runner runner_;
 };
 

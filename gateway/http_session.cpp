@@ -94,6 +94,7 @@ private:
         route_name_.clear();
         route_metrics_ = nullptr;
         info_ = {};
+        head_request_ = false;
         state_->active_requests.fetch_add(1);
     }
 
@@ -124,6 +125,7 @@ private:
         version_ = request_.version();
         request_id_ = request_id_for(request_);
         begin_request();
+        head_request_ = request_.method() == http::verb::head;
         stream_.expires_never();
         if (role_ == listener_role::admin) return handle_admin();
         handle_traffic();
@@ -227,7 +229,8 @@ private:
         response_ = std::move(res);
         stream_.expires_after(runtime_->config->limits.idle_timeout);
         // One head buffer plus the body in place: a single writev, no per-field buffers.
-        net::async_write(stream_, wire::buffers(head_, *response_),
+        // A HEAD answer keeps its Content-Length but never carries the body.
+        net::async_write(stream_, wire::buffers(head_, *response_, !head_request_),
                          [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_write(ec); });
     }
 
@@ -292,6 +295,7 @@ private:
     unsigned version_ = 11;
     bool answered_ = false;
     bool keep_alive_ = true;
+    bool head_request_ = false;
 };
 
 }  // namespace

@@ -36,7 +36,7 @@ struct server::impl {
           work(net::make_work_guard(ioc)),
           drain_timer(control),
           signals(control) {
-        state = std::make_shared<shared_state>(metrics);
+        state = std::make_shared<shared_state>(metrics, ioc.get_executor());
     }
 
     std::shared_ptr<const runtime> build_runtime(std::shared_ptr<const config::gateway_config> c) {

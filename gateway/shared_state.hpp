@@ -10,6 +10,8 @@
 #include <string>
 #include <unordered_map>
 
+#include <boost/asio/io_context.hpp>
+
 #include "coalescer/batcher.hpp"
 #include "config/config.hpp"
 #include "gateway/upstream_pool.hpp"
@@ -44,7 +46,7 @@ public:
 };
 
 struct shared_state {
-    explicit shared_state(metrics::registry& m) : metrics(m) {}
+    shared_state(metrics::registry& m, boost::asio::io_context::executor_type ex) : metrics(m), executor(ex) {}
 
     // Connections register once when they start and leave in their destructor.
     void track(const std::shared_ptr<drainable>& c) {
@@ -67,6 +69,7 @@ struct shared_state {
     void replace(std::shared_ptr<const runtime> next) { std::atomic_store(&runtime_, std::move(next)); }
 
     metrics::registry& metrics;
+    boost::asio::io_context::executor_type executor;  // for timers of work that has no connection
     std::atomic<bool> draining{false};
     std::atomic<bool> ready{false};
     std::atomic<std::size_t> active_requests{0};  // read, not yet answered

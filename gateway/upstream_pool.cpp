@@ -1,6 +1,11 @@
 #include "gateway/upstream_pool.hpp"
 
+#include <sys/socket.h>
+
+#include <cerrno>
+
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
@@ -22,7 +27,32 @@ struct upstream_pool::connection {
     explicit connection(const net::io_context::executor_type& ex) : stream(strand_t(ex)) {}
     stream_t stream;
     beast::flat_buffer buffer;
+    clock_type::time_point idle_since{};
 };
+
+namespace {
+
+// An idle keep-alive connection the upstream has closed (or that holds stray bytes) must not
+// carry the next request: a POST batch on it would fail for every caller. A connection idle
+// for a moment is checked with a non-blocking peek; one just handed back is trusted.
+bool still_usable(upstream_pool::connection& c, clock_type::time_point now) {
+    if (now - c.idle_since < std::chrono::milliseconds(100)) return true;
+    char byte;
+    const auto n = ::recv(c.stream.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+// Closes a connection on its own strand, where a stale timer handler may still be queued.
+void discard(std::unique_ptr<upstream_pool::connection> c) {
+    auto* raw = c.release();
+    net::post(raw->stream.get_executor(), [raw] {
+        beast::error_code ignored;
+        raw->stream.socket().close(ignored);
+        delete raw;
+    });
+}
+
+}  // namespace
 
 // One request/response exchange. Lives while an async operation holds shared_from_this().
 class upstream_pool::call : public std::enable_shared_from_this<upstream_pool::call> {
@@ -55,7 +85,11 @@ public:
             // Stop the queue timer on its own strand so it does not keep this call alive.
             net::post(queue_timer_->get_executor(), [self = shared_from_this()] { self->queue_timer_->cancel(); });
         }
-        begin(std::move(conn));
+        if (!conn) return begin(nullptr);  // a new connection: nothing else can touch it yet
+        // A pooled connection's stale timer handler may still be queued on its strand: start
+        // the next exchange there (inline when the previous call is handing it over).
+        auto ex = conn->stream.get_executor();
+        net::dispatch(ex, [self = shared_from_this(), conn = std::move(conn)]() mutable { self->begin(std::move(conn)); });
     }
 
 private:
@@ -252,11 +286,16 @@ void upstream_pool::async_send(upstream_request req, std::chrono::milliseconds t
 
 void upstream_pool::acquire(const std::shared_ptr<call>& c) {
     std::unique_ptr<connection> conn;
+    std::vector<std::unique_ptr<connection>> dead;
     {
         std::lock_guard lock(mutex_);
-        if (!idle_.empty()) {
+        const auto now = clock_type::now();
+        while (!idle_.empty() && !conn) {
             conn = std::move(idle_.back());
             idle_.pop_back();
+            if (!still_usable(*conn, now)) dead.push_back(std::move(conn));
+        }
+        if (conn) {
             ++active_;
         } else if (active_ < settings_.max_connections) {
             ++active_;
@@ -266,6 +305,7 @@ void upstream_pool::acquire(const std::shared_ptr<call>& c) {
             return;
         }
     }
+    for (auto& d : dead) discard(std::move(d));
     c->use(std::move(conn));
 }
 
@@ -278,7 +318,10 @@ void upstream_pool::release(std::unique_ptr<connection> conn) {
             waiting_.pop_front();
         } else {
             --active_;
-            if (conn) idle_.push_back(std::move(conn));
+            if (conn) {
+                conn->idle_since = clock_type::now();
+                idle_.push_back(std::move(conn));
+            }
             return;
         }
     }
@@ -303,15 +346,7 @@ void upstream_pool::close_idle() {
         std::lock_guard lock(mutex_);
         idle.swap(idle_);
     }
-    for (auto& c : idle) {
-        // Close on the connection's own strand.
-        auto* raw = c.release();
-        net::post(raw->stream.get_executor(), [raw] {
-            beast::error_code ignored;
-            raw->stream.socket().close(ignored);
-            delete raw;
-        });
-    }
+    for (auto& c : idle) discard(std::move(c));
 }
 
 }  // namespace batchgate::gateway

@@ -57,8 +57,9 @@ public:
 
     const config::upstream_settings& settings() const { return settings_; }
 
+    struct connection;  // one keep-alive connection (defined in the .cpp)
+
 private:
-    struct connection;
     class call;
     friend class call;
 

@@ -434,9 +434,12 @@ item_outcome outcome_of(const compiled_list& c, std::string_view route, const js
         status = l.status;
     } else {
         std::optional<int> from_code;
-        if (c.status_code)
-            if (const json* v = c.status_code->find(item)) from_code = status_code_of(*v);
+        const json* code_value = c.status_code ? c.status_code->find(item) : nullptr;
+        if (code_value) from_code = status_code_of(*code_value);
         const json* status_value = c.status_field ? c.status_field->find(item) : nullptr;
+        if (!from_code && code_value && !code_value->is_null() && !status_value)
+            // Never fail open: an item whose status cannot be read is not a success.
+            return item_error(502, "upstream reported invalid item status code " + dump(*code_value), route);
         if (from_code) {
             status = *from_code;
         } else if (status_value) {
@@ -553,6 +556,12 @@ key_result extract_key(const config::coalesce_settings& settings, const caller_r
             break;
         }
     }
+    // In "ids=1,2,7" a key holding the separator would read upstream as several keys and
+    // shift every answer matched by position: refuse it here, for this caller only.
+    const auto& rq = settings.request;
+    if (rq.encoding == config::batch_encoding::query_list && !rq.separator.empty() &&
+        key->find(rq.separator) != std::string::npos)
+        return fail("item key " + quoted(*key) + " contains the batch list separator " + quoted(rq.separator));
     return key_result{std::move(key), {}};
 }
 

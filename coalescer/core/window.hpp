@@ -152,6 +152,12 @@ private:
                 item& existing = ob.b.items[idx->second];
                 switch (limits_.policy) {
                     case same_key::share:
+                        if (existing.payload != payload) {
+                            // Same key, different item (another ?fields=, say): not the same
+                            // answer, so it waits for the partition's next batch.
+                            ob.overflow.push_back({std::move(key), std::move(payload), cost, std::move(waiter)});
+                            return;
+                        }
                         ++deduplicated_;
                         break;
                     case same_key::last_write_wins:

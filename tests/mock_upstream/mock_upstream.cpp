@@ -430,6 +430,8 @@ class session : public std::enable_shared_from_this<session> {
     parser_->body_limit(body_limit);
     // Batch calls with thousands of ids in the query string (the benchmark's drain flush).
     parser_->header_limit(1024 * 1024);
+    // Like many servers (Node's 5 s keepAliveTimeout), close keep-alive connections left idle.
+    if (state_->options.idle_close.count() > 0) stream_.expires_after(state_->options.idle_close);
     http::async_read(stream_, buffer_, *parser_,
                      [self = shared_from_this()](beast::error_code ec, std::size_t) {
                        self->on_read(ec);
@@ -457,6 +459,7 @@ class session : public std::enable_shared_from_this<session> {
       return;
     }
     if (ec) return fail(ec, "read");
+    stream_.expires_never();
 
     req_ = parser_->release();
     state_->record(req_);

@@ -49,6 +49,8 @@ struct mock_options {
   // single PATCHes were handled within the last 100 ms (itself included). 0 = no limit.
   // (Batch limits are fixed: D 25 events / 64,000 bytes, E 100 operations / 10,000,000 bytes.)
   unsigned single_rate_limit = 0;
+  // A keep-alive connection with no new request for this long is closed. 0 = never.
+  std::chrono::milliseconds idle_close{0};
 };
 
 /// C: one ability of one character. Abilities start at 0/0 and exist once written.

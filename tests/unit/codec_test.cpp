@@ -108,8 +108,25 @@ TEST(ExtractKey, FromPathParam) {
     EXPECT_EQ(k.error, "path parameter \"id\" is missing");
 }
 
+// GET /users?ids=5%2C6,7 reads upstream as 5,6,7: a key holding the separator would shift
+// every answer matched by position, so that caller alone gets a 400.
+TEST(ExtractKey, QueryListKeyHoldingTheSeparatorIsRefused) {
+    fake_request r;
+    r.path_params = {{"id", "5,6"}};
+    auto k = extract_key(users_api(), r.view());
+    EXPECT_FALSE(k.key);
+    EXPECT_EQ(k.error, "item key \"5,6\" contains the batch list separator \",\"");
+    r.path_params = {{"id", "7"}};
+    EXPECT_TRUE(extract_key(users_api(), r.view()).key);
+    auto repeat = users_api();
+    repeat.request.encoding = batch_encoding::query_repeat;  // id=5%2C6&id=7 is unambiguous
+    r.path_params = {{"id", "5,6"}};
+    EXPECT_TRUE(extract_key(repeat, r.view()).key);
+}
+
 TEST(ExtractKey, FromQueryFirstOccurrenceDecoded) {
     auto s = users_api();
+    s.request.encoding = batch_encoding::query_repeat;
     s.key = {value_source::query, "id"};
     fake_request r;
     r.query = "x=1&id=a%2Cb+c&id=second";
@@ -601,6 +618,27 @@ TEST(SplitB, StatusFromMapWhenNoStatusCode) {
     EXPECT_EQ(out.items.at("a3").status, 202);
     EXPECT_EQ(out.items.at("a4").status, 500);  // status_code out of range: fall back to status
     EXPECT_EQ(error_json(out.items.at("a4"))["message"], "boom");
+}
+
+// An item whose status_code cannot be read is never taken for a success (fail closed).
+TEST(SplitB, UnreadableStatusCodeWithoutStatusFieldIs502) {
+    auto s = activities_api();
+    s.response.lists[0].status_field.clear();
+    auto out = split_batch_response(s, "activities", R"({"results":[
+        {"id":"a1","status_code":"404","data":{"id":"a1"}},
+        {"id":"a2","status_code":600,"data":{"id":"a2"}},
+        {"id":"a3","status_code":null,"data":{"id":"a3"}},
+        {"id":"a4","data":{"id":"a4"}},
+        {"id":"a5","status_code":404,"error":"not found"}]})",
+                                    {"a1", "a2", "a3", "a4", "a5"});
+    ASSERT_TRUE(out.error.empty()) << out.error;
+    EXPECT_EQ(out.items.at("a1").status, 502);
+    EXPECT_NE(error_json(out.items.at("a1"))["message"].get<std::string>().find("invalid item status code \"404\""),
+              std::string::npos);
+    EXPECT_EQ(out.items.at("a2").status, 502);
+    EXPECT_EQ(out.items.at("a3").status, 200);  // null: no status code given
+    EXPECT_EQ(out.items.at("a4").status, 200);
+    EXPECT_EQ(out.items.at("a5").status, 404);
 }
 
 TEST(SplitB, UnknownStatusStringIs502) {

@@ -202,7 +202,7 @@ TEST(ConfigLoad, FullFileQueryListRoute) {
     EXPECT_EQ(c.request.encoding, batch_encoding::query_list);
     EXPECT_EQ(c.request.query_param, "ids");
     EXPECT_EQ(c.request.separator, ";");
-    EXPECT_EQ(c.request.forward_headers, std::vector<std::string>{"x-trace-id"});
+    EXPECT_EQ(c.request.forward_headers, std::vector<std::string>{"x-tenant"});
     ASSERT_EQ(c.response.lists.size(), 1u);  // the single-list form is one result list
     EXPECT_EQ(c.response.lists[0].items, "/data");
     EXPECT_EQ(c.response.lists[0].key, std::vector<std::string>{"/id"});
@@ -719,16 +719,36 @@ TEST(ConfigInline, BoolsAndBodyDuplicates) {
     EXPECT_TRUE(has_error(errs, "routes[0].coalesce.response.by_position", "expected true or false"));
 }
 
+// A batch call has one value of each header for all its callers: forwarding a header that is
+// not part of the partition would hand one caller's value to the others.
+TEST(ConfigInline, ForwardedHeadersMustBePartitionHeaders) {
+    auto errs = errors_of(coalesce_route(R"(      key: {path: id}
+      partition: {headers: X-Tenant}
+      request: {path: /u, encoding: query_list, query_param: ids, forward_headers: [X-Tenant, X-User]}
+      response: {key: /id}
+)"));
+    ASSERT_EQ(errs.size(), 1u) << dump(errs);
+    EXPECT_TRUE(has_error(errs, "routes[0].coalesce.request.forward_headers", "\"X-User\" is not in partition.headers"))
+        << dump(errs);
+    errs = errors_of(coalesce_route(R"(      key: {path: id}
+      partition: {credentials: false}
+      request: {path: /u, encoding: query_list, query_param: ids, forward_headers: [Authorization]}
+      response: {key: /id}
+)"));
+    EXPECT_TRUE(has_error(errs, "routes[0].coalesce.request.forward_headers", "\"Authorization\" is not in partition.headers"))
+        << dump(errs);
+}
+
 TEST(ConfigInline, HeaderListsAreLowerCasedAndChecked) {
     const auto cfg = load_string(coalesce_route(R"(      key: {path: id}
-      partition: {headers: X-Tenant}
-      request: {path: /u, encoding: query_list, query_param: ids, forward_headers: [X-Request-Id, Traceparent]}
+      partition: {headers: [X-Tenant, Accept-Language]}
+      request: {path: /u, encoding: query_list, query_param: ids, forward_headers: [Accept-Language, Authorization]}
       response: {key: /id}
 )"),
                                  "t.yaml");
-    EXPECT_EQ(cfg.routes[0].coalesce.partition.headers, std::vector<std::string>{"x-tenant"});
+    EXPECT_EQ(cfg.routes[0].coalesce.partition.headers, (std::vector<std::string>{"x-tenant", "accept-language"}));
     EXPECT_EQ(cfg.routes[0].coalesce.request.forward_headers,
-              (std::vector<std::string>{"x-request-id", "traceparent"}));
+              (std::vector<std::string>{"accept-language", "authorization"}));
 
     const auto errs = errors_of(coalesce_route(R"(      key: {path: id}
       request: {path: /u, encoding: query_list, query_param: ids, forward_headers: [{a: b}]}

@@ -93,6 +93,33 @@ TEST(Window, DuplicateKeysShareOneItemAndAllWaitersAreKept) {
     EXPECT_EQ(closed[0].waiter_count(), 4u);
 }
 
+// Two readers of one key whose items differ (say ?fields=name and ?fields=email, both in the
+// item but not in the partition) must not get one answer: the second waits for the next batch.
+TEST(Window, SharedKeyWithADifferentItemWaitsForTheNextBatch) {
+    manual_clock clock;
+    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 5ms});
+    w.add(part("p"), "7", 1, 1, clock.now, nlohmann::json{{"id", "7"}, {"fields", "name"}});
+    w.add(part("p"), "7", 1, 2, clock.now, nlohmann::json{{"id", "7"}, {"fields", "email"}});
+    w.add(part("p"), "7", 1, 3, clock.now, nlohmann::json{{"id", "7"}, {"fields", "name"}});
+    w.add(part("p"), "8", 1, 4, clock.now, nlohmann::json{{"id", "8"}, {"fields", "email"}});
+    EXPECT_EQ(w.take_deduplicated(), 1u);  // only caller 3 had caller 1's item
+    EXPECT_EQ(w.waiting(), 4u);
+    clock.advance(5ms);
+    auto closed = w.expire(clock.now);
+    ASSERT_EQ(closed.size(), 1u);
+    ASSERT_EQ(closed[0].items.size(), 2u);
+    EXPECT_EQ(closed[0].items[0].waiters, (std::vector<int>{1, 3}));
+    EXPECT_EQ(closed[0].items[1].waiters, (std::vector<int>{4}));
+    // Caller 2 opened the partition's next batch, with its own item.
+    clock.advance(5ms);
+    auto next = w.expire(clock.now);
+    ASSERT_EQ(next.size(), 1u);
+    ASSERT_EQ(next[0].items.size(), 1u);
+    EXPECT_EQ(next[0].items[0].waiters, (std::vector<int>{2}));
+    EXPECT_EQ(next[0].items[0].payload["fields"], "email");
+    EXPECT_EQ(w.waiting(), 0u);
+}
+
 TEST(Window, PartitionsNeverShareABatch) {
     manual_clock clock;
     test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 5ms});

@@ -1,0 +1,191 @@
+// Failure modes a production proxy meets and a happy-path test never does: upstreams that drop
+// idle keep-alive connections, callers whose deadline passes while their batch queues, $batch
+// calls whose sub-requests outlive the envelope, sub-requests Beast refuses to build, and HEAD
+// answers on a kept-alive connection. Real sockets, real mock upstream.
+#include <chrono>
+#include <thread>
+
+#include "tests/integration/harness.hpp"
+
+using namespace batchgate::testing;
+using batchgate::mock::mock_options;
+using batchgate::mock::mock_upstream;
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+const char* yaml = R"(
+listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+worker_threads: 2
+upstreams:
+  api:
+    url: http://127.0.0.1:{{PORT}}
+    request_timeout: 5s
+routes:
+  - name: users
+    match: {method: [GET, HEAD], path: "/users/{id}"}
+    upstream: api
+    mode: coalesce
+    coalesce:
+      key: {path: id}
+      max_wait: {{WAIT}}
+      max_concurrent_batches: {{CONCURRENCY}}
+      request: {method: GET, path: /users, encoding: query_list, query_param: ids}
+      response: {items: "", key: /id}
+  - name: activities
+    match: {method: GET, path: "/api/v1/activities/{id}"}
+    upstream: api
+    mode: coalesce
+    coalesce:
+      key: {path: id}
+      max_wait: 2ms
+      request:
+        method: POST
+        path: /api/v1/batch/get
+        encoding: json_body
+        body: {resource_type: activities, ids: "{items}"}
+      response: {items: /results, key: /id, status: /status, status_map: {success: 200, error: 502},
+                 status_code: /status_code, body: /data, error: /error}
+  - name: batch
+    match: {method: POST, path: "/$batch"}
+    mode: batch_envelope
+    batch_envelope: {timeout: {{ENVELOPE_TIMEOUT}}}
+  - name: everything
+    match: {prefix: /}
+    upstream: api
+)";
+
+std::shared_ptr<const batchgate::config::gateway_config> config_for(unsigned short port,
+                                                                    std::map<std::string, std::string> values = {}) {
+    values.emplace("PORT", std::to_string(port));
+    values.emplace("WAIT", "2ms");
+    values.emplace("CONCURRENCY", "4");
+    values.emplace("ENVELOPE_TIMEOUT", "5s");
+    return load_yaml(fill(yaml, values));
+}
+
+// Polls a gauge until it reads `want` (bounded), for state the test cannot observe directly.
+bool wait_for_metric(running_gateway& gw, const std::string& series, double want) {
+    for (int i = 0; i < 300; ++i) {
+        if (gw.metric(series) == want) return true;
+        std::this_thread::sleep_for(10ms);
+    }
+    return false;
+}
+
+}  // namespace
+
+// Node closes keep-alive connections after 5 s idle, nginx after 75 s. A POST batch call is not
+// safe to repeat, so sent on such a connection it would fail for every caller of the batch:
+// the pool must notice the closed connection before it lends it out.
+TEST(Pool, UpstreamThatClosesIdleConnectionsNeverFailsAPostBatch) {
+    mock_options o;
+    o.idle_close = 50ms;
+    mock_upstream up(o);
+    running_gateway gw(config_for(up.port()));
+    auto first = get(gw.port(), "/api/v1/activities/a1");
+    ASSERT_EQ(first.status, 200) << first.body;
+    for (int round = 0; round < 3; ++round) {
+        // Real time on purpose: the upstream's idle timer runs on the wall clock.
+        std::this_thread::sleep_for(200ms);
+        auto r = get(gw.port(), "/api/v1/activities/a2");
+        ASSERT_EQ(r.status, 200) << "round " << round << ": " << r.body;
+        EXPECT_EQ(r.json()["id"], "a2");
+    }
+    EXPECT_EQ(up.count("POST", "/api/v1/batch/get"), 4u);
+}
+
+// A caller whose deadline passed while its batch waited behind max_concurrent_batches has
+// already been answered 504: its batch must not be sent afterwards (a write would be applied
+// with nobody told), and it must stop counting toward max_waiting. The $batch envelope, whose
+// sub-request is that caller, answers at its own deadline with what it has.
+TEST(Batcher, BatchWhoseCallersGaveUpInTheQueueIsNeverSent) {
+    mock_options o;
+    o.latency = 400ms;
+    mock_upstream up(o);
+    running_gateway gw(config_for(up.port(), {{"CONCURRENCY", "1"}, {"ENVELOPE_TIMEOUT", "100ms"}}));
+
+    std::thread alice([&] {
+        // Takes the route's only slot for 400 ms.
+        auto r = get(gw.port(), "/users/1", {{"Authorization", "Bearer alice"}});
+        EXPECT_EQ(r.status, 200) << r.body;
+    });
+    // Let alice's batch go out first (it is sent once its 2 ms window closes).
+    for (int i = 0; i < 100 && up.count("GET", "/users") == 0; ++i) std::this_thread::sleep_for(5ms);
+    ASSERT_EQ(up.count("GET", "/users"), 1u);
+
+    const auto started = std::chrono::steady_clock::now();
+    auto env = send_request(gw.port(), "POST", "/$batch", R"({"requests":[{"id":"b","method":"GET","url":"/users/2"}]})",
+                            {{"Authorization", "Bearer bob"}, {"Content-Type", "application/json"}});
+    const auto took = std::chrono::steady_clock::now() - started;
+    ASSERT_EQ(env.status, 200) << env.body;
+    auto entry = env.json()["responses"][0];
+    EXPECT_EQ(entry["id"], "b");
+    EXPECT_EQ(entry["status"], 504) << entry.dump();
+    EXPECT_LT(took, 350ms) << "the envelope must answer at its own 100 ms deadline, not after alice's batch";
+
+    alice.join();
+    // Bob's queued batch is dropped when the slot frees, and the route forgets him.
+    EXPECT_TRUE(wait_for_metric(gw, R"(batchgate_waiting_callers{route="users"})", 0));
+    std::this_thread::sleep_for(50ms);
+    EXPECT_EQ(up.count("GET", "/users"), 1u) << "bob's batch went upstream after bob was answered";
+    auto later = get(gw.port(), "/users/3", {{"Authorization", "Bearer carol"}});
+    EXPECT_EQ(later.status, 200) << later.body;
+}
+
+// Beast refuses to frame a TRACE with a body. Such a sub-request, started from the completion
+// of another caller's batch, used to throw through the batcher's answer loop and leave the
+// route's in-flight count stuck: after four of them, the route never sent again.
+TEST(BatchEnvelope, SubRequestBeastCannotBuildGets400AndTheRouteKeepsServing) {
+    mock_upstream up;
+    running_gateway gw(config_for(up.port()));
+    const std::string body = R"({"requests":[{"id":"a","method":"GET","url":"/users/1"},
+        {"id":"b","method":"TRACE","url":"/users/2","body":{"x":1},"dependsOn":"a"}]})";
+    for (int i = 0; i < 6; ++i) {
+        auto r = send_request(gw.port(), "POST", "/$batch", body, {{"Content-Type", "application/json"}});
+        ASSERT_EQ(r.status, 200) << r.body;
+        auto responses = r.json()["responses"];
+        EXPECT_EQ(responses[0]["status"], 200) << r.body;
+        EXPECT_EQ(responses[1]["status"], 400) << r.body;
+    }
+    auto results = concurrently(10, [&](int i) { return get(gw.port(), "/users/" + std::to_string(10 + i)); });
+    for (int i = 0; i < 10; ++i) {
+        ASSERT_EQ(results[i].status, 200) << results[i].body;
+        EXPECT_EQ(results[i].json()["id"], std::to_string(10 + i));
+    }
+}
+
+// A HEAD answer keeps its Content-Length and carries no body; a body would be read by the
+// client as the start of the next answer on the connection.
+TEST(Head, AnswersCarryNoBodyAndTheConnectionStaysInStep) {
+    mock_upstream up;
+    running_gateway gw(config_for(up.port()));
+    const std::string raw = send_raw(gw.port(),
+                                     "HEAD /users/7 HTTP/1.1\r\nHost: t\r\n\r\n"
+                                     "HEAD /nothing-here-either HTTP/1.1\r\nHost: t\r\n\r\n"
+                                     "GET /users/8 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    // Three heads, and only the GET's body.
+    std::size_t heads = 0;
+    for (auto pos = raw.find("HTTP/1.1 "); pos != std::string::npos; pos = raw.find("HTTP/1.1 ", pos + 1)) ++heads;
+    EXPECT_EQ(heads, 3u) << raw;
+    EXPECT_EQ(raw.find(R"("id":"7")"), std::string::npos) << raw;
+    EXPECT_NE(raw.find(R"({"id":"8","name":"user-8"})"), std::string::npos) << raw;
+    EXPECT_EQ(raw.rfind("\r\n\r\n") + 4 + std::string(R"({"id":"8","name":"user-8"})").size(), raw.size()) << raw;
+}
+
+// GET /users/5%2C6 would read upstream as ids 5 and 6 and shift every positional answer.
+TEST(QueryList, KeyHoldingTheSeparatorIsRefusedForThatCallerOnly) {
+    mock_upstream up;
+    running_gateway gw(config_for(up.port(), {{"WAIT", "30ms"}}));
+    auto results = concurrently(3, [&](int i) {
+        return get(gw.port(), i == 0 ? "/users/5%2C6" : "/users/" + std::to_string(i));
+    });
+    EXPECT_EQ(results[0].status, 400) << results[0].body;
+    EXPECT_NE(results[0].body.find("separator"), std::string::npos) << results[0].body;
+    EXPECT_EQ(results[1].json()["id"], "1");
+    EXPECT_EQ(results[2].json()["id"], "2");
+    for (const auto& c : up.calls())
+        EXPECT_EQ(c.target.find("5%2C6"), std::string::npos) << c.target;
+}
