@@ -1,5 +1,7 @@
 #include "gateway/dispatcher.hpp"
 
+#include <algorithm>
+#include <deque>
 #include <optional>
 #include <string>
 
@@ -75,8 +77,9 @@ struct exchange {
         if (auto host = req.find(http::field::host); host != req.end()) up.set("X-Forwarded-Host", host->value());
         up.body() = std::move(req.body());
 
-        const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
-            std::max(ctx.deadline - std::chrono::steady_clock::now(), std::chrono::steady_clock::duration(1000000)));
+        // The upstream's request_timeout, cut short by the caller's own deadline.
+        const auto left = std::chrono::ceil<std::chrono::milliseconds>(ctx.deadline - std::chrono::steady_clock::now());
+        const auto timeout = std::clamp(left, std::chrono::milliseconds(1), pool_it->second->settings().request_timeout);
         auto* um = rt->handles_for(*route).upstream_metrics;
         const bool head = req.method() == http::verb::head;
         const unsigned version = req.version();
@@ -123,10 +126,20 @@ struct exchange {
         caller.query = query;
         caller.path_params = std::move(params);
         const request_t& r = req;
-        caller.header = [&r](std::string_view name) -> std::optional<std::string_view> {
-            auto it = r.find(name);
-            if (it == r.end()) return std::nullopt;
-            return std::string_view(it->value().data(), it->value().size());
+        std::deque<std::string> joined;  // lives while caller is used, below
+        caller.header = [&r, &joined](std::string_view name) -> std::optional<std::string_view> {
+            auto [first, last] = r.equal_range(name);
+            if (first == last) return std::nullopt;
+            if (std::next(first) == last) return std::string_view(first->value().data(), first->value().size());
+            // Repeated lines (two Cookie lines, as HTTP/2 hops send them) are one value: all of
+            // them decide the partition, and all of them go on the batch call.
+            const std::string_view sep = beast::iequals(name, "cookie") ? "; " : ", ";
+            std::string& all = joined.emplace_back();
+            for (auto it = first; it != last; ++it) {
+                if (it != first) all += sep;
+                all += std::string_view(it->value().data(), it->value().size());
+            }
+            return std::string_view(all);
         };
         caller.body = req.body();
 

@@ -12,6 +12,7 @@ namespace batchgate {
 enum class gateway_error {
     bad_request,          // 400: malformed request, missing item key, invalid JSON body
     not_found,            // 404: no route matched, or the item is absent from the batch answer
+    method_not_allowed,   // 405: admin endpoints other than GET/HEAD
     payload_too_large,    // 413
     headers_too_large,    // 431
     overloaded,           // 503: too many callers waiting on a route
@@ -26,6 +27,7 @@ inline int http_status(gateway_error e) {
     switch (e) {
         case gateway_error::bad_request: return 400;
         case gateway_error::not_found: return 404;
+        case gateway_error::method_not_allowed: return 405;
         case gateway_error::payload_too_large: return 413;
         case gateway_error::headers_too_large: return 431;
         case gateway_error::overloaded: return 503;
@@ -42,6 +44,7 @@ inline std::string_view error_code_name(gateway_error e) {
     switch (e) {
         case gateway_error::bad_request: return "bad_request";
         case gateway_error::not_found: return "not_found";
+        case gateway_error::method_not_allowed: return "method_not_allowed";
         case gateway_error::payload_too_large: return "payload_too_large";
         case gateway_error::headers_too_large: return "headers_too_large";
         case gateway_error::overloaded: return "overloaded";

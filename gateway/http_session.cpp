@@ -48,7 +48,7 @@ class http_session : public drainable, public std::enable_shared_from_this<http_
 public:
     http_session(socket_t socket, listener_role role, std::shared_ptr<shared_state> state)
         : stream_(std::move(socket)), role_(role), state_(std::move(state)), deadline_(stream_.get_executor()) {
-        state_->metrics.open_connections().Increment();
+        if (role_ == listener_role::traffic) state_->metrics.open_connections().Increment();
         beast::error_code ec;
         stream_.socket().set_option(tcp::no_delay(true), ec);
         auto remote = stream_.socket().remote_endpoint(ec);
@@ -57,7 +57,7 @@ public:
 
     ~http_session() override {
         state_->untrack(this);
-        state_->metrics.open_connections().Decrement();
+        if (role_ == listener_role::traffic) state_->metrics.open_connections().Decrement();
     }
 
     void run() {
@@ -83,6 +83,30 @@ private:
         parser_->header_limit(static_cast<std::uint32_t>(limits.max_header_bytes));
         // Idle keep-alive connections (and slow senders) are closed after idle_timeout.
         stream_.expires_after(limits.idle_timeout);
+        // The head first: a client that sent "Expect: 100-continue" waits for our word before
+        // it sends the body.
+        http::async_read_header(stream_, buffer_, *parser_,
+                                [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_header(ec); });
+    }
+
+    void on_header(beast::error_code ec) {
+        if (ec || parser_->is_done()) return on_read(ec);
+        const auto& h = parser_->get();
+        auto expect = h.find(http::field::expect);
+        // Not when the body is already arriving (RFC 9110 10.1.1: the server may then omit it).
+        if (h.version() >= 11 && expect != h.end() && beast::iequals(expect->value(), "100-continue") &&
+            buffer_.size() == 0) {
+            static constexpr std::string_view go_on = "HTTP/1.1 100 Continue\r\n\r\n";
+            return net::async_write(stream_, net::buffer(go_on.data(), go_on.size()),
+                                    [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                                        if (ec) return self->close();
+                                        self->read_body();
+                                    });
+        }
+        read_body();
+    }
+
+    void read_body() {
         http::async_read(stream_, buffer_, *parser_,
                          [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_read(ec); });
     }
@@ -127,6 +151,10 @@ private:
         begin_request();
         head_request_ = request_.method() == http::verb::head;
         stream_.expires_never();
+        if (version_ >= 11 && request_.find(http::field::host) == request_.end()) {
+            keep_alive_ = false;  // RFC 9112 3.2: a request without Host is answered 400
+            return send(error_response(gateway_error::bad_request, "HTTP/1.1 request without a Host header", "", version_));
+        }
         if (role_ == listener_role::admin) return handle_admin();
         handle_traffic();
     }
@@ -143,8 +171,12 @@ private:
 
     void handle_admin() {
         auto [path, query] = routes::split_target(request_.target());
-        if (request_.method() != http::verb::get && request_.method() != http::verb::head)
-            return send(error_response(gateway_error::bad_request, "admin endpoints accept GET only", "", request_.version()));
+        if (request_.method() != http::verb::get && request_.method() != http::verb::head) {
+            auto res = error_response(gateway_error::method_not_allowed, "admin endpoints accept GET only", "",
+                                      request_.version());
+            res.set(http::field::allow, "GET, HEAD");
+            return send(std::move(res));
+        }
         if (path == "/metrics")
             return respond_text(200, state_->metrics.serialize(), "text/plain; version=0.0.4; charset=utf-8");
         if (path == "/healthz") return respond_text(200, R"({"status":"ok"})", json_type);

@@ -33,7 +33,10 @@ inline int level_number(std::string_view level) {
 
 inline void write_json_line(nlohmann::json& line, std::FILE* to) {
     const std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-    std::fwrite(text.data(), 1, text.size(), to);  // one write per line: lines never interleave
+    // One locked fwrite per line, so lines never interleave; flushed at once, since stdout to a
+    // pipe (every container runtime) is block-buffered and lines would wait there, or be lost.
+    std::fwrite(text.data(), 1, text.size(), to);
+    std::fflush(to);
 }
 
 inline double unix_time() {

@@ -121,8 +121,19 @@ struct server::impl {
 
     void apply(std::shared_ptr<const config::gateway_config> next) {
         apply_logging(*next);
-        auto rt = build_runtime(std::move(next));
         auto old = state->current();
+        if (old) {
+            // Sockets and threads are set up once: say so rather than pretend.
+            const auto& was = *old->config;
+            auto same = [](const config::endpoint& a, const config::endpoint& b) { return a.host == b.host && a.port == b.port; };
+            for (auto [changed, key] : {std::pair{!same(was.listen, next->listen), "listen"},
+                                        std::pair{!same(was.admin_listen, next->admin_listen), "admin_listen"},
+                                        std::pair{was.worker_threads != next->worker_threads, "worker_threads"}})
+                if (changed)
+                    log_line("warn", "reload cannot change this key; restart to apply it (the rest of the file applies)",
+                             {{"key", key}});
+        }
+        auto rt = build_runtime(std::move(next));
         state->replace(rt);
         retire(old);
     }

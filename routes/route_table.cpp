@@ -147,6 +147,24 @@ std::string url_encode(std::string_view text) {
     return out;
 }
 
+bool has_dot_segment(std::string_view path) {
+    std::string decoded(path);
+    for (int round = 0; round < 3; ++round) {
+        std::string next = url_decode(decoded, false);
+        if (next == decoded) break;
+        decoded = std::move(next);
+    }
+    std::size_t start = 0;
+    while (start <= decoded.size()) {
+        auto end = decoded.find_first_of("/\\", start);
+        auto seg = std::string_view(decoded).substr(start, end == std::string::npos ? std::string::npos : end - start);
+        if (seg == ".." || seg == ".") return true;
+        if (end == std::string::npos) break;
+        start = end + 1;
+    }
+    return false;
+}
+
 param_list parse_query(std::string_view query) {
     param_list out;
     while (!query.empty()) {

@@ -64,4 +64,9 @@ param_list parse_query(std::string_view query);
 // Splits a request target into path and query (without '?').
 std::pair<std::string_view, std::string_view> split_target(std::string_view target);
 
+// True when the path (no query) holds a "." or ".." segment, also percent-encoded, decoded up
+// to three times ("%2e%2e", "%252e%252e"). Upstream paths built from caller values must not:
+// "/api/characters/../abilities/batch" names another resource.
+bool has_dot_segment(std::string_view path);
+
 }  // namespace batchgate::routes

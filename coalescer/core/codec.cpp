@@ -160,12 +160,20 @@ std::optional<json> convert(const json& v, std::string_view type, std::string& w
             if (d >= -9.2e18 && d <= 9.2e18 && d == static_cast<double>(static_cast<std::int64_t>(d)))
                 return json(static_cast<std::int64_t>(d));
         } else if (is_str) {
+            // Only the canonical spelling: "08" and "-0" would reach the upstream as 8 and 0
+            // while the caller's key stays "08", so its answer (matched on 8) would never be
+            // found, and "8" and "08" would be two items for one upstream record.
             std::int64_t n = 0;
             auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
-            if (!text.empty() && ec == std::errc{} && p == text.data() + text.size()) return json(n);
+            if (!text.empty() && ec == std::errc{} && p == text.data() + text.size()) {
+                if (std::to_string(n) == text) return json(n);
+                why = dump(v) + " is not written as a plain integer (no leading zeros, no -0)";
+                return std::nullopt;
+            }
             std::uint64_t u = 0;
             auto [p2, ec2] = std::from_chars(text.data(), text.data() + text.size(), u);
-            if (!text.empty() && ec2 == std::errc{} && p2 == text.data() + text.size()) return json(u);
+            if (!text.empty() && ec2 == std::errc{} && p2 == text.data() + text.size() && std::to_string(u) == text)
+                return json(u);
         }
         why = dump(v) + " is not an integer";
         return std::nullopt;
@@ -682,6 +690,12 @@ item_build build_item(const config::coalesce_settings& settings, const caller_re
     if (rq.encoding == config::batch_encoding::json_body) check_typed(rq.body_template, batch);
     if (!batch.error.empty()) {
         out.error = "cannot build the batch call: " + batch.error;
+        return out;
+    }
+    // A path value of ".." would send the batch call to another resource.
+    if (rq.path.find('{') != std::string::npos &&
+        routes::has_dot_segment(routes::split_target(interpolate(rq.path, batch, true)).first)) {
+        out.error = "cannot build the batch call: a path value is \".\" or \"..\"";
         return out;
     }
     out.item = std::move(item);

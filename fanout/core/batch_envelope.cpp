@@ -132,22 +132,7 @@ std::optional<std::string> check_sub_url(std::string_view url) {
     if (url.front() != '/') return "url must be a path starting with \"/\"";
     if (url.size() > 1 && url[1] == '/') return "url must not name another host (\"//\")";
     if (url.find('#') != std::string_view::npos) return "url must not hold a fragment";
-    auto path = routes::split_target(url).first;
-    // Decode until stable (at most three rounds) so that %2e%2e and %252e%252e are caught too.
-    std::string decoded(path);
-    for (int round = 0; round < 3; ++round) {
-        std::string next = routes::url_decode(decoded, false);
-        if (next == decoded) break;
-        decoded = std::move(next);
-    }
-    std::size_t start = 0;
-    while (start <= decoded.size()) {
-        auto end = decoded.find_first_of("/\\", start);
-        auto seg = std::string_view(decoded).substr(start, end == std::string::npos ? std::string::npos : end - start);
-        if (seg == ".." || seg == ".") return "url must not hold \".\" or \"..\" segments";
-        if (end == std::string::npos) break;
-        start = end + 1;
-    }
+    if (routes::has_dot_segment(routes::split_target(url).first)) return "url must not hold \".\" or \"..\" segments";
     return std::nullopt;
 }
 

@@ -94,6 +94,17 @@ item_request build_item_request(const config::fan_out_settings& settings, const 
         return out;
     }
     out.target = std::move(*path.text);
+    // Caller values must not change which resource is asked: no ".." and no empty segment
+    // ("/api/v1/activities/" for an empty or null item is the collection, not an item).
+    if (routes::has_dot_segment(routes::split_target(out.target).first)) {
+        out.error = "request.path would hold a \".\" or \"..\" segment for this item";
+        return out;
+    }
+    if (out.target.find("//") != std::string::npos ||
+        (out.target.size() > 1 && out.target.back() == '/' && rs.path.back() != '/')) {
+        out.error = "request.path would hold an empty segment for this item";
+        return out;
+    }
     char sep = out.target.find('?') == std::string::npos ? '?' : '&';
     for (const auto& [name, tmpl] : rs.query) {
         auto v = render_text(tmpl, resolve, true);

@@ -3,6 +3,7 @@
 // calls whose sub-requests outlive the envelope, sub-requests Beast refuses to build, and HEAD
 // answers on a kept-alive connection. Real sockets, real mock upstream.
 #include <chrono>
+#include <set>
 #include <thread>
 
 #include "tests/integration/harness.hpp"
@@ -188,4 +189,103 @@ TEST(QueryList, KeyHoldingTheSeparatorIsRefusedForThatCallerOnly) {
     EXPECT_EQ(results[2].json()["id"], "2");
     for (const auto& c : up.calls())
         EXPECT_EQ(c.target.find("5%2C6"), std::string::npos) << c.target;
+}
+
+// Clients and HTTP/2 hops split cookies over several lines. Two users who share the first line
+// (theme=dark) but not the second (their session) must never share a batch call, and the batch
+// call must carry every line the caller sent.
+TEST(Partition, RepeatedCookieAndAuthorizationLinesAllCount) {
+    mock_upstream up;
+    running_gateway gw(config_for(up.port(), {{"WAIT", "30ms"}}));
+    auto raw_get = [&](const std::string& path, const std::string& header_lines) {
+        return send_raw(gw.port(), "GET " + path + " HTTP/1.1\r\nHost: t\r\n" + header_lines + "Connection: close\r\n\r\n");
+    };
+    auto answers = concurrently(4, [&](int i) {
+        response r;
+        std::string raw;
+        switch (i) {
+            case 0: raw = raw_get("/users/1", "Cookie: theme=dark\r\nCookie: session=ALICE\r\n"); break;
+            case 1: raw = raw_get("/users/2", "Cookie: theme=dark\r\nCookie: session=BOB\r\n"); break;
+            case 2: raw = raw_get("/users/3", "Authorization: Basic x\r\nAuthorization: Bearer ALICE\r\n"); break;
+            default: raw = raw_get("/users/4", "Authorization: Basic x\r\nAuthorization: Bearer BOB\r\n"); break;
+        }
+        r.status = raw.rfind("HTTP/1.1 200", 0) == 0 ? 200 : 0;
+        auto id = raw.find("X-Batchgate-Batch-Id: ");
+        if (id != std::string::npos) r.headers["batch"] = raw.substr(id + 22, raw.find("\r\n", id) - id - 22);
+        r.body = raw;
+        return r;
+    });
+    std::set<std::string> batches;
+    for (const auto& a : answers) {
+        ASSERT_EQ(a.status, 200) << a.body;
+        batches.insert(a.header("batch"));
+    }
+    EXPECT_EQ(batches.size(), 4u) << "callers with different credentials shared a batch call";
+    std::set<std::string> cookies, auths;
+    for (const auto& c : up.calls()) {
+        if (c.path != "/users") continue;
+        if (c.headers.count("cookie")) cookies.insert(c.headers.at("cookie"));
+        if (c.headers.count("authorization")) auths.insert(c.headers.at("authorization"));
+    }
+    EXPECT_EQ(cookies, (std::set<std::string>{"theme=dark; session=ALICE", "theme=dark; session=BOB"}));
+    EXPECT_EQ(auths, (std::set<std::string>{"Basic x, Bearer ALICE", "Basic x, Bearer BOB"}));
+}
+
+// curl sends "Expect: 100-continue" before a body over 1 KiB and waits (1 s) for the go-ahead.
+TEST(Expect, HundredContinueIsSentBeforeTheBodyIsRead) {
+    mock_upstream up;
+    running_gateway gw(config_for(up.port()));
+    net::io_context ioc;
+    tcp::socket s(ioc);
+    s.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), gw.port()));
+    const std::string body(3000, 'x');
+    net::write(s, net::buffer("POST /echo/up HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 3000\r\n\r\n"
+                              + std::string()));
+    timeval tv{2, 0};
+    setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char buf[256];
+    beast::error_code ec;
+    const auto n = s.read_some(net::buffer(buf), ec);
+    ASSERT_FALSE(ec) << ec.message();
+    EXPECT_EQ(std::string(buf, n), "HTTP/1.1 100 Continue\r\n\r\n");
+    net::write(s, net::buffer(body));
+    beast::flat_buffer b;
+    http::response<http::string_body> res;
+    http::read(s, b, res, ec);
+    ASSERT_FALSE(ec) << ec.message();
+    EXPECT_EQ(res.result_int(), 200);
+    EXPECT_EQ(nlohmann::json::parse(res.body())["body"], body);
+}
+
+TEST(Http, RequestWithoutHostIs400AndAdminRefusesPostWith405) {
+    mock_upstream up;
+    running_gateway gw(config_for(up.port()));
+    auto raw = send_raw(gw.port(), "GET /users/1 HTTP/1.1\r\n\r\n");
+    EXPECT_EQ(raw.rfind("HTTP/1.1 400", 0), 0u) << raw;
+    EXPECT_NE(raw.find("without a Host"), std::string::npos) << raw;
+    EXPECT_EQ(send_raw(gw.port(), "GET /users/1 HTTP/1.0\r\n\r\n").rfind("HTTP/1.0 200", 0), 0u);  // 1.0 needs none
+    auto post = send_request(gw.admin_port(), "POST", "/healthz");
+    EXPECT_EQ(post.status, 405);
+    EXPECT_EQ(post.header("allow"), "GET, HEAD");
+}
+
+// Passthrough is cut at the upstream's request_timeout, not at the route's (longer) deadline.
+TEST(Passthrough, UpstreamRequestTimeoutIsEnforced) {
+    mock_options o;
+    o.latency = 2s;
+    mock_upstream up(o);
+    running_gateway gw(load_yaml(fill(R"(
+listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+upstreams:
+  slow: {url: "http://127.0.0.1:{{PORT}}", request_timeout: 200ms}
+routes:
+  - {name: all, match: {prefix: /}, upstream: slow}
+)",
+                                      {{"PORT", std::to_string(up.port())}})));
+    const auto started = std::chrono::steady_clock::now();
+    auto r = get(gw.port(), "/echo/x");
+    const auto took = std::chrono::steady_clock::now() - started;
+    EXPECT_EQ(r.status, 504) << r.body;
+    EXPECT_LT(took, 1s);
 }

@@ -18,6 +18,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <regex>
 #include <string>
 #include <vector>
@@ -60,11 +61,14 @@ inline response send_request(unsigned short port, const std::string& method, con
         if (!body.empty() || method == "POST" || method == "PUT" || method == "PATCH") req.prepare_payload();
         http::write(socket, req);
         beast::flat_buffer buffer;
-        http::response_parser<http::string_body> parser;
-        parser.body_limit(256 * 1024 * 1024);
-        if (method == "HEAD") parser.skip(true);
-        http::read(socket, buffer, parser);
-        auto res = parser.release();
+        std::optional<http::response_parser<http::string_body>> parser;
+        do {  // an interim answer (100 Continue) is followed by the real one, as for any client
+            parser.emplace();
+            parser->body_limit(256 * 1024 * 1024);
+            if (method == "HEAD") parser->skip(true);
+            http::read(socket, buffer, *parser);
+        } while (parser->get().result_int() >= 100 && parser->get().result_int() < 200);
+        auto res = parser->release();
         out.status = res.result_int();
         out.body = res.body();
         for (const auto& f : res) {

@@ -1,6 +1,7 @@
 // The real batchgate binary as an operator runs it: exit codes, SIGHUP reload (good and bad
 // files), SIGTERM drain with callers waiting.
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -57,20 +58,29 @@ run_result run(const std::vector<std::string>& args) {
 // A gateway process; its stderr log is read line by line.
 class gateway_process {
 public:
-    explicit gateway_process(const std::string& config_path) {
+    // capture_stdout: the access log goes to a pipe (as under a container runtime), read with
+    // next_access_line(); otherwise to /dev/null.
+    explicit gateway_process(const std::string& config_path, bool capture_stdout = false) {
         int err_pipe[2];
+        int out_pipe[2] = {-1, -1};
         EXPECT_EQ(pipe(err_pipe), 0);
+        if (capture_stdout) EXPECT_EQ(pipe(out_pipe), 0);
         pid_ = fork();
         if (pid_ == 0) {
             dup2(err_pipe[1], 2);
             int devnull = open("/dev/null", O_WRONLY);
-            dup2(devnull, 1);  // access log
+            dup2(capture_stdout ? out_pipe[1] : devnull, 1);  // access log
             close(err_pipe[0]);
+            if (capture_stdout) close(out_pipe[0]);
             execl(BATCHGATE_BIN, BATCHGATE_BIN, "--config", config_path.c_str(), nullptr);
             _exit(127);
         }
         close(err_pipe[1]);
         err_ = fdopen(err_pipe[0], "r");
+        if (capture_stdout) {
+            close(out_pipe[1]);
+            out_fd_ = out_pipe[0];
+        }
         auto started = wait_for("batchgate started");
         auto j = nlohmann::json::parse(started, nullptr, false);
         std::string listen = j.value("listen", "");
@@ -84,6 +94,23 @@ public:
             waitpid(pid_, nullptr, 0);
         }
         if (err_) fclose(err_);
+        if (out_fd_ >= 0) close(out_fd_);
+    }
+    // The next access-log line, or "" when none arrives within the timeout.
+    std::string next_access_line(int timeout_ms) {
+        for (;;) {
+            if (auto nl = out_.find('\n'); nl != std::string::npos) {
+                std::string line = out_.substr(0, nl);
+                out_.erase(0, nl + 1);
+                return line;
+            }
+            pollfd p{out_fd_, POLLIN, 0};
+            if (poll(&p, 1, timeout_ms) <= 0) return {};
+            char buf[4096];
+            const auto n = read(out_fd_, buf, sizeof buf);
+            if (n <= 0) return {};
+            out_.append(buf, static_cast<std::size_t>(n));
+        }
     }
     // The next stderr line containing text (bounded by the process's own output).
     std::string wait_for(const std::string& text) {
@@ -107,6 +134,8 @@ public:
 private:
     pid_t pid_ = -1;
     FILE* err_ = nullptr;
+    int out_fd_ = -1;
+    std::string out_;
     unsigned short port_ = 0;
     unsigned short admin_port_ = 0;
     std::vector<std::string> lines_;
@@ -210,5 +239,40 @@ TEST(Process, SigtermAnswersWaitingCallersAndExitsZero) {
         EXPECT_EQ(out[i].status, 200) << out[i].body;
         EXPECT_EQ(out[i].json()["id"], std::to_string(i + 1));
     }
+    EXPECT_EQ(gw.wait_exit(), 0);
+}
+
+// Container runtimes capture stdout through a pipe, where stdio buffers by the block: each
+// access-log line must reach the pipe when the request is answered, not 4 KiB later.
+TEST(Process, AccessLogLinesReachAPipedStdoutAtOnce) {
+    mock_upstream up;
+    gateway_process gw(write_file("access.yaml", config_text(up.port(), "1ms")), true);
+    ASSERT_NE(gw.port(), 0);
+    for (int i = 1; i <= 3; ++i) {
+        ASSERT_EQ(get(gw.port(), "/users/" + std::to_string(i), {{"X-Request-Id", "req-" + std::to_string(i)}}).status, 200);
+        auto line = nlohmann::json::parse(gw.next_access_line(2000), nullptr, false);
+        ASSERT_TRUE(line.is_object()) << "no access-log line within 2 s of answer " << i;
+        EXPECT_EQ(line["request_id"], "req-" + std::to_string(i));
+        EXPECT_EQ(line["status"], 200);
+        EXPECT_EQ(line["route"], "users");
+    }
+}
+
+// listen, admin_listen and worker_threads are bound at start: a reload says it cannot change
+// them (and still applies the rest) instead of reporting a silent success.
+TEST(Process, ReloadSaysWhichKeysNeedARestart) {
+    mock_upstream up;
+    auto path = write_file("rebind.yaml", config_text(up.port(), "1ms"));
+    gateway_process gw(path);
+    ASSERT_NE(gw.port(), 0);
+    std::string text = config_text(up.port(), "1ms", "/people/{id}");
+    text.replace(text.find("listen: 127.0.0.1:0"), 19, "listen: 127.0.0.1:1");
+    std::ofstream(path) << text;
+    gw.signal(SIGHUP);
+    auto warned = gw.wait_for("reload cannot change");
+    EXPECT_NE(warned.find("\"listen\""), std::string::npos) << warned;
+    EXPECT_FALSE(gw.wait_for("config reloaded").empty());
+    EXPECT_EQ(get(gw.port(), "/people/4").json()["id"], "4") << "the rest of the file applies, on the old socket";
+    gw.signal(SIGTERM);
     EXPECT_EQ(gw.wait_exit(), 0);
 }

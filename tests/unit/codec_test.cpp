@@ -894,9 +894,31 @@ TEST(BuildItem, FailedConversionRejectsThisCallerOnly) {
         EXPECT_FALSE(b.item) << c.tmpl;
         EXPECT_EQ(b.error, std::string("cannot build the batch item: ") + c.error) << c.tmpl;
     }
+    // "08" would go upstream as 8 while the caller waits for key "08": refused, like "-0" and "+8".
+    s.request.item = json{{"v", "{path.i:int}"}};
+    for (const char* text : {"08", "-0", "00"}) {
+        auto b = build_item(s, caller("PATCH", "/", {{"i", text}}).view(), "k");
+        EXPECT_FALSE(b.item) << text;
+        EXPECT_NE(b.error.find("is not written as a plain integer"), std::string::npos) << b.error;
+    }
+    EXPECT_EQ(built(s, caller("PATCH", "/", {{"i", "0"}}), "k"), json::parse(R"({"v":0})"));
     // An absent value is removed, not a failed conversion.
     s.request.item = json{{"v", "{path.none:int}"}};
     EXPECT_EQ(built(s, caller("PATCH", "/", {}), "k"), json::object());
+}
+
+// PATCH /api/characters/%2e%2e/abilities/4 must not become POST /api/characters/../abilities/batch.
+TEST(BuildItem, DotSegmentInTheBatchPathRejectsThisCallerOnly) {
+    auto s = activities_api();
+    s.partition.path = {"character_id"};
+    s.request.path = "/api/characters/{path.character_id}/abilities/batch";
+    for (const char* v : {"..", ".", "%2e%2e"}) {
+        auto b = build_item(s, caller("PATCH", "/", {{"character_id", v}}).view(), "k");
+        EXPECT_FALSE(b.item) << v;
+        EXPECT_EQ(b.error, "cannot build the batch call: a path value is \".\" or \"..\"") << v;
+    }
+    for (const char* v : {"3", "..x", "a.b"})
+        EXPECT_TRUE(build_item(s, caller("PATCH", "/", {{"character_id", v}}).view(), "k").item) << v;
 }
 
 TEST(BuildItem, BatchTemplateConversionsAreCheckedPerCaller) {

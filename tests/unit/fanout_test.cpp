@@ -115,6 +115,22 @@ TEST(FanOut, ItemRequestEncodesTheItemAndPassesOptionalQuery) {
     EXPECT_EQ(build_item_request(s, without, no_headers(), 0).target, "/api/v1/activities/a1");
 }
 
+// An item of "..", "." or "" (or null) must not turn GET /api/v1/activities/{item} into
+// another resource or the collection: that item alone is an error entry.
+TEST(FanOut, ItemThatWouldChangeTheResourceIsAnItemError) {
+    auto s = b_settings();
+    auto call = parse_fan_out(s, R"({"resource_type":"activities","ids":["..",".","","%2e%2e","a1",null]})");
+    ASSERT_TRUE(call.error.empty()) << call.error;
+    for (std::size_t i : {0u, 1u, 3u})
+        EXPECT_EQ(build_item_request(s, call, no_headers(), i).error,
+                  "request.path would hold a \".\" or \"..\" segment for this item") << i;
+    EXPECT_EQ(build_item_request(s, call, no_headers(), 2).error, "request.path would hold an empty segment for this item");
+    EXPECT_FALSE(build_item_request(s, call, no_headers(), 5).error.empty());
+    auto ok = build_item_request(s, call, no_headers(), 4);
+    EXPECT_TRUE(ok.error.empty()) << ok.error;
+    EXPECT_EQ(ok.target, "/api/v1/activities/a1");
+}
+
 TEST(FanOut, ItemRequestBodyTemplate) {
     auto s = b_settings();
     s.request.method = "POST";
