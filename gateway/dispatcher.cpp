@@ -20,15 +20,24 @@ namespace {
 
 constexpr std::string_view json_type = "application/json";
 
-bool is_hop_by_hop(std::string_view name) {
+bool is_hop_by_hop(http::field f) {
     // "expect" too: the gateway has the whole body already, and a 100 Continue from the
     // upstream must never be taken for its answer.
-    static constexpr std::string_view hop[] = {"connection", "keep-alive", "proxy-authenticate",
-                                               "proxy-authorization", "te", "trailer",
-                                               "transfer-encoding", "upgrade", "proxy-connection", "expect"};
-    for (auto h : hop)
-        if (beast::iequals(name, h)) return true;
-    return false;
+    switch (f) {
+        case http::field::connection:
+        case http::field::keep_alive:
+        case http::field::proxy_authenticate:
+        case http::field::proxy_authorization:
+        case http::field::te:
+        case http::field::trailer:
+        case http::field::transfer_encoding:
+        case http::field::upgrade:
+        case http::field::proxy_connection:
+        case http::field::expect:
+            return true;
+        default:
+            return false;
+    }
 }
 
 // Removes hop-by-hop headers, including any the Connection header names.
@@ -40,7 +49,8 @@ void strip_hop_by_hop(Fields& fields) {
             for (auto token : http::token_list(f.value())) named.emplace_back(token);
     for (const auto& n : named) fields.erase(n);
     for (auto it = fields.begin(); it != fields.end();) {
-        if (is_hop_by_hop(it->name_string()))
+        // Beast knows every hop-by-hop name, so the enum decides (no string compares).
+        if (it->name() != http::field::unknown && is_hop_by_hop(it->name()))
             it = fields.erase(it);
         else
             ++it;
@@ -63,31 +73,33 @@ struct exchange {
     void passthrough() {
         auto pool_it = rt->upstreams.find(route->upstream);
         if (pool_it == rt->upstreams.end()) return fail(gateway_error::internal, "route names an unknown upstream");
-        upstream_request up{req.method(), req.target(), 11};
-        if (req.method() == http::verb::unknown) up.method_string(req.method_string());
-        for (const auto& f : req) up.insert(f.name_string(), f.value());
+        const bool head = req.method() == http::verb::head;
+        const unsigned version = req.version();
+        // The caller's request itself goes upstream (no copy of its fields), minus hop-by-hop
+        // headers, plus X-Forwarded-*.
+        upstream_request up = std::move(req);
         strip_hop_by_hop(up);
-        up.erase(http::field::host);
         up.erase(http::field::content_length);
-        if (auto xff = req.find("X-Forwarded-For"); xff != req.end())
+        if (auto xff = up.find("X-Forwarded-For"); xff != up.end())
             up.set("X-Forwarded-For", std::string(xff->value()) + ", " + ctx.client_ip);
         else
             up.set("X-Forwarded-For", ctx.client_ip);
         up.set("X-Forwarded-Proto", "http");
-        if (auto host = req.find(http::field::host); host != req.end()) up.set("X-Forwarded-Host", host->value());
-        up.body() = std::move(req.body());
+        if (auto host = up.find(http::field::host); host != up.end()) {
+            up.set("X-Forwarded-Host", host->value());
+            up.erase(http::field::host);  // the pool sets the upstream's
+        }
 
         // The upstream's request_timeout, cut short by the caller's own deadline.
         const auto left = std::chrono::ceil<std::chrono::milliseconds>(ctx.deadline - std::chrono::steady_clock::now());
         const auto timeout = std::clamp(left, std::chrono::milliseconds(1), pool_it->second->settings().request_timeout);
         auto* um = rt->handles_for(*route).upstream_metrics;
-        const bool head = req.method() == http::verb::head;
-        const unsigned version = req.version();
-        const std::string where = "upstream '" + route->upstream + "'";
-        const std::string route_name = route->name;
+        // route lives in rt's config, which the handler keeps alive: no strings built per request.
         pool_it->second->async_send(
             std::move(up), timeout,
-            [um, head, version, where, route_name, done = std::move(done)](upstream_result r) {
+            [um, head, version, rt = rt, route = route, done = std::move(done)](upstream_result r) {
+                const std::string& route_name = route->name;
+                auto where = [route] { return "upstream '" + route->upstream + "'"; };
                 um->duration->Observe(std::chrono::duration<double>(r.elapsed).count());
                 dispatch_info info;
                 info.upstream_elapsed = r.elapsed;
@@ -95,16 +107,16 @@ struct exchange {
                     case upstream_failure::none: break;
                     case upstream_failure::timeout:
                         um->requests->inc(std::string("timeout"));
-                        return done(error_response(gateway_error::upstream_timeout, where + " timed out", route_name, version), info);
+                        return done(error_response(gateway_error::upstream_timeout, where() + " timed out", route_name, version), info);
                     case upstream_failure::connect_failed:
                         um->requests->inc(std::string("connect_error"));
-                        return done(error_response(gateway_error::upstream_unreachable, where + ": " + r.detail, route_name, version), info);
+                        return done(error_response(gateway_error::upstream_unreachable, where() + ": " + r.detail, route_name, version), info);
                     case upstream_failure::io_error:
                         um->requests->inc(std::string("io_error"));
-                        return done(error_response(gateway_error::upstream_unreachable, where + ": " + r.detail, route_name, version), info);
+                        return done(error_response(gateway_error::upstream_unreachable, where() + ": " + r.detail, route_name, version), info);
                     case upstream_failure::bad_response:
                         um->requests->inc(std::string("bad_response"));
-                        return done(error_response(gateway_error::upstream_bad_response, where + ": " + r.detail, route_name, version), info);
+                        return done(error_response(gateway_error::upstream_bad_response, where() + ": " + r.detail, route_name, version), info);
                 }
                 const int status = r.response.result_int();
                 um->requests->inc(status);
