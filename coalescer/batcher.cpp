@@ -88,6 +88,7 @@ void batcher::on_submit(submission s) {
         r.body = error_body(gateway_error::overloaded, "too many callers waiting on this route", route_.name);
         r.headers.emplace_back("Retry-After", "1");
         call_safely(s.done, std::move(r));
+        update_waiting_gauge();  // shedding may have moved it
         return;
     }
     const auto now = clock_type::now();
@@ -415,21 +416,22 @@ void batcher::call_safely(reply_handler& done, reply r) {
 bool batcher::shed_expired(pending& p) {
     const auto now = clock_type::now();
     auto& items = p.b.items;
+    // An item goes only when every caller of it has given up: a merged write that one live
+    // caller still waits for carries the others' changes too, and they must learn its outcome.
+    auto expired = [now](const auto& item) {
+        return std::all_of(item.waiters.begin(), item.waiters.end(), [now](const waiter& w) { return w.deadline <= now; });
+    };
     for (auto& item : items) {
-        auto& ws = item.waiters;
-        for (auto it = ws.begin(); it != ws.end();) {
-            if (it->deadline > now) {
-                ++it;
-                continue;
-            }
+        if (!expired(item)) continue;
+        for (auto& w : item.waiters) {
             reply r;
             r.status = http_status(gateway_error::upstream_timeout);
             r.body = error_body(gateway_error::upstream_timeout,
                                 "the caller's deadline passed while its batch waited for a free upstream slot",
                                 route_.name);
-            answer(*it, std::move(r));
-            it = ws.erase(it);
+            answer(w, std::move(r));
         }
+        item.waiters.clear();
     }
     items.erase(std::remove_if(items.begin(), items.end(), [](const auto& i) { return i.waiters.empty(); }),
                 items.end());

@@ -40,13 +40,18 @@ struct limits_settings {
 // upstreams.<name>
 struct upstream_settings {
     std::string name;
-    std::string url;                               // as written: http://host:port
+    std::string url;                               // as written: http[s]://host:port
     std::string host;                              // parsed from url
     std::uint16_t port = 80;                       // parsed from url
     std::size_t max_connections = 256;             // pool size: concurrent connections
     duration connect_timeout = std::chrono::seconds(2);
     duration request_timeout = std::chrono::seconds(10);
     std::size_t max_response_bytes = 64 * 1024 * 1024;  // max_response: 64MiB
+    // https:// upstreams (tls: section).
+    bool tls = false;                  // url scheme is https
+    bool tls_verify = true;            // tls.verify: check the certificate chain and name
+    std::string tls_ca_file;           // tls.ca_file: PEM trust anchors; "" = the system store
+    std::string tls_server_name;       // tls.server_name: SNI and the name checked; "" = url host
     source_mark mark;
 };
 

@@ -7,6 +7,7 @@
 #include <charconv>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <limits>
 #include <set>
 #include <utility>
@@ -610,10 +611,10 @@ void parse_upstream_url(context& ctx, const field& f, upstream_settings& u) {
     u.url = *s;
     std::string_view v = *s;
     auto fail = [&](const std::string& why) { ctx.add(f.mark(), f.path, why); };
-    if (v.rfind("https://", 0) == 0) return fail("https upstreams are not supported yet");
-    if (v.rfind("http://", 0) != 0)
-        return fail("bad url " + quote(*s) + ": expected http://host[:port]");
-    v.remove_prefix(7);
+    u.tls = v.rfind("https://", 0) == 0;
+    if (!u.tls && v.rfind("http://", 0) != 0)
+        return fail("bad url " + quote(*s) + ": expected http://host[:port] or https://host[:port]");
+    v.remove_prefix(u.tls ? 8 : 7);
     auto slash = v.find('/');
     std::string_view authority = v.substr(0, slash);
     if (slash != std::string_view::npos) {
@@ -653,9 +654,33 @@ void parse_upstream_url(context& ctx, const field& f, upstream_settings& u) {
             return fail("bad url " + quote(*s) + ": port must be 1..65535");
         u.port = static_cast<std::uint16_t>(port);
     } else {
-        u.port = 80;
+        u.port = u.tls ? 443 : 80;
     }
     u.host = host;
+}
+
+void load_upstream_tls(context& ctx, const field& f, upstream_settings& u) {
+    map_reader m(ctx, f.value, f.path, {"verify", "ca_file", "server_name"});
+    if (!m.ok()) return;
+    if (!u.tls) ctx.add(f.key.Mark(), f.path, "tls is only used with an https:// url");
+    if (auto* x = m.get("verify"))
+        if (auto v = read_bool(ctx, *x)) u.tls_verify = *v;
+    if (auto* x = m.get("ca_file")) {
+        if (auto v = read_string(ctx, *x)) {
+            // Read now, so a wrong path is a config error with its line, not a failed start.
+            std::ifstream in(*v);
+            if (!in) ctx.add(x->mark(), x->path, "cannot read " + quote(*v) + ": " + std::strerror(errno));
+            u.tls_ca_file = *v;
+        }
+    }
+    if (auto* x = m.get("server_name")) {
+        if (auto v = read_string(ctx, *x)) {
+            bool ok = !v->empty();
+            for (char c : *v) ok = ok && is_name_char(c);
+            if (!ok) ctx.add(x->mark(), x->path, "bad server name " + quote(*v));
+            u.tls_server_name = *v;
+        }
+    }
 }
 
 void load_upstreams(context& ctx, const field& f, gateway_config& cfg) {
@@ -681,7 +706,7 @@ void load_upstreams(context& ctx, const field& f, gateway_config& cfg) {
         u.name = name;
         u.mark = {ctx.file, k.Mark().line + 1};
         map_reader m(ctx, it->second, path,
-                     {"url", "max_connections", "connect_timeout", "request_timeout", "max_response"});
+                     {"url", "max_connections", "connect_timeout", "request_timeout", "max_response", "tls"});
         if (m.ok()) {
             if (auto* x = m.required("url")) parse_upstream_url(ctx, *x, u);
             if (auto* x = m.get("max_connections"))
@@ -692,6 +717,7 @@ void load_upstreams(context& ctx, const field& f, gateway_config& cfg) {
                 if (auto v = read_duration(ctx, *x, false)) u.request_timeout = *v;
             if (auto* x = m.get("max_response"))
                 if (auto v = read_size(ctx, *x, false)) u.max_response_bytes = *v;
+            if (auto* x = m.get("tls")) load_upstream_tls(ctx, *x, u);
         }
         cfg.upstreams.push_back(std::move(u));
     }

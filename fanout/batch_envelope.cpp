@@ -139,12 +139,12 @@ private:
             if (!hidden_header(f.name_string())) headers.emplace_back(std::string(f.name_string()), std::string(f.value()));
         std::string_view type;
         if (auto it = res.find(http::field::content_type); it != res.end()) type = it->value();
-        if (status == 504) metrics_.timeout->Increment();
-        else if (status >= 200 && status < 300) metrics_.success->Increment();
-        else metrics_.error->Increment();
         {
             std::lock_guard lock(mutex_);
-            if (answered_) return;  // the deadline answered the call already
+            if (answered_) return;  // the deadline answered (and counted) it already
+            if (status == 504) metrics_.timeout->Increment();
+            else if (status >= 200 && status < 300) metrics_.success->Increment();
+            else metrics_.error->Increment();
             entries_[i] = response_entry(requests_[i].id, status, headers, type, res.body());
             statuses_[i] = status;
         }
@@ -153,10 +153,10 @@ private:
 
     // Answered by the gateway without dispatching (bad URL, deadline passed).
     void reject(std::size_t i, int status, std::string_view code, const std::string& message) {
-        (status == 504 ? metrics_.skipped : metrics_.error)->Increment();
         {
             std::lock_guard lock(mutex_);
             if (answered_) return;
+            (status == 504 ? metrics_.skipped : metrics_.error)->Increment();
             entries_[i] = error_entry(requests_[i].id, status, code, message);
             statuses_[i] = status;
         }
@@ -165,9 +165,9 @@ private:
 
     // A dependency did not succeed: 424, naming it.
     void skip(std::size_t i) {
-        metrics_.skipped->Increment();
         std::lock_guard lock(mutex_);
         if (answered_) return;
+        metrics_.skipped->Increment();
         std::string failed;
         for (std::size_t d : requests_[i].depends_on)
             if (statuses_[d] < 200 || statuses_[d] >= 300) {

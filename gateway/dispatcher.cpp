@@ -77,18 +77,18 @@ struct exchange {
         const unsigned version = req.version();
         // The caller's request itself goes upstream (no copy of its fields), minus hop-by-hop
         // headers, plus X-Forwarded-*.
+        // What the client sent, before a Connection header can strip it.
+        std::string xff = ctx.client_ip;
+        if (auto it = req.find("X-Forwarded-For"); it != req.end()) xff = std::string(it->value()) + ", " + ctx.client_ip;
+        std::string forwarded_host;
+        if (auto it = req.find(http::field::host); it != req.end()) forwarded_host = std::string(it->value());
         upstream_request up = std::move(req);
         strip_hop_by_hop(up);
         up.erase(http::field::content_length);
-        if (auto xff = up.find("X-Forwarded-For"); xff != up.end())
-            up.set("X-Forwarded-For", std::string(xff->value()) + ", " + ctx.client_ip);
-        else
-            up.set("X-Forwarded-For", ctx.client_ip);
+        up.erase(http::field::host);  // the pool sets the upstream's
+        up.set("X-Forwarded-For", xff);
         up.set("X-Forwarded-Proto", "http");
-        if (auto host = up.find(http::field::host); host != up.end()) {
-            up.set("X-Forwarded-Host", host->value());
-            up.erase(http::field::host);  // the pool sets the upstream's
-        }
+        if (!forwarded_host.empty()) up.set("X-Forwarded-Host", forwarded_host);
 
         // The upstream's request_timeout, cut short by the caller's own deadline.
         const auto left = std::chrono::ceil<std::chrono::milliseconds>(ctx.deadline - std::chrono::steady_clock::now());

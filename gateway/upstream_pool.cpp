@@ -11,7 +11,10 @@
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/asio/ssl/host_name_verification.hpp>
+#include <boost/beast/ssl.hpp>
 
+#include "config/loader.hpp"
 #include "gateway/wire.hpp"
 
 namespace batchgate::gateway {
@@ -23,9 +26,27 @@ using clock_type = std::chrono::steady_clock;
 using wait_timer = net::basic_waitable_timer<clock_type, net::wait_traits<clock_type>, strand_t>;
 using resolver_t = net::ip::basic_resolver<tcp, strand_t>;
 
+using tls_stream_t = beast::ssl_stream<stream_t>;
+
 struct upstream_pool::connection {
-    explicit connection(const net::io_context::executor_type& ex) : stream(strand_t(ex)) {}
-    stream_t stream;
+    connection(const net::io_context::executor_type& ex, net::ssl::context* tls) {
+        if (tls)
+            secure.emplace(strand_t(ex), *tls);
+        else
+            plain.emplace(strand_t(ex));
+    }
+    // The TCP stream: timeouts, connect, socket options, close.
+    stream_t& tcp() { return secure ? beast::get_lowest_layer(*secure) : *plain; }
+    // Calls f with the stream HTTP goes over: TLS or plain TCP.
+    template <class F>
+    void with_stream(F&& f) {
+        if (secure)
+            f(*secure);
+        else
+            f(*plain);
+    }
+    std::optional<stream_t> plain;
+    std::optional<tls_stream_t> secure;
     beast::flat_buffer buffer;
     clock_type::time_point idle_since{};
 };
@@ -38,17 +59,17 @@ namespace {
 bool still_usable(upstream_pool::connection& c, clock_type::time_point now) {
     if (now - c.idle_since < std::chrono::milliseconds(100)) return true;
     char byte;
-    const auto n = ::recv(c.stream.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    const auto n = ::recv(c.tcp().socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
     return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
 // Closes a connection on its own strand, where a stale timer handler may still be queued.
+// The handler owns it: destroyed unrun at shutdown, it still frees the connection.
 void discard(std::unique_ptr<upstream_pool::connection> c) {
-    auto* raw = c.release();
-    net::post(raw->stream.get_executor(), [raw] {
+    auto ex = c->tcp().get_executor();
+    net::post(ex, [c = std::move(c)]() mutable {
         beast::error_code ignored;
-        raw->stream.socket().close(ignored);
-        delete raw;
+        c->tcp().socket().close(ignored);
     });
 }
 
@@ -88,7 +109,7 @@ public:
         if (!conn) return begin(nullptr);  // a new connection: nothing else can touch it yet
         // A pooled connection's stale timer handler may still be queued on its strand: start
         // the next exchange there (inline when the previous call is handing it over).
-        auto ex = conn->stream.get_executor();
+        auto ex = conn->tcp().get_executor();
         net::dispatch(ex, [self = shared_from_this(), conn = std::move(conn)]() mutable { self->begin(std::move(conn)); });
     }
 
@@ -100,7 +121,7 @@ private:
             do_write();
         } else {
             reused_ = false;
-            conn_ = std::make_unique<connection>(pool_->executor_);
+            conn_ = std::make_unique<connection>(pool_->executor_, pool_->tls_.get());
             do_resolve();
         }
     }
@@ -119,9 +140,9 @@ private:
         if (!literal)  // an IP address needs no resolver
             return on_resolve({}, resolver_t::results_type::create(tcp::endpoint(address, s.port), s.host,
                                                                       std::to_string(s.port)));
-        resolver_ = std::make_unique<resolver_t>(conn_->stream.get_executor());
+        resolver_ = std::make_unique<resolver_t>(conn_->tcp().get_executor());
         // A resolver that hangs must not hold the slot past the connect budget.
-        resolve_timer_ = std::make_unique<wait_timer>(conn_->stream.get_executor());
+        resolve_timer_ = std::make_unique<wait_timer>(conn_->tcp().get_executor());
         resolve_timer_->expires_after(std::min<clock_type::duration>(remaining(), s.connect_timeout));
         resolve_timer_->async_wait([self = shared_from_this()](beast::error_code ec) {
             if (!ec && self->resolver_) self->resolver_->cancel();
@@ -138,8 +159,8 @@ private:
             return fail(upstream_failure::connect_failed, "resolving the upstream host timed out");
         if (ec) return fail(upstream_failure::connect_failed, "cannot resolve upstream host: " + ec.message());
         auto connect_budget = std::min<clock_type::duration>(remaining(), pool_->settings_.connect_timeout);
-        conn_->stream.expires_after(connect_budget);
-        conn_->stream.async_connect(results, [self = shared_from_this()](beast::error_code ec, const tcp::endpoint&) {
+        conn_->tcp().expires_after(connect_budget);
+        conn_->tcp().async_connect(results, [self = shared_from_this()](beast::error_code ec, const tcp::endpoint&) {
             self->on_connect(ec);
         });
     }
@@ -149,15 +170,37 @@ private:
             return fail(clock_type::now() >= deadline_ ? upstream_failure::timeout : upstream_failure::connect_failed,
                         "connect timed out");
         if (ec) return fail(upstream_failure::connect_failed, "cannot connect to upstream: " + ec.message());
-        conn_->stream.socket().set_option(tcp::no_delay(true), ec);
+        conn_->tcp().socket().set_option(tcp::no_delay(true), ec);
+        if (conn_->secure) return do_handshake();
         do_write();
     }
 
+    void do_handshake() {
+        const auto& s = pool_->settings_;
+        const std::string& name = s.tls_server_name.empty() ? s.host : s.tls_server_name;
+        beast::error_code not_ip;
+        net::ip::make_address(name, not_ip);
+        // SNI carries host names only; the certificate is checked against the name (or IP).
+        if (not_ip) SSL_set_tlsext_host_name(conn_->secure->native_handle(), name.c_str());
+        if (s.tls_verify) conn_->secure->set_verify_callback(net::ssl::host_name_verification(name));
+        conn_->tcp().expires_after(std::min<clock_type::duration>(remaining(), s.connect_timeout));
+        conn_->secure->async_handshake(net::ssl::stream_base::client, [self = shared_from_this()](beast::error_code ec) {
+            if (ec == beast::error::timeout)
+                return self->fail(clock_type::now() >= self->deadline_ ? upstream_failure::timeout
+                                                                      : upstream_failure::connect_failed,
+                                  "TLS handshake timed out");
+            if (ec) return self->fail(upstream_failure::connect_failed, "TLS handshake failed: " + ec.message());
+            self->do_write();
+        });
+    }
+
     void do_write() {
-        conn_->stream.expires_after(remaining());
+        conn_->tcp().expires_after(remaining());
         // One head buffer plus the body in place: a single writev, no per-field buffers.
-        net::async_write(conn_->stream, wire::buffers(head_, req_),
-                         [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_write(ec); });
+        conn_->with_stream([&](auto& stream) {
+            net::async_write(stream, wire::buffers(head_, req_),
+                             [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_write(ec); });
+        });
     }
 
     void on_write(beast::error_code ec) {
@@ -170,9 +213,11 @@ private:
         parser_->body_limit(pool_->settings_.max_response_bytes);
         parser_->header_limit(64 * 1024);
         if (req_.method() == http::verb::head) parser_->skip(true);
-        conn_->stream.expires_after(remaining());
-        http::async_read(conn_->stream, conn_->buffer, *parser_,
-                         [self = shared_from_this()](beast::error_code ec, std::size_t n) { self->on_read(ec, n); });
+        conn_->tcp().expires_after(remaining());
+        conn_->with_stream([&](auto& stream) {
+            http::async_read(stream, conn_->buffer, *parser_,
+                             [self = shared_from_this()](beast::error_code ec, std::size_t n) { self->on_read(ec, n); });
+        });
     }
 
     void on_read(beast::error_code ec, std::size_t bytes) {
@@ -183,10 +228,12 @@ private:
             return read_response();
         }
         upstream_result r;
+        // The parser's keep_alive() also knows a body framed by closing the connection.
+        const bool reusable = parser_->keep_alive();
         r.response = parser_->release();
         // Only a connection with nothing left unread may serve another call.
-        const bool keep = r.response.keep_alive() && conn_->buffer.size() == 0;
-        conn_->stream.expires_never();
+        const bool keep = reusable && conn_->buffer.size() == 0;
+        conn_->tcp().expires_never();
         if (keep) pool_->release(std::move(conn_));
         else drop_connection();
         r.elapsed = clock_type::now() - start_;
@@ -200,8 +247,8 @@ private:
             retried_ = true;
             reused_ = false;
             beast::error_code ignored;
-            conn_->stream.socket().close(ignored);
-            conn_ = std::make_unique<connection>(pool_->executor_);
+            conn_->tcp().socket().close(ignored);
+            conn_ = std::make_unique<connection>(pool_->executor_, pool_->tls_.get());
             return do_resolve();
         }
         if (ec == beast::error::timeout) return fail(upstream_failure::timeout, "upstream did not answer in time");
@@ -233,8 +280,8 @@ private:
     void drop_connection() {
         if (!conn_) return;
         beast::error_code ignored;
-        conn_->stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
-        conn_->stream.socket().close(ignored);
+        conn_->tcp().socket().shutdown(tcp::socket::shutdown_both, ignored);
+        conn_->tcp().socket().close(ignored);
         conn_.reset();
         pool_->release(nullptr);
     }
@@ -270,13 +317,37 @@ private:
 };
 
 upstream_pool::upstream_pool(net::io_context::executor_type executor, config::upstream_settings settings)
-    : executor_(std::move(executor)), settings_(std::move(settings)) {}
+    : executor_(std::move(executor)), settings_(std::move(settings)) {
+    if (!settings_.tls) return;
+    tls_ = std::make_unique<net::ssl::context>(net::ssl::context::tls_client);
+    tls_->set_options(net::ssl::context::default_workarounds | net::ssl::context::no_sslv2 |
+                      net::ssl::context::no_sslv3 | net::ssl::context::no_tlsv1 | net::ssl::context::no_tlsv1_1);
+    if (!settings_.tls_verify) {
+        tls_->set_verify_mode(net::ssl::verify_none);
+        return;
+    }
+    tls_->set_verify_mode(net::ssl::verify_peer);
+    beast::error_code ec;
+    if (settings_.tls_ca_file.empty())
+        tls_->set_default_verify_paths(ec);
+    else
+        tls_->load_verify_file(settings_.tls_ca_file, ec);
+    if (ec) {
+        // Only a file the loader could read but OpenSSL cannot parse gets here.
+        const auto& m = settings_.mark;
+        throw config::config_error({m.file + ":" + std::to_string(m.line) + ": upstreams." + settings_.name +
+                                    ".tls.ca_file: cannot load certificates from \"" + settings_.tls_ca_file +
+                                    "\": " + ec.message()});
+    }
+}
 
 upstream_pool::~upstream_pool() = default;
 
 void upstream_pool::async_send(upstream_request req, std::chrono::milliseconds timeout, handler done) {
-    req.set(http::field::host, settings_.port == 80 ? settings_.host
-                                                    : settings_.host + ":" + std::to_string(settings_.port));
+    const bool default_port = settings_.port == (settings_.tls ? 443 : 80);
+    // An IPv6 literal goes in brackets: Host: [::1]:9000.
+    const std::string host = settings_.host.find(':') != std::string::npos ? "[" + settings_.host + "]" : settings_.host;
+    req.set(http::field::host, default_port ? host : host + ":" + std::to_string(settings_.port));
     req.version(11);
     req.keep_alive(true);
     req.prepare_payload();

@@ -17,6 +17,10 @@
 
 #include "config/config.hpp"
 
+namespace boost::asio::ssl {
+class context;  // kept out of this header: only upstream_pool.cpp needs OpenSSL
+}
+
 namespace batchgate::gateway {
 
 namespace http = boost::beast::http;
@@ -43,6 +47,7 @@ class upstream_pool : public std::enable_shared_from_this<upstream_pool> {
 public:
     using handler = std::function<void(upstream_result)>;
 
+    // Throws config::config_error when an https upstream's ca_file cannot be loaded.
     upstream_pool(boost::asio::io_context::executor_type executor, config::upstream_settings settings);
     ~upstream_pool();
     upstream_pool(const upstream_pool&) = delete;
@@ -72,6 +77,7 @@ private:
 
     boost::asio::io_context::executor_type executor_;
     config::upstream_settings settings_;
+    std::unique_ptr<boost::asio::ssl::context> tls_;  // https:// upstreams only
     std::mutex mutex_;
     std::vector<std::unique_ptr<connection>> idle_;
     std::deque<std::shared_ptr<call>> waiting_;

@@ -96,12 +96,14 @@ item_request build_item_request(const config::fan_out_settings& settings, const 
     out.target = std::move(*path.text);
     // Caller values must not change which resource is asked: no ".." and no empty segment
     // ("/api/v1/activities/" for an empty or null item is the collection, not an item).
-    if (routes::has_dot_segment(routes::split_target(out.target).first)) {
+    const std::string_view item_path = routes::split_target(out.target).first;
+    const std::string_view template_path = routes::split_target(rs.path).first;
+    if (routes::has_dot_segment(item_path)) {
         out.error = "request.path would hold a \".\" or \"..\" segment for this item";
         return out;
     }
-    if (out.target.find("//") != std::string::npos ||
-        (out.target.size() > 1 && out.target.back() == '/' && rs.path.back() != '/')) {
+    if ((item_path.find("//") != std::string_view::npos && template_path.find("//") == std::string_view::npos) ||
+        (!item_path.empty() && item_path.back() == '/' && (template_path.empty() || template_path.back() != '/'))) {
         out.error = "request.path would hold an empty segment for this item";
         return out;
     }

@@ -316,7 +316,7 @@ TEST(ConfigErrors, BadUpstreamUrls) {
     const auto f = data("bad_url.yaml");
     const auto errs = errors_of_file(f);
     EXPECT_EQ(errs.size(), 5u) << dump(errs);
-    EXPECT_TRUE(has_error(errs, f, 3, 10, "upstreams.secure.url", "https upstreams are not supported yet"));
+    EXPECT_TRUE(has_error(errs, f, 3, 10, "upstreams.secure.url", "expected http://host[:port] or https://host[:port]"));
     EXPECT_TRUE(has_error(errs, f, 5, 10, "upstreams.with_path.url", "must not have a path (got \"/v1\")"));
     EXPECT_TRUE(has_error(errs, f, 7, 10, "upstreams.bad_port.url", "port must be 1..65535"));
     EXPECT_TRUE(has_error(errs, f, 9, 10, "upstreams.no_scheme.url", "expected http://host[:port]"));

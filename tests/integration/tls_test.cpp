@@ -1,0 +1,244 @@
+// https:// upstreams: a real TLS server on 127.0.0.1 (a certificate made by the test with
+// OpenSSL, relaying the decrypted bytes to the plain mock upstream), so coalesced batch calls
+// and passthrough are checked end to end, and so are certificate and name verification.
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include <boost/asio/ssl.hpp>
+#include <boost/beast/ssl.hpp>
+
+#include <array>
+#include <set>
+
+#include "tests/integration/harness.hpp"
+
+using namespace batchgate::testing;
+using batchgate::mock::mock_upstream;
+namespace ssl = boost::asio::ssl;
+
+namespace {
+
+struct pem_pair {
+    std::string cert;
+    std::string key;
+};
+
+// A self-signed certificate (its own CA) for IP 127.0.0.1 and DNS localhost.
+pem_pair make_certificate() {
+    EVP_PKEY* key = EVP_EC_gen("P-256");
+    X509* x = X509_new();
+    X509_set_version(x, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+    X509_set_pubkey(x, key);
+    X509_NAME* name = X509_get_subject_name(x);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("batchgate test"), -1, -1, 0);
+    X509_set_issuer_name(x, name);
+    X509V3_CTX v3;
+    X509V3_set_ctx_nodb(&v3);
+    X509V3_set_ctx(&v3, x, x, nullptr, nullptr, 0);
+    for (auto [nid, value] : {std::pair{NID_subject_alt_name, "IP:127.0.0.1,DNS:localhost"},
+                              std::pair{NID_basic_constraints, "critical,CA:TRUE"}}) {
+        X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &v3, nid, value);
+        X509_add_ext(x, ext, -1);
+        X509_EXTENSION_free(ext);
+    }
+    X509_sign(x, key, EVP_sha256());
+    auto to_string = [](BIO* bio) {
+        char* data = nullptr;
+        long n = BIO_get_mem_data(bio, &data);
+        std::string out(data, static_cast<std::size_t>(n));
+        BIO_free(bio);
+        return out;
+    };
+    BIO* c = BIO_new(BIO_s_mem());
+    PEM_write_bio_X509(c, x);
+    BIO* k = BIO_new(BIO_s_mem());
+    PEM_write_bio_PrivateKey(k, key, nullptr, nullptr, 0, nullptr, nullptr);
+    pem_pair out{to_string(c), to_string(k)};
+    X509_free(x);
+    EVP_PKEY_free(key);
+    return out;
+}
+
+// Terminates TLS on 127.0.0.1:0 and relays each connection's bytes to a plain port.
+class tls_front {
+public:
+    tls_front(const pem_pair& pem, unsigned short plain_port)
+        : ctx_(ssl::context::tls_server), acceptor_(ioc_, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0)),
+          target_(net::ip::make_address("127.0.0.1"), plain_port) {
+        ctx_.use_certificate_chain(net::buffer(pem.cert));
+        ctx_.use_private_key(net::buffer(pem.key), ssl::context::pem);
+        accept();
+        thread_ = std::thread([this] { ioc_.run(); });
+    }
+    ~tls_front() {
+        ioc_.stop();
+        thread_.join();
+    }
+    unsigned short port() const { return acceptor_.local_endpoint().port(); }
+    int handshakes() const { return handshakes_.load(); }
+
+private:
+    struct link : std::enable_shared_from_this<link> {
+        link(tcp::socket s, ssl::context& ctx, net::io_context& ioc) : tls(std::move(s), ctx), plain(ioc) {}
+        beast::ssl_stream<tcp::socket> tls;
+        tcp::socket plain;
+        std::array<char, 16384> up{}, down{};
+    };
+
+    void accept() {
+        acceptor_.async_accept([this](beast::error_code ec, tcp::socket s) {
+            if (ec) return;
+            auto l = std::make_shared<link>(std::move(s), ctx_, ioc_);
+            l->tls.async_handshake(ssl::stream_base::server, [this, l](beast::error_code ec) {
+                if (ec) return;  // the client refused our certificate, say
+                ++handshakes_;
+                l->plain.async_connect(target_, [l](beast::error_code ec) {
+                    if (ec) return;
+                    pump_up(l);
+                    pump_down(l);
+                });
+            });
+            accept();
+        });
+    }
+    // client -> upstream
+    static void pump_up(std::shared_ptr<link> l) {
+        l->tls.async_read_some(net::buffer(l->up), [l](beast::error_code ec, std::size_t n) {
+            if (ec) return l->plain.close();
+            net::async_write(l->plain, net::buffer(l->up.data(), n), [l](beast::error_code ec, std::size_t) {
+                if (!ec) pump_up(l);
+            });
+        });
+    }
+    // upstream -> client
+    static void pump_down(std::shared_ptr<link> l) {
+        l->plain.async_read_some(net::buffer(l->down), [l](beast::error_code ec, std::size_t n) {
+            if (ec) return beast::get_lowest_layer(l->tls).close();
+            net::async_write(l->tls, net::buffer(l->down.data(), n), [l](beast::error_code ec, std::size_t) {
+                if (!ec) pump_down(l);
+            });
+        });
+    }
+
+    net::io_context ioc_;
+    ssl::context ctx_;
+    tcp::acceptor acceptor_;
+    tcp::endpoint target_;
+    std::atomic<int> handshakes_{0};
+    std::thread thread_;
+};
+
+std::string write_temp(const std::string& name, const std::string& text) {
+    auto dir = std::filesystem::temp_directory_path() / ("batchgate-tls-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    auto path = (dir / name).string();
+    std::ofstream(path) << text;
+    return path;
+}
+
+const char* yaml = R"(
+listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+worker_threads: 2
+upstreams:
+  secure:
+    url: https://{{HOST}}:{{PORT}}
+    connect_timeout: 1s
+{{TLS}}
+routes:
+  - name: users
+    match: {method: GET, path: "/users/{id}"}
+    upstream: secure
+    mode: coalesce
+    coalesce:
+      key: {path: id}
+      max_wait: 20ms
+      request: {method: GET, path: /users, encoding: query_list, query_param: ids}
+      response: {items: "", key: /id}
+  - name: everything
+    match: {prefix: /}
+    upstream: secure
+)";
+
+std::shared_ptr<const batchgate::config::gateway_config> config_for(unsigned short port, const std::string& tls,
+                                                                    const std::string& host = "127.0.0.1") {
+    return load_yaml(fill(yaml, {{"PORT", std::to_string(port)}, {"TLS", tls}, {"HOST", host}}));
+}
+
+class Tls : public ::testing::Test {
+protected:
+    pem_pair pem = make_certificate();
+    mock_upstream up;
+    tls_front front{pem, up.port()};
+    std::string ca = write_temp("ca.pem", pem.cert);
+};
+
+}  // namespace
+
+TEST_F(Tls, CoalescedCallsAndPassthroughGoOverVerifiedTls) {
+    running_gateway gw(config_for(front.port(), "    tls: {ca_file: " + ca + "}"));
+    auto results = concurrently(20, [&](int i) { return get(gw.port(), "/users/" + std::to_string(i + 1)); });
+    for (int i = 0; i < 20; ++i) {
+        ASSERT_EQ(results[i].status, 200) << results[i].body;
+        EXPECT_EQ(results[i].json()["id"], std::to_string(i + 1));
+    }
+    EXPECT_LE(up.count("GET", "/users"), 3u) << "the 20 callers still share a few batch calls";
+    auto echo = send_request(gw.port(), "POST", "/echo/x", R"({"a":1})", {{"Content-Type", "application/json"}});
+    ASSERT_EQ(echo.status, 200) << echo.body;
+    EXPECT_EQ(echo.json()["body"], R"({"a":1})");
+    EXPECT_EQ(echo.json()["headers"]["host"], "127.0.0.1:" + std::to_string(front.port()));
+    // Pooled TLS connections are reused, not handshaken per request.
+    for (int i = 0; i < 10; ++i) ASSERT_EQ(get(gw.port(), "/echo/again").status, 200);
+    EXPECT_LE(front.handshakes(), 8);
+}
+
+TEST_F(Tls, UntrustedCertificateIs502WithTheReason) {
+    running_gateway gw(config_for(front.port(), ""));  // the system store does not know our CA
+    auto r = get(gw.port(), "/echo/x");
+    EXPECT_EQ(r.status, 502) << r.body;
+    EXPECT_NE(r.body.find("certificate verify failed"), std::string::npos) << r.body;
+    EXPECT_EQ(up.calls().size(), 0u);
+}
+
+TEST_F(Tls, NameMismatchIs502AndVerifyFalseAcceptsAnything) {
+    {
+        running_gateway gw(config_for(front.port(), "    tls: {ca_file: " + ca + ", server_name: api.example.com}"));
+        auto r = get(gw.port(), "/echo/x");
+        EXPECT_EQ(r.status, 502) << r.body;
+        EXPECT_NE(r.body.find("TLS handshake failed"), std::string::npos) << r.body;
+    }
+    {
+        // The DNS name in the certificate matches too.
+        running_gateway gw(config_for(front.port(), "    tls: {ca_file: " + ca + "}", "localhost"));
+        EXPECT_EQ(get(gw.port(), "/echo/x").status, 200);
+    }
+    running_gateway gw(config_for(front.port(), "    tls: {verify: false}"));
+    EXPECT_EQ(get(gw.port(), "/echo/x").status, 200);
+}
+
+TEST(TlsConfig, MistakesAreConfigErrorsWithTheirLine) {
+    auto errors = [](const std::string& upstream) {
+        try {
+            load_yaml("upstreams:\n  u:\n" + upstream + "routes:\n  - {name: r, match: {prefix: /}, upstream: u}\n");
+        } catch (const batchgate::config::config_error& e) {
+            return e.errors();
+        }
+        return std::vector<std::string>{};
+    };
+    auto e = errors("    url: http://127.0.0.1:1\n    tls: {verify: false}\n");
+    ASSERT_EQ(e.size(), 1u);
+    EXPECT_NE(e[0].find(":4:5: upstreams.u.tls: tls is only used with an https:// url"), std::string::npos) << e[0];
+    e = errors("    url: https://127.0.0.1\n    tls: {ca_file: /nonexistent/ca.pem, verfy: false}\n");
+    ASSERT_EQ(e.size(), 2u);
+    EXPECT_NE(e[0].find(":4:20: upstreams.u.tls.ca_file: cannot read \"/nonexistent/ca.pem\""), std::string::npos) << e[0];
+    EXPECT_NE(e[1].find(":4:41: upstreams.u.tls.verfy: unknown key \"verfy\" (did you mean \"verify\"?)"), std::string::npos) << e[1];
+    auto cfg = load_yaml("upstreams:\n  u: {url: \"https://api.example.com\"}\nroutes:\n  - {name: r, match: {prefix: /}, upstream: u}\n");
+    EXPECT_TRUE(cfg->upstreams[0].tls);
+    EXPECT_EQ(cfg->upstreams[0].port, 443);
+    EXPECT_TRUE(cfg->upstreams[0].tls_verify);
+}
