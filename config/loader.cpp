@@ -669,7 +669,12 @@ void load_upstream_tls(context& ctx, const field& f, upstream_settings& u) {
         if (auto v = read_string(ctx, *x)) {
             // Read now, so a wrong path is a config error with its line, not a failed start.
             std::ifstream in(*v);
-            if (!in) ctx.add(x->mark(), x->path, "cannot read " + quote(*v) + ": " + std::strerror(errno));
+            std::string text;
+            if (in) text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+            if (!in && !in.eof())
+                ctx.add(x->mark(), x->path, "cannot read " + quote(*v) + ": " + std::strerror(errno));
+            else if (text.find("-----BEGIN CERTIFICATE-----") == std::string::npos)
+                ctx.add(x->mark(), x->path, quote(*v) + " holds no PEM certificate (-----BEGIN CERTIFICATE-----)");
             u.tls_ca_file = *v;
         }
     }

@@ -80,7 +80,7 @@ private:
     // Copies a header of the outer call unless the sub-request names its own.
     void inherit(request_t& sub, const sub_request& r, http::field f, std::string_view name) {
         if (names_header(r, name)) return;
-        if (auto it = req_.find(f); it != req_.end()) sub.set(f, it->value());
+        if (auto v = gateway::header_value(req_, name)) sub.set(f, *v);  // every line of it
     }
 
     void send(std::size_t i) {

@@ -45,11 +45,7 @@ public:
                   // Raw this: the runner is a member, and every hook runs while a holder of
                   // shared_from_this() (start() or an item's completion) is on the stack.
                   {[this](std::size_t i) { send(i); }, [](std::size_t) {}, [this] { answer(); }}) {
-        header_ = [this](std::string_view name) -> std::optional<std::string> {
-            auto it = req_.find(name);
-            if (it == req_.end()) return std::nullopt;
-            return std::string(it->value());
-        };
+        header_ = [this](std::string_view name) { return gateway::header_value(req_, name); };
     }
 
     void start() {

@@ -143,15 +143,9 @@ struct exchange {
             auto [first, last] = r.equal_range(name);
             if (first == last) return std::nullopt;
             if (std::next(first) == last) return std::string_view(first->value().data(), first->value().size());
-            // Repeated lines (two Cookie lines, as HTTP/2 hops send them) are one value: all of
-            // them decide the partition, and all of them go on the batch call.
-            const std::string_view sep = beast::iequals(name, "cookie") ? "; " : ", ";
-            std::string& all = joined.emplace_back();
-            for (auto it = first; it != last; ++it) {
-                if (it != first) all += sep;
-                all += std::string_view(it->value().data(), it->value().size());
-            }
-            return std::string_view(all);
+            // Repeated lines are one value: all of them decide the partition, and all of them
+            // go on the batch call.
+            return std::string_view(joined.emplace_back(*header_value(r, name)));
         };
         caller.body = req.body();
 
@@ -203,6 +197,18 @@ struct exchange {
 };
 
 }  // namespace
+
+std::optional<std::string> header_value(const request_t& req, std::string_view name) {
+    auto [first, last] = req.equal_range(name);
+    if (first == last) return std::nullopt;
+    const std::string_view sep = beast::iequals(name, "cookie") ? "; " : ", ";
+    std::string all;
+    for (auto it = first; it != last; ++it) {
+        if (it != first) all += sep;
+        all += std::string_view(it->value().data(), it->value().size());
+    }
+    return all;
+}
 
 response_t error_response(gateway_error e, const std::string& message, const std::string& route, unsigned version) {
     response_t res{static_cast<http::status>(http_status(e)), version ? version : 11};

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <boost/beast/http/message.hpp>
@@ -48,6 +49,10 @@ void dispatch_matched(const std::shared_ptr<shared_state>& state, const std::sha
 // Matches and serves req; done is called exactly once.
 void dispatch(const std::shared_ptr<shared_state>& state, const std::shared_ptr<const runtime>& rt, request_t req,
               request_context ctx, dispatch_done done);
+
+// Every line of a header as one value ("a=1; b=2" for Cookie, "x, y" otherwise), nullopt when
+// absent: two Cookie lines (HTTP/2 hops send them) are one caller's credentials.
+std::optional<std::string> header_value(const request_t& req, std::string_view name);
 
 // A JSON error response for a request (content type, body naming the route).
 response_t error_response(gateway_error e, const std::string& message, const std::string& route, unsigned version = 11);

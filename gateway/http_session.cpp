@@ -151,9 +151,11 @@ private:
         begin_request();
         head_request_ = request_.method() == http::verb::head;
         stream_.expires_never();
-        if (version_ >= 11 && request_.find(http::field::host) == request_.end()) {
-            keep_alive_ = false;  // RFC 9112 3.2: a request without Host is answered 400
-            return send(error_response(gateway_error::bad_request, "HTTP/1.1 request without a Host header", "", version_));
+        if (const auto hosts = request_.count(http::field::host); hosts > 1 || (version_ >= 11 && hosts == 0)) {
+            keep_alive_ = false;  // RFC 9112 3.2: no Host (in HTTP/1.1), or more than one, is a 400
+            return send(error_response(gateway_error::bad_request,
+                                       hosts ? "more than one Host header" : "HTTP/1.1 request without a Host header", "",
+                                       version_));
         }
         if (role_ == listener_role::admin) return handle_admin();
         handle_traffic();

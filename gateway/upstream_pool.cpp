@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <type_traits>
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/dispatch.hpp>
@@ -198,8 +199,16 @@ private:
         conn_->tcp().expires_after(remaining());
         // One head buffer plus the body in place: a single writev, no per-field buffers.
         conn_->with_stream([&](auto& stream) {
-            net::async_write(stream, wire::buffers(head_, req_),
-                             [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_write(ec); });
+            auto on_written = [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_write(ec); };
+            const auto bufs = wire::buffers(head_, req_);
+            if constexpr (std::is_same_v<std::decay_t<decltype(stream)>, tls_stream_t>) {
+                // Not as a two-element array: asio's special case for those hands TLS a leading
+                // empty buffer once the head is out, Beast's flat_stream then writes 0 bytes,
+                // and the write "completes" without the body.
+                net::async_write(stream, beast::buffers_cat(bufs[0], bufs[1]), std::move(on_written));
+            } else {
+                net::async_write(stream, bufs, std::move(on_written));
+            }
         });
     }
 

@@ -264,6 +264,9 @@ TEST(Http, RequestWithoutHostIs400AndAdminRefusesPostWith405) {
     EXPECT_EQ(raw.rfind("HTTP/1.1 400", 0), 0u) << raw;
     EXPECT_NE(raw.find("without a Host"), std::string::npos) << raw;
     EXPECT_EQ(send_raw(gw.port(), "GET /users/1 HTTP/1.0\r\n\r\n").rfind("HTTP/1.0 200", 0), 0u);  // 1.0 needs none
+    auto twice = send_raw(gw.port(), "GET /users/1 HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
+    EXPECT_EQ(twice.rfind("HTTP/1.1 400", 0), 0u) << twice;
+    EXPECT_NE(twice.find("more than one Host"), std::string::npos) << twice;
     auto post = send_request(gw.admin_port(), "POST", "/healthz");
     EXPECT_EQ(post.status, 405);
     EXPECT_EQ(post.header("allow"), "GET, HEAD");
@@ -288,4 +291,21 @@ routes:
     const auto took = std::chrono::steady_clock::now() - started;
     EXPECT_EQ(r.status, 504) << r.body;
     EXPECT_LT(took, 1s);
+}
+
+// A $batch call's sub-requests carry the outer call's credentials whole: both Cookie lines.
+TEST(Partition, BatchSubRequestsInheritEveryCookieLine) {
+    mock_upstream up;
+    running_gateway gw(config_for(up.port()));
+    const std::string body = R"({"requests":[{"id":"1","method":"GET","url":"/echo/z"}]})";
+    auto raw = send_raw(gw.port(), "POST /$batch HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                                   "Cookie: a=1\r\nCookie: b=2\r\nAuthorization: A\r\nAuthorization: B\r\n"
+                                   "Connection: close\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+    auto json_start = raw.find("\r\n\r\n");
+    ASSERT_NE(json_start, std::string::npos) << raw;
+    auto answer = nlohmann::json::parse(raw.substr(json_start + 4), nullptr, false);
+    ASSERT_TRUE(answer.is_object()) << raw;
+    auto echoed = answer["responses"][0]["body"]["headers"];
+    EXPECT_EQ(echoed["cookie"], "a=1; b=2") << raw;
+    EXPECT_EQ(echoed["authorization"], "A, B") << raw;
 }

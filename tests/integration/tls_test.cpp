@@ -197,6 +197,20 @@ TEST_F(Tls, CoalescedCallsAndPassthroughGoOverVerifiedTls) {
     EXPECT_LE(front.handshakes(), 8);
 }
 
+// A body spans several TLS records (16 KiB each): all of it must reach the upstream, for
+// passthrough and for a batch call alike.
+TEST_F(Tls, BodiesLargerThanOneTlsRecordArriveWhole) {
+    running_gateway gw(config_for(front.port(), "    tls: {ca_file: " + ca + "}"));
+    for (std::size_t n : {16384u, 16385u, 100000u, 1000000u}) {
+        std::string body(n, 'b');
+        body.front() = '<';
+        body.back() = '>';
+        auto r = send_request(gw.port(), "POST", "/echo/big", body, {{"Content-Type", "text/plain"}});
+        ASSERT_EQ(r.status, 200) << n << ": " << r.body.substr(0, 200);
+        EXPECT_EQ(r.json()["body"], body) << n;
+    }
+}
+
 TEST_F(Tls, UntrustedCertificateIs502WithTheReason) {
     running_gateway gw(config_for(front.port(), ""));  // the system store does not know our CA
     auto r = get(gw.port(), "/echo/x");
@@ -237,6 +251,11 @@ TEST(TlsConfig, MistakesAreConfigErrorsWithTheirLine) {
     ASSERT_EQ(e.size(), 2u);
     EXPECT_NE(e[0].find(":4:20: upstreams.u.tls.ca_file: cannot read \"/nonexistent/ca.pem\""), std::string::npos) << e[0];
     EXPECT_NE(e[1].find(":4:41: upstreams.u.tls.verfy: unknown key \"verfy\" (did you mean \"verify\"?)"), std::string::npos) << e[1];
+    // --check-config must not pass a CA file the gateway could not load at start.
+    const std::string not_pem = write_temp("not-a-ca.pem", "this is not a pem\n");
+    e = errors("    url: https://127.0.0.1\n    tls: {ca_file: " + not_pem + "}\n");
+    ASSERT_EQ(e.size(), 1u);
+    EXPECT_NE(e[0].find("upstreams.u.tls.ca_file: \"" + not_pem + "\" holds no PEM certificate"), std::string::npos) << e[0];
     auto cfg = load_yaml("upstreams:\n  u: {url: \"https://api.example.com\"}\nroutes:\n  - {name: r, match: {prefix: /}, upstream: u}\n");
     EXPECT_TRUE(cfg->upstreams[0].tls);
     EXPECT_EQ(cfg->upstreams[0].port, 443);
