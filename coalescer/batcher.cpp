@@ -421,16 +421,13 @@ bool batcher::shed_expired(pending& p) {
     auto expired = [now](const auto& item) {
         return std::all_of(item.waiters.begin(), item.waiters.end(), [now](const waiter& w) { return w.deadline <= now; });
     };
+    reply gone;
+    gone.status = http_status(gateway_error::upstream_timeout);
+    gone.body = error_body(gateway_error::upstream_timeout,
+                           "the caller's deadline passed while its batch waited for a free upstream slot", route_.name);
     for (auto& item : items) {
         if (!expired(item)) continue;
-        for (auto& w : item.waiters) {
-            reply r;
-            r.status = http_status(gateway_error::upstream_timeout);
-            r.body = error_body(gateway_error::upstream_timeout,
-                                "the caller's deadline passed while its batch waited for a free upstream slot",
-                                route_.name);
-            answer(w, std::move(r));
-        }
+        for (auto& w : item.waiters) answer(w, gone);
         item.waiters.clear();
     }
     items.erase(std::remove_if(items.begin(), items.end(), [](const auto& i) { return i.waiters.empty(); }),

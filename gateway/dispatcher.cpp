@@ -75,13 +75,13 @@ struct exchange {
         if (pool_it == rt->upstreams.end()) return fail(gateway_error::internal, "route names an unknown upstream");
         const bool head = req.method() == http::verb::head;
         const unsigned version = req.version();
-        // The caller's request itself goes upstream (no copy of its fields), minus hop-by-hop
-        // headers, plus X-Forwarded-*.
-        // What the client sent, before a Connection header can strip it.
+        // X-Forwarded-* from what the client sent, before a Connection header can strip it.
         std::string xff = ctx.client_ip;
         if (auto it = req.find("X-Forwarded-For"); it != req.end()) xff = std::string(it->value()) + ", " + ctx.client_ip;
         std::string forwarded_host;
         if (auto it = req.find(http::field::host); it != req.end()) forwarded_host = std::string(it->value());
+        // The caller's request itself goes upstream (no copy of its fields), minus hop-by-hop
+        // headers, plus X-Forwarded-*.
         upstream_request up = std::move(req);
         strip_hop_by_hop(up);
         up.erase(http::field::content_length);

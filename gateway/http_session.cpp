@@ -316,7 +316,7 @@ private:
     request_t request_;
     std::optional<response_t> response_;
     std::string head_;  // serialized status line and fields of response_
-    net::basic_waitable_timer<clock_type, net::wait_traits<clock_type>, strand_t> deadline_;
+    strand_timer deadline_;
     std::string client_ip_;
     std::string request_id_;
     std::string method_;

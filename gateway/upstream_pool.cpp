@@ -24,7 +24,6 @@ namespace net = boost::asio;
 namespace beast = boost::beast;
 using tcp = net::ip::tcp;
 using clock_type = std::chrono::steady_clock;
-using wait_timer = net::basic_waitable_timer<clock_type, net::wait_traits<clock_type>, strand_t>;
 using resolver_t = net::ip::basic_resolver<tcp, strand_t>;
 
 using tls_stream_t = beast::ssl_stream<stream_t>;
@@ -92,7 +91,7 @@ public:
     // Queued: give up at the deadline unless a connection arrives first. Only queued calls
     // pay for a timer.
     void wait_in_queue() {
-        queue_timer_ = std::make_unique<wait_timer>(strand_t(pool_->executor_));
+        queue_timer_ = std::make_unique<strand_timer>(strand_t(pool_->executor_));
         queue_timer_->expires_at(deadline_);
         queue_timer_->async_wait([self = shared_from_this()](beast::error_code ec) {
             if (ec) return;
@@ -143,7 +142,7 @@ private:
                                                                       std::to_string(s.port)));
         resolver_ = std::make_unique<resolver_t>(conn_->tcp().get_executor());
         // A resolver that hangs must not hold the slot past the connect budget.
-        resolve_timer_ = std::make_unique<wait_timer>(conn_->tcp().get_executor());
+        resolve_timer_ = std::make_unique<strand_timer>(conn_->tcp().get_executor());
         resolve_timer_->expires_after(std::min<clock_type::duration>(remaining(), s.connect_timeout));
         resolve_timer_->async_wait([self = shared_from_this()](beast::error_code ec) {
             if (!ec && self->resolver_) self->resolver_->cancel();
@@ -316,10 +315,10 @@ private:
     clock_type::time_point deadline_;
     handler done_;
     std::string head_;  // serialized request line and fields of req_
-    std::unique_ptr<wait_timer> queue_timer_;  // only while queued for a connection
+    std::unique_ptr<strand_timer> queue_timer_;  // only while queued for a connection
     std::unique_ptr<connection> conn_;
     std::unique_ptr<resolver_t> resolver_;
-    std::unique_ptr<wait_timer> resolve_timer_;
+    std::unique_ptr<strand_timer> resolve_timer_;
     std::optional<http::response_parser<http::string_body>> parser_;
     bool reused_ = false;
     bool retried_ = false;
@@ -327,6 +326,9 @@ private:
 
 upstream_pool::upstream_pool(net::io_context::executor_type executor, config::upstream_settings settings)
     : executor_(std::move(executor)), settings_(std::move(settings)) {
+    // Host of every request, built once. An IPv6 literal goes in brackets: Host: [::1]:9000.
+    host_header_ = settings_.host.find(':') != std::string::npos ? "[" + settings_.host + "]" : settings_.host;
+    if (settings_.port != (settings_.tls ? 443 : 80)) host_header_ += ":" + std::to_string(settings_.port);
     if (!settings_.tls) return;
     tls_ = std::make_unique<net::ssl::context>(net::ssl::context::tls_client);
     tls_->set_options(net::ssl::context::default_workarounds | net::ssl::context::no_sslv2 |
@@ -353,10 +355,7 @@ upstream_pool::upstream_pool(net::io_context::executor_type executor, config::up
 upstream_pool::~upstream_pool() = default;
 
 void upstream_pool::async_send(upstream_request req, std::chrono::milliseconds timeout, handler done) {
-    const bool default_port = settings_.port == (settings_.tls ? 443 : 80);
-    // An IPv6 literal goes in brackets: Host: [::1]:9000.
-    const std::string host = settings_.host.find(':') != std::string::npos ? "[" + settings_.host + "]" : settings_.host;
-    req.set(http::field::host, default_port ? host : host + ":" + std::to_string(settings_.port));
+    req.set(http::field::host, host_header_);
     req.version(11);
     req.keep_alive(true);
     req.prepare_payload();

@@ -77,6 +77,7 @@ private:
 
     boost::asio::io_context::executor_type executor_;
     config::upstream_settings settings_;
+    std::string host_header_;  // "host[:port]" for every request
     std::unique_ptr<boost::asio::ssl::context> tls_;  // https:// upstreams only
     std::mutex mutex_;
     std::vector<std::unique_ptr<connection>> idle_;

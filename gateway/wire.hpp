@@ -5,11 +5,13 @@
 #pragma once
 
 #include <array>
+#include <chrono>
 #include <string>
 
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/basic_waitable_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/message.hpp>
@@ -21,6 +23,8 @@ namespace batchgate::gateway {
 using strand_t = boost::asio::strand<boost::asio::io_context::executor_type>;
 using stream_t = boost::beast::basic_stream<boost::asio::ip::tcp, strand_t>;
 using socket_t = boost::asio::basic_stream_socket<boost::asio::ip::tcp, strand_t>;
+using strand_timer = boost::asio::basic_waitable_timer<std::chrono::steady_clock,
+                                                       boost::asio::wait_traits<std::chrono::steady_clock>, strand_t>;
 
 namespace wire {
 
