@@ -135,6 +135,12 @@ void batcher::drain() {
     });
 }
 
+void batcher::abandon() {
+    window_.drain(clock_type::now());
+    ready_.clear();
+    queued_callers_ = 0;
+}
+
 void batcher::enqueue(std::vector<batch> closed) {
     const auto now = clock_type::now();
     for (auto& b : closed) {
@@ -256,6 +262,11 @@ void batcher::on_answer(pending p, const std::string& batch_id, gateway::upstrea
             upstream_metrics_.requests->inc(std::string("bad_response"));
             fail_all(gateway_error::upstream_bad_response, where + ": " + r.detail);
             break;
+        case gateway::upstream_failure::over_budget:
+            upstream_metrics_.requests->inc(std::string("over_budget"));
+            proto.headers.emplace_back("Retry-After", "1");
+            fail_all(gateway_error::overloaded, r.detail);
+            break;
         case gateway::upstream_failure::none: {
             const int status = r.response.result_int();
             upstream_metrics_.requests->inc(status);
@@ -284,7 +295,7 @@ void batcher::on_answer(pending p, const std::string& batch_id, gateway::upstrea
                 } else if (p.b.items.size() == 1) {
                     // A lone item: its own entry in the answer if there is one, else the whole answer.
                     split_outcome split = split_batch_response(route_.coalesce, route_.name, r.response.body(),
-                                                               {p.b.items[0].key});
+                                                               {p.b.items[0].key}, config_->limits.max_json_depth);
                     auto it = split.items.find(p.b.items[0].key);
                     if (split.error.empty() && it != split.items.end() && it->second.status != route_.coalesce.response.missing_status) {
                         proto.status = it->second.status;
@@ -366,7 +377,7 @@ void batcher::deliver_split(pending& p, const std::string& body, const reply& pr
     std::vector<std::string> keys;
     keys.reserve(p.b.items.size());
     for (const auto& item : p.b.items) keys.push_back(item.key);
-    split_outcome split = split_batch_response(route_.coalesce, route_.name, body, keys);
+    split_outcome split = split_batch_response(route_.coalesce, route_.name, body, keys, config_->limits.max_json_depth);
     if (!split.error.empty()) {
         reply r = proto;
         r.status = http_status(gateway_error::upstream_bad_response);

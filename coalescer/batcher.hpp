@@ -70,6 +70,11 @@ public:
     // Flushes everything now and sends later callers at once (SIGTERM, reload).
     void drain();
 
+    // After the io_context has stopped for good (the drain deadline passed and every caller
+    // was answered 503 by its connection): drops the callers still queued without calling
+    // them. Their handlers hold sessions, which hold the runtime that holds this batcher.
+    void abandon();
+
 private:
     struct waiter {
         reply_handler done;

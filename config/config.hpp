@@ -35,6 +35,17 @@ struct limits_settings {
     std::size_t max_header_bytes = 16 * 1024;      // limits.max_header: 16KiB
     duration idle_timeout = std::chrono::seconds(60);   // limits.idle_timeout
     duration drain_timeout = std::chrono::seconds(10);  // limits.drain_timeout (SIGTERM)
+    // limits.max_json_depth: JSON from callers and upstreams nested deeper is refused
+    // (routes/json_text.hpp has the default and the cap).
+    std::size_t max_json_depth = 64;
+    // limits.max_connections: client connections open at once; more get a 503 and are closed.
+    // Lowered at start (with a warning) to what RLIMIT_NOFILE leaves after the upstream pools.
+    std::size_t max_connections = 10000;
+    // limits.max_buffered: bodies held in memory at once (requests read, upstream answers read,
+    // answers being written); new body-bearing work over it gets 503 with Retry-After.
+    std::size_t max_buffered_bytes = 256u * 1024 * 1024;
+    // limits.send_timeout: a client that accepts no byte of its answer for this long is dropped.
+    duration send_timeout = std::chrono::seconds(10);
 };
 
 // upstreams.<name>

@@ -12,9 +12,12 @@
 #include <set>
 #include <utility>
 
+#include <openssl/err.h>
+#include <openssl/x509_vfy.h>
 #include <yaml-cpp/yaml.h>
 
 #include "fanout/core/fan_out.hpp"
+#include "routes/json_text.hpp"
 #include "routes/route_table.hpp"
 
 namespace batchgate::config {
@@ -578,7 +581,8 @@ nlohmann::json yaml_to_json(context& ctx, const YAML::Node& n, const std::string
 // Sections
 
 void load_limits(context& ctx, const field& f, limits_settings& out) {
-    map_reader m(ctx, f.value, f.path, {"max_body", "max_header", "idle_timeout", "drain_timeout"});
+    map_reader m(ctx, f.value, f.path, {"max_body", "max_header", "idle_timeout", "drain_timeout", "max_json_depth",
+                                            "max_connections", "max_buffered", "send_timeout"});
     if (!m.ok()) return;
     if (auto* x = m.get("max_body"))
         if (auto v = read_size(ctx, *x, false)) out.max_body_bytes = *v;
@@ -588,6 +592,14 @@ void load_limits(context& ctx, const field& f, limits_settings& out) {
         if (auto v = read_duration(ctx, *x, false)) out.idle_timeout = *v;
     if (auto* x = m.get("drain_timeout"))
         if (auto v = read_duration(ctx, *x, true)) out.drain_timeout = *v;
+    if (auto* x = m.get("max_json_depth"))
+        if (auto v = read_count(ctx, *x, 1, routes::max_json_depth_cap)) out.max_json_depth = *v;
+    if (auto* x = m.get("max_connections"))
+        if (auto v = read_count(ctx, *x, 1)) out.max_connections = *v;
+    if (auto* x = m.get("max_buffered"))
+        if (auto v = read_size(ctx, *x, false)) out.max_buffered_bytes = *v;
+    if (auto* x = m.get("send_timeout"))
+        if (auto v = read_duration(ctx, *x, false)) out.send_timeout = *v;
 }
 
 void load_logging(context& ctx, const field& f, logging_settings& out) {
@@ -659,6 +671,26 @@ void parse_upstream_url(context& ctx, const field& f, upstream_settings& u) {
     u.host = host;
 }
 
+// The CA file as the gateway loads it (SSL_CTX_load_verify_locations reads it through the same
+// X509 lookup): every PEM block must parse. nullopt when it loads.
+std::optional<std::string> load_ca_file(const std::string& path) {
+    X509_STORE* store = X509_STORE_new();
+    if (!store) return "out of memory";
+    ERR_clear_error();
+    const bool ok = X509_STORE_load_file(store, path.c_str()) == 1;
+    std::string why;
+    if (!ok) {
+        char buf[256];
+        const unsigned long e = ERR_peek_last_error();
+        ERR_error_string_n(e, buf, sizeof buf);
+        why = e ? ERR_reason_error_string(e) ? ERR_reason_error_string(e) : buf : "no certificate could be read";
+    }
+    ERR_clear_error();
+    X509_STORE_free(store);
+    if (ok) return std::nullopt;
+    return why;
+}
+
 void load_upstream_tls(context& ctx, const field& f, upstream_settings& u) {
     map_reader m(ctx, f.value, f.path, {"verify", "ca_file", "server_name"});
     if (!m.ok()) return;
@@ -675,6 +707,8 @@ void load_upstream_tls(context& ctx, const field& f, upstream_settings& u) {
                 ctx.add(x->mark(), x->path, "cannot read " + quote(*v) + ": " + std::strerror(errno));
             else if (text.find("-----BEGIN CERTIFICATE-----") == std::string::npos)
                 ctx.add(x->mark(), x->path, quote(*v) + " holds no PEM certificate (-----BEGIN CERTIFICATE-----)");
+            else if (auto why = load_ca_file(*v))
+                ctx.add(x->mark(), x->path, "cannot load certificates from " + quote(*v) + ": " + *why);
             u.tls_ca_file = *v;
         }
     }

@@ -145,7 +145,8 @@ private:
             if (status == 504) metrics_.timeout->Increment();
             else if (status >= 200 && status < 300) metrics_.success->Increment();
             else metrics_.error->Increment();
-            entries_[i] = response_entry(requests_[i].id, status, headers, type, res.body());
+            entries_[i] = response_entry(requests_[i].id, status, headers, type, res.body(),
+                                          rt_->config->limits.max_json_depth);
             statuses_[i] = status;
         }
         runner_.finish(i, status);

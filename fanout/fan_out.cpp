@@ -10,6 +10,7 @@
 
 #include "fanout/core/fan_out.hpp"
 #include "fanout/core/plan_runner.hpp"
+#include "routes/json_text.hpp"
 
 namespace batchgate::fanout {
 
@@ -103,11 +104,20 @@ private:
             case gateway::upstream_failure::bad_response:
                 upstream_metrics_.requests->inc(std::string("bad_response"));
                 return complete(i, {502, json{{"error", where + ": " + r.detail}}}, outcome::error);
+            case gateway::upstream_failure::over_budget:
+                upstream_metrics_.requests->inc(std::string("over_budget"));
+                return complete(i, {503, json{{"error", r.detail}}}, outcome::error);
         }
         const int status = r.response.result_int();
+        const std::size_t max_depth = rt_->config->limits.max_json_depth;
+        auto parsed = routes::parse_json(r.response.body(), max_depth);
+        if (parsed.status == routes::json_status::too_deep) {
+            upstream_metrics_.requests->inc(std::string("bad_response"));
+            return complete(i, {502, json{{"error", where + " answered with " + routes::json_depth_message(max_depth)}}},
+                            outcome::error);
+        }
         upstream_metrics_.requests->inc(status);
-        json body = json::parse(r.response.body(), nullptr, false);
-        if (body.is_discarded()) body = r.response.body();
+        json body = parsed.ok() ? std::move(parsed.value) : json(r.response.body());
         const outcome o = status >= 200 && status < 300 ? outcome::success : outcome::error;
         complete(i, {status, std::move(body)}, o);
     }

@@ -11,6 +11,7 @@
 #include "coalescer/batcher.hpp"
 #include "coalescer/core/codec.hpp"
 #include "fanout/engine.hpp"
+#include "routes/json_text.hpp"
 
 namespace batchgate::gateway {
 
@@ -117,6 +118,9 @@ struct exchange {
                     case upstream_failure::bad_response:
                         um->requests->inc(std::string("bad_response"));
                         return done(error_response(gateway_error::upstream_bad_response, where() + ": " + r.detail, route_name, version), info);
+                    case upstream_failure::over_budget:
+                        um->requests->inc(std::string("over_budget"));
+                        return done(error_response(gateway_error::overloaded, r.detail, route_name, version), info);
                 }
                 const int status = r.response.result_int();
                 um->requests->inc(status);
@@ -173,6 +177,12 @@ struct exchange {
         s.part = coalescer::make_partition(route->name, settings, caller);
         s.cost = settings.request.encoding == config::batch_encoding::json_body ? coalescer::item_cost(*item.item)
                                                                                : coalescer::item_cost(settings, key);
+        // An item that alone breaks the byte limit could only go upstream in a call the
+        // route's own limit forbids.
+        if (settings.max_batch_bytes != 0 && s.cost > settings.max_batch_bytes)
+            return fail(gateway_error::payload_too_large,
+                        "the item takes " + std::to_string(s.cost) + " bytes of the batch call, more than coalesce.max_batch_bytes (" +
+                            std::to_string(settings.max_batch_bytes) + ")");
         s.key = std::move(key);
         s.item = std::move(*item.item);
         s.method = std::string(req.method_string());
@@ -242,6 +252,14 @@ void dispatch_matched(const std::shared_ptr<shared_state>& state, const std::sha
                                    "no route matches " + std::string(req.method_string()) + " " + std::string(path), "",
                                    req.version()),
                     {});
+    }
+    if (route->mode != config::route_mode::passthrough && !req.body().empty()) {
+        // These modes parse the body; refuse absurd nesting before anything copies it.
+        const std::size_t max_depth = rt->config->limits.max_json_depth;
+        if (routes::json_too_deep(req.body(), max_depth))
+            return done(error_response(gateway_error::bad_request, "request body is " + routes::json_depth_message(max_depth),
+                                       route->name, req.version()),
+                        {});
     }
     if (route->mode == config::route_mode::fan_out)
         return fanout::serve_fan_out(state, rt, *route, std::move(req), std::move(ctx), std::move(done));

@@ -47,8 +47,16 @@ std::string request_id_for(const request_t& req) {
 class http_session : public drainable, public std::enable_shared_from_this<http_session> {
 public:
     http_session(socket_t socket, listener_role role, std::shared_ptr<shared_state> state)
-        : stream_(std::move(socket)), role_(role), state_(std::move(state)), deadline_(stream_.get_executor()) {
-        if (role_ == listener_role::traffic) state_->metrics.open_connections().Increment();
+        : stream_(std::move(socket)),
+          role_(role),
+          state_(std::move(state)),
+          deadline_(stream_.get_executor()),
+          request_lease_(&state_->budget),
+          response_lease_(&state_->budget) {
+        if (role_ == listener_role::traffic) {
+            state_->client_connections.fetch_add(1, std::memory_order_relaxed);
+            state_->metrics.open_connections().Increment();
+        }
         beast::error_code ec;
         stream_.socket().set_option(tcp::no_delay(true), ec);
         auto remote = stream_.socket().remote_endpoint(ec);
@@ -57,7 +65,10 @@ public:
 
     ~http_session() override {
         state_->untrack(this);
-        if (role_ == listener_role::traffic) state_->metrics.open_connections().Decrement();
+        if (role_ == listener_role::traffic) {
+            state_->client_connections.fetch_sub(1, std::memory_order_relaxed);
+            state_->metrics.open_connections().Decrement();
+        }
     }
 
     void run() {
@@ -91,6 +102,9 @@ private:
 
     void on_header(beast::error_code ec) {
         if (ec || parser_->is_done()) return on_read(ec);
+        // The body's memory is reserved before it is read (and before 100 Continue invites it).
+        if (auto length = parser_->content_length(); length && !request_lease_.grow_to(*length))
+            return refuse_over_budget();
         const auto& h = parser_->get();
         auto expect = h.find(http::field::expect);
         // Not when the body is already arriving (RFC 9110 10.1.1: the server may then omit it).
@@ -107,8 +121,29 @@ private:
     }
 
     void read_body() {
-        http::async_read(stream_, buffer_, *parser_,
-                         [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_read(ec); });
+        http::async_read_some(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
+            if (ec) return self->on_read(ec);
+            // A chunked body is counted as it grows.
+            if (!self->request_lease_.grow_to(self->parser_->get().body().capacity())) return self->refuse_over_budget();
+            if (self->parser_->is_done()) return self->on_read(ec);
+            self->read_body();
+        });
+    }
+
+    // The request is answered without its (rest of the) body: the connection cannot go on.
+    void begin_unread_request() {
+        keep_alive_ = false;
+        request_ = {};
+        version_ = 11;
+        request_id_ = request_id_for(request_);
+        begin_request();
+    }
+
+    void refuse_over_budget() {
+        begin_unread_request();
+        state_->metrics.budget_rejected().Increment();
+        send(error_response(gateway_error::overloaded,
+                            "the gateway's memory budget (limits.max_buffered) cannot hold this request body now", ""));
     }
 
     void begin_request() {
@@ -128,11 +163,7 @@ private:
             return close();
         if (ec) {
             // The request cannot be trusted as a whole: answer it and close the connection.
-            keep_alive_ = false;
-            request_ = {};
-            version_ = 11;
-            request_id_ = request_id_for(request_);
-            begin_request();
+            begin_unread_request();
             if (ec == http::error::body_limit)
                 return send(error_response(gateway_error::payload_too_large,
                                            "request body exceeds limits.max_body (" +
@@ -261,11 +292,24 @@ private:
         res.set(http::field::server, "batchgate");
         if (role_ == listener_role::traffic) res.set("X-Request-Id", request_id_);
         response_ = std::move(res);
-        stream_.expires_after(runtime_->config->limits.idle_timeout);
+        response_lease_.force_to(response_->body().size());
         // One head buffer plus the body in place: a single writev, no per-field buffers.
         // A HEAD answer keeps its Content-Length but never carries the body.
-        net::async_write(stream_, wire::buffers(head_, *response_, !head_request_),
-                         [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_write(ec); });
+        unsent_.emplace(wire::buffers(head_, *response_, !head_request_));
+        write_more();
+    }
+
+    // A client that takes no byte for send_timeout is dropped: its answer would otherwise
+    // stay in memory for as long as it likes.
+    void write_more() {
+        stream_.expires_after(runtime_->config->limits.send_timeout);
+        stream_.async_write_some(*unsent_, [self = shared_from_this()](beast::error_code ec, std::size_t n) {
+            if (ec == beast::error::timeout) self->state_->metrics.send_timeouts().Increment();
+            if (ec) return self->on_write(ec);
+            self->unsent_->consume(n);
+            if (beast::buffer_bytes(*self->unsent_) == 0) return self->on_write(ec);
+            self->write_more();
+        });
     }
 
     void access_log(int status, clock_type::duration elapsed) {
@@ -292,7 +336,10 @@ private:
     }
 
     void on_write(beast::error_code ec) {
+        unsent_.reset();
         response_.reset();
+        request_lease_.reset();
+        response_lease_.reset();
         request_ = {};
         method_.clear();
         target_.clear();
@@ -316,7 +363,10 @@ private:
     request_t request_;
     std::optional<response_t> response_;
     std::string head_;  // serialized status line and fields of response_
+    std::optional<beast::buffers_suffix<std::array<net::const_buffer, 2>>> unsent_;  // of head_ and response_
     strand_timer deadline_;
+    budget_lease request_lease_;   // the request body, until its answer is written
+    budget_lease response_lease_;  // the answer, while it is written
     std::string client_ip_;
     std::string request_id_;
     std::string method_;

@@ -1,10 +1,14 @@
 #include "gateway/listener.hpp"
 
+#include <sys/socket.h>
+
 #include <iostream>
 
 #include <boost/asio/strand.hpp>
 
+#include "gateway/errors.hpp"
 #include "gateway/http_session.hpp"
+#include "gateway/log.hpp"
 
 namespace batchgate::gateway {
 
@@ -13,7 +17,7 @@ using tcp = net::ip::tcp;
 
 listener::listener(net::io_context& ioc, const config::endpoint& where, listener_role role,
                    std::shared_ptr<shared_state> state)
-    : ioc_(ioc), acceptor_(net::make_strand(ioc)), role_(role), state_(std::move(state)) {
+    : ioc_(ioc), acceptor_(net::make_strand(ioc)), pause_(acceptor_.get_executor()), role_(role), state_(std::move(state)) {
     boost::system::error_code ec;
     auto address = net::ip::make_address(where.host, ec);
     if (ec) {
@@ -42,6 +46,7 @@ void listener::stop() {
     net::dispatch(acceptor_.get_executor(), [self = shared_from_this()] {
         boost::system::error_code ignored;
         self->acceptor_.close(ignored);
+        self->pause_.cancel();
     });
 }
 
@@ -50,13 +55,45 @@ void listener::do_accept() {
     acceptor_.async_accept(strand_t(ioc_.get_executor()), [self = shared_from_this()](boost::system::error_code ec,
                                                                                       socket_t socket) {
         if (ec == net::error::operation_aborted || !self->acceptor_.is_open()) return;
-        if (ec) {
-            std::cerr << "{\"level\":\"warn\",\"msg\":\"accept failed\",\"error\":\"" << ec.message() << "\"}\n";
+        if (ec) return self->pause_after(ec);
+        if (self->role_ == listener_role::traffic &&
+            self->state_->client_connections.load(std::memory_order_relaxed) >= self->state_->max_connections.load()) {
+            self->state_->metrics.connections_refused("max_connections").Increment();
+            self->refuse(socket.native_handle());
         } else {
             start_session(std::move(socket), self->role_, self->state_);
         }
         self->do_accept();
     });
+}
+
+void listener::pause_after(const boost::system::error_code& ec) {
+    state_->metrics.connections_refused("accept_error").Increment();
+    const auto now = std::chrono::steady_clock::now();
+    ++unwarned_;
+    if (now - last_warned_ >= std::chrono::seconds(5)) {
+        log_line("warn", "accept failed; pausing new connections for 100ms",
+                 {{"error", ec.message()}, {"failures", unwarned_}, {"open_connections", state_->client_connections.load()}});
+        last_warned_ = now;
+        unwarned_ = 0;
+    }
+    pause_.expires_after(std::chrono::milliseconds(100));
+    pause_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+        if (ec || !self->acceptor_.is_open()) return;
+        self->do_accept();
+    });
+}
+
+void listener::refuse(tcp::socket::native_handle_type fd) {
+    static const std::string answer = [] {
+        const std::string body = error_body(gateway_error::overloaded, "too many open connections (limits.max_connections)", "");
+        return "HTTP/1.1 503 Service Unavailable\r\nServer: batchgate\r\nContent-Type: application/json\r\n"
+               "Retry-After: 1\r\nConnection: close\r\nContent-Length: " +
+               std::to_string(body.size()) + "\r\n\r\n" + body;
+    }();
+    // Best effort and never blocking: the socket closes when the caller's object goes.
+    [[maybe_unused]] auto sent = ::send(fd, answer.data(), answer.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    ::shutdown(fd, SHUT_WR);
 }
 
 }  // namespace batchgate::gateway

@@ -1,5 +1,7 @@
 #include "gateway/server.hpp"
 
+#include <sys/resource.h>
+
 #include <iostream>
 
 #include <boost/asio/executor_work_guard.hpp>
@@ -23,6 +25,28 @@ int thread_count(const config::gateway_config& cfg) {
     return static_cast<int>(cfg.worker_threads ? cfg.worker_threads : std::max(1u, std::thread::hardware_concurrency()));
 }
 
+// limits.max_connections, lowered so that client connections can never take the descriptors
+// the upstream pools, listeners and logs need. The soft RLIMIT_NOFILE is raised to the hard
+// one first, as nginx and HAProxy do.
+std::size_t connection_cap(const config::gateway_config& cfg) {
+    rlimit lim{};
+    if (getrlimit(RLIMIT_NOFILE, &lim) != 0) return cfg.limits.max_connections;
+    if (lim.rlim_cur < lim.rlim_max) {
+        rlimit raised{lim.rlim_max, lim.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &raised) == 0) lim = raised;
+    }
+    if (lim.rlim_cur == RLIM_INFINITY) return cfg.limits.max_connections;
+    std::size_t reserve = 64;  // listeners, epoll, timers, logs, the config file, a CA file
+    for (const auto& u : cfg.upstreams) reserve += u.max_connections;
+    const std::size_t fds = static_cast<std::size_t>(lim.rlim_cur);
+    const std::size_t room = fds > reserve + 1 ? fds - reserve : 1;
+    if (cfg.limits.max_connections <= room) return cfg.limits.max_connections;
+    log_line("warn", "limits.max_connections lowered to fit the file descriptor limit",
+             {{"max_connections", cfg.limits.max_connections}, {"lowered_to", room}, {"nofile", fds},
+              {"reserved_for_upstreams_and_process", reserve}});
+    return room;
+}
+
 void apply_logging(const config::gateway_config& cfg) {
     logging().level = level_number(cfg.logging.level);
     logging().access_log = cfg.logging.access_log;
@@ -41,8 +65,10 @@ struct server::impl {
 
     std::shared_ptr<const runtime> build_runtime(std::shared_ptr<const config::gateway_config> c) {
         auto rt = std::make_shared<runtime>(std::move(c));
+        std::erase_if(built, [](const auto& w) { return w.expired(); });
+        built.push_back(rt);
         for (const auto& u : rt->config->upstreams)
-            rt->upstreams.emplace(u.name, std::make_shared<upstream_pool>(ioc.get_executor(), u));
+            rt->upstreams.emplace(u.name, std::make_shared<upstream_pool>(ioc.get_executor(), u, state->budget));
         for (const auto& r : rt->config->routes) {
             route_handles& h = rt->handles[&r];
             h.metrics = &metrics.route(r.name);  // every route shows in /metrics from the start
@@ -52,6 +78,16 @@ struct server::impl {
                                                                               rt->upstreams.at(r.upstream), metrics));
         }
         return rt;
+    }
+
+    // Once the threads are gone: break the cycles that callers still queued at the drain
+    // deadline form with the batchers and pools of every snapshot, retired ones included.
+    void abandon_queued() {
+        for (const auto& w : built)
+            if (auto rt = w.lock()) {
+                for (auto& [name, b] : rt->batchers) b->abandon();
+                for (auto& [name, p] : rt->upstreams) p->abandon();
+            }
     }
 
     void retire(const std::shared_ptr<const runtime>& old) {
@@ -119,8 +155,13 @@ struct server::impl {
         });
     }
 
+    // Builds everything first: a config refused here (a CA file OpenSSL cannot load) changes
+    // nothing, not even the log level.
     void apply(std::shared_ptr<const config::gateway_config> next) {
+        auto rt = build_runtime(next);
         apply_logging(*next);
+        state->max_connections = connection_cap(*next);
+        state->budget.set_limit(next->limits.max_buffered_bytes);
         auto old = state->current();
         if (old) {
             // Sockets and threads are set up once: say so rather than pretend.
@@ -133,7 +174,6 @@ struct server::impl {
                     log_line("warn", "reload cannot change this key; restart to apply it (the rest of the file applies)",
                              {{"key", key}});
         }
-        auto rt = build_runtime(std::move(next));
         state->replace(rt);
         retire(old);
     }
@@ -153,6 +193,7 @@ struct server::impl {
     net::steady_timer drain_timer;
     net::signal_set signals;
     std::string config_path;
+    std::vector<std::weak_ptr<const runtime>> built;  // every snapshot, for abandon_queued()
     clock_type::time_point drain_deadline{};
     bool stopping = false;             // touched only on the control strand
     bool stragglers_answered = false;  // touched only on the control strand
@@ -170,6 +211,8 @@ server::~server() {
 void server::start() {
     auto& i = *impl_;
     apply_logging(*i.initial);
+    i.state->max_connections = connection_cap(*i.initial);
+    i.state->budget.set_limit(i.initial->limits.max_buffered_bytes);
     i.state->replace(i.build_runtime(i.initial));
     const auto& cfg = *i.initial;
     i.traffic = std::make_shared<listener>(i.ioc, cfg.listen, listener_role::traffic, i.state);
@@ -202,6 +245,7 @@ void server::start() {
 void server::wait() {
     for (auto& t : impl_->threads)
         if (t.joinable()) t.join();
+    if (!impl_->threads.empty()) impl_->abandon_queued();
     impl_->threads.clear();
 }
 

@@ -14,6 +14,7 @@
 
 #include "coalescer/batcher.hpp"
 #include "config/config.hpp"
+#include "gateway/memory_budget.hpp"
 #include "gateway/upstream_pool.hpp"
 #include "metrics/metrics.hpp"
 #include "routes/route_table.hpp"
@@ -46,7 +47,8 @@ public:
 };
 
 struct shared_state {
-    shared_state(metrics::registry& m, boost::asio::io_context::executor_type ex) : metrics(m), executor(ex) {}
+    shared_state(metrics::registry& m, boost::asio::io_context::executor_type ex)
+        : metrics(m), executor(ex), budget(m.buffered_bytes()) {}
 
     // Connections register once when they start and leave in their destructor.
     void track(const std::shared_ptr<drainable>& c) {
@@ -70,9 +72,13 @@ struct shared_state {
 
     metrics::registry& metrics;
     boost::asio::io_context::executor_type executor;  // for timers of work that has no connection
+    memory_budget budget;                              // limits.max_buffered, process-wide
     std::atomic<bool> draining{false};
     std::atomic<bool> ready{false};
     std::atomic<std::size_t> active_requests{0};  // read, not yet answered
+    std::atomic<std::size_t> client_connections{0};  // traffic connections open now
+    // limits.max_connections, lowered to what the descriptor limit leaves (server.cpp).
+    std::atomic<std::size_t> max_connections{10000};
 
 private:
     std::shared_ptr<const runtime> runtime_;

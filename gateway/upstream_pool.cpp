@@ -48,16 +48,15 @@ struct upstream_pool::connection {
     std::optional<stream_t> plain;
     std::optional<tls_stream_t> secure;
     beast::flat_buffer buffer;
-    clock_type::time_point idle_since{};
 };
 
 namespace {
 
-// An idle keep-alive connection the upstream has closed (or that holds stray bytes) must not
-// carry the next request: a POST batch on it would fail for every caller. A connection idle
-// for a moment is checked with a non-blocking peek; one just handed back is trusted.
-bool still_usable(upstream_pool::connection& c, clock_type::time_point now) {
-    if (now - c.idle_since < std::chrono::milliseconds(100)) return true;
+// An idle keep-alive connection the upstream has closed must not carry the next request: a
+// POST batch on it would fail for every caller. Nor may one that holds bytes nobody asked for
+// (a second answer, a 408 before closing): the next caller would take them for its own answer,
+// another user's data included. So every reuse is checked with a non-blocking peek.
+bool still_usable(upstream_pool::connection& c) {
     char byte;
     const auto n = ::recv(c.tcp().socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
     return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
@@ -84,7 +83,8 @@ public:
           req_(std::move(req)),
           start_(clock_type::now()),
           deadline_(start_ + timeout),
-          done_(std::move(done)) {}
+          done_(std::move(done)),
+          lease_(&pool_->budget_) {}
 
     void start() { pool_->acquire(shared_from_this()); }
 
@@ -223,9 +223,43 @@ private:
         if (req_.method() == http::verb::head) parser_->skip(true);
         conn_->tcp().expires_after(remaining());
         conn_->with_stream([&](auto& stream) {
-            http::async_read(stream, conn_->buffer, *parser_,
-                             [self = shared_from_this()](beast::error_code ec, std::size_t n) { self->on_read(ec, n); });
+            http::async_read_header(stream, conn_->buffer, *parser_, [self = shared_from_this()](beast::error_code ec, std::size_t n) {
+                self->on_header(ec, n);
+            });
         });
+    }
+
+    // The body's memory is reserved before it is read: all of a Content-Length, or a quarter
+    // more at a time for a chunked or close-delimited answer (a string left to double itself
+    // would hold up to twice max_response).
+    void on_header(beast::error_code ec, std::size_t n) {
+        if (ec || parser_->is_done()) return on_read(ec, n);
+        if (auto length = parser_->content_length(); length && !lease_.grow_to(*length))
+            return over_budget();
+        read_body();
+    }
+
+    void read_body() {
+        if (!parser_->content_length()) {
+            constexpr std::size_t step = 64 * 1024;  // more than one read of the stream brings
+            auto& body = parser_->get().body();
+            if (body.capacity() - body.size() < step) {
+                const std::size_t want = std::min(pool_->settings_.max_response_bytes + step,
+                                                  body.size() + std::max(step, body.size() / 4));
+                if (!lease_.grow_to(want)) return over_budget();
+                body.reserve(want);
+            }
+        }
+        conn_->with_stream([&](auto& stream) {
+            http::async_read_some(stream, conn_->buffer, *parser_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                if (ec || self->parser_->is_done()) return self->on_read(ec, 1);
+                self->read_body();
+            });
+        });
+    }
+
+    void over_budget() {
+        fail(upstream_failure::over_budget, "the gateway's memory budget (limits.max_buffered) cannot hold the answer");
     }
 
     void on_read(beast::error_code ec, std::size_t bytes) {
@@ -303,6 +337,7 @@ private:
     }
 
     void deliver(upstream_result r) {
+        lease_.reset();  // the caller charges what it keeps of the answer
         if (!done_) return;  // exactly once
         auto done = std::move(done_);
         done_ = nullptr;
@@ -320,12 +355,14 @@ private:
     std::unique_ptr<resolver_t> resolver_;
     std::unique_ptr<strand_timer> resolve_timer_;
     std::optional<http::response_parser<http::string_body>> parser_;
+    budget_lease lease_;  // the answer body being read
     bool reused_ = false;
     bool retried_ = false;
 };
 
-upstream_pool::upstream_pool(net::io_context::executor_type executor, config::upstream_settings settings)
-    : executor_(std::move(executor)), settings_(std::move(settings)) {
+upstream_pool::upstream_pool(net::io_context::executor_type executor, config::upstream_settings settings,
+                             memory_budget& budget)
+    : executor_(std::move(executor)), settings_(std::move(settings)), budget_(budget) {
     // Host of every request, built once. An IPv6 literal goes in brackets: Host: [::1]:9000.
     host_header_ = settings_.host.find(':') != std::string::npos ? "[" + settings_.host + "]" : settings_.host;
     if (settings_.port != (settings_.tls ? 443 : 80)) host_header_ += ":" + std::to_string(settings_.port);
@@ -368,11 +405,10 @@ void upstream_pool::acquire(const std::shared_ptr<call>& c) {
     std::vector<std::unique_ptr<connection>> dead;
     {
         std::lock_guard lock(mutex_);
-        const auto now = clock_type::now();
         while (!idle_.empty() && !conn) {
             conn = std::move(idle_.back());
             idle_.pop_back();
-            if (!still_usable(*conn, now)) dead.push_back(std::move(conn));
+            if (!still_usable(*conn)) dead.push_back(std::move(conn));
         }
         if (conn) {
             ++active_;
@@ -397,10 +433,7 @@ void upstream_pool::release(std::unique_ptr<connection> conn) {
             waiting_.pop_front();
         } else {
             --active_;
-            if (conn) {
-                conn->idle_since = clock_type::now();
-                idle_.push_back(std::move(conn));
-            }
+            if (conn) idle_.push_back(std::move(conn));
             return;
         }
     }
@@ -417,6 +450,16 @@ bool upstream_pool::forget(const call* c) {
         }
     }
     return false;
+}
+
+void upstream_pool::abandon() {
+    std::deque<std::shared_ptr<call>> waiting;
+    std::vector<std::unique_ptr<connection>> idle;
+    {
+        std::lock_guard lock(mutex_);
+        waiting.swap(waiting_);
+        idle.swap(idle_);
+    }
 }
 
 void upstream_pool::close_idle() {

@@ -16,6 +16,7 @@
 #include <boost/beast/http/string_body.hpp>
 
 #include "config/config.hpp"
+#include "gateway/memory_budget.hpp"
 
 namespace boost::asio::ssl {
 class context;  // kept out of this header: only upstream_pool.cpp needs OpenSSL
@@ -34,6 +35,7 @@ enum class upstream_failure {
     timeout,         // no complete answer before the deadline
     io_error,        // connection dropped mid-exchange
     bad_response,    // not HTTP, or over max_response
+    over_budget,     // the answer's body would go over limits.max_buffered (callers: 503)
 };
 
 struct upstream_result {
@@ -47,8 +49,10 @@ class upstream_pool : public std::enable_shared_from_this<upstream_pool> {
 public:
     using handler = std::function<void(upstream_result)>;
 
-    // Throws config::config_error when an https upstream's ca_file cannot be loaded.
-    upstream_pool(boost::asio::io_context::executor_type executor, config::upstream_settings settings);
+    // Throws config::config_error when an https upstream's ca_file cannot be loaded. Answer
+    // bodies are reserved from budget while they are read.
+    upstream_pool(boost::asio::io_context::executor_type executor, config::upstream_settings settings,
+                  memory_budget& budget);
     ~upstream_pool();
     upstream_pool(const upstream_pool&) = delete;
     upstream_pool& operator=(const upstream_pool&) = delete;
@@ -59,6 +63,11 @@ public:
 
     // Closes idle connections; calls in flight finish normally.
     void close_idle();
+
+    // After the io_context has stopped for good: drops the queued calls and idle connections
+    // without calling anyone back. Their handlers hold callers' sessions, which hold the
+    // runtime that holds this pool: left in place, that cycle outlives the process's end.
+    void abandon();
 
     const config::upstream_settings& settings() const { return settings_; }
 
@@ -77,6 +86,7 @@ private:
 
     boost::asio::io_context::executor_type executor_;
     config::upstream_settings settings_;
+    memory_budget& budget_;
     std::string host_header_;  // "host[:port]" for every request
     std::unique_ptr<boost::asio::ssl::context> tls_;  // https:// upstreams only
     std::mutex mutex_;

@@ -121,6 +121,28 @@ registry::registry()
       reload_ok_(&reloads_.Add({{"result", "success"}})),
       reload_failed_(&reloads_.Add({{"result", "failure"}})),
       connections_(&connections_family_.Add({})),
+      refused_family_(prometheus::BuildCounter()
+                          .Name("batchgate_connections_refused_total")
+                          .Help("Client connections refused: over limits.max_connections, or accept() failed "
+                                "(out of file descriptors)")
+                          .Register(*registry_)),
+      refused_limit_(&refused_family_.Add({{"reason", "max_connections"}})),
+      refused_accept_(&refused_family_.Add({{"reason", "accept_error"}})),
+      buffered_(&prometheus::BuildGauge()
+                     .Name("batchgate_buffered_bytes")
+                     .Help("Bytes of request and response bodies held in memory now (limits.max_buffered)")
+                     .Register(*registry_)
+                     .Add({})),
+      budget_rejected_(&prometheus::BuildCounter()
+                            .Name("batchgate_budget_rejected_total")
+                            .Help("Requests answered 503 because limits.max_buffered could not hold their body")
+                            .Register(*registry_)
+                            .Add({})),
+      send_timeouts_(&prometheus::BuildCounter()
+                          .Name("batchgate_send_timeouts_total")
+                          .Help("Client connections dropped because the client read nothing for limits.send_timeout")
+                          .Register(*registry_)
+                          .Add({})),
       fanout_calls_(prometheus::BuildCounter()
                         .Name("batchgate_fanout_calls_total")
                         .Help("Client batch calls fanned out to single calls, by route")

@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
@@ -81,6 +82,13 @@ public:
 
     prometheus::Counter& reloads(bool ok) { return ok ? *reload_ok_ : *reload_failed_; }
     prometheus::Gauge& open_connections() { return *connections_; }
+    // reason: "max_connections" (over the cap) or "accept_error" (e.g. out of descriptors)
+    prometheus::Gauge& buffered_bytes() { return *buffered_; }
+    prometheus::Counter& budget_rejected() { return *budget_rejected_; }
+    prometheus::Counter& send_timeouts() { return *send_timeouts_; }
+    prometheus::Counter& connections_refused(std::string_view reason) {
+        return reason == "max_connections" ? *refused_limit_ : *refused_accept_;
+    }
 
     // Prometheus text exposition of everything.
     std::string serialize() const;
@@ -106,6 +114,12 @@ private:
     prometheus::Counter* reload_ok_;
     prometheus::Counter* reload_failed_;
     prometheus::Gauge* connections_;
+    prometheus::Family<prometheus::Counter>& refused_family_;
+    prometheus::Counter* refused_limit_;
+    prometheus::Counter* refused_accept_;
+    prometheus::Gauge* buffered_;
+    prometheus::Counter* budget_rejected_;
+    prometheus::Counter* send_timeouts_;
     prometheus::Family<prometheus::Counter>& fanout_calls_;
     prometheus::Family<prometheus::Histogram>& fanout_items_;
     prometheus::Family<prometheus::Counter>& fanout_outcomes_;

@@ -10,6 +10,7 @@
 
 #include "gateway/errors.hpp"
 #include "routes/json_pointer.hpp"
+#include "routes/json_text.hpp"
 
 namespace batchgate::coalescer {
 
@@ -89,7 +90,7 @@ public:
     const json* get() {
         if (!parsed_) {
             parsed_ = true;
-            if (!text_.empty()) doc_ = json::parse(text_, nullptr, false);
+            if (!text_.empty()) doc_ = routes::parse_json(text_).value;
         }
         if (text_.empty() || doc_.is_discarded()) return nullptr;
         return &doc_;
@@ -181,8 +182,8 @@ std::optional<json> convert(const json& v, std::string_view type, std::string& w
     if (type == "number") {
         if (v.is_number()) return v;
         if (is_str) {
-            auto n = json::parse(text, nullptr, false);
-            if (!n.is_discarded() && n.is_number()) return n;
+            auto n = routes::parse_json(text, 0);
+            if (n.ok() && n.value.is_number()) return n.value;
         }
         why = dump(v) + " is not a number";
         return std::nullopt;
@@ -196,12 +197,16 @@ std::optional<json> convert(const json& v, std::string_view type, std::string& w
     }
     // json: a string's text is parsed; any other value already is JSON.
     if (!is_str) return v;
-    auto parsed = json::parse(text, nullptr, false);
-    if (parsed.is_discarded()) {
+    auto parsed = routes::parse_json(text);
+    if (parsed.status == routes::json_status::too_deep) {
+        why = "the value is " + routes::json_depth_message(routes::max_json_depth_cap);
+        return std::nullopt;
+    }
+    if (!parsed.ok()) {
         why = dump(v) + " is not valid JSON";
         return std::nullopt;
     }
-    return parsed;
+    return std::move(parsed.value);
 }
 
 // How a template's placeholders get their values.
@@ -551,8 +556,9 @@ key_result extract_key(const config::coalesce_settings& settings, const caller_r
         case config::value_source::body: {
             auto pointer = routes::json_pointer::parse(ref.name);
             if (!pointer) return fail("item key " + quoted(ref.name) + " is not a valid JSON pointer");
-            auto doc = json::parse(request.body, nullptr, false);
-            if (doc.is_discarded()) return fail("request body is not valid JSON");
+            auto parsed = routes::parse_json(request.body);
+            if (!parsed.ok()) return fail("request body is not valid JSON");
+            const json& doc = parsed.value;
             const json* v = pointer->find(doc);
             if (!v && when_missing) return generated();
             if (!v) return fail("item key " + ref.name + " is missing from the request body");
@@ -768,7 +774,7 @@ outgoing_request build_batch_request(const config::coalesce_settings& settings,
 
 split_outcome split_batch_response(const config::coalesce_settings& settings,
                                    std::string_view route_name, std::string_view body,
-                                   const std::vector<std::string>& keys) {
+                                   const std::vector<std::string>& keys, std::size_t max_json_depth) {
     const auto& rs = settings.response;
     split_outcome out;
 
@@ -791,11 +797,16 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
         return out;
     }
 
-    auto doc = json::parse(body, nullptr, false);
-    if (doc.is_discarded()) {
+    auto parsed = routes::parse_json(body, max_json_depth);
+    if (parsed.status == routes::json_status::too_deep) {
+        out.error = "upstream batch answer is " + routes::json_depth_message(max_json_depth);
+        return out;
+    }
+    if (!parsed.ok()) {
         out.error = "upstream batch answer is not valid JSON";
         return out;
     }
+    const json& doc = parsed.value;
     // The array of each list; with several lists, an absent one is empty.
     std::vector<const json*> arrays;
     std::string texts;

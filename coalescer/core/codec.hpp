@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "config/config.hpp"
+#include "routes/json_text.hpp"
 #include "routes/route_table.hpp"
 
 namespace batchgate::coalescer {
@@ -117,8 +118,10 @@ struct split_outcome {
     std::size_t ignored_items = 0;  // items without a usable key, or with a key nobody asked for
 };
 
+// An answer nested deeper than max_json_depth (limits.max_json_depth) is unusable.
 split_outcome split_batch_response(const config::coalesce_settings& settings,
                                    std::string_view route_name, std::string_view body,
-                                   const std::vector<std::string>& keys);
+                                   const std::vector<std::string>& keys,
+                                   std::size_t max_json_depth = routes::max_json_depth_cap);
 
 }  // namespace batchgate::coalescer

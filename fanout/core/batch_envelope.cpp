@@ -5,6 +5,7 @@
 #include <map>
 
 #include "fanout/core/dependency_plan.hpp"
+#include "routes/json_text.hpp"
 #include "routes/route_table.hpp"
 
 namespace batchgate::fanout {
@@ -44,8 +45,11 @@ parsed_envelope fail(envelope_error e, std::string message) {
 }  // namespace
 
 parsed_envelope parse_envelope(std::string_view body, std::size_t max_requests) {
-    const json doc = json::parse(body, nullptr, false);
-    if (doc.is_discarded()) return fail(envelope_error::bad_request, "request body is not JSON");
+    const auto parsed = routes::parse_json(body);
+    if (parsed.status == routes::json_status::too_deep)
+        return fail(envelope_error::bad_request, "request body is " + routes::json_depth_message(routes::max_json_depth_cap));
+    if (!parsed.ok()) return fail(envelope_error::bad_request, "request body is not JSON");
+    const json& doc = parsed.value;
     if (!doc.is_object() || !doc.contains("requests") || !doc["requests"].is_array())
         return fail(envelope_error::bad_request, "request body must be an object with a \"requests\" array");
     const json& list = doc["requests"];
@@ -148,7 +152,7 @@ std::pair<std::string, bool> encode_body(const json& body) {
 }
 
 json response_entry(const std::string& id, int status, const std::vector<std::pair<std::string, std::string>>& headers,
-                    std::string_view content_type, const std::string& body) {
+                    std::string_view content_type, const std::string& body, std::size_t max_json_depth) {
     json entry{{"id", id}, {"status", status}};
     json h = json::object();
     for (const auto& [k, v] : headers) {
@@ -159,9 +163,11 @@ json response_entry(const std::string& id, int status, const std::vector<std::pa
     if (body.empty()) return entry;
     const bool says_json = content_type.find("json") != std::string_view::npos;
     if (says_json || content_type.empty()) {
-        auto parsed = json::parse(body, nullptr, false);
-        if (!parsed.is_discarded()) {
-            entry["body"] = std::move(parsed);
+        auto parsed = routes::parse_json(body, max_json_depth);
+        if (parsed.status == routes::json_status::too_deep)
+            return error_entry(id, 502, "upstream_bad_response", "upstream answer is " + routes::json_depth_message(max_json_depth));
+        if (parsed.ok()) {
+            entry["body"] = std::move(parsed.value);
             return entry;
         }
     }

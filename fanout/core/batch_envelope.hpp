@@ -51,10 +51,12 @@ bool names_header(const sub_request& r, std::string_view name);
 std::pair<std::string, bool> encode_body(const nlohmann::json& body);
 
 // One entry of "responses": the body is embedded as JSON when it is JSON (by content type, or
-// when it parses), as a string otherwise, and left out when empty.
+// when it parses), as a string otherwise, and left out when empty. JSON nested deeper than
+// max_json_depth (limits.max_json_depth) makes the entry a 502.
 nlohmann::json response_entry(const std::string& id, int status,
                               const std::vector<std::pair<std::string, std::string>>& headers,
-                              std::string_view content_type, const std::string& body);
+                              std::string_view content_type, const std::string& body,
+                              std::size_t max_json_depth);
 
 // A JSON error body for one entry that never reached a route (400, 424, 504).
 nlohmann::json error_entry(const std::string& id, int status, std::string_view code, const std::string& message);

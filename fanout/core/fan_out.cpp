@@ -3,6 +3,7 @@
 #include <ctime>
 
 #include "routes/json_pointer.hpp"
+#include "routes/json_text.hpp"
 #include "routes/route_table.hpp"
 
 namespace batchgate::fanout {
@@ -56,11 +57,14 @@ resolver request_resolver(const fan_out_call& call, const header_lookup& header,
 
 fan_out_call parse_fan_out(const config::fan_out_settings& settings, std::string_view body) {
     fan_out_call out;
-    out.body = json::parse(body, nullptr, false);
-    if (out.body.is_discarded()) {
-        out.error = "request body is not JSON";
+    auto parsed = routes::parse_json(body);
+    if (!parsed.ok()) {
+        out.error = parsed.status == routes::json_status::too_deep
+                        ? "request body is " + routes::json_depth_message(routes::max_json_depth_cap)
+                        : "request body is not JSON";
         return out;
     }
+    out.body = std::move(parsed.value);
     for (const auto& [pointer, expected] : settings.require) {
         auto v = pointer_value(out.body, pointer);
         if (!v || *v != expected) {

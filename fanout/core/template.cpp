@@ -3,6 +3,7 @@
 #include <charconv>
 
 #include "routes/json_pointer.hpp"
+#include "routes/json_text.hpp"
 #include "routes/route_table.hpp"
 
 namespace batchgate::fanout {
@@ -32,9 +33,9 @@ std::optional<json> convert(json v, std::string_view type, std::string_view name
     };
     if (type.empty() || type == "json") {
         if (type == "json" && v.is_string()) {
-            auto parsed = json::parse(v.get<std::string>(), nullptr, false);
-            if (parsed.is_discarded()) return fail("not JSON text");
-            return parsed;
+            auto parsed = routes::parse_json(v.get<std::string>());
+            if (!parsed.ok()) return fail(parsed.status == routes::json_status::too_deep ? "nested too deep" : "not JSON text");
+            return std::move(parsed.value);
         }
         return v;
     }
@@ -63,8 +64,8 @@ std::optional<json> convert(json v, std::string_view type, std::string_view name
     // number
     if (v.is_number()) return v;
     if (v.is_string()) {
-        auto parsed = json::parse(v.get<std::string>(), nullptr, false);
-        if (!parsed.is_discarded() && parsed.is_number()) return parsed;
+        auto parsed = routes::parse_json(v.get<std::string>(), 0);
+        if (parsed.ok() && parsed.value.is_number()) return std::move(parsed.value);
     }
     return fail("not a number");
 }

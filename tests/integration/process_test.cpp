@@ -219,6 +219,37 @@ TEST(Process, SighupReloadsAndRejectsABadFileWhileServing) {
     EXPECT_EQ(gw.wait_exit(), 0);
 }
 
+// A CA file with a PEM header but a body OpenSSL cannot read used to pass --check-config and
+// then fail the reload after the new file's logging section had already been applied.
+TEST(Process, ARejectedReloadChangesNothingNotEvenLogging) {
+    mock_upstream up;
+    auto path = write_file("reload-logging.yaml", config_text(up.port(), "1ms"));
+    gateway_process gw(path, /*capture_stdout=*/true);
+    ASSERT_NE(gw.port(), 0);
+    EXPECT_EQ(get(gw.port(), "/users/3").status, 200);
+    EXPECT_FALSE(gw.next_access_line(2000).empty());
+
+    const std::string ca = write_file("garbage-ca.pem",
+                                      "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n");
+    std::string bad = config_text(up.port(), "1ms");
+    bad.replace(bad.find("upstreams:\n"), 11,
+                "logging: {access_log: false, level: error}\nupstreams:\n  secure: {url: \"https://127.0.0.1:1\", tls: {ca_file: " +
+                    ca + "}}\n");
+    const std::string bad_path = write_file("reload-logging-bad.yaml", bad);
+    auto check = run({"--check-config", bad_path});
+    EXPECT_EQ(check.exit_code, 1) << check.out;
+    EXPECT_NE(check.err.find("upstreams.secure.tls.ca_file: cannot load certificates"), std::string::npos) << check.err;
+
+    std::ofstream(path) << bad;
+    gw.signal(SIGHUP);
+    auto rejected = gw.wait_for("config reload rejected");
+    EXPECT_NE(rejected.find("cannot load certificates"), std::string::npos) << rejected;
+    EXPECT_EQ(get(gw.port(), "/users/4").status, 200);
+    EXPECT_FALSE(gw.next_access_line(2000).empty()) << "the rejected file turned the access log off";
+    gw.signal(SIGTERM);
+    EXPECT_EQ(gw.wait_exit(), 0);
+}
+
 TEST(Process, SigtermAnswersWaitingCallersAndExitsZero) {
     mock_upstream up;
     gateway_process gw(write_file("drain.yaml", config_text(up.port(), "60s")));

@@ -204,6 +204,8 @@ action route(const api& apis, detail::write_apis& writes, fault current_fault,
       case fault::status_500:
         return action{action::respond, error_reply(http::status::internal_server_error, "boom")};
       case fault::garbage: return action{action::respond, {http::status::ok, "{not json", {}}};
+      case fault::deep_json:
+        return action{action::respond, {http::status::ok, std::string(100000, '[') + std::string(100000, ']'), {}}};
       case fault::stall: return action{action::stall, {}};
       case fault::close_connection: return action{action::close, {}};
     }

@@ -35,6 +35,7 @@ enum class fault {
   status_500,        // 500 {"error":"boom"}
   stall,             // never answer; the connection stays open until stop()
   garbage,           // 200 with body `{not json`
+  deep_json,         // 200 with a valid JSON body nested 100,000 arrays deep (200 KB)
   close_connection,  // close the socket without answering
 };
 

@@ -517,6 +517,39 @@ TEST(SplitA, UnorderedRootArrayAndAbsentIdsGet404) {
     EXPECT_EQ(out.ignored_items, 1u);  // id 99 was not asked for
 }
 
+TEST(SplitA, DeeplyNestedAnswerIsUnusableNotACrash) {
+    auto s = users_api();
+    const std::string deep = "[" + std::string(100000, '[') + std::string(100000, ']') + "]";
+    auto out = split_batch_response(s, "users", deep, {"1"}, 64);
+    EXPECT_EQ(out.error, "upstream batch answer is JSON nested deeper than limits.max_json_depth (64)");
+    EXPECT_TRUE(out.items.empty());
+    // The same bound applies to items: one deep item makes the whole answer unusable.
+    auto item = split_batch_response(s, "users", R"([{"id":"1","x":[[[[1]]]]}])", {"1"}, 4);
+    EXPECT_FALSE(item.error.empty());
+    EXPECT_EQ(split_batch_response(s, "users", R"([{"id":"1","x":[[1]]}])", {"1"}, 4).items.at("1").status, 200);
+}
+
+TEST(BuildItem, DeepBodyOrJsonValueNeverBuildsAnItem) {
+    auto s = users_api();
+    s.request.item = nlohmann::json::parse(R"({"id":"{key}","data":"{body}","extra":"{header.x-extra:json}"})");
+    const std::string deep = std::string(60000, '[') + std::string(60000, ']');
+    const std::string deep_body = R"({"a":)" + deep + "}";
+    caller_request r;
+    r.method = "POST";
+    r.body = deep_body;
+    r.header = [](std::string_view) -> std::optional<std::string_view> { return std::nullopt; };
+    EXPECT_FALSE(build_item(s, r, "1").item);
+    std::string header_text = deep;
+    r.body = "{}";
+    r.header = [&](std::string_view name) -> std::optional<std::string_view> {
+        if (name == "x-extra") return std::string_view(header_text);
+        return std::nullopt;
+    };
+    auto b = build_item(s, r, "1");
+    EXPECT_FALSE(b.item);
+    EXPECT_NE(b.error.find("max_json_depth"), std::string::npos) << b.error;
+}
+
 TEST(SplitA, IntegerKeysMatchTheirText) {
     auto s = users_api();
     auto out = split_batch_response(s, "users", R"([{"id":7,"name":"Seven"}])", {"7"});

@@ -112,6 +112,7 @@ TEST(ConfigLoad, MinimalFileGetsDocumentedDefaults) {
     EXPECT_EQ(cfg.worker_threads, 0u);
     EXPECT_EQ(cfg.limits.max_body_bytes, 1024u * 1024);
     EXPECT_EQ(cfg.limits.max_header_bytes, 16u * 1024);
+    EXPECT_EQ(cfg.limits.max_json_depth, 64u);
     EXPECT_EQ(cfg.limits.idle_timeout, 60s);
     EXPECT_EQ(cfg.limits.drain_timeout, 10s);
 
@@ -1182,4 +1183,13 @@ TEST(ConfigLogging, DefaultsAndValuesAndErrors) {
         EXPECT_NE(all.find("log.yaml:1:18: logging.level: unknown level \"loud\""), std::string::npos) << all;
         EXPECT_NE(all.find("logging.acces_log: unknown key \"acces_log\" (did you mean \"access_log\"?)"), std::string::npos) << all;
     }
+}
+
+TEST(ConfigLimits, MaxJsonDepthIsBoundedByTheCap) {
+    auto cfg = load_string("limits: {max_json_depth: 512}\n" + coalesce_route("      key: {path: id}\n" + valid_request_response), "t.yaml");
+    EXPECT_EQ(cfg.limits.max_json_depth, 512u);
+    EXPECT_TRUE(has_error(errors_of("limits: {max_json_depth: 513}\n" + coalesce_route("      key: {path: id}\n" + valid_request_response)), "limits.max_json_depth",
+                          "must be between 1 and 512"));
+    EXPECT_TRUE(has_error(errors_of("limits: {max_json_depth: 0}\n" + coalesce_route("      key: {path: id}\n" + valid_request_response)), "limits.max_json_depth",
+                          "must be between 1 and 512"));
 }

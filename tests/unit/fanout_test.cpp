@@ -208,12 +208,12 @@ TEST(BatchEnvelope, SubUrlChecks) {
 }
 
 TEST(BatchEnvelope, EntriesEmbedJsonAndKeepText) {
-    auto j = response_entry("1", 200, {{"Content-Type", "application/json"}}, "application/json", R"({"id":"7"})");
+    auto j = response_entry("1", 200, {{"Content-Type", "application/json"}}, "application/json", R"({"id":"7"})", 64);
     EXPECT_EQ(j["body"], (json{{"id", "7"}}));
     EXPECT_EQ(j["headers"]["Content-Type"], "application/json");
-    auto t = response_entry("2", 200, {}, "text/plain", "123");
+    auto t = response_entry("2", 200, {}, "text/plain", "123", 64);
     EXPECT_EQ(t["body"], "123");
-    EXPECT_FALSE(response_entry("3", 204, {}, "", "").contains("body"));
+    EXPECT_FALSE(response_entry("3", 204, {}, "", "", 64).contains("body"));
     EXPECT_EQ(encode_body(json{{"a", 1}}), (std::pair<std::string, bool>{R"({"a":1})", true}));
     EXPECT_EQ(encode_body(json("raw")), (std::pair<std::string, bool>{"raw", false}));
 }
@@ -384,4 +384,24 @@ TEST(PlanRunner, StartHookMayFinishInline) {
     r.run();
     EXPECT_EQ(started.size(), 500u);
     EXPECT_EQ(done, 1);
+}
+
+// Deep JSON from outside never becomes a document the gateway copies or dumps recursively.
+TEST(BatchEnvelope, DeepJsonIsRefusedNotRecursedInto) {
+    const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+    auto e = parse_envelope(R"({"requests":[{"id":"1","method":"POST","url":"/a","body":)" + deep + "}]}", 20);
+    EXPECT_EQ(e.error, envelope_error::bad_request);
+    EXPECT_NE(e.message.find("max_json_depth"), std::string::npos) << e.message;
+    auto entry = response_entry("1", 200, {}, "application/json", deep, 64);
+    EXPECT_EQ(entry["status"], 502);
+    EXPECT_NE(entry.dump().find("limits.max_json_depth (64)"), std::string::npos) << entry.dump();
+    EXPECT_EQ(response_entry("2", 200, {}, "application/json", "[[1]]", 2)["body"], json::parse("[[1]]"));
+    EXPECT_EQ(response_entry("3", 200, {}, "application/json", "[[[1]]]", 2)["status"], 502);
+}
+
+TEST(FanOut, DeepBodyIsA400) {
+    auto s = b_settings();
+    auto call = parse_fan_out(s, R"({"resource_type":"activities","ids":["a1"],"x":)" + std::string(60000, '[') +
+                                     std::string(60000, ']') + "}");
+    EXPECT_NE(call.error.find("max_json_depth"), std::string::npos) << call.error;
 }

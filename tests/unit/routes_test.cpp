@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "routes/json_pointer.hpp"
+#include "routes/json_text.hpp"
 #include "routes/route_table.hpp"
 
 namespace batchgate::routes {
@@ -301,6 +302,39 @@ TEST(JsonPointer, MissingStepsGiveNullNeverThrow) {
     EXPECT_EQ(*json_pointer::parse("/a/2")->find(doc), 30);
     ASSERT_NE(json_pointer::parse("/n")->find(doc), nullptr);  // present, but null
     EXPECT_TRUE(json_pointer::parse("/n")->find(doc)->is_null());
+}
+
+// ------------------------------------------------------------------ bounded JSON parsing
+
+TEST(JsonText, DepthCountsArraysAndObjectsNotStrings) {
+    EXPECT_FALSE(json_too_deep("1", 0));
+    EXPECT_TRUE(json_too_deep("[]", 0));
+    EXPECT_FALSE(json_too_deep("[]", 1));
+    EXPECT_FALSE(json_too_deep(R"({"a":[1,{"b":2}],"c":[]})", 3));
+    EXPECT_TRUE(json_too_deep(R"({"a":[1,{"b":[2]}]})", 3));
+    // Brackets and escaped quotes inside strings are text.
+    EXPECT_FALSE(json_too_deep(R"(["[[[[", "\"[[[", "\\", "{"])", 1));
+    EXPECT_TRUE(json_too_deep(R"(["\\",[[]]])", 2));
+    // Siblings do not add up.
+    EXPECT_FALSE(json_too_deep("[[],[],[[]],[]]", 3));
+}
+
+TEST(JsonText, ParseRefusesDeepDocumentsWithoutBuildingThem) {
+    const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+    auto p = parse_json(deep);
+    EXPECT_EQ(p.status, json_status::too_deep);
+    EXPECT_TRUE(p.value.is_discarded());
+    EXPECT_EQ(parse_json("[[1]]", 2).status, json_status::ok);
+    EXPECT_EQ(parse_json("[[1]]", 2).value, nlohmann::json::parse("[[1]]"));
+    EXPECT_EQ(parse_json("{not json").status, json_status::invalid);
+    EXPECT_EQ(parse_json("", 8).status, json_status::invalid);
+    // At the cap a document still copies and dumps.
+    const std::string at_cap = std::string(max_json_depth_cap, '[') + std::string(max_json_depth_cap, ']');
+    auto q = parse_json(at_cap);
+    ASSERT_TRUE(q.ok());
+    nlohmann::json copy = q.value;
+    EXPECT_EQ(copy.dump(), at_cap);
+    EXPECT_EQ(json_depth_message(64), "JSON nested deeper than limits.max_json_depth (64)");
 }
 
 }  // namespace

@@ -1,0 +1,91 @@
+// Bytes of message bodies held in memory at once, process-wide (limits.max_buffered): request
+// bodies being read or waiting for their answer, upstream answers being read, answers being
+// written to clients. New body-bearing work that would go over it gets a 503 instead of a
+// bigger process. Thread-safe; shared by every session and upstream pool.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+
+#include <prometheus/gauge.h>
+
+namespace batchgate::gateway {
+
+class memory_budget {
+public:
+    explicit memory_budget(prometheus::Gauge& gauge) : gauge_(gauge) {}
+    memory_budget(const memory_budget&) = delete;
+    memory_budget& operator=(const memory_budget&) = delete;
+
+    void set_limit(std::size_t bytes) { limit_.store(bytes, std::memory_order_relaxed); }
+    std::size_t limit() const { return limit_.load(std::memory_order_relaxed); }
+    std::size_t used() const { return used_.load(std::memory_order_relaxed); }
+
+    // Reserves n bytes unless that would go over the limit; false reserves nothing.
+    bool try_reserve(std::size_t n) {
+        const std::size_t limit = limit_.load(std::memory_order_relaxed);
+        std::size_t now = used_.load(std::memory_order_relaxed);
+        do {
+            if (n > limit || now > limit - n) return false;
+        } while (!used_.compare_exchange_weak(now, now + n, std::memory_order_relaxed));
+        gauge_.Increment(static_cast<double>(n));
+        return true;
+    }
+    // Memory already held (an answer about to be written): counted, never refused.
+    void force(std::size_t n) {
+        used_.fetch_add(n, std::memory_order_relaxed);
+        gauge_.Increment(static_cast<double>(n));
+    }
+    void release(std::size_t n) {
+        if (!n) return;
+        used_.fetch_sub(n, std::memory_order_relaxed);
+        gauge_.Decrement(static_cast<double>(n));
+    }
+
+private:
+    std::atomic<std::size_t> used_{0};
+    std::atomic<std::size_t> limit_{256u * 1024 * 1024};
+    prometheus::Gauge& gauge_;
+};
+
+// Bytes reserved for one message; given back when it goes.
+class budget_lease {
+public:
+    budget_lease() = default;
+    explicit budget_lease(memory_budget* budget) : budget_(budget) {}
+    budget_lease(budget_lease&& o) noexcept : budget_(o.budget_), bytes_(o.bytes_) { o.bytes_ = 0; }
+    budget_lease& operator=(budget_lease&& o) noexcept {
+        if (this != &o) {
+            reset();
+            budget_ = o.budget_;
+            bytes_ = o.bytes_;
+            o.bytes_ = 0;
+        }
+        return *this;
+    }
+    ~budget_lease() { reset(); }
+
+    // Grows the reservation to total bytes; false (nothing changed) when over the budget.
+    bool grow_to(std::size_t total) {
+        if (total <= bytes_ || !budget_) return true;
+        if (!budget_->try_reserve(total - bytes_)) return false;
+        bytes_ = total;
+        return true;
+    }
+    void force_to(std::size_t total) {
+        if (total <= bytes_ || !budget_) return;
+        budget_->force(total - bytes_);
+        bytes_ = total;
+    }
+    void reset() {
+        if (budget_) budget_->release(bytes_);
+        bytes_ = 0;
+    }
+    std::size_t bytes() const { return bytes_; }
+
+private:
+    memory_budget* budget_ = nullptr;
+    std::size_t bytes_ = 0;
+};
+
+}  // namespace batchgate::gateway

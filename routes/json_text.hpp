@@ -1,0 +1,38 @@
+// JSON from outside (client bodies, upstream answers, values inside them) parsed with a bound
+// on nesting. nlohmann's parser does not recurse, but copying, dump() and operator== do: a
+// 120 KB body nested 60,000 deep overflows the stack of whichever thread touches it next.
+// Every parse of outside JSON goes through here.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+namespace batchgate::routes {
+
+// The most limits.max_json_depth may be (its default, 64, is in config/config.hpp), and the
+// bound of every parse that has no setting at hand. At this depth, recursive copies and dumps
+// of a document (and of a batch call that embeds one) stay far inside a worker thread's stack.
+inline constexpr std::size_t max_json_depth_cap = 512;
+
+// True when text nests arrays and objects more than max_depth deep ("[]" is depth 1, a scalar
+// 0). Exact for valid JSON; for invalid JSON the answer does not matter, the parse refuses it.
+bool json_too_deep(std::string_view text, std::size_t max_depth);
+
+enum class json_status { ok, invalid, too_deep };
+
+struct parsed_json {
+    nlohmann::json value;  // discarded unless status is ok
+    json_status status = json_status::invalid;
+    bool ok() const { return status == json_status::ok; }
+};
+
+// Parses without exceptions; nothing nested deeper than max_depth is ever built.
+parsed_json parse_json(std::string_view text, std::size_t max_depth = max_json_depth_cap);
+
+// "nested deeper than limits.max_json_depth (64)", for error messages.
+std::string json_depth_message(std::size_t max_depth);
+
+}  // namespace batchgate::routes
