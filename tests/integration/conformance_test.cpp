@@ -406,6 +406,11 @@ const conformance_case cases[] = {
     {"expect_100_over_max_body",
      "POST /a HTTP/1.1\r\nHost: c\r\nExpect: 100-continue\r\nContent-Length: 65\r\n\r\n", "413", closes, ""},
 
+    // --- upstream answers ---------------------------------------------------------------------------------------
+    // Upgrades are not relayed yet: a 101 is not a final answer, and the upstream connection
+    // no longer speaks HTTP.
+    {"upstream_101_is_502", "GET /a HTTP/1.1\r\nHost: c\r\n\r\n", "502", stays_open, up("GET /a HTTP/1.1"), "",
+     "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"},
 };
 
 class Conformance : public ::testing::TestWithParam<conformance_case> {};
