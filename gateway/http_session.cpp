@@ -117,6 +117,9 @@ private:
         chunked_head_.reset();
         parser_->body_limit(limits.max_body_bytes);
         parser_->header_limit(static_cast<std::uint32_t>(limits.max_header_bytes));
+        // Bytes Beast has not parsed yet: a head, or a chunk-size line or trailers, which Beast
+        // does not bound; without a cap one endless chunk line grows the buffer without end.
+        buffer_.max_size(limits.max_header_bytes + 64 * 1024);
         // Idle keep-alive connections (and slow senders) are closed after idle_timeout.
         stream_.expires_after(limits.idle_timeout);
         // The head first: a client that sent "Expect: 100-continue" waits for our word before

@@ -377,6 +377,13 @@ const conformance_case cases[] = {
     // a bare LF; the request is neither forwarded nor answered until idle_timeout closes it.
     {"chunk_bare_lf_is_never_forwarded", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\n0\n\n",
      "", stays_open, ""},
+    // Beast bounds neither a chunk-size line nor trailers; the gateway's read buffer does.
+    {"chunk_line_without_end", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\n1;x=" +
+                                   std::string(100 * 1024, 'a'),
+     "400", closes, ""},
+    {"trailers_without_end", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: " +
+                                 std::string(100 * 1024, 'a'),
+     "400", closes, ""},
     // RFC 9110 6.5.1: a trailer field is never merged into the head (Beast appends it there).
     {"chunk_trailer_fields_are_dropped",
      "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n3\r\nabc\r\n0\r\nX-Trailer: t\r\n"
