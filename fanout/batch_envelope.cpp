@@ -16,6 +16,7 @@
 
 #include "fanout/core/batch_envelope.hpp"
 #include "fanout/core/plan_runner.hpp"
+#include "fanout/core/request_check.hpp"
 
 namespace batchgate::fanout {
 
@@ -86,6 +87,8 @@ private:
     void send(std::size_t i) {
         const sub_request& r = requests_[i];
         if (auto err = check_sub_url(r.url))
+            return reject(i, 400, "bad_request", *err);
+        if (auto err = check_request(r.method, r.url, r.headers))  // what the listener would refuse
             return reject(i, 400, "bad_request", *err);
         if (clock_type::now() >= deadline_)
             return reject(i, 504, "upstream_timeout", "the $batch call's deadline passed before this sub-request was sent");

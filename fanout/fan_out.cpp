@@ -10,6 +10,7 @@
 
 #include "fanout/core/fan_out.hpp"
 #include "fanout/core/plan_runner.hpp"
+#include "fanout/core/request_check.hpp"
 #include "routes/json_text.hpp"
 
 namespace batchgate::fanout {
@@ -60,6 +61,8 @@ private:
     void send(std::size_t i) {
         item_request item = build_item_request(route_.fan_out, call_, header_, i);
         if (!item.error.empty()) return complete(i, {400, json{{"error", item.error}}}, outcome::error);
+        if (auto err = check_message(item.target, item.headers))  // item values in the URL or headers
+            return complete(i, {400, json{{"error", *err}}}, outcome::error);
         const auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - clock_type::now());
         if (remaining.count() <= 0)
             return complete(i, {504, json{{"error", "the call's deadline passed before this item was sent"}}},

@@ -15,6 +15,8 @@ enum class gateway_error {
     method_not_allowed,   // 405: admin endpoints other than GET/HEAD
     payload_too_large,    // 413
     headers_too_large,    // 431
+    uri_too_long,         // 414: the request-target alone exceeds limits.max_header
+    not_implemented,      // 501: a transfer coding other than chunked
     overloaded,           // 503: too many callers waiting on a route
     shutting_down,        // 503
     upstream_unreachable, // 502: connection refused / reset
@@ -30,6 +32,8 @@ inline int http_status(gateway_error e) {
         case gateway_error::method_not_allowed: return 405;
         case gateway_error::payload_too_large: return 413;
         case gateway_error::headers_too_large: return 431;
+        case gateway_error::uri_too_long: return 414;
+        case gateway_error::not_implemented: return 501;
         case gateway_error::overloaded: return 503;
         case gateway_error::shutting_down: return 503;
         case gateway_error::upstream_unreachable: return 502;
@@ -47,6 +51,8 @@ inline std::string_view error_code_name(gateway_error e) {
         case gateway_error::method_not_allowed: return "method_not_allowed";
         case gateway_error::payload_too_large: return "payload_too_large";
         case gateway_error::headers_too_large: return "headers_too_large";
+        case gateway_error::uri_too_long: return "uri_too_long";
+        case gateway_error::not_implemented: return "not_implemented";
         case gateway_error::overloaded: return "overloaded";
         case gateway_error::shutting_down: return "shutting_down";
         case gateway_error::upstream_unreachable: return "upstream_unreachable";

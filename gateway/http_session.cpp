@@ -44,6 +44,41 @@ std::string request_id_for(const request_t& req) {
     return buf;
 }
 
+// Why a request head may not be forwarded, or nullopt; checked before the body is read.
+// RFC 9112 6.1 and 6.3: framing that cannot be trusted. Beast
+// already refuses Content-Length after "chunked", Transfer-Encoding after Content-Length and a
+// second "chunked"; it lets through a Transfer-Encoding whose last coding is not chunked (the
+// body is then framed by a later Content-Length, or taken as empty and its bytes parsed as the
+// next request: smuggling). Such a request is answered and the connection closed.
+// HTTP/1.0 has no transfer codings: a 1.0 request carrying one is refused the same way.
+struct head_error {
+    gateway_error error;
+    std::string message;
+};
+std::optional<head_error> check_head(const http::request_parser<http::string_body>& parser) {
+    const auto& h = parser.get();
+    for (char c : std::string_view(h.target()))
+        if (static_cast<unsigned char>(c) >= 0x80)  // Beast allows obs-text here; a URI never holds it
+            return head_error{gateway_error::bad_request, "request-target holds a byte over 0x7f"};
+    auto [first, last] = h.equal_range(http::field::transfer_encoding);
+    if (first == last) return std::nullopt;
+    if (h.count(http::field::content_length))
+        return head_error{gateway_error::bad_request, "a request with both Transfer-Encoding and Content-Length"};
+    if (h.version() < 11)
+        return head_error{gateway_error::bad_request, "Transfer-Encoding in an HTTP/1.0 request"};
+    // The combined list of every Transfer-Encoding line, as Beast reads it.
+    std::vector<std::string_view> codings;
+    for (auto it = first; it != last; ++it)
+        for (auto coding : http::token_list(it->value())) codings.push_back(coding);
+    const auto is_chunked = [](std::string_view c) { return beast::iequals(c, "chunked"); };
+    if (codings.empty() || !is_chunked(codings.back()) || !parser.chunked() ||
+        std::count_if(codings.begin(), codings.end(), is_chunked) != 1)
+        return head_error{gateway_error::bad_request, "Transfer-Encoding must end in chunked, applied once"};
+    if (codings.size() > 1)  // RFC 9112 6.1: a coding the gateway cannot decode is a 501
+        return head_error{gateway_error::not_implemented, "only the chunked transfer coding is supported"};
+    return std::nullopt;
+}
+
 class http_session : public drainable, public std::enable_shared_from_this<http_session> {
 public:
     http_session(socket_t socket, listener_role role, std::shared_ptr<shared_state> state)
@@ -90,8 +125,12 @@ private:
         runtime_ = state_->current();
         const auto& limits = runtime_->config->limits;
         parser_.emplace();
+        chunked_head_.reset();
         parser_->body_limit(limits.max_body_bytes);
         parser_->header_limit(static_cast<std::uint32_t>(limits.max_header_bytes));
+        // Bytes Beast has not parsed yet: a head, or a chunk-size line or trailers, which Beast
+        // does not bound; without a cap one endless chunk line grows the buffer without end.
+        buffer_.max_size(limits.max_header_bytes + 64 * 1024);
         // Idle keep-alive connections (and slow senders) are closed after idle_timeout.
         stream_.expires_after(limits.idle_timeout);
         // The head first: a client that sent "Expect: 100-continue" waits for our word before
@@ -101,10 +140,14 @@ private:
     }
 
     void on_header(beast::error_code ec) {
+        if (!ec)
+            if (auto bad = check_head(*parser_)) return refuse(bad->error, bad->message);
         if (ec || parser_->is_done()) return on_read(ec);
         // The body's memory is reserved before it is read (and before 100 Continue invites it).
         if (auto length = parser_->content_length(); length && !request_lease_.grow_to(*length))
             return refuse_over_budget();
+        // RFC 9110 6.5.1: trailer fields never join the head, and Beast appends them to it.
+        if (parser_->chunked()) chunked_head_ = parser_->get().base();
         const auto& h = parser_->get();
         auto expect = h.find(http::field::expect);
         // Not when the body is already arriving (RFC 9110 10.1.1: the server may then omit it).
@@ -139,11 +182,26 @@ private:
         begin_request();
     }
 
-    void refuse_over_budget() {
+    // A head refused before its body is read: answered, then the connection closes (the
+    // rest of the bytes cannot be told apart from a next request).
+    void refuse(gateway_error e, const std::string& message) {
         begin_unread_request();
+        send(error_response(e, message, "", version_));
+    }
+
+    void refuse_over_budget() {
         state_->metrics.budget_rejected().Increment();
-        send(error_response(gateway_error::overloaded,
-                            "the gateway's memory budget (limits.max_buffered) cannot hold this request body now", ""));
+        refuse(gateway_error::overloaded, "the gateway's memory budget (limits.max_buffered) cannot hold this request body now");
+    }
+
+    // Beast reports a head over header_limit as one error. The request line was too long (414,
+    // not 431) when Beast never parsed it and no line end came within the limit; once parsed,
+    // its bytes have left buffer_.
+    bool request_line_too_long() const {
+        if (!parser_->get().target().empty()) return false;
+        const auto data = buffer_.data();
+        const std::string_view seen(static_cast<const char*>(data.data()), data.size());
+        return seen.substr(0, runtime_->config->limits.max_header_bytes).find('\n') == std::string_view::npos;
     }
 
     void begin_request() {
@@ -169,12 +227,15 @@ private:
                                            "request body exceeds limits.max_body (" +
                                                std::to_string(runtime_->config->limits.max_body_bytes) + " bytes)",
                                            ""));
+            if (ec == http::error::header_limit && request_line_too_long())
+                return send(error_response(gateway_error::uri_too_long, "request-target exceeds limits.max_header", ""));
             if (ec == http::error::header_limit)
                 return send(error_response(gateway_error::headers_too_large, "request headers exceed limits.max_header", ""));
             return send(error_response(gateway_error::bad_request, "malformed HTTP request: " + ec.message(), ""));
         }
         request_ = parser_->release();
         parser_.reset();
+        if (chunked_head_) request_.base() = std::move(*std::exchange(chunked_head_, std::nullopt));
         runtime_ = state_->current();  // route with the config current when the request arrived
         keep_alive_ = request_.keep_alive() && !state_->draining.load();
         version_ = request_.version();
@@ -360,6 +421,7 @@ private:
     std::shared_ptr<const runtime> runtime_;  // the snapshot this request was routed with
     beast::flat_buffer buffer_;
     std::optional<http::request_parser<http::string_body>> parser_;
+    std::optional<http::request_header<>> chunked_head_;  // the head of a chunked request, without trailers
     request_t request_;
     std::optional<response_t> response_;
     std::string head_;  // serialized status line and fields of response_

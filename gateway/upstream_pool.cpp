@@ -269,6 +269,11 @@ private:
             // An interim answer (100 Continue, 103 Early Hints): the real one follows.
             return read_response();
         }
+        if (status == 101) {
+            // The upstream switched protocols: the connection no longer speaks HTTP, and the
+            // gateway cannot relay an upgrade yet. Never pooled, never relayed as a final answer.
+            return fail(upstream_failure::bad_response, "upstream answered 101 Switching Protocols (upgrades are not supported)");
+        }
         upstream_result r;
         // The parser's keep_alive() also knows a body framed by closing the connection.
         const bool reusable = parser_->keep_alive();

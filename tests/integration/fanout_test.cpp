@@ -293,6 +293,33 @@ TEST(BatchEnvelope, BadUrlsAndNestedBatchAre400InTheirEntryOnly) {
     EXPECT_EQ(targets(up), std::vector<std::string>{"/api/v1/activities/a1"});
 }
 
+// A sub-request never passed the listener's parser: what the listener refuses (control bytes,
+// bytes over 0x7f) and methods a REST call has no use for (TRACE, CONNECT, unknown ones) are a
+// 400 in their own entry, never sent; the other entries still run.
+TEST(BatchEnvelope, SubRequestsTheListenerWouldRefuseAre400InTheirEntryOnly) {
+    mock_upstream up;
+    running_gateway gw(fanout_config(up.port()));
+    const std::string nul("a\0b", 3);
+    auto res = post(gw.port(), "/$batch",
+                    requests({{{"id", "nul"}, {"method", "GET"}, {"url", "/api/v1/activities/a1"}, {"headers", {{"X-A", nul}}}},
+                              {{"id", "ctl"}, {"method", "GET"}, {"url", "/api/v1/activities/a2"}, {"headers", {{"X-A", "a\x01" "b"}}}},
+                              {{"id", "high"}, {"method", "GET"}, {"url", "/api/v1/activities/a3"}, {"headers", {{"X-A", "caf\xc3\xa9"}}}},
+                              {{"id", "high_url"}, {"method", "GET"}, {"url", "/api/v1/activities/caf\xc3\xa9"}},
+                              {{"id", "trace"}, {"method", "TRACE"}, {"url", "/api/v1/activities/a5"}},
+                              {{"id", "connect"}, {"method", "CONNECT"}, {"url", "/api/v1/activities/a6"}},
+                              {{"id", "unknown"}, {"method", "PROPFIND"}, {"url", "/api/v1/activities/a7"}},
+                              {{"id", "ok"}, {"method", "GET"}, {"url", "/api/v1/activities/a8"}, {"headers", {{"X-A", "fine\tvalue"}}}}})
+                        .dump());
+    ASSERT_EQ(res.status, 200) << res.body;
+    auto body = res.json();
+    for (const char* id : {"nul", "ctl", "high", "high_url", "trace", "connect", "unknown"}) {
+        ASSERT_NE(entry(body, id), nullptr) << id;
+        EXPECT_EQ((*entry(body, id))["status"], 400) << id << ": " << *entry(body, id);
+    }
+    EXPECT_EQ((*entry(body, "ok"))["status"], 200) << body;
+    EXPECT_EQ(targets(up), std::vector<std::string>{"/api/v1/activities/a8"});
+}
+
 TEST(BatchEnvelope, OuterAuthorizationReachesTheUpstreamUnlessOverridden) {
     mock_upstream up;
     running_gateway gw(fanout_config(up.port()));

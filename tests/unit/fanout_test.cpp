@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "fanout/core/batch_envelope.hpp"
+#include "fanout/core/request_check.hpp"
 #include "fanout/core/dependency_plan.hpp"
 #include "fanout/core/fan_out.hpp"
 #include "fanout/core/plan_runner.hpp"
@@ -205,6 +206,27 @@ TEST(BatchEnvelope, SubUrlChecks) {
     EXPECT_TRUE(check_sub_url("/users/%252e%252e/admin"));
     EXPECT_TRUE(check_sub_url("/a\\..\\b"));
     EXPECT_TRUE(check_sub_url("/a b"));
+}
+
+TEST(RequestCheck, ListenerRulesAndRestMethodsOnly) {
+    const std::vector<std::pair<std::string, std::string>> fine = {{"X-A", "a b\tc"}, {"Accept", "*/*"}};
+    EXPECT_FALSE(check_request("GET", "/users/7?x=%C3%A9", fine));
+    for (const char* m : {"HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}) EXPECT_FALSE(check_method(m)) << m;
+    for (const char* m : {"TRACE", "CONNECT", "PROPFIND", "G ET", "", "G\x80T"}) EXPECT_TRUE(check_method(m)) << m;
+    EXPECT_TRUE(check_target("/caf\xc3\xa9"));
+    EXPECT_TRUE(check_target(std::string("/a\0b", 4)));
+    EXPECT_TRUE(check_target("/a\x7f"));
+    EXPECT_TRUE(check_field("X-A", std::string("a\0b", 3)));
+    EXPECT_TRUE(check_field("X-A", "a\x01" "b"));
+    EXPECT_TRUE(check_field("X-A", "a\x7f"));
+    EXPECT_TRUE(check_field("X-A", "caf\xc3\xa9"));
+    EXPECT_TRUE(check_field("X A", "v"));
+    EXPECT_TRUE(check_field("", "v"));
+    auto why = check_request("GET", "/a", {{"X-A", "caf\xc3\xa9"}});
+    ASSERT_TRUE(why);
+    EXPECT_EQ(*why, "header X-A holds byte 0xc3 at offset 3");  // escaped, never the raw byte
+    EXPECT_FALSE(check_message("/a", fine));
+    EXPECT_TRUE(check_message("/a", {{"X-A", "\r"}}));
 }
 
 TEST(BatchEnvelope, EntriesEmbedJsonAndKeepText) {

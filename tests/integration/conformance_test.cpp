@@ -1,0 +1,451 @@
+// HTTP/1.1 message framing as a hostile client would probe it (RFC 9112), one table row per
+// case: exact bytes in on a raw loopback socket, then what the client got (statuses, and
+// whether the gateway closed) and the exact bytes a raw recording upstream received, or that
+// it received nothing. A framing disagreement between the gateway and its upstream is request
+// smuggling, so the upstream's bytes are the point of every row.
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <chrono>
+#include <mutex>
+#include <ranges>
+#include <ostream>
+#include <regex>
+#include <thread>
+
+#include "tests/integration/harness.hpp"
+
+using namespace batchgate::testing;
+using namespace std::chrono_literals;
+using namespace std::string_literals;
+
+namespace {
+
+const char* yaml = R"(
+listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+worker_threads: 1
+logging: {level: error, access_log: false}
+limits: {max_body: 64, max_header: 1KiB, idle_timeout: 5s}
+upstreams:
+  raw: {url: "http://127.0.0.1:{{PORT}}", request_timeout: 2s}
+routes:
+  - name: everything
+    match: {prefix: /}
+    upstream: raw
+)";
+
+constexpr std::string_view ok_answer = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok";
+
+// An upstream that records the exact bytes it receives and answers every request with one
+// fixed answer. Beast parses only to know where a request ends (and so when to answer).
+class raw_upstream {
+public:
+    explicit raw_upstream(std::string answer) : answer_(std::move(answer)), acceptor_(ioc_) {
+        tcp::endpoint at(net::ip::make_address("127.0.0.1"), 0);
+        acceptor_.open(at.protocol());
+        acceptor_.bind(at);
+        acceptor_.listen();
+        do_accept();
+        thread_ = std::thread([this] { ioc_.run(); });
+    }
+    ~raw_upstream() {
+        ioc_.stop();
+        thread_.join();
+    }
+    unsigned short port() const { return acceptor_.local_endpoint().port(); }
+    std::string received() const {
+        std::lock_guard lock(mutex_);
+        return received_;
+    }
+    std::size_t requests() const {
+        std::lock_guard lock(mutex_);
+        return requests_;
+    }
+
+private:
+    struct connection {
+        explicit connection(tcp::socket s) : socket(std::move(s)) {}
+        tcp::socket socket;
+        std::string pending;  // received, not yet part of a whole request
+        std::optional<http::request_parser<http::string_body>> parser;
+        char buf[4096];
+    };
+
+    void do_accept() {
+        acceptor_.async_accept([this](beast::error_code ec, tcp::socket s) {
+            if (ec) return;
+            auto c = std::make_shared<connection>(std::move(s));
+            c->parser.emplace();
+            c->parser->eager(true);
+            c->parser->body_limit(1 << 20);
+            do_read(c);
+            do_accept();
+        });
+    }
+
+    void do_read(const std::shared_ptr<connection>& c) {
+        c->socket.async_read_some(net::buffer(c->buf), [this, c](beast::error_code ec, std::size_t n) {
+            if (ec) return;
+            {
+                std::lock_guard lock(mutex_);
+                received_.append(c->buf, n);
+            }
+            c->pending.append(c->buf, n);
+            while (!c->pending.empty()) {
+                beast::error_code pec;
+                const std::size_t used = c->parser->put(net::buffer(c->pending), pec);
+                c->pending.erase(0, used);
+                if (pec == http::error::need_more) break;
+                if (pec) return;  // the bytes are recorded; the test decides what they mean
+                if (!c->parser->is_done()) {
+                    if (used == 0) break;
+                    continue;
+                }
+                {
+                    std::lock_guard lock(mutex_);
+                    ++requests_;
+                }
+                beast::error_code wec;
+                net::write(c->socket, net::buffer(answer_), wec);
+                c->parser.emplace();
+                c->parser->eager(true);
+                c->parser->body_limit(1 << 20);
+            }
+            do_read(c);
+        });
+    }
+
+    std::string answer_;
+    net::io_context ioc_;
+    tcp::acceptor acceptor_;
+    std::thread thread_;
+    mutable std::mutex mutex_;
+    std::string received_;
+    std::size_t requests_ = 0;
+};
+
+struct client_result {
+    std::vector<int> statuses;  // every answer, interim ones (100) included, in order
+    bool closed = false;        // the gateway closed the connection after the last answer
+    std::string raw;
+};
+
+// Parses as many whole answers out of raw as there are; returns their statuses.
+std::vector<int> parse_statuses(const std::string& raw) {
+    std::vector<int> out;
+    std::string_view rest(raw);
+    while (!rest.empty()) {
+        http::response_parser<http::string_body> p;
+        p.eager(true);
+        beast::error_code ec;
+        std::size_t used = 0;
+        for (;;) {
+            const std::size_t n = p.put(net::buffer(rest.data() + used, rest.size() - used), ec);
+            used += n;
+            if (ec || p.is_done() || n == 0) break;
+        }
+        if (!p.is_done()) break;
+        out.push_back(p.get().result_int());
+        rest.remove_prefix(used);
+    }
+    return out;
+}
+
+// Sends `first`, waits for one answer, sends `then` (if any), and reads until `answers`
+// answers have arrived; then watches 150 ms for the gateway closing the connection.
+client_result talk(unsigned short port, const std::string& first, const std::string& then, std::size_t answers) {
+    client_result out;
+    net::io_context ioc;
+    tcp::socket socket(ioc);
+    socket.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
+    net::write(socket, net::buffer(first));
+    bool sent_then = then.empty();
+    const auto give_up = std::chrono::steady_clock::now() + 3s;
+    for (;;) {
+        out.statuses = parse_statuses(out.raw);
+        if (!sent_then && !out.statuses.empty()) {
+            net::write(socket, net::buffer(then));
+            sent_then = true;
+        }
+        const bool all_in = sent_then && out.statuses.size() >= answers;
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(give_up - std::chrono::steady_clock::now());
+        const int wait_ms = all_in ? 150 : static_cast<int>(std::max<long long>(left.count(), 0));
+        pollfd pfd{socket.native_handle(), POLLIN, 0};
+        if (::poll(&pfd, 1, wait_ms) <= 0) return out;  // quiet: still open
+        char buf[4096];
+        const ssize_t n = ::recv(socket.native_handle(), buf, sizeof buf, 0);
+        if (n <= 0) {  // EOF, or a reset after the answer
+            out.closed = true;
+            out.statuses = parse_statuses(out.raw);
+            return out;
+        }
+        out.raw.append(buf, static_cast<std::size_t>(n));
+    }
+}
+
+struct conformance_case {
+    const char* name;
+    std::string request;          // exact bytes the client sends first
+    std::string statuses;         // every answer's status, space-separated ("100 200")
+    bool close;                   // the gateway closes the connection after its last answer
+    std::string upstream;         // exact bytes the upstream received ("" = nothing at all);
+                                  // {rid} is the X-Request-Id, {up} the upstream's host:port
+    std::string then = "";        // bytes sent after the first answer (100-continue)
+    std::string answer = std::string(ok_answer);  // what the upstream answers
+};
+
+std::ostream& operator<<(std::ostream& os, const conformance_case& c) { return os << c.name; }
+
+// What a passthrough request looks like upstream: the client's own fields (hop-by-hop ones
+// removed) in order, then the gateway's, then the body re-framed by Content-Length.
+std::string up(const std::string& request_line, const std::string& fields = "", const std::string& body = "",
+               bool framed = false) {
+    std::string out = request_line + "\r\n" + fields +
+                      "X-Request-Id: {rid}\r\nX-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\n"
+                      "X-Forwarded-Host: c\r\nHost: {up}\r\n";
+    if (framed || !body.empty()) out += "Content-Length: " + std::to_string(body.size()) + "\r\n";
+    return out + "\r\n" + body;
+}
+
+const std::string get_a = "GET /a HTTP/1.1\r\nHost: c\r\n\r\n";
+const std::string smuggled = "GET /smuggled HTTP/1.1\r\nHost: c\r\n\r\n";
+// What the client gets when the gateway answers a request it may not forward.
+constexpr bool closes = true;
+constexpr bool stays_open = false;
+
+const conformance_case cases[] = {
+    // --- plain requests, keep-alive and versions -------------------------------------------
+    {"plain_get", get_a, "200", stays_open, up("GET /a HTTP/1.1")},
+    {"http10_closes_by_default", "GET /a HTTP/1.0\r\nHost: c\r\n\r\n", "200", closes, up("GET /a HTTP/1.1")},
+    {"http10_keep_alive", "GET /a HTTP/1.0\r\nHost: c\r\nConnection: keep-alive\r\n\r\n", "200", stays_open,
+     up("GET /a HTTP/1.1")},
+    {"http11_connection_close", "GET /a HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n", "200", closes,
+     up("GET /a HTTP/1.1")},
+    {"http11_without_host", "GET /a HTTP/1.1\r\n\r\n", "400", closes, ""},
+    {"two_host_lines", "GET /a HTTP/1.1\r\nHost: c\r\nHost: d\r\n\r\n", "400", closes, ""},
+    {"http09_request_line", "GET /a\r\n\r\n", "400", closes, ""},
+    {"http2_version", "GET /a HTTP/2.0\r\nHost: c\r\n\r\n", "400", closes, ""},
+    {"http12_version", "GET /a HTTP/1.2\r\nHost: c\r\n\r\n", "400", closes, ""},
+    {"lower_case_version", "GET /a http/1.1\r\nHost: c\r\n\r\n", "400", closes, ""},
+
+    // --- request line ---------------------------------------------------------------------------
+    {"double_space_in_request_line", "GET  /a HTTP/1.1\r\nHost: c\r\n\r\n", "400", closes, ""},
+    {"trailing_space_in_request_line", "GET /a HTTP/1.1 \r\nHost: c\r\n\r\n", "400", closes, ""},
+    {"tab_in_request_line", "GET\t/a HTTP/1.1\r\nHost: c\r\n\r\n", "400", closes, ""},
+    {"nul_in_target", "GET /a\0b HTTP/1.1\r\nHost: c\r\n\r\n"s, "400", closes, ""},
+    {"del_in_target", "GET /a\x7f HTTP/1.1\r\nHost: c\r\n\r\n", "400", closes, ""},
+    // Beast allows obs-text in a target; a URI never holds it (RFC 3986).
+    {"byte_over_0x7f_in_target", "GET /caf\xc3\xa9 HTTP/1.1\r\nHost: c\r\n\r\n", "400", closes, ""},
+    // The limit is on the whole head; a request line that alone exceeds it is a 414.
+    {"long_target_is_414", "GET /" + std::string(1100, 'a') + " HTTP/1.1\r\nHost: c\r\n\r\n", "414", closes, ""},
+    {"absolute_form_target", "GET http://c/a HTTP/1.1\r\nHost: c\r\n\r\n", "404", stays_open, ""},
+    {"asterisk_form_options", "OPTIONS * HTTP/1.1\r\nHost: c\r\n\r\n", "404", stays_open, ""},
+    {"connect_authority_form", "CONNECT c:443 HTTP/1.1\r\nHost: c:443\r\n\r\n", "404", stays_open, ""},
+    {"leading_empty_line", "\r\nGET /a HTTP/1.1\r\nHost: c\r\n\r\n", "400", closes, ""},
+
+    // --- header section ---------------------------------------------------------------------------
+    {"bare_lf_line_endings", "GET /a HTTP/1.1\nHost: c\n\n", "400", closes, ""},
+    {"bare_lf_inside_head", "GET /a HTTP/1.1\r\nHost: c\r\nX-A: 1\nX-B: 2\r\n\r\n", "400", closes, ""},
+    {"bare_cr_in_value", "GET /a HTTP/1.1\r\nHost: c\r\nX-A: 1\rX-B: 2\r\n\r\n", "400", closes, ""},
+    {"nul_in_value", "GET /a HTTP/1.1\r\nHost: c\r\nX-A: 1\0 2\r\n\r\n"s, "400", closes, ""},
+    {"space_before_colon", "GET /a HTTP/1.1\r\nHost : c\r\n\r\n", "400", closes, ""},
+    {"space_in_field_name", "GET /a HTTP/1.1\r\nHost: c\r\nX A: 1\r\n\r\n", "400", closes, ""},
+    {"empty_field_name", "GET /a HTTP/1.1\r\nHost: c\r\n: 1\r\n\r\n", "400", closes, ""},
+    // RFC 9112 5.2: obs-fold is either refused or replaced by a space; Beast replaces it.
+    {"obs_fold_is_unfolded", "GET /a HTTP/1.1\r\nHost: c\r\nX-A: one\r\n two\r\n\r\n", "200", stays_open,
+     up("GET /a HTTP/1.1", "X-A: one two\r\n")},
+    // RFC 9110 5.5: obs-text in a field value is allowed (and opaque); it is forwarded as is.
+    {"obs_text_in_value", "GET /a HTTP/1.1\r\nHost: c\r\nX-A: caf\xe9\r\n\r\n", "200", stays_open,
+     up("GET /a HTTP/1.1", "X-A: caf\xe9\r\n")},
+    {"first_line_folded", "GET /a HTTP/1.1\r\n Host: c\r\n\r\n", "400", closes, ""},
+    {"hop_by_hop_fields_are_stripped",
+     "GET /a HTTP/1.1\r\nHost: c\r\nConnection: keep-alive, X-Private\r\nX-Private: 1\r\nKeep-Alive: 5\r\n"
+     "TE: trailers\r\nUpgrade: h2c\r\nProxy-Connection: keep-alive\r\nX-Kept: 2\r\n\r\n",
+     "200", stays_open, up("GET /a HTTP/1.1", "X-Kept: 2\r\n")},
+    {"long_header_is_431", "GET /a HTTP/1.1\r\nHost: c\r\nX-Long: " + std::string(1100, 'a') + "\r\n\r\n", "431",
+     closes, ""},
+
+    // --- Content-Length -----------------------------------------------------------------------------
+    {"content_length_body", "POST /a HTTP/1.1\r\nHost: c\r\nContent-Length: 3\r\n\r\nabc", "200", stays_open,
+     up("POST /a HTTP/1.1", "", "abc")},
+    {"content_length_zero", "POST /a HTTP/1.1\r\nHost: c\r\nContent-Length: 0\r\n\r\n", "200", stays_open,
+     up("POST /a HTTP/1.1", "", "", true)},
+    {"content_length_with_spaces", "POST /a HTTP/1.1\r\nHost: c\r\nContent-Length:   3  \r\n\r\nabc", "200",
+     stays_open, up("POST /a HTTP/1.1", "", "abc")},
+    {"duplicate_equal_content_length", "POST /a HTTP/1.1\r\nHost: c\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+     "200", stays_open, up("POST /a HTTP/1.1", "", "abc")},
+    {"equal_content_length_list", "POST /a HTTP/1.1\r\nHost: c\r\nContent-Length: 3, 3\r\n\r\nabc", "200", stays_open,
+     up("POST /a HTTP/1.1", "", "abc")},
+    {"conflicting_content_lengths", "POST /a HTTP/1.1\r\nHost: c\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+     "400", closes, ""},
+    {"conflicting_content_length_list", "POST /a HTTP/1.1\r\nHost: c\r\nContent-Length: 3, 4\r\n\r\nabcd", "400",
+     closes, ""},
+    {"content_length_plus_sign", "POST /a HTTP/1.1\r\nHost: c\r\nContent-Length: +3\r\n\r\nabc", "400", closes, ""},
+    {"content_length_negative", "POST /a HTTP/1.1\r\nHost: c\r\nContent-Length: -3\r\n\r\nabc", "400", closes, ""},
+    {"content_length_hex", "POST /a HTTP/1.1\r\nHost: c\r\nContent-Length: 0x3\r\n\r\nabc", "400", closes, ""},
+    {"content_length_inner_space", "POST /a HTTP/1.1\r\nHost: c\r\nContent-Length: 1 2\r\n\r\nabc", "400", closes, ""},
+    {"content_length_empty", "POST /a HTTP/1.1\r\nHost: c\r\nContent-Length:\r\n\r\nabc", "400", closes, ""},
+    {"content_length_overflow", "POST /a HTTP/1.1\r\nHost: c\r\nContent-Length: 184467440737095516160\r\n\r\nabc",
+     "400", closes, ""},
+    {"body_over_max_body_is_413", "POST /a HTTP/1.1\r\nHost: c\r\nContent-Length: 65\r\n\r\n" + std::string(65, 'x'),
+     "413", closes, ""},
+
+    // --- Content-Length with Transfer-Encoding: refused whatever the order ------------------------------
+    {"cl_then_te_chunked", "POST /a HTTP/1.1\r\nHost: c\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+     "400", closes, ""},
+    {"te_chunked_then_cl", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+     "400", closes, ""},
+
+    // --- transfer codings ---------------------------------------------------------------------------------
+    {"chunked_body", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+     "200", stays_open, up("POST /a HTTP/1.1", "", "abcde")},
+    {"chunked_mixed_case", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: ChUnKeD\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+     "200", stays_open, up("POST /a HTTP/1.1", "", "abc")},
+    {"chunked_twice_on_two_lines",
+     "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "400",
+     closes, ""},
+    {"chunked_then_gzip_on_two_lines",
+     "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n0\r\n\r\n", "400",
+     closes, ""},
+
+    // RFC 9112 6.3: a Transfer-Encoding whose final coding is not chunked cannot frame a request.
+    // Before the fix the body was framed by Content-Length, or taken as empty and its bytes
+    // proxied as a second request.
+    {"te_gzip_then_cl", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc",
+     "400", closes, ""},
+    {"te_identity_then_cl", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: identity\r\nContent-Length: 3\r\n\r\nabc",
+     "400", closes, ""},
+    {"cl_then_te_gzip", "POST /a HTTP/1.1\r\nHost: c\r\nContent-Length: 3\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+     "400", closes, ""},
+    {"te_gzip_smuggles_next_request", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: gzip\r\n\r\n" + smuggled, "400",
+     closes, ""},
+    {"te_identity", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: identity\r\n\r\n" + smuggled, "400", closes, ""},
+    {"te_chunked_then_identity", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n" + smuggled,
+     "400", closes, ""},
+    {"te_chunked_twice_in_one_line", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n" + smuggled,
+     "400", closes, ""},
+    {"te_xchunked", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n" + smuggled, "400",
+     closes, ""},
+    {"te_empty", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding:\r\n\r\n" + smuggled, "400", closes, ""},
+    {"te_quoted_chunked", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: \"chunked\"\r\n\r\n0\r\n\r\n" + smuggled, "400",
+     closes, ""},
+    {"te_lines_ending_in_identity",
+     "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: identity\r\n\r\n" + smuggled, "400",
+     closes, ""},
+    // Ends in chunked, but the gateway cannot undo gzip and would forward the bytes unlabelled:
+    // RFC 9112 6.1, an unknown coding is a 501.
+    {"te_gzip_chunked_in_one_line", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", "501",
+     closes, ""},
+    {"te_gzip_line_then_chunked_line",
+     "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "501",
+     closes, ""},
+    // RFC 9112 6.1: a server MAY treat a 1.0 request with Transfer-Encoding as faulty and MUST
+    // close after it; it is refused, as no 1.0 client sends chunked bodies.
+    {"te_chunked_in_http10", "POST /a HTTP/1.0\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+     "400", closes, ""},
+    {"te_chunked_with_trailing_space", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked \r\n\r\n1\r\nz\r\n0\r\n\r\n",
+     "200", stays_open, up("POST /a HTTP/1.1", "", "z")},
+
+    // --- chunk sizes and chunk framing ----------------------------------------------------------------------
+    {"chunk_size_upper_hex", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\nA\r\n0123456789\r\n0\r\n\r\n",
+     "200", stays_open, up("POST /a HTTP/1.1", "", "0123456789")},
+    {"chunk_size_lower_hex", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n0\r\n\r\n",
+     "200", stays_open, up("POST /a HTTP/1.1", "", "0123456789")},
+    {"chunk_size_leading_zeros", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\n0003\r\nabc\r\n000\r\n\r\n",
+     "200", stays_open, up("POST /a HTTP/1.1", "", "abc")},
+    {"chunk_size_overflow",
+     "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000003\r\nabc\r\n0\r\n\r\n", "400", closes,
+     ""},
+    {"chunk_size_not_hex", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\n3g\r\nabc\r\n0\r\n\r\n", "400",
+     closes, ""},
+    {"chunk_size_negative", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\n-3\r\nabc\r\n0\r\n\r\n", "400",
+     closes, ""},
+    {"chunks_over_max_body", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\n41\r\n" + std::string(65, 'x') +
+                                 "\r\n0\r\n\r\n",
+     "413", closes, ""},
+    {"chunk_extension_is_dropped",
+     "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\n3;name=value\r\nabc\r\n0;x=\"y\"\r\n\r\n", "200",
+     stays_open, up("POST /a HTTP/1.1", "", "abc")},
+    {"chunk_extension_without_name", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\n3;\r\nabc\r\n0\r\n\r\n",
+     "400", closes, ""},
+    {"chunk_data_longer_than_size",
+     "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcd\r\n0\r\n\r\n", "400", closes, ""},
+    {"chunk_missing_crlf_after_data",
+     "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc0\r\n\r\n" + smuggled, "400", closes, ""},
+    // FINDING (not fixed here): Beast looks for CRLF after a chunk size and never gives up on
+    // a bare LF; the request is neither forwarded nor answered until idle_timeout closes it.
+    {"chunk_bare_lf_is_never_forwarded", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\n0\n\n",
+     "", stays_open, ""},
+    // Beast bounds neither a chunk-size line nor trailers; the gateway's read buffer does.
+    {"chunk_line_without_end", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\n1;x=" +
+                                   std::string(100 * 1024, 'a'),
+     "400", closes, ""},
+    {"trailers_without_end", "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: " +
+                                 std::string(100 * 1024, 'a'),
+     "400", closes, ""},
+    // RFC 9110 6.5.1: a trailer field is never merged into the head (Beast appends it there).
+    {"chunk_trailer_fields_are_dropped",
+     "POST /a HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n3\r\nabc\r\n0\r\nX-Trailer: t\r\n"
+     "X-A: 2\r\nHost: evil\r\n\r\n",
+     "200", stays_open, up("POST /a HTTP/1.1", "X-A: 1\r\n", "abc")},
+
+    // --- pipelining: each request reaches the upstream once, answers come back in order -----------------------
+    {"pipeline_two", get_a + "GET /b HTTP/1.1\r\nHost: c\r\n\r\n", "200 200", stays_open,
+     up("GET /a HTTP/1.1") + up("GET /b HTTP/1.1")},
+    {"pipeline_three_with_bodies",
+     "POST /a HTTP/1.1\r\nHost: c\r\nContent-Length: 3\r\n\r\nabc" + get_a +
+         "POST /c HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nxy\r\n0\r\n\r\n",
+     "200 200 200", stays_open,
+     up("POST /a HTTP/1.1", "", "abc") + up("GET /a HTTP/1.1") + up("POST /c HTTP/1.1", "", "xy")},
+    {"pipeline_stops_at_connection_close",
+     get_a + "GET /b HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n" + smuggled, "200 200", closes,
+     up("GET /a HTTP/1.1") + up("GET /b HTTP/1.1")},
+    {"pipeline_stops_at_bad_request", get_a + "GET /b HTTP/1.1\r\nHost : c\r\n\r\n" + smuggled, "200 400", closes,
+     up("GET /a HTTP/1.1")},
+
+    // --- 100-continue ---------------------------------------------------------------------------------------------
+    {"expect_100_continue", "POST /a HTTP/1.1\r\nHost: c\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n", "100 200",
+     stays_open, up("POST /a HTTP/1.1", "", "abc"), "abc"},
+    {"expect_100_with_body_already_sent",
+     "POST /a HTTP/1.1\r\nHost: c\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc", "200", stays_open,
+     up("POST /a HTTP/1.1", "", "abc")},
+    {"expect_100_over_max_body",
+     "POST /a HTTP/1.1\r\nHost: c\r\nExpect: 100-continue\r\nContent-Length: 65\r\n\r\n", "413", closes, ""},
+
+    // --- upstream answers ---------------------------------------------------------------------------------------
+    // Upgrades are not relayed yet: a 101 is not a final answer, and the upstream connection
+    // no longer speaks HTTP.
+    {"upstream_101_is_502", "GET /a HTTP/1.1\r\nHost: c\r\n\r\n", "502", stays_open, up("GET /a HTTP/1.1"), "",
+     "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"},
+};
+
+class Conformance : public ::testing::TestWithParam<conformance_case> {};
+
+TEST_P(Conformance, ClientAnswerAndUpstreamBytes) {
+    const conformance_case& c = GetParam();
+    raw_upstream upstream(c.answer);
+    running_gateway gw(load_yaml(fill(yaml, {{"PORT", std::to_string(upstream.port())}})));
+
+    std::size_t answers = 0;
+    for (auto s : std::views::split(std::string_view(c.statuses), ' ')) answers += !std::ranges::empty(s);
+    const client_result got = talk(gw.port(), c.request, c.then, answers);
+
+    std::string statuses;
+    for (int s : got.statuses) statuses += (statuses.empty() ? "" : " ") + std::to_string(s);
+    EXPECT_EQ(statuses, c.statuses) << "client received:\n" << got.raw;
+    EXPECT_EQ(got.closed, c.close) << (c.close ? "the connection should have been closed"
+                                               : "the connection should have stayed open")
+                                   << "\nclient received:\n" << got.raw;
+
+    // Whatever the gateway forwards has been answered by the time its client is.
+    std::string received = upstream.received();
+    received = std::regex_replace(received, std::regex("X-Request-Id: [0-9a-f]{24}"), "X-Request-Id: {rid}");
+    received = std::regex_replace(received, std::regex("127\\.0\\.0\\.1:" + std::to_string(upstream.port())), "{up}");
+    EXPECT_EQ(received, c.upstream);
+}
+
+INSTANTIATE_TEST_SUITE_P(Rfc9112, Conformance, ::testing::ValuesIn(cases),
+                         [](const ::testing::TestParamInfo<conformance_case>& info) { return std::string(info.param.name); });
+
+}  // namespace
