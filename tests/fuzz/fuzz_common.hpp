@@ -114,7 +114,10 @@ inline header_map parse_headers(std::string_view text) {
             if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
         auto value = line.substr(colon + 1);
         while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
-        out[name].emplace_back(value);
+        // Beast's parser refuses control characters other than HTAB in a field value.
+        bool ok = true;
+        for (char c : value) ok = ok && (c == '\t' || (static_cast<unsigned char>(c) >= 0x20 && c != 0x7f));
+        if (ok) out[name].emplace_back(value);
     }
     return out;
 }
