@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds batchgate with its tests, and runs every test with ctest.
+# Installs what is missing, builds batchgate with its tests, runs every test with ctest, then runs
+# each fuzz target for a short bounded time (scripts/fuzz.sh, FUZZ_SECONDS each, 0 = skip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh prometheus python3-yaml
+# clang, its libFuzzer/sanitizer runtimes (libclang-rt-14-dev) and llvm-symbolizer (llvm-14): fuzz targets.
+bash scripts/install-deps.sh prometheus python3-yaml clang libclang-rt-14-dev llvm-14
 BUILD_DIR=${BUILD_DIR:-build/test}
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=${BUILD_TYPE:-RelWithDebInfo} ${CMAKE_ARGS:-} >/dev/null
 ninja -C "$BUILD_DIR"
-cd "$BUILD_DIR"
-ctest --output-on-failure --timeout 300 -j2
+status=0
+(cd "$BUILD_DIR" && ctest --output-on-failure --timeout 300 -j2) || status=$?
+# Two targets at a time: 8 targets x 20 s on 2 cores is about 80 s plus the clang build.
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+if ((FUZZ_SECONDS > 0)); then
+  FUZZ_JOBS=${FUZZ_JOBS:-2} bash scripts/fuzz.sh "$FUZZ_SECONDS" || status=1
+fi
+exit $status

@@ -1,0 +1,37 @@
+#include "gateway/request_head.hpp"
+
+#include <boost/beast/core/string.hpp>
+#include <boost/beast/http/rfc7230.hpp>
+
+namespace batchgate::gateway {
+
+namespace http = boost::beast::http;
+
+std::optional<head_rejection> check_request_head(const request_head& head) {
+    const auto hosts = head.count(http::field::host);
+    if (hosts > 1) return head_rejection{gateway_error::bad_request, "more than one Host header"};
+    if (hosts == 0 && head.version() >= 11)
+        return head_rejection{gateway_error::bad_request, "HTTP/1.1 request without a Host header"};
+
+    auto [te_first, te_last] = head.equal_range(http::field::transfer_encoding);
+    if (te_first == te_last) return std::nullopt;
+    if (head.count(http::field::content_length) != 0)
+        return head_rejection{gateway_error::bad_request, "request has both Transfer-Encoding and Content-Length"};
+    if (head.version() < 11)
+        return head_rejection{gateway_error::bad_request, "HTTP/1.0 request with Transfer-Encoding"};
+    // The codings of every Transfer-Encoding line, in order: chunked exactly once, and last.
+    std::size_t codings = 0;
+    std::size_t chunked_at = 0;  // 1-based position of the first chunked; 0 = none
+    for (auto it = te_first; it != te_last; ++it)
+        for (auto coding : http::token_list{it->value()}) {
+            ++codings;
+            if (chunked_at == 0 && boost::beast::iequals(coding, "chunked")) chunked_at = codings;
+        }
+    // The first chunked is the last coding: present, final and never applied twice.
+    if (chunked_at == 0 || chunked_at != codings)
+        return head_rejection{gateway_error::bad_request,
+                              "Transfer-Encoding must end with chunked, applied once"};
+    return std::nullopt;
+}
+
+}  // namespace batchgate::gateway

@@ -1,0 +1,45 @@
+// The checks a client request's head must pass before it is routed, in one place so the
+// session (gateway/http_session.cpp) and the fuzz target (tests/fuzz/fuzz_request_head.cpp)
+// run exactly the same code. Beast-light: fields and the parser's limits only, no Asio.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include <boost/beast/http/fields.hpp>
+#include <boost/beast/http/message.hpp>
+
+#include "config/config.hpp"
+#include "gateway/errors.hpp"
+
+namespace batchgate::gateway {
+
+using request_head = boost::beast::http::request_header<>;
+
+// Why a request head is refused: the error the client gets. The connection is closed after
+// the answer, since the framing of what follows cannot be trusted.
+struct head_rejection {
+    gateway_error error = gateway_error::bad_request;
+    std::string message;
+};
+
+// The limits the session sets on every request parser (limits.max_body, limits.max_header).
+template <class Parser>
+void apply_limits(Parser& parser, const config::limits_settings& limits) {
+    parser.body_limit(limits.max_body_bytes);
+    parser.header_limit(static_cast<std::uint32_t>(limits.max_header_bytes));
+}
+
+// nullopt when the head may be routed. Refused (400):
+// - no Host in HTTP/1.1, or more than one Host (RFC 9112 3.2);
+// - Transfer-Encoding together with Content-Length, in any order (RFC 9112 6.1);
+// - Transfer-Encoding whose final coding is not chunked, or chunked applied more than once
+//   (RFC 9112 6.3: the body length cannot be determined; Beast would take it as empty and read
+//   the body as the next request);
+// - Transfer-Encoding in an HTTP/1.0 request (RFC 9112 6.1: faulty framing).
+// Beast's parser already refuses bad or conflicting Content-Length values and a
+// Content-Length after chunked.
+std::optional<head_rejection> check_request_head(const request_head& head);
+
+}  // namespace batchgate::gateway

@@ -1,0 +1,101 @@
+// Fuzz target: the bytes a client sends, read the way the session reads them
+// (gateway/http_session.cpp do_read/on_header/read_body): a Beast request_parser with the
+// session's limits (apply_limits), the head first, then check_request_head
+// (gateway/request_head.hpp), then the body; pipelined requests one after the other on the
+// same buffer. Checks that a head the session accepts is framed the way the checks promise:
+// Transfer-Encoding means chunked, nothing else is.
+// Input: byte 0 picks the limits and the size of each read, the rest is the connection's bytes.
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/string_body.hpp>
+
+#include "fuzz_common.hpp"
+#include "gateway/request_head.hpp"
+
+using namespace batchgate;
+namespace http = boost::beast::http;
+
+namespace {
+
+// Hands out the connection's bytes one read at a time, like the socket.
+class connection {
+public:
+    connection(std::string_view bytes, std::size_t read_size) : bytes_(bytes), read_size_(read_size) {}
+    // Appends the next read to buffer; false at end of stream.
+    bool read(std::string& buffer) {
+        if (bytes_.empty()) return false;
+        auto n = std::min(read_size_, bytes_.size());
+        buffer.append(bytes_.substr(0, n));
+        bytes_.remove_prefix(n);
+        return true;
+    }
+
+private:
+    std::string_view bytes_;
+    std::size_t read_size_;
+};
+
+// Feeds parser from buffer until done(); false on a parse error or end of stream.
+template <class Done>
+bool parse_until(http::request_parser<http::string_body>& parser, std::string& buffer, connection& conn, Done done) {
+    while (!done()) {
+        boost::beast::error_code ec;
+        std::size_t used = 0;
+        if (!buffer.empty()) used = parser.put(boost::asio::buffer(buffer.data(), buffer.size()), ec);
+        else ec = http::error::need_more;
+        buffer.erase(0, used);
+        if (ec == http::error::need_more) {
+            if (!conn.read(buffer)) return false;
+            continue;
+        }
+        if (ec) return false;  // the session answers 400/413/431 and closes
+    }
+    return true;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    fuzz::input in(data, size);
+    const std::uint8_t choice = in.byte();
+    config::limits_settings limits;  // the defaults of limits.max_body and limits.max_header
+    if (choice & 1) {                // and small ones, so the limits are reached
+        limits.max_body_bytes = 64;
+        limits.max_header_bytes = 256;
+    }
+    constexpr std::size_t read_sizes[] = {65536, 1, 7, 100};
+    connection conn(in.rest(), read_sizes[(choice >> 1) % std::size(read_sizes)]);
+
+    std::string buffer;  // the session's flat_buffer: bytes read but not parsed yet
+    for (int n = 0; n < 8; ++n) {  // keep-alive: one parser per request
+        http::request_parser<http::string_body> parser;
+        gateway::apply_limits(parser, limits);
+        if (!parse_until(parser, buffer, conn, [&] { return parser.is_header_done(); })) return 0;
+
+        const auto& head = parser.get().base();
+        const auto rejected = gateway::check_request_head(head);
+        const bool has_te = head.count(http::field::transfer_encoding) != 0;
+        if (rejected) {
+            fuzz::check(!rejected->message.empty(), "a rejection without a message");
+            return 0;  // answered 400, connection closed
+        }
+        // What the checks promise about the framing of everything that follows.
+        fuzz::check(has_te == parser.chunked(), has_te ? "Transfer-Encoding accepted but the body is not read as chunked"
+                                                       : "chunked framing without Transfer-Encoding");
+        if (has_te) fuzz::check(head.count(http::field::content_length) == 0, "Transfer-Encoding with Content-Length accepted");
+        fuzz::check(head.count(http::field::host) == 1 || (head.version() < 11 && head.count(http::field::host) == 0),
+                    "Host checks let a bad head through");
+
+        if (!parse_until(parser, buffer, conn, [&] { return parser.is_done(); })) return 0;
+        const auto& req = parser.get();
+        fuzz::check(req.body().size() <= limits.max_body_bytes, "body over limits.max_body");
+        if (!req.keep_alive()) return 0;
+    }
+    return 0;
+}

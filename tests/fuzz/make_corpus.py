@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Writes the seed corpus of every fuzz target (tests/fuzz/corpus/<target>/) from examples/,
+tests/testdata/ and the reference API shapes (docs: reference APIs A-F and the $batch envelope).
+Fields are separated by 0x1F, as tests/fuzz/fuzz_common.hpp reads them. Run from anywhere;
+rewrites the corpus directories (seeds found later by the fuzzer are not kept here)."""
+import glob
+import json
+import os
+import shutil
+
+import yaml
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+OUT = os.path.join(ROOT, "tests", "fuzz", "corpus")
+SEP = b"\x1f"
+
+
+def write(target, name, data):
+    os.makedirs(os.path.join(OUT, target), exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode()
+    with open(os.path.join(OUT, target, name), "wb") as f:
+        f.write(data)
+
+
+def fields(*parts):
+    return SEP.join(p.encode() if isinstance(p, str) else p for p in parts)
+
+
+def j(v):
+    return json.dumps(v, separators=(",", ":"))
+
+
+# The route order of tests/fuzz/fuzz_common.hpp examples(): sorted examples, then write_routes.
+config_files = sorted(glob.glob(os.path.join(ROOT, "examples", "*.yaml"))) + [
+    os.path.join(ROOT, "tests", "testdata", "write_routes.yaml")]
+coalesce = []
+for f in config_files:
+    with open(f) as fh:
+        doc = yaml.safe_load(fh)
+    for r in doc.get("routes", []):
+        if r.get("mode") == "coalesce":
+            coalesce.append(r["name"])
+
+for target in os.listdir(OUT) if os.path.isdir(OUT) else []:
+    shutil.rmtree(os.path.join(OUT, target))
+
+# --- config: every example and test config, good and bad -------------------------------------
+for f in config_files[:-1] + sorted(glob.glob(os.path.join(ROOT, "tests", "testdata", "*.yaml"))):
+    with open(f, "rb") as fh:
+        write("config", os.path.basename(os.path.dirname(f)) + "-" + os.path.basename(f), fh.read())
+
+# --- routes: method byte + request target ---------------------------------------------------
+targets = ["/users/7", "/users/7?fields=a,b", "/legacy/users/%37", "/api/v1/activities/a1?fields=id,name",
+           "/api/characters/3/abilities/4", "/api/client/progress",
+           "/api/v1/workspaces/550e8400-e29b-41d4-a716-446655440000/documents/doc_9",
+           "/api/v1/org/acme/goals/g-42", "/$batch", "/users/..%2f..%2fadmin", "/a/%2e%2e/b", "/a/%252e%252e/b",
+           "/x?a=1&b=+2&a=%41&&c", "/users/{id}", "/api/v1/org/{org}/goals/{goal_id}", "/", "", "?q", "/users/7/",
+           "/users//7", "/%zz%4", "/a\\..\\b"]
+for i, t in enumerate(targets):
+    write("routes", f"target-{i:02d}", bytes([i % 8]) + t.encode())
+
+# --- json_pointer: pointer, document ----------------------------------------------------------
+B_ANSWER = {"results": [{"id": "a1", "status": "success", "data": {"id": "a1", "name": "x"}},
+                        {"id": "a2", "status": "error", "error": "not found", "status_code": 404}],
+            "total_requested": 2, "total_succeeded": 1, "total_failed": 1, "processed_at": "2026-02-16T10:00:00Z"}
+pointers = [("/results", B_ANSWER), ("/results/1/status_code", B_ANSWER), ("/results/01", B_ANSWER),
+            ("/results/-", B_ANSWER), ("", [1, 2]), ("/0/id", [{"id": "1"}]), ("/a~1b/~0c", {"a/b": {"~c": 1}}),
+            ("/~2", {}), ("/a~", {"a~": 1}), ("results", B_ANSWER), ("/", {"": 5}), ("//", {"": {"": 6}}),
+            ("/18446744073709551616", [0]), ("/9999999999999999999", [0]), ("/0", "text"), ("/ids/0", {"ids": ["a1"]})]
+for i, (p, d) in enumerate(pointers):
+    write("json_pointer", f"pointer-{i:02d}", fields(p, j(d)))
+
+# --- codec and split: per reference API ------------------------------------------------------
+AUTH = "Authorization: Bearer token-1\nCookie: session=abc\nX-Request-Id: r-1"
+EVENT = {"type": "lesson_progress", "courseId": "foundations", "lessonId": "lesson-video", "userId": "demo-user",
+         "percent": 42, "position": 185, "clientEventId": "e-1", "timestamp": 1730956800000}
+callers = {
+    "users": [("GET", "/users/7", AUTH, "", ""), ("GET", "/users/a%2Cb", "", "", ""), ("GET", "/users/..", "", "", "")],
+    "users-repeated-param": [("GET", "/legacy/users/7", AUTH, "", "")],
+    "activities": [("GET", "/api/v1/activities/a1?fields=id,name", AUTH, "", ""),
+                   ("GET", "/api/v1/activities/a2", "", "", "")],
+    "abilities": [("PATCH", "/api/characters/3/abilities/4", AUTH,
+                   j({"action": "increment", "data": {"score": 5, "experience_points": 75}}), ""),
+                  ("PATCH", "/api/characters/3/abilities/x", "", j({"action": "decrement"}), ""),
+                  ("PATCH", "/api/characters/3/abilities/4", "", "not json", "")],
+    "progress": [("POST", "/api/client/progress", AUTH, j(EVENT), ""),
+                 ("POST", "/api/client/progress", "", j({**EVENT, "clientEventId": 17}), ""),
+                 ("POST", "/api/client/progress", "", j({"type": "x"}), "")],
+    "documents": [("POST", "/api/v1/workspaces/ws1/documents", AUTH, j({"title": "New", "content": "# Hello"}), ""),
+                  ("PUT", "/api/v1/workspaces/ws1/documents/doc_9", "", j({"version": 3, "title": "x"}), ""),
+                  ("DELETE", "/api/v1/workspaces/ws1/documents/doc_4", "", "", "ws=ws1&doc_id=doc_4")],
+    "goals": [("POST", "/api/v1/org/acme/goals", AUTH,
+               j({"period_id": "p-1", "type": "performance", "data": {"weight": 10}}), ""),
+              ("PUT", "/api/v1/org/acme/goals/g-42", "", j({"period_id": "p-1", "type": "competency"}), ""),
+              ("PUT", "/api/v1/org/acme/goals/g-42", "", j({"type": "competency"}), "org=acme&goal_id=g-42")],
+}
+answers = {
+    "users": ("1\n7\n9", j([{"id": "1", "name": "a"}, {"id": "7", "name": "b"}, {"id": 9}, {"id": "7", "name": "c"}])),
+    "users-repeated-param": ("1\n7", j([{"id": "7", "name": "b"}])),
+    "activities": ("a1\na2\na3", j(B_ANSWER)),
+    "abilities": ("4\n7", j({"status": "success", "results": [
+        {"abilityId": 4, "action": "increment", "success": True,
+         "data": {"id": 4, "ability_name": "Area Lore", "score": 5, "effective_score": 6, "experience_points": 75}},
+        {"abilityId": 7, "action": "decrement", "success": False, "error": "invalid"}]})),
+    "progress": ("e-1\ne-0\ne-9\ne-5", j({"accepted": ["e-1"], "duplicates": ["e-0"],
+                                         "failed": [{"id": "e-9", "reason": "validation_error"}]})),
+    "documents": ("op_1\nop_2\nop_3", j({"total": 3, "successful": 2, "failed": 1, "results": [
+        {"client_id": "op_1", "status": "success", "document_id": "doc_abc", "version": 1},
+        {"client_id": "op_2", "status": "conflict", "error": "version mismatch"},
+        {"client_id": "op_3", "status": "success"}], "processing_time_ms": 120})),
+    "goals": ("temp-1\ng-42\ng-13", j({"saved": [{"tempId": "temp-1", "serverId": "g-77", "data": {"w": 1}},
+                                                 {"id": "g-42", "data": {"w": 2}}],
+                                       "failed": [{"id": "g-13", "error": "weight out of range"}]})),
+}
+for i, name in enumerate(coalesce):
+    for n, (method, target, headers, body, params) in enumerate(callers.get(name, [])):
+        write("codec", f"{name}-{i:02d}-{n}", bytes([i]) + fields(method, target, headers, body, params))
+    keys, body = answers.get(name, ("1", "[]"))
+    write("split", f"{name}-{i:02d}", bytes([i]) + fields(keys, body))
+    for n, bad in enumerate(["{}", "[]", "not json", j({"results": {}}), j([1, "2", None, [3]])]):
+        write("split", f"{name}-{i:02d}-bad{n}", bytes([i]) + fields(keys, bad))
+
+# --- batch_envelope: max_requests byte, statuses byte, body -----------------------------------
+envelopes = [
+    {"requests": [{"id": "1", "method": "GET", "url": "/users/7"},
+                  {"id": "2", "method": "PATCH", "url": "/api/characters/3/abilities/4",
+                   "body": {"action": "increment", "data": {"score": 5}},
+                   "headers": {"Content-Type": "application/json"}, "dependsOn": ["1"]}]},
+    {"requests": [{"id": 1, "method": "get", "url": "/users/7?x=1", "headers": {"Authorization": "Bearer b", "X-N": 5}},
+                  {"id": "b", "method": "POST", "url": "/api/client/progress", "body": "raw text", "dependsOn": 1}]},
+    {"requests": [{"id": "a", "method": "GET", "url": "/a", "dependsOn": ["b"]},
+                  {"id": "b", "method": "GET", "url": "/b", "dependsOn": ["a"]}]},
+    {"requests": [{"id": "a", "method": "GET", "url": "/a"}, {"id": "a", "method": "GET", "url": "/b"}]},
+    {"requests": [{"id": "x", "method": "GET", "url": "http://evil/"}, {"id": "y", "method": "GET", "url": "//h/x"},
+                  {"id": "z", "method": "GET", "url": "/a/%2e%2e/b#f"}]},
+    {"requests": []}, {"requests": {}}, [],
+    {"requests": [{"id": str(i), "method": "GET", "url": f"/users/{i}", "dependsOn": [str(i - 1)] if i else []}
+                  for i in range(6)]},
+]
+for i, e in enumerate(envelopes):
+    write("batch_envelope", f"envelope-{i:02d}", bytes([19, 0x5a]) + j(e).encode())
+write("batch_envelope", "envelope-limit", bytes([0, 0]) + j(envelopes[0]).encode())
+
+# --- fan_out: route mode (even byte) and template mode (odd byte) ------------------------------
+B_CALL = {"resource_type": "activities", "ids": ["a1", "a2", "a/../x"], "fields": "id,name"}
+write("fan_out", "activities-0", bytes([0]) + fields(AUTH, j(B_CALL), "200 " + j({"id": "a1", "name": "x"}),
+                                                      "404 " + j({"error": "not found"}), "502 upstream down"))
+write("fan_out", "activities-1", bytes([0]) + fields("", j({"resource_type": "users", "ids": ["a1"]})))
+write("fan_out", "activities-2", bytes([0]) + fields("", j({"resource_type": "activities", "ids": [1, None, {"a": 1}, ""]}),
+                                                      "200 {}", "200 []"))
+POSTS = {"version": 2, "opts": {"mode": [1, True, None]}, "echo": "hi",
+         "items": [{"id": 5, "slug": "a", "tag": "t 1", "kind": "k", "data": {"x": 1}, "flag": "true", "n": "1.5",
+                    "raw": "[1]"},
+                   {"id": "6", "slug": "..", "flag": "maybe"}, {"id": 7.0, "n": "x", "raw": "{"}]}
+write("fan_out", "posts-0", bytes([2]) + fields("X-User: u-1\nAuthorization: Bearer z", j(POSTS),
+                                                 "200 " + j({"data": [1]}), "409 " + j({"error": "conflict"}), "200 x"))
+templates = [("x{a}y{p./b/0:int}z", {"a": "1 2", "b": [3]}),
+             (j({"k": "{a:json}", "l": ["{missing}", "{b:string}", "{c:bool}", "{d:number}"]}),
+              {"a": "[1]", "b": 5, "c": "true", "d": "2.5"}),
+             ("{a:int}", {"a": "12x"}), ("{item./a}{body./b}{header.x}{", {}), ("}{a:float}", {"a": 1}),
+             ("/api/{item}/{index}", {"item": "a/b", "index": 3}), ("{response./error:string}", {"response": {}})]
+for i, (t, v) in enumerate(templates):
+    write("fan_out", f"template-{i:02d}", bytes([1]) + fields(t, j(v)))
+
+# --- request_head: limits/read-size byte, connection bytes ------------------------------------
+H = "Host: gw\r\n"
+requests = [
+    "GET /users/7 HTTP/1.1\r\n" + H + "\r\n",
+    "GET /users/7 HTTP/1.1\r\n" + H + "\r\nGET /users/8 HTTP/1.1\r\n" + H + "Connection: close\r\n\r\n",
+    "POST /api/client/progress HTTP/1.1\r\n" + H + "Content-Type: application/json\r\nContent-Length: 23\r\n\r\n"
+    '{"clientEventId":"e-1"}',
+    "POST /$batch HTTP/1.1\r\n" + H + "Transfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n",
+    "POST /a HTTP/1.1\r\n" + H + "Transfer-Encoding: gzip\r\n\r\nGET /smuggled HTTP/1.1\r\n" + H + "\r\n",
+    "POST /a HTTP/1.1\r\n" + H + "Transfer-Encoding: chunked, identity\r\nContent-Length: 3\r\n\r\nabc",
+    "POST /a HTTP/1.1\r\n" + H + "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "POST /a HTTP/1.1\r\n" + H + "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "POST /a HTTP/1.1\r\n" + H + "Transfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+    "POST /a HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "GET / HTTP/1.0\r\n\r\n",
+    "GET / HTTP/1.1\r\n\r\n",
+    "GET / HTTP/1.1\r\n" + H + H + "\r\n",
+    "PUT /x HTTP/1.1\r\n" + H + "Expect: 100-continue\r\nContent-Length: 5\r\n\r\nhello",
+    "GET http://gw/users/7 HTTP/1.1\r\n" + H + "X-Request-Id: abc\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n",
+    "GET / HTTP/1.1\r\n" + H + "X-Folded: a\r\n b\r\n\r\n",
+    "GET / HTTP/1.1\n" + "Host: gw\n\n",
+    "POST / HTTP/1.1\r\n" + H + "Content-Length: 1, 1\r\n\r\nx",
+    "POST / HTTP/1.1\r\n" + H + "Content-Length: 100\r\n\r\n" + "x" * 100,
+]
+for i, r in enumerate(requests):
+    write("request_head", f"request-{i:02d}", bytes([i % 8]) + r.encode())
+print("corpus written to", OUT)

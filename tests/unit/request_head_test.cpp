@@ -1,0 +1,61 @@
+// Request-head checks (gateway/request_head.hpp): what a client's head must satisfy before the
+// session routes it. Each refused head would otherwise frame the connection ambiguously.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/string_body.hpp>
+
+#include "gateway/request_head.hpp"
+
+namespace batchgate::gateway {
+namespace {
+
+namespace http = boost::beast::http;
+
+// Parses a head as the session does; the parser must accept it.
+std::optional<head_rejection> check(const std::string& head) {
+    http::request_parser<http::string_body> parser;
+    apply_limits(parser, config::limits_settings{});
+    parser.eager(false);
+    boost::beast::error_code ec;
+    parser.put(boost::asio::buffer(head), ec);
+    EXPECT_TRUE(!ec || ec == http::error::need_more) << ec.message();
+    EXPECT_TRUE(parser.is_header_done());
+    return check_request_head(parser.get().base());
+}
+
+TEST(RequestHead, PlainRequestsPass) {
+    EXPECT_FALSE(check("GET /users/7 HTTP/1.1\r\nHost: gw\r\n\r\n"));
+    EXPECT_FALSE(check("GET / HTTP/1.0\r\n\r\n"));
+    EXPECT_FALSE(check("POST /a HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\n\r\n"));
+    EXPECT_FALSE(check("POST /a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"));
+    EXPECT_FALSE(check("POST /a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"));
+    EXPECT_FALSE(check("POST /a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: Chunked\r\n\r\n"));
+}
+
+TEST(RequestHead, HostMissingOrRepeated) {
+    EXPECT_TRUE(check("GET / HTTP/1.1\r\n\r\n"));
+    EXPECT_TRUE(check("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"));
+}
+
+TEST(RequestHead, TransferEncodingNotEndingInChunkedIsRefused) {
+    for (const char* te : {"gzip", "identity", "chunked, identity", "xchunked", "chunked, chunked", ""}) {
+        auto r = check(std::string("POST /a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: ") + te + "\r\n\r\n");
+        ASSERT_TRUE(r) << te;
+        EXPECT_EQ(r->error, gateway_error::bad_request);
+    }
+}
+
+TEST(RequestHead, TransferEncodingWithContentLengthIsRefused) {
+    // Beast itself refuses Content-Length after chunked; these orders reach the check.
+    EXPECT_TRUE(check("POST /a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\n"));
+}
+
+TEST(RequestHead, TransferEncodingInHttp10IsRefused) {
+    EXPECT_TRUE(check("POST /a HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"));
+}
+
+}  // namespace
+}  // namespace batchgate::gateway
