@@ -22,6 +22,7 @@ connections=128
 credentials=32
 max_seconds=120
 threads=1
+fault_kinds=""
 keep=0
 
 while [[ $# -gt 0 ]]; do
@@ -29,6 +30,7 @@ while [[ $# -gt 0 ]]; do
     --build-dir) build_dir="$2"; shift 2 ;;
     --requests) requests="$2"; shift 2 ;;
     --fault-rate) fault_rate="$2"; shift 2 ;;
+    --fault-kinds) fault_kinds="$2"; shift 2 ;;   # the mock's --fault-kinds (default: its default mix)
     --seed) seed="$2"; shift 2 ;;
     --connections) connections="$2"; shift 2 ;;
     --credentials) credentials="$2"; shift 2 ;;
@@ -73,7 +75,8 @@ wait_line() {
 # 1. The upstream: every call draws a fault with probability $fault_rate.
 "$mock_bin" --address 127.0.0.1 --port 0 --threads 2 --users 1000 \
   --tag-owner --state-endpoint --fault-rate "$fault_rate" --fault-seed "$seed" \
-  --stall-for 3s --slow-max 200ms >"$work/mock.out" 2>"$work/mock.err" &
+  --stall-for 3s --slow-max 200ms ${fault_kinds:+--fault-kinds "$fault_kinds"} \
+  >"$work/mock.out" 2>"$work/mock.err" &
 mock_pid=$!
 mock_line="$(wait_line "$work/mock.out" "listening on")"
 mock_port="${mock_line##*:}"

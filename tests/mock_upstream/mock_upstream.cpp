@@ -556,7 +556,9 @@ class session : public std::enable_shared_from_this<session> {
       case random_fault::stall_after:
       case random_fault::late:
       case random_fault::truncated:
-      case random_fault::slow: return true;
+      case random_fault::slow:
+      case random_fault::extra:
+      case random_fault::extra_late: return true;
       default: return false;
     }
   }
@@ -590,6 +592,8 @@ class session : public std::enable_shared_from_this<session> {
       case random_fault::reset_after: return reset();
       case random_fault::stall_after: return stall_until_peer_closes();
       case random_fault::truncated: return send_truncated(std::move(r));
+      case random_fault::extra:
+      case random_fault::extra_late: return send_with_extra(std::move(r), f == random_fault::extra_late);
       case random_fault::late:
       case random_fault::slow: {
         delayed_ = std::move(r);
@@ -628,6 +632,37 @@ class session : public std::enable_shared_from_this<session> {
       beast::error_code ignored;
       self->stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
       self->stream_.socket().close(ignored);
+    });
+  }
+
+  // The answer as raw bytes (HTTP/1.1, Content-Length framing).
+  std::string serialize(const reply& r, bool keep_alive) const {
+    std::string out = "HTTP/1.1 " + std::to_string(static_cast<unsigned>(r.status)) + " " +
+                      std::string(http::obsolete_reason(r.status)) + "\r\nContent-Type: application/json\r\n";
+    for (const auto& [name, value] : r.extra_headers) out += name + ": " + value + "\r\n";
+    if (!keep_alive) out += "Connection: close\r\n";
+    return out + "Content-Length: " + std::to_string(r.body.size()) + "\r\n\r\n" + r.body;
+  }
+
+  void send_with_extra(reply r, bool late) {
+    reply intruder = r;
+    const std::string owner(req_[http::field::authorization]);
+    for (std::size_t pos = 0; !owner.empty() && (pos = intruder.body.find(owner, pos)) != std::string::npos;)
+      intruder.body.replace(pos, owner.size(), "intruder"), pos += 8;
+    const bool keep_alive = req_.keep_alive();
+    raw_ = serialize(r, keep_alive);
+    extra_ = serialize(intruder, keep_alive);
+    if (!late) raw_ += extra_;
+    net::async_write(stream_, net::buffer(raw_), [self = shared_from_this(), late, keep_alive](beast::error_code ec, std::size_t) {
+      if (ec) return;
+      if (!late) return self->on_write(ec, keep_alive);
+      // Go on reading requests; the unrequested answer follows on the idle connection.
+      self->extra_timer_.expires_after(std::chrono::milliseconds(5));
+      self->extra_timer_.async_wait([self](beast::error_code ec) {
+        if (ec) return;
+        net::async_write(self->stream_.socket(), net::buffer(self->extra_), [self](beast::error_code, std::size_t) {});
+      });
+      self->on_write(ec, keep_alive);
     });
   }
 
@@ -701,7 +736,9 @@ class session : public std::enable_shared_from_this<session> {
   std::size_t large_sent_ = 0;
   std::size_t large_total_ = 0;
   reply delayed_;            // random_fault::late / slow
-  std::string raw_;          // random_fault::truncated
+  std::string raw_;          // random_fault::truncated, extra
+  std::string extra_;        // random_fault::extra_late
+  net::steady_timer extra_timer_{stream_.get_executor()};
   std::array<char, 64> sink_;  // random_fault::stall / stall_after
 };
 

@@ -55,11 +55,17 @@ enum class random_fault : unsigned {
   status_500,      // 500 {"error":"boom"}; nothing applied
   status_503,      // 503 {"error":"unavailable"}; nothing applied
   slow,            // applied, answered after a random 1 ms .. `slow_max`
+  // Protocol violations, not in the default kinds: the answer, then a second, unrequested one
+  // (the same answer with the caller's Authorization replaced by "intruder"), in the same write
+  // or 5 ms later on the idle keep-alive connection.
+  extra,
+  extra_late,
   count_
 };
 constexpr std::string_view random_fault_names[] = {
     "reset", "reset_after", "close", "stall", "stall_after", "late",
-    "garbage", "truncated", "429", "500", "503", "slow"};
+    "garbage", "truncated", "429", "500", "503", "slow", "extra", "extra_late"};
+constexpr std::uint32_t default_fault_kinds = (1u << static_cast<unsigned>(random_fault::extra)) - 1;
 static_assert(std::size(random_fault_names) == static_cast<std::size_t>(random_fault::count_));
 
 struct mock_options {
@@ -82,7 +88,7 @@ struct mock_options {
   // `fault_seed`. Applies on top of set_fault().
   double fault_rate = 0;
   std::uint64_t fault_seed = 1;
-  std::uint32_t fault_kinds = (1u << static_cast<unsigned>(random_fault::count_)) - 1;
+  std::uint32_t fault_kinds = default_fault_kinds;
   std::chrono::milliseconds stall_for{3000};  // random_fault::late
   std::chrono::milliseconds slow_max{200};    // random_fault::slow
   // Items of A and B, and the abilities of C, carry "owner": <the call's Authorization>.
