@@ -499,7 +499,7 @@ class session : public std::enable_shared_from_this<session> {
     stream_.expires_never();
 
     req_ = parser_->release();
-    state_->record(req_);
+    if (state_->options.record_calls) state_->record(req_);
     // Wait for a concurrency slot; the grant may come from another connection's thread.
     state_->acquire([self = shared_from_this()] {
       net::post(self->stream_.get_executor(), [self] { self->on_slot(); });

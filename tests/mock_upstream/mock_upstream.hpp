@@ -81,6 +81,9 @@ struct mock_options {
   unsigned single_rate_limit = 0;
   // A keep-alive connection with no new request for this long is closed. 0 = never.
   std::chrono::milliseconds idle_close{0};
+  // Keep every request for calls()/count(). The standalone binary turns it off: nobody can read
+  // them there, and a long benchmark or soak would grow by every request's body.
+  bool record_calls = true;
 
   // --- Soak options; all off by default. ---
   // Each call (any endpoint but /__soak/state) draws a fault with this probability, one of
