@@ -15,6 +15,7 @@
 #include "coalescer/batcher.hpp"
 #include "gateway/dispatcher.hpp"
 #include "gateway/log.hpp"
+#include "gateway/request_head.hpp"
 #include "gateway/wire.hpp"
 
 namespace batchgate::gateway {
@@ -42,41 +43,6 @@ std::string request_id_for(const request_t& req) {
     std::snprintf(buf, sizeof buf, "%016llx%08llx", static_cast<unsigned long long>(seed),
                   static_cast<unsigned long long>(++counter & 0xffffffffu));
     return buf;
-}
-
-// Why a request head may not be forwarded, or nullopt; checked before the body is read.
-// RFC 9112 6.1 and 6.3: framing that cannot be trusted. Beast
-// already refuses Content-Length after "chunked", Transfer-Encoding after Content-Length and a
-// second "chunked"; it lets through a Transfer-Encoding whose last coding is not chunked (the
-// body is then framed by a later Content-Length, or taken as empty and its bytes parsed as the
-// next request: smuggling). Such a request is answered and the connection closed.
-// HTTP/1.0 has no transfer codings: a 1.0 request carrying one is refused the same way.
-struct head_error {
-    gateway_error error;
-    std::string message;
-};
-std::optional<head_error> check_head(const http::request_parser<http::string_body>& parser) {
-    const auto& h = parser.get();
-    for (char c : std::string_view(h.target()))
-        if (static_cast<unsigned char>(c) >= 0x80)  // Beast allows obs-text here; a URI never holds it
-            return head_error{gateway_error::bad_request, "request-target holds a byte over 0x7f"};
-    auto [first, last] = h.equal_range(http::field::transfer_encoding);
-    if (first == last) return std::nullopt;
-    if (h.count(http::field::content_length))
-        return head_error{gateway_error::bad_request, "a request with both Transfer-Encoding and Content-Length"};
-    if (h.version() < 11)
-        return head_error{gateway_error::bad_request, "Transfer-Encoding in an HTTP/1.0 request"};
-    // The combined list of every Transfer-Encoding line, as Beast reads it.
-    std::vector<std::string_view> codings;
-    for (auto it = first; it != last; ++it)
-        for (auto coding : http::token_list(it->value())) codings.push_back(coding);
-    const auto is_chunked = [](std::string_view c) { return beast::iequals(c, "chunked"); };
-    if (codings.empty() || !is_chunked(codings.back()) || !parser.chunked() ||
-        std::count_if(codings.begin(), codings.end(), is_chunked) != 1)
-        return head_error{gateway_error::bad_request, "Transfer-Encoding must end in chunked, applied once"};
-    if (codings.size() > 1)  // RFC 9112 6.1: a coding the gateway cannot decode is a 501
-        return head_error{gateway_error::not_implemented, "only the chunked transfer coding is supported"};
-    return std::nullopt;
 }
 
 class http_session : public drainable, public std::enable_shared_from_this<http_session> {
@@ -126,8 +92,7 @@ private:
         const auto& limits = runtime_->config->limits;
         parser_.emplace();
         chunked_head_.reset();
-        parser_->body_limit(limits.max_body_bytes);
-        parser_->header_limit(static_cast<std::uint32_t>(limits.max_header_bytes));
+        apply_limits(*parser_, limits);
         // Bytes Beast has not parsed yet: a head, or a chunk-size line or trailers, which Beast
         // does not bound; without a cap one endless chunk line grows the buffer without end.
         buffer_.max_size(limits.max_header_bytes + 64 * 1024);
@@ -140,8 +105,10 @@ private:
     }
 
     void on_header(beast::error_code ec) {
+        // Framing that cannot be trusted (smuggling), or a head no route may see: refused before
+        // the body is read, and the connection closed.
         if (!ec)
-            if (auto bad = check_head(*parser_)) return refuse(bad->error, bad->message);
+            if (auto bad = check_request_head(parser_->get().base())) return refuse(bad->error, bad->message);
         if (ec || parser_->is_done()) return on_read(ec);
         // The body's memory is reserved before it is read (and before 100 Continue invites it).
         if (auto length = parser_->content_length(); length && !request_lease_.grow_to(*length))
@@ -243,12 +210,6 @@ private:
         begin_request();
         head_request_ = request_.method() == http::verb::head;
         stream_.expires_never();
-        if (const auto hosts = request_.count(http::field::host); hosts > 1 || (version_ >= 11 && hosts == 0)) {
-            keep_alive_ = false;  // RFC 9112 3.2: no Host (in HTTP/1.1), or more than one, is a 400
-            return send(error_response(gateway_error::bad_request,
-                                       hosts ? "more than one Host header" : "HTTP/1.1 request without a Host header", "",
-                                       version_));
-        }
         if (role_ == listener_role::admin) return handle_admin();
         handle_traffic();
     }

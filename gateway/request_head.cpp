@@ -12,6 +12,9 @@ std::optional<head_rejection> check_request_head(const request_head& head) {
     if (hosts > 1) return head_rejection{gateway_error::bad_request, "more than one Host header"};
     if (hosts == 0 && head.version() >= 11)
         return head_rejection{gateway_error::bad_request, "HTTP/1.1 request without a Host header"};
+    for (char c : std::string_view(head.target()))
+        if (static_cast<unsigned char>(c) >= 0x80)  // Beast allows obs-text here; a URI never holds it
+            return head_rejection{gateway_error::bad_request, "request-target holds a byte over 0x7f"};
 
     auto [te_first, te_last] = head.equal_range(http::field::transfer_encoding);
     if (te_first == te_last) return std::nullopt;
@@ -31,6 +34,8 @@ std::optional<head_rejection> check_request_head(const request_head& head) {
     if (chunked_at == 0 || chunked_at != codings)
         return head_rejection{gateway_error::bad_request,
                               "Transfer-Encoding must end with chunked, applied once"};
+    if (codings > 1)  // RFC 9112 6.1: a coding the gateway cannot decode (gzip, chunked) is a 501
+        return head_rejection{gateway_error::not_implemented, "only the chunked transfer coding is supported"};
     return std::nullopt;
 }
 

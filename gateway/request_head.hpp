@@ -37,7 +37,10 @@ void apply_limits(Parser& parser, const config::limits_settings& limits) {
 // - Transfer-Encoding whose final coding is not chunked, or chunked applied more than once
 //   (RFC 9112 6.3: the body length cannot be determined; Beast would take it as empty and read
 //   the body as the next request);
-// - Transfer-Encoding in an HTTP/1.0 request (RFC 9112 6.1: faulty framing).
+// - Transfer-Encoding in an HTTP/1.0 request (RFC 9112 6.1: faulty framing);
+// - a request-target with a byte over 0x7f (Beast allows obs-text there; a URI never holds it).
+// A valid list with a coding before chunked ("gzip, chunked") is a 501: the gateway cannot
+// decode it (RFC 9112 6.1).
 // Beast's parser already refuses bad or conflicting Content-Length values and a
 // Content-Length after chunked.
 std::optional<head_rejection> check_request_head(const request_head& head);

@@ -1,6 +1,7 @@
 // batchgate-mock-upstream: the reference APIs A–F as a standalone server, for the quick
 // start, the examples and the benchmarks. Logs nothing per request; exits 0 on SIGINT or SIGTERM.
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -26,6 +27,18 @@ constexpr const char* usage =
     "  --users N           users 1..N and activities a1..aN exist (default 1000)\n"
     "  --single-rate-limit N  C: single ability PATCHes beyond N within 100 ms get 429;\n"
     "                      0 = off (default 0)\n"
+    "Fault soak (all off by default):\n"
+    "  --fault-rate R      each call draws a random fault with probability R (0..1)\n"
+    "  --fault-seed N      seed of the fault generator (default 1)\n"
+    "  --fault-kinds LIST  comma list of: reset, reset_after, close, stall, stall_after, late,\n"
+    "                      garbage, truncated, 429, 500, 503, slow (default: these), and the\n"
+    "                      protocol violations extra, extra_late (a second, unrequested answer\n"
+    "                      with another owner, at once or 5 ms later); *_after, late,\n"
+    "                      truncated, slow and extra* apply the call (a write) before failing\n"
+    "  --stall-for D       how late a `late` answer comes (default 3s)\n"
+    "  --slow-max D        a `slow` answer comes after 1ms..D (default 200ms)\n"
+    "  --tag-owner         items of A, B and abilities of C carry \"owner\": <Authorization>\n"
+    "  --state-endpoint    serve GET /__soak/state: C ops (by data.opId) and D events applied\n"
     "  --help              this text\n"
     "Endpoints: GET /users/{id}, GET /users?ids=1,2 | ?id=1&id=2,\n"
     "  GET /api/v1/activities/{id}[?fields=..], POST /api/v1/batch/get,\n"
@@ -67,12 +80,21 @@ std::optional<std::chrono::microseconds> parse_duration(std::string_view s) {
 int main(int argc, char** argv) {
   batchgate::mock::mock_options options;
   options.port = 9000;
+  options.record_calls = false;  // calls() is for in-process tests; here it would only grow
 
   for (int i = 1; i < argc; ++i) {
     std::string_view flag = argv[i];
     if (flag == "--help" || flag == "-h") {
       std::cout << usage;
       return 0;
+    }
+    if (flag == "--tag-owner") {
+      options.tag_owner = true;
+      continue;
+    }
+    if (flag == "--state-endpoint") {
+      options.state_endpoint = true;
+      continue;
     }
     if (i + 1 >= argc) bad_usage("missing value for " + std::string(flag));
     std::string_view value = argv[++i];
@@ -96,6 +118,33 @@ int main(int argc, char** argv) {
       options.max_concurrent = static_cast<unsigned>(number(1u << 20));
     } else if (flag == "--single-rate-limit") {
       options.single_rate_limit = static_cast<unsigned>(number(1u << 20));
+    } else if (flag == "--fault-rate") {
+      char* end = nullptr;
+      const std::string text(value);
+      const double rate = std::strtod(text.c_str(), &end);
+      if (text.empty() || *end != '\0' || !(rate >= 0 && rate <= 1))
+        bad_usage("bad value for --fault-rate: " + text);
+      options.fault_rate = rate;
+    } else if (flag == "--fault-seed") {
+      options.fault_seed = number(~0ull);
+    } else if (flag == "--fault-kinds") {
+      options.fault_kinds = 0;
+      std::string_view rest = value;
+      while (!rest.empty()) {
+        auto comma = rest.find(',');
+        auto name = rest.substr(0, comma);
+        const auto* names = batchgate::mock::random_fault_names;
+        const auto n = std::size(batchgate::mock::random_fault_names);
+        auto it = std::find(names, names + n, name);
+        if (it == names + n) bad_usage("unknown fault kind " + std::string(name));
+        options.fault_kinds |= 1u << (it - names);
+        rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
+      }
+    } else if (flag == "--stall-for" || flag == "--slow-max") {
+      auto d = parse_duration(value);
+      if (!d) bad_usage("bad duration for " + std::string(flag) + ": " + std::string(value));
+      (flag == "--stall-for" ? options.stall_for : options.slow_max) =
+          std::chrono::duration_cast<std::chrono::milliseconds>(*d);
     } else if (flag == "--users") {
       options.user_count = static_cast<std::size_t>(number(1ull << 40));
     } else {

@@ -2,6 +2,7 @@
 #include "tests/mock_upstream/write_apis.hpp"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <charconv>
 #include <ctime>
@@ -10,6 +11,7 @@
 #include <iostream>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <set>
 #include <thread>
 #include <utility>
@@ -189,8 +191,12 @@ struct action {
   std::size_t large_bytes = 0;
 };
 
+// `owner`: with mock_options::tag_owner, the call's Authorization (else empty: no tag).
 action route(const api& apis, detail::write_apis& writes, fault current_fault,
-             const http::request<http::string_body>& req) {
+             const http::request<http::string_body>& req, std::string_view owner) {
+  auto tag = [&](json& item) {
+    if (!owner.empty()) item["owner"] = owner;
+  };
   std::string_view target = req.target();
   auto qpos = target.find('?');
   std::string_view path = target.substr(0, qpos);
@@ -248,14 +254,19 @@ action route(const api& apis, detail::write_apis& writes, fault current_fault,
     std::set<std::string, std::less<>> seen;
     for (auto it = ids.rbegin(); it != ids.rend(); ++it) {
       if (!seen.insert(*it).second) continue;
-      if (auto u = apis.user(*it)) out.push_back(std::move(*u));
+      if (auto u = apis.user(*it)) {
+        tag(*u);
+        out.push_back(std::move(*u));
+      }
     }
     return {action::respond, json_reply(http::status::ok, out)};
   }
   if (path.starts_with("/users/") && path.find('/', 7) == std::string_view::npos) {
     if (!get) return {action::respond, error_reply(http::status::method_not_allowed, "method not allowed")};
-    if (auto u = apis.user(percent_decode(path.substr(7))))
+    if (auto u = apis.user(percent_decode(path.substr(7)))) {
+      tag(*u);
       return {action::respond, json_reply(http::status::ok, *u)};
+    }
     return {action::respond, error_reply(http::status::not_found, "not found")};
   }
 
@@ -269,7 +280,9 @@ action route(const api& apis, detail::write_apis& writes, fault current_fault,
     std::string fields;
     for (auto& [name, value] : parse_query(query))
       if (name == "fields") fields = value;
-    return {action::respond, json_reply(http::status::ok, api::select_fields(*a, fields))};
+    json selected = api::select_fields(*a, fields);
+    tag(selected);
+    return {action::respond, json_reply(http::status::ok, selected)};
   }
   if (path == "/api/v1/batch/get") {
     if (req.method() != http::verb::post)
@@ -298,8 +311,9 @@ action route(const api& apis, detail::write_apis& writes, fault current_fault,
       const auto& key = id.get_ref<const std::string&>();
       if (auto a = apis.activity(key)) {
         ++succeeded;
-        results.push_back(json{{"id", key}, {"status", "success"},
-                               {"data", api::select_fields(*a, fields)}});
+        json selected = api::select_fields(*a, fields);
+        tag(selected);
+        results.push_back(json{{"id", key}, {"status", "success"}, {"data", std::move(selected)}});
       } else {
         results.push_back(json{{"id", key}, {"status", "error"}, {"error", "not found"},
                                {"status_code", 404}});
@@ -316,7 +330,7 @@ action route(const api& apis, detail::write_apis& writes, fault current_fault,
   // C–F: the write APIs, with their own state.
   if (detail::write_apis::is_batch_path(path))
     if (auto f = batch_fault()) return *f;
-  if (auto w = writes.handle(req.method_string(), path, req.body())) {
+  if (auto w = writes.handle(req.method_string(), path, req.body(), owner)) {
     reply r{static_cast<http::status>(w->status), std::move(w->body), std::move(w->headers)};
     return {action::respond, std::move(r)};
   }
@@ -353,12 +367,35 @@ action route(const api& apis, detail::write_apis& writes, fault current_fault,
 
 struct shared_state {
   explicit shared_state(mock_options o)
-      : options(std::move(o)), apis{options.user_count}, writes(options.single_rate_limit) {}
+      : options(std::move(o)),
+        apis{options.user_count},
+        writes(options.single_rate_limit, options.state_endpoint),
+        random(options.fault_seed) {
+    for (unsigned k = 0; k < static_cast<unsigned>(random_fault::count_); ++k)
+      if (options.fault_kinds & (1u << k)) fault_kinds.push_back(static_cast<random_fault>(k));
+  }
 
   const mock_options options;
   const api apis;
   detail::write_apis writes;  // thread-safe on its own
   std::atomic<fault> current_fault{fault::none};
+
+  // Random per-call faults (options.fault_rate).
+  std::mutex random_mutex;
+  std::mt19937_64 random;
+  std::vector<random_fault> fault_kinds;
+
+  std::optional<random_fault> draw_fault() {
+    if (options.fault_rate <= 0 || fault_kinds.empty()) return std::nullopt;
+    std::lock_guard lock(random_mutex);
+    if (std::uniform_real_distribution<double>(0, 1)(random) >= options.fault_rate) return std::nullopt;
+    return fault_kinds[std::uniform_int_distribution<std::size_t>(0, fault_kinds.size() - 1)(random)];
+  }
+  std::chrono::milliseconds draw_slow() {
+    std::lock_guard lock(random_mutex);
+    const auto max = std::max<std::int64_t>(1, options.slow_max.count());
+    return std::chrono::milliseconds(std::uniform_int_distribution<std::int64_t>(1, max)(random));
+  }
 
   mutable std::mutex calls_mutex;
   std::vector<recorded_call> calls;
@@ -464,7 +501,7 @@ class session : public std::enable_shared_from_this<session> {
     stream_.expires_never();
 
     req_ = parser_->release();
-    state_->record(req_);
+    if (state_->options.record_calls) state_->record(req_);
     // Wait for a concurrency slot; the grant may come from another connection's thread.
     state_->acquire([self = shared_from_this()] {
       net::post(self->stream_.get_executor(), [self] { self->on_slot(); });
@@ -480,10 +517,22 @@ class session : public std::enable_shared_from_this<session> {
 
   void on_latency(beast::error_code ec) {
     if (ec) return;  // server stopping
-    action a = route(state_->apis, state_->writes, state_->current_fault.load(), req_);
+    const auto& options = state_->options;
+    if (options.state_endpoint && req_.method() == http::verb::get && req_.target() == "/__soak/state") {
+      state_->release();
+      return send(json_reply(http::status::ok, state_->writes.applied()));
+    }
+    auto random = state_->draw_fault();
+    if (random && !applies_first(*random)) {
+      state_->release();
+      return fail_before(*random);
+    }
+    const std::string owner = options.tag_owner ? std::string(req_[http::field::authorization]) : std::string();
+    action a = route(state_->apis, state_->writes, state_->current_fault.load(), req_, owner);
     // The call's cost is paid; writing the answer does not hold a slot, so that N slots
     // and a latency L give N / L calls per second.
     state_->release();
+    if (random && a.what == action::respond) return fail_after(*random, std::move(a.r));
     switch (a.what) {
       case action::respond: return send(std::move(a.r));
       case action::large: return send_large(a.large_bytes);
@@ -499,6 +548,124 @@ class session : public std::enable_shared_from_this<session> {
         timer_.async_wait([self = shared_from_this()](beast::error_code) {});
         return;
     }
+  }
+
+  // --- Random faults (mock_options::fault_rate). ---
+
+  static bool applies_first(random_fault f) {
+    switch (f) {
+      case random_fault::reset_after:
+      case random_fault::stall_after:
+      case random_fault::late:
+      case random_fault::truncated:
+      case random_fault::slow:
+      case random_fault::extra:
+      case random_fault::extra_late: return true;
+      default: return false;
+    }
+  }
+
+  // The call is not handled: nothing is applied.
+  void fail_before(random_fault f) {
+    switch (f) {
+      case random_fault::reset: return reset();
+      case random_fault::close: {
+        beast::error_code ignored;
+        stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
+        stream_.socket().close(ignored);
+        return;
+      }
+      case random_fault::stall: return stall_until_peer_closes();
+      case random_fault::garbage: return send({http::status::ok, "{not json", {}});
+      case random_fault::status_429: {
+        reply r = error_reply(http::status::too_many_requests, "rate limited");
+        r.extra_headers.emplace_back("Retry-After", "0");
+        return send(std::move(r));
+      }
+      case random_fault::status_500: return send(error_reply(http::status::internal_server_error, "boom"));
+      case random_fault::status_503: return send(error_reply(http::status::service_unavailable, "unavailable"));
+      default: return reset();
+    }
+  }
+
+  // The call was handled (a write is applied); its answer `r` is lost, late or cut.
+  void fail_after(random_fault f, reply r) {
+    switch (f) {
+      case random_fault::reset_after: return reset();
+      case random_fault::stall_after: return stall_until_peer_closes();
+      case random_fault::truncated: return send_truncated(std::move(r));
+      case random_fault::extra:
+      case random_fault::extra_late: return send_with_extra(std::move(r), f == random_fault::extra_late);
+      case random_fault::late:
+      case random_fault::slow: {
+        delayed_ = std::move(r);
+        timer_.expires_after(f == random_fault::late ? state_->options.stall_for : state_->draw_slow());
+        timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+          if (!ec) self->send(std::move(self->delayed_));
+        });
+        return;
+      }
+      default: return reset();
+    }
+  }
+
+  void reset() {
+    // SO_LINGER 0: close() sends RST instead of FIN.
+    beast::error_code ignored;
+    stream_.socket().set_option(net::socket_base::linger(true, 0), ignored);
+    stream_.socket().close(ignored);
+  }
+
+  void stall_until_peer_closes() {
+    // Say nothing; a read that ends when the peer gives up keeps stalled sockets from piling up.
+    stream_.async_read_some(net::buffer(sink_), [self = shared_from_this()](beast::error_code, std::size_t) {
+      beast::error_code ignored;
+      self->stream_.socket().close(ignored);
+    });
+  }
+
+  void send_truncated(reply r) {
+    if (r.body.size() < 2) return reset();
+    raw_ = "HTTP/1.1 " + std::to_string(static_cast<unsigned>(r.status)) + " " +
+           std::string(http::obsolete_reason(r.status)) +
+           "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(r.body.size()) +
+           "\r\n\r\n" + r.body.substr(0, r.body.size() / 2);
+    net::async_write(stream_, net::buffer(raw_), [self = shared_from_this()](beast::error_code, std::size_t) {
+      beast::error_code ignored;
+      self->stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
+      self->stream_.socket().close(ignored);
+    });
+  }
+
+  // The answer as raw bytes (HTTP/1.1, Content-Length framing).
+  std::string serialize(const reply& r, bool keep_alive) const {
+    std::string out = "HTTP/1.1 " + std::to_string(static_cast<unsigned>(r.status)) + " " +
+                      std::string(http::obsolete_reason(r.status)) + "\r\nContent-Type: application/json\r\n";
+    for (const auto& [name, value] : r.extra_headers) out += name + ": " + value + "\r\n";
+    if (!keep_alive) out += "Connection: close\r\n";
+    return out + "Content-Length: " + std::to_string(r.body.size()) + "\r\n\r\n" + r.body;
+  }
+
+  void send_with_extra(reply r, bool late) {
+    reply intruder = r;
+    const std::string owner(req_[http::field::authorization]);
+    for (std::size_t pos = 0; !owner.empty() && (pos = intruder.body.find(owner, pos)) != std::string::npos;)
+      intruder.body.replace(pos, owner.size(), "intruder"), pos += 8;
+    const bool keep_alive = req_.keep_alive();
+    raw_ = serialize(r, keep_alive);
+    extra_ = serialize(intruder, keep_alive);
+    if (!late) raw_ += extra_;
+    net::async_write(stream_, net::buffer(raw_), [self = shared_from_this(), late, keep_alive](beast::error_code ec, std::size_t) {
+      if (ec) return;
+      if (!late) return self->on_write(ec, keep_alive);
+      // Go on reading requests; the unrequested answer follows on the idle connection.
+      self->extra_timer_.expires_after(std::chrono::milliseconds(5));
+      self->extra_timer_.async_wait([self](beast::error_code ec) {
+        if (ec) return;
+        net::async_write(self->stream_.socket(), net::buffer(self->extra_), [self](beast::error_code, std::size_t) {});
+      });
+      self->on_write(ec, keep_alive);
+    });
   }
 
   void send(reply r) {
@@ -570,6 +737,11 @@ class session : public std::enable_shared_from_this<session> {
   std::optional<http::response_serializer<http::empty_body>> large_sr_;
   std::size_t large_sent_ = 0;
   std::size_t large_total_ = 0;
+  reply delayed_;            // random_fault::late / slow
+  std::string raw_;          // random_fault::truncated, extra
+  std::string extra_;        // random_fault::extra_late
+  net::steady_timer extra_timer_{stream_.get_executor()};
+  std::array<char, 64> sink_;  // random_fault::stall / stall_after
 };
 
 // Accepts connections and gives each one its own strand.

@@ -16,6 +16,7 @@
 #include <string>
 #include <string_view>
 #include <vector>
+#include <iterator>
 
 namespace batchgate::mock {
 
@@ -39,6 +40,35 @@ enum class fault {
   close_connection,  // close the socket without answering
 };
 
+/// Kinds of random per-call fault (mock_options::fault_rate), for the soak. "after" kinds run
+/// the call first (a write is applied) and then fail to deliver the answer, as a real upstream
+/// whose connection dies after its commit does.
+enum class random_fault : unsigned {
+  reset,           // RST instead of an answer; nothing applied
+  reset_after,     // the call is applied, then RST
+  close,           // FIN without an answer; nothing applied
+  stall,           // never answer (until the peer closes); nothing applied
+  stall_after,     // applied, then never answer
+  late,            // applied, answered after `stall_for` (past the gateway's timeout)
+  garbage,         // 200 `{not json`; nothing applied
+  truncated,       // applied, then half of the answer's body and close
+  status_429,      // 429 with `Retry-After: 0`; nothing applied
+  status_500,      // 500 {"error":"boom"}; nothing applied
+  status_503,      // 503 {"error":"unavailable"}; nothing applied
+  slow,            // applied, answered after a random 1 ms .. `slow_max`
+  // Protocol violations, not in the default kinds: the answer, then a second, unrequested one
+  // (the same answer with the caller's Authorization replaced by "intruder"), in the same write
+  // or 5 ms later on the idle keep-alive connection.
+  extra,
+  extra_late,
+  count_
+};
+constexpr std::string_view random_fault_names[] = {
+    "reset", "reset_after", "close", "stall", "stall_after", "late",
+    "garbage", "truncated", "429", "500", "503", "slow", "extra", "extra_late"};
+constexpr std::uint32_t default_fault_kinds = (1u << static_cast<unsigned>(random_fault::extra)) - 1;
+static_assert(std::size(random_fault_names) == static_cast<std::size_t>(random_fault::count_));
+
 struct mock_options {
   std::string address = "127.0.0.1";
   std::uint16_t port = 0;  // 0 = ephemeral
@@ -52,6 +82,23 @@ struct mock_options {
   unsigned single_rate_limit = 0;
   // A keep-alive connection with no new request for this long is closed. 0 = never.
   std::chrono::milliseconds idle_close{0};
+  // Keep every request for calls()/count(). The standalone binary turns it off: nobody can read
+  // them there, and a long benchmark or soak would grow by every request's body.
+  bool record_calls = true;
+
+  // --- Soak options; all off by default. ---
+  // Each call (any endpoint but /__soak/state) draws a fault with this probability, one of
+  // `fault_kinds` (bit i = random_fault i) with equal weight, from a generator seeded with
+  // `fault_seed`. Applies on top of set_fault().
+  double fault_rate = 0;
+  std::uint64_t fault_seed = 1;
+  std::uint32_t fault_kinds = default_fault_kinds;
+  std::chrono::milliseconds stall_for{3000};  // random_fault::late
+  std::chrono::milliseconds slow_max{200};    // random_fault::slow
+  // Items of A and B, and the abilities of C, carry "owner": <the call's Authorization>.
+  bool tag_owner = false;
+  // Serve GET /__soak/state: what C and D applied (write_apis::applied()).
+  bool state_endpoint = false;
 };
 
 /// C: one ability of one character. Abilities start at 0/0 and exist once written.

@@ -198,18 +198,18 @@ bool write_apis::is_batch_path(std::string_view path) {
 }
 
 std::optional<write_reply> write_apis::handle(std::string_view method, std::string_view path,
-                                              std::string_view body) {
+                                              std::string_view body, std::string_view owner) {
   const auto s = segments(path);
   std::lock_guard lock(mutex_);
 
   // C: abilities.
   if (is(s, {"api", "characters", "*", "abilities", "batch"})) {
     if (method != "POST") return method_not_allowed();
-    return ability_batch(s[2], body);
+    return ability_batch(s[2], body, owner);
   }
   if (is(s, {"api", "characters", "*", "abilities", "*"})) {
     if (method != "PATCH") return method_not_allowed();
-    return ability_single(s[2], s[4], body);
+    return ability_single(s[2], s[4], body, owner);
   }
 
   // D: progress events.
@@ -255,18 +255,39 @@ std::optional<write_reply> write_apis::handle(std::string_view method, std::stri
 
 // ---- C -------------------------------------------------------------------------------------
 
-write_apis::json write_apis::ability_json(const std::string& cid, std::int64_t aid) const {
+write_apis::json write_apis::ability_json(const std::string& cid, std::int64_t aid,
+                                          std::string_view owner) const {
   ability_state st;
   if (auto it = abilities_.find({cid, aid}); it != abilities_.end()) st = it->second;
-  return json{{"id", aid},
-              {"ability_name", "Ability " + std::to_string(aid)},
-              {"score", st.score},
-              {"effective_score", st.score + 1},
-              {"experience_points", st.experience_points}};
+  json out{{"id", aid},
+           {"ability_name", "Ability " + std::to_string(aid)},
+           {"score", st.score},
+           {"effective_score", st.score + 1},
+           {"experience_points", st.experience_points}};
+  if (!owner.empty()) out["owner"] = owner;
+  return out;
+}
+
+void write_apis::note_op_applied(const json* data) {
+  if (!track_applied_ || !data || !data->is_object()) return;
+  auto id = data->find("opId");
+  if (id != data->end() && id->is_string()) ++applied_ops_[id->get<std::string>()];
+}
+
+void write_apis::note_event_processed(const std::string& id) {
+  if (track_applied_) ++processed_events_[id];
+}
+
+write_apis::json write_apis::applied() const {
+  std::lock_guard lock(mutex_);
+  json ops = json::object(), events = json::object();
+  for (const auto& [id, n] : applied_ops_) ops[id] = n;
+  for (const auto& [id, n] : processed_events_) events[id] = n;
+  return json{{"ability_ops", std::move(ops)}, {"progress_events", std::move(events)}};
 }
 
 write_reply write_apis::ability_single(const std::string& cid, std::string_view aid_text,
-                                       std::string_view body) {
+                                       std::string_view body, std::string_view owner) {
   if (single_rate_limit_ != 0) {
     const auto now = clock_type::now();
     while (!single_arrivals_.empty() && now - single_arrivals_.front() >= single_rate_window)
@@ -290,10 +311,13 @@ write_reply write_apis::ability_single(const std::string& cid, std::string_view 
   }
   if (!op) return error(422, "invalid operation");
   apply(abilities_[{cid, *aid}], *op);
-  return reply(200, ability_json(cid, *aid));
+  auto data = in.find("data");
+  note_op_applied(data == in.end() ? nullptr : &*data);
+  return reply(200, ability_json(cid, *aid, owner));
 }
 
-write_reply write_apis::ability_batch(const std::string& cid, std::string_view body) {
+write_reply write_apis::ability_batch(const std::string& cid, std::string_view body,
+                                      std::string_view owner) {
   json in = parse(body);
   if (!in.is_object() || !in.contains("operations") || !in["operations"].is_array() || in["operations"].empty())
     return error(400, "operations must be a non-empty array");
@@ -331,10 +355,12 @@ write_reply write_apis::ability_batch(const std::string& cid, std::string_view b
   std::size_t i = 0;
   for (const auto& op : parsed) {
     apply(abilities_[{cid, op.ability_id}], op);
+    auto data = ops[i].find("data");
+    note_op_applied(data == ops[i].end() ? nullptr : &*data);
     results.push_back(json{{"abilityId", op.ability_id},
                            {"action", ops[i++]["action"]},
                            {"success", true},
-                           {"data", ability_json(cid, op.ability_id)}});
+                           {"data", ability_json(cid, op.ability_id, owner)}});
   }
   return reply(200, json{{"status", "success"}, {"results", std::move(results)}});
 }
@@ -344,6 +370,7 @@ write_reply write_apis::ability_batch(const std::string& cid, std::string_view b
 write_reply write_apis::progress_single(std::string_view body) {
   json e = parse(body);
   if (!valid_event(e)) return error(422, "validation_error");
+  note_event_processed(e["clientEventId"].get<std::string>());
   if (!seen_events_.insert(e["clientEventId"].get<std::string>()).second)
     return reply(200, json{{"status", "duplicate"}});
   return reply(202, json{{"status", "accepted"}});
@@ -371,6 +398,7 @@ write_reply write_apis::progress_batch(std::string_view body) {
       continue;
     }
     const auto& id = e["clientEventId"].get_ref<const std::string&>();
+    note_event_processed(id);
     (seen_events_.insert(id).second ? accepted : duplicates).push_back(id);
   }
   return reply(200, json{{"accepted", std::move(accepted)},
@@ -624,6 +652,8 @@ void write_apis::reset() {
   next_document_ = 1;
   goals_.clear();
   next_goal_ = 1;
+  applied_ops_.clear();
+  processed_events_.clear();
 }
 
 void write_apis::set_progress_rate_limit(std::size_t calls, unsigned retry_after_seconds) {

@@ -34,14 +34,22 @@ class write_apis {
  public:
   using json = nlohmann::ordered_json;
 
-  explicit write_apis(unsigned single_rate_limit) : single_rate_limit_(single_rate_limit) {}
+  explicit write_apis(unsigned single_rate_limit, bool track_applied = false)
+      : single_rate_limit_(single_rate_limit), track_applied_(track_applied) {}
 
   /// True for the batch endpoints of C–F (those that `fault` applies to).
   static bool is_batch_path(std::string_view path);
 
   /// The answer for a C–F endpoint, or nullopt when `path` belongs to none of them.
+  /// A non-empty `owner` (the caller's Authorization, with mock_options::tag_owner) is added
+  /// as `"owner"` to every ability C returns, so a client can tell whose answer it got.
   std::optional<write_reply> handle(std::string_view method, std::string_view path,
-                                    std::string_view body);
+                                    std::string_view body, std::string_view owner = {});
+
+  /// With track_applied: how many times each C operation carrying `data.opId` (a string) was
+  /// applied, and each D event was processed (accepted or found duplicate), as
+  /// {"ability_ops":{opId:n},"progress_events":{clientEventId:n}}.
+  json applied() const;
 
   void reset();
   void set_progress_rate_limit(std::size_t calls, unsigned retry_after_seconds);
@@ -64,8 +72,9 @@ class write_apis {
   using workspace = std::map<std::string, stored_document, std::less<>>;
 
   // Handlers; each is called with mutex_ held.
-  write_reply ability_single(const std::string& cid, std::string_view aid, std::string_view body);
-  write_reply ability_batch(const std::string& cid, std::string_view body);
+  write_reply ability_single(const std::string& cid, std::string_view aid, std::string_view body,
+                             std::string_view owner);
+  write_reply ability_batch(const std::string& cid, std::string_view body, std::string_view owner);
   write_reply progress_single(std::string_view body);
   write_reply progress_batch(std::string_view body);
   write_reply document_create(const std::string& ws, std::string_view body);
@@ -75,12 +84,17 @@ class write_apis {
   write_reply goal_save(const std::string& org, const std::string* goal_id, std::string_view body);
   write_reply goal_batch(const std::string& org, std::string_view body);
 
-  json ability_json(const std::string& cid, std::int64_t aid) const;
+  json ability_json(const std::string& cid, std::int64_t aid, std::string_view owner) const;
+  void note_op_applied(const json* data);
+  void note_event_processed(const std::string& id);
   std::string new_document_id(const workspace& docs);
   std::string new_goal_id(const std::string& org);
 
   const unsigned single_rate_limit_;
+  const bool track_applied_;
   mutable std::mutex mutex_;
+  std::map<std::string, unsigned, std::less<>> applied_ops_;     // C, with track_applied_
+  std::map<std::string, unsigned, std::less<>> processed_events_;  // D, with track_applied_
 
   // C
   std::map<std::pair<std::string, std::int64_t>, ability_state> abilities_;
