@@ -39,7 +39,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         (void)fanout::names_header(r, "authorization");
         std::string body;
         if (r.body) body = fanout::encode_body(*r.body).first;
-        auto entry = fanout::response_entry(r.id, 200, r.headers, "", body);
+        auto entry = fanout::response_entry(r.id, 200, r.headers, "", body, 64);  // limits.max_json_depth default
         (void)entry.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
         (void)fanout::error_entry(r.id, 424, "failed_dependency", r.url);
     }

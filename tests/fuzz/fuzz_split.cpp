@@ -31,7 +31,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     const std::string_view body = in.rest();
 
-    auto out = coalescer::split_batch_response(route.coalesce, route.name, body, keys);
+    auto out = coalescer::split_batch_response(route.coalesce, route.name, body, keys, 64);  // limits.max_json_depth default
     if (!out.error.empty()) {
         fuzz::check(out.items.empty(), "a failed split with items");
         return 0;
