@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Reproduction (issue 9, found by the fault soak): an upstream that sends a second, unrequested
-# answer on a keep-alive connection a few ms after its real one gets that stale answer delivered
-# to the NEXT caller of the pooled connection, whatever its credentials (passthrough shown; batch
-# calls of coalesce routes too). The pool's 100 ms idle peek catches it only after 100 ms.
-# Usage: tests/soak/repro_unrequested_answer.sh [BUILD_DIR]   Exit 1 while the defect is there.
+# Regression test (issue 9, found by the fault soak): an upstream that sends a second, unrequested
+# answer on a keep-alive connection a few ms after its real one used to have that stale answer
+# delivered to the NEXT caller of the pooled connection, whatever its credentials (passthrough
+# shown; batch calls of coalesce routes too): the pool peeked only at connections idle 100 ms.
+# Now every reuse is peeked. ctest runs it (unrequested_answer_never_crosses).
+# Usage: tests/soak/repro_unrequested_answer.sh [BUILD_DIR]   Exits 1 if bob gets alice's answer.
 set -euo pipefail
 b="${1:-build/test}"
 w="$(mktemp -d)"; trap 'kill $gp $mp 2>/dev/null; rm -rf "$w"' EXIT
