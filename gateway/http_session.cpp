@@ -57,6 +57,8 @@ public:
         if (role_ == listener_role::traffic) {
             state_->client_connections.fetch_add(1, std::memory_order_relaxed);
             state_->metrics.open_connections().Increment();
+        } else {
+            state_->admin_connections.fetch_add(1, std::memory_order_relaxed);
         }
         beast::error_code ec;
         stream_.socket().set_option(tcp::no_delay(true), ec);
@@ -69,6 +71,8 @@ public:
         if (role_ == listener_role::traffic) {
             state_->client_connections.fetch_sub(1, std::memory_order_relaxed);
             state_->metrics.open_connections().Decrement();
+        } else {
+            state_->admin_connections.fetch_sub(1, std::memory_order_relaxed);
         }
     }
 

@@ -56,8 +56,11 @@ void listener::do_accept() {
                                                                                       socket_t socket) {
         if (ec == net::error::operation_aborted || !self->acceptor_.is_open()) return;
         if (ec) return self->pause_after(ec);
-        if (self->role_ == listener_role::traffic &&
-            self->state_->client_connections.load(std::memory_order_relaxed) >= self->state_->max_connections.load()) {
+        const bool full = self->role_ == listener_role::traffic
+                              ? self->state_->client_connections.load(std::memory_order_relaxed) >=
+                                    self->state_->max_connections.load()
+                              : self->state_->admin_connections.load(std::memory_order_relaxed) >= max_admin_connections;
+        if (full) {
             self->state_->metrics.connections_refused("max_connections").Increment();
             self->refuse(socket.native_handle());
         } else {
@@ -86,7 +89,7 @@ void listener::pause_after(const boost::system::error_code& ec) {
 
 void listener::refuse(tcp::socket::native_handle_type fd) {
     static const std::string answer = [] {
-        const std::string body = error_body(gateway_error::overloaded, "too many open connections (limits.max_connections)", "");
+        const std::string body = error_body(gateway_error::overloaded, "too many open connections (limits.max_connections; 32 on the admin listener)", "");
         return "HTTP/1.1 503 Service Unavailable\r\nServer: batchgate\r\nContent-Type: application/json\r\n"
                "Retry-After: 1\r\nConnection: close\r\nContent-Length: " +
                std::to_string(body.size()) + "\r\n\r\n" + body;

@@ -36,7 +36,8 @@ std::size_t connection_cap(const config::gateway_config& cfg) {
         if (setrlimit(RLIMIT_NOFILE, &raised) == 0) lim = raised;
     }
     if (lim.rlim_cur == RLIM_INFINITY) return cfg.limits.max_connections;
-    std::size_t reserve = 64;  // listeners, epoll, timers, logs, the config file, a CA file
+    // Listeners, epoll, timers, logs, the config file, a CA file, and the admin connections.
+    std::size_t reserve = 64 + max_admin_connections;
     for (const auto& u : cfg.upstreams) reserve += u.max_connections;
     const std::size_t fds = static_cast<std::size_t>(lim.rlim_cur);
     const std::size_t room = fds > reserve + 1 ? fds - reserve : 1;

@@ -46,6 +46,9 @@ public:
     virtual void answer_shutting_down() = 0;  // thread-safe: posts to the connection's strand
 };
 
+// Admin connections open at once (probes and scrapes need few); more get a 503 and are closed.
+inline constexpr std::size_t max_admin_connections = 32;
+
 struct shared_state {
     shared_state(metrics::registry& m, boost::asio::io_context::executor_type ex)
         : metrics(m), executor(ex), budget(m.buffered_bytes()) {}
@@ -77,6 +80,7 @@ struct shared_state {
     std::atomic<bool> ready{false};
     std::atomic<std::size_t> active_requests{0};  // read, not yet answered
     std::atomic<std::size_t> client_connections{0};  // traffic connections open now
+    std::atomic<std::size_t> admin_connections{0};   // admin connections open now
     // limits.max_connections, lowered to what the descriptor limit leaves (server.cpp).
     std::atomic<std::size_t> max_connections{10000};
 

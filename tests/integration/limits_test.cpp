@@ -262,6 +262,27 @@ TEST(Connections, OverMaxConnectionsA503AndTheRestServed) {
     idle.pop_back();
     for (int i = 0; i < 300 && gw.metric("batchgate_open_connections") != 2; ++i) std::this_thread::sleep_for(10ms);
     EXPECT_EQ(get(gw.port(), "/users/1").status, 200);
+
+    // The admin listener has its own small cap: its connections are not counted above, and
+    // without one they could take every descriptor.
+    std::vector<std::unique_ptr<stalled_client>> admin;
+    for (int i = 0; i < 32; ++i) admin.push_back(std::make_unique<stalled_client>(gw.admin_port(), ""));
+    std::string over;
+    for (int i = 0; i < 100 && over.empty(); ++i) {
+        over = send_raw(gw.admin_port(), "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        if (over.rfind("HTTP/1.1 503 ", 0) != 0) {
+            over.clear();  // an admin connection above was not accepted yet
+            std::this_thread::sleep_for(10ms);
+        }
+    }
+    EXPECT_EQ(over.rfind("HTTP/1.1 503 ", 0), 0u) << over;
+    admin.clear();
+    std::string ok;
+    for (int i = 0; i < 100 && ok.rfind("HTTP/1.1 200 ", 0) != 0; ++i) {
+        std::this_thread::sleep_for(10ms);
+        ok = send_raw(gw.admin_port(), "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    }
+    EXPECT_EQ(ok.rfind("HTTP/1.1 200 ", 0), 0u) << ok;
 }
 
 // Out of descriptors, accept() fails with EMFILE and the connection stays in the backlog:
