@@ -135,11 +135,12 @@ private:
     }
 
     void read_body() {
+        // A chunked body is reserved step by step (a Content-Length one was, all at once).
+        if (!parser_->content_length() &&
+            !make_room(parser_->get().body(), request_lease_, runtime_->config->limits.max_body_bytes))
+            return refuse_over_budget();
         http::async_read_some(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
-            if (ec) return self->on_read(ec);
-            // A chunked body is counted as it grows.
-            if (!self->request_lease_.grow_to(self->parser_->get().body().capacity())) return self->refuse_over_budget();
-            if (self->parser_->is_done()) return self->on_read(ec);
+            if (ec || self->parser_->is_done()) return self->on_read(ec);
             self->read_body();
         });
     }

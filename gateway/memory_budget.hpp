@@ -4,8 +4,10 @@
 // bigger process. Thread-safe; shared by every session and upstream pool.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
+#include <string>
 
 #include <prometheus/gauge.h>
 
@@ -72,6 +74,13 @@ public:
         bytes_ = total;
         return true;
     }
+    // Down (or up, unrefused) to exactly total: memory already held, or given back.
+    void set_to(std::size_t total) {
+        if (!budget_) return;
+        if (total > bytes_) budget_->force(total - bytes_);
+        else budget_->release(bytes_ - total);
+        bytes_ = total;
+    }
     void force_to(std::size_t total) {
         if (total <= bytes_ || !budget_) return;
         budget_->force(total - bytes_);
@@ -87,5 +96,19 @@ private:
     memory_budget* budget_ = nullptr;
     std::size_t bytes_ = 0;
 };
+
+// Before more of a body of unknown length (chunked, or closed by the sender) is read: room for
+// at least one more read. While the string moves to a bigger block (libstdc++ at least doubles
+// it), the old and the new block are both held: that moment is what is reserved, and the lease
+// is the new capacity afterwards. False: over the budget.
+inline bool make_room(std::string& body, budget_lease& lease, std::size_t limit) {
+    constexpr std::size_t step = 64 * 1024;  // more than one read of a stream brings
+    if (body.capacity() - body.size() >= step) return true;
+    const std::size_t want = std::min(limit + step, body.size() + std::max(step, body.size() / 4));
+    if (!lease.grow_to(body.capacity() + std::max(want, 2 * body.capacity()))) return false;
+    body.reserve(want);
+    lease.set_to(body.capacity());
+    return true;
+}
 
 }  // namespace batchgate::gateway

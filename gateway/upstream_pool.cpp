@@ -229,9 +229,8 @@ private:
         });
     }
 
-    // The body's memory is reserved before it is read: all of a Content-Length, or a quarter
-    // more at a time for a chunked or close-delimited answer (a string left to double itself
-    // would hold up to twice max_response).
+    // The body's memory is reserved before it is read: all of a Content-Length, or room made
+    // step by step for a chunked or close-delimited answer (make_room).
     void on_header(beast::error_code ec, std::size_t n) {
         if (ec || parser_->is_done()) return on_read(ec, n);
         if (auto length = parser_->content_length(); length && !lease_.grow_to(*length))
@@ -240,16 +239,8 @@ private:
     }
 
     void read_body() {
-        if (!parser_->content_length()) {
-            constexpr std::size_t step = 64 * 1024;  // more than one read of the stream brings
-            auto& body = parser_->get().body();
-            if (body.capacity() - body.size() < step) {
-                const std::size_t want = std::min(pool_->settings_.max_response_bytes + step,
-                                                  body.size() + std::max(step, body.size() / 4));
-                if (!lease_.grow_to(want)) return over_budget();
-                body.reserve(want);
-            }
-        }
+        if (!parser_->content_length() && !make_room(parser_->get().body(), lease_, pool_->settings_.max_response_bytes))
+            return over_budget();
         conn_->with_stream([&](auto& stream) {
             http::async_read_some(stream, conn_->buffer, *parser_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
                 if (ec || self->parser_->is_done()) return self->on_read(ec, 1);
