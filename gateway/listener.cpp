@@ -44,8 +44,16 @@ void listener::run() {
 
 void listener::stop() {
     net::dispatch(acceptor_.get_executor(), [self = shared_from_this()] {
-        boost::system::error_code ignored;
-        self->acceptor_.close(ignored);
+        // Connections already in the backlog have sent their requests: closing the socket would
+        // reset them. Take them in first; the drain answers them (and closes them) like the rest.
+        boost::system::error_code ec;
+        self->acceptor_.non_blocking(true, ec);
+        for (std::size_t i = 0; !ec && i < net::socket_base::max_listen_connections; ++i) {
+            socket_t socket(strand_t(self->ioc_.get_executor()));
+            self->acceptor_.accept(socket, ec);
+            if (!ec) start_session(std::move(socket), self->role_, self->state_);
+        }
+        self->acceptor_.close(ec);
         self->pause_.cancel();
     });
 }

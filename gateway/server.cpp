@@ -107,7 +107,12 @@ struct server::impl {
         auto rt = state->current();
         for (auto& [name, b] : rt->batchers) b->drain();
         drain_deadline = clock_type::now() + rt->config->limits.drain_timeout;
-        poll_drain();
+        // A first look only after 20 ms: connections the listener took from its backlog as it
+        // stopped need a moment to read the requests they already sent.
+        drain_timer.expires_after(std::chrono::milliseconds(20));
+        drain_timer.async_wait([this](boost::system::error_code ec) {
+            if (!ec) poll_drain();
+        });
     }
 
     void poll_drain() {
