@@ -330,7 +330,7 @@ TEST(Connections, OutOfDescriptorsTheListenerPausesInsteadOfSpinning) {
 // memory back.
 TEST(MemoryBudget, ClientsThatNeverReadPinNoMoreThanTheBudget) {
     mock_upstream up;
-    running_gateway gw(config_for(up.port(), "{max_buffered: 20MiB, send_timeout: 1500ms}"));
+    running_gateway gw(config_for(up.port(), "{max_buffered: 20MiB, send_timeout: 4s}"));
     // Chunked answers (the mock's /large): while one grows from 4 to 8 MiB of buffer it holds
     // both blocks, 12 MiB; two such answers fit in 20 MiB, a third does not.
     constexpr std::size_t answer = 6 * 1024 * 1024;
