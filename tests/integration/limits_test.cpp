@@ -330,21 +330,28 @@ TEST(Connections, OutOfDescriptorsTheListenerPausesInsteadOfSpinning) {
 // memory back.
 TEST(MemoryBudget, ClientsThatNeverReadPinNoMoreThanTheBudget) {
     mock_upstream up;
-    running_gateway gw(config_for(up.port(), "{max_buffered: 20MiB, send_timeout: 4s}"));
-    // Chunked answers (the mock's /large): while one grows from 4 to 8 MiB of buffer it holds
-    // both blocks, 12 MiB; two such answers fit in 20 MiB, a third does not.
+    running_gateway gw(config_for(up.port(), "{max_buffered: 15MiB, send_timeout: 4s}"));
+    // Chunked answers (the mock's /large): one grows to an 8 MiB buffer and holds 4 + 8 MiB for
+    // the moment it moves, then 6 MiB while it is written. So one fits in 15 MiB, and while it
+    // is held no other can grow that far.
     constexpr std::size_t answer = 6 * 1024 * 1024;
+    auto answered = [&](const char* status) {
+        return std::max(0.0, gw.metric(std::string(R"(batchgate_requests_total{route="everything",status=")") + status + "\"}"));
+    };
     std::vector<std::unique_ptr<stalled_client>> stalled;
-    for (int i = 0; i < 6; ++i) stalled.push_back(std::make_unique<stalled_client>(gw.port(), get_large(answer)));
+    stalled.push_back(std::make_unique<stalled_client>(gw.port(), get_large(answer)));
+    for (int i = 0; i < 4000 && answered("200") < 1; ++i) std::this_thread::sleep_for(5ms);
+    ASSERT_EQ(answered("200"), 1) << "the first answer alone never fit";
+    for (int i = 0; i < 5; ++i) stalled.push_back(std::make_unique<stalled_client>(gw.port(), get_large(answer)));
 
-    // Sampled while the six answers are fetched and stall, until two are held (bounded).
-    double held = 0;
-    for (int i = 0; i < 2000 && held < 2.0 * answer; ++i) {
-        held = gw.metric("batchgate_buffered_bytes");
-        EXPECT_LE(held, 20.0 * 1024 * 1024) << "over the budget";
+    // Sampled until all six are answered (held in the write, or refused), bounded.
+    for (int i = 0; i < 4000 && answered("200") + answered("503") < 6; ++i) {
+        EXPECT_LE(gw.metric("batchgate_buffered_bytes"), 15.0 * 1024 * 1024) << "over the budget";
         std::this_thread::sleep_for(5ms);
     }
-    ASSERT_GE(held, 2.0 * answer) << "two answers should be held: the test measures nothing";
+    ASSERT_EQ(answered("200") + answered("503"), 6);
+    ASSERT_EQ(answered("200"), 1) << "a second answer fitted beside the held one";
+    EXPECT_GE(gw.metric("batchgate_buffered_bytes"), 1.0 * answer);
 
     // A client that does read gets the budget's word while the others hold it.
     auto refused = get(gw.port(), "/large?bytes=" + std::to_string(answer));
