@@ -319,7 +319,8 @@ private:
         res.set(http::field::server, "batchgate");
         if (role_ == listener_role::traffic) res.set("X-Request-Id", request_id_);
         response_ = std::move(res);
-        response_lease_.force_to(response_->body().size());
+        // Traffic answers only: a scrape must never count against (or show up in) the budget.
+        if (role_ == listener_role::traffic) response_lease_.force_to(response_->body().size());
         // One head buffer plus the body in place: a single writev, no per-field buffers.
         // A HEAD answer keeps its Content-Length but never carries the body.
         unsent_.emplace(wire::buffers(head_, *response_, !head_request_));
