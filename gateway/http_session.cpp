@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <random>
+#include <utility>
 
 #include "coalescer/batcher.hpp"
 #include "gateway/dispatcher.hpp"
@@ -67,6 +68,7 @@ public:
     }
 
     ~http_session() override {
+        if (owed_request_) state_->active_requests.fetch_sub(1);
         state_->untrack(this);
         if (role_ == listener_role::traffic) {
             state_->client_connections.fetch_sub(1, std::memory_order_relaxed);
@@ -76,7 +78,11 @@ public:
         }
     }
 
-    void run() {
+    void run(bool owed_request) {
+        if (owed_request) {
+            owed_request_ = true;
+            state_->active_requests.fetch_add(1);
+        }
         state_->track(shared_from_this());
         // Start on the connection's strand.
         net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->do_read(); });
@@ -185,6 +191,7 @@ private:
         info_ = {};
         head_request_ = false;
         state_->active_requests.fetch_add(1);
+        if (std::exchange(owed_request_, false)) state_->active_requests.fetch_sub(1);  // now counted above
     }
 
     void on_read(beast::error_code ec) {
@@ -409,12 +416,13 @@ private:
     bool answered_ = false;
     bool keep_alive_ = true;
     bool head_request_ = false;
+    bool owed_request_ = false;  // taken from the backlog at shutdown, request not read yet
 };
 
 }  // namespace
 
-void start_session(socket_t socket, listener_role role, std::shared_ptr<shared_state> state) {
-    std::make_shared<http_session>(std::move(socket), role, std::move(state))->run();
+void start_session(socket_t socket, listener_role role, std::shared_ptr<shared_state> state, bool owed_request) {
+    std::make_shared<http_session>(std::move(socket), role, std::move(state))->run(owed_request);
 }
 
 }  // namespace batchgate::gateway

@@ -13,6 +13,9 @@
 
 namespace batchgate::gateway {
 
-void start_session(socket_t socket, listener_role role, std::shared_ptr<shared_state> state);
+// owed_request: the connection was taken from the backlog as the listener stopped; its request
+// counts as in flight from now on, so the drain waits for it to be read and answered.
+void start_session(socket_t socket, listener_role role, std::shared_ptr<shared_state> state,
+                   bool owed_request = false);
 
 }  // namespace batchgate::gateway

@@ -51,10 +51,11 @@ void listener::stop() {
         for (std::size_t i = 0; !ec && i < net::socket_base::max_listen_connections; ++i) {
             socket_t socket(strand_t(self->ioc_.get_executor()));
             self->acceptor_.accept(socket, ec);
-            if (!ec) start_session(std::move(socket), self->role_, self->state_);
+            if (!ec) start_session(std::move(socket), self->role_, self->state_, /*owed_request=*/true);
         }
         self->acceptor_.close(ec);
         self->pause_.cancel();
+        self->stopped_ = true;
     });
 }
 

@@ -1,6 +1,7 @@
 // Accepts connections on one endpoint and starts an http_session for each, on its own strand.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 
@@ -20,7 +21,8 @@ public:
     listener(boost::asio::io_context& ioc, const config::endpoint& where, listener_role role,
              std::shared_ptr<shared_state> state);
     void run();
-    void stop();  // closes the acceptor; open connections are left to finish
+    void stop();  // takes the backlog's connections, closes the acceptor; open connections finish
+    bool stopped() const { return stopped_.load(); }  // stop() has run: no connection will come
     unsigned short port() const { return port_; }
 
 private:
@@ -39,6 +41,7 @@ private:
     listener_role role_;
     std::shared_ptr<shared_state> state_;
     unsigned short port_ = 0;
+    std::atomic<bool> stopped_{false};
 };
 
 }  // namespace batchgate::gateway

@@ -107,12 +107,7 @@ struct server::impl {
         auto rt = state->current();
         for (auto& [name, b] : rt->batchers) b->drain();
         drain_deadline = clock_type::now() + rt->config->limits.drain_timeout;
-        // A first look only after 20 ms: connections the listener took from its backlog as it
-        // stopped need a moment to read the requests they already sent.
-        drain_timer.expires_after(std::chrono::milliseconds(20));
-        drain_timer.async_wait([this](boost::system::error_code ec) {
-            if (!ec) poll_drain();
-        });
+        poll_drain();
     }
 
     void poll_drain() {
@@ -126,7 +121,9 @@ struct server::impl {
             for (auto& c : state->connections()) c->answer_shutting_down();
             drain_deadline = now + std::chrono::seconds(1);
         }
-        if (state->active_requests.load() == 0 || (stragglers_answered && now >= drain_deadline)) {
+        // Not before the listener has handed over its backlog: those requests count as in flight.
+        const bool quiet = state->active_requests.load() == 0 && (!traffic || traffic->stopped());
+        if (quiet || (stragglers_answered && now >= drain_deadline)) {
             if (admin) admin->stop();
             for (auto& [name, p] : state->current()->upstreams) p->close_idle();
             signals.cancel();
