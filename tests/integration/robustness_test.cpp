@@ -109,8 +109,12 @@ routes:
     std::vector<response> out(4);
     std::vector<std::thread> callers;
     for (int i = 0; i < 4; ++i) callers.emplace_back([&, i] { out[i] = get(gw.port(), "/users/" + std::to_string(i + 1)); });
-    for (int tries = 0; tries < 500 && up.calls().empty(); ++tries) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    // All four must be waiting before the stop: one still connecting would find no listener.
+    const std::string waiting = R"(batchgate_waiting_callers{route="users"})";
+    for (int tries = 0; tries < 500 && (up.calls().empty() || gw.metric(waiting) != 4); ++tries)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
     ASSERT_FALSE(up.calls().empty()) << "the batch never reached the stalled upstream";
+    ASSERT_EQ(gw.metric(waiting), 4);
     gw.stop();  // the upstream never answers: only the drain deadline can
     for (auto& t : callers) t.join();
     for (const auto& r : out) {
