@@ -55,7 +55,9 @@ void listener::stop() {
         }
         self->acceptor_.close(ec);
         self->pause_.cancel();
-        self->stopped_ = true;
+        // An accept that had completed before the close is queued on this strand ahead of
+        // this post: it starts its session first, and only then does the drain hear "stopped".
+        net::post(self->acceptor_.get_executor(), [self] { self->stopped_ = true; });
     });
 }
 
@@ -63,7 +65,12 @@ void listener::do_accept() {
     // Each connection gets its own strand, so its handlers never run concurrently.
     acceptor_.async_accept(strand_t(ioc_.get_executor()), [self = shared_from_this()](boost::system::error_code ec,
                                                                                       socket_t socket) {
-        if (ec == net::error::operation_aborted || !self->acceptor_.is_open()) return;
+        if (ec == net::error::operation_aborted) return;
+        if (!self->acceptor_.is_open()) {
+            // Accepted just as the listener stopped: its request was sent, so it is served.
+            if (!ec) start_session(std::move(socket), self->role_, self->state_, /*owed_request=*/true);
+            return;
+        }
         if (ec) return self->pause_after(ec);
         const bool full = self->role_ == listener_role::traffic
                               ? self->state_->client_connections.load(std::memory_order_relaxed) >=
