@@ -81,6 +81,13 @@ struct server::impl {
         return rt;
     }
 
+    // What a config sets for the whole process, at start and on every accepted reload.
+    void apply_process_settings(const config::gateway_config& cfg) {
+        apply_logging(cfg);
+        state->max_connections = connection_cap(cfg);
+        state->budget.set_limit(cfg.limits.max_buffered_bytes);
+    }
+
     // Once the threads are gone: break the cycles that callers still queued at the drain
     // deadline form with the batchers and pools of every snapshot, retired ones included.
     void abandon_queued() {
@@ -162,9 +169,7 @@ struct server::impl {
     // nothing, not even the log level.
     void apply(std::shared_ptr<const config::gateway_config> next) {
         auto rt = build_runtime(next);
-        apply_logging(*next);
-        state->max_connections = connection_cap(*next);
-        state->budget.set_limit(next->limits.max_buffered_bytes);
+        apply_process_settings(*next);
         auto old = state->current();
         if (old) {
             // Sockets and threads are set up once: say so rather than pretend.
@@ -213,9 +218,7 @@ server::~server() {
 
 void server::start() {
     auto& i = *impl_;
-    apply_logging(*i.initial);
-    i.state->max_connections = connection_cap(*i.initial);
-    i.state->budget.set_limit(i.initial->limits.max_buffered_bytes);
+    i.apply_process_settings(*i.initial);
     i.state->replace(i.build_runtime(i.initial));
     const auto& cfg = *i.initial;
     i.traffic = std::make_shared<listener>(i.ioc, cfg.listen, listener_role::traffic, i.state);
