@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <atomic>
 #include <charconv>
+#include <unordered_map>
+#include <unordered_set>
 
 #include <boost/asio/post.hpp>
 #include <boost/beast/http.hpp>
@@ -34,6 +36,7 @@ same_key window_policy(config::same_key_policy p) {
         case config::same_key_policy::sequence: return same_key::sequence;
         case config::same_key_policy::last_write_wins: return same_key::last_write_wins;
         case config::same_key_policy::merge_patch: return same_key::merge_patch;
+        case config::same_key_policy::in_batch: return same_key::in_batch;
     }
     return same_key::share;
 }
@@ -92,7 +95,8 @@ void batcher::on_submit(submission s) {
         return;
     }
     const auto now = clock_type::now();
-    waiter w{std::move(s.done), now, s.deadline, std::move(s.method), std::move(s.traceparent)};
+    waiter w{std::move(s.done), now, s.deadline, std::move(s.method), std::move(s.traceparent),
+             std::move(s.caller_values)};
     auto closed = window_.add(s.part, std::move(s.key), s.cost, std::move(w), now, std::move(s.item));
     if (auto d = window_.take_deduplicated()) metrics_.deduplicated->Increment(static_cast<double>(d));
     if (auto m = window_.take_merged()) metrics_.merged->Increment(static_cast<double>(m));
@@ -120,7 +124,7 @@ void batcher::arm_timer() {
 }
 
 void batcher::on_timer() {
-    enqueue(window_.expire(clock_type::now()));
+    enqueue(window_.expire(clock_type::now(), [this](const std::string& pkey) { return blocked(pkey); }));
     arm_timer();
     update_waiting_gauge();
 }
@@ -142,6 +146,11 @@ void batcher::abandon() {
 }
 
 void batcher::enqueue(std::vector<batch> closed) {
+    record(std::move(closed));
+    pump();
+}
+
+void batcher::record(std::vector<batch> closed) {
     const auto now = clock_type::now();
     for (auto& b : closed) {
         switch (b.reason) {
@@ -149,6 +158,7 @@ void batcher::enqueue(std::vector<batch> closed) {
             case flush_reason::bytes: metrics_.flush_bytes->Increment(); break;
             case flush_reason::timer: metrics_.flush_timer->Increment(); break;
             case flush_reason::shutdown: metrics_.flush_shutdown->Increment(); break;
+            case flush_reason::released: metrics_.flush_released->Increment(); break;
         }
         const auto callers = b.waiter_count();
         metrics_.batch_size->Observe(static_cast<double>(b.items.size()));
@@ -158,26 +168,45 @@ void batcher::enqueue(std::vector<batch> closed) {
         queued_callers_ += callers;
         ready_.push_back(pending{std::move(b), 1});
     }
-    pump();
 }
 
 // Sends ready batches while the route's concurrency cap allows; on ordered routes a
-// partition never has two calls in flight, so one key's writes arrive in order.
+// partition never has two calls in flight, so one key's writes arrive in order. Then the
+// batches the window held for blocked partitions go, oldest first, as they become free.
 void batcher::pump() {
-    for (auto it = ready_.begin(); it != ready_.end() && in_flight_ < route_.coalesce.max_concurrent_batches;) {
-        if (ordered_ && busy_partitions_.count(it->b.partition_key)) {
-            ++it;
-            continue;
+    for (;;) {
+        for (auto it = ready_.begin(); it != ready_.end() && in_flight_ < route_.coalesce.max_concurrent_batches;) {
+            if (ordered_ && busy_partitions_.count(it->b.partition_key)) {
+                ++it;
+                continue;
+            }
+            pending p = std::move(*it);
+            it = ready_.erase(it);
+            if (shed_expired(p)) {  // nobody is waiting for this batch any more
+                it = ready_.begin();
+                continue;
+            }
+            send(std::move(p));
+            it = ready_.begin();  // send() may not touch ready_, but restart to keep the scan simple
         }
-        pending p = std::move(*it);
-        it = ready_.erase(it);
-        if (shed_expired(p)) {  // nobody is waiting for this batch any more
-            it = ready_.begin();
-            continue;
-        }
-        send(std::move(p));
-        it = ready_.begin();  // send() may not touch ready_, but restart to keep the scan simple
+        if (window_.held() == 0) return;
+        auto released = window_.release(clock_type::now(), [this](const std::string& pkey) { return blocked(pkey); });
+        if (released.empty()) return;
+        record(std::move(released));
     }
+}
+
+bool batcher::blocked(const std::string& partition_key) const {
+    if (draining_) return false;
+    if (in_flight_ >= route_.coalesce.max_concurrent_batches) return true;
+    if (!ordered_) return !ready_.empty();
+    return busy_partitions_.count(partition_key) != 0 ||
+           std::any_of(ready_.begin(), ready_.end(), [&](const pending& r) { return r.b.partition_key == partition_key; });
+}
+
+void batcher::release_slot(const pending& p) {
+    --in_flight_;
+    if (ordered_) busy_partitions_.erase(p.b.partition_key);
 }
 
 void batcher::send(pending p) {
@@ -290,20 +319,11 @@ void batcher::on_answer(pending p, const std::string& batch_id, gateway::upstrea
                 pass_through();  // credentials and rate limits are shared by the whole partition
             } else if (status >= 400 && status <= 499) {
                 if (route_.coalesce.on_batch_error == config::batch_error_policy::isolate && p.b.items.size() > 1) {
-                    isolate(std::move(p));
+                    isolate(std::move(p), r, proto);
                     keep_busy = true;  // isolate() released the slot itself
                 } else if (p.b.items.size() == 1) {
                     // A lone item: its own entry in the answer if there is one, else the whole answer.
-                    split_outcome split = split_batch_response(route_.coalesce, route_.name, r.response.body(),
-                                                               {p.b.items[0].key}, config_->limits.max_json_depth);
-                    auto it = split.items.find(p.b.items[0].key);
-                    if (split.error.empty() && it != split.items.end() && it->second.status != route_.coalesce.response.missing_status) {
-                        proto.status = it->second.status;
-                        proto.body = it->second.body;
-                        answer_all(p, proto);
-                    } else {
-                        pass_through();
-                    }
+                    answer_refused(p.b.items[0], r, proto);
                 } else {
                     pass_through();  // fail_all: nothing was applied, every caller learns why
                 }
@@ -314,10 +334,7 @@ void batcher::on_answer(pending p, const std::string& batch_id, gateway::upstrea
             break;
         }
     }
-    if (!keep_busy) {
-        --in_flight_;
-        if (ordered_) busy_partitions_.erase(p.b.partition_key);
-    }
+    if (!keep_busy) release_slot(p);
     pump();
     update_waiting_gauge();
 }
@@ -346,29 +363,85 @@ bool batcher::try_retry(pending& p, const gateway::upstream_result& r) {
     ++p.attempt;
     timer->async_wait([self = shared_from_this(), timer, p = std::move(p)](boost::system::error_code) mutable {
         // The slot and the partition stay held through the back-off; the retry re-takes them.
-        --self->in_flight_;
-        if (self->ordered_) self->busy_partitions_.erase(p.b.partition_key);
+        self->release_slot(p);
         self->ready_.push_front(std::move(p));
         self->pump();
     });
     return true;
 }
 
-// All-or-nothing upstream rejected the batch: re-send each half on its own, so valid
-// callers succeed and only the invalid one gets the upstream's error.
-void batcher::isolate(pending p) {
-    const std::size_t half = p.b.items.size() / 2;
-    pending first{batch{}, 1}, second{batch{}, 1};
-    for (auto* part : {&first, &second}) {
-        part->b.partition_key = p.b.partition_key;
-        part->b.values = p.b.values;
-        part->b.opened = p.b.opened;
-        part->b.reason = p.b.reason;
+// A batch of the same partition, empty, to be filled with some of p's items.
+batcher::pending batcher::part_of(const pending& p) const {
+    pending part{batch{}, 1};
+    part.b.partition_key = p.b.partition_key;
+    part.b.values = p.b.values;
+    part.b.opened = p.b.opened;
+    part.b.reason = p.b.reason;
+    return part;
+}
+
+// One refused item's callers: its own entry in the refused answer when there is one (with
+// the route's status mapping), else the upstream's status and body.
+void batcher::answer_refused(window_type::item& item, const gateway::upstream_result& r, const reply& proto) {
+    split_outcome split = split_batch_response(route_.coalesce, route_.name, r.response.body(), {item.key},
+                                               config_->limits.max_json_depth);
+    reply rep = proto;
+    const item_outcome* own = split.error.empty() ? split.find(item.key) : nullptr;
+    // Never a 2xx: the batch was refused, so nothing of this item was applied.
+    if (own && own->status >= 300 && own->status != route_.coalesce.response.missing_status) {
+        rep.status = own->status;
+        rep.body = own->body;
+    } else {
+        rep.status = r.response.result_int();
+        rep.body = r.response.body();
+        for (auto field : {http::field::retry_after, http::field::www_authenticate})
+            if (auto it = r.response.find(field); it != r.response.end())
+                rep.headers.emplace_back(std::string(it->name_string()), std::string(it->value()));
     }
+    for (auto& w : item.waiters) answer(w, rep);
+    item.waiters.clear();
+}
+
+// An all-or-nothing upstream refused the batch, so nothing of it was applied. When the answer
+// names the failing items (coalesce.failed_items), their callers get their error now and the
+// rest go again in one call. A named key with several operations in the batch (same_key:
+// in_batch) cannot be told apart: its operations go again on their own, after the rest, in
+// their order. When the answer names nothing usable, bisect.
+void batcher::isolate(pending p, const gateway::upstream_result& r, const reply& proto) {
+    auto named = named_failures(route_.coalesce, r.response.body(), config_->limits.max_json_depth);
+    if (!named) return bisect(std::move(p));
+    std::unordered_set<std::string> failed(named->begin(), named->end());
+    std::unordered_map<std::string, std::size_t> count;
+    for (const auto& item : p.b.items) ++count[item.key];
+    pending rest = part_of(p), unsure = part_of(p);
+    std::vector<window_type::item> refused;
+    for (auto& item : p.b.items) {
+        if (!failed.contains(item.key)) rest.b.items.push_back(std::move(item));
+        else if (count[item.key] == 1) refused.push_back(std::move(item));
+        else unsure.b.items.push_back(std::move(item));
+    }
+    if (refused.empty() && (rest.b.items.empty() || unsure.b.items.empty())) {
+        // No progress from the names (they match nothing, or only one key's several operations).
+        p.b.items.clear();
+        for (auto* part : {&rest, &unsure})
+            for (auto& item : part->b.items) p.b.items.push_back(std::move(item));
+        return bisect(std::move(p));
+    }
+    metrics_.isolations->Increment(static_cast<double>(!rest.b.items.empty() + !unsure.b.items.empty()));
+    release_slot(p);
+    if (!unsure.b.items.empty()) ready_.push_front(std::move(unsure));
+    if (!rest.b.items.empty()) ready_.push_front(std::move(rest));
+    for (auto& item : refused) answer_refused(item, r, proto);
+}
+
+// No names to go by: re-send each half on its own, so valid callers succeed and only the
+// invalid one gets the upstream's error.
+void batcher::bisect(pending p) {
+    const std::size_t half = p.b.items.size() / 2;
+    pending first = part_of(p), second = part_of(p);
     for (std::size_t i = 0; i < p.b.items.size(); ++i) (i < half ? first : second).b.items.push_back(std::move(p.b.items[i]));
     metrics_.isolations->Increment(2);
-    --in_flight_;
-    if (ordered_) busy_partitions_.erase(p.b.partition_key);
+    release_slot(p);
     ready_.push_front(std::move(second));
     ready_.push_front(std::move(first));
 }
@@ -386,18 +459,25 @@ void batcher::deliver_split(pending& p, const std::string& body, const reply& pr
         answer_all(p, r);
         return;
     }
-    for (auto& item : p.b.items) {
-        reply rep = proto;
-        if (auto it = split.items.find(item.key); it != split.items.end()) {
-            rep.status = it->second.status;
-            rep.body = std::move(it->second.body);
-        } else {  // the splitter answers every key; this is a safety net
-            rep.status = 502;
-            rep.body = error_body(gateway_error::upstream_bad_response, "no answer for this item", route_.name);
-        }
+    for (std::size_t i = 0; i < p.b.items.size(); ++i) {
+        auto& item = p.b.items[i];
         for (auto& w : item.waiters) {
-            reply mine = rep;
-            mine.status = apply_success_status(route_.coalesce, w.method, rep.status);
+            reply mine = proto;
+            if (i < split.items.size()) {
+                const item_outcome& outcome = split.items[i];
+                mine.status = outcome.status;
+                rendered_answer body_of = render_answer(outcome, w.caller_values, item.key);
+                if (body_of.error.empty()) {
+                    mine.body = std::move(body_of.body);
+                } else {
+                    mine.status = 502;
+                    mine.body = error_body(gateway_error::upstream_bad_response, body_of.error, route_.name);
+                }
+            } else {  // the splitter answers every key; this is a safety net
+                mine.status = 502;
+                mine.body = error_body(gateway_error::upstream_bad_response, "no answer for this item", route_.name);
+            }
+            mine.status = apply_success_status(route_.coalesce, w.method, mine.status);
             answer(w, std::move(mine));
         }
         item.waiters.clear();

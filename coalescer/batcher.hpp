@@ -49,6 +49,7 @@ struct submission {
     std::size_t cost = 0;         // bytes it adds to the batch call
     std::string method;           // the caller's method (success_status)
     std::string traceparent;      // W3C trace context, "" when none
+    nlohmann::json caller_values; // what the response templates use of the caller's request (codec caller_values)
     std::chrono::steady_clock::time_point deadline;  // retries never start after it
     reply_handler done;           // called exactly once, on the batcher's strand
 };
@@ -82,6 +83,7 @@ private:
         std::chrono::steady_clock::time_point deadline;
         std::string method;
         std::string traceparent;
+        nlohmann::json caller_values;
     };
     using window_type = window<waiter>;
     using batch = window_type::batch;
@@ -94,11 +96,20 @@ private:
     void arm_timer();
     void on_timer();
     void enqueue(std::vector<batch> closed);
+    void record(std::vector<batch> closed);  // metrics, then into ready_
     void pump();
+    // A partition that cannot send now: its due batch stays open in the window (group commit).
+    bool blocked(const std::string& partition_key) const;
+    void release_slot(const pending& p);
     void send(pending p);
     void on_answer(pending p, const std::string& batch_id, gateway::upstream_result r);
     bool try_retry(pending& p, const gateway::upstream_result& r);
-    void isolate(pending p);
+    // A refused all-or-nothing batch: the items the answer names fail, the rest go again in one
+    // call; bisection when the answer names nothing usable. Takes over the batch's slot.
+    void isolate(pending p, const gateway::upstream_result& r, const reply& proto);
+    void bisect(pending p);
+    void answer_refused(window_type::item& item, const gateway::upstream_result& r, const reply& proto);
+    pending part_of(const pending& p) const;
     void deliver_split(pending& p, const std::string& body, const reply& proto);
     void answer(waiter& w, reply r);
     void call_safely(reply_handler& done, reply r);
@@ -119,7 +130,7 @@ private:
     boost::asio::steady_timer timer_;
     std::optional<std::chrono::steady_clock::time_point> armed_at_;
     std::deque<pending> ready_;                // closed batches waiting for a slot
-    std::set<std::string> busy_partitions_;    // ordered routes: partitions with a call in flight
+    std::set<std::string> busy_partitions_;    // ordered routes: partitions with a call in flight or backing off
     std::size_t in_flight_ = 0;                // batch calls sent or backing off
     std::size_t queued_callers_ = 0;           // callers handed out of the window, not yet answered
     std::minstd_rand rng_;

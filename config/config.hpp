@@ -125,7 +125,11 @@ enum class same_key_policy {
     share,            // "share": both callers get the one answer (default when every match entry is GET/HEAD)
     sequence,         // "sequence": the later write goes to a later batch (default otherwise)
     last_write_wins,  // "last_write_wins": one item with the latest payload
-    merge_patch       // "merge_patch": one item, RFC 7386 merge of the later payload onto the earlier
+    merge_patch,      // "merge_patch": one item, RFC 7386 merge of the later payload onto the earlier
+    // "in_batch": each caller is its own item, in arrival order, in the same batch call, for
+    // upstreams that apply a batch's operations in order; the n-th result for a key answers the
+    // key's n-th caller (or by position). The loader refuses it where that is ambiguous.
+    in_batch
 };
 
 // coalesce.request: the upstream batch call.
@@ -152,6 +156,13 @@ struct batch_request_settings {
     std::vector<std::string> forward_headers;  // extra caller headers to copy (first caller's), lower case
 };
 
+// lists[].status_rules[]: an item status chosen by several fields of the item, e.g.
+// {when: {/status: error, /error: "document not found"}, status: 404}.
+struct status_rule {
+    std::vector<std::pair<std::string, nlohmann::json>> when;  // JSON pointer -> value; all must be equal
+    int status = 0;
+};
+
 // One result list of the batch answer (coalesce.response.lists[], or the single-list form).
 struct result_list {
     std::string items;               // items: JSON pointer to the array of items; "" (default) = the root
@@ -168,6 +179,13 @@ struct result_list {
     std::string body;                // body: JSON pointer to the caller's body; "" (default) = whole item
     std::optional<nlohmann::json> body_value;  // body_value: fixed JSON body instead of body
     std::string error;               // error: JSON pointer to an error message (non-2xx), optional
+    // status_rules: tried in order before status_code / status; the first whose `when` all match
+    // gives the item's status (default none).
+    std::vector<status_rule> status_rules;
+    // template: the caller's 2xx body built from the item ({item}, {item./PTR}) and the caller's
+    // own request ({body./PTR}, {path.X}, {query.X}, {header.X}, {key}, {method}, {status});
+    // null (default) = `body` as it is.
+    nlohmann::json body_template;
 };
 
 // coalesce.response: how to split the batch answer back to callers. The single-list YAML form is
@@ -183,7 +201,16 @@ struct batch_response_settings {
 // coalesce.on_batch_error: a whole-batch 4xx answer (not 401/403/408/429).
 enum class batch_error_policy {
     fail_all,  // "fail_all" (default): every caller gets the upstream's status and body
-    isolate    // "isolate": re-send in halves until each failing item is alone
+    isolate    // "isolate": the items the answer names as failed (failed_items) get their error and
+               // the rest go again in one call; when it names none usable, re-send in halves
+};
+
+// coalesce.failed_items: where a refused all-or-nothing batch answer names its failing items.
+struct failed_items_settings {
+    std::string items;                 // items: JSON pointer to the array; "" = the root
+    std::vector<std::string> key;      // key: pointers inside an entry to the item key (first present)
+    std::vector<std::pair<std::string, nlohmann::json>> when;  // when: POINTER -> value, all equal (default none)
+    bool configured() const { return !key.empty(); }
 };
 
 // coalesce.retry: whole-batch answers worth retrying.
@@ -216,6 +243,7 @@ struct coalesce_settings {
     batch_request_settings request;
     batch_response_settings response;
     batch_error_policy on_batch_error = batch_error_policy::fail_all;  // on_batch_error: fail_all
+    failed_items_settings failed_items;                               // failed_items: none (bisection)
     retry_settings retry;                                             // retry: see retry_settings
 };
 

@@ -177,12 +177,17 @@ struct exchange {
         s.part = coalescer::make_partition(route->name, settings, caller);
         s.cost = settings.request.encoding == config::batch_encoding::json_body ? coalescer::item_cost(*item.item)
                                                                                : coalescer::item_cost(settings, key);
-        // An item that alone breaks the byte limit could only go upstream in a call the
-        // route's own limit forbids.
-        if (settings.max_batch_bytes != 0 && s.cost > settings.max_batch_bytes)
-            return fail(gateway_error::payload_too_large,
-                        "the item takes " + std::to_string(s.cost) + " bytes of the batch call, more than coalesce.max_batch_bytes (" +
-                            std::to_string(settings.max_batch_bytes) + ")");
+        if (settings.max_batch_bytes != 0) {
+            // The byte limit bounds the batch call as sent: its body (json_body) or target
+            // (query encodings), envelope included. An item that alone breaks it could only go
+            // upstream in a call the route's own limit forbids.
+            s.part.overhead = coalescer::batch_overhead(settings, s.part.values);
+            if (s.part.overhead + s.cost > settings.max_batch_bytes)
+                return fail(gateway_error::payload_too_large,
+                            "a batch call with only this item takes " + std::to_string(s.part.overhead + s.cost) +
+                                " bytes, more than coalesce.max_batch_bytes (" + std::to_string(settings.max_batch_bytes) + ")");
+        }
+        s.caller_values = coalescer::caller_values(settings, caller);
         s.key = std::move(key);
         s.item = std::move(*item.item);
         s.method = std::string(req.method_string());

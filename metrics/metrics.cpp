@@ -178,6 +178,7 @@ route_metrics& registry::route(const std::string& name) {
         m->flush_bytes = &flushes_.Add({{"route", name}, {"reason", "bytes"}});
         m->flush_timer = &flushes_.Add({{"route", name}, {"reason", "timer"}});
         m->flush_shutdown = &flushes_.Add({{"route", name}, {"reason", "shutdown"}});
+        m->flush_released = &flushes_.Add({{"route", name}, {"reason", "released"}});
         m->deduplicated = &deduplicated_.Add(labels);
         m->calls_saved = &calls_saved_.Add(labels);
         m->rejected = &rejected_.Add(labels);

@@ -45,6 +45,7 @@ struct route_metrics {
     prometheus::Counter* flush_bytes = nullptr;
     prometheus::Counter* flush_timer = nullptr;
     prometheus::Counter* flush_shutdown = nullptr;
+    prometheus::Counter* flush_released = nullptr;  // held open while the partition was busy (group commit)
     prometheus::Counter* deduplicated = nullptr;
     prometheus::Counter* calls_saved = nullptr;
     prometheus::Counter* rejected = nullptr;

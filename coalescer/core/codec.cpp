@@ -110,7 +110,7 @@ private:
 // Templates: {source.name:type} placeholders (docs/design/write-coalescing.md section 5)
 
 struct placeholder {
-    std::string_view source;  // path, query, header, body, items, key, method, map
+    std::string_view source;  // path, query, header, body, items, key, method, map; item, status (answers)
     std::string_view name;    // "" for items, key, method and the whole body
     std::string_view type;    // "" or int, number, bool, string, json
 };
@@ -127,7 +127,8 @@ std::optional<placeholder> parse_placeholder(std::string_view inner) {
         if (!is_type(p.type)) return std::nullopt;
         inner = inner.substr(0, colon);
     }
-    if (inner == "items" || inner == "key" || inner == "method" || inner == "body") {
+    if (inner == "items" || inner == "key" || inner == "method" || inner == "body" || inner == "item" ||
+        inner == "status") {
         p.source = inner;
         return p;
     }
@@ -136,7 +137,7 @@ std::optional<placeholder> parse_placeholder(std::string_view inner) {
     p.source = inner.substr(0, dot);
     p.name = inner.substr(dot + 1);
     if (p.source != "path" && p.source != "query" && p.source != "header" && p.source != "body" &&
-        p.source != "map")
+        p.source != "map" && p.source != "item")
         return std::nullopt;
     return p;
 }
@@ -408,7 +409,27 @@ struct compiled_list {
     std::vector<routes::json_pointer> key;
     std::optional<routes::json_pointer> status_code, status_field, error;
     routes::json_pointer body;
+    std::vector<std::pair<std::vector<std::pair<routes::json_pointer, const json*>>, int>> rules;
 };
+
+// Pointer -> value conditions, all of which must hold on `item`.
+bool all_equal(const std::vector<std::pair<routes::json_pointer, const json*>>& when, const json& item) {
+    return std::all_of(when.begin(), when.end(), [&item](const auto& w) {
+        const json* v = w.first.find(item);
+        return v && *v == *w.second;
+    });
+}
+
+std::optional<std::vector<std::pair<routes::json_pointer, const json*>>> compile_when(
+    const std::vector<std::pair<std::string, json>>& when) {
+    std::vector<std::pair<routes::json_pointer, const json*>> out;
+    for (const auto& [ptr, value] : when) {
+        auto p = routes::json_pointer::parse(ptr);
+        if (!p) return std::nullopt;
+        out.emplace_back(*p, &value);
+    }
+    return out;
+}
 
 std::optional<compiled_list> compile(const config::result_list& l) {
     bool bad = false;
@@ -429,6 +450,11 @@ std::optional<compiled_list> compile(const config::result_list& l) {
     c.status_field = optional_pointer(l.status_field, bad);
     c.error = optional_pointer(l.error, bad);
     if (bad) return std::nullopt;
+    for (const auto& rule : l.status_rules) {
+        auto when = compile_when(rule.when);
+        if (!when) return std::nullopt;
+        c.rules.emplace_back(std::move(*when), rule.status);
+    }
     return c;
 }
 
@@ -443,7 +469,10 @@ std::optional<std::string> key_of(const compiled_list& c, const json& item) {
 item_outcome outcome_of(const compiled_list& c, std::string_view route, const json& item) {
     const auto& l = *c.list;
     int status = 200;
-    if (l.status != 0) {
+    auto rule = std::find_if(c.rules.begin(), c.rules.end(), [&item](const auto& r) { return all_equal(r.first, item); });
+    if (rule != c.rules.end()) {
+        status = rule->second;
+    } else if (l.status != 0) {
         status = l.status;
     } else {
         std::optional<int> from_code;
@@ -467,6 +496,13 @@ item_outcome outcome_of(const compiled_list& c, std::string_view route, const js
 
     if (status >= 200 && status < 300) {
         if (status == 204) return {status, {}};
+        if (!l.body_template.is_null()) {
+            // Rendered per caller (render_answer): it may use the caller's own request.
+            item_outcome out{status, {}};
+            out.entry = item;
+            out.render = &l;
+            return out;
+        }
         if (l.body_value) return {status, dump(*l.body_value)};
         const json* body = c.body.find(item);
         if (!body) return item_error(502, "upstream item has no " + c.body.text(), route);
@@ -828,6 +864,7 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
         return out;
     }
 
+    out.keys = keys;
     if (by_position) {
         const json& items = *arrays.front();
         if (items.size() != keys.size()) {
@@ -835,19 +872,19 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
                         " items for " + std::to_string(keys.size()) + " requested keys";
             return out;
         }
-        for (std::size_t i = 0; i < keys.size(); ++i) out.items[keys[i]] = outcome_of(lists.front(), route_name, items[i]);
+        for (std::size_t i = 0; i < keys.size(); ++i) out.items.push_back(outcome_of(lists.front(), route_name, items[i]));
         return out;
     }
 
-    // First item seen per requested key (first list wins); a second, different item for the same
-    // key in the same list marks the key ambiguous.
+    // Requested keys with how often each was asked (more than once only under same_key
+    // in_batch: the n-th entry for a key answers its n-th operation).
+    std::unordered_map<std::string, std::size_t> requested;
+    for (const auto& k : keys) ++requested[k];
     struct seen {
         std::size_t list;
         const json* item;
     };
-    std::unordered_map<std::string, seen> found;
-    std::unordered_set<std::string> requested(keys.begin(), keys.end());
-    std::unordered_set<std::string> duplicated;
+    std::unordered_map<std::string, std::vector<seen>> found;
     for (std::size_t li = 0; li < lists.size(); ++li) {
         if (!arrays[li]) continue;
         for (const auto& item : *arrays[li]) {
@@ -856,25 +893,177 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
                 ++out.ignored_items;
                 continue;
             }
-            auto [it, inserted] = found.emplace(*key, seen{li, &item});
-            if (!inserted && it->second.list == li && *it->second.item != item) duplicated.insert(*key);
+            found[*key].push_back(seen{li, &item});
         }
     }
 
+    auto ambiguous = [&](const std::string& key, const std::string& why) {
+        return item_outcome{502, error_body(gateway_error::upstream_bad_response,
+                                            "upstream returned key \"" + key + "\" " + why, route_name)};
+    };
+    std::unordered_map<std::string, std::size_t> occurrence;
     for (const auto& key : keys) {
-        if (duplicated.contains(key)) {
-            out.items[key] = {502, error_body(gateway_error::upstream_bad_response,
-                                              "upstream returned key \"" + key + "\" more than once",
-                                              route_name)};
-        } else if (auto it = found.find(key); it != found.end()) {
-            out.items[key] = outcome_of(lists[it->second.list], route_name, *it->second.item);
+        const std::size_t n = occurrence[key]++;
+        const std::size_t asked = requested[key];
+        auto it = found.find(key);
+        if (it == found.end()) {
+            out.items.push_back({rs.missing_status,
+                                 error_body("not_found", "no item with key \"" + key + "\" in the upstream batch answer",
+                                            route_name)});
+            continue;
+        }
+        const auto& entries = it->second;
+        if (asked == 1) {
+            // First list wins; a second, different entry in that same list is ambiguous.
+            const seen& first = entries.front();
+            const bool twice = std::any_of(entries.begin() + 1, entries.end(), [&](const seen& e) {
+                return e.list == first.list && *e.item != *first.item;
+            });
+            out.items.push_back(twice ? ambiguous(key, "more than once")
+                                      : outcome_of(lists[first.list], route_name, *first.item));
+        } else if (entries.size() == asked) {
+            out.items.push_back(outcome_of(lists[entries[n].list], route_name, *entries[n].item));
         } else {
-            out.items[key] = {rs.missing_status,
-                              error_body("not_found",
-                                         "no item with key \"" + key + "\" in the upstream batch answer",
-                                         route_name)};
+            out.items.push_back(ambiguous(key, std::to_string(entries.size()) + " times for " + std::to_string(asked) +
+                                                   " operations"));
         }
     }
+    return out;
+}
+
+const item_outcome* split_outcome::find(std::string_view key, std::size_t occurrence) const {
+    for (std::size_t i = 0; i < keys.size() && i < items.size(); ++i)
+        if (keys[i] == key && occurrence-- == 0) return &items[i];
+    return nullptr;
+}
+
+std::size_t batch_overhead(const config::coalesce_settings& settings, const partition_values& values) {
+    const auto& rq = settings.request;
+    const outgoing_request empty = build_batch_request(settings, values, {}, {});
+    // n items: the empty call plus each item's cost, less the one separator n items do not need.
+    switch (rq.encoding) {
+        case config::batch_encoding::json_body: return empty.body.size() - std::min<std::size_t>(1, empty.body.size());
+        case config::batch_encoding::query_list:
+            return empty.target.size() - std::min(rq.separator.size(), empty.target.size());
+        case config::batch_encoding::query_repeat: return empty.target.size();
+    }
+    return 0;
+}
+
+namespace {
+
+// The name a caller value is stored under: "path.id", "body./title", "method", "body".
+std::string value_name(const placeholder& p) {
+    return p.name.empty() ? std::string(p.source) : std::string(p.source) + "." + std::string(p.name);
+}
+
+bool answer_side(std::string_view source) { return source == "item" || source == "status" || source == "key"; }
+
+}  // namespace
+
+nlohmann::json caller_values(const config::coalesce_settings& settings, const caller_request& request) {
+    json out = json::object();
+    lazy_body body(request.body);
+    std::optional<routes::param_list> query;
+    template_values values;
+    values.resolve = [&](const placeholder& p, bool& known) -> std::optional<json> {
+        known = false;  // only collecting: the template copy is thrown away
+        if (answer_side(p.source)) return std::nullopt;
+        const std::string name = value_name(p);
+        if (out.contains(name)) return std::nullopt;
+        std::optional<json> v;
+        if (p.source == "path") {
+            if (auto x = path_value(request.path_params, p.name)) v = json(*x);
+        } else if (p.source == "query") {
+            if (!query) query = routes::parse_query(request.query);
+            if (auto x = first_query_value(*query, p.name)) v = json(*x);
+        } else if (p.source == "header") {
+            if (auto x = header_value(request, p.name)) v = json(*x);
+        } else if (p.source == "method") {
+            v = json(to_upper(request.method));
+        } else if (p.source == "body") {
+            if (const json* doc = body.get()) {
+                if (p.name.empty()) {
+                    v = *doc;
+                } else if (auto ptr = routes::json_pointer::parse(p.name)) {
+                    if (const json* x = ptr->find(*doc)) v = *x;
+                }
+            }
+        }
+        if (v) out[name] = std::move(*v);
+        return std::nullopt;
+    };
+    for (const auto& l : settings.response.lists) {
+        if (l.body_template.is_null()) continue;
+        json copy = l.body_template;
+        fill_template(copy, values);
+    }
+    return out;
+}
+
+rendered_answer render_answer(const item_outcome& outcome, const nlohmann::json& caller, std::string_view key) {
+    rendered_answer out;
+    if (!outcome.render) {
+        out.body = outcome.body;
+        return out;
+    }
+    template_values values;
+    values.resolve = [&](const placeholder& p, bool& known) -> std::optional<json> {
+        if (p.source == "item") {
+            if (p.name.empty()) return outcome.entry;
+            auto ptr = routes::json_pointer::parse(p.name);
+            const json* v = ptr ? ptr->find(outcome.entry) : nullptr;
+            if (!v) return std::nullopt;
+            return *v;
+        }
+        if (p.source == "status") return json(outcome.status);
+        if (p.source == "key") return json(std::string(key));
+        if (p.source == "items" || p.source == "map") {
+            known = false;
+            return std::nullopt;
+        }
+        auto it = caller.find(value_name(p));
+        if (it == caller.end()) return std::nullopt;
+        return *it;
+    };
+    json body = outcome.render->body_template;
+    if (fill_template(body, values) == fill::remove) body = json::object();
+    if (!values.error.empty()) {
+        out.error = "cannot build the answer from the upstream item: " + values.error;
+        return out;
+    }
+    out.body = dump(body);
+    return out;
+}
+
+std::optional<std::vector<std::string>> named_failures(const config::coalesce_settings& settings, std::string_view body,
+                                                       std::size_t max_json_depth) {
+    const auto& f = settings.failed_items;
+    if (!f.configured()) return std::nullopt;
+    auto parsed = routes::parse_json(body, max_json_depth);
+    if (!parsed.ok()) return std::nullopt;
+    auto items_ptr = routes::json_pointer::parse(f.items);
+    auto when = compile_when(f.when);
+    if (!items_ptr || !when) return std::nullopt;
+    const json* items = items_ptr->find(parsed.value);
+    if (!items || !items->is_array()) return std::nullopt;
+    std::vector<routes::json_pointer> key_ptrs;
+    for (const auto& k : f.key) {
+        auto p = routes::json_pointer::parse(k);
+        if (!p) return std::nullopt;
+        key_ptrs.push_back(*p);
+    }
+    std::vector<std::string> out;
+    for (const auto& entry : *items) {
+        if (!all_equal(*when, entry)) continue;
+        for (const auto& p : key_ptrs) {
+            if (const json* v = p.find(entry)) {
+                if (auto k = key_text(*v)) out.push_back(std::move(*k));
+                break;
+            }
+        }
+    }
+    if (out.empty()) return std::nullopt;
     return out;
 }
 

@@ -5,6 +5,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -42,6 +43,9 @@ struct partition_values {
 struct partition {
     std::string key;  // unambiguous encoding of route name + every partition value
     partition_values values;
+    // Bytes of this partition's batch call besides its items (batch_overhead), when the route
+    // has a max_batch_bytes; 0 otherwise.
+    std::size_t overhead = 0;
 };
 
 // Partition of a caller. Absent and empty values are distinguished in the key. Body pointers
@@ -102,8 +106,15 @@ outgoing_request build_batch_request(const config::coalesce_settings& settings,
 
 // One caller's answer, split from the batch response. body is JSON text.
 struct item_outcome {
+    item_outcome() = default;
+    item_outcome(int s, std::string b) : status(s), body(std::move(b)) {}
+
     int status = 200;
     std::string body;
+    // Set when the item's list has a response template: the body is rendered per caller by
+    // render_answer (it may use the caller's own request), from this copy of the item.
+    nlohmann::json entry;
+    const config::result_list* render = nullptr;
 };
 
 struct split_outcome {
@@ -111,11 +122,21 @@ struct split_outcome {
     // array, the only list missing, by_position with the wrong length); then items is empty and
     // every caller gets 502.
     std::string error;
-    // One entry per requested key: found items, items with a per-item error status, and
-    // missing keys (missing_status with a JSON error body). Lists are walked in order: a key
-    // in two lists gets the first list's answer. A 204 item has an empty body.
-    std::unordered_map<std::string, item_outcome> items;
+    // items[i] answers keys[i]: found items, items with a per-item error status, and missing
+    // keys (missing_status with a JSON error body). Lists are walked in order: a key in two
+    // lists gets the first list's answer. A key asked n times (same_key: in_batch) takes the
+    // n entries for it in answer order; any other count is a 502 for each of them. A 204 item
+    // has an empty body.
+    std::vector<std::string> keys;
+    std::vector<item_outcome> items;
     std::size_t ignored_items = 0;  // items without a usable key, or with a key nobody asked for
+
+    // The answer to the occurrence-th request of key (0 = first), or nullptr.
+    const item_outcome* find(std::string_view key, std::size_t occurrence = 0) const;
+    const item_outcome& at(std::string_view key) const {
+        if (const item_outcome* o = find(key)) return *o;
+        throw std::out_of_range("split_outcome: no such key");
+    }
 };
 
 // An answer nested deeper than max_json_depth (limits.max_json_depth) is unusable.
@@ -123,5 +144,27 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
                                    std::string_view route_name, std::string_view body,
                                    const std::vector<std::string>& keys,
                                    std::size_t max_json_depth = routes::max_json_depth_cap);
+
+// Bytes of a partition's batch call besides its items: the batch call (the body for json_body,
+// the request target for query encodings) is exactly batch_overhead + the sum of item_cost of
+// its items. For max_batch_bytes.
+std::size_t batch_overhead(const config::coalesce_settings& settings, const partition_values& values);
+
+// The values of the caller's own request that the route's response templates use (an object
+// keyed "path.id", "body./title", "method", ...), kept with the caller until its answer.
+nlohmann::json caller_values(const config::coalesce_settings& settings, const caller_request& request);
+
+// A caller's body: the outcome's body, or its template rendered with the item, the caller's
+// values and key. error set (502 for the caller) when a typed placeholder does not convert.
+struct rendered_answer {
+    std::string body;
+    std::string error;
+};
+rendered_answer render_answer(const item_outcome& outcome, const nlohmann::json& caller_values, std::string_view key);
+
+// The keys a refused batch answer names as failed (coalesce.failed_items), in answer order;
+// nullopt when the route has no failed_items or the answer names none usable.
+std::optional<std::vector<std::string>> named_failures(const config::coalesce_settings& settings, std::string_view body,
+                                                       std::size_t max_json_depth);
 
 }  // namespace batchgate::coalescer

@@ -1,6 +1,12 @@
 // The pure batching logic of one coalescing route: partitions, deduplication and the three
 // flush triggers (items, bytes, oldest waiter's age). It has no clock and no I/O: every call
 // takes `now`, and the owner (coalescer/batcher.hpp) arms one timer at next_deadline().
+//
+// Group commit: when a batch's time is up but its partition cannot send (it has a call in
+// flight, or the route has no free slot), the owner says so through expire()'s `blocked`
+// predicate and the batch stays open: everything that arrives for the partition meanwhile joins
+// it (up to the item and byte limits), and release() closes it the moment the partition can
+// send. One next call per partition, never several small back-to-back ones.
 // Not thread-safe: the owner calls it from one strand.
 #pragma once
 
@@ -19,7 +25,7 @@
 
 namespace batchgate::coalescer {
 
-enum class flush_reason { size, bytes, timer, shutdown };
+enum class flush_reason { size, bytes, timer, shutdown, released };
 
 inline const char* to_string(flush_reason r) {
     switch (r) {
@@ -27,16 +33,17 @@ inline const char* to_string(flush_reason r) {
         case flush_reason::bytes: return "bytes";
         case flush_reason::timer: return "timer";
         case flush_reason::shutdown: return "shutdown";
+        case flush_reason::released: return "released";
     }
     return "unknown";
 }
 
 // What a caller whose key already waits in its partition's open batch does.
-enum class same_key { share, sequence, last_write_wins, merge_patch };
+enum class same_key { share, sequence, last_write_wins, merge_patch, in_batch };
 
 struct window_limits {
-    std::size_t max_items = 100;                // distinct keys per batch
-    std::size_t max_bytes = 0;                  // 0 = unlimited
+    std::size_t max_items = 100;                // items per batch (with in_batch, one per caller)
+    std::size_t max_bytes = 0;                  // 0 = unlimited; partition.overhead + item costs
     std::chrono::nanoseconds max_wait{5'000'000};
     same_key policy = same_key::share;
 };
@@ -57,8 +64,10 @@ public:
     struct batch {
         std::string partition_key;
         partition_values values;
-        std::vector<item> items;  // distinct keys in arrival order
-        std::size_t bytes = 0;
+        // Arrival order. Keys are distinct except under in_batch, where each caller of a key
+        // is its own item (the n-th item of a key is that key's n-th operation).
+        std::vector<item> items;
+        std::size_t bytes = 0;  // the batch call's size: partition overhead + item costs
         time_point opened{};
         flush_reason reason = flush_reason::timer;
         std::size_t waiter_count() const {
@@ -72,12 +81,14 @@ public:
 
     // Adds one caller and returns the batches this add closed (usually none). What happens to
     // a caller whose key already waits in its partition depends on the same_key policy:
-    // share (read dedup), merge (one item, every merged caller answered), or sequence (the
-    // later write waits for a later batch, keeping arrival order).
+    // share (read dedup), merge (one item, every merged caller answered), sequence (the
+    // later write waits for a later batch, keeping arrival order) or in_batch (another item
+    // for the same key in the same batch, after the earlier one).
     std::vector<batch> add(const partition& part, std::string key, std::size_t cost, Waiter waiter,
                            time_point now, nlohmann::json payload = nullptr) {
         std::vector<batch> closed;
-        add_to(part.key, part.values, std::move(key), cost, std::move(waiter), now, std::move(payload), closed);
+        add_to(part.key, part.values, part.overhead, std::move(key), cost, std::move(waiter), now, std::move(payload),
+               closed);
         return closed;
     }
 
@@ -88,23 +99,65 @@ public:
         return deadlines_.front().at;
     }
 
-    // Closes every batch whose oldest waiter has waited max_wait by `now`.
-    std::vector<batch> expire(time_point now) {
+    // Closes every batch whose oldest waiter has waited max_wait by `now`, except those whose
+    // partition is blocked(partition_key): they are held open (group commit) until release().
+    template <class Blocked>
+    std::vector<batch> expire(time_point now, Blocked&& blocked) {
         std::vector<batch> closed;
         drop_stale();
         while (!deadlines_.empty() && deadlines_.front().at <= now) {
-            auto it = open_.find(deadlines_.front().partition_key);
+            deadline d = std::move(deadlines_.front());
             deadlines_.pop_front();
-            close(it, flush_reason::timer, now, closed);
+            auto it = open_.find(d.partition_key);
+            if (blocked(d.partition_key))
+                held_.push_back(std::move(d));
+            else
+                close(it, flush_reason::timer, now, closed);
             drop_stale();
         }
         return closed;
     }
+    std::vector<batch> expire(time_point now) {
+        return expire(now, [](const std::string&) { return false; });
+    }
+
+    // Closes the oldest held batch whose partition is no longer blocked; empty when there is
+    // none. The owner calls it again after sending what it returned, since sending may block
+    // other partitions (the route's last free slot).
+    template <class Blocked>
+    std::vector<batch> release(time_point now, Blocked&& blocked) {
+        std::vector<batch> closed;
+        for (auto h = held_.begin(); h != held_.end();) {
+            auto it = open_.find(h->partition_key);
+            if (it == open_.end() || it->second.generation != h->generation) {
+                h = held_.erase(h);  // closed meanwhile by size or bytes
+                continue;
+            }
+            if (blocked(h->partition_key)) {
+                ++h;
+                continue;
+            }
+            held_.erase(h);
+            close(it, flush_reason::released, now, closed);
+            break;
+        }
+        return closed;
+    }
+
+    // Batches held open for a blocked partition (some may have closed by size since).
+    std::size_t held() const { return held_.size(); }
 
     // Closes everything (shutdown, reload): every waiter is handed back exactly once.
     // Sequenced writes come out as successive batches, in arrival order.
     std::vector<batch> drain(time_point now = {}) {
         std::vector<batch> closed;
+        while (!held_.empty()) {
+            deadline d = std::move(held_.front());
+            held_.pop_front();
+            auto it = open_.find(d.partition_key);
+            if (it != open_.end() && it->second.generation == d.generation)
+                close(it, flush_reason::shutdown, now, closed);
+        }
         while (!deadlines_.empty()) {
             deadline d = std::move(deadlines_.front());
             deadlines_.pop_front();
@@ -133,6 +186,7 @@ private:
         batch b;
         std::unordered_map<std::string, std::size_t> index;  // key -> position in b.items
         std::vector<deferred> overflow;
+        std::size_t overhead = 0;  // bytes of the batch call without items
         std::uint64_t generation = 0;
     };
     struct deadline {
@@ -142,13 +196,14 @@ private:
     };
     using map = std::unordered_map<std::string, open_batch>;
 
-    void add_to(const std::string& pkey, const partition_values& values, std::string key, std::size_t cost,
-                Waiter waiter, time_point now, nlohmann::json payload, std::vector<batch>& closed) {
+    void add_to(const std::string& pkey, const partition_values& values, std::size_t overhead, std::string key,
+                std::size_t cost, Waiter waiter, time_point now, nlohmann::json payload, std::vector<batch>& closed) {
         ++waiting_;
         auto it = open_.find(pkey);
         if (it != open_.end()) {
             open_batch& ob = it->second;
-            if (auto idx = ob.index.find(key); idx != ob.index.end()) {
+            auto idx = ob.index.find(key);
+            if (idx != ob.index.end() && limits_.policy != same_key::in_batch) {
                 item& existing = ob.b.items[idx->second];
                 switch (limits_.policy) {
                     case same_key::share:
@@ -174,26 +229,30 @@ private:
                     case same_key::sequence:
                         ob.overflow.push_back({std::move(key), std::move(payload), cost, std::move(waiter)});
                         return;
+                    case same_key::in_batch:
+                        break;  // not reached
                 }
                 existing.waiters.push_back(std::move(waiter));
                 return;
             }
+            // in_batch: a key already in the batch gets another item after its earlier ones.
             if (!ob.overflow.empty() && limits_.policy == same_key::sequence) {
                 // Keep arrival order within the partition: once writes are sequenced behind
                 // this batch, later ones queue behind them too.
                 ob.overflow.push_back({std::move(key), std::move(payload), cost, std::move(waiter)});
                 return;
             }
-            // Byte limit: close the current batch first, so the new key starts a fresh one.
+            // Byte limit: close the current batch first, so the new item starts a fresh one.
             if (limits_.max_bytes && ob.b.bytes + cost > limits_.max_bytes && !ob.b.items.empty()) {
                 close(it, flush_reason::bytes, now, closed);
                 --waiting_;  // counted again below
-                return add_to(pkey, values, std::move(key), cost, std::move(waiter), now, std::move(payload), closed);
+                return add_to(pkey, values, overhead, std::move(key), cost, std::move(waiter), now, std::move(payload),
+                              closed);
             }
         }
-        if (it == open_.end()) it = open_new(pkey, values, now);
+        if (it == open_.end()) it = open_new(pkey, values, overhead, now);
         open_batch& ob = it->second;
-        ob.index.emplace(key, ob.b.items.size());
+        ob.index.emplace(key, ob.b.items.size());  // the first item of a key (in_batch: one of several)
         ob.b.bytes += cost;
         item fresh{std::move(key), std::move(payload), {}};
         fresh.waiters.push_back(std::move(waiter));
@@ -204,10 +263,13 @@ private:
             close(it, flush_reason::bytes, now, closed);
     }
 
-    typename map::iterator open_new(const std::string& key, const partition_values& values, time_point now) {
+    typename map::iterator open_new(const std::string& key, const partition_values& values, std::size_t overhead,
+                                    time_point now) {
         open_batch ob;
         ob.b.partition_key = key;
         ob.b.values = values;
+        ob.b.bytes = overhead;
+        ob.overhead = overhead;
         ob.b.opened = now;
         ob.generation = ++generation_;
         // max_wait is the same for every partition and now never goes back, so deadlines stay sorted.
@@ -219,6 +281,7 @@ private:
     void close(typename map::iterator it, flush_reason reason, time_point now, std::vector<batch>& closed) {
         batch b = std::move(it->second.b);
         std::vector<deferred> overflow = std::move(it->second.overflow);
+        const std::size_t overhead = it->second.overhead;
         open_.erase(it);
         b.reason = reason;
         waiting_ -= b.waiter_count();
@@ -227,7 +290,8 @@ private:
         const partition_values values = overflow.empty() ? partition_values{} : b.values;
         closed.push_back(std::move(b));
         for (auto& d : overflow)
-            add_to(pkey, values, std::move(d.key), d.cost, std::move(d.waiter), now, std::move(d.payload), closed);
+            add_to(pkey, values, overhead, std::move(d.key), d.cost, std::move(d.waiter), now, std::move(d.payload),
+                   closed);
     }
 
     // Deadlines of batches already closed by size or bytes are removed lazily.
@@ -242,6 +306,7 @@ private:
     window_limits limits_;
     map open_;
     std::deque<deadline> deadlines_;
+    std::deque<deadline> held_;  // due batches of blocked partitions, oldest first
     std::uint64_t generation_ = 0;
     std::size_t waiting_ = 0;
     std::size_t deduplicated_ = 0;

@@ -505,13 +505,13 @@ TEST(SplitA, UnorderedRootArrayAndAbsentIdsGet404) {
         {"1", "2", "7"});
     ASSERT_TRUE(out.error.empty()) << out.error;
     ASSERT_EQ(out.items.size(), 3u);
-    EXPECT_EQ(out.items.at("1").status, 200);
-    EXPECT_EQ(json::parse(out.items.at("1").body), json::parse(R"({"id":"1","name":"One"})"));
-    EXPECT_EQ(out.items.at("7").status, 200);
-    EXPECT_EQ(json::parse(out.items.at("7").body)["name"], "Seven");
+    EXPECT_EQ(out.at("1").status, 200);
+    EXPECT_EQ(json::parse(out.at("1").body), json::parse(R"({"id":"1","name":"One"})"));
+    EXPECT_EQ(out.at("7").status, 200);
+    EXPECT_EQ(json::parse(out.at("7").body)["name"], "Seven");
 
-    EXPECT_EQ(out.items.at("2").status, 404);
-    EXPECT_EQ(error_json(out.items.at("2")),
+    EXPECT_EQ(out.at("2").status, 404);
+    EXPECT_EQ(error_json(out.at("2")),
               json::parse(R"({"error":"not_found","route":"users",
                   "message":"no item with key \"2\" in the upstream batch answer"})"));
     EXPECT_EQ(out.ignored_items, 1u);  // id 99 was not asked for
@@ -526,7 +526,7 @@ TEST(SplitA, DeeplyNestedAnswerIsUnusableNotACrash) {
     // The same bound applies to items: one deep item makes the whole answer unusable.
     auto item = split_batch_response(s, "users", R"([{"id":"1","x":[[[[1]]]]}])", {"1"}, 4);
     EXPECT_FALSE(item.error.empty());
-    EXPECT_EQ(split_batch_response(s, "users", R"([{"id":"1","x":[[1]]}])", {"1"}, 4).items.at("1").status, 200);
+    EXPECT_EQ(split_batch_response(s, "users", R"([{"id":"1","x":[[1]]}])", {"1"}, 4).at("1").status, 200);
 }
 
 TEST(BuildItem, DeepBodyOrJsonValueNeverBuildsAnItem) {
@@ -553,16 +553,16 @@ TEST(BuildItem, DeepBodyOrJsonValueNeverBuildsAnItem) {
 TEST(SplitA, IntegerKeysMatchTheirText) {
     auto s = users_api();
     auto out = split_batch_response(s, "users", R"([{"id":7,"name":"Seven"}])", {"7"});
-    EXPECT_EQ(out.items.at("7").status, 200);
-    EXPECT_EQ(json::parse(out.items.at("7").body)["name"], "Seven");
+    EXPECT_EQ(out.at("7").status, 200);
+    EXPECT_EQ(json::parse(out.at("7").body)["name"], "Seven");
 }
 
 TEST(SplitA, MissingStatusIsConfigurable) {
     auto s = users_api();
     s.response.missing_status = 410;
     auto out = split_batch_response(s, "users", "[]", {"1"});
-    EXPECT_EQ(out.items.at("1").status, 410);
-    EXPECT_EQ(error_json(out.items.at("1"))["error"], "not_found");
+    EXPECT_EQ(out.at("1").status, 410);
+    EXPECT_EQ(error_json(out.at("1"))["error"], "not_found");
 }
 
 TEST(SplitA, ItemsWithWrongKeyTypeAreIgnored) {
@@ -572,8 +572,8 @@ TEST(SplitA, ItemsWithWrongKeyTypeAreIgnored) {
         {"7"});
     ASSERT_TRUE(out.error.empty());
     EXPECT_EQ(out.ignored_items, 6u);
-    EXPECT_EQ(out.items.at("7").status, 200);
-    EXPECT_EQ(out.items.at("7").body, R"({"id":"7"})");
+    EXPECT_EQ(out.at("7").status, 200);
+    EXPECT_EQ(out.at("7").body, R"({"id":"7"})");
 }
 
 TEST(SplitA, DuplicateKeysDifferentContentIs502IdenticalIsFine) {
@@ -583,12 +583,12 @@ TEST(SplitA, DuplicateKeysDifferentContentIs502IdenticalIsFine) {
         R"([{"id":"7","name":"a"},{"id":"1","name":"one"},{"id":"7","name":"b"},{"id":"1","name":"one"}])",
         {"1", "7"});
     ASSERT_TRUE(out.error.empty());
-    EXPECT_EQ(out.items.at("7").status, 502);
-    auto e = error_json(out.items.at("7"));
+    EXPECT_EQ(out.at("7").status, 502);
+    auto e = error_json(out.at("7"));
     EXPECT_EQ(e["message"], "upstream returned key \"7\" more than once");
     EXPECT_EQ(e["route"], "users");
-    EXPECT_EQ(out.items.at("1").status, 200);
-    EXPECT_EQ(json::parse(out.items.at("1").body)["name"], "one");
+    EXPECT_EQ(out.at("1").status, 200);
+    EXPECT_EQ(json::parse(out.at("1").body)["name"], "one");
 }
 
 TEST(SplitA, MalformedJsonFailsTheWholeBatch) {
@@ -615,7 +615,7 @@ TEST(SplitA, InvalidUtf8InItemsDoesNotThrow) {
     EXPECT_FALSE(out.error.empty());
     // A key with invalid UTF-8 in the missing-key message still gives a valid JSON body.
     ASSERT_NO_THROW(out = split_batch_response(s, "users", "[]", {"\xff"}));
-    EXPECT_TRUE(json::accept(out.items.at("\xff").body));
+    EXPECT_TRUE(json::accept(out.at("\xff").body));
 }
 
 // ---------------------------------------------------------------- split: B
@@ -626,11 +626,11 @@ TEST(SplitB, ReferenceResponse) {
     ASSERT_TRUE(out.error.empty()) << out.error;
     EXPECT_EQ(out.ignored_items, 0u);
 
-    EXPECT_EQ(out.items.at("a1").status, 200);
-    EXPECT_EQ(out.items.at("a1").body, R"({"id":"a1","name":"x"})");
+    EXPECT_EQ(out.at("a1").status, 200);
+    EXPECT_EQ(out.at("a1").body, R"({"id":"a1","name":"x"})");
 
-    EXPECT_EQ(out.items.at("a2").status, 404);
-    EXPECT_EQ(error_json(out.items.at("a2")),
+    EXPECT_EQ(out.at("a2").status, 404);
+    EXPECT_EQ(error_json(out.at("a2")),
               json::parse(R"({"error":"upstream_item_error","message":"not found","route":"activities"})"));
 }
 
@@ -644,13 +644,13 @@ TEST(SplitB, StatusFromMapWhenNoStatusCode) {
         {"id":"a4","status":"error","status_code":0,"error":"boom"}]})",
                                     {"a1", "a2", "a3", "a4"});
     ASSERT_TRUE(out.error.empty()) << out.error;
-    EXPECT_EQ(out.items.at("a1").status, 500);
-    EXPECT_EQ(error_json(out.items.at("a1"))["message"], "upstream reported status 500 for this item");
-    EXPECT_EQ(out.items.at("a2").status, 201);
-    EXPECT_EQ(out.items.at("a2").body, R"({"ok":1})");
-    EXPECT_EQ(out.items.at("a3").status, 202);
-    EXPECT_EQ(out.items.at("a4").status, 500);  // status_code out of range: fall back to status
-    EXPECT_EQ(error_json(out.items.at("a4"))["message"], "boom");
+    EXPECT_EQ(out.at("a1").status, 500);
+    EXPECT_EQ(error_json(out.at("a1"))["message"], "upstream reported status 500 for this item");
+    EXPECT_EQ(out.at("a2").status, 201);
+    EXPECT_EQ(out.at("a2").body, R"({"ok":1})");
+    EXPECT_EQ(out.at("a3").status, 202);
+    EXPECT_EQ(out.at("a4").status, 500);  // status_code out of range: fall back to status
+    EXPECT_EQ(error_json(out.at("a4"))["message"], "boom");
 }
 
 // An item whose status_code cannot be read is never taken for a success (fail closed).
@@ -665,13 +665,13 @@ TEST(SplitB, UnreadableStatusCodeWithoutStatusFieldIs502) {
         {"id":"a5","status_code":404,"error":"not found"}]})",
                                     {"a1", "a2", "a3", "a4", "a5"});
     ASSERT_TRUE(out.error.empty()) << out.error;
-    EXPECT_EQ(out.items.at("a1").status, 502);
-    EXPECT_NE(error_json(out.items.at("a1"))["message"].get<std::string>().find("invalid item status code \"404\""),
+    EXPECT_EQ(out.at("a1").status, 502);
+    EXPECT_NE(error_json(out.at("a1"))["message"].get<std::string>().find("invalid item status code \"404\""),
               std::string::npos);
-    EXPECT_EQ(out.items.at("a2").status, 502);
-    EXPECT_EQ(out.items.at("a3").status, 200);  // null: no status code given
-    EXPECT_EQ(out.items.at("a4").status, 200);
-    EXPECT_EQ(out.items.at("a5").status, 404);
+    EXPECT_EQ(out.at("a2").status, 502);
+    EXPECT_EQ(out.at("a3").status, 200);  // null: no status code given
+    EXPECT_EQ(out.at("a4").status, 200);
+    EXPECT_EQ(out.at("a5").status, 404);
 }
 
 TEST(SplitB, UnknownStatusStringIs502) {
@@ -679,8 +679,8 @@ TEST(SplitB, UnknownStatusStringIs502) {
     auto out = split_batch_response(
         s, "activities", R"({"results":[{"id":"a1","status":"pending","data":{"id":"a1"}}]})", {"a1"});
     ASSERT_TRUE(out.error.empty());
-    EXPECT_EQ(out.items.at("a1").status, 502);
-    auto e = error_json(out.items.at("a1"));
+    EXPECT_EQ(out.at("a1").status, 502);
+    auto e = error_json(out.at("a1"));
     EXPECT_EQ(e["error"], "upstream_item_error");
     EXPECT_NE(e["message"].get<std::string>().find("pending"), std::string::npos);
 }
@@ -689,8 +689,8 @@ TEST(SplitB, SuccessWithoutDataIs502) {
     auto s = activities_api();
     auto out =
         split_batch_response(s, "activities", R"({"results":[{"id":"a1","status":"success"}]})", {"a1"});
-    EXPECT_EQ(out.items.at("a1").status, 502);
-    EXPECT_EQ(error_json(out.items.at("a1"))["message"], "upstream item has no /data");
+    EXPECT_EQ(out.at("a1").status, 502);
+    EXPECT_EQ(error_json(out.at("a1"))["message"], "upstream item has no /data");
 }
 
 TEST(SplitB, NoStatusPointersMeans200) {
@@ -699,8 +699,8 @@ TEST(SplitB, NoStatusPointersMeans200) {
     s.response.lists[0].status_field.clear();
     auto out = split_batch_response(
         s, "activities", R"({"results":[{"id":"a1","status_code":404,"data":{"id":"a1"}}]})", {"a1"});
-    EXPECT_EQ(out.items.at("a1").status, 200);
-    EXPECT_EQ(out.items.at("a1").body, R"({"id":"a1"})");
+    EXPECT_EQ(out.at("a1").status, 200);
+    EXPECT_EQ(out.at("a1").body, R"({"id":"a1"})");
 }
 
 TEST(SplitB, ItemsPointerNotAnArray) {
@@ -720,8 +720,8 @@ TEST(SplitByPosition, ItemIBelongsToKeyI) {
     s.response.lists[0].key.clear();
     auto out = split_batch_response(s, "users", R"([{"name":"one"},{"name":"two"}])", {"1", "2"});
     ASSERT_TRUE(out.error.empty()) << out.error;
-    EXPECT_EQ(json::parse(out.items.at("1").body)["name"], "one");
-    EXPECT_EQ(json::parse(out.items.at("2").body)["name"], "two");
+    EXPECT_EQ(json::parse(out.at("1").body)["name"], "one");
+    EXPECT_EQ(json::parse(out.at("2").body)["name"], "two");
 }
 
 TEST(SplitByPosition, WrongLengthFailsTheWholeBatch) {
@@ -741,9 +741,9 @@ TEST(SplitByPosition, BareIdListWithRootKey) {
     s.response.lists[0].key = {""};
     auto out = split_batch_response(s, "progress", R"({"accepted":["e-1"],"duplicates":["e-0"]})",
                                     {"e-1", "e-0"});
-    EXPECT_EQ(out.items.at("e-1").status, 200);
-    EXPECT_EQ(out.items.at("e-1").body, R"("e-1")");
-    EXPECT_EQ(out.items.at("e-0").status, 404);
+    EXPECT_EQ(out.at("e-1").status, 200);
+    EXPECT_EQ(out.at("e-1").body, R"("e-1")");
+    EXPECT_EQ(out.at("e-0").status, 404);
 }
 
 // ================================================================ write coalescing: C, D, E, F
@@ -1041,21 +1041,21 @@ TEST(WritesC, SplitSuccessTrueAndFalse) {
         {"abilityId":7,"action":"decrement","success":true,"data":{"id":7,"score":2}}]})",
                                     {"4", "7"});
     ASSERT_TRUE(out.error.empty()) << out.error;
-    EXPECT_EQ(out.items.at("4").status, 200);
-    EXPECT_EQ(json::parse(out.items.at("4").body),
+    EXPECT_EQ(out.at("4").status, 200);
+    EXPECT_EQ(json::parse(out.at("4").body),
               json::parse(R"({"id":4,"ability_name":"Area Lore","score":5,"effective_score":6,"experience_points":75})"));
-    EXPECT_EQ(json::parse(out.items.at("7").body), json::parse(R"({"id":7,"score":2})"));
+    EXPECT_EQ(json::parse(out.at("7").body), json::parse(R"({"id":7,"score":2})"));
 
     // The all-or-nothing 422 answer: the failing operation is found, the others are not in it.
     out = split_batch_response(s, "abilities", R"({"status":"error","results":[
         {"abilityId":7,"action":"decrement","success":false,"error":"score would be negative"}]})",
                                {"4", "7"});
     ASSERT_TRUE(out.error.empty()) << out.error;
-    EXPECT_EQ(out.items.at("7").status, 422);
-    EXPECT_EQ(error_json(out.items.at("7")),
+    EXPECT_EQ(out.at("7").status, 422);
+    EXPECT_EQ(error_json(out.at("7")),
               json::parse(R"({"error":"upstream_item_error","message":"score would be negative","route":"abilities"})"));
-    EXPECT_EQ(out.items.at("4").status, 404);
-    EXPECT_EQ(error_json(out.items.at("4"))["error"], "not_found");
+    EXPECT_EQ(out.at("4").status, 404);
+    EXPECT_EQ(error_json(out.at("4"))["error"], "not_found");
 }
 
 // ---------------------------------------------------------------- D progress events
@@ -1094,35 +1094,35 @@ TEST(WritesD, SplitAcceptedDuplicatesAndFailed) {
         R"({"accepted":["e-1","e-3"],"duplicates":["e-0"],"failed":[{"id":"e-9","reason":"validation_error"}]})",
         {"e-1", "e-0", "e-9", "e-5"});
     ASSERT_TRUE(out.error.empty()) << out.error;
-    EXPECT_EQ(out.items.at("e-1").status, 202);
-    EXPECT_EQ(out.items.at("e-1").body, R"({"status":"accepted"})");
-    EXPECT_EQ(out.items.at("e-0").status, 200);
-    EXPECT_EQ(out.items.at("e-0").body, R"({"status":"duplicate"})");
-    EXPECT_EQ(out.items.at("e-9").status, 422);
+    EXPECT_EQ(out.at("e-1").status, 202);
+    EXPECT_EQ(out.at("e-1").body, R"({"status":"accepted"})");
+    EXPECT_EQ(out.at("e-0").status, 200);
+    EXPECT_EQ(out.at("e-0").body, R"({"status":"duplicate"})");
+    EXPECT_EQ(out.at("e-9").status, 422);
     // No `error` pointer on the list: the upstream's own failed entry is the caller's answer.
-    EXPECT_EQ(error_json(out.items.at("e-9")), json::parse(R"({"id":"e-9","reason":"validation_error"})"));
-    EXPECT_EQ(out.items.at("e-5").status, 404);
-    EXPECT_EQ(error_json(out.items.at("e-5"))["message"], "no item with key \"e-5\" in the upstream batch answer");
+    EXPECT_EQ(error_json(out.at("e-9")), json::parse(R"({"id":"e-9","reason":"validation_error"})"));
+    EXPECT_EQ(out.at("e-5").status, 404);
+    EXPECT_EQ(error_json(out.at("e-5"))["message"], "no item with key \"e-5\" in the upstream batch answer");
     EXPECT_EQ(out.ignored_items, 1u);  // e-3 was not asked for
 
     auto with_reason = s;
     with_reason.response.lists[2].error = "/reason";
     out = split_batch_response(with_reason, "progress", R"({"accepted":[],"duplicates":[],"failed":[{"id":"e-9","reason":"validation_error"}]})",
                                {"e-9"});
-    EXPECT_EQ(error_json(out.items.at("e-9"))["message"], "validation_error");
+    EXPECT_EQ(error_json(out.at("e-9"))["message"], "validation_error");
 }
 
 TEST(WritesD, FirstListWinsAndAbsentListsAreEmpty) {
     const auto& s = write_route("progress");
     auto out = split_batch_response(s, "progress", R"({"accepted":["e-1"],"duplicates":["e-1"]})", {"e-1"});
     ASSERT_TRUE(out.error.empty()) << out.error;
-    EXPECT_EQ(out.items.at("e-1").status, 202);
-    EXPECT_EQ(out.items.at("e-1").body, R"({"status":"accepted"})");
+    EXPECT_EQ(out.at("e-1").status, 202);
+    EXPECT_EQ(out.at("e-1").body, R"({"status":"accepted"})");
 
     out = split_batch_response(s, "progress", R"({"duplicates":["e-1"]})", {"e-1", "e-2"});
     ASSERT_TRUE(out.error.empty()) << out.error;
-    EXPECT_EQ(out.items.at("e-1").status, 200);
-    EXPECT_EQ(out.items.at("e-2").status, 404);
+    EXPECT_EQ(out.at("e-1").status, 200);
+    EXPECT_EQ(out.at("e-2").status, 404);
 
     out = split_batch_response(s, "progress", R"({"accepted":"e-1"})", {"e-1"});
     EXPECT_EQ(out.error, "upstream batch answer has no array at /accepted");
@@ -1177,21 +1177,147 @@ TEST(WritesE, SplitStatusStringsAndSuccessStatus) {
         {"client_id":"doc_6","status":"skipped"}],"processing_time_ms":120})",
                                     {"bg-1-1", "doc_9", "doc_4", "doc_5", "doc_6"});
     ASSERT_TRUE(out.error.empty()) << out.error;
-    const auto& created = out.items.at("bg-1-1");
+    const auto& created = out.at("bg-1-1");
     EXPECT_EQ(created.status, 200);
     EXPECT_EQ(apply_success_status(s, "POST", created.status), 201);
     EXPECT_EQ(json::parse(created.body),
               json::parse(R"({"client_id":"bg-1-1","status":"success","document_id":"doc_abc","version":1})"));
-    EXPECT_EQ(out.items.at("doc_9").status, 409);
+    EXPECT_EQ(out.at("doc_9").status, 409);
     EXPECT_EQ(apply_success_status(s, "PUT", 409), 409);
-    EXPECT_EQ(error_json(out.items.at("doc_9")),
+    EXPECT_EQ(error_json(out.at("doc_9")),
               json::parse(R"({"error":"upstream_item_error","message":"version mismatch","route":"documents"})"));
-    EXPECT_EQ(out.items.at("doc_4").status, 200);
-    EXPECT_EQ(apply_success_status(s, "DELETE", out.items.at("doc_4").status), 204);
-    EXPECT_EQ(out.items.at("doc_5").status, 422);
-    EXPECT_EQ(error_json(out.items.at("doc_5"))["message"], "bad title");
-    EXPECT_EQ(out.items.at("doc_6").status, 424);
-    EXPECT_EQ(error_json(out.items.at("doc_6"))["message"], "upstream reported status 424 for this item");
+    EXPECT_EQ(out.at("doc_4").status, 200);
+    EXPECT_EQ(apply_success_status(s, "DELETE", out.at("doc_4").status), 204);
+    EXPECT_EQ(out.at("doc_5").status, 422);
+    EXPECT_EQ(error_json(out.at("doc_5"))["message"], "bad title");
+    EXPECT_EQ(out.at("doc_6").status, 424);
+    EXPECT_EQ(error_json(out.at("doc_6"))["message"], "upstream reported status 424 for this item");
+}
+
+
+// ---------------------------------------------------------------- issue 10: in_batch, rules, templates, bytes
+
+// Two increments of one ability in one call: the n-th result for a key answers its n-th caller.
+TEST(WritesC, SeveralOperationsOnOneKeyAreMatchedByOccurrence) {
+    const auto& s = write_route("abilities");
+    auto out = split_batch_response(s, "abilities", R"({"status":"success","results":[
+        {"abilityId":1,"action":"increment","success":true,"data":{"id":1,"score":23}},
+        {"abilityId":7,"action":"decrement","success":true,"data":{"id":7,"score":2}},
+        {"abilityId":1,"action":"increment","success":true,"data":{"id":1,"score":24}}]})",
+                                    {"1", "7", "1"});
+    ASSERT_TRUE(out.error.empty()) << out.error;
+    ASSERT_EQ(out.items.size(), 3u);
+    EXPECT_EQ(json::parse(out.items[0].body)["score"], 23);
+    EXPECT_EQ(json::parse(out.items[1].body)["score"], 2);
+    EXPECT_EQ(json::parse(out.items[2].body)["score"], 24);
+    EXPECT_EQ(json::parse(out.find("1", 1)->body)["score"], 24);
+    EXPECT_EQ(out.find("1", 2), nullptr);
+}
+
+TEST(WritesC, AKeyAnsweredAnotherNumberOfTimesThanAskedIs502ForEachOperation) {
+    const auto& s = write_route("abilities");
+    auto out = split_batch_response(s, "abilities", R"({"status":"success","results":[
+        {"abilityId":1,"success":true,"data":{"score":23}},
+        {"abilityId":7,"success":true,"data":{"score":2}}]})",
+                                    {"1", "7", "1"});
+    ASSERT_TRUE(out.error.empty()) << out.error;
+    EXPECT_EQ(out.items[0].status, 502);
+    EXPECT_EQ(out.items[2].status, 502);
+    EXPECT_EQ(error_json(out.items[0])["message"], "upstream returned key \"1\" 1 times for 2 operations");
+    EXPECT_EQ(out.items[1].status, 200);
+    // Not answered at all: missing, for each operation.
+    out = split_batch_response(s, "abilities", R"({"results":[{"abilityId":7,"success":true,"data":{}}]})", {"1", "7", "1"});
+    EXPECT_EQ(out.items[0].status, 404);
+    EXPECT_EQ(out.items[2].status, 404);
+}
+
+TEST(WritesC, NamedFailuresComeFromTheRefusedAnswer) {
+    coalesce_settings s = write_route("abilities");
+    const char* refused = R"({"status":"error","results":[{"abilityId":4,"action":"explode","success":false,"error":"invalid action"}]})";
+    EXPECT_FALSE(named_failures(s, refused, 64)) << "no failed_items: bisection";
+    s.failed_items.items = "/results";
+    s.failed_items.key = {"/abilityId"};
+    EXPECT_EQ(named_failures(s, refused, 64), (std::vector<std::string>{"4"}));
+    s.failed_items.when = {{"/success", json(false)}};
+    EXPECT_EQ(named_failures(s, refused, 64), (std::vector<std::string>{"4"}));
+    EXPECT_FALSE(named_failures(s, R"({"status":"error","results":[{"abilityId":4,"success":true}]})", 64));
+    EXPECT_FALSE(named_failures(s, R"({"status":"error"})", 64));
+    EXPECT_FALSE(named_failures(s, "not json", 64));
+    EXPECT_FALSE(named_failures(s, R"({"results":[{"abilityId":{"x":1},"success":false}]})", 64));
+}
+
+TEST(WritesE, StatusRulesPickTheSingleEndpointsStatusFromSeveralFields) {
+    coalesce_settings s = write_route("documents");
+    auto& l = s.response.lists.at(0);
+    l.status_rules = {{{{"/status", json("error")}, {"/error", json("document not found")}}, 404},
+                      {{{"/status", json("error")}, {"/error", json("version required")}}, 400}};
+    auto out = split_batch_response(s, "documents", R"({"results":[
+        {"client_id":"a","status":"error","error":"document not found"},
+        {"client_id":"b","status":"error","error":"version required"},
+        {"client_id":"c","status":"error","error":"title too long"},
+        {"client_id":"d","status":"conflict","error":"document not found"}]})",
+                                    {"a", "b", "c", "d"});
+    ASSERT_TRUE(out.error.empty()) << out.error;
+    EXPECT_EQ(out.at("a").status, 404);
+    EXPECT_EQ(error_json(out.at("a"))["message"], "document not found");
+    EXPECT_EQ(out.at("b").status, 400);
+    EXPECT_EQ(out.at("c").status, 422) << "no rule: status_map";
+    EXPECT_EQ(out.at("d").status, 409) << "every condition of a rule must hold";
+}
+
+TEST(WritesE, ResponseTemplateAnswersInTheSingleEndpointsShapePerCaller) {
+    coalesce_settings s = write_route("documents");
+    auto& l = s.response.lists.at(0);
+    l.body_template = json::parse(R"({"id":"{item./document_id}","title":"{body./title}","content":"{body./content}",
+                                      "version":"{item./version:int}","workspace":"{path.ws}"})");
+    auto create = caller("POST", "/api/v1/workspaces/w1/documents", {{"ws", "w1"}}, R"({"title":"New","content":"# Hi"})");
+    const json mine = caller_values(s, create.view());
+    EXPECT_EQ(mine, json::parse(R"({"body./title":"New","body./content":"# Hi","path.ws":"w1"})"));
+    auto out = split_batch_response(s, "documents", R"({"results":[
+        {"client_id":"bg-1","status":"success","document_id":"doc_abc","version":1},
+        {"client_id":"bg-2","status":"success","document_id":"doc_x","version":"one"},
+        {"client_id":"bg-3","status":"error","error":"bad title"}]})",
+                                    {"bg-1", "bg-2", "bg-3"});
+    ASSERT_TRUE(out.error.empty()) << out.error;
+    auto r = render_answer(out.at("bg-1"), mine, "bg-1");
+    ASSERT_TRUE(r.error.empty()) << r.error;
+    EXPECT_EQ(json::parse(r.body),
+              json::parse(R"({"id":"doc_abc","title":"New","content":"# Hi","version":1,"workspace":"w1"})"));
+    // Another caller's values never leak in: an update without content has none.
+    auto update = caller("PUT", "/api/v1/workspaces/w1/documents/doc_x", {{"ws", "w1"}, {"doc_id", "doc_x"}},
+                         R"({"version":3,"title":"x"})");
+    auto bad = render_answer(out.at("bg-2"), caller_values(s, update.view()), "bg-2");
+    EXPECT_EQ(bad.error, "cannot build the answer from the upstream item: {item./version:int}: \"one\" is not an integer");
+    // Errors keep the gateway's error body.
+    auto err = render_answer(out.at("bg-3"), mine, "bg-3");
+    EXPECT_EQ(json::parse(err.body)["message"], "bad title");
+}
+
+// max_batch_bytes: overhead + item costs is exactly the size of the call as sent.
+TEST(BatchBytes, OverheadPlusItemCostsIsExactlyTheCallAsSent) {
+    {
+        const auto& s = write_route("abilities");
+        auto a = caller("PATCH", "/api/characters/3/abilities/4", {{"character_id", "3"}, {"ability_id", "4"}}, c_ability4);
+        auto b = caller("PATCH", "/api/characters/3/abilities/7", {{"character_id", "3"}, {"ability_id", "7"}}, c_ability7);
+        auto p = make_partition("abilities", s, a.view());
+        const json ia = built(s, a, "4"), ib = built(s, b, "7");
+        const std::size_t overhead = batch_overhead(s, p.values);
+        EXPECT_EQ(build_batch_request(s, p.values, {"4"}, {ia}).body.size(), overhead + item_cost(ia));
+        EXPECT_EQ(build_batch_request(s, p.values, {"4", "7", "4"}, {ia, ib, ia}).body.size(),
+                  overhead + 2 * item_cost(ia) + item_cost(ib));
+    }
+    {
+        coalesce_settings s = users_api();
+        partition_values v;
+        const std::size_t overhead = batch_overhead(s, v);
+        EXPECT_EQ(build_batch_request(s, v, {"1"}, {}).target.size(), overhead + item_cost(s, "1"));
+        EXPECT_EQ(build_batch_request(s, v, {"1", "a b", "777"}, {}).target.size(),
+                  overhead + item_cost(s, "1") + item_cost(s, "a b") + item_cost(s, "777"));
+        s.request.encoding = batch_encoding::query_repeat;
+        s.request.query_param = "id";
+        const std::size_t repeat = batch_overhead(s, v);
+        EXPECT_EQ(build_batch_request(s, v, {"1", "22"}, {}).target.size(), repeat + item_cost(s, "1") + item_cost(s, "22"));
+    }
 }
 
 // ---------------------------------------------------------------- F goals
@@ -1251,16 +1377,16 @@ TEST(WritesF, SplitSavedByTempIdOrIdAndFailed) {
         "failed":[{"id":"g-13","error":"weight out of range"}]})",
                                     {"bg-00abcd-1", "g-42", "g-13", "g-99"});
     ASSERT_TRUE(out.error.empty()) << out.error;
-    EXPECT_EQ(out.items.at("bg-00abcd-1").status, 200);
+    EXPECT_EQ(out.at("bg-00abcd-1").status, 200);
     EXPECT_EQ(apply_success_status(s, "POST", 200), 201);
-    EXPECT_EQ(json::parse(out.items.at("bg-00abcd-1").body), json::parse(R"({"id":"g-77","title":"Ship"})"));
-    EXPECT_EQ(out.items.at("g-42").status, 200);
+    EXPECT_EQ(json::parse(out.at("bg-00abcd-1").body), json::parse(R"({"id":"g-77","title":"Ship"})"));
+    EXPECT_EQ(out.at("g-42").status, 200);
     EXPECT_EQ(apply_success_status(s, "PUT", 200), 200);
-    EXPECT_EQ(json::parse(out.items.at("g-42").body), json::parse(R"({"id":"g-42","weight":40})"));
-    EXPECT_EQ(out.items.at("g-13").status, 422);
-    EXPECT_EQ(error_json(out.items.at("g-13")),
+    EXPECT_EQ(json::parse(out.at("g-42").body), json::parse(R"({"id":"g-42","weight":40})"));
+    EXPECT_EQ(out.at("g-13").status, 422);
+    EXPECT_EQ(error_json(out.at("g-13")),
               json::parse(R"({"error":"upstream_item_error","message":"weight out of range","route":"goals"})"));
-    EXPECT_EQ(out.items.at("g-99").status, 404);
+    EXPECT_EQ(out.at("g-99").status, 404);
 }
 
 TEST(WritesF, KeyPointersFirstPresentWins) {
@@ -1269,8 +1395,8 @@ TEST(WritesF, KeyPointersFirstPresentWins) {
     auto out = split_batch_response(s, "goals", R"({"saved":[{"tempId":"t-1","id":"g-1","data":1},{"data":2}],"failed":[]})",
                                     {"t-1", "g-1"});
     ASSERT_TRUE(out.error.empty()) << out.error;
-    EXPECT_EQ(out.items.at("t-1").body, "1");
-    EXPECT_EQ(out.items.at("g-1").status, 404);
+    EXPECT_EQ(out.at("t-1").body, "1");
+    EXPECT_EQ(out.at("g-1").status, 404);
     EXPECT_EQ(out.ignored_items, 1u);
 }
 
@@ -1290,9 +1416,9 @@ TEST(SplitLists, FixedStatus204HasNoBodyAndBodyValueOverridesThePointer) {
     s.response.lists = {deleted, kept};
     auto out = split_batch_response(s, "r", R"({"deleted":["a"],"kept":[{"id":"b"}]})", {"a", "b"});
     ASSERT_TRUE(out.error.empty()) << out.error;
-    EXPECT_EQ(out.items.at("a").status, 204);
-    EXPECT_EQ(out.items.at("a").body, "");
-    EXPECT_EQ(out.items.at("b").body, R"({"kept":true})");
+    EXPECT_EQ(out.at("a").status, 204);
+    EXPECT_EQ(out.at("a").body, "");
+    EXPECT_EQ(out.at("b").body, R"({"kept":true})");
 }
 
 TEST(SplitLists, DuplicateInOneListIs502ButAcrossListsTheFirstWins) {
@@ -1300,11 +1426,11 @@ TEST(SplitLists, DuplicateInOneListIs502ButAcrossListsTheFirstWins) {
     auto out = split_batch_response(
         s, "goals", R"({"saved":[{"id":"g-1","data":1},{"id":"g-1","data":2}],"failed":[{"id":"g-2"}, {"id":"g-3"}]})",
         {"g-1", "g-3"});
-    EXPECT_EQ(out.items.at("g-1").status, 502);
-    EXPECT_EQ(out.items.at("g-3").status, 422);
+    EXPECT_EQ(out.at("g-1").status, 502);
+    EXPECT_EQ(out.at("g-3").status, 422);
     out = split_batch_response(s, "goals", R"({"saved":[{"id":"g-1","data":1}],"failed":[{"id":"g-1","error":"x"}]})",
                                {"g-1"});
-    EXPECT_EQ(out.items.at("g-1").status, 200);
+    EXPECT_EQ(out.at("g-1").status, 200);
 }
 
 TEST(SplitLists, StatusCodePointerAndStatusFieldInAList) {
@@ -1315,9 +1441,9 @@ TEST(SplitLists, StatusCodePointerAndStatusFieldInAList) {
     s.response.lists[0].status_map = {{"true", 201}, {"false", 400}};
     auto out = split_batch_response(s, "r", R"({"r":[{"id":"a","code":409},{"id":"b","ok":true},{"id":"c","ok":false}]})",
                                     {"a", "b", "c"});
-    EXPECT_EQ(out.items.at("a").status, 409);
-    EXPECT_EQ(out.items.at("b").status, 201);
-    EXPECT_EQ(out.items.at("c").status, 400);
+    EXPECT_EQ(out.at("a").status, 409);
+    EXPECT_EQ(out.at("b").status, 201);
+    EXPECT_EQ(out.at("c").status, 400);
 }
 
 TEST(SplitLists, NoListsIsAConfigurationError) {

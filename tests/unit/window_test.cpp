@@ -283,3 +283,106 @@ TEST(Window, ByteLimitWithSequencedKeysLosesNobody) {
     EXPECT_EQ(seen.size(), 40u);
     for (int i = 0; i < 40; ++i) EXPECT_EQ(seen.count(i), 1u);
 }
+
+// same_key: in_batch: each operation on a key is its own item, in arrival order, in one batch.
+TEST(Window, InBatchKeepsEveryOperationOnAKeyInOneBatchInArrivalOrder) {
+    manual_clock clock;
+    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 5ms, .policy = batchgate::coalescer::same_key::in_batch});
+    w.add(part("p"), "1", 1, 1, clock.now, nlohmann::json{{"op", "a"}});
+    w.add(part("p"), "2", 1, 2, clock.now, nlohmann::json{{"op", "b"}});
+    w.add(part("p"), "1", 1, 3, clock.now, nlohmann::json{{"op", "c"}});
+    w.add(part("p"), "1", 1, 4, clock.now, nlohmann::json{{"op", "d"}});
+    EXPECT_EQ(w.take_merged(), 0u);
+    EXPECT_EQ(w.take_deduplicated(), 0u);
+    clock.advance(5ms);
+    auto closed = w.expire(clock.now);
+    ASSERT_EQ(closed.size(), 1u);
+    ASSERT_EQ(closed[0].items.size(), 4u);
+    std::vector<std::string> keys, ops;
+    for (const auto& i : closed[0].items) {
+        keys.push_back(i.key);
+        ops.push_back(i.payload["op"]);
+        EXPECT_EQ(i.waiters.size(), 1u);
+    }
+    EXPECT_EQ(keys, (std::vector<std::string>{"1", "2", "1", "1"}));
+    EXPECT_EQ(ops, (std::vector<std::string>{"a", "b", "c", "d"}));
+    EXPECT_EQ(waiters_of(closed[0]), (std::vector<int>{1, 2, 3, 4}));
+}
+
+TEST(Window, InBatchOperationsCountTowardMaxItems) {
+    manual_clock clock;
+    test_window w({.max_items = 2, .max_bytes = 0, .max_wait = 5ms, .policy = batchgate::coalescer::same_key::in_batch});
+    EXPECT_TRUE(w.add(part("p"), "1", 1, 1, clock.now).empty());
+    auto closed = w.add(part("p"), "1", 1, 2, clock.now);
+    ASSERT_EQ(closed.size(), 1u);
+    EXPECT_EQ(closed[0].reason, flush_reason::size);
+    EXPECT_EQ(waiters_of(closed[0]), (std::vector<int>{1, 2}));
+}
+
+// Group commit: a due batch of a blocked partition stays open, everything arriving meanwhile
+// joins it, and it goes as one batch the moment the partition is free.
+TEST(Window, BlockedPartitionIsHeldOpenAndReleasedAsOneBatch) {
+    manual_clock clock;
+    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 5ms, .policy = batchgate::coalescer::same_key::in_batch});
+    bool busy = true;
+    auto blocked = [&](const std::string& pkey) { return pkey == "p" && busy; };
+    w.add(part("p"), "1", 1, 1, clock.now);
+    w.add(part("q"), "1", 1, 2, clock.now);
+    clock.advance(5ms);
+    auto closed = w.expire(clock.now, blocked);
+    ASSERT_EQ(closed.size(), 1u);  // q is free and goes; p is held
+    EXPECT_EQ(closed[0].partition_key, "q");
+    EXPECT_EQ(w.held(), 1u);
+    EXPECT_FALSE(w.next_deadline()) << "a held batch needs no timer";
+    for (int i = 3; i <= 6; ++i) {
+        clock.advance(40ms);
+        EXPECT_TRUE(w.add(part("p"), std::to_string(i % 2), 1, i, clock.now).empty());
+        EXPECT_TRUE(w.expire(clock.now, blocked).empty());
+    }
+    EXPECT_TRUE(w.release(clock.now, blocked).empty()) << "still busy";
+    busy = false;
+    auto released = w.release(clock.now, blocked);
+    ASSERT_EQ(released.size(), 1u);
+    EXPECT_EQ(released[0].reason, flush_reason::released);
+    EXPECT_EQ(waiters_of(released[0]), (std::vector<int>{1, 3, 4, 5, 6}));
+    EXPECT_EQ(w.waiting(), 0u);
+    EXPECT_TRUE(w.release(clock.now, blocked).empty());
+    EXPECT_EQ(w.held(), 0u);
+}
+
+TEST(Window, HeldBatchStillClosesAtMaxItemsAndTheRestIsHeldAgain) {
+    manual_clock clock;
+    test_window w({.max_items = 2, .max_bytes = 0, .max_wait = 5ms, .policy = batchgate::coalescer::same_key::in_batch});
+    auto blocked = [](const std::string&) { return true; };
+    w.add(part("p"), "1", 1, 1, clock.now);
+    clock.advance(5ms);
+    EXPECT_TRUE(w.expire(clock.now, blocked).empty());
+    auto full = w.add(part("p"), "2", 1, 2, clock.now);
+    ASSERT_EQ(full.size(), 1u);
+    EXPECT_EQ(full[0].reason, flush_reason::size);
+    w.add(part("p"), "3", 1, 3, clock.now);
+    // The stale hold of the closed batch releases nothing; the new batch is held after its wait.
+    EXPECT_TRUE(w.release(clock.now, [](const std::string&) { return false; }).empty());
+    clock.advance(5ms);
+    EXPECT_TRUE(w.expire(clock.now, blocked).empty());
+    auto drained = w.drain(clock.now);
+    ASSERT_EQ(drained.size(), 1u);
+    EXPECT_EQ(waiters_of(drained[0]), (std::vector<int>{3}));
+    EXPECT_EQ(w.waiting(), 0u);
+}
+
+// max_bytes bounds the whole call: the partition's overhead counts before any item.
+TEST(Window, ByteLimitCountsThePartitionOverhead) {
+    manual_clock clock;
+    test_window w({.max_items = 100, .max_bytes = 100, .max_wait = 5ms});
+    batchgate::coalescer::partition p{"p", {}, 60};
+    EXPECT_TRUE(w.add(p, "a", 20, 1, clock.now).empty());
+    auto exact = w.add(p, "b", 20, 2, clock.now);  // 60 + 40 = 100: full, goes at once
+    ASSERT_EQ(exact.size(), 1u);
+    EXPECT_EQ(exact[0].bytes, 100u);
+    EXPECT_TRUE(w.add(p, "c", 20, 3, clock.now).empty());
+    auto over = w.add(p, "d", 21, 4, clock.now);  // 60 + 20 + 21 = 101
+    ASSERT_EQ(over.size(), 1u);
+    EXPECT_EQ(over[0].bytes, 80u);
+    EXPECT_EQ(waiters_of(over[0]), (std::vector<int>{3}));
+}
