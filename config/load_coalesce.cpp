@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "config/load_context.hpp"
+#include "fanout/core/template.hpp"
 #include "config/load_sections.hpp"
 
 namespace batchgate::config::detail {
@@ -407,6 +408,61 @@ void read_key_pointers(context& ctx, const field& f, std::vector<std::string>& o
     if (auto v = read_pointer(ctx, f, true)) out.push_back(*v);
 }
 
+// when: a map of JSON pointer -> JSON value (status_rules[].when, failed_items.when).
+std::vector<std::pair<std::string, nlohmann::json>> read_when(context& ctx, const field& f) {
+    std::vector<std::pair<std::string, nlohmann::json>> out;
+    if (!f.value.IsMap() || f.value.size() == 0) {
+        ctx.add(f.mark(), f.path,
+                std::string("expected a non-empty map of JSON pointer -> value, like {/status: error}, got ") +
+                    (f.value.IsMap() ? "an empty map" : kind(f.value)));
+        return out;
+    }
+    for (auto it = f.value.begin(); it != f.value.end(); ++it) {
+        if (!it->first.IsScalar()) {
+            ctx.add(it->first.Mark(), f.path, "keys must be JSON pointers");
+            continue;
+        }
+        field entry{it->first, it->second, child(f.path, it->first.Scalar())};
+        auto ptr = read_pointer(ctx, field{it->first, it->first, entry.path}, true);
+        if (!ptr) continue;
+        if (std::any_of(out.begin(), out.end(), [&](const auto& w) { return w.first == *ptr; })) {
+            ctx.add(it->first.Mark(), entry.path, "duplicate key");
+            continue;
+        }
+        std::vector<placeholder_use> none;
+        out.emplace_back(*ptr, yaml_to_json(ctx, it->second, entry.path, none, it->first.Mark(), false));
+    }
+    return out;
+}
+
+// status_rules: [{when: {POINTER: value, ...}, status: N}, ...]
+void read_status_rules(context& ctx, const field& f, std::vector<status_rule>& out) {
+    if (!f.value.IsSequence() || f.value.size() == 0) {
+        ctx.add(f.mark(), f.path,
+                std::string("expected a non-empty list of {when: {POINTER: value}, status: N}, got ") +
+                    (f.value.IsSequence() ? "an empty list" : kind(f.value)));
+        return;
+    }
+    std::size_t i = 0;
+    for (const auto& node : f.value) {
+        const std::string path = index(f.path, i++);
+        map_reader r(ctx, node, path, {"when", "status"});
+        if (!r.ok()) continue;
+        status_rule rule;
+        if (auto* x = r.required("when")) rule.when = read_when(ctx, *x);
+        if (auto* x = r.required("status"))
+            if (auto v = read_int(ctx, *x, 200, 599)) rule.status = static_cast<int>(*v);
+        out.push_back(std::move(rule));
+    }
+}
+
+// The placeholders a coalesce response template may use.
+const fanout::placeholder_rules& answer_template_rules() {
+    static const fanout::placeholder_rules rules{{"item", "key", "method", "status", "body"},
+                                                 {"item.", "body.", "path.", "query.", "header."}};
+    return rules;
+}
+
 // One result list: the single-list form (single = true: "status" is a pointer) or lists[i].
 void load_result_list(context& ctx, const map_reader& m, const std::string& path, result_list& out, bool single) {
     if (auto* x = m.get("items"))
@@ -453,14 +509,25 @@ void load_result_list(context& ctx, const map_reader& m, const std::string& path
     }
     if (auto* x = m.get("error"))
         if (auto v = read_pointer(ctx, *x, false)) out.error = *v;
+    if (auto* x = m.get("status_rules")) read_status_rules(ctx, *x, out.status_rules);
+    if (auto* x = m.get("template")) {
+        std::vector<placeholder_use> none;
+        out.body_template = yaml_to_json(ctx, x->value, x->path, none, x->key.Mark(), false);
+        if (auto err = fanout::check_json(out.body_template, answer_template_rules()))
+            ctx.add(x->mark(), x->path, *err);
+        if (out.body_template.is_null()) ctx.add(x->mark(), x->path, "expected a JSON template, got null");
+        if (body || m.get("body_value"))
+            ctx.add(x->key.Mark(), x->path, "give one of body, body_value or template");
+    }
 }
 
 void load_response(context& ctx, const field& f, batch_response_settings& out, const route_shape& shape) {
     static constexpr std::string_view single_keys[] = {
-        "items", "key", "by_position", "status_code", "status", "status_map", "body", "body_value", "error"};
+        "items", "key", "by_position", "status_code", "status", "status_map", "body", "body_value", "error",
+        "status_rules", "template"};
     map_reader m(ctx, f.value, f.path,
                  {"items", "key", "by_position", "status_code", "status", "status_map", "body", "body_value", "error",
-                  "lists", "missing_status", "success_status"});
+                  "status_rules", "template", "lists", "missing_status", "success_status"});
     if (!m.ok()) return;
     if (const field* lists = m.get("lists")) {
         for (auto k : single_keys)
@@ -478,7 +545,7 @@ void load_response(context& ctx, const field& f, batch_response_settings& out, c
                 const std::string path = index(lists->path, i++);
                 map_reader lm(ctx, node, path,
                               {"items", "key", "by_position", "status", "status_code", "status_field", "status_map", "body",
-                               "body_value", "error"});
+                               "body_value", "error", "status_rules", "template"});
                 if (!lm.ok()) continue;
                 result_list list;
                 load_result_list(ctx, lm, path, list, false);
@@ -543,12 +610,22 @@ void load_retry(context& ctx, const field& f, retry_settings& out) {
     }
 }
 
+void load_failed_items(context& ctx, const field& f, failed_items_settings& out) {
+    map_reader m(ctx, f.value, f.path, {"items", "key", "when"});
+    if (!m.ok()) return;
+    if (auto* x = m.get("items"))
+        if (auto v = read_pointer(ctx, *x, true)) out.items = *v;
+    if (auto* x = m.required("key")) read_key_pointers(ctx, *x, out.key);
+    if (auto* x = m.get("when")) out.when = read_when(ctx, *x);
+}
+
 }  // namespace
 
 void load_coalesce(context& ctx, const field& f, coalesce_settings& out, const route_shape& shape) {
     map_reader m(ctx, f.value, f.path,
                  {"key", "on_missing_key", "partition", "same_key", "ordered", "max_batch_items", "max_batch_bytes",
-                  "max_wait", "max_concurrent_batches", "max_waiting", "request", "response", "on_batch_error", "retry"});
+                  "max_wait", "max_concurrent_batches", "max_waiting", "request", "response", "on_batch_error",
+                  "failed_items", "retry"});
     if (!m.ok()) return;
     if (auto* x = m.required("key")) load_key(ctx, *x, out.key, shape);
     if (auto* x = m.get("on_missing_key"))
@@ -564,7 +641,8 @@ void load_coalesce(context& ctx, const field& f, coalesce_settings& out, const r
                                                 {{"share", same_key_policy::share},
                                                  {"sequence", same_key_policy::sequence},
                                                  {"last_write_wins", same_key_policy::last_write_wins},
-                                                 {"merge_patch", same_key_policy::merge_patch}}))
+                                                 {"merge_patch", same_key_policy::merge_patch},
+                                                 {"in_batch", same_key_policy::in_batch}}))
             out.same_key = *v;
     out.ordered = out.same_key != same_key_policy::share;
     if (auto* x = m.get("ordered"))
@@ -588,6 +666,13 @@ void load_coalesce(context& ctx, const field& f, coalesce_settings& out, const r
                                                    {{"fail_all", batch_error_policy::fail_all},
                                                     {"isolate", batch_error_policy::isolate}}))
             out.on_batch_error = *v;
+    const field* failed_items = m.get("failed_items");
+    if (failed_items) {
+        load_failed_items(ctx, *failed_items, out.failed_items);
+        if (out.on_batch_error != batch_error_policy::isolate)
+            ctx.add(failed_items->key.Mark(), failed_items->path,
+                    "failed_items is only used with on_batch_error: isolate (it names the items to take out of a refused batch)");
+    }
     if (auto* x = m.get("retry")) load_retry(ctx, *x, out.retry);
     // Query encodings put every key in the request line, which most servers cap at 8 KiB:
     // bound it unless the route sets its own limit.
@@ -597,6 +682,17 @@ void load_coalesce(context& ctx, const field& f, coalesce_settings& out, const r
         out.request.encoding != batch_encoding::json_body) {
         ctx.add(same_key->mark(), same_key->path,
                 "merge_patch needs encoding: json_body (query encodings send only keys, there is no payload to merge)");
+    }
+    // in_batch: each caller's answer must be found unambiguously among several for one key.
+    if (same_key && out.same_key == same_key_policy::in_batch) {
+        if (request && out.request.encoding != batch_encoding::json_body)
+            ctx.add(same_key->mark(), same_key->path,
+                    "in_batch needs encoding: json_body (a query list carries keys, not several operations on one key)");
+        const auto& lists = out.response.lists;
+        if (lists.size() > 1)
+            ctx.add(same_key->mark(), same_key->path,
+                    "in_batch needs one result list: with " + std::to_string(lists.size()) +
+                        ", the n-th answer for a key cannot be told from the order of the lists (or use one list with by_position: true)");
     }
 }
 

@@ -44,14 +44,18 @@ void replace_once(std::string& text, const std::string& from, const std::string&
 
 // The shipped example, listening on ephemeral ports in front of the mock, with a longer window so
 // that callers released together share one batch.
-std::shared_ptr<const batchgate::config::gateway_config> example_config(const std::string& file, unsigned short upstream_port,
-                                                                       const std::string& wait = "100ms") {
+std::string example_config_text(const std::string& file, unsigned short upstream_port, const std::string& wait = "100ms") {
     std::string text = read_example(file);
     replace_once(text, "listen: 0.0.0.0:8080", "listen: 127.0.0.1:0", file);
     replace_once(text, "admin_listen: 0.0.0.0:9090", "admin_listen: 127.0.0.1:0\nworker_threads: 4", file);
     replace_once(text, "url: http://127.0.0.1:9000", "url: http://127.0.0.1:" + std::to_string(upstream_port), file);
     replace_once(text, "max_wait: 5ms", "max_wait: " + wait, file);
-    return load_yaml(text);
+    return text;
+}
+
+std::shared_ptr<const batchgate::config::gateway_config> example_config(const std::string& file, unsigned short upstream_port,
+                                                                       const std::string& wait = "100ms") {
+    return load_yaml(example_config_text(file, upstream_port, wait));
 }
 
 
@@ -331,9 +335,13 @@ TEST(WritesAbilities, TwentyConcurrentPatchesOneInvalidOnlyThatCallerFails) {
     if (invalid_shared_a_batch) EXPECT_GT(gw.metric("batchgate_isolations_total{route=\"abilities\"}"), 0);
 }
 
-TEST(WritesAbilities, PatchesToOneAbilityInOneWindowAreMerged) {
+// merge_patch is opt-in and only right for overwrites; this pins down what it does when a route
+// chooses it (the shipped example uses in_batch: increments are deltas).
+TEST(WritesAbilities, MergePatchMergesWhenARouteOptsIn) {
     mock_upstream up;
-    running_gateway gw(example_config("abilities.yaml", up.port(), "150ms"));
+    std::string text = example_config_text("abilities.yaml", up.port(), "150ms");
+    replace_once(text, "same_key: in_batch", "same_key: merge_patch", "abilities.yaml");
+    running_gateway gw(load_yaml(text));
     constexpr int same = 6, others = 4;
     auto results = concurrently(same + others, [&](int i) {
         if (i >= same) {

@@ -1233,6 +1233,7 @@ TEST(WritesC, AKeyAnsweredAnotherNumberOfTimesThanAskedIs502ForEachOperation) {
 
 TEST(WritesC, NamedFailuresComeFromTheRefusedAnswer) {
     coalesce_settings s = write_route("abilities");
+    s.failed_items = {};
     const char* refused = R"({"status":"error","results":[{"abilityId":4,"action":"explode","success":false,"error":"invalid action"}]})";
     EXPECT_FALSE(named_failures(s, refused, 64)) << "no failed_items: bisection";
     s.failed_items.items = "/results";

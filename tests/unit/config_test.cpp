@@ -791,9 +791,13 @@ TEST(ConfigWrites, AbilitiesC) {
     EXPECT_EQ(c.on_missing_key, missing_key_action::reject);
     EXPECT_EQ(c.partition.path, std::vector<std::string>{"character_id"});
     EXPECT_TRUE(c.partition.body.empty());
-    EXPECT_EQ(c.same_key, same_key_policy::merge_patch);
-    EXPECT_TRUE(c.ordered);  // default for merge_patch
+    EXPECT_EQ(c.same_key, same_key_policy::in_batch);
+    EXPECT_TRUE(c.ordered);  // default for every write policy
     EXPECT_EQ(c.on_batch_error, batch_error_policy::isolate);
+    EXPECT_EQ(c.failed_items.items, "/results");
+    EXPECT_EQ(c.failed_items.key, std::vector<std::string>{"/abilityId"});
+    ASSERT_EQ(c.failed_items.when.size(), 1u);
+    EXPECT_EQ(c.failed_items.when[0], (std::pair<std::string, nlohmann::json>{"/success", false}));
     EXPECT_EQ(c.request.path, "/api/characters/{path.character_id}/abilities/batch");
     EXPECT_EQ(c.request.body_template, nlohmann::json::parse(R"({"operations":"{items}"})"));
     EXPECT_EQ(c.request.item, nlohmann::json::parse(
@@ -1102,7 +1106,7 @@ TEST(ConfigErrors, WritePolicies) {
         "16:25: routes[0].coalesce.retry.statuses[1]: must be between 100 and 599, got 600",
         "17:23: routes[0].coalesce.retry.max_attempts: must be between 1 and 20, got 21",
         "19:22: routes[0].coalesce.retry.max_backoff: must be at least initial_backoff (500ms)",
-        "26:17: routes[1].coalesce.same_key: unknown same_key \"newest\" (expected share, sequence, last_write_wins or merge_patch)",
+        "26:17: routes[1].coalesce.same_key: unknown same_key \"newest\" (expected share, sequence, last_write_wins, merge_patch or in_batch)",
         "29:29: routes[1].coalesce.retry.max_attempts: must be between 1 and 20, got 0",
         "29:49: routes[1].coalesce.retry.initial_backoff: must be greater than 0",
     }));
