@@ -463,6 +463,30 @@ const fanout::placeholder_rules& answer_template_rules() {
     return rules;
 }
 
+// A ":TYPE" suffix the answer template cannot apply (the codec splits at the last ':', so a
+// pointer holding ':' cannot be used either); nullopt when every placeholder is fine.
+std::optional<std::string> bad_type_suffix(const nlohmann::json& tmpl) {
+    if (tmpl.is_structured()) {
+        for (const auto& e : tmpl)
+            if (auto err = bad_type_suffix(e)) return err;
+        return std::nullopt;
+    }
+    if (!tmpl.is_string()) return std::nullopt;
+    const std::string& s = tmpl.get_ref<const std::string&>();
+    for (std::size_t open = s.find('{'); open != std::string::npos; open = s.find('{', open + 1)) {
+        const std::size_t close = s.find('}', open);
+        if (close == std::string::npos) break;
+        const std::string_view inner = std::string_view(s).substr(open + 1, close - open - 1);
+        const auto colon = inner.rfind(':');
+        if (colon == std::string_view::npos) continue;
+        const auto type = inner.substr(colon + 1);
+        if (type != "int" && type != "number" && type != "bool" && type != "string" && type != "json")
+            return "unknown type suffix \":" + std::string(type) + "\" in {" + std::string(inner) +
+                   "}: use :int, :number, :bool, :string or :json (a JSON pointer here cannot hold \":\")";
+    }
+    return std::nullopt;
+}
+
 // One result list: the single-list form (single = true: "status" is a pointer) or lists[i].
 void load_result_list(context& ctx, const map_reader& m, const std::string& path, result_list& out, bool single) {
     if (auto* x = m.get("items"))
@@ -515,6 +539,8 @@ void load_result_list(context& ctx, const map_reader& m, const std::string& path
         out.body_template = yaml_to_json(ctx, x->value, x->path, none, x->key.Mark(), false);
         if (auto err = fanout::check_json(out.body_template, answer_template_rules()))
             ctx.add(x->mark(), x->path, *err);
+        else if (auto bad = bad_type_suffix(out.body_template))
+            ctx.add(x->mark(), x->path, *bad);
         if (out.body_template.is_null()) ctx.add(x->mark(), x->path, "expected a JSON template, got null");
         if (body || m.get("body_value"))
             ctx.add(x->key.Mark(), x->path, "give one of body, body_value or template");

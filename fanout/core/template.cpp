@@ -187,7 +187,8 @@ std::optional<std::string> check_text(std::string_view s, const placeholder_rule
             std::string allowed;
             for (const auto& e : rules.exact) allowed += (allowed.empty() ? "{" : ", {") + e + "}";
             for (const auto& p : rules.prefixes)
-                allowed += (allowed.empty() ? "{" : ", {") + p + (p == "header." ? "NAME}" : "/POINTER}");
+                allowed += (allowed.empty() ? "{" : ", {") + p +
+                           (p == "header." || p == "path." || p == "query." ? "NAME}" : "/POINTER}");
             return "unknown placeholder {" + std::string(whole) + "} here: use " + allowed;
         }
         pos = close + 1;

@@ -1097,6 +1097,26 @@ TEST(ConfigErrors, WriteResponseLists) {
     }));
 }
 
+// issue 10: in_batch where answers could not be matched, failed_items, status_rules, templates.
+TEST(ConfigErrors, WriteBatching) {
+    const auto f = data("bad_write_batching.yaml");
+    EXPECT_EQ(errors_of_file(f), with_file(f, {
+        "10:17: routes[0].coalesce.same_key: in_batch needs encoding: json_body (a query list carries keys, not several operations on one key)",
+        "13:7: routes[0].coalesce.failed_items: failed_items is only used with on_batch_error: isolate (it names the items to take out of a refused batch)",
+        "20:17: routes[1].coalesce.same_key: in_batch needs one result list: with 2, the n-th answer for a key cannot be told from the order of the lists (or use one list with by_position: true)",
+        "22:21: routes[1].coalesce.failed_items.key: required key is missing",
+        "22:29: routes[1].coalesce.failed_items.items: bad JSON pointer \"7\": must be \"\" or start with \"/\", and \"~\" must be followed by 0 or 1",
+        "22:51: routes[1].coalesce.failed_items.when./ok: duplicate key",
+        "26:49: routes[1].coalesce.response.lists[0].template: unknown placeholder {foo.bar} here: use {item}, {key}, {method}, {status}, {body}, {item./POINTER}, {body./POINTER}, {path.NAME}, {query.NAME}, {header.NAME}",
+        "27:63: routes[1].coalesce.response.lists[1].template: give one of body, body_value or template",
+        "39:20: routes[2].coalesce.response.status_rules[1].when: expected a non-empty map of JSON pointer -> value, like {/status: error}, got an empty map",
+        "39:32: routes[2].coalesce.response.status_rules[1].status: must be between 200 and 599, got 700",
+        "40:13: routes[2].coalesce.response.status_rules[2].when: required key is missing",
+        "40:27: routes[2].coalesce.response.status_rules[2].why: unknown key \"why\" (did you mean \"when\"?)",
+        "41:19: routes[2].coalesce.response.template: unknown type suffix \":float\" in {item./version:float}: use :int, :number, :bool, :string or :json (a JSON pointer here cannot hold \":\")",
+    }));
+}
+
 TEST(ConfigErrors, WritePolicies) {
     const auto f = data("bad_write_policies.yaml");
     EXPECT_EQ(errors_of_file(f), with_file(f, {
