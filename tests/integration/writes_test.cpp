@@ -171,10 +171,15 @@ TEST(MockWrites, ProgressSingleBatchLimitsAndRateLimitHook) {
 
     json many{{"events", json::array()}};
     for (int i = 0; i < 26; ++i) many["events"].push_back(event("m-" + std::to_string(i)));
-    EXPECT_EQ(call(p, "POST", "/api/client/progress/batch", many).status, 400);
+    EXPECT_EQ(call(p, "POST", "/api/client/progress/batch", many).status, 413);
     json big{{"events", json::array()}};
     for (int i = 0; i < 10; ++i) big["events"].push_back(with(event("b-" + std::to_string(i)), "pad", std::string(7000, 'x')));
     EXPECT_EQ(call(p, "POST", "/api/client/progress/batch", big).status, 413);
+    // "at most 64 KB" is 65,536 bytes: a body of exactly that size is taken.
+    json fits{{"events", {with(event("f-0"), "pad", "")}}};
+    fits["events"][0]["pad"] = std::string(65536 - fits.dump().size(), 'x');
+    ASSERT_EQ(fits.dump().size(), 65536u);
+    EXPECT_EQ(call(p, "POST", "/api/client/progress/batch", fits).status, 200);
     EXPECT_FALSE(up.progress_event_seen("m-0"));
     EXPECT_FALSE(up.progress_event_seen("b-0"));
 
@@ -203,7 +208,12 @@ TEST(MockWrites, DocumentsSingleAndBatchInCreateUpdateDeleteOrder) {
     EXPECT_EQ(r.status, 200);
     EXPECT_EQ(r.json()["version"], 2);
     EXPECT_EQ(call(p, "PUT", "/api/v1/workspaces/ws1/documents/doc_1", {{"version", 1}}).body, R"({"error":"version mismatch"})");
-    EXPECT_EQ(call(p, "PUT", "/api/v1/workspaces/ws2/documents/doc_1", {{"version", 2}}).status, 404);
+    r = call(p, "PUT", "/api/v1/workspaces/ws2/documents/doc_1", {{"version", 2}});
+    EXPECT_EQ(r.status, 404);
+    EXPECT_EQ(r.body, R"({"error":"document not found"})");
+    r = call(p, "PUT", "/api/v1/workspaces/ws1/documents/doc_1", {{"title", "no version"}});
+    EXPECT_EQ(r.status, 400);
+    EXPECT_EQ(r.body, R"({"error":"version required"})");
     r = send_request(p, "DELETE", "/api/v1/workspaces/ws1/documents/doc_1");
     EXPECT_EQ(r.status, 204);
     EXPECT_TRUE(r.body.empty());
@@ -232,7 +242,7 @@ TEST(MockWrites, DocumentsSingleAndBatchInCreateUpdateDeleteOrder) {
     EXPECT_EQ(j["results"][1]["version"], 1);
     EXPECT_EQ(j["results"][2], (json{{"client_id", "op_2"}, {"status", "success"}, {"document_id", "doc_9"}, {"version", 4}}));
     EXPECT_EQ(j["results"][3], (json{{"client_id", "op_3"}, {"status", "conflict"}, {"error", "version mismatch"}}));
-    EXPECT_EQ(j["results"][4], (json{{"client_id", "op_4"}, {"status", "error"}, {"error", "not found"}}));
+    EXPECT_EQ(j["results"][4], (json{{"client_id", "op_4"}, {"status", "error"}, {"error", "document not found"}}));
     EXPECT_FALSE(up.document("ws1", "doc_9").has_value());
     EXPECT_EQ(up.document("ws1", "doc_4")->version, 1u);
     auto created = up.document("ws1", j["results"][1]["document_id"].get<std::string>());

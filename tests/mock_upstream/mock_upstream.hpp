@@ -78,7 +78,8 @@ struct mock_options {
   std::size_t user_count = 1000;         // users 1..N exist; activities a1..aN exist
   // C: a single `PATCH .../abilities/{id}` gets 429 (Retry-After: 1) when more than this many
   // single PATCHes were handled within the last 100 ms (itself included). 0 = no limit.
-  // (Batch limits are fixed: D 25 events / 64,000 bytes, E 100 operations / 10,000,000 bytes.)
+  // (Batch limits are fixed: D 25 events / 65,536 bytes, 413 beyond either; E 100 operations
+  // (400 beyond) / 10,000,000 bytes (413 beyond).)
   unsigned single_rate_limit = 0;
   // A keep-alive connection with no new request for this long is closed. 0 = never.
   std::chrono::milliseconds idle_close{0};

@@ -10,7 +10,7 @@ using json = write_apis::json;
 using clock_type = std::chrono::steady_clock;
 
 constexpr std::size_t progress_max_events = 25;
-constexpr std::size_t progress_max_bytes = 64'000;  // 64 KB, as `max_batch_bytes: 64KB` reads it
+constexpr std::size_t progress_max_bytes = 65'536;  // "body at most 64 KB": 64 KiB, the larger reading
 constexpr std::size_t documents_max_ops = 100;
 constexpr std::size_t documents_max_bytes = 10'000'000;  // 10 MB
 constexpr auto single_rate_window = std::chrono::milliseconds(100);
@@ -388,7 +388,7 @@ write_reply write_apis::progress_batch(std::string_view body) {
   json in = parse(body);
   if (!in.is_object() || !in.contains("events") || !in["events"].is_array() || in["events"].empty())
     return error(400, "events must be a non-empty array");
-  if (in["events"].size() > progress_max_events) return error(400, "at most 25 events per batch");
+  if (in["events"].size() > progress_max_events) return error(413, "at most 25 events per batch");
 
   json accepted = json::array(), duplicates = json::array(), failed = json::array();
   for (const auto& e : in["events"]) {
@@ -427,11 +427,11 @@ write_reply write_apis::document_create(const std::string& ws, std::string_view 
 write_reply write_apis::document_update(const std::string& ws, const std::string& doc_id,
                                         std::string_view body) {
   auto w = documents_.find(ws);
-  if (w == documents_.end() || !w->second.count(doc_id)) return error(404, "not found");
+  if (w == documents_.end() || !w->second.count(doc_id)) return error(404, "document not found");
   stored_document& d = w->second.find(doc_id)->second;
   json in = parse(body);
   auto version = version_of(in);
-  if (!version) return error(422, "version required");
+  if (!version) return error(400, "version required");
   if (*version != d.version) return error(409, "version mismatch");
   stored_document updated = d;
   if (!read_fields(in, updated, false)) return error(422, "invalid document");
@@ -442,7 +442,7 @@ write_reply write_apis::document_update(const std::string& ws, const std::string
 
 write_reply write_apis::document_delete(const std::string& ws, const std::string& doc_id) {
   auto w = documents_.find(ws);
-  if (w == documents_.end() || w->second.erase(doc_id) == 0) return error(404, "not found");
+  if (w == documents_.end() || w->second.erase(doc_id) == 0) return error(404, "document not found");
   return {204, {}, {}};
 }
 
@@ -517,7 +517,7 @@ write_reply write_apis::document_batch(std::string_view body) {
       }
       auto found = docs.find(*id);
       if (found == docs.end()) {
-        result(i, "error", "not found");
+        result(i, "error", "document not found");
         continue;
       }
       if (*kind == "delete") {
