@@ -523,6 +523,32 @@ TEST(WritesProgress, RetryAfterPastTheDeadlineGivesTheCallersThe429) {
 // =========================================================================================
 // E: documents through the gateway (examples/documents.yaml).
 
+// status_rules: the two kinds of "error" answer as the single endpoints do.
+TEST(WritesDocuments, NotFoundIs404AndMissingVersionIs400AsTheSingleEndpointsAnswer) {
+    mock_upstream up;
+    up.seed_document("ws-1", "doc_a", 3);
+    // The single endpoints, directly: what a caller must also get through the gateway.
+    EXPECT_EQ(call(up.port(), "PUT", "/api/v1/workspaces/ws-1/documents/nope", {{"version", 1}}).status, 404);
+    EXPECT_EQ(call(up.port(), "PUT", "/api/v1/workspaces/ws-1/documents/doc_a", {{"title", "t"}}).status, 400);
+    running_gateway gw(example_config("documents.yaml", up.port()));
+    auto results = concurrently(4, [&](int i) {
+        switch (i) {
+            case 0: return call(gw.port(), "PUT", "/api/v1/workspaces/ws-1/documents/nope", {{"version", 1}});
+            case 1: return call(gw.port(), "PUT", "/api/v1/workspaces/ws-1/documents/doc_a", {{"title", "t"}});
+            case 2: return send_request(gw.port(), "DELETE", "/api/v1/workspaces/ws-1/documents/gone");
+            default: return call(gw.port(), "POST", "/api/v1/workspaces/ws-1/documents", {{"title", 7}});
+        }
+    });
+    EXPECT_EQ(results[0].status, 404) << results[0].body;
+    EXPECT_EQ(results[0].json()["message"], "document not found");
+    EXPECT_EQ(results[1].status, 400) << results[1].body;
+    EXPECT_EQ(results[1].json()["message"], "version required");
+    EXPECT_EQ(results[2].status, 404) << results[2].body;
+    EXPECT_EQ(results[3].status, 422) << results[3].body;  // no rule: status_map's error
+    EXPECT_EQ(calls_to(up, "POST", "/api/v1/documents/batch").size(), 1u);
+    EXPECT_EQ(up.document("ws-1", "doc_a")->version, 3u);
+}
+
 TEST(WritesDocuments, MixedOperationsOneBatchPerWorkspace) {
     mock_upstream up({.threads = 2});
     up.seed_document("ws-1", "doc_a", 3);
@@ -542,23 +568,26 @@ TEST(WritesDocuments, MixedOperationsOneBatchPerWorkspace) {
             default: return call(gw.port(), "PUT", ws2 + "/doc_z", {{"version", 2}, {"content", "z"}});
         }
     });
+    // Answers in the single endpoints' shape (examples/documents.yaml template): the document.
     std::set<std::string> created;
     for (int i : {0, 4, 5}) {
         ASSERT_EQ(results[i].status, 201) << "create " << i << ": " << results[i].body;
         auto j = results[i].json();
-        EXPECT_EQ(j["status"], "success");
+        EXPECT_FALSE(j.contains("client_id")) << "the gateway's correlation id leaked: " << results[i].body;
         EXPECT_EQ(j["version"], 1);
-        ASSERT_TRUE(j["document_id"].is_string()) << results[i].body;
-        created.insert(j["document_id"].get<std::string>());
-        EXPECT_TRUE(up.document(i == 5 ? "ws-2" : "ws-1", j["document_id"].get<std::string>()).has_value());
+        ASSERT_TRUE(j["id"].is_string()) << results[i].body;
+        created.insert(j["id"].get<std::string>());
+        auto stored = up.document(i == 5 ? "ws-2" : "ws-1", j["id"].get<std::string>());
+        ASSERT_TRUE(stored.has_value());
+        EXPECT_EQ(j["title"], stored->title);
     }
     EXPECT_EQ(created.size(), 3u) << "two creates got the same document";
-    EXPECT_EQ(up.document("ws-1", results[0].json()["document_id"].get<std::string>())->title, "New");
-    EXPECT_EQ(up.document("ws-1", results[4].json()["document_id"].get<std::string>())->title, "Second");
+    EXPECT_EQ(results[0].json(), (json{{"id", results[0].json()["id"]}, {"title", "New"}, {"content", "# Hello"}, {"version", 1}}))
+        << "as POST /documents answers directly";
+    EXPECT_EQ(up.document("ws-1", results[4].json()["id"].get<std::string>())->title, "Second");
 
     ASSERT_EQ(results[1].status, 200) << results[1].body;
-    EXPECT_EQ(results[1].json()["document_id"], "doc_a");
-    EXPECT_EQ(results[1].json()["version"], 4);
+    EXPECT_EQ(results[1].json(), (json{{"id", "doc_a"}, {"title", "A2"}, {"version", 4}}));
     EXPECT_EQ(results[2].status, 409) << results[2].body;
     EXPECT_NE(results[2].body.find("version mismatch"), std::string::npos) << results[2].body;
     EXPECT_EQ(results[3].status, 204) << results[3].body;
