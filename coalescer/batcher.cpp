@@ -189,7 +189,8 @@ void batcher::pump() {
             send(std::move(p));
             it = ready_.begin();  // send() may not touch ready_, but restart to keep the scan simple
         }
-        if (window_.held() == 0) return;
+        // Nothing held, or no slot for any of it: the next answer pumps again.
+        if (window_.held() == 0 || in_flight_ >= route_.coalesce.max_concurrent_batches) return;
         auto released = window_.release(clock_type::now(), [this](const std::string& pkey) { return blocked(pkey); });
         if (released.empty()) return;
         record(std::move(released));
