@@ -10,10 +10,11 @@
 #   BENCH_SKIP_BUILD=1     use the binaries already in $BENCH_BUILD_DIR
 #   BENCH_BUILD_DIR=build/bench
 #   BENCH_KEEP_TMP=1       keep the temp dir (configs, logs) for inspection
+#   BENCH_WRITES=0         skip scenario 5 (bench/writes.sh; its WRITES_* variables apply)
 #
 # Ports (127.0.0.1 only): 18081 mock (no latency), 18082 mock (2 ms, 8 concurrent),
 # 18083 nginx, 18090/18091 gateway passthrough (traffic/admin), 18092/18093 gateway coalesce,
-# 18094/18095 gateway memory scenario.
+# 18094/18095 gateway memory scenario, 18101-18104 the write scenario (bench/writes.sh).
 set -uo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -34,83 +35,8 @@ P_GW_MEM=18094 P_GW_MEM_ADMIN=18095
 MAX_ID=100000          # mock --users and the random id range
 WINDOW_MS=5            # coalesce max_wait in the fan-in / latency scenarios
 
-log() { printf '%s\n' "$*"; }
-die() { printf 'bench: FAILED: %s\n' "$*" >&2; exit 1; }
-
-# ---------------------------------------------------------------------------------------------
-# processes and cleanup
-# ---------------------------------------------------------------------------------------------
-TMP=$(mktemp -d /tmp/batchgate-bench.XXXXXX)
-declare -A PIDS=()          # name -> pid of every process this script started
-
-cleanup() {
-    local name pid
-    for name in "${!PIDS[@]}"; do
-        pid=${PIDS[$name]}
-        kill -TERM "$pid" 2>/dev/null
-    done
-    for name in "${!PIDS[@]}"; do
-        pid=${PIDS[$name]}
-        for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-    done
-    if [[ ${BENCH_KEEP_TMP:-0} = 1 ]]; then log "temp dir kept: $TMP"; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-STOP_RC=""
-stop() {  # stop NAME [signal]: signal it, wait (bounded 15 s), forget it. Exit status in STOP_RC.
-    local name=$1 sig=${2:-TERM} pid=${PIDS[$1]:-}
-    STOP_RC=""
-    [[ -n $pid ]] || return 0
-    kill "-$sig" "$pid" 2>/dev/null
-    for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null; STOP_RC=$?
-    unset "PIDS[$name]"
-}
-
-alive() { [[ -n ${PIDS[$1]:-} ]] && kill -0 "${PIDS[$1]}" 2>/dev/null; }
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-wait_http() {  # wait_http URL NAME: bounded wait (15 s) until URL answers
-    for _ in $(seq 1 150); do
-        curl -s -o /dev/null --max-time 1 "$1" && return 0
-        alive "$2" || return 1
-        sleep 0.1
-    done
-    return 1
-}
-
-start_mock() {  # start_mock NAME PORT extra-args...
-    local name=$1 port=$2; shift 2
-    port_free "$port" || die "port $port is already in use"
-    "$BUILD_DIR/batchgate-mock-upstream" --address 127.0.0.1 --port "$port" --threads 1 \
-        --users "$MAX_ID" "$@" >"$TMP/$name.log" 2>&1 &
-    PIDS[$name]=$!
-    for _ in $(seq 1 100); do
-        grep -q "mock upstream listening" "$TMP/$name.log" && return 0
-        alive "$name" || break
-        sleep 0.1
-    done
-    cat "$TMP/$name.log" >&2
-    die "$name did not start"
-}
-
-start_gateway() {  # start_gateway NAME CONFIG TRAFFIC_PORT ADMIN_PORT
-    local name=$1 cfg=$2 port=$3 admin=$4
-    port_free "$port" || die "port $port is already in use"
-    port_free "$admin" || die "port $admin is already in use"
-    "$BUILD_DIR/batchgate" --config "$cfg" >"$TMP/$name.log" 2>&1 &
-    PIDS[$name]=$!
-    if ! wait_http "http://127.0.0.1:$admin/metrics" "$name"; then
-        cat "$TMP/$name.log" >&2
-        die "$name did not start (config $cfg)"
-    fi
-}
+. "$BENCH_DIR/lib.sh"   # log, die, processes and cleanup, build_release, scrape, msum
+bench_init batchgate-bench
 
 start_nginx() {
     local dir=$TMP/nginx
@@ -129,20 +55,8 @@ start_nginx() {
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null; }
 
 # ---------------------------------------------------------------------------------------------
-# metrics
+# metrics (scrape, msum: lib.sh)
 # ---------------------------------------------------------------------------------------------
-scrape() { curl -s --max-time 5 "http://127.0.0.1:$1/metrics" >"$2" || : >"$2"; }
-
-# msum FILE METRIC [LABEL-SUBSTRING]: sum of every sample of METRIC whose labels contain the
-# substring (e.g. route="users"). Histograms: pass the full sample name (..._sum, ..._count).
-msum() {
-    awk -v m="$2" -v f="${3:-}" '
-        index($0, "#") == 1 { next }
-        { name = $1; sub(/\{.*/, "", name) }
-        name == m && (f == "" || index($0, f) > 0) { s += $NF }
-        END { printf fmt "\n", s + 0 }' fmt="${MSUM_FMT:-%.0f}" "$1"
-}
-
 # status breakdown of batchgate_requests_total for a route between two scrapes: "200:123 503:4"
 status_delta() {
     local before=$1 after=$2 route=$3
@@ -238,12 +152,7 @@ if ((${#need[@]})); then
         || die "apt-get install ${need[*]}"
 fi
 
-if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
-    log "building Release binaries in $BUILD_DIR ..."
-    (cd "$ROOT" && cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBATCHGATE_TESTS=OFF \
-        && ninja -C "$BUILD_DIR" batchgate batchgate-mock-upstream) >"$TMP/build.log" 2>&1 \
-        || { grep -E 'error:|FAILED:' "$TMP/build.log" | head -20 >&2; die "build failed (errors above)"; }
-fi
+build_release batchgate batchgate-mock-upstream batchgate-write-bench
 [[ -x $BUILD_DIR/batchgate && -x $BUILD_DIR/batchgate-mock-upstream ]] || die "binaries missing in $BUILD_DIR"
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null
@@ -317,8 +226,7 @@ EOF
 # nginx runs with access_log off; turn batchgate's access log off too where the config allows it
 # (a `logging` section); otherwise its access log (stdout) goes to a file in the temp dir.
 ACCESS_LOG="on (config has no logging.access_log switch)"
-{ cat "$TMP/passthrough.yaml"; printf 'logging: {access_log: false}\n'; } >"$TMP/probe.yaml"
-if "$BUILD_DIR/batchgate" --check-config "$TMP/probe.yaml" >/dev/null 2>&1; then
+if access_log_switch "$TMP/passthrough.yaml"; then
     for c in passthrough coalesce memory; do printf 'logging: {access_log: false}\n' >>"$TMP/$c.yaml"; done
     ACCESS_LOG="off (logging.access_log: false)"
 fi
@@ -346,7 +254,7 @@ log ""
 loadavg() { log "   load average: $(cut -d' ' -f1-3 /proc/loadavg) (2 cores shared with everything else on the machine)"; }
 log "== 1. passthrough: GET /users/7, mock without latency (--threads 1) =="
 loadavg
-start_mock mock "$P_MOCK"
+start_mock mock "$P_MOCK" --users "$MAX_ID"
 start_nginx
 start_gateway gw-passthrough "$TMP/passthrough.yaml" "$P_GW_PT" "$P_GW_PT_ADMIN"
 table_header
@@ -369,7 +277,7 @@ log ""
 log "== 2. fan-in: random ids 1..$MAX_ID, 200 connections, mock --latency 2ms --max-concurrent 8 =="
 log "   route users: coalesce max_wait ${WINDOW_MS}ms, max_batch_items 100, query_list ids, key /id"
 loadavg
-start_mock mock-slow "$P_MOCK_SLOW" --latency 2ms --max-concurrent 8
+start_mock mock-slow "$P_MOCK_SLOW" --users "$MAX_ID" --latency 2ms --max-concurrent 8
 start_gateway gw-coalesce "$TMP/coalesce.yaml" "$P_GW_CO" "$P_GW_CO_ADMIN"
 table_header
 run_wrk fan-direct "mock direct (single-item calls)" 200 "http://127.0.0.1:$P_MOCK_SLOW/" 1 "${PIDS[mock-slow]}"
@@ -477,6 +385,23 @@ fi
 stop mock
 
 # ---------------------------------------------------------------------------------------------
+# 5. writes: bench/writes.sh, with the binaries built above
+# ---------------------------------------------------------------------------------------------
+WRITES_RC=""
+if [[ ${BENCH_WRITES:-1} != 0 ]]; then
+    log ""
+    log "== 5. writes: bench/writes.sh (same_key ${WRITES_SAME_KEY:-in_batch}, ${WRITES_TOTAL:-2000} writes per run) =="
+    BENCH_SKIP_BUILD=1 BENCH_BUILD_DIR="$BUILD_DIR" BENCH_KEEP_TMP=0 timeout 300 bash "$BENCH_DIR/writes.sh" \
+        >"$TMP/writes.out" 2>&1
+    WRITES_RC=$?
+    sed -n '/^writes: /,/^== summary ==/p' "$TMP/writes.out" | sed '$d'
+    if [[ $WRITES_RC != 0 ]]; then
+        tail -3 "$TMP/writes.out"
+        NOTES+=("writes scenario: bench/writes.sh exited $WRITES_RC (1: writes lost, doubled or wrong; 2: setup failure): $(tail -1 "$TMP/writes.out")")
+    fi
+fi
+
+# ---------------------------------------------------------------------------------------------
 # summary
 # ---------------------------------------------------------------------------------------------
 verdict() { # verdict OK(1|0|"") TEXT
@@ -501,6 +426,15 @@ verdict "$(ge "$SAVED_PCT" 95)" "upstream calls cut >= 95%: ${SAVED_PCT:-?}% (${
 verdict "$(le "$ADDED_US" $((WINDOW_MS * 1000 + 500)))" \
     "added median latency <= window + 0.5ms ($(ms $((WINDOW_MS * 1000 + 500)))): $( [[ -n $ADDED_US ]] && ms "$ADDED_US" || echo ?)"
 verdict "$(le "$PER_CALLER" 4096)" "memory per waiting caller <= 4 KiB (4096 B): ${PER_CALLER:-?} B"
+if [[ -n $WRITES_RC ]]; then
+    WRITE_TARGETS=$(awk '/^== summary ==/ { s = 1 } s && /^target:/' "$TMP/writes.out")
+    [[ -n $WRITE_TARGETS ]] || verdict "" "writes: >= 80% saved, 0 lost, 0 doubled: no figures (exit status $WRITES_RC)"
+    while IFS= read -r t; do
+        [[ -n $t ]] || continue
+        [[ $t = *": MET ("* ]] && v=1 || v=0
+        verdict "$v" "writes ${t#target: }"
+    done <<<"$WRITE_TARGETS"
+fi
 
 # gateway behaviour worth a look: non-2xx answers, socket errors, log lines
 for k in gw-50 gw-200 fan-gw lat-gw; do

@@ -400,6 +400,33 @@ struct shared_state {
   mutable std::mutex calls_mutex;
   std::vector<recorded_call> calls;
 
+  // With options.state_endpoint: calls received, by write_apis::endpoint_name().
+  std::mutex counts_mutex;
+  std::map<std::string, std::uint64_t, std::less<>> call_counts;
+
+  static bool is_state_request(const http::request<http::string_body>& req) {
+    return req.method() == http::verb::get && req.target() == "/__soak/state";
+  }
+  void count_call(const http::request<http::string_body>& req) {
+    if (!options.state_endpoint || is_state_request(req)) return;
+    const std::string_view target = req.target();
+    const auto name = detail::write_apis::endpoint_name(target.substr(0, target.find('?')));
+    std::lock_guard lock(counts_mutex);
+    auto it = call_counts.find(name);
+    if (it == call_counts.end()) it = call_counts.emplace(std::string(name), 0).first;
+    ++it->second;
+  }
+  json state() {
+    json out = writes.applied();
+    json counts = json::object();
+    {
+      std::lock_guard lock(counts_mutex);
+      for (const auto& [name, n] : call_counts) counts[name] = n;
+    }
+    out["calls"] = std::move(counts);
+    return out;
+  }
+
   std::mutex slots_mutex;
   std::size_t active = 0;
   std::size_t peak = 0;
@@ -502,6 +529,7 @@ class session : public std::enable_shared_from_this<session> {
 
     req_ = parser_->release();
     if (state_->options.record_calls) state_->record(req_);
+    state_->count_call(req_);
     // Wait for a concurrency slot; the grant may come from another connection's thread.
     state_->acquire([self = shared_from_this()] {
       net::post(self->stream_.get_executor(), [self] { self->on_slot(); });
@@ -518,9 +546,9 @@ class session : public std::enable_shared_from_this<session> {
   void on_latency(beast::error_code ec) {
     if (ec) return;  // server stopping
     const auto& options = state_->options;
-    if (options.state_endpoint && req_.method() == http::verb::get && req_.target() == "/__soak/state") {
+    if (options.state_endpoint && shared_state::is_state_request(req_)) {
       state_->release();
-      return send(json_reply(http::status::ok, state_->writes.applied()));
+      return send(json_reply(http::status::ok, state_->state()));
     }
     auto random = state_->draw_fault();
     if (random && !applies_first(*random)) {

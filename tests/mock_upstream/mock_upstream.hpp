@@ -98,7 +98,9 @@ struct mock_options {
   std::chrono::milliseconds slow_max{200};    // random_fault::slow
   // Items of A and B, and the abilities of C, carry "owner": <the call's Authorization>.
   bool tag_owner = false;
-  // Serve GET /__soak/state: what C and D applied (write_apis::applied()).
+  // Serve GET /__soak/state: what C and D applied and the abilities of C (write_apis::applied()),
+  // plus "calls": the calls received so far (the state calls excepted) by endpoint, as
+  // {"abilities_batch":n,"abilities_single":n,...,"other":n} (write_apis::endpoint_name()).
   bool state_endpoint = false;
 };
 

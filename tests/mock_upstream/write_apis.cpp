@@ -190,12 +190,21 @@ json goal_json(const std::string& id, const json& period_id, const json& type, c
 
 }  // namespace
 
-bool write_apis::is_batch_path(std::string_view path) {
-  auto s = segments(path);
-  return is(s, {"api", "characters", "*", "abilities", "batch"}) ||
-         is(s, {"api", "client", "progress", "batch"}) || is(s, {"api", "v1", "documents", "batch"}) ||
-         is(s, {"api", "v1", "org", "*", "goals", "batch-save"});
+std::string_view write_apis::endpoint_name(std::string_view path) {
+  const auto s = segments(path);
+  if (is(s, {"api", "characters", "*", "abilities", "batch"})) return "abilities_batch";
+  if (is(s, {"api", "characters", "*", "abilities", "*"})) return "abilities_single";
+  if (is(s, {"api", "client", "progress", "batch"})) return "progress_batch";
+  if (is(s, {"api", "client", "progress"})) return "progress_single";
+  if (is(s, {"api", "v1", "documents", "batch"})) return "documents_batch";
+  if (is(s, {"api", "v1", "workspaces", "*", "documents"}) || is(s, {"api", "v1", "workspaces", "*", "documents", "*"}))
+    return "documents_single";
+  if (is(s, {"api", "v1", "org", "*", "goals", "batch-save"})) return "goals_batch";
+  if (is(s, {"api", "v1", "org", "*", "goals"}) || is(s, {"api", "v1", "org", "*", "goals", "*"})) return "goals_single";
+  return "other";
 }
+
+bool write_apis::is_batch_path(std::string_view path) { return endpoint_name(path).ends_with("_batch"); }
 
 std::optional<write_reply> write_apis::handle(std::string_view method, std::string_view path,
                                               std::string_view body, std::string_view owner) {
@@ -283,7 +292,11 @@ write_apis::json write_apis::applied() const {
   json ops = json::object(), events = json::object();
   for (const auto& [id, n] : applied_ops_) ops[id] = n;
   for (const auto& [id, n] : processed_events_) events[id] = n;
-  return json{{"ability_ops", std::move(ops)}, {"progress_events", std::move(events)}};
+  json abilities = json::object();
+  for (const auto& [key, st] : abilities_)
+    abilities[key.first + "/" + std::to_string(key.second)] =
+        json{{"score", st.score}, {"experience_points", st.experience_points}};
+  return json{{"ability_ops", std::move(ops)}, {"progress_events", std::move(events)}, {"abilities", std::move(abilities)}};
 }
 
 write_reply write_apis::ability_single(const std::string& cid, std::string_view aid_text,

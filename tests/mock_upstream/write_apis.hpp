@@ -39,6 +39,10 @@ class write_apis {
 
   /// True for the batch endpoints of C–F (those that `fault` applies to).
   static bool is_batch_path(std::string_view path);
+  /// Which C–F endpoint a path (no query) belongs to: "abilities_batch", "abilities_single",
+  /// "progress_batch", "progress_single", "documents_batch", "documents_single", "goals_batch",
+  /// "goals_single"; "other" for any other path.
+  static std::string_view endpoint_name(std::string_view path);
 
   /// The answer for a C–F endpoint, or nullopt when `path` belongs to none of them.
   /// A non-empty `owner` (the caller's Authorization, with mock_options::tag_owner) is added
@@ -47,8 +51,9 @@ class write_apis {
                                     std::string_view body, std::string_view owner = {});
 
   /// With track_applied: how many times each C operation carrying `data.opId` (a string) was
-  /// applied, and each D event was processed (accepted or found duplicate), as
-  /// {"ability_ops":{opId:n},"progress_events":{clientEventId:n}}.
+  /// applied, and each D event was processed (accepted or found duplicate), and the state of
+  /// every C ability written so far, as {"ability_ops":{opId:n},"progress_events":{clientEventId:n},
+  /// "abilities":{"<character_id>/<ability_id>":{"score":s,"experience_points":x}}}.
   json applied() const;
 
   void reset();

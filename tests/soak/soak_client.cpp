@@ -47,6 +47,8 @@
 #include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
 
+#include "tests/soak/simple_get.hpp"
+
 #include <signal.h>
 #include <sys/types.h>
 
@@ -560,26 +562,7 @@ process_figures read_process(pid_t pid) {
   return f;
 }
 
-// A plain blocking GET (admin metrics, the mock's state); empty on any error.
-std::optional<std::string> simple_get(const std::string& host, unsigned short port, const std::string& target) {
-  try {
-    net::io_context ioc;
-    beast::tcp_stream stream(ioc);
-    stream.expires_after(10s);
-    stream.connect(tcp::endpoint(net::ip::make_address(host), port));
-    http::request<http::empty_body> req(http::verb::get, target, 11);
-    req.set(http::field::host, "soak.local");
-    http::write(stream, req);
-    beast::flat_buffer buffer;
-    http::response_parser<http::string_body> parser;
-    parser.body_limit(1ull << 32);
-    http::read(stream, buffer, parser);
-    if (parser.get().result_int() != 200) return std::nullopt;
-    return parser.get().body();
-  } catch (const std::exception&) {
-    return std::nullopt;
-  }
-}
+using batchgate::load::simple_get;  // admin metrics, the mock's state
 
 // Sum of a Prometheus counter's samples whose line starts with `prefix`.
 double metric_sum(const std::string& text, std::string_view prefix) {
