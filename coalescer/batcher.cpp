@@ -174,6 +174,13 @@ void batcher::record(std::vector<batch> closed) {
 // partition never has two calls in flight, so one key's writes arrive in order. Then the
 // batches the window held for blocked partitions go, oldest first, as they become free.
 void batcher::pump() {
+    send_ready();
+    // Releasing a held batch may open the partition's next one (writes sequenced behind it), and
+    // the timer must be set for it: nothing else may come to wake this route.
+    arm_timer();
+}
+
+void batcher::send_ready() {
     for (;;) {
         for (auto it = ready_.begin(); it != ready_.end() && in_flight_ < route_.coalesce.max_concurrent_batches;) {
             if (ordered_ && busy_partitions_.count(it->b.partition_key)) {

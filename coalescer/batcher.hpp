@@ -98,6 +98,7 @@ private:
     void enqueue(std::vector<batch> closed);
     void record(std::vector<batch> closed);  // metrics, then into ready_
     void pump();
+    void send_ready();
     // A partition that cannot send now: its due batch stays open in the window (group commit).
     bool blocked(const std::string& partition_key) const;
     void release_slot(const pending& p);

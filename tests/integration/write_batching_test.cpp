@@ -161,6 +161,34 @@ TEST(WriteBatching, BusyPartitionCollectsEverythingIntoOneNextCall) {
     EXPECT_EQ(gw.metric("batchgate_batch_flushes_total{reason=\"released\",route=\"abilities\"}"), 1);
 }
 
+// Group commit with same_key: sequence: two writes to one key while the partition is busy. The
+// held batch takes the first; releasing it opens the partition's next batch for the second,
+// which must still go out by itself (regression: it waited for the caller's deadline, 504).
+TEST(WriteBatching, SequencedWriteBehindAReleasedBatchIsStillSent) {
+    mock_upstream up({.threads = 2, .latency = std::chrono::milliseconds(300)});
+    std::string text = example("abilities.yaml", up.port(), "0ms");
+    replace_once(text, "same_key: in_batch", "same_key: sequence");
+    running_gateway gw(load_yaml(text));
+    const std::string waiting = "batchgate_waiting_callers{route=\"abilities\"}";
+
+    std::vector<response> results(3);
+    std::vector<std::thread> callers;
+    callers.emplace_back([&] { results[0] = call(gw.port(), "PATCH", "/api/characters/3/abilities/1", increment(1)); });
+    ASSERT_TRUE(eventually([&] { return up.calls().size() == 1; }));
+    for (int i = 1; i < 3; ++i) {
+        callers.emplace_back([&, i] { results[i] = call(gw.port(), "PATCH", "/api/characters/3/abilities/2", increment(i)); });
+        ASSERT_TRUE(eventually([&] { return gw.metric(waiting) >= i + 1; }));
+    }
+    const auto start = std::chrono::steady_clock::now();
+    for (auto& t : callers) t.join();
+    for (const auto& r : results) ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(results[1].json()["score"], 1);
+    EXPECT_EQ(results[2].json()["score"], 3) << "the second write to ability 2 after the first";
+    EXPECT_EQ(calls_to(up, "POST", abilities_batch).size(), 3u);
+    // Not a timing assertion on the gateway's speed: a stuck batch waits for the 6 s caller deadline.
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+}
+
 // Point 4: the 422 names the failing abilityId: its caller gets the 422 and the other three go
 // again in one call; two calls in all, not five.
 TEST(WriteBatching, RefusedBatchNamingTheFailingItemCostsOneMoreCall) {
