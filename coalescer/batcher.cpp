@@ -174,40 +174,42 @@ void batcher::record(std::vector<batch> closed) {
 // partition never has two calls in flight, so one key's writes arrive in order. Then the
 // batches the window held for blocked partitions go, oldest first, as they become free.
 void batcher::pump() {
-    send_ready();
+    for (;;) {
+        send_ready();
+        if (window_.held() == 0) break;
+        // A held batch whose partition is free joins the queue (behind what is already there);
+        // route slots do not hold it back, so it cannot starve behind busier partitions.
+        auto released = window_.release(clock_type::now(), [this](const std::string& pkey) { return blocked(pkey); });
+        if (released.empty()) break;
+        record(std::move(released));
+    }
     // Releasing a held batch may open the partition's next one (writes sequenced behind it), and
     // the timer must be set for it: nothing else may come to wake this route.
     arm_timer();
 }
 
 void batcher::send_ready() {
-    for (;;) {
-        for (auto it = ready_.begin(); it != ready_.end() && in_flight_ < route_.coalesce.max_concurrent_batches;) {
-            if (ordered_ && busy_partitions_.count(it->b.partition_key)) {
-                ++it;
-                continue;
-            }
-            pending p = std::move(*it);
-            it = ready_.erase(it);
-            if (shed_expired(p)) {  // nobody is waiting for this batch any more
-                it = ready_.begin();
-                continue;
-            }
-            send(std::move(p));
-            it = ready_.begin();  // send() may not touch ready_, but restart to keep the scan simple
+    for (auto it = ready_.begin(); it != ready_.end() && in_flight_ < route_.coalesce.max_concurrent_batches;) {
+        if (ordered_ && busy_partitions_.count(it->b.partition_key)) {
+            ++it;
+            continue;
         }
-        // Nothing held, or no slot for any of it: the next answer pumps again.
-        if (window_.held() == 0 || in_flight_ >= route_.coalesce.max_concurrent_batches) return;
-        auto released = window_.release(clock_type::now(), [this](const std::string& pkey) { return blocked(pkey); });
-        if (released.empty()) return;
-        record(std::move(released));
+        pending p = std::move(*it);
+        it = ready_.erase(it);
+        if (shed_expired(p)) {  // nobody is waiting for this batch any more
+            it = ready_.begin();
+            continue;
+        }
+        send(std::move(p));
+        it = ready_.begin();  // send() may not touch ready_, but restart to keep the scan simple
     }
 }
 
+// Group commit holds a due batch only while its own partition is busy (ordered routes: a call
+// in flight or backing off, or an earlier batch queued). Route-wide slot pressure does not hold
+// it: the batch queues in order like any other, so no partition waits behind busier ones.
 bool batcher::blocked(const std::string& partition_key) const {
-    if (draining_) return false;
-    if (in_flight_ >= route_.coalesce.max_concurrent_batches) return true;
-    if (!ordered_) return !ready_.empty();
+    if (draining_ || !ordered_) return false;
     return busy_partitions_.count(partition_key) != 0 ||
            std::any_of(ready_.begin(), ready_.end(), [&](const pending& r) { return r.b.partition_key == partition_key; });
 }

@@ -945,7 +945,11 @@ std::size_t batch_overhead(const config::coalesce_settings& settings, const part
         case config::batch_encoding::json_body: return empty.body.size() - std::min<std::size_t>(1, empty.body.size());
         case config::batch_encoding::query_list:
             return empty.target.size() - std::min(rq.separator.size(), empty.target.size());
-        case config::batch_encoding::query_repeat: return empty.target.size();
+        case config::batch_encoding::query_repeat: {
+            // The first key needs no '?' or '&' when the path already ends in one.
+            const bool joined = !empty.target.empty() && (empty.target.back() == '?' || empty.target.back() == '&');
+            return empty.target.size() - (joined ? 1 : 0);
+        }
     }
     return 0;
 }

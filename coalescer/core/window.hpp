@@ -3,13 +3,14 @@
 // takes `now`, and the owner (coalescer/batcher.hpp) arms one timer at next_deadline().
 //
 // Group commit: when a batch's time is up but its partition cannot send (it has a call in
-// flight, or the route has no free slot), the owner says so through expire()'s `blocked`
+// flight), the owner says so through expire()'s `blocked`
 // predicate and the batch stays open: everything that arrives for the partition meanwhile joins
 // it (up to the item and byte limits), and release() closes it the moment the partition can
 // send. One next call per partition, never several small back-to-back ones.
 // Not thread-safe: the owner calls it from one strand.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <deque>
@@ -59,6 +60,7 @@ public:
         std::string key;
         nlohmann::json payload;       // what goes into the batch call for this key
         std::vector<Waiter> waiters;  // >1 when callers shared or merged into this key
+        std::size_t cost = 0;         // bytes the payload adds to the batch call
     };
 
     struct batch {
@@ -205,6 +207,11 @@ private:
             auto idx = ob.index.find(key);
             if (idx != ob.index.end() && limits_.policy != same_key::in_batch) {
                 item& existing = ob.b.items[idx->second];
+                auto defer = [&] { ob.overflow.push_back({std::move(key), std::move(payload), cost, std::move(waiter)}); };
+                // A merge that would break the byte limit waits for the next batch, and so does
+                // every later write of that key (the latest must stay the latest).
+                const bool key_deferred = std::any_of(ob.overflow.begin(), ob.overflow.end(),
+                                                      [&](const deferred& d) { return d.key == key; });
                 switch (limits_.policy) {
                     case same_key::share:
                         if (existing.payload != payload) {
@@ -216,16 +223,28 @@ private:
                         ++deduplicated_;
                         break;
                     case same_key::last_write_wins:
+                        if (key_deferred || !fits_after_merge(ob.b, existing, cost)) return defer();
+                        ob.b.bytes = ob.b.bytes - existing.cost + cost;
                         existing.payload = std::move(payload);
+                        existing.cost = cost;
                         ++merged_;
                         break;
-                    case same_key::merge_patch:
-                        if (existing.payload.is_object() && payload.is_object())
-                            existing.payload.merge_patch(payload);
+                    case same_key::merge_patch: {
+                        if (key_deferred) return defer();
+                        nlohmann::json merged = existing.payload;
+                        if (merged.is_object() && payload.is_object())
+                            merged.merge_patch(payload);
                         else
-                            existing.payload = std::move(payload);
+                            merged = payload;
+                        const std::size_t merged_cost =
+                            merged.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).size() + 1;
+                        if (!fits_after_merge(ob.b, existing, merged_cost)) return defer();
+                        ob.b.bytes = ob.b.bytes - existing.cost + merged_cost;
+                        existing.payload = std::move(merged);
+                        existing.cost = merged_cost;
                         ++merged_;
                         break;
+                    }
                     case same_key::sequence:
                         ob.overflow.push_back({std::move(key), std::move(payload), cost, std::move(waiter)});
                         return;
@@ -254,13 +273,18 @@ private:
         open_batch& ob = it->second;
         ob.index.emplace(key, ob.b.items.size());  // the first item of a key (in_batch: one of several)
         ob.b.bytes += cost;
-        item fresh{std::move(key), std::move(payload), {}};
+        item fresh{std::move(key), std::move(payload), {}, cost};
         fresh.waiters.push_back(std::move(waiter));
         ob.b.items.push_back(std::move(fresh));
         if (ob.b.items.size() >= limits_.max_items)
             close(it, flush_reason::size, now, closed);
         else if (limits_.max_bytes && ob.b.bytes >= limits_.max_bytes)
             close(it, flush_reason::bytes, now, closed);
+    }
+
+    // Whether replacing `existing`'s cost by new_cost keeps the batch within max_bytes.
+    bool fits_after_merge(const batch& b, const item& existing, std::size_t new_cost) const {
+        return !limits_.max_bytes || b.bytes - existing.cost + new_cost <= limits_.max_bytes;
     }
 
     typename map::iterator open_new(const std::string& key, const partition_values& values, std::size_t overhead,

@@ -304,3 +304,35 @@ TEST(WriteBatching, ItemThatAloneBreaksTheLimitIs413) {
     EXPECT_NE(r.body.find("max_batch_bytes (300)"), std::string::npos) << r.body;
     EXPECT_TRUE(up.calls().empty());
 }
+
+// Group commit never starves a partition behind busier ones. One slot (max_concurrent_batches: 1);
+// character 1 is busy enough that a size-closed batch always waits when a call answers; a single
+// PATCH for character 2 must still go (regression: it was held for want of a slot and never
+// released, 504 at the route's 1.5 s timeout).
+TEST(WriteBatching, AQuietPartitionIsNotStarvedByABusyOne) {
+    mock_upstream up({.threads = 2, .latency = std::chrono::milliseconds(50)});
+    std::string text = example("abilities.yaml", up.port(), "5ms");
+    replace_once(text, "      same_key: in_batch", "      max_concurrent_batches: 1\n      max_batch_items: 2\n      same_key: in_batch");
+    replace_once(text, "    mode: coalesce\n", "    mode: coalesce\n    timeout: 1500ms\n");
+    running_gateway gw(load_yaml(text));
+
+    std::atomic<bool> stop{false};
+    std::atomic<int> hot_ok{0};
+    std::vector<std::thread> hot;
+    for (int t = 0; t < 6; ++t)
+        hot.emplace_back([&, t] {
+            while (!stop) {
+                auto r = call(gw.port(), "PATCH", "/api/characters/1/abilities/" + std::to_string(t + 1), increment(1));
+                if (r.status == 200) ++hot_ok;
+            }
+        });
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    const auto t0 = std::chrono::steady_clock::now();
+    auto lone = call(gw.port(), "PATCH", "/api/characters/2/abilities/1", increment(1));
+    const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
+    stop = true;
+    for (auto& t : hot) t.join();
+    EXPECT_EQ(lone.status, 200) << "after " << waited.count() << " ms: " << lone.body;
+    EXPECT_GT(hot_ok.load(), 20);
+    EXPECT_TRUE(up.ability("2", 1).has_value()) << "character 2's write never reached the upstream";
+}

@@ -1470,5 +1470,20 @@ TEST(BuildJsonBody, BodyPointerPlaceholdersInThePathAreText) {
     EXPECT_EQ(build_batch_request(s, v, {"1"}, {}).target, "/p/a%20b/%7B%22k%22%3A1%7D/");
 }
 
+// query_repeat whose path already ends in '?' (or '&'): the first key needs no separator, and the
+// overhead says so (regression: counted 1 byte too many).
+TEST(BatchBytes, QueryRepeatPathEndingInQuestionMark) {
+    coalesce_settings s = users_api();
+    s.request.encoding = batch_encoding::query_repeat;
+    s.request.query_param = "id";
+    for (std::string path : {"/users?", "/users?v=1&"}) {
+        s.request.path = path;
+        partition_values v;
+        const std::size_t overhead = batch_overhead(s, v);
+        const auto out = build_batch_request(s, v, {"1", "22"}, {});
+        EXPECT_EQ(out.target.size(), overhead + item_cost(s, "1") + item_cost(s, "22")) << out.target;
+    }
+}
+
 }  // namespace
 }  // namespace batchgate::coalescer

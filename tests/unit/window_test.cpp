@@ -386,3 +386,43 @@ TEST(Window, ByteLimitCountsThePartitionOverhead) {
     EXPECT_EQ(over[0].bytes, 80u);
     EXPECT_EQ(waiters_of(over[0]), (std::vector<int>{3}));
 }
+
+// Merging changes the item's size: the batch's bytes follow, and a merge that would break the
+// byte limit waits for the next batch (as does every later write of that key, so the latest stays
+// the latest).
+TEST(Window, MergedItemsKeepTheByteCountAndLimit) {
+    manual_clock clock;
+    using batchgate::coalescer::same_key;
+    test_window lww({.max_items = 100, .max_bytes = 30, .max_wait = 5ms, .policy = same_key::last_write_wins});
+    lww.add(part("p"), "x", 10, 1, clock.now, nlohmann::json("x"));
+    lww.add(part("p"), "k", 10, 2, clock.now, nlohmann::json("a"));
+    lww.add(part("p"), "k", 15, 3, clock.now, nlohmann::json("b"));  // 10 + 15 <= 30: replaces
+    lww.add(part("p"), "k", 25, 4, clock.now, nlohmann::json("c"));  // 10 + 25 > 30: next batch
+    lww.add(part("p"), "k", 5, 5, clock.now, nlohmann::json("d"));   // would fit, but "c" is deferred
+    clock.advance(5ms);
+    auto first = lww.expire(clock.now);
+    ASSERT_EQ(first.size(), 1u);
+    EXPECT_EQ(first[0].bytes, 25u);
+    EXPECT_EQ(first[0].items.at(1).payload, "b");
+    EXPECT_EQ(waiters_of(first[0]), (std::vector<int>{1, 2, 3}));
+    clock.advance(5ms);
+    auto second = lww.expire(clock.now);
+    ASSERT_EQ(second.size(), 1u);
+    EXPECT_EQ(second[0].items.at(0).payload, "d") << "the latest write wins in the next batch";
+    EXPECT_EQ(second[0].bytes, 5u);
+    EXPECT_EQ(waiters_of(second[0]), (std::vector<int>{4, 5}));
+
+    test_window mp({.max_items = 100, .max_bytes = 40, .max_wait = 5ms, .policy = same_key::merge_patch});
+    const nlohmann::json a{{"a", 1}}, b{{"b", std::string(10, 'x')}}, c{{"c", std::string(30, 'y')}};
+    mp.add(part("p"), "k", a.dump().size() + 1, 1, clock.now, a);
+    mp.add(part("p"), "k", b.dump().size() + 1, 2, clock.now, b);  // merged {"a":1,"b":"xxxxxxxxxx"}: 25 bytes
+    mp.add(part("p"), "k", c.dump().size() + 1, 3, clock.now, c);  // merged would be 62 > 40
+    clock.advance(5ms);
+    auto merged = mp.expire(clock.now);
+    ASSERT_EQ(merged.size(), 1u);
+    const nlohmann::json expect{{"a", 1}, {"b", std::string(10, 'x')}};
+    EXPECT_EQ(merged[0].items.at(0).payload, expect);
+    EXPECT_EQ(merged[0].bytes, expect.dump().size() + 1);
+    EXPECT_EQ(waiters_of(merged[0]), (std::vector<int>{1, 2}));
+    EXPECT_EQ(mp.waiting(), 1u);
+}
