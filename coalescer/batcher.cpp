@@ -173,45 +173,61 @@ void batcher::record(std::vector<batch> closed) {
 // Sends ready batches while the route's concurrency cap allows; on ordered routes a
 // partition never has two calls in flight, so one key's writes arrive in order. Then the
 // batches the window held for blocked partitions go, oldest first, as they become free.
+// Sends what may go while the route has free slots, longest-due first: queued batches, and
+// batches the window holds open (group commit) whose partition is free. A held batch competes
+// with the queue by when it became due, so it keeps growing while slots are taken but never
+// starves behind busier partitions. On ordered routes a partition never has two calls in flight
+// and its batches go in order, so one key's writes arrive in order.
 void batcher::pump() {
-    for (;;) {
-        send_ready();
-        if (window_.held() == 0) break;
-        // A held batch whose partition is free joins the queue (behind what is already there);
-        // route slots do not hold it back, so it cannot starve behind busier partitions.
-        auto released = window_.release(clock_type::now(), [this](const std::string& pkey) { return blocked(pkey); });
-        if (released.empty()) break;
-        record(std::move(released));
+    const auto busy = [this](const std::string& pkey) { return partition_busy(pkey); };
+    while (in_flight_ < route_.coalesce.max_concurrent_batches) {
+        auto next = next_ready();
+        auto held_due = window_.held() ? window_.first_releasable(busy) : std::nullopt;
+        if (held_due && (next == ready_.end() || *held_due < next->b.due)) {
+            auto released = window_.release(clock_type::now(), busy);
+            if (released.empty()) break;  // not reached: first_releasable found one
+            record(std::move(released));
+            continue;  // the released batch is now the longest-due in the queue
+        }
+        if (next == ready_.end()) break;
+        pending p = std::move(*next);
+        ready_.erase(next);
+        if (shed_expired(p)) continue;  // nobody is waiting for this batch any more
+        send(std::move(p));
     }
     // Releasing a held batch may open the partition's next one (writes sequenced behind it), and
     // the timer must be set for it: nothing else may come to wake this route.
     arm_timer();
 }
 
-void batcher::send_ready() {
-    for (auto it = ready_.begin(); it != ready_.end() && in_flight_ < route_.coalesce.max_concurrent_batches;) {
-        if (ordered_ && busy_partitions_.count(it->b.partition_key)) {
-            ++it;
-            continue;
+// The queued batch to send next: the longest-due one whose partition is free (on ordered
+// routes only a partition's first queued batch counts, so its batches keep their order).
+std::deque<batcher::pending>::iterator batcher::next_ready() {
+    auto best = ready_.end();
+    std::unordered_set<std::string_view> seen;
+    for (auto it = ready_.begin(); it != ready_.end(); ++it) {
+        if (ordered_) {
+            if (!seen.insert(it->b.partition_key).second) continue;  // not this partition's first
+            if (busy_partitions_.count(it->b.partition_key)) continue;
         }
-        pending p = std::move(*it);
-        it = ready_.erase(it);
-        if (shed_expired(p)) {  // nobody is waiting for this batch any more
-            it = ready_.begin();
-            continue;
-        }
-        send(std::move(p));
-        it = ready_.begin();  // send() may not touch ready_, but restart to keep the scan simple
+        if (best == ready_.end() || it->b.due < best->b.due) best = it;
     }
+    return best;
 }
 
-// Group commit holds a due batch only while its own partition is busy (ordered routes: a call
-// in flight or backing off, or an earlier batch queued). Route-wide slot pressure does not hold
-// it: the batch queues in order like any other, so no partition waits behind busier ones.
-bool batcher::blocked(const std::string& partition_key) const {
+// A partition whose next batch cannot go yet: a call of it in flight (or backing off), or an
+// earlier batch of it queued. Only ordered routes keep one call per partition.
+bool batcher::partition_busy(const std::string& partition_key) const {
     if (draining_ || !ordered_) return false;
     return busy_partitions_.count(partition_key) != 0 ||
            std::any_of(ready_.begin(), ready_.end(), [&](const pending& r) { return r.b.partition_key == partition_key; });
+}
+
+// Whether a due batch stays open in the window (group commit): its partition is busy, or the
+// route has no free slot, so it may as well keep collecting callers.
+bool batcher::blocked(const std::string& partition_key) const {
+    if (draining_) return false;
+    return in_flight_ >= route_.coalesce.max_concurrent_batches || partition_busy(partition_key);
 }
 
 void batcher::release_slot(const pending& p) {
@@ -386,6 +402,7 @@ batcher::pending batcher::part_of(const pending& p) const {
     part.b.partition_key = p.b.partition_key;
     part.b.values = p.b.values;
     part.b.opened = p.b.opened;
+    part.b.due = p.b.due;
     part.b.reason = p.b.reason;
     return part;
 }

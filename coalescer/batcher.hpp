@@ -98,8 +98,9 @@ private:
     void enqueue(std::vector<batch> closed);
     void record(std::vector<batch> closed);  // metrics, then into ready_
     void pump();
-    void send_ready();
-    // A partition that cannot send now: its due batch stays open in the window (group commit).
+    std::deque<pending>::iterator next_ready();
+    bool partition_busy(const std::string& partition_key) const;
+    // A due batch that cannot be sent now stays open in the window (group commit).
     bool blocked(const std::string& partition_key) const;
     void release_slot(const pending& p);
     void send(pending p);

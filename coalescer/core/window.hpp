@@ -2,8 +2,8 @@
 // flush triggers (items, bytes, oldest waiter's age). It has no clock and no I/O: every call
 // takes `now`, and the owner (coalescer/batcher.hpp) arms one timer at next_deadline().
 //
-// Group commit: when a batch's time is up but its partition cannot send (it has a call in
-// flight), the owner says so through expire()'s `blocked`
+// Group commit: when a batch's time is up but it cannot be sent (its partition has a call in
+// flight, or the route has no free slot), the owner says so through expire()'s `blocked`
 // predicate and the batch stays open: everything that arrives for the partition meanwhile joins
 // it (up to the item and byte limits), and release() closes it the moment the partition can
 // send. One next call per partition, never several small back-to-back ones.
@@ -71,6 +71,7 @@ public:
         std::vector<item> items;
         std::size_t bytes = 0;  // the batch call's size: partition overhead + item costs
         time_point opened{};
+        time_point due{};  // when it became due to be sent (set at close)
         flush_reason reason = flush_reason::timer;
         std::size_t waiter_count() const {
             std::size_t n = 0;
@@ -114,13 +115,28 @@ public:
             if (blocked(d.partition_key))
                 held_.push_back(std::move(d));
             else
-                close(it, flush_reason::timer, now, closed);
+                close(it, flush_reason::timer, now, closed, d.at);
             drop_stale();
         }
         return closed;
     }
     std::vector<batch> expire(time_point now) {
         return expire(now, [](const std::string&) { return false; });
+    }
+
+    // When the oldest held batch whose partition is not blocked became due; nullopt when none.
+    template <class Blocked>
+    std::optional<time_point> first_releasable(Blocked&& blocked) {
+        for (auto h = held_.begin(); h != held_.end();) {
+            auto it = open_.find(h->partition_key);
+            if (it == open_.end() || it->second.generation != h->generation) {
+                h = held_.erase(h);  // closed meanwhile by size or bytes
+                continue;
+            }
+            if (!blocked(h->partition_key)) return h->at;
+            ++h;
+        }
+        return std::nullopt;
     }
 
     // Closes the oldest held batch whose partition is no longer blocked; empty when there is
@@ -139,8 +155,9 @@ public:
                 ++h;
                 continue;
             }
+            const time_point due = h->at;
             held_.erase(h);
-            close(it, flush_reason::released, now, closed);
+            close(it, flush_reason::released, now, closed, due);
             break;
         }
         return closed;
@@ -302,8 +319,12 @@ private:
     }
 
     // Moves the batch out; writes sequenced behind it open the partition's next batch.
-    void close(typename map::iterator it, flush_reason reason, time_point now, std::vector<batch>& closed) {
+    // due: when the batch became due to be sent (its deadline for timer and held batches, now for
+    // the rest); the owner sends the longest-due first.
+    void close(typename map::iterator it, flush_reason reason, time_point now, std::vector<batch>& closed,
+               std::optional<time_point> due = std::nullopt) {
         batch b = std::move(it->second.b);
+        b.due = due.value_or(now);
         std::vector<deferred> overflow = std::move(it->second.overflow);
         const std::size_t overhead = it->second.overhead;
         open_.erase(it);

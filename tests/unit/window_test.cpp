@@ -426,3 +426,28 @@ TEST(Window, MergedItemsKeepTheByteCountAndLimit) {
     EXPECT_EQ(waiters_of(merged[0]), (std::vector<int>{1, 2}));
     EXPECT_EQ(mp.waiting(), 1u);
 }
+
+// The owner sends the longest-due batch first: a held batch remembers when it became due.
+TEST(Window, HeldBatchesKeepWhenTheyBecameDue) {
+    manual_clock clock;
+    test_window w({.max_items = 2, .max_bytes = 0, .max_wait = 5ms});
+    auto blocked = [](const std::string&) { return true; };
+    auto free = [](const std::string& pkey) { return pkey == "q"; };  // q's partition is still busy
+    w.add(part("p"), "1", 1, 1, clock.now);
+    w.add(part("q"), "1", 1, 2, clock.now);
+    clock.advance(5ms);
+    EXPECT_TRUE(w.expire(clock.now, blocked).empty());
+    clock.advance(100ms);
+    w.add(part("p"), "2", 1, 3, clock.now);  // p's held batch keeps growing
+    EXPECT_EQ(w.first_releasable(free), time_point{} + 5ms);
+    clock.advance(1ms);
+    auto full = w.add(part("p"), "3", 1, 4, clock.now);  // a fresh batch after p's closed by size
+    ASSERT_EQ(full.size(), 1u);
+    EXPECT_EQ(full[0].due, clock.now) << "closed by size: due now";
+    EXPECT_FALSE(w.first_releasable(free)) << "p's held batch is gone, q is busy";
+    auto released = w.release(clock.now, [](const std::string&) { return false; });
+    ASSERT_EQ(released.size(), 1u);
+    EXPECT_EQ(released[0].partition_key, "q");
+    EXPECT_EQ(released[0].due, time_point{} + 5ms);
+    EXPECT_EQ(released[0].reason, flush_reason::released);
+}
