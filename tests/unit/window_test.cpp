@@ -430,21 +430,21 @@ TEST(Window, MergedItemsKeepTheByteCountAndLimit) {
 // The owner sends the longest-due batch first: a held batch remembers when it became due.
 TEST(Window, HeldBatchesKeepWhenTheyBecameDue) {
     manual_clock clock;
-    test_window w({.max_items = 2, .max_bytes = 0, .max_wait = 5ms});
+    test_window w({.max_items = 3, .max_bytes = 0, .max_wait = 5ms});
     auto blocked = [](const std::string&) { return true; };
-    auto free = [](const std::string& pkey) { return pkey == "q"; };  // q's partition is still busy
+    auto q_busy = [](const std::string& pkey) { return pkey == "q"; };  // q's partition is still busy
     w.add(part("p"), "1", 1, 1, clock.now);
     w.add(part("q"), "1", 1, 2, clock.now);
     clock.advance(5ms);
     EXPECT_TRUE(w.expire(clock.now, blocked).empty());
     clock.advance(100ms);
     w.add(part("p"), "2", 1, 3, clock.now);  // p's held batch keeps growing
-    EXPECT_EQ(w.first_releasable(free), time_point{} + 5ms);
+    EXPECT_EQ(w.first_releasable(q_busy), time_point{} + 5ms);
     clock.advance(1ms);
-    auto full = w.add(part("p"), "3", 1, 4, clock.now);  // a fresh batch after p's closed by size
+    auto full = w.add(part("p"), "3", 1, 4, clock.now);  // p's held batch is full: closed by size
     ASSERT_EQ(full.size(), 1u);
     EXPECT_EQ(full[0].due, clock.now) << "closed by size: due now";
-    EXPECT_FALSE(w.first_releasable(free)) << "p's held batch is gone, q is busy";
+    EXPECT_FALSE(w.first_releasable(q_busy)) << "p's held batch is gone, q is busy";
     auto released = w.release(clock.now, [](const std::string&) { return false; });
     ASSERT_EQ(released.size(), 1u);
     EXPECT_EQ(released[0].partition_key, "q");
