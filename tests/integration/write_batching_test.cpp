@@ -6,12 +6,10 @@
 // received and the final state.
 #include <atomic>
 #include <chrono>
-#include <fstream>
 #include <regex>
-#include <sstream>
 #include <thread>
 
-#include "tests/integration/harness.hpp"
+#include "tests/integration/examples.hpp"
 
 using namespace batchgate::testing;
 using batchgate::mock::ability_state;
@@ -21,43 +19,6 @@ using batchgate::mock::recorded_call;
 using nlohmann::json;
 
 namespace {
-
-const std::map<std::string, std::string> json_headers{{"Content-Type", "application/json"}};
-
-response call(unsigned short port, const std::string& method, const std::string& target, const json& body) {
-    return send_request(port, method, target, body.dump(), json_headers);
-}
-
-std::string read_example(const std::string& name) {
-    std::ifstream in(std::string(BATCHGATE_EXAMPLES) + "/" + name);
-    std::stringstream text;
-    text << in.rdbuf();
-    return text.str();
-}
-
-void replace_once(std::string& text, const std::string& from, const std::string& to) {
-    auto pos = text.find(from);
-    if (pos == std::string::npos) throw std::runtime_error("the example no longer contains \"" + from + "\"");
-    text.replace(pos, from.size(), to);
-}
-
-// The shipped example on ephemeral ports in front of the mock, with the window given.
-std::string example(const std::string& file, unsigned short upstream_port, const std::string& wait) {
-    std::string text = read_example(file);
-    replace_once(text, "listen: 0.0.0.0:8080", "listen: 127.0.0.1:0");
-    replace_once(text, "admin_listen: 0.0.0.0:9090", "admin_listen: 127.0.0.1:0\nworker_threads: 4");
-    replace_once(text, "url: http://127.0.0.1:9000", "url: http://127.0.0.1:" + std::to_string(upstream_port));
-    replace_once(text, "max_wait: 5ms", "max_wait: " + wait);
-    return text;
-}
-
-std::vector<recorded_call> calls_to(const mock_upstream& up, const std::string& method, const std::string& path_regex) {
-    std::vector<recorded_call> out;
-    const std::regex re(path_regex);
-    for (auto& c : up.calls())
-        if (c.method == method && std::regex_match(c.path, re)) out.push_back(c);
-    return out;
-}
 
 json ops_of(const recorded_call& c) { return json::parse(c.body)["operations"]; }
 
@@ -83,7 +44,7 @@ bool eventually(Pred pred) {
 TEST(WriteBatching, TwoIncrementsOfOneAbilityAreOneCallAnsweredInOrder) {
     mock_upstream up;
     ASSERT_EQ(call(up.port(), "PATCH", "/api/characters/7/abilities/1", increment(22)).status, 200);  // score 22
-    running_gateway gw(load_yaml(example("abilities.yaml", up.port(), "200ms")));
+    running_gateway gw(load_yaml(example_config_text("abilities.yaml", up.port(), "200ms")));
 
     auto results = concurrently(2, [&](int) { return call(gw.port(), "PATCH", "/api/characters/7/abilities/1", increment(1)); });
     std::multiset<int> scores;
@@ -106,7 +67,7 @@ TEST(WriteBatching, TwoIncrementsOfOneAbilityAreOneCallAnsweredInOrder) {
 // caller's answer is a state its own operation produced (distinct per ability).
 TEST(WriteBatching, HotAbilitiesLoseNoWriteAndEveryCallerGetsItsOwnState) {
     mock_upstream up({.threads = 2});
-    running_gateway gw(load_yaml(example("abilities.yaml", up.port(), "20ms")));
+    running_gateway gw(load_yaml(example_config_text("abilities.yaml", up.port(), "20ms")));
     constexpr int n = 60;
     auto results = concurrently(n, [&](int i) {
         return call(gw.port(), "PATCH", "/api/characters/5/abilities/" + std::to_string(i % 3 + 1), increment(1, i));
@@ -133,7 +94,7 @@ TEST(WriteBatching, HotAbilitiesLoseNoWriteAndEveryCallerGetsItsOwnState) {
 // when each arrives after its own max_wait (here 0): [1] then [2,3,4], never four calls.
 TEST(WriteBatching, BusyPartitionCollectsEverythingIntoOneNextCall) {
     mock_upstream up({.threads = 2, .latency = std::chrono::milliseconds(700)});
-    running_gateway gw(load_yaml(example("abilities.yaml", up.port(), "0ms")));
+    running_gateway gw(load_yaml(example_config_text("abilities.yaml", up.port(), "0ms")));
     const std::string waiting = "batchgate_waiting_callers{route=\"abilities\"}";
 
     std::vector<response> results(4);
@@ -166,7 +127,7 @@ TEST(WriteBatching, BusyPartitionCollectsEverythingIntoOneNextCall) {
 // which must still go out by itself (regression: it waited for the caller's deadline, 504).
 TEST(WriteBatching, SequencedWriteBehindAReleasedBatchIsStillSent) {
     mock_upstream up({.threads = 2, .latency = std::chrono::milliseconds(300)});
-    std::string text = example("abilities.yaml", up.port(), "0ms");
+    std::string text = example_config_text("abilities.yaml", up.port(), "0ms");
     replace_once(text, "same_key: in_batch", "same_key: sequence");
     running_gateway gw(load_yaml(text));
     const std::string waiting = "batchgate_waiting_callers{route=\"abilities\"}";
@@ -193,7 +154,7 @@ TEST(WriteBatching, SequencedWriteBehindAReleasedBatchIsStillSent) {
 // again in one call; two calls in all, not five.
 TEST(WriteBatching, RefusedBatchNamingTheFailingItemCostsOneMoreCall) {
     mock_upstream up;
-    running_gateway gw(load_yaml(example("abilities.yaml", up.port(), "200ms")));
+    running_gateway gw(load_yaml(example_config_text("abilities.yaml", up.port(), "200ms")));
     auto results = concurrently(4, [&](int i) {
         return call(gw.port(), "PATCH", "/api/characters/9/abilities/" + std::to_string(i + 1),
                     increment(i + 1, 0, i == 3 ? "explode" : "increment"));
@@ -217,7 +178,7 @@ TEST(WriteBatching, RefusedBatchNamingTheFailingItemCostsOneMoreCall) {
 // Point 4, fallback: without failed_items the route bisects, as before.
 TEST(WriteBatching, WithoutFailedItemsTheRouteStillBisects) {
     mock_upstream up;
-    std::string text = example("abilities.yaml", up.port(), "200ms");
+    std::string text = example_config_text("abilities.yaml", up.port(), "200ms");
     replace_once(text, "      failed_items: {items: /results, key: /abilityId, when: {/success: false}}\n", "");
     running_gateway gw(load_yaml(text));
     auto results = concurrently(4, [&](int i) {
@@ -233,7 +194,7 @@ TEST(WriteBatching, WithoutFailedItemsTheRouteStillBisects) {
 // on their own after the rest; the valid one on that key is still applied exactly once.
 TEST(WriteBatching, NamedKeyWithSeveralOperationsIsRetriedApartAndNothingIsLost) {
     mock_upstream up;
-    running_gateway gw(load_yaml(example("abilities.yaml", up.port(), "200ms")));
+    running_gateway gw(load_yaml(example_config_text("abilities.yaml", up.port(), "200ms")));
     auto results = concurrently(4, [&](int i) {
         const int ability = i < 2 ? 1 : i;  // callers 0 and 1 on ability 1, caller 1 invalid
         return call(gw.port(), "PATCH", "/api/characters/4/abilities/" + std::to_string(ability),
@@ -253,7 +214,7 @@ TEST(WriteBatching, NamedKeyWithSeveralOperationsIsRetriedApartAndNothingIsLost)
 // one, one byte less makes two.
 TEST(WriteBatching, MaxBatchBytesBoundsTheWholeBody) {
     mock_upstream up({.threads = 2});
-    std::string text = example("progress.yaml", up.port(), "200ms");
+    std::string text = example_config_text("progress.yaml", up.port(), "200ms");
     auto config = load_yaml(text);
     const auto& route = config->routes.front();
     const std::size_t limit = route.coalesce.max_batch_bytes;
@@ -278,7 +239,7 @@ TEST(WriteBatching, MaxBatchBytesBoundsTheWholeBody) {
     // The exact boundary: two events whose batch body is N bytes.
     for (const long slack : {0L, -1L}) {
         mock_upstream up2;
-        std::string t = example("progress.yaml", up2.port(), "200ms");
+        std::string t = example_config_text("progress.yaml", up2.port(), "200ms");
         const json a = event(100, 1000), b = event(101, 1000);
         const std::size_t exact = json{{"events", {a, b}}}.dump().size();
         replace_once(t, "max_batch_bytes: 64KB", "max_batch_bytes: " + std::to_string(exact + slack));
@@ -295,7 +256,7 @@ TEST(WriteBatching, MaxBatchBytesBoundsTheWholeBody) {
 // Point 5: an item that alone makes a call over the limit is refused up front with 413.
 TEST(WriteBatching, ItemThatAloneBreaksTheLimitIs413) {
     mock_upstream up;
-    std::string t = example("progress.yaml", up.port(), "5ms");
+    std::string t = example_config_text("progress.yaml", up.port(), "5ms");
     replace_once(t, "max_batch_bytes: 64KB", "max_batch_bytes: 300");
     running_gateway gw(load_yaml(t));
     json e{{"type", "lesson_progress"}, {"userId", "u"}, {"clientEventId", "e-1"}, {"note", std::string(250, 'x')}};
@@ -311,7 +272,7 @@ TEST(WriteBatching, ItemThatAloneBreaksTheLimitIs413) {
 // released, 504 at the route's 1.5 s timeout).
 TEST(WriteBatching, AQuietPartitionIsNotStarvedByABusyOne) {
     mock_upstream up({.threads = 2, .latency = std::chrono::milliseconds(50)});
-    std::string text = example("abilities.yaml", up.port(), "5ms");
+    std::string text = example_config_text("abilities.yaml", up.port(), "5ms");
     replace_once(text, "      same_key: in_batch", "      max_concurrent_batches: 1\n      max_batch_items: 2\n      same_key: in_batch");
     replace_once(text, "    mode: coalesce\n", "    mode: coalesce\n    timeout: 1500ms\n");
     running_gateway gw(load_yaml(text));

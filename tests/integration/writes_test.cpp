@@ -12,7 +12,7 @@
 #include <sstream>
 #include <thread>
 
-#include "tests/integration/harness.hpp"
+#include "tests/integration/examples.hpp"
 
 using namespace batchgate::testing;
 using batchgate::mock::mock_options;
@@ -21,51 +21,6 @@ using batchgate::mock::recorded_call;
 using nlohmann::json;
 
 namespace {
-
-const std::map<std::string, std::string> json_headers{{"Content-Type", "application/json"}};
-
-response call(unsigned short port, const std::string& method, const std::string& target, const json& body) {
-    return send_request(port, method, target, body.dump(), json_headers);
-}
-
-std::string read_example(const std::string& name) {
-    std::ifstream in(std::string(BATCHGATE_EXAMPLES) + "/" + name);
-    std::stringstream text;
-    text << in.rdbuf();
-    return text.str();
-}
-
-// Replaces `from` by `to`; the example must contain `from` (so a changed example fails loudly).
-void replace_once(std::string& text, const std::string& from, const std::string& to, const std::string& file) {
-    auto pos = text.find(from);
-    if (pos == std::string::npos) throw std::runtime_error(file + " no longer contains \"" + from + "\"");
-    text.replace(pos, from.size(), to);
-}
-
-// The shipped example, listening on ephemeral ports in front of the mock, with a longer window so
-// that callers released together share one batch.
-std::string example_config_text(const std::string& file, unsigned short upstream_port, const std::string& wait = "100ms") {
-    std::string text = read_example(file);
-    replace_once(text, "listen: 0.0.0.0:8080", "listen: 127.0.0.1:0", file);
-    replace_once(text, "admin_listen: 0.0.0.0:9090", "admin_listen: 127.0.0.1:0\nworker_threads: 4", file);
-    replace_once(text, "url: http://127.0.0.1:9000", "url: http://127.0.0.1:" + std::to_string(upstream_port), file);
-    replace_once(text, "max_wait: 5ms", "max_wait: " + wait, file);
-    return text;
-}
-
-std::shared_ptr<const batchgate::config::gateway_config> example_config(const std::string& file, unsigned short upstream_port,
-                                                                       const std::string& wait = "100ms") {
-    return load_yaml(example_config_text(file, upstream_port, wait));
-}
-
-
-std::vector<recorded_call> calls_to(const mock_upstream& up, const std::string& method, const std::string& path_regex) {
-    std::vector<recorded_call> out;
-    const std::regex re(path_regex);
-    for (auto& c : up.calls())
-        if (c.method == method && std::regex_match(c.path, re)) out.push_back(c);
-    return out;
-}
 
 json body_of(const recorded_call& c) { return json::parse(c.body, nullptr, false); }
 
