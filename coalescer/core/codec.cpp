@@ -115,6 +115,37 @@ struct placeholder {
     std::string_view type;    // "" or int, number, bool, string, json
 };
 
+// A placeholder's value from the caller's own request: {path.X}, {query.X} (first occurrence),
+// {header.X}, {body} and {body./PTR}; nullopt when the caller did not send it (or for any other
+// source). The query is parsed on first use, the body by lazy_body.
+class request_values {
+public:
+    request_values(const caller_request& request, lazy_body& body) : request_(request), body_(body) {}
+
+    std::optional<json> get(const placeholder& p) {
+        if (p.source == "path") {
+            if (auto v = path_value(request_.path_params, p.name)) return json(*v);
+        } else if (p.source == "query") {
+            if (!query_) query_ = routes::parse_query(request_.query);
+            if (auto v = first_query_value(*query_, p.name)) return json(*v);
+        } else if (p.source == "header") {
+            if (auto v = header_value(request_, p.name)) return json(*v);
+        } else if (p.source == "body") {
+            const json* doc = body_.get();
+            if (!doc) return std::nullopt;
+            if (p.name.empty()) return *doc;
+            auto ptr = routes::json_pointer::parse(p.name);
+            if (const json* v = ptr ? ptr->find(*doc) : nullptr) return *v;
+        }
+        return std::nullopt;
+    }
+
+private:
+    const caller_request& request_;
+    lazy_body& body_;
+    std::optional<routes::param_list> query_;
+};
+
 bool is_type(std::string_view t) {
     return t == "int" || t == "number" || t == "bool" || t == "string" || t == "json";
 }
@@ -656,38 +687,19 @@ item_build build_item(const config::coalesce_settings& settings, const caller_re
                       const std::string& key) {
     const auto& rq = settings.request;
     lazy_body body(request.body);
+    request_values mine(request, body);
     bool body_unusable = false;  // a body placeholder was asked for and the body is not JSON
-    std::optional<routes::param_list> query;
     const std::string method = to_upper(request.method);
 
     // The caller's own values: everything for request.item; batch templates (per_caller false)
     // see only what a partition could hold.
     auto resolver = [&](bool per_caller) {
         return [&, per_caller](const placeholder& p, bool& known) -> std::optional<json> {
-            if (p.source == "path") {
-                if (auto v = path_value(request.path_params, p.name)) return json(*v);
-                return std::nullopt;
-            }
-            if (p.source == "query") {
-                if (!query) query = routes::parse_query(request.query);
-                if (auto v = first_query_value(*query, p.name)) return json(*v);
-                return std::nullopt;
-            }
-            if (p.source == "header") {
-                if (auto v = header_value(request, p.name)) return json(*v);
-                return std::nullopt;
-            }
-            if (p.source == "body" && (!p.name.empty() || per_caller)) {
-                const json* doc = body.get();
-                if (!doc) {
-                    if (body.invalid()) body_unusable = true;
-                    return std::nullopt;
-                }
-                if (p.name.empty()) return *doc;
-                auto ptr = routes::json_pointer::parse(p.name);
-                const json* v = ptr ? ptr->find(*doc) : nullptr;
-                if (!v) return std::nullopt;
-                return *v;
+            if (p.source == "path" || p.source == "query" || p.source == "header" ||
+                (p.source == "body" && (!p.name.empty() || per_caller))) {
+                auto v = mine.get(p);
+                if (!v && p.source == "body" && body.invalid()) body_unusable = true;
+                return v;
             }
             if (per_caller) {
                 if (p.source == "key") return json(key);
@@ -966,34 +978,19 @@ bool answer_side(std::string_view source) { return source == "item" || source ==
 }  // namespace
 
 nlohmann::json caller_values(const config::coalesce_settings& settings, const caller_request& request) {
+    const auto& lists = settings.response.lists;
+    if (std::all_of(lists.begin(), lists.end(), [](const auto& l) { return l.body_template.is_null(); }))
+        return nullptr;  // no template: nothing to keep, nothing allocated per caller
     json out = json::object();
     lazy_body body(request.body);
-    std::optional<routes::param_list> query;
+    request_values mine(request, body);
     template_values values;
     values.resolve = [&](const placeholder& p, bool& known) -> std::optional<json> {
         known = false;  // only collecting: the template copy is thrown away
         if (answer_side(p.source)) return std::nullopt;
         const std::string name = value_name(p);
         if (out.contains(name)) return std::nullopt;
-        std::optional<json> v;
-        if (p.source == "path") {
-            if (auto x = path_value(request.path_params, p.name)) v = json(*x);
-        } else if (p.source == "query") {
-            if (!query) query = routes::parse_query(request.query);
-            if (auto x = first_query_value(*query, p.name)) v = json(*x);
-        } else if (p.source == "header") {
-            if (auto x = header_value(request, p.name)) v = json(*x);
-        } else if (p.source == "method") {
-            v = json(to_upper(request.method));
-        } else if (p.source == "body") {
-            if (const json* doc = body.get()) {
-                if (p.name.empty()) {
-                    v = *doc;
-                } else if (auto ptr = routes::json_pointer::parse(p.name)) {
-                    if (const json* x = ptr->find(*doc)) v = *x;
-                }
-            }
-        }
+        std::optional<json> v = p.source == "method" ? json(to_upper(request.method)) : mine.get(p);
         if (v) out[name] = std::move(*v);
         return std::nullopt;
     };

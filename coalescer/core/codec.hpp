@@ -151,7 +151,8 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
 std::size_t batch_overhead(const config::coalesce_settings& settings, const partition_values& values);
 
 // The values of the caller's own request that the route's response templates use (an object
-// keyed "path.id", "body./title", "method", ...), kept with the caller until its answer.
+// keyed "path.id", "body./title", "method", ...), kept with the caller until its answer; null
+// when the route has no template.
 nlohmann::json caller_values(const config::coalesce_settings& settings, const caller_request& request);
 
 // A caller's body: the outcome's body, or its template rendered with the item, the caller's

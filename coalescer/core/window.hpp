@@ -127,16 +127,9 @@ public:
     // When the oldest held batch whose partition is not blocked became due; nullopt when none.
     template <class Blocked>
     std::optional<time_point> first_releasable(Blocked&& blocked) {
-        for (auto h = held_.begin(); h != held_.end();) {
-            auto it = open_.find(h->partition_key);
-            if (it == open_.end() || it->second.generation != h->generation) {
-                h = held_.erase(h);  // closed meanwhile by size or bytes
-                continue;
-            }
-            if (!blocked(h->partition_key)) return h->at;
-            ++h;
-        }
-        return std::nullopt;
+        auto h = releasable(blocked);
+        if (h == held_.end()) return std::nullopt;
+        return h->at;
     }
 
     // Closes the oldest held batch whose partition is no longer blocked; empty when there is
@@ -145,21 +138,11 @@ public:
     template <class Blocked>
     std::vector<batch> release(time_point now, Blocked&& blocked) {
         std::vector<batch> closed;
-        for (auto h = held_.begin(); h != held_.end();) {
-            auto it = open_.find(h->partition_key);
-            if (it == open_.end() || it->second.generation != h->generation) {
-                h = held_.erase(h);  // closed meanwhile by size or bytes
-                continue;
-            }
-            if (blocked(h->partition_key)) {
-                ++h;
-                continue;
-            }
-            const time_point due = h->at;
-            held_.erase(h);
-            close(it, flush_reason::released, now, closed, due);
-            break;
-        }
+        auto h = releasable(blocked);
+        if (h == held_.end()) return closed;
+        const deadline d = std::move(*h);
+        held_.erase(h);
+        close(open_.find(d.partition_key), flush_reason::released, now, closed, d.at);
         return closed;
     }
 
@@ -170,19 +153,15 @@ public:
     // Sequenced writes come out as successive batches, in arrival order.
     std::vector<batch> drain(time_point now = {}) {
         std::vector<batch> closed;
-        while (!held_.empty()) {
-            deadline d = std::move(held_.front());
-            held_.pop_front();
-            auto it = open_.find(d.partition_key);
-            if (it != open_.end() && it->second.generation == d.generation)
-                close(it, flush_reason::shutdown, now, closed);
-        }
-        while (!deadlines_.empty()) {
-            deadline d = std::move(deadlines_.front());
-            deadlines_.pop_front();
-            auto it = open_.find(d.partition_key);
-            if (it != open_.end() && it->second.generation == d.generation)
-                close(it, flush_reason::shutdown, now, closed);
+        // Held batches first: they came due before any batch still waiting for its deadline.
+        for (auto* queue : {&held_, &deadlines_}) {
+            while (!queue->empty()) {
+                deadline d = std::move(queue->front());
+                queue->pop_front();
+                auto it = open_.find(d.partition_key);
+                if (it != open_.end() && it->second.generation == d.generation)
+                    close(it, flush_reason::shutdown, now, closed);
+            }
         }
         return closed;
     }
@@ -253,8 +232,7 @@ private:
                             merged.merge_patch(payload);
                         else
                             merged = payload;
-                        const std::size_t merged_cost =
-                            merged.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).size() + 1;
+                        const std::size_t merged_cost = item_cost(merged);
                         if (!fits_after_merge(ob.b, existing, merged_cost)) return defer();
                         ob.b.bytes = ob.b.bytes - existing.cost + merged_cost;
                         existing.payload = std::move(merged);
@@ -337,6 +315,22 @@ private:
         for (auto& d : overflow)
             add_to(pkey, values, overhead, std::move(d.key), d.cost, std::move(d.waiter), now, std::move(d.payload),
                    closed);
+    }
+
+    // The oldest held batch whose partition is not blocked (held_.end() when none), dropping
+    // the holds of batches closed meanwhile by size or bytes.
+    template <class Blocked>
+    typename std::deque<deadline>::iterator releasable(Blocked& blocked) {
+        for (auto h = held_.begin(); h != held_.end();) {
+            auto it = open_.find(h->partition_key);
+            if (it == open_.end() || it->second.generation != h->generation) {
+                h = held_.erase(h);
+                continue;
+            }
+            if (!blocked(h->partition_key)) return h;
+            ++h;
+        }
+        return held_.end();
     }
 
     // Deadlines of batches already closed by size or bytes are removed lazily.
