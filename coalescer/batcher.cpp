@@ -72,8 +72,9 @@ batcher::batcher(net::any_io_executor executor, std::shared_ptr<const config::ga
       metrics_(metrics.route(route.name)),
       upstream_metrics_(metrics.upstream(route.upstream, route.name)),
       window_(window_limits{route.coalesce.max_batch_items, route.coalesce.max_batch_bytes, route.coalesce.max_wait,
-                            window_policy(route.coalesce.same_key)}),
+                            window_policy(route.coalesce.same_key), route.coalesce.min_wait}),
       ordered_(route.coalesce.ordered),
+      adaptive_(route.coalesce.flush == config::flush_policy::adaptive),
       timer_(strand_),
       rng_(std::random_device{}()) {}
 
@@ -96,8 +97,17 @@ void batcher::on_submit(submission s) {
     }
     const auto now = clock_type::now();
     waiter w{std::move(s.done), now, s.deadline, std::move(s.method), std::move(s.traceparent),
-             std::move(s.caller_values)};
-    auto closed = window_.add(s.part, std::move(s.key), s.cost, std::move(w), now, std::move(s.item));
+             std::move(s.caller_values), std::move(s.gone)};
+    // flush: adaptive: a caller whose partition could send right now (nothing of its own in
+    // flight, a free slot, nothing queued) does not wait for others to come.
+    const bool idle = adaptive_ && !draining_ && in_flight_ < route_.coalesce.max_concurrent_batches &&
+                      !partition_calls_.contains(s.part.key) && !partition_busy(s.part.key);
+    auto closed = window_.add(s.part, std::move(s.key), s.cost, std::move(w), now, std::move(s.item), idle);
+    if (idle && route_.coalesce.min_wait.count() == 0) {
+        // Due now: close it here rather than through a timer round trip.
+        auto due = window_.expire(now, [this](const std::string& pkey) { return blocked(pkey); });
+        std::move(due.begin(), due.end(), std::back_inserter(closed));
+    }
     if (auto d = window_.take_deduplicated()) metrics_.deduplicated->Increment(static_cast<double>(d));
     if (auto m = window_.take_merged()) metrics_.merged->Increment(static_cast<double>(m));
     if (draining_) {
@@ -159,6 +169,7 @@ void batcher::record(std::vector<batch> closed) {
             case flush_reason::timer: metrics_.flush_timer->Increment(); break;
             case flush_reason::shutdown: metrics_.flush_shutdown->Increment(); break;
             case flush_reason::released: metrics_.flush_released->Increment(); break;
+            case flush_reason::idle: metrics_.flush_idle->Increment(); break;
         }
         const auto callers = b.waiter_count();
         metrics_.batch_size->Observe(static_cast<double>(b.items.size()));
@@ -208,7 +219,7 @@ std::deque<batcher::pending>::iterator batcher::next_ready() {
     for (auto it = ready_.begin(); it != ready_.end(); ++it) {
         if (ordered_) {
             if (!seen.insert(it->b.partition_key).second) continue;  // not this partition's first
-            if (busy_partitions_.count(it->b.partition_key)) continue;
+            if (partition_calls_.contains(it->b.partition_key)) continue;
         }
         if (best == ready_.end() || it->b.due < best->b.due) best = it;
     }
@@ -219,7 +230,7 @@ std::deque<batcher::pending>::iterator batcher::next_ready() {
 // earlier batch of it queued. Only ordered routes keep one call per partition.
 bool batcher::partition_busy(const std::string& partition_key) const {
     if (draining_ || !ordered_) return false;
-    return busy_partitions_.count(partition_key) != 0 ||
+    return partition_calls_.contains(partition_key) ||
            std::any_of(ready_.begin(), ready_.end(), [&](const pending& r) { return r.b.partition_key == partition_key; });
 }
 
@@ -232,12 +243,13 @@ bool batcher::blocked(const std::string& partition_key) const {
 
 void batcher::release_slot(const pending& p) {
     --in_flight_;
-    if (ordered_) busy_partitions_.erase(p.b.partition_key);
+    auto calls = partition_calls_.find(p.b.partition_key);
+    if (calls != partition_calls_.end() && --calls->second == 0) partition_calls_.erase(calls);
 }
 
 void batcher::send(pending p) {
     ++in_flight_;
-    if (ordered_) busy_partitions_.insert(p.b.partition_key);
+    ++partition_calls_[p.b.partition_key];
     std::vector<std::string> keys;
     std::vector<nlohmann::json> items;
     keys.reserve(p.b.items.size());
@@ -360,8 +372,14 @@ void batcher::on_answer(pending p, const std::string& batch_id, gateway::upstrea
             break;
         }
     }
-    if (!keep_busy) release_slot(p);
+    if (!keep_busy) {
+        release_slot(p);
+        // flush: adaptive: what collected while this call was in flight goes now.
+        if (adaptive_ && !partition_calls_.contains(p.b.partition_key))
+            window_.expedite(p.b.partition_key, clock_type::now());
+    }
     pump();
+    enqueue(window_.expire(clock_type::now(), [this](const std::string& pkey) { return blocked(pkey); }));
     update_waiting_gauge();
 }
 
@@ -534,18 +552,30 @@ void batcher::call_safely(reply_handler& done, reply r) {
 bool batcher::shed_expired(pending& p) {
     const auto now = clock_type::now();
     auto& items = p.b.items;
-    // An item goes only when every caller of it has given up: a merged write that one live
-    // caller still waits for carries the others' changes too, and they must learn its outcome.
-    auto expired = [now](const auto& item) {
-        return std::all_of(item.waiters.begin(), item.waiters.end(), [now](const waiter& w) { return w.deadline <= now; });
-    };
+    // An item goes only when every caller of it has given up (deadline passed, or hung up): a
+    // merged write that one live caller still waits for carries the others' changes too, and
+    // they must learn its outcome. Nothing is sent for the rest, and a write nobody waits for
+    // is never applied.
+    auto dropped = [now](const waiter& w) { return w.deadline <= now || w.left(); };
+    auto expired = [&](const auto& item) { return std::all_of(item.waiters.begin(), item.waiters.end(), dropped); };
     reply gone;
     gone.status = http_status(gateway_error::upstream_timeout);
     gone.body = error_body(gateway_error::upstream_timeout,
                            "the caller's deadline passed while its batch waited for a free upstream slot", route_.name);
+    reply left;
+    left.status = 499;  // nginx's "client closed request": nobody reads it, the access log does
+    left.body = error_body(gateway_error::upstream_timeout, "the caller closed its connection before its batch was sent",
+                           route_.name);
     for (auto& item : items) {
         if (!expired(item)) continue;
-        for (auto& w : item.waiters) answer(w, gone);
+        for (auto& w : item.waiters) {
+            if (w.left() && w.deadline > now) {
+                metrics_.callers_left->Increment();
+                answer(w, left);
+            } else {
+                answer(w, gone);
+            }
+        }
         item.waiters.clear();
     }
     items.erase(std::remove_if(items.begin(), items.end(), [](const auto& i) { return i.waiters.empty(); }),

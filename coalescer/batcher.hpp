@@ -5,6 +5,7 @@
 // any thread. Holds only completion handlers, never sessions.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -13,6 +14,7 @@
 #include <optional>
 #include <random>
 #include <set>
+#include <unordered_map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -51,6 +53,7 @@ struct submission {
     std::string traceparent;      // W3C trace context, "" when none
     nlohmann::json caller_values; // what the response templates use of the caller's request (codec caller_values)
     std::chrono::steady_clock::time_point deadline;  // retries never start after it
+    std::shared_ptr<std::atomic<bool>> gone;         // the caller hung up (nullptr: never known)
     reply_handler done;           // called exactly once, on the batcher's strand
 };
 
@@ -84,6 +87,8 @@ private:
         std::string method;
         std::string traceparent;
         nlohmann::json caller_values;
+        std::shared_ptr<std::atomic<bool>> gone;
+        bool left() const { return gone && gone->load(std::memory_order_relaxed); }
     };
     using window_type = window<waiter>;
     using batch = window_type::batch;
@@ -132,7 +137,9 @@ private:
     boost::asio::steady_timer timer_;
     std::optional<std::chrono::steady_clock::time_point> armed_at_;
     std::deque<pending> ready_;                // closed batches waiting for a slot
-    std::set<std::string> busy_partitions_;    // ordered routes: partitions with a call in flight or backing off
+    // Calls in flight (or backing off before a retry) per partition; ordered routes have at most one.
+    std::unordered_map<std::string, std::size_t> partition_calls_;
+    bool adaptive_;                            // coalesce.flush: adaptive
     std::size_t in_flight_ = 0;                // batch calls sent or backing off
     std::size_t queued_callers_ = 0;           // callers handed out of the window, not yet answered
     std::minstd_rand rng_;

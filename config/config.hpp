@@ -225,6 +225,14 @@ struct retry_settings {
 // well under the 8 KiB request line most servers accept.
 inline constexpr std::size_t default_query_batch_bytes = 6 * 1024;
 
+// coalesce.flush: when a batch is sent.
+enum class flush_policy {
+    window,   // "window" (default): the first caller of a batch waits max_wait for others
+    adaptive  // "adaptive": sent at once (after min_wait) when its partition has nothing in flight
+              // and the route a free slot; otherwise it collects until its partition's call comes
+              // back (or a slot frees), or max_wait at the latest
+};
+
 struct coalesce_settings {
     value_ref key;
     missing_key_action on_missing_key = missing_key_action::reject;  // on_missing_key: reject
@@ -238,6 +246,8 @@ struct coalesce_settings {
     // 0 = no byte limit; query encodings default to default_query_batch_bytes (request-line budget)
     std::size_t max_batch_bytes = 0;
     duration max_wait = std::chrono::milliseconds(5);
+    flush_policy flush = flush_policy::window;  // flush: window
+    duration min_wait{0};                       // min_wait: 0 (flush: adaptive only)
     std::size_t max_concurrent_batches = 4;   // upstream batch calls in flight per route
     std::size_t max_waiting = 10000;          // callers waiting on this route; more get 503
     batch_request_settings request;

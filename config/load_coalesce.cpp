@@ -650,7 +650,8 @@ void load_failed_items(context& ctx, const field& f, failed_items_settings& out)
 void load_coalesce(context& ctx, const field& f, coalesce_settings& out, const route_shape& shape) {
     map_reader m(ctx, f.value, f.path,
                  {"key", "on_missing_key", "partition", "same_key", "ordered", "max_batch_items", "max_batch_bytes",
-                  "max_wait", "max_concurrent_batches", "max_waiting", "request", "response", "on_batch_error",
+                  "max_wait", "flush", "min_wait", "max_concurrent_batches", "max_waiting", "request", "response",
+                  "on_batch_error",
                   "failed_items", "retry"});
     if (!m.ok()) return;
     if (auto* x = m.required("key")) load_key(ctx, *x, out.key, shape);
@@ -679,6 +680,20 @@ void load_coalesce(context& ctx, const field& f, coalesce_settings& out, const r
         if (auto v = read_size(ctx, *x, true)) out.max_batch_bytes = *v;
     if (auto* x = m.get("max_wait"))
         if (auto v = read_duration(ctx, *x, true)) out.max_wait = *v;
+    if (auto* x = m.get("flush"))
+        if (auto v = read_enum<flush_policy>(ctx, *x, "flush",
+                                             {{"window", flush_policy::window}, {"adaptive", flush_policy::adaptive}}))
+            out.flush = *v;
+    if (auto* x = m.get("min_wait")) {
+        if (auto v = read_duration(ctx, *x, true)) {
+            out.min_wait = *v;
+            if (out.flush != flush_policy::adaptive)
+                ctx.add(x->key.Mark(), x->path, "min_wait is only used with flush: adaptive");
+            else if (out.min_wait > out.max_wait)
+                ctx.add(x->mark(), x->path,
+                        "must be at most max_wait (" + std::to_string(out.max_wait.count()) + "ms)");
+        }
+    }
     if (auto* x = m.get("max_concurrent_batches"))
         if (auto v = read_count(ctx, *x, 1)) out.max_concurrent_batches = *v;
     if (auto* x = m.get("max_waiting"))

@@ -193,6 +193,7 @@ struct exchange {
         s.method = std::string(req.method_string());
         s.traceparent = ctx.traceparent;
         s.deadline = ctx.deadline;
+        s.gone = ctx.gone;
         s.done = [version = req.version(), done = std::move(done)](coalescer::reply r) {
             response_t res{static_cast<http::status>(r.status), version};
             if (r.status != 204 && r.status != 304) {

@@ -3,6 +3,7 @@
 // any thread. The completion runs on an arbitrary thread: callers post to their own strand.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -26,6 +27,9 @@ struct request_context {
     std::string traceparent;     // W3C trace context, "" when none
     std::chrono::steady_clock::time_point deadline;  // when the caller stops waiting
     int depth = 0;               // 0: a client's request; 1: a sub-request of a $batch call
+    // Set by the client connection when the caller hangs up before its answer; a batcher then
+    // leaves its item out of a batch not sent yet. nullptr: nobody watches ($batch sub-requests).
+    std::shared_ptr<std::atomic<bool>> gone;
 };
 
 // What the access log and metrics want to know about how a request was served.

@@ -274,6 +274,10 @@ private:
         if (auto tp = request_.find("traceparent"); tp != request_.end()) ctx.traceparent = std::string(tp->value());
         ctx.deadline = started_ + timeout;
         arm_deadline(ctx.deadline);
+        if (route && route->mode == config::route_mode::coalesce) {
+            ctx.gone = std::make_shared<std::atomic<bool>>(false);
+            watch_for_hang_up(ctx.gone);
+        }
         method_ = std::string(request_.method_string());
         target_ = std::string(request_.target());
         try {
@@ -293,6 +297,19 @@ private:
             log_line("error", "request handling failed", {{"route", route_name_}, {"error", e.what()}});
             send(error_response(gateway_error::internal, "internal error", route_name_, version_));
         }
+    }
+
+    // A caller waiting in a batch may hang up: the socket turns readable with nothing to read
+    // (EOF or reset), as nginx tells a client that closed its request. Pipelined bytes instead
+    // mean it is still there. The batcher then leaves its item out of a batch not sent yet.
+    void watch_for_hang_up(std::shared_ptr<std::atomic<bool>> gone) {
+        stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this(), gen = generation_,
+                                                              gone = std::move(gone)](beast::error_code ec) {
+            if (ec || gen != self->generation_ || self->answered_) return;
+            beast::error_code aec;
+            const std::size_t n = self->stream_.socket().available(aec);
+            if (aec || n == 0) gone->store(true, std::memory_order_relaxed);
+        });
     }
 
     // Safety net: whatever happens downstream, the caller is answered by its deadline.

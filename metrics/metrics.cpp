@@ -102,6 +102,10 @@ registry::registry()
                   .Name("batchgate_merged_writes_total")
                   .Help("Writes merged into an item already waiting for the same key")
                   .Register(*registry_)),
+      callers_left_(prometheus::BuildCounter()
+                        .Name("batchgate_callers_left_total")
+                        .Help("Callers that closed their connection before their batch was sent: nothing was sent for them")
+                        .Register(*registry_)),
       isolations_(prometheus::BuildCounter()
                       .Name("batchgate_isolations_total")
                       .Help("Batch halves re-sent to isolate an item an all-or-nothing upstream rejected")
@@ -179,10 +183,12 @@ route_metrics& registry::route(const std::string& name) {
         m->flush_timer = &flushes_.Add({{"route", name}, {"reason", "timer"}});
         m->flush_shutdown = &flushes_.Add({{"route", name}, {"reason", "shutdown"}});
         m->flush_released = &flushes_.Add({{"route", name}, {"reason", "released"}});
+        m->flush_idle = &flushes_.Add({{"route", name}, {"reason", "idle"}});
         m->deduplicated = &deduplicated_.Add(labels);
         m->calls_saved = &calls_saved_.Add(labels);
         m->rejected = &rejected_.Add(labels);
         m->merged = &merged_.Add(labels);
+        m->callers_left = &callers_left_.Add(labels);
         m->isolations = &isolations_.Add(labels);
         m->retries = &retries_.Add(labels);
         m->waiting = &waiting_.Add(labels);

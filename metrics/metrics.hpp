@@ -46,6 +46,8 @@ struct route_metrics {
     prometheus::Counter* flush_timer = nullptr;
     prometheus::Counter* flush_shutdown = nullptr;
     prometheus::Counter* flush_released = nullptr;  // held open while the partition was busy (group commit)
+    prometheus::Counter* flush_idle = nullptr;      // flush: adaptive, sent at once: nothing else was in flight
+    prometheus::Counter* callers_left = nullptr;    // hung up before their batch was sent: left out of it
     prometheus::Counter* deduplicated = nullptr;
     prometheus::Counter* calls_saved = nullptr;
     prometheus::Counter* rejected = nullptr;
@@ -108,6 +110,7 @@ private:
     prometheus::Family<prometheus::Counter>& calls_saved_;
     prometheus::Family<prometheus::Counter>& rejected_;
     prometheus::Family<prometheus::Counter>& merged_;
+    prometheus::Family<prometheus::Counter>& callers_left_;
     prometheus::Family<prometheus::Counter>& isolations_;
     prometheus::Family<prometheus::Counter>& retries_;
     prometheus::Family<prometheus::Counter>& reloads_;

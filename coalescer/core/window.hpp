@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <deque>
 #include <optional>
+#include <queue>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -26,7 +27,7 @@
 
 namespace batchgate::coalescer {
 
-enum class flush_reason { size, bytes, timer, shutdown, released };
+enum class flush_reason { size, bytes, timer, shutdown, released, idle };
 
 inline const char* to_string(flush_reason r) {
     switch (r) {
@@ -35,6 +36,7 @@ inline const char* to_string(flush_reason r) {
         case flush_reason::timer: return "timer";
         case flush_reason::shutdown: return "shutdown";
         case flush_reason::released: return "released";
+        case flush_reason::idle: return "idle";
     }
     return "unknown";
 }
@@ -47,6 +49,9 @@ struct window_limits {
     std::size_t max_bytes = 0;                  // 0 = unlimited; partition.overhead + item costs
     std::chrono::nanoseconds max_wait{5'000'000};
     same_key policy = same_key::share;
+    // flush: adaptive: a batch opened while its partition could send at once waits only this
+    // long (add(..., idle = true)); see coalescer/batcher.hpp.
+    std::chrono::nanoseconds min_wait{0};
 };
 
 // Waiter is whatever the owner needs to answer one caller (a completion handler).
@@ -87,19 +92,32 @@ public:
     // share (read dedup), merge (one item, every merged caller answered), sequence (the
     // later write waits for a later batch, keeping arrival order) or in_batch (another item
     // for the same key in the same batch, after the earlier one).
+    // idle (flush: adaptive): when this caller opens a new batch, it is due after min_wait
+    // instead of max_wait, because its partition could send at once.
     std::vector<batch> add(const partition& part, std::string key, std::size_t cost, Waiter waiter,
-                           time_point now, nlohmann::json payload = nullptr) {
+                           time_point now, nlohmann::json payload = nullptr, bool idle = false) {
         std::vector<batch> closed;
+        opening_idle_ = idle;
         add_to(part.key, part.values, part.overhead, std::move(key), cost, std::move(waiter), now, std::move(payload),
                closed);
+        opening_idle_ = false;
         return closed;
+    }
+
+    // flush: adaptive: the partition's own call came back, so its open batch (collecting while
+    // that call was in flight) is due now rather than at max_wait.
+    void expedite(const std::string& partition_key, time_point now) {
+        auto it = open_.find(partition_key);
+        if (it == open_.end()) return;
+        // The batch's later deadline stays queued and is skipped as stale once it has closed.
+        deadlines_.push({now, partition_key, it->second.generation});
     }
 
     // When the oldest open batch must be flushed; nullopt when nothing waits.
     std::optional<time_point> next_deadline() {
         drop_stale();
         if (deadlines_.empty()) return std::nullopt;
-        return deadlines_.front().at;
+        return deadlines_.top().at;
     }
 
     // Closes every batch whose oldest waiter has waited max_wait by `now`, except those whose
@@ -108,14 +126,18 @@ public:
     std::vector<batch> expire(time_point now, Blocked&& blocked) {
         std::vector<batch> closed;
         drop_stale();
-        while (!deadlines_.empty() && deadlines_.front().at <= now) {
-            deadline d = std::move(deadlines_.front());
-            deadlines_.pop_front();
+        while (!deadlines_.empty() && deadlines_.top().at <= now) {
+            deadline d = deadlines_.top();
+            deadlines_.pop();
             auto it = open_.find(d.partition_key);
-            if (blocked(d.partition_key))
-                held_.push_back(std::move(d));
-            else
-                close(it, flush_reason::timer, now, closed, d.at);
+            if (blocked(d.partition_key)) {
+                if (!it->second.held) {
+                    it->second.held = true;
+                    held_.push_back(std::move(d));
+                }
+            } else {
+                close(it, it->second.idle ? flush_reason::idle : flush_reason::timer, now, closed, d.at);
+            }
             drop_stale();
         }
         return closed;
@@ -154,15 +176,12 @@ public:
     std::vector<batch> drain(time_point now = {}) {
         std::vector<batch> closed;
         // Held batches first: they came due before any batch still waiting for its deadline.
-        for (auto* queue : {&held_, &deadlines_}) {
-            while (!queue->empty()) {
-                deadline d = std::move(queue->front());
-                queue->pop_front();
-                auto it = open_.find(d.partition_key);
-                if (it != open_.end() && it->second.generation == d.generation)
-                    close(it, flush_reason::shutdown, now, closed);
-            }
-        }
+        auto close_current = [&](const deadline& d) {
+            auto it = open_.find(d.partition_key);
+            if (it != open_.end() && it->second.generation == d.generation) close(it, flush_reason::shutdown, now, closed);
+        };
+        for (; !held_.empty(); held_.pop_front()) close_current(held_.front());
+        for (; !deadlines_.empty(); deadlines_.pop()) close_current(deadlines_.top());
         return closed;
     }
 
@@ -186,6 +205,8 @@ private:
         std::vector<deferred> overflow;
         std::size_t overhead = 0;  // bytes of the batch call without items
         std::uint64_t generation = 0;
+        bool idle = false;  // opened while its partition could send at once (flush: adaptive)
+        bool held = false;  // due, kept open for a blocked partition (in held_)
     };
     struct deadline {
         time_point at;
@@ -291,8 +312,9 @@ private:
         ob.overhead = overhead;
         ob.b.opened = now;
         ob.generation = ++generation_;
-        // max_wait is the same for every partition and now never goes back, so deadlines stay sorted.
-        deadlines_.push_back({now + limits_.max_wait, key, ob.generation});
+        // Deadlines differ (min_wait for idle batches, expedite), so they are kept in a heap.
+        ob.idle = opening_idle_;
+        deadlines_.push({now + (opening_idle_ ? limits_.min_wait : limits_.max_wait), key, ob.generation});
         return open_.emplace(key, std::move(ob)).first;
     }
 
@@ -336,16 +358,22 @@ private:
     // Deadlines of batches already closed by size or bytes are removed lazily.
     void drop_stale() {
         while (!deadlines_.empty()) {
-            auto it = open_.find(deadlines_.front().partition_key);
-            if (it != open_.end() && it->second.generation == deadlines_.front().generation) return;
-            deadlines_.pop_front();
+            auto it = open_.find(deadlines_.top().partition_key);
+            if (it != open_.end() && it->second.generation == deadlines_.top().generation && !it->second.held) return;
+            deadlines_.pop();
         }
     }
 
     window_limits limits_;
     map open_;
-    std::deque<deadline> deadlines_;
+    struct later {
+        bool operator()(const deadline& a, const deadline& b) const { return a.at > b.at; }
+    };
+    // Earliest first. Entries of batches closed meanwhile (size, bytes, release) or already held
+    // are skipped when they come up.
+    std::priority_queue<deadline, std::vector<deadline>, later> deadlines_;
     std::deque<deadline> held_;  // due batches of blocked partitions, oldest first
+    bool opening_idle_ = false;  // add(..., idle): the batch this add opens is due after min_wait
     std::uint64_t generation_ = 0;
     std::size_t waiting_ = 0;
     std::size_t deduplicated_ = 0;

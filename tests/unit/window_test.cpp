@@ -451,3 +451,59 @@ TEST(Window, HeldBatchesKeepWhenTheyBecameDue) {
     EXPECT_EQ(released[0].due, time_point{} + 5ms);
     EXPECT_EQ(released[0].reason, flush_reason::released);
 }
+
+// flush: adaptive. A caller whose partition could send at once opens an idle batch: due after
+// min_wait (0 here), flushed with reason idle; one that could not waits max_wait as before.
+TEST(Window, IdleBatchIsDueAfterMinWaitOthersAfterMaxWait) {
+    manual_clock clock;
+    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 5ms, .min_wait = 0ms});
+    w.add(part("p"), "1", 1, 1, clock.now, nullptr, /*idle=*/true);
+    w.add(part("q"), "1", 1, 2, clock.now, nullptr, /*idle=*/false);
+    ASSERT_EQ(w.next_deadline(), clock.now);
+    auto now = w.expire(clock.now);
+    ASSERT_EQ(now.size(), 1u);
+    EXPECT_EQ(now[0].partition_key, "p");
+    EXPECT_EQ(now[0].reason, flush_reason::idle);
+    EXPECT_EQ(w.next_deadline(), clock.now + 5ms);
+    clock.advance(5ms);
+    auto later = w.expire(clock.now);
+    ASSERT_EQ(later.size(), 1u);
+    EXPECT_EQ(later[0].reason, flush_reason::timer);
+}
+
+TEST(Window, MinWaitDelaysAnIdleBatchAndLaterCallersJoinIt) {
+    manual_clock clock;
+    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 5ms, .min_wait = 1ms});
+    w.add(part("p"), "1", 1, 1, clock.now, nullptr, true);
+    clock.advance(500us);
+    w.add(part("p"), "2", 1, 2, clock.now, nullptr, true);  // joins: the idle flag only counts when opening
+    EXPECT_TRUE(w.expire(clock.now).empty());
+    clock.advance(500us);
+    auto closed = w.expire(clock.now);
+    ASSERT_EQ(closed.size(), 1u);
+    EXPECT_EQ(waiters_of(closed[0]), (std::vector<int>{1, 2}));
+    EXPECT_EQ(closed[0].reason, flush_reason::idle);
+}
+
+// The partition's own call came back: what collected meanwhile is due now, not at max_wait.
+TEST(Window, ExpediteMakesTheOpenBatchDueNowAndLeavesNoStaleDeadline) {
+    manual_clock clock;
+    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 50ms});
+    w.add(part("p"), "1", 1, 1, clock.now);
+    w.add(part("q"), "1", 1, 2, clock.now);
+    clock.advance(10ms);
+    w.expedite("p", clock.now);
+    w.expedite("nobody", clock.now);  // no open batch: nothing happens
+    EXPECT_EQ(w.next_deadline(), clock.now);
+    auto closed = w.expire(clock.now);
+    ASSERT_EQ(closed.size(), 1u);
+    EXPECT_EQ(closed[0].partition_key, "p");
+    // p's original deadline (50 ms) is stale now; q's is next.
+    EXPECT_EQ(w.next_deadline(), time_point{} + 50ms);
+    w.add(part("p"), "2", 1, 3, clock.now);  // a new batch for p: its own deadline at 60 ms
+    clock.advance(40ms);
+    auto at50 = w.expire(clock.now);
+    ASSERT_EQ(at50.size(), 1u);
+    EXPECT_EQ(at50[0].partition_key, "q") << "p's stale 50 ms deadline does not close p's new batch";
+    EXPECT_EQ(w.next_deadline(), time_point{} + 60ms);
+}
