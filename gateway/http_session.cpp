@@ -9,7 +9,10 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
+#include <sys/socket.h>
+
 #include <atomic>
+#include <cerrno>
 #include <random>
 #include <utility>
 
@@ -299,16 +302,23 @@ private:
         }
     }
 
-    // A caller waiting in a batch may hang up: the socket turns readable with nothing to read
-    // (EOF or reset), as nginx tells a client that closed its request. Pipelined bytes instead
-    // mean it is still there. The batcher then leaves its item out of a batch not sent yet.
+    // A caller waiting in a batch may hang up. Like nginx (ngx_http_test_reading), a readable
+    // socket is peeked: 0 bytes is EOF and an error a reset (the caller is gone), EAGAIN a stale
+    // edge-triggered wake-up (watch again), and bytes a pipelined request (it is still there).
+    // A client that half-closes after its request is taken as gone too, as nginx does; it
+    // still reads the 499. The batcher then leaves its item out of a batch not sent yet.
     void watch_for_hang_up(std::shared_ptr<std::atomic<bool>> gone) {
         stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this(), gen = generation_,
-                                                              gone = std::move(gone)](beast::error_code ec) {
+                                                              gone = std::move(gone)](beast::error_code ec) mutable {
             if (ec || gen != self->generation_ || self->answered_) return;
-            beast::error_code aec;
-            const std::size_t n = self->stream_.socket().available(aec);
-            if (aec || n == 0) gone->store(true, std::memory_order_relaxed);
+            char byte;
+            const auto n = ::recv(self->stream_.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+            if (n > 0) return;
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+                self->watch_for_hang_up(std::move(gone));
+                return;
+            }
+            gone->store(true, std::memory_order_relaxed);
         });
     }
 
