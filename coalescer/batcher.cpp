@@ -52,6 +52,22 @@ std::optional<std::chrono::milliseconds> retry_after(const gateway::upstream_res
     return std::chrono::milliseconds(std::min<unsigned long>(secs, 3600) * 1000);
 }
 
+// What a finished batch call says about the upstream's load, for the concurrency limit.
+call_outcome outcome_of(const gateway::upstream_result& r) {
+    switch (r.failure) {
+        case gateway::upstream_failure::timeout:
+        case gateway::upstream_failure::connect_failed:
+        case gateway::upstream_failure::io_error: return call_outcome::dropped;
+        case gateway::upstream_failure::bad_response:
+        case gateway::upstream_failure::over_budget: return call_outcome::ignored;  // not the upstream's load
+        case gateway::upstream_failure::none: break;
+    }
+    const int status = r.response.result_int();
+    if (status == 429 || status == 503 || status == 504) return call_outcome::dropped;
+    if (status >= 200 && status <= 299) return call_outcome::success;
+    return call_outcome::ignored;
+}
+
 }  // namespace
 
 config::duration caller_timeout(const config::gateway_config& config, const config::route_settings& route) {
@@ -64,27 +80,29 @@ config::duration caller_timeout(const config::gateway_config& config, const conf
 
 batcher::batcher(net::any_io_executor executor, std::shared_ptr<const config::gateway_config> config,
                  const config::route_settings& route, std::shared_ptr<gateway::upstream_pool> upstream,
-                 metrics::registry& metrics)
+                 std::shared_ptr<batch_slots> slots, metrics::registry& metrics)
     : strand_(net::make_strand(executor)),
       config_(std::move(config)),
       route_(route),
       upstream_(std::move(upstream)),
+      slots_(std::move(slots)),
       metrics_(metrics.route(route.name)),
       upstream_metrics_(metrics.upstream(route.upstream, route.name)),
       window_(window_limits{route.coalesce.max_batch_items, route.coalesce.max_batch_bytes, route.coalesce.max_wait,
-                            window_policy(route.coalesce.same_key), route.coalesce.min_wait}),
+                            window_policy(route.coalesce.same_key),
+                            route.coalesce.flush == config::flush_policy::adaptive, route.coalesce.min_wait}),
       ordered_(route.coalesce.ordered),
-      adaptive_(route.coalesce.flush == config::flush_policy::adaptive),
       timer_(strand_),
-      rng_(std::random_device{}()) {}
+      rng_(std::random_device{}()),
+      sweep_timer_(strand_) {}
 
 void batcher::submit(submission s) {
     net::post(strand_, [self = shared_from_this(), s = std::move(s)]() mutable { self->on_submit(std::move(s)); });
 }
 
 void batcher::on_submit(submission s) {
-    // Callers whose deadline passed while their batch queued for a slot no longer count.
-    if (window_.waiting() + queued_callers_ >= route_.coalesce.max_waiting) shed_all_expired();
+    // Callers who gave up while their batch waited no longer count.
+    if (window_.waiting() + queued_callers_ >= route_.coalesce.max_waiting) sweep();
     if (window_.waiting() + queued_callers_ >= route_.coalesce.max_waiting) {
         metrics_.rejected->Increment();
         reply r;
@@ -97,17 +115,13 @@ void batcher::on_submit(submission s) {
     }
     const auto now = clock_type::now();
     waiter w{std::move(s.done), now, s.deadline, std::move(s.method), std::move(s.traceparent),
-             std::move(s.caller_values), std::move(s.gone)};
-    // flush: adaptive: a caller whose partition could send right now (nothing of its own in
-    // flight, a free slot, nothing queued) does not wait for others to come.
-    const bool idle = adaptive_ && !draining_ && in_flight_ < route_.coalesce.max_concurrent_batches &&
-                      !partition_calls_.contains(s.part.key) && !partition_busy(s.part.key);
-    auto closed = window_.add(s.part, std::move(s.key), s.cost, std::move(w), now, std::move(s.item), idle);
-    if (idle && route_.coalesce.min_wait.count() == 0) {
-        // Due now: close it here rather than through a timer round trip.
-        auto due = window_.expire(now, [this](const std::string& pkey) { return blocked(pkey); });
-        std::move(due.begin(), due.end(), std::back_inserter(closed));
-    }
+             std::move(s.caller_values), std::move(s.gone), ++next_serial_};
+    unsent_.insert(w.serial);
+    caller_deadlines_.emplace(w.deadline, w.serial);
+    // flush: adaptive: a caller whose partition could send right now (a free slot, nothing of
+    // it in flight or queued) does not wait for others to come.
+    const bool can_send = !draining_ && slots_->has_free() && !partition_busy(s.part.key);
+    auto closed = window_.add(s.part, std::move(s.key), s.cost, std::move(w), now, std::move(s.item), can_send);
     if (auto d = window_.take_deduplicated()) metrics_.deduplicated->Increment(static_cast<double>(d));
     if (auto m = window_.take_merged()) metrics_.merged->Increment(static_cast<double>(m));
     if (draining_) {
@@ -116,6 +130,7 @@ void batcher::on_submit(submission s) {
     }
     enqueue(std::move(closed));
     arm_timer();
+    arm_sweep();
     update_waiting_gauge();
 }
 
@@ -153,6 +168,7 @@ void batcher::abandon() {
     window_.drain(clock_type::now());
     ready_.clear();
     queued_callers_ = 0;
+    unsent_.clear();
 }
 
 void batcher::enqueue(std::vector<batch> closed) {
@@ -170,6 +186,7 @@ void batcher::record(std::vector<batch> closed) {
             case flush_reason::shutdown: metrics_.flush_shutdown->Increment(); break;
             case flush_reason::released: metrics_.flush_released->Increment(); break;
             case flush_reason::idle: metrics_.flush_idle->Increment(); break;
+            case flush_reason::returned: metrics_.flush_returned->Increment(); break;
         }
         const auto callers = b.waiter_count();
         metrics_.batch_size->Observe(static_cast<double>(b.items.size()));
@@ -191,24 +208,52 @@ void batcher::record(std::vector<batch> closed) {
 // and its batches go in order, so one key's writes arrive in order.
 void batcher::pump() {
     const auto busy = [this](const std::string& pkey) { return partition_busy(pkey); };
-    while (in_flight_ < route_.coalesce.max_concurrent_batches) {
+    while (true) {
         auto next = next_ready();
         auto held_due = window_.held() ? window_.first_releasable(busy) : std::nullopt;
         if (held_due && (next == ready_.end() || *held_due < next->b.due)) {
+            if (!slots_->has_free()) {
+                wait_for_slot();  // it keeps collecting callers meanwhile
+                break;
+            }
             auto released = window_.release(clock_type::now(), busy);
             if (released.empty()) break;  // not reached: first_releasable found one
             record(std::move(released));
             continue;  // the released batch is now the longest-due in the queue
         }
         if (next == ready_.end()) break;
+        if (shed_expired(*next)) {  // nobody is waiting for this batch any more
+            ready_.erase(next);
+            continue;
+        }
+        if (!slots_->try_acquire()) {
+            wait_for_slot();
+            break;
+        }
         pending p = std::move(*next);
         ready_.erase(next);
-        if (shed_expired(p)) continue;  // nobody is waiting for this batch any more
         send(std::move(p));
     }
     // Releasing a held batch may open the partition's next one (writes sequenced behind it), and
     // the timer must be set for it: nothing else may come to wake this route.
     arm_timer();
+    arm_sweep();
+}
+
+// No free slot for a due batch: the limit (shared with the upstream's other routes) wakes this
+// batcher when a call ends, on whichever strand that happens, so the wake-up is posted here.
+void batcher::wait_for_slot() {
+    if (waiting_for_slot_) return;
+    waiting_for_slot_ = true;
+    slots_->notify_when_free([weak = weak_from_this()] {
+        auto self = weak.lock();
+        if (!self) return;
+        net::post(self->strand_, [self] {
+            self->waiting_for_slot_ = false;
+            self->pump();
+            self->update_waiting_gauge();
+        });
+    });
 }
 
 // The queued batch to send next: the longest-due one whose partition is free (on ordered
@@ -219,7 +264,7 @@ std::deque<batcher::pending>::iterator batcher::next_ready() {
     for (auto it = ready_.begin(); it != ready_.end(); ++it) {
         if (ordered_) {
             if (!seen.insert(it->b.partition_key).second) continue;  // not this partition's first
-            if (partition_calls_.contains(it->b.partition_key)) continue;
+            if (window_.in_flight(it->b.partition_key)) continue;
         }
         if (best == ready_.end() || it->b.due < best->b.due) best = it;
     }
@@ -230,7 +275,7 @@ std::deque<batcher::pending>::iterator batcher::next_ready() {
 // earlier batch of it queued. Only ordered routes keep one call per partition.
 bool batcher::partition_busy(const std::string& partition_key) const {
     if (draining_ || !ordered_) return false;
-    return partition_calls_.contains(partition_key) ||
+    return window_.in_flight(partition_key) ||
            std::any_of(ready_.begin(), ready_.end(), [&](const pending& r) { return r.b.partition_key == partition_key; });
 }
 
@@ -238,18 +283,18 @@ bool batcher::partition_busy(const std::string& partition_key) const {
 // route has no free slot, so it may as well keep collecting callers.
 bool batcher::blocked(const std::string& partition_key) const {
     if (draining_) return false;
-    return in_flight_ >= route_.coalesce.max_concurrent_batches || partition_busy(partition_key);
+    return !slots_->has_free() || partition_busy(partition_key);
 }
 
-void batcher::release_slot(const pending& p) {
-    --in_flight_;
-    auto calls = partition_calls_.find(p.b.partition_key);
-    if (calls != partition_calls_.end() && --calls->second == 0) partition_calls_.erase(calls);
+void batcher::release_slot(const pending& p, call_outcome outcome, std::chrono::nanoseconds rtt) {
+    slots_->release(outcome, rtt);
+    // flush: adaptive: what collected while this call was in flight is due now.
+    window_.call_ended(p.b.partition_key, clock_type::now());
 }
 
 void batcher::send(pending p) {
-    ++in_flight_;
-    ++partition_calls_[p.b.partition_key];
+    p.sent = clock_type::now();
+    window_.call_started(p.b.partition_key);
     std::vector<std::string> keys;
     std::vector<nlohmann::json> items;
     keys.reserve(p.b.items.size());
@@ -262,6 +307,7 @@ void batcher::send(pending p) {
         for (const auto& w : item.waiters) {
             if (traceparent.empty()) traceparent = w.traceparent;
             latest = std::max(latest, w.deadline);
+            unsent_.erase(w.serial);
         }
     }
     // No point waiting for the upstream after the last caller stopped waiting.
@@ -373,10 +419,7 @@ void batcher::on_answer(pending p, const std::string& batch_id, gateway::upstrea
         }
     }
     if (!keep_busy) {
-        release_slot(p);
-        // flush: adaptive: what collected while this call was in flight goes now.
-        if (adaptive_ && !partition_calls_.contains(p.b.partition_key))
-            window_.expedite(p.b.partition_key, clock_type::now());
+        release_slot(p, outcome_of(r), r.elapsed);
     }
     pump();
     enqueue(window_.expire(clock_type::now(), [this](const std::string& pkey) { return blocked(pkey); }));
@@ -405,9 +448,12 @@ bool batcher::try_retry(pending& p, const gateway::upstream_result& r) {
     auto timer = std::make_shared<net::steady_timer>(strand_);
     timer->expires_at(start_at);
     ++p.attempt;
-    timer->async_wait([self = shared_from_this(), timer, p = std::move(p)](boost::system::error_code) mutable {
+    const auto outcome = outcome_of(r);
+    const auto rtt = r.elapsed;
+    timer->async_wait([self = shared_from_this(), timer, p = std::move(p), outcome,
+                       rtt](boost::system::error_code) mutable {
         // The slot and the partition stay held through the back-off; the retry re-takes them.
-        self->release_slot(p);
+        self->release_slot(p, outcome, rtt);
         self->ready_.push_front(std::move(p));
         self->pump();
     });
@@ -473,7 +519,7 @@ void batcher::isolate(pending p, const gateway::upstream_result& r, const reply&
         return bisect(std::move(p));
     }
     metrics_.isolations->Increment(static_cast<double>(!rest.b.items.empty() + !unsure.b.items.empty()));
-    release_slot(p);
+    release_slot(p, call_outcome::ignored, r.elapsed);
     if (!unsure.b.items.empty()) ready_.push_front(std::move(unsure));
     if (!rest.b.items.empty()) ready_.push_front(std::move(rest));
     for (auto& item : refused) answer_refused(item, r, proto);
@@ -486,7 +532,7 @@ void batcher::bisect(pending p) {
     pending first = part_of(p), second = part_of(p);
     for (std::size_t i = 0; i < p.b.items.size(); ++i) (i < half ? first : second).b.items.push_back(std::move(p.b.items[i]));
     metrics_.isolations->Increment(2);
-    release_slot(p);
+    release_slot(p, call_outcome::ignored, clock_type::now() - p.sent);
     ready_.push_front(std::move(second));
     ready_.push_front(std::move(first));
 }
@@ -531,6 +577,7 @@ void batcher::deliver_split(pending& p, const std::string& body, const reply& pr
 
 void batcher::answer(waiter& w, reply r) {
     --queued_callers_;
+    unsent_.erase(w.serial);
     call_safely(w.done, std::move(r));
 }
 
@@ -549,6 +596,24 @@ void batcher::call_safely(reply_handler& done, reply r) {
     }
 }
 
+bool batcher::gave_up(const waiter& w, clock_type::time_point now) const { return w.deadline <= now || w.left(); }
+
+void batcher::answer_gave_up(waiter& w, clock_type::time_point now) {
+    reply r;
+    if (w.deadline > now) {  // it hung up
+        metrics_.callers_left->Increment();
+        r.status = 499;  // nginx's "client closed request": nobody reads it, the access log does
+        r.body = error_body(gateway_error::upstream_timeout, "the caller closed its connection before its batch was sent",
+                            route_.name);
+    } else {
+        r.status = http_status(gateway_error::upstream_timeout);
+        r.body = error_body(gateway_error::upstream_timeout,
+                            "the caller's deadline passed before its batch could be sent (the upstream had no free slot)",
+                            route_.name);
+    }
+    answer(w, std::move(r));
+}
+
 bool batcher::shed_expired(pending& p) {
     const auto now = clock_type::now();
     auto& items = p.b.items;
@@ -556,26 +621,10 @@ bool batcher::shed_expired(pending& p) {
     // merged write that one live caller still waits for carries the others' changes too, and
     // they must learn its outcome. Nothing is sent for the rest, and a write nobody waits for
     // is never applied.
-    auto dropped = [now](const waiter& w) { return w.deadline <= now || w.left(); };
-    auto expired = [&](const auto& item) { return std::all_of(item.waiters.begin(), item.waiters.end(), dropped); };
-    reply gone;
-    gone.status = http_status(gateway_error::upstream_timeout);
-    gone.body = error_body(gateway_error::upstream_timeout,
-                           "the caller's deadline passed while its batch waited for a free upstream slot", route_.name);
-    reply left;
-    left.status = 499;  // nginx's "client closed request": nobody reads it, the access log does
-    left.body = error_body(gateway_error::upstream_timeout, "the caller closed its connection before its batch was sent",
-                           route_.name);
     for (auto& item : items) {
-        if (!expired(item)) continue;
-        for (auto& w : item.waiters) {
-            if (w.left() && w.deadline > now) {
-                metrics_.callers_left->Increment();
-                answer(w, left);
-            } else {
-                answer(w, gone);
-            }
-        }
+        if (!std::all_of(item.waiters.begin(), item.waiters.end(), [&](const waiter& w) { return gave_up(w, now); }))
+            continue;
+        for (auto& w : item.waiters) answer_gave_up(w, now);
         item.waiters.clear();
     }
     items.erase(std::remove_if(items.begin(), items.end(), [](const auto& i) { return i.waiters.empty(); }),
@@ -583,13 +632,45 @@ bool batcher::shed_expired(pending& p) {
     return items.empty();
 }
 
-void batcher::shed_all_expired() {
+// Answers, at their deadline, the callers whose batch is still open, held or queued for a slot,
+// and takes them out so that nothing is sent for them. Departed callers are taken out too.
+void batcher::sweep() {
+    const auto now = clock_type::now();
     for (auto it = ready_.begin(); it != ready_.end();) {
         if (shed_expired(*it))
             it = ready_.erase(it);
         else
             ++it;
     }
+    auto reopened = window_.remove_waiters(
+        now, [&](const waiter& w) { return gave_up(w, now); },
+        [&](waiter&& w) {
+            ++queued_callers_;  // answer() counts it out
+            waiter gone = std::move(w);
+            answer_gave_up(gone, now);
+        });
+    enqueue(std::move(reopened));
+}
+
+void batcher::arm_sweep() {
+    while (!caller_deadlines_.empty() && !unsent_.contains(caller_deadlines_.top().second)) caller_deadlines_.pop();
+    if (caller_deadlines_.empty()) return;
+    const auto at = caller_deadlines_.top().first;
+    if (sweep_at_ && *sweep_at_ <= at) return;  // an earlier or equal wake-up is already set
+    sweep_at_ = at;
+    sweep_timer_.expires_at(at);
+    sweep_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+        if (ec == net::error::operation_aborted) return;  // re-armed earlier; that wait takes over
+        self->sweep_at_.reset();
+        while (!self->caller_deadlines_.empty() && !self->unsent_.contains(self->caller_deadlines_.top().second))
+            self->caller_deadlines_.pop();
+        if (!self->caller_deadlines_.empty() && self->caller_deadlines_.top().first <= clock_type::now()) {
+            self->sweep();
+            self->arm_timer();
+        }
+        self->arm_sweep();
+        self->update_waiting_gauge();
+    });
 }
 
 void batcher::answer_all(pending& p, const reply& proto) {
@@ -601,6 +682,9 @@ void batcher::answer_all(pending& p, const reply& proto) {
 
 void batcher::update_waiting_gauge() {
     metrics_.waiting->Set(static_cast<double>(window_.waiting() + queued_callers_));
+    std::size_t for_slot = window_.held() ? window_.held_waiters() : 0;
+    for (const auto& p : ready_) for_slot += p.b.waiter_count();
+    metrics_.waiting_for_slot->Set(static_cast<double>(for_slot));
 }
 
 }  // namespace batchgate::coalescer

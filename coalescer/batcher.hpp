@@ -15,6 +15,8 @@
 #include <random>
 #include <set>
 #include <unordered_map>
+#include <unordered_set>
+#include <queue>
 #include <string>
 #include <utility>
 #include <vector>
@@ -23,6 +25,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 
+#include "coalescer/batch_slots.hpp"
 #include "coalescer/core/window.hpp"
 #include "config/config.hpp"
 #include "gateway/upstream_pool.hpp"
@@ -67,7 +70,7 @@ public:
     // batches is in flight, even after a reload retired the snapshot.
     batcher(boost::asio::any_io_executor executor, std::shared_ptr<const config::gateway_config> config,
             const config::route_settings& route, std::shared_ptr<gateway::upstream_pool> upstream,
-            metrics::registry& metrics);
+            std::shared_ptr<batch_slots> slots, metrics::registry& metrics);
 
     void submit(submission s);
 
@@ -88,6 +91,7 @@ private:
         std::string traceparent;
         nlohmann::json caller_values;
         std::shared_ptr<std::atomic<bool>> gone;
+        std::uint64_t serial = 0;  // in unsent_ until sent or answered
         bool left() const { return gone && gone->load(std::memory_order_relaxed); }
     };
     using window_type = window<waiter>;
@@ -95,6 +99,7 @@ private:
     struct pending {
         batch b;
         unsigned attempt = 1;  // 1 = first call
+        std::chrono::steady_clock::time_point sent{};  // when this attempt took its slot
     };
 
     void on_submit(submission s);
@@ -107,7 +112,11 @@ private:
     bool partition_busy(const std::string& partition_key) const;
     // A due batch that cannot be sent now stays open in the window (group commit).
     bool blocked(const std::string& partition_key) const;
-    void release_slot(const pending& p);
+    void release_slot(const pending& p, call_outcome outcome, std::chrono::nanoseconds rtt);
+    void wait_for_slot();
+    // Queue deadlines: callers still unsent when their deadline passes are answered then.
+    void arm_sweep();
+    void sweep();
     void send(pending p);
     void on_answer(pending p, const std::string& batch_id, gateway::upstream_result r);
     bool try_retry(pending& p, const gateway::upstream_result& r);
@@ -120,9 +129,11 @@ private:
     void deliver_split(pending& p, const std::string& body, const reply& proto);
     void answer(waiter& w, reply r);
     void call_safely(reply_handler& done, reply r);
-    // Answers (504) and drops the waiters whose deadline passed; true when none is left.
+    // Answers (504, or 499 for a caller who hung up) and drops the waiters that gave up; true
+    // when none is left.
     bool shed_expired(pending& p);
-    void shed_all_expired();
+    bool gave_up(const waiter& w, std::chrono::steady_clock::time_point now) const;
+    void answer_gave_up(waiter& w, std::chrono::steady_clock::time_point now);
     void answer_all(pending& p, const reply& proto);
     void update_waiting_gauge();
 
@@ -130,6 +141,8 @@ private:
     std::shared_ptr<const config::gateway_config> config_;
     const config::route_settings& route_;
     std::shared_ptr<gateway::upstream_pool> upstream_;
+    std::shared_ptr<batch_slots> slots_;       // the upstream's shared limit, or the route's own
+    bool waiting_for_slot_ = false;            // asked slots_ for a wake-up
     metrics::route_metrics& metrics_;
     metrics::upstream_route_metrics& upstream_metrics_;
     window_type window_;
@@ -137,10 +150,14 @@ private:
     boost::asio::steady_timer timer_;
     std::optional<std::chrono::steady_clock::time_point> armed_at_;
     std::deque<pending> ready_;                // closed batches waiting for a slot
-    // Calls in flight (or backing off before a retry) per partition; ordered routes have at most one.
-    std::unordered_map<std::string, std::size_t> partition_calls_;
-    bool adaptive_;                            // coalesce.flush: adaptive
-    std::size_t in_flight_ = 0;                // batch calls sent or backing off
+    // Queue deadlines: (deadline, serial) of every caller not yet sent; entries of callers sent
+    // or answered since are skipped when they come to the top.
+    using deadline_entry = std::pair<std::chrono::steady_clock::time_point, std::uint64_t>;
+    std::priority_queue<deadline_entry, std::vector<deadline_entry>, std::greater<>> caller_deadlines_;
+    std::unordered_set<std::uint64_t> unsent_;
+    std::uint64_t next_serial_ = 0;
+    boost::asio::steady_timer sweep_timer_;
+    std::optional<std::chrono::steady_clock::time_point> sweep_at_;
     std::size_t queued_callers_ = 0;           // callers handed out of the window, not yet answered
     std::minstd_rand rng_;
     bool draining_ = false;

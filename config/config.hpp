@@ -49,6 +49,15 @@ struct limits_settings {
 };
 
 // upstreams.<name>
+// upstreams.X.concurrency: how many batch calls all coalesce routes of one upstream may have in
+// flight together (routes that set max_concurrent_batches keep their own fixed limit instead).
+struct concurrency_settings {
+    bool adaptive = true;      // limit: adaptive (default), or a number: a fixed limit
+    std::size_t initial = 4;   // initial: the adaptive limit's start; the fixed limit
+    std::size_t min = 1;       // min: never below
+    std::size_t max = 64;      // max: never above
+};
+
 struct upstream_settings {
     std::string name;
     std::string url;                               // as written: http[s]://host:port
@@ -63,6 +72,7 @@ struct upstream_settings {
     bool tls_verify = true;            // tls.verify: check the certificate chain and name
     std::string tls_ca_file;           // tls.ca_file: PEM trust anchors; "" = the system store
     std::string tls_server_name;       // tls.server_name: SNI and the name checked; "" = url host
+    concurrency_settings concurrency;  // concurrency: batch calls in flight (coalesce routes)
     source_mark mark;
 };
 
@@ -248,7 +258,9 @@ struct coalesce_settings {
     duration max_wait = std::chrono::milliseconds(5);
     flush_policy flush = flush_policy::window;  // flush: window
     duration min_wait{0};                       // min_wait: 0 (flush: adaptive only)
-    std::size_t max_concurrent_batches = 4;   // upstream batch calls in flight per route
+    // Batch calls in flight for this route alone, a fixed limit; 0 (unset): the route shares its
+    // upstream's concurrency limit (adaptive by default).
+    std::size_t max_concurrent_batches = 0;
     std::size_t max_waiting = 10000;          // callers waiting on this route; more get 503
     batch_request_settings request;
     batch_response_settings response;

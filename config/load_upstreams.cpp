@@ -121,6 +121,41 @@ void load_upstream_tls(context& ctx, const field& f, upstream_settings& u) {
     }
 }
 
+void load_concurrency(context& ctx, const field& f, concurrency_settings& out) {
+    map_reader m(ctx, f.value, f.path, {"limit", "initial", "min", "max"});
+    if (!m.ok()) return;
+    if (auto* x = m.get("limit")) {
+        const bool number = x->value.IsScalar() && !x->value.Scalar().empty() &&
+                            x->value.Scalar().find_first_not_of("0123456789") == std::string::npos;
+        if (x->value.IsScalar() && x->value.Scalar() == "adaptive") {
+            out.adaptive = true;
+        } else if (!number) {
+            ctx.add(x->mark(), x->path,
+                    "expected adaptive or a fixed number of batch calls, got " +
+                        (x->value.IsScalar() ? quote(x->value.Scalar()) : std::string(kind(x->value))));
+        } else if (auto v = read_count(ctx, *x, 1, 100000)) {
+            out.adaptive = false;
+            out.initial = out.min = out.max = *v;
+        }
+    }
+    const bool fixed = !out.adaptive;
+    for (auto [name, target] : {std::pair{"initial", &out.initial}, {"min", &out.min}, {"max", &out.max}}) {
+        auto* x = m.get(name);
+        if (!x) continue;
+        if (fixed) {
+            ctx.add(x->key.Mark(), x->path, std::string(name) + " is only used with limit: adaptive");
+            continue;
+        }
+        if (auto v = read_count(ctx, *x, 1, 100000)) *target = *v;
+    }
+    if (fixed) return;
+    if (out.min > out.max)
+        ctx.add(f.mark(), f.path, "min (" + std::to_string(out.min) + ") is above max (" + std::to_string(out.max) + ")");
+    else if (out.initial < out.min || out.initial > out.max)
+        ctx.add(f.mark(), f.path, "initial (" + std::to_string(out.initial) + ") must lie between min (" +
+                                      std::to_string(out.min) + ") and max (" + std::to_string(out.max) + ")");
+}
+
 }  // namespace
 
 void load_upstreams(context& ctx, const field& f, gateway_config& cfg) {
@@ -146,7 +181,7 @@ void load_upstreams(context& ctx, const field& f, gateway_config& cfg) {
         u.name = name;
         u.mark = {ctx.file, k.Mark().line + 1};
         map_reader m(ctx, it->second, path,
-                     {"url", "max_connections", "connect_timeout", "request_timeout", "max_response", "tls"});
+                     {"url", "max_connections", "connect_timeout", "request_timeout", "max_response", "tls", "concurrency"});
         if (m.ok()) {
             if (auto* x = m.required("url")) parse_upstream_url(ctx, *x, u);
             if (auto* x = m.get("max_connections"))
@@ -158,6 +193,7 @@ void load_upstreams(context& ctx, const field& f, gateway_config& cfg) {
             if (auto* x = m.get("max_response"))
                 if (auto v = read_size(ctx, *x, false)) u.max_response_bytes = *v;
             if (auto* x = m.get("tls")) load_upstream_tls(ctx, *x, u);
+            if (auto* x = m.get("concurrency")) load_concurrency(ctx, *x, u.concurrency);
         }
         cfg.upstreams.push_back(std::move(u));
     }

@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 
 #include <iostream>
+#include <map>
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
@@ -70,13 +71,27 @@ struct server::impl {
         built.push_back(rt);
         for (const auto& u : rt->config->upstreams)
             rt->upstreams.emplace(u.name, std::make_shared<upstream_pool>(ioc.get_executor(), u, state->budget));
+        // One concurrency limit per upstream, shared by its coalesce routes; a route that pins
+        // max_concurrent_batches has its own.
+        std::map<std::string, std::shared_ptr<coalescer::batch_slots>> shared_slots;
+        for (const auto& u : rt->config->upstreams) {
+            const auto& c = u.concurrency;
+            coalescer::limit_settings ls{.initial = c.initial, .min = c.min, .max = c.max};
+            shared_slots.emplace(u.name, std::make_shared<coalescer::batch_slots>(ls, &metrics.limiter(u.name, "*")));
+        }
         for (const auto& r : rt->config->routes) {
             route_handles& h = rt->handles[&r];
             h.metrics = &metrics.route(r.name);  // every route shows in /metrics from the start
             if (!r.upstream.empty()) h.upstream_metrics = &metrics.upstream(r.upstream, r.name);
             if (r.mode != config::route_mode::coalesce) continue;
+            auto slots = r.coalesce.max_concurrent_batches
+                             ? std::make_shared<coalescer::batch_slots>(
+                                   coalescer::limit_settings::fixed(r.coalesce.max_concurrent_batches),
+                                   &metrics.limiter(r.upstream, r.name))
+                             : shared_slots.at(r.upstream);
             rt->batchers.emplace(r.name, std::make_shared<coalescer::batcher>(ioc.get_executor(), rt->config, r,
-                                                                              rt->upstreams.at(r.upstream), metrics));
+                                                                              rt->upstreams.at(r.upstream),
+                                                                              std::move(slots), metrics));
         }
         return rt;
     }

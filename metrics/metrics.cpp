@@ -106,6 +106,18 @@ registry::registry()
                         .Name("batchgate_callers_left_total")
                         .Help("Callers that closed their connection before their batch was sent: nothing was sent for them")
                         .Register(*registry_)),
+      waiting_for_slot_(prometheus::BuildGauge()
+                            .Name("batchgate_callers_waiting_for_slot")
+                            .Help("Callers whose batch is due but waits for a free upstream slot (queued or held open), by route")
+                            .Register(*registry_)),
+      concurrency_limit_(prometheus::BuildGauge()
+                             .Name("batchgate_concurrency_limit")
+                             .Help("Batch calls allowed in flight: an upstream's shared limit (route=\"*\", adaptive by default) or a route's own max_concurrent_batches")
+                             .Register(*registry_)),
+      batches_in_flight_(prometheus::BuildGauge()
+                             .Name("batchgate_batches_in_flight")
+                             .Help("Batch calls holding a slot of a concurrency limit (sent, or backing off before a retry)")
+                             .Register(*registry_)),
       isolations_(prometheus::BuildCounter()
                       .Name("batchgate_isolations_total")
                       .Help("Batch halves re-sent to isolate an item an all-or-nothing upstream rejected")
@@ -184,6 +196,7 @@ route_metrics& registry::route(const std::string& name) {
         m->flush_shutdown = &flushes_.Add({{"route", name}, {"reason", "shutdown"}});
         m->flush_released = &flushes_.Add({{"route", name}, {"reason", "released"}});
         m->flush_idle = &flushes_.Add({{"route", name}, {"reason", "idle"}});
+        m->flush_returned = &flushes_.Add({{"route", name}, {"reason", "returned"}});
         m->deduplicated = &deduplicated_.Add(labels);
         m->calls_saved = &calls_saved_.Add(labels);
         m->rejected = &rejected_.Add(labels);
@@ -192,6 +205,7 @@ route_metrics& registry::route(const std::string& name) {
         m->isolations = &isolations_.Add(labels);
         m->retries = &retries_.Add(labels);
         m->waiting = &waiting_.Add(labels);
+        m->waiting_for_slot = &waiting_for_slot_.Add(labels);
         slot = std::move(m);
     }
     return *slot;
@@ -205,6 +219,19 @@ upstream_route_metrics& registry::upstream(const std::string& upstream, const st
         const std::map<std::string, std::string> labels{{"upstream", upstream}, {"route", route}};
         m->requests = std::make_unique<status_counters>(upstream_requests_, labels);
         m->duration = &upstream_duration_.Add(labels, latency_buckets());
+        slot = std::move(m);
+    }
+    return *slot;
+}
+
+limiter_metrics& registry::limiter(const std::string& upstream, const std::string& route) {
+    std::lock_guard lock(mutex_);
+    auto& slot = limiters_[{upstream, route}];
+    if (!slot) {
+        auto m = std::make_unique<limiter_metrics>();
+        const std::map<std::string, std::string> labels{{"upstream", upstream}, {"route", route}};
+        m->limit = &concurrency_limit_.Add(labels);
+        m->in_flight = &batches_in_flight_.Add(labels);
         slot = std::move(m);
     }
     return *slot;

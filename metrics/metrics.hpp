@@ -47,6 +47,7 @@ struct route_metrics {
     prometheus::Counter* flush_shutdown = nullptr;
     prometheus::Counter* flush_released = nullptr;  // held open while the partition was busy (group commit)
     prometheus::Counter* flush_idle = nullptr;      // flush: adaptive, sent at once: nothing else was in flight
+    prometheus::Counter* flush_returned = nullptr;  // flush: adaptive, sent when the partition's call came back
     prometheus::Counter* callers_left = nullptr;    // hung up before their batch was sent: left out of it
     prometheus::Counter* deduplicated = nullptr;
     prometheus::Counter* calls_saved = nullptr;
@@ -55,11 +56,19 @@ struct route_metrics {
     prometheus::Counter* isolations = nullptr;
     prometheus::Counter* retries = nullptr;
     prometheus::Gauge* waiting = nullptr;
+    prometheus::Gauge* waiting_for_slot = nullptr;  // callers whose batch is due and waits for a slot
 };
 
 struct upstream_route_metrics {
     std::unique_ptr<status_counters> requests;
     prometheus::Histogram* duration = nullptr;
+};
+
+// One concurrency limit for batch calls: an upstream's shared one (route "*") or a route's own
+// fixed max_concurrent_batches.
+struct limiter_metrics {
+    prometheus::Gauge* limit = nullptr;      // the current limit
+    prometheus::Gauge* in_flight = nullptr;  // batch calls holding a slot
 };
 
 // Fan-out routes (fan_out, batch_envelope): one client call becomes several upstream/sub calls.
@@ -82,6 +91,8 @@ public:
     route_metrics& route(const std::string& name);
     upstream_route_metrics& upstream(const std::string& upstream, const std::string& route);
     fanout_metrics& fanout(const std::string& route);
+    // route "*": the upstream's shared limit.
+    limiter_metrics& limiter(const std::string& upstream, const std::string& route);
 
     prometheus::Counter& reloads(bool ok) { return ok ? *reload_ok_ : *reload_failed_; }
     prometheus::Gauge& open_connections() { return *connections_; }
@@ -111,6 +122,9 @@ private:
     prometheus::Family<prometheus::Counter>& rejected_;
     prometheus::Family<prometheus::Counter>& merged_;
     prometheus::Family<prometheus::Counter>& callers_left_;
+    prometheus::Family<prometheus::Gauge>& waiting_for_slot_;
+    prometheus::Family<prometheus::Gauge>& concurrency_limit_;
+    prometheus::Family<prometheus::Gauge>& batches_in_flight_;
     prometheus::Family<prometheus::Counter>& isolations_;
     prometheus::Family<prometheus::Counter>& retries_;
     prometheus::Family<prometheus::Counter>& reloads_;
@@ -131,6 +145,7 @@ private:
     std::mutex mutex_;
     std::map<std::string, std::unique_ptr<route_metrics>> routes_;
     std::map<std::pair<std::string, std::string>, std::unique_ptr<upstream_route_metrics>> upstreams_;
+    std::map<std::pair<std::string, std::string>, std::unique_ptr<limiter_metrics>> limiters_;
     std::map<std::string, std::unique_ptr<fanout_metrics>> fanouts_;
 };
 

@@ -27,7 +27,7 @@
 
 namespace batchgate::coalescer {
 
-enum class flush_reason { size, bytes, timer, shutdown, released, idle };
+enum class flush_reason { size, bytes, timer, shutdown, released, idle, returned };
 
 inline const char* to_string(flush_reason r) {
     switch (r) {
@@ -37,6 +37,7 @@ inline const char* to_string(flush_reason r) {
         case flush_reason::shutdown: return "shutdown";
         case flush_reason::released: return "released";
         case flush_reason::idle: return "idle";
+        case flush_reason::returned: return "returned";
     }
     return "unknown";
 }
@@ -49,8 +50,12 @@ struct window_limits {
     std::size_t max_bytes = 0;                  // 0 = unlimited; partition.overhead + item costs
     std::chrono::nanoseconds max_wait{5'000'000};
     same_key policy = same_key::share;
-    // flush: adaptive: a batch opened while its partition could send at once waits only this
-    // long (add(..., idle = true)); see coalescer/batcher.hpp.
+    // flush: adaptive. A batch opened while its partition could send at once (the owner says a
+    // slot is free, and none of the partition's calls is in flight) is due after min_wait, not
+    // max_wait: at low load a caller waits for nobody. While the partition's calls are in
+    // flight, callers collect in one batch that is due when one of those calls ends (or at
+    // max_wait, or when full): under load batches fill by themselves.
+    bool adaptive = false;
     std::chrono::nanoseconds min_wait{0};
 };
 
@@ -92,25 +97,109 @@ public:
     // share (read dedup), merge (one item, every merged caller answered), sequence (the
     // later write waits for a later batch, keeping arrival order) or in_batch (another item
     // for the same key in the same batch, after the earlier one).
-    // idle (flush: adaptive): when this caller opens a new batch, it is due after min_wait
-    // instead of max_wait, because its partition could send at once.
+    // can_send (flush: adaptive): the owner could send this partition's batch now (a free slot,
+    // nothing of the partition queued). A batch this caller opens is then idle: due after
+    // min_wait, and with min_wait 0 closed (reason idle) before add returns.
     std::vector<batch> add(const partition& part, std::string key, std::size_t cost, Waiter waiter,
-                           time_point now, nlohmann::json payload = nullptr, bool idle = false) {
+                           time_point now, nlohmann::json payload = nullptr, bool can_send = false) {
         std::vector<batch> closed;
-        opening_idle_ = idle;
+        opening_idle_ = limits_.adaptive && can_send && !calls_.contains(part.key);
         add_to(part.key, part.values, part.overhead, std::move(key), cost, std::move(waiter), now, std::move(payload),
                closed);
         opening_idle_ = false;
+        if (limits_.adaptive && limits_.min_wait.count() == 0) {
+            auto it = open_.find(part.key);
+            if (it != open_.end() && it->second.idle) close(it, flush_reason::idle, now, closed);
+        }
         return closed;
     }
 
-    // flush: adaptive: the partition's own call came back, so its open batch (collecting while
-    // that call was in flight) is due now rather than at max_wait.
-    void expedite(const std::string& partition_key, time_point now) {
+    // The owner sent a batch call of this partition (or a retry of one).
+    void call_started(const std::string& partition_key) { ++calls_[partition_key]; }
+
+    // A call of this partition ended. flush: adaptive: the partition's open batch, collecting
+    // while that call was in flight, is due now rather than at max_wait (reason returned).
+    void call_ended(const std::string& partition_key, time_point now) {
+        auto c = calls_.find(partition_key);
+        if (c != calls_.end() && --c->second == 0) calls_.erase(c);
+        if (!limits_.adaptive) return;
         auto it = open_.find(partition_key);
-        if (it == open_.end()) return;
+        if (it == open_.end() || it->second.held || it->second.expedited) return;
+        it->second.expedited = true;
         // The batch's later deadline stays queued and is skipped as stale once it has closed.
         deadlines_.push({now, partition_key, it->second.generation});
+    }
+
+    // Whether a call of this partition is in flight (started and not ended).
+    bool in_flight(const std::string& partition_key) const { return calls_.contains(partition_key); }
+
+    // Takes out every waiter gone(w) says has given up (deadline passed, hung up) and hands it
+    // to sink(Waiter&&), from open and held batches and from writes sequenced behind them. An
+    // item with no waiter left is dropped (nothing is sent for it), and so is a batch with no
+    // item left; writes sequenced behind a dropped batch open the partition's next one (returned
+    // when that closes it at once, which only max_batch_items: 1 can do).
+    template <class Gone, class Sink>
+    std::vector<batch> remove_waiters(time_point now, Gone&& gone, Sink&& sink) {
+        struct orphaned {  // writes sequenced behind a batch that lost all its items
+            std::string partition_key;
+            partition_values values;
+            std::size_t overhead;
+            std::vector<deferred> writes;
+        };
+        std::vector<orphaned> orphans;
+        for (auto it = open_.begin(); it != open_.end();) {
+            open_batch& ob = it->second;
+            std::erase_if(ob.overflow, [&](deferred& d) {
+                if (!gone(d.waiter)) return false;
+                --waiting_;
+                sink(std::move(d.waiter));
+                return true;
+            });
+            bool changed = false;
+            for (auto& item : ob.b.items) {
+                std::erase_if(item.waiters, [&](Waiter& w) {
+                    if (!gone(w)) return false;
+                    --waiting_;
+                    changed = true;
+                    sink(std::move(w));
+                    return true;
+                });
+            }
+            if (changed) {
+                std::erase_if(ob.b.items, [&](const item& i) {
+                    if (!i.waiters.empty()) return false;
+                    ob.b.bytes -= i.cost;
+                    return true;
+                });
+                ob.index.clear();
+                for (std::size_t i = 0; i < ob.b.items.size(); ++i) ob.index.emplace(ob.b.items[i].key, i);
+            }
+            if (!ob.b.items.empty()) {
+                ++it;
+                continue;
+            }
+            if (!ob.overflow.empty()) {
+                waiting_ -= ob.overflow.size();  // counted again as they are re-added
+                orphans.push_back({it->first, ob.b.values, ob.overhead, std::move(ob.overflow)});
+            }
+            it = open_.erase(it);  // its deadline and hold go stale with it
+        }
+        std::vector<batch> closed;  // a re-added write may fill a batch at once
+        for (auto& o : orphans)
+            for (auto& d : o.writes)
+                add_to(o.partition_key, o.values, o.overhead, std::move(d.key), d.cost, std::move(d.waiter), now,
+                       std::move(d.payload), closed);
+        return closed;
+    }
+
+    // Callers in due batches held open for a blocked partition.
+    std::size_t held_waiters() const {
+        std::size_t n = 0;
+        for (const auto& d : held_) {
+            auto it = open_.find(d.partition_key);
+            if (it != open_.end() && it->second.generation == d.generation) n += it->second.b.waiter_count();
+        }
+        return n;
     }
 
     // When the oldest open batch must be flushed; nullopt when nothing waits.
@@ -136,7 +225,10 @@ public:
                     held_.push_back(std::move(d));
                 }
             } else {
-                close(it, it->second.idle ? flush_reason::idle : flush_reason::timer, now, closed, d.at);
+                const auto reason = it->second.expedited ? flush_reason::returned
+                                    : it->second.idle    ? flush_reason::idle
+                                                         : flush_reason::timer;
+                close(it, reason, now, closed, d.at);
             }
             drop_stale();
         }
@@ -207,6 +299,7 @@ private:
         std::uint64_t generation = 0;
         bool idle = false;  // opened while its partition could send at once (flush: adaptive)
         bool held = false;  // due, kept open for a blocked partition (in held_)
+        bool expedited = false;  // due early: its partition's call came back (flush: adaptive)
     };
     struct deadline {
         time_point at;
@@ -374,6 +467,7 @@ private:
     std::priority_queue<deadline, std::vector<deadline>, later> deadlines_;
     std::deque<deadline> held_;  // due batches of blocked partitions, oldest first
     bool opening_idle_ = false;  // add(..., idle): the batch this add opens is due after min_wait
+    std::unordered_map<std::string, std::size_t> calls_;  // calls in flight per partition
     std::uint64_t generation_ = 0;
     std::size_t waiting_ = 0;
     std::size_t deduplicated_ = 0;

@@ -222,7 +222,7 @@ TEST(ConfigLoad, FullFileQueryRepeatRouteByPosition) {
     EXPECT_EQ(c.max_wait, 0ms);
     EXPECT_EQ(c.max_batch_items, 100u);
     EXPECT_EQ(c.max_batch_bytes, batchgate::config::default_query_batch_bytes);  // query encodings bound the URL
-    EXPECT_EQ(c.max_concurrent_batches, 4u);
+    EXPECT_EQ(c.max_concurrent_batches, 0u);  // unset: the upstream's shared limit
     EXPECT_EQ(c.max_waiting, 10000u);
     EXPECT_EQ(c.request.method, "GET");
     EXPECT_EQ(c.request.path, "/characters/{path.character_id}/items");

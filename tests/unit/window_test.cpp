@@ -452,31 +452,104 @@ TEST(Window, HeldBatchesKeepWhenTheyBecameDue) {
     EXPECT_EQ(released[0].reason, flush_reason::released);
 }
 
-// flush: adaptive. A caller whose partition could send at once opens an idle batch: due after
-// min_wait (0 here), flushed with reason idle; one that could not waits max_wait as before.
-TEST(Window, IdleBatchIsDueAfterMinWaitOthersAfterMaxWait) {
+// flush: adaptive, with a clock the test moves. A caller whose partition could send at once
+// (the owner says a slot is free, and none of the partition's calls is in flight) is sent at
+// once: with min_wait 0 its batch comes back from add itself, reason idle.
+TEST(WindowAdaptive, IdlePartitionSendsAtOnce) {
     manual_clock clock;
-    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 5ms, .min_wait = 0ms});
-    w.add(part("p"), "1", 1, 1, clock.now, nullptr, /*idle=*/true);
-    w.add(part("q"), "1", 1, 2, clock.now, nullptr, /*idle=*/false);
-    ASSERT_EQ(w.next_deadline(), clock.now);
-    auto now = w.expire(clock.now);
-    ASSERT_EQ(now.size(), 1u);
-    EXPECT_EQ(now[0].partition_key, "p");
-    EXPECT_EQ(now[0].reason, flush_reason::idle);
-    EXPECT_EQ(w.next_deadline(), clock.now + 5ms);
-    clock.advance(5ms);
-    auto later = w.expire(clock.now);
-    ASSERT_EQ(later.size(), 1u);
-    EXPECT_EQ(later[0].reason, flush_reason::timer);
+    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 5ms, .adaptive = true});
+    auto closed = w.add(part("p"), "1", 1, 1, clock.now, nullptr, /*can_send=*/true);
+    ASSERT_EQ(closed.size(), 1u);
+    EXPECT_EQ(closed[0].reason, flush_reason::idle);
+    EXPECT_EQ(waiters_of(closed[0]), (std::vector<int>{1}));
+    EXPECT_EQ(closed[0].due, clock.now);
+    EXPECT_FALSE(w.next_deadline());
+    EXPECT_EQ(w.waiting(), 0u);
 }
 
-TEST(Window, MinWaitDelaysAnIdleBatchAndLaterCallersJoinIt) {
+// No free slot (can_send false): the caller waits max_wait as with flush: window.
+TEST(WindowAdaptive, NoFreeSlotWaitsMaxWait) {
     manual_clock clock;
-    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 5ms, .min_wait = 1ms});
+    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 5ms, .adaptive = true});
+    EXPECT_TRUE(w.add(part("p"), "1", 1, 1, clock.now, nullptr, false).empty());
+    EXPECT_EQ(w.next_deadline(), clock.now + 5ms);
+    clock.advance(5ms);
+    auto closed = w.expire(clock.now);
+    ASSERT_EQ(closed.size(), 1u);
+    EXPECT_EQ(closed[0].reason, flush_reason::timer);
+}
+
+// While the partition's call is in flight, callers collect in one batch; it is due the moment
+// that call ends (reason returned), not at max_wait.
+TEST(WindowAdaptive, AccumulatesWhileInFlightAndGoesWhenTheCallReturns) {
+    manual_clock clock;
+    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 50ms, .adaptive = true});
+    auto first = w.add(part("p"), "1", 1, 1, clock.now, nullptr, true);
+    ASSERT_EQ(first.size(), 1u);
+    w.call_started("p");
+    EXPECT_TRUE(w.in_flight("p"));
+    for (int i = 2; i <= 5; ++i) {
+        clock.advance(1ms);
+        EXPECT_TRUE(w.add(part("p"), std::to_string(i), 1, i, clock.now, nullptr, true).empty())
+            << "caller " << i << " joins the batch collecting behind the call in flight";
+    }
+    // Another partition is not held back by p's call.
+    EXPECT_EQ(w.add(part("q"), "1", 1, 9, clock.now, nullptr, true).size(), 1u);
+    clock.advance(3ms);  // 7 ms: far from max_wait
+    EXPECT_TRUE(w.expire(clock.now).empty());
+    w.call_ended("p", clock.now);
+    EXPECT_FALSE(w.in_flight("p"));
+    EXPECT_EQ(w.next_deadline(), clock.now);
+    auto closed = w.expire(clock.now);
+    ASSERT_EQ(closed.size(), 1u);
+    EXPECT_EQ(closed[0].reason, flush_reason::returned);
+    EXPECT_EQ(waiters_of(closed[0]), (std::vector<int>{2, 3, 4, 5}));
+    EXPECT_EQ(closed[0].due, clock.now);
+    // Its max_wait deadline went stale with it.
+    EXPECT_FALSE(w.next_deadline());
+}
+
+// max_wait caps the wait even while the partition's call hangs.
+TEST(WindowAdaptive, MaxWaitCapsTheWaitBehindASlowCall) {
+    manual_clock clock;
+    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 20ms, .adaptive = true});
     w.add(part("p"), "1", 1, 1, clock.now, nullptr, true);
+    w.call_started("p");
+    clock.advance(2ms);
+    w.add(part("p"), "2", 1, 2, clock.now, nullptr, true);
+    clock.advance(19ms);
+    EXPECT_TRUE(w.expire(clock.now).empty());
+    clock.advance(1ms);  // 20 ms after caller 2
+    auto closed = w.expire(clock.now);
+    ASSERT_EQ(closed.size(), 1u);
+    EXPECT_EQ(closed[0].reason, flush_reason::timer);
+    EXPECT_EQ(waiters_of(closed[0]), (std::vector<int>{2}));
+    // The call ending later expedites nothing: there is no open batch.
+    w.call_ended("p", clock.now);
+    EXPECT_FALSE(w.next_deadline());
+}
+
+// A full batch goes at once whatever the policy.
+TEST(WindowAdaptive, FullBatchGoesAtOnce) {
+    manual_clock clock;
+    test_window w({.max_items = 3, .max_bytes = 0, .max_wait = 50ms, .adaptive = true});
+    w.add(part("p"), "0", 1, 0, clock.now, nullptr, true);
+    w.call_started("p");
+    EXPECT_TRUE(w.add(part("p"), "1", 1, 1, clock.now).empty());
+    EXPECT_TRUE(w.add(part("p"), "2", 1, 2, clock.now).empty());
+    auto closed = w.add(part("p"), "3", 1, 3, clock.now);
+    ASSERT_EQ(closed.size(), 1u);
+    EXPECT_EQ(closed[0].reason, flush_reason::size);
+    EXPECT_EQ(waiters_of(closed[0]), (std::vector<int>{1, 2, 3}));
+}
+
+// min_wait: an idle batch waits that long, and callers arriving meanwhile join it.
+TEST(WindowAdaptive, MinWaitDelaysAnIdleBatchAndLaterCallersJoinIt) {
+    manual_clock clock;
+    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 5ms, .adaptive = true, .min_wait = 1ms});
+    EXPECT_TRUE(w.add(part("p"), "1", 1, 1, clock.now, nullptr, true).empty());
     clock.advance(500us);
-    w.add(part("p"), "2", 1, 2, clock.now, nullptr, true);  // joins: the idle flag only counts when opening
+    EXPECT_TRUE(w.add(part("p"), "2", 1, 2, clock.now, nullptr, true).empty());
     EXPECT_TRUE(w.expire(clock.now).empty());
     clock.advance(500us);
     auto closed = w.expire(clock.now);
@@ -485,25 +558,88 @@ TEST(Window, MinWaitDelaysAnIdleBatchAndLaterCallersJoinIt) {
     EXPECT_EQ(closed[0].reason, flush_reason::idle);
 }
 
-// The partition's own call came back: what collected meanwhile is due now, not at max_wait.
-TEST(Window, ExpediteMakesTheOpenBatchDueNowAndLeavesNoStaleDeadline) {
+// flush: window (the default) ignores can_send and call ends: every batch waits max_wait.
+TEST(WindowAdaptive, WindowPolicyIgnoresSlotsAndReturns) {
     manual_clock clock;
-    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 50ms});
-    w.add(part("p"), "1", 1, 1, clock.now);
-    w.add(part("q"), "1", 1, 2, clock.now);
-    clock.advance(10ms);
-    w.expedite("p", clock.now);
-    w.expedite("nobody", clock.now);  // no open batch: nothing happens
-    EXPECT_EQ(w.next_deadline(), clock.now);
+    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 5ms});
+    EXPECT_TRUE(w.add(part("p"), "1", 1, 1, clock.now, nullptr, true).empty());
+    w.call_started("p");
+    w.call_ended("p", clock.now);
+    EXPECT_EQ(w.next_deadline(), clock.now + 5ms);
+}
+
+// A batch held for a busy partition (group commit) is released by the owner, not expedited.
+TEST(WindowAdaptive, HeldBatchIsNotExpedited) {
+    manual_clock clock;
+    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 5ms, .adaptive = true});
+    w.add(part("p"), "1", 1, 1, clock.now, nullptr, false);
+    clock.advance(5ms);
+    EXPECT_TRUE(w.expire(clock.now, [](const std::string&) { return true; }).empty());
+    EXPECT_EQ(w.held(), 1u);
+    w.call_ended("p", clock.now);
+    EXPECT_TRUE(w.expire(clock.now, [](const std::string&) { return true; }).empty());
+    auto released = w.release(clock.now, [](const std::string&) { return false; });
+    ASSERT_EQ(released.size(), 1u);
+    EXPECT_EQ(released[0].reason, flush_reason::released);
+}
+
+// Queue deadlines and departed callers: remove_waiters takes them out of open and held batches,
+// drops items and batches left empty, and keeps the byte count and the key index right.
+TEST(WindowRemove, TakesOutGivenUpWaitersAndEmptyItems) {
+    manual_clock clock;
+    test_window w({.max_items = 100, .max_bytes = 1000, .max_wait = 5ms});
+    partition p{"p", {}, 10};
+    w.add(p, "a", 100, 1, clock.now);
+    w.add(p, "b", 200, 2, clock.now);
+    w.add(p, "a", 100, 3, clock.now);  // shares a
+    w.add(part("q"), "x", 1, 4, clock.now);
+    std::vector<int> out;
+    auto reopened = w.remove_waiters(clock.now, [](int v) { return v == 2 || v == 1 || v == 4; },
+                                     [&](int&& v) { out.push_back(v); });
+    EXPECT_TRUE(reopened.empty());
+    std::sort(out.begin(), out.end());
+    EXPECT_EQ(out, (std::vector<int>{1, 2, 4}));
+    EXPECT_EQ(w.waiting(), 1u);
+    EXPECT_EQ(w.open_batches(), 1u) << "q lost its only item";
+    w.add(p, "a", 100, 5, clock.now);  // still found by key: shares a with 3
+    clock.advance(5ms);
     auto closed = w.expire(clock.now);
     ASSERT_EQ(closed.size(), 1u);
-    EXPECT_EQ(closed[0].partition_key, "p");
-    // p's original deadline (50 ms) is stale now; q's is next.
-    EXPECT_EQ(w.next_deadline(), time_point{} + 50ms);
-    w.add(part("p"), "2", 1, 3, clock.now);  // a new batch for p: its own deadline at 60 ms
-    clock.advance(40ms);
-    auto at50 = w.expire(clock.now);
-    ASSERT_EQ(at50.size(), 1u);
-    EXPECT_EQ(at50[0].partition_key, "q") << "p's stale 50 ms deadline does not close p's new batch";
-    EXPECT_EQ(w.next_deadline(), time_point{} + 60ms);
+    ASSERT_EQ(closed[0].items.size(), 1u);
+    EXPECT_EQ(closed[0].items[0].key, "a");
+    EXPECT_EQ(waiters_of(closed[0]), (std::vector<int>{3, 5}));
+    EXPECT_EQ(closed[0].bytes, 110u);
+}
+
+// same_key: sequence. When the batch a write was sequenced behind loses all its items, that
+// write opens the partition's next batch; a departed sequenced write is simply dropped.
+TEST(WindowRemove, SequencedWritesSurviveTheirBatch) {
+    manual_clock clock;
+    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 5ms, .policy = batchgate::coalescer::same_key::sequence});
+    w.add(part("p"), "k", 1, 1, clock.now);
+    w.add(part("p"), "k", 1, 2, clock.now);  // sequenced behind 1
+    w.add(part("p"), "k", 1, 3, clock.now);  // behind 2
+    std::vector<int> out;
+    w.remove_waiters(clock.now, [](int v) { return v == 1 || v == 3; }, [&](int&& v) { out.push_back(v); });
+    EXPECT_EQ(out.size(), 2u);
+    EXPECT_EQ(w.waiting(), 1u);
+    clock.advance(5ms);
+    auto closed = w.expire(clock.now);
+    ASSERT_EQ(closed.size(), 1u);
+    EXPECT_EQ(waiters_of(closed[0]), (std::vector<int>{2}));
+    EXPECT_EQ(w.waiting(), 0u);
+}
+
+// A held batch that loses every caller is no longer held; nothing is released for it.
+TEST(WindowRemove, HeldBatchLeftEmptyIsForgotten) {
+    manual_clock clock;
+    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 5ms});
+    w.add(part("p"), "1", 1, 1, clock.now);
+    clock.advance(5ms);
+    w.expire(clock.now, [](const std::string&) { return true; });
+    EXPECT_EQ(w.held_waiters(), 1u);
+    w.remove_waiters(clock.now, [](int) { return true; }, [](int&&) {});
+    EXPECT_EQ(w.held_waiters(), 0u);
+    EXPECT_TRUE(w.release(clock.now, [](const std::string&) { return false; }).empty());
+    EXPECT_FALSE(w.next_deadline());
 }
