@@ -39,20 +39,25 @@ inline void replace_once(std::string& text, const std::string& from, const std::
 }
 
 // The shipped example, listening on ephemeral ports in front of the mock, with the window given
-// (longer than the example's, so that callers released together share one batch).
+// (longer than the example's, so that callers released together share one batch) and the flush
+// policy given: "window" by default, so that they do (the examples ship flush: adaptive, which
+// sends a lone caller at once; tests of that pass "adaptive").
 inline std::string example_config_text(const std::string& file, unsigned short upstream_port,
-                                       const std::string& wait = "100ms") {
+                                       const std::string& wait = "100ms", const std::string& flush = "window") {
     std::string text = read_example(file);
     replace_once(text, "listen: 0.0.0.0:8080", "listen: 127.0.0.1:0", file);
     replace_once(text, "admin_listen: 0.0.0.0:9090", "admin_listen: 127.0.0.1:0\nworker_threads: 4", file);
     replace_once(text, "url: http://127.0.0.1:9000", "url: http://127.0.0.1:" + std::to_string(upstream_port), file);
     replace_once(text, "max_wait: 5ms", "max_wait: " + wait, file);
+    for (auto pos = text.find("flush: adaptive"); pos != std::string::npos; pos = text.find("flush: adaptive", pos + 1))
+        text.replace(pos, 15, "flush: " + flush);
     return text;
 }
 
 inline std::shared_ptr<const config::gateway_config> example_config(const std::string& file, unsigned short upstream_port,
-                                                                    const std::string& wait = "100ms") {
-    return load_yaml(example_config_text(file, upstream_port, wait));
+                                                                    const std::string& wait = "100ms",
+                                                                    const std::string& flush = "window") {
+    return load_yaml(example_config_text(file, upstream_port, wait, flush));
 }
 
 // The calls the mock received with this method and a path matching path_regex, in order.

@@ -1,0 +1,243 @@
+// Adaptive batching (issue 11), end to end through a real gateway in front of the mock upstream:
+// flush: adaptive sends a lone caller at once and collects the callers that arrive while the
+// partition's call is in flight; an upstream's shared concurrency limit wakes another route when
+// a call ends; a caller whose deadline passes while its batch waits for a slot is answered then
+// and never sent; a caller who hangs up before its batch is sent is left out of it, and its
+// write is not applied.
+#include <chrono>
+#include <set>
+#include <thread>
+
+#include "tests/integration/examples.hpp"
+
+using namespace batchgate::testing;
+using batchgate::mock::ability_state;
+using batchgate::mock::mock_options;
+using batchgate::mock::mock_upstream;
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+const char* yaml = R"(
+listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+worker_threads: 2
+upstreams:
+  api:
+    url: http://127.0.0.1:{{PORT}}
+    request_timeout: 5s
+    concurrency: {{LIMIT}}
+routes:
+  - name: users
+    match: {method: GET, path: "/users/{id}"}
+    upstream: api
+    mode: coalesce
+    timeout: {{USERS_TIMEOUT}}
+    coalesce:
+      key: {path: id}
+      flush: {{FLUSH}}
+      max_wait: {{WAIT}}
+      request: {method: GET, path: /users, encoding: query_list, query_param: ids}
+      response: {items: "", key: /id}
+  - name: activities
+    match: {method: GET, path: "/api/v1/activities/{id}"}
+    upstream: api
+    mode: coalesce
+    coalesce:
+      key: {path: id}
+      max_wait: 1ms
+      request:
+        method: POST
+        path: /api/v1/batch/get
+        encoding: json_body
+        body: {resource_type: activities, ids: "{items}"}
+      response: {items: /results, key: /id, status: /status, status_map: {success: 200, error: 502},
+                 status_code: /status_code, body: /data, error: /error}
+)";
+
+std::shared_ptr<const batchgate::config::gateway_config> config_for(unsigned short port,
+                                                                    std::map<std::string, std::string> values = {}) {
+    values.emplace("PORT", std::to_string(port));
+    values.emplace("LIMIT", "{limit: adaptive}");
+    values.emplace("USERS_TIMEOUT", "10s");
+    values.emplace("FLUSH", "adaptive");
+    values.emplace("WAIT", "5s");
+    return load_yaml(fill(yaml, values));
+}
+
+template <class Pred>
+bool eventually(Pred pred) {
+    for (int i = 0; i < 1000; ++i) {
+        if (pred()) return true;
+        std::this_thread::sleep_for(5ms);
+    }
+    return pred();
+}
+
+std::set<std::string> ids_of(const batchgate::mock::recorded_call& c) {
+    auto v = query_values(c.target, "ids", true);
+    return {v.begin(), v.end()};
+}
+
+// A connection that sends one request and hangs up without reading the answer.
+class leaving_caller {
+public:
+    leaving_caller(unsigned short port, const std::string& request) : socket_(ioc_) {
+        socket_.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
+        net::write(socket_, net::buffer(request));
+    }
+    void leave() { socket_.close(); }
+
+private:
+    net::io_context ioc_;
+    tcp::socket socket_;
+};
+
+}  // namespace
+
+// At low load nobody waits: a lone caller is sent at once (flush reason idle), though max_wait
+// is 5 s.
+TEST(Adaptive, LoneCallerIsSentAtOnce) {
+    mock_upstream up;
+    running_gateway gw(config_for(up.port()));
+    for (int i = 1; i <= 3; ++i) {
+        const auto started = std::chrono::steady_clock::now();
+        auto r = get(gw.port(), "/users/" + std::to_string(i));
+        ASSERT_EQ(r.status, 200) << r.body;
+        EXPECT_EQ(r.json()["id"], std::to_string(i));
+        EXPECT_LT(std::chrono::steady_clock::now() - started, 2s) << "the caller waited for max_wait";
+    }
+    EXPECT_EQ(gw.metric(R"(batchgate_batch_flushes_total{reason="idle",route="users"})"), 3);
+    EXPECT_EQ(gw.metric(R"(batchgate_batch_flushes_total{reason="timer",route="users"})"), 0);
+    EXPECT_EQ(up.count("GET", "/users"), 3u);
+}
+
+// Callers arriving while the partition's call is in flight collect, and go in one call the
+// moment it returns (reason returned), long before max_wait.
+TEST(Adaptive, CallersArrivingDuringACallGoTogetherWhenItReturns) {
+    mock_options o;
+    o.latency = 300ms;
+    o.threads = 2;
+    mock_upstream up(o);
+    running_gateway gw(config_for(up.port()));
+    std::thread first([&] { EXPECT_EQ(get(gw.port(), "/users/1").status, 200); });
+    ASSERT_TRUE(eventually([&] { return up.count("GET", "/users") == 1; }));
+    const auto started = std::chrono::steady_clock::now();
+    auto results = concurrently(10, [&](int i) { return get(gw.port(), "/users/" + std::to_string(10 + i)); });
+    first.join();
+    for (int i = 0; i < 10; ++i) {
+        ASSERT_EQ(results[i].status, 200) << results[i].body;
+        EXPECT_EQ(results[i].json()["id"], std::to_string(10 + i));
+    }
+    EXPECT_LT(std::chrono::steady_clock::now() - started, 3s) << "they waited for max_wait (5 s)";
+    auto calls = calls_to(up, "GET", "/users");
+    ASSERT_EQ(calls.size(), 2u);
+    EXPECT_EQ(ids_of(calls[0]), (std::set<std::string>{"1"}));
+    EXPECT_EQ(ids_of(calls[1]).size(), 10u);
+    EXPECT_EQ(gw.metric(R"(batchgate_batch_flushes_total{reason="idle",route="users"})"), 1);
+    EXPECT_EQ(gw.metric(R"(batchgate_batch_flushes_total{reason="returned",route="users"})"), 1);
+}
+
+// One upstream, one shared slot (concurrency limit 1), two routes: the second route's caller
+// waits for the first route's call and is sent as soon as it ends.
+TEST(ConcurrencyLimit, SharedByTheUpstreamsRoutesAndAFreedSlotWakesTheOtherRoute) {
+    mock_options o;
+    o.latency = 300ms;
+    o.threads = 2;
+    mock_upstream up(o);
+    running_gateway gw(config_for(up.port(), {{"LIMIT", "{limit: 1}"}}));
+    EXPECT_EQ(gw.metric(R"(batchgate_concurrency_limit{route="*",upstream="api"})"), 1);
+    std::thread users([&] { EXPECT_EQ(get(gw.port(), "/users/1").status, 200); });
+    ASSERT_TRUE(eventually([&] { return up.count("GET", "/users") == 1; }));
+    auto a = get(gw.port(), "/api/v1/activities/a1");
+    users.join();
+    ASSERT_EQ(a.status, 200) << a.body;
+    EXPECT_EQ(a.json()["id"], "a1");
+    auto calls = up.calls();
+    ASSERT_EQ(calls.size(), 2u);
+    EXPECT_EQ(calls[0].path, "/users");
+    EXPECT_EQ(calls[1].path, "/api/v1/batch/get") << "sent after the users call, not beside it";
+    EXPECT_EQ(gw.metric(R"(batchgate_batches_in_flight{route="*",upstream="api"})"), 0);
+}
+
+// Queue deadline: a caller whose deadline passes while its batch waits for a slot is answered at
+// its deadline, with a JSON body, not when the slot frees; and its batch is never sent.
+TEST(QueueDeadline, CallerIsAnsweredAtItsDeadlineAndNeverSent) {
+    mock_options o;
+    o.latency = 1500ms;
+    o.threads = 2;
+    mock_upstream up(o);
+    running_gateway gw(config_for(up.port(), {{"LIMIT", "{limit: 1}"}, {"USERS_TIMEOUT", "300ms"}}));
+    std::thread slow([&] {  // takes the upstream's only slot for 1.5 s
+        auto r = get(gw.port(), "/api/v1/activities/a1");
+        EXPECT_EQ(r.status, 200) << r.body;
+    });
+    ASSERT_TRUE(eventually([&] { return up.count("POST", "/api/v1/batch/get") == 1; }));
+    const auto started = std::chrono::steady_clock::now();
+    auto r = get(gw.port(), "/users/2");
+    const auto took = std::chrono::steady_clock::now() - started;
+    EXPECT_EQ(r.status, 504) << r.body;
+    EXPECT_EQ(r.json()["error"], "upstream_timeout") << r.body;
+    EXPECT_NE(r.json()["message"].get<std::string>().find("deadline passed before its batch could be sent"),
+              std::string::npos)
+        << r.body;
+    EXPECT_LT(took, 1200ms) << "answered when the slot freed, not at the deadline";
+    EXPECT_EQ(gw.metric(R"(batchgate_waiting_callers{route="users"})"), 0) << "still counted toward max_waiting";
+    slow.join();
+    std::this_thread::sleep_for(100ms);
+    EXPECT_EQ(up.count("GET", "/users"), 0u) << "the batch of a caller already answered went upstream";
+}
+
+// A caller who hangs up while its batch waits is taken out of it: nothing is sent for it; the
+// others in the batch are served.
+TEST(DepartedCaller, ReadIsNeverSent) {
+    mock_options o;
+    o.latency = 400ms;
+    o.threads = 2;
+    mock_upstream up(o);
+    running_gateway gw(config_for(up.port(), {{"LIMIT", "{limit: 1}"}}));
+    std::thread first([&] { EXPECT_EQ(get(gw.port(), "/users/1").status, 200); });
+    ASSERT_TRUE(eventually([&] { return up.count("GET", "/users") == 1; }));
+    leaving_caller bob(gw.port(), "GET /users/2 HTTP/1.1\r\nHost: t\r\n\r\n");
+    ASSERT_TRUE(eventually([&] { return gw.metric(R"(batchgate_waiting_callers{route="users"})") == 2; }));
+    bob.leave();
+    auto carol = get(gw.port(), "/users/3");
+    first.join();
+    ASSERT_EQ(carol.status, 200) << carol.body;
+    auto calls = calls_to(up, "GET", "/users");
+    ASSERT_EQ(calls.size(), 2u);
+    EXPECT_EQ(ids_of(calls[1]), (std::set<std::string>{"3"})) << "bob's item was sent after he left";
+    EXPECT_EQ(gw.metric(R"(batchgate_callers_left_total{route="users"})"), 1);
+}
+
+// A write nobody waits for any more is not applied; the write beside it is.
+TEST(DepartedCaller, WriteIsNotApplied) {
+    mock_options o;
+    o.latency = 400ms;
+    o.threads = 2;
+    mock_upstream up(o);
+    running_gateway gw(load_yaml(example_config_text("abilities.yaml", up.port(), "5s", "adaptive")));
+    auto patch = [&](int ability, int score) {
+        return call(gw.port(), "PATCH", "/api/characters/7/abilities/" + std::to_string(ability),
+                    {{"action", "increment"}, {"data", {{"score", score}, {"experience_points", 0}}}});
+    };
+    std::thread alice([&] { EXPECT_EQ(patch(1, 1).status, 200); });
+    ASSERT_TRUE(eventually([&] { return calls_to(up, "POST", "/api/characters/7/abilities/batch").size() == 1; }));
+    const std::string body = R"({"action":"increment","data":{"score":10,"experience_points":0}})";
+    leaving_caller bob(gw.port(), "PATCH /api/characters/7/abilities/1 HTTP/1.1\r\nHost: t\r\n"
+                                  "Content-Type: application/json\r\nContent-Length: " +
+                                      std::to_string(body.size()) + "\r\n\r\n" + body);
+    ASSERT_TRUE(eventually([&] { return gw.metric(R"(batchgate_waiting_callers{route="abilities"})") == 2; }));
+    bob.leave();
+    auto carol = patch(2, 5);
+    alice.join();
+    ASSERT_EQ(carol.status, 200) << carol.body;
+    EXPECT_EQ(carol.json()["score"], 5);
+    EXPECT_EQ(up.ability("7", 1), (ability_state{1, 0})) << "bob's increment was applied after he left";
+    EXPECT_EQ(up.ability("7", 2), (ability_state{5, 0}));
+    auto batches = calls_to(up, "POST", "/api/characters/7/abilities/batch");
+    ASSERT_EQ(batches.size(), 2u);
+    EXPECT_EQ(json::parse(batches[1].body)["operations"].size(), 1u);
+    EXPECT_EQ(gw.metric(R"(batchgate_callers_left_total{route="abilities"})"), 1);
+}
