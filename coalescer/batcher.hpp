@@ -25,7 +25,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 
-#include "coalescer/batch_slots.hpp"
+#include "coalescer/core/batch_slots.hpp"
 #include "coalescer/core/window.hpp"
 #include "config/config.hpp"
 #include "gateway/upstream_pool.hpp"

@@ -1217,3 +1217,56 @@ TEST(ConfigLimits, MaxJsonDepthIsBoundedByTheCap) {
     EXPECT_TRUE(has_error(errors_of("limits: {max_json_depth: 0}\n" + coalesce_route("      key: {path: id}\n" + valid_request_response)), "limits.max_json_depth",
                           "must be between 1 and 512"));
 }
+
+// issue 11: flush policy, min_wait, the upstream's concurrency limit.
+TEST(ConfigErrors, AdaptiveBatching) {
+    const auto f = data("bad_adaptive.yaml");
+    EXPECT_EQ(errors_of_file(f), with_file(f, {
+        "2:58: upstreams.a.concurrency.limit: expected adaptive or a fixed number of batch calls, got \"lots\"",
+        "3:61: upstreams.b.concurrency.max: max is only used with limit: adaptive",
+        "4:50: upstreams.c.concurrency: min (10) is above max (5)",
+        "5:50: upstreams.d.concurrency: initial (100) must lie between min (1) and max (64)",
+        "6:58: upstreams.e.concurrency.limit: must be between 1 and 100000, got 0",
+        "6:61: upstreams.e.concurrency.tries: unknown key \"tries\"",
+        "14:14: routes[0].coalesce.flush: unknown flush \"eager\" (expected window or adaptive)",
+        "15:7: routes[0].coalesce.min_wait: min_wait is only used with flush: adaptive",
+        "26:17: routes[1].coalesce.min_wait: must be at most max_wait (2ms)",
+    }));
+}
+
+TEST(ConfigLoad, AdaptiveBatchingKeys) {
+    std::optional<batchgate::config::gateway_config> cfg;
+    ASSERT_NO_THROW(cfg.emplace(load_string(R"(
+upstreams:
+  fixed: {url: "http://127.0.0.1:9000", concurrency: {limit: 12}}
+  tuned: {url: "http://127.0.0.1:9001", concurrency: {initial: 2, min: 2, max: 40}}
+  plain: {url: "http://127.0.0.1:9002"}
+routes:
+  - name: r
+    match: {method: GET, path: "/users/{id}"}
+    upstream: plain
+    mode: coalesce
+    coalesce:
+      key: {path: id}
+      flush: adaptive
+      min_wait: 2ms
+      max_concurrent_batches: 3
+      request: {path: /users, encoding: query_list, query_param: ids}
+      response: {key: /id}
+)", "inline.yaml")));
+    const auto& c = *cfg;
+    EXPECT_FALSE(c.upstreams[0].concurrency.adaptive);
+    EXPECT_EQ(c.upstreams[0].concurrency.initial, 12u);
+    EXPECT_EQ(c.upstreams[0].concurrency.max, 12u);
+    EXPECT_TRUE(c.upstreams[1].concurrency.adaptive);
+    EXPECT_EQ(c.upstreams[1].concurrency.initial, 2u);
+    EXPECT_EQ(c.upstreams[1].concurrency.max, 40u);
+    EXPECT_TRUE(c.upstreams[2].concurrency.adaptive);  // the default
+    EXPECT_EQ(c.upstreams[2].concurrency.initial, 4u);
+    EXPECT_EQ(c.upstreams[2].concurrency.min, 1u);
+    EXPECT_EQ(c.upstreams[2].concurrency.max, 64u);
+    const auto& co = c.routes[0].coalesce;
+    EXPECT_EQ(co.flush, batchgate::config::flush_policy::adaptive);
+    EXPECT_EQ(co.min_wait, std::chrono::milliseconds(2));
+    EXPECT_EQ(co.max_concurrent_batches, 3u);
+}

@@ -1,4 +1,4 @@
-#include "coalescer/batch_slots.hpp"
+#include "coalescer/core/batch_slots.hpp"
 
 #include <utility>
 
