@@ -617,18 +617,18 @@ void batcher::answer_gave_up(waiter& w, clock_type::time_point now) {
 bool batcher::shed_expired(pending& p) {
     const auto now = clock_type::now();
     auto& items = p.b.items;
-    // An item goes only when every caller of it has given up (deadline passed, or hung up): a
-    // merged write that one live caller still waits for carries the others' changes too, and
-    // they must learn its outcome. Nothing is sent for the rest, and a write nobody waits for
-    // is never applied.
+    // Each caller who gave up (deadline passed, or hung up) is answered now and taken out; an
+    // item nobody waits for any more is not sent, so a write nobody waits for is never applied.
+    // An item another caller still waits for goes (a shared read, or a merged write that
+    // carries the others' changes too).
     for (auto& item : items) {
-        if (!std::all_of(item.waiters.begin(), item.waiters.end(), [&](const waiter& w) { return gave_up(w, now); }))
-            continue;
-        for (auto& w : item.waiters) answer_gave_up(w, now);
-        item.waiters.clear();
+        std::erase_if(item.waiters, [&](waiter& w) {
+            if (!gave_up(w, now)) return false;
+            answer_gave_up(w, now);
+            return true;
+        });
     }
-    items.erase(std::remove_if(items.begin(), items.end(), [](const auto& i) { return i.waiters.empty(); }),
-                items.end());
+    std::erase_if(items, [](const auto& i) { return i.waiters.empty(); });
     return items.empty();
 }
 
@@ -636,6 +636,7 @@ bool batcher::shed_expired(pending& p) {
 // and takes them out so that nothing is sent for them. Departed callers are taken out too.
 void batcher::sweep() {
     const auto now = clock_type::now();
+    last_sweep_ = now;
     for (auto it = ready_.begin(); it != ready_.end();) {
         if (shed_expired(*it))
             it = ready_.erase(it);
@@ -655,7 +656,9 @@ void batcher::sweep() {
 void batcher::arm_sweep() {
     while (!caller_deadlines_.empty() && !unsent_.contains(caller_deadlines_.top().second)) caller_deadlines_.pop();
     if (caller_deadlines_.empty()) return;
-    const auto at = caller_deadlines_.top().first;
+    // Never more than one sweep a millisecond, whatever a caller's deadline: a sweep walks the
+    // queue and the window.
+    const auto at = std::max(caller_deadlines_.top().first, last_sweep_ + std::chrono::milliseconds(1));
     if (sweep_at_ && *sweep_at_ <= at) return;  // an earlier or equal wake-up is already set
     sweep_at_ = at;
     sweep_timer_.expires_at(at);

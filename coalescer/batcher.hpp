@@ -158,6 +158,7 @@ private:
     std::uint64_t next_serial_ = 0;
     boost::asio::steady_timer sweep_timer_;
     std::optional<std::chrono::steady_clock::time_point> sweep_at_;
+    std::chrono::steady_clock::time_point last_sweep_{};
     std::size_t queued_callers_ = 0;           // callers handed out of the window, not yet answered
     std::minstd_rand rng_;
     bool draining_ = false;
