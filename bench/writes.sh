@@ -22,8 +22,8 @@
 #   WRITES_FAULT_RATE=0.05    share of calls answered late in the second scenario
 #   WRITES_STALL_FOR=500ms    how late (mock --fault-kinds late --stall-for)
 #   WRITES_SEED=1             the client's write plan (same seed = same writes)
-#   WRITES_MAX_CONCURRENT_BATCHES=N  sets the route's max_concurrent_batches (default: the route's
-#                             default, 4 batch calls in flight per route)
+#   WRITES_MAX_CONCURRENT_BATCHES=N  pins the route's max_concurrent_batches (default: unset, the route
+#                             shares the upstream's concurrency limit, adaptive since issue 11)
 #   WRITES_MAX_FAILURE_LINES=20
 #   WRITES_PORT_BASE=18100    ports BASE+1 .. BASE+4 on 127.0.0.1
 #   BENCH_SKIP_BUILD=1, BENCH_BUILD_DIR=build/bench, BENCH_BUILD_JOBS=N, BENCH_KEEP_TMP=1 as in run.sh
