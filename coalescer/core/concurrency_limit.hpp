@@ -2,26 +2,27 @@
 // max_concurrent_batches. Pure logic: no clock and no I/O, every release() brings the call's
 // measured round trip and `now`.
 //
-// The algorithm is Netflix concurrency-limits' Gradient2Limit (Gradient2Limit.java), per sample,
-// plus the multiplicative decrease on drops of its AIMDLimit, which Gradient2 lacks:
-//   - Signal: the RTT of each successful call (short) against a baseline (long), an exponential
-//     average over the last ~long_window successful calls.
-//   - gradient = clamp(rtt_tolerance * long / short, 0.5, 1): 1 while latency stays under
-//     tolerance x baseline, down to 0.5 when it rises further.
-//   - estimate = limit * gradient + queue_size, and limit moves a `smoothing` share of the way
-//     there: +queue_size*smoothing (0.8) per call while latency holds, about -5% per call at
-//     2x the baseline, -10% from 3x up. The limit stays put while under half of it is in use: an idle
-//     upstream proves nothing, and a limit grown while idle would flood it at the next burst.
-//   - After an overload the baseline is inflated; while it is over twice the current RTT it
-//     decays by 5% a call, so the limit grows back without waiting for the average.
-//   - A drop (timeout, 429, 503, connect or I/O error) cuts the limit to drop_backoff x limit
-//     (at least one less), once per congestion event: a drop of a call sent before the last cut
-//     (now - rtt < that cut) reacted to the same overload, so it does not cut again (TCP's one
-//     reduction per window). Drops leave the baseline alone: a timeout's duration is no latency.
-// The defaults are Gradient2's, which count calls rather than time, so they hold for batch calls
-// of 1 ms as of 1 s; initial/min/max are sized for batch calls (a few large calls, not hundreds of
-// single requests), drop_backoff is CUBIC's 0.7 (halving overreacts to one timeout; AIMDLimit's
-// 0.9 needs seven 429 floods to halve). min == max pins the limit (limit_settings::fixed).
+// The question for batch calls is how many the upstream works on at once: a call beyond that
+// only waits in the upstream's queue, and a caller who waits with it could have joined a batch.
+// So the signal is TCP Vegas' (and Netflix concurrency-limits' VegasLimit), an estimate of the
+// calls queued at the upstream:
+//   queued = in_flight x (1 - base_rtt / rtt)
+// where base_rtt is the round trip without queueing. While queued < queue_low (and at least
+// half the limit is in use) the limit grows by about one call per round trip (1/limit per
+// successful call); while queued > queue_high it shrinks by the excess within about one round
+// trip ((queued - queue_high) / in_flight per call). An upstream that works on P calls at once
+// thus settles at P + queue_low..queue_high in flight, whatever its latency.
+//   base_rtt is the least RTT seen, re-measured by a probe every probe_every round trips (about
+// probe_every x limit calls): the limit drops to probe_share of itself until that many calls
+// sent after the drop have come back, their least RTT is the new base, and the limit returns.
+// Without it a queue that never drains would pass for the upstream's latency (Gradient2's
+// drift: its averaged baseline let the limit grow to max against a queueing upstream), and a
+// lasting slowdown (or larger batches, which take longer) would never become the new normal.
+//   A drop (timeout, 429, 503, 504, connect or I/O error) cuts the limit to drop_backoff x limit
+// (at least one less), once per congestion event: a drop of a call sent before the last cut
+// (now - rtt < that cut) reacted to the same overload, so it does not cut again (TCP's one
+// reduction per window). Drops leave base_rtt alone: a timeout's duration is no latency.
+// min == max pins the limit (limit_settings::fixed).
 #pragma once
 
 #include <chrono>
@@ -35,17 +36,14 @@ struct limit_settings {
     std::size_t initial = 4;     // starting limit (clamped into [min, max])
     std::size_t min = 1;         // never below (0 is read as 1)
     std::size_t max = 256;       // never above (below min is read as min); max == min: fixed
-    // Latency may reach this multiple of the baseline before the limit shrinks: the queueing
-    // the upstream is allowed, and room for larger batches taking longer. Gradient2: 1.5.
-    double rtt_tolerance = 1.5;
-    // Share of the way the limit moves toward each new estimate (0..1]. Gradient2: 0.2.
-    double smoothing = 0.2;
-    // Headroom added to each estimate: how fast the limit probes upward while latency holds
-    // (queue_size * smoothing per successful call). Gradient2: 4.
-    double queue_size = 4;
-    // Successful calls the baseline averages over: how long a new, higher latency takes to
-    // become the normal one (~long_window calls). Gradient2: 600.
-    std::size_t long_window = 600;
+    // Calls queued at the upstream (the estimate above) below which the limit grows and above
+    // which it shrinks.
+    double queue_low = 1;
+    double queue_high = 3;
+    // Round trips between two measurements of the no-queue RTT, and the share of the limit kept
+    // while measuring.
+    std::size_t probe_every = 30;
+    double probe_share = 0.5;
     // On a drop the limit becomes limit * drop_backoff, at least one less (0..1).
     double drop_backoff = 0.7;
 
@@ -82,17 +80,23 @@ public:
     std::size_t in_flight() const;
 
 private:
-    void on_success(double rtt_ns, std::size_t in_flight);
+    void on_success(double rtt_ns, std::size_t in_flight, clock::time_point sent, clock::time_point now);
     void on_drop(clock::time_point sent, clock::time_point now);
     void set_estimate(double e);
+    void schedule_probe();
 
     const limit_settings settings_;
     mutable std::mutex mutex_;
     std::size_t in_flight_ = 0;
     std::size_t limit_;        // floor of estimate_, in [min, max]
     double estimate_;          // the limit before rounding, so small steps add up
-    double long_rtt_ns_ = 0;   // the baseline; 0 until the first sample
-    std::size_t samples_ = 0;  // successful calls seen, for the baseline's warm-up
+    double base_rtt_ns_ = 0;        // least RTT since the last probe; 0 until the first sample
+    double calls_to_probe_ = 0;     // successful calls until the next probe
+    bool probing_ = false;
+    clock::time_point probe_started_{};
+    double probe_restore_ = 0;      // the estimate to return to after the probe
+    double probe_min_ns_ = 0;       // least RTT of calls sent during the probe
+    std::size_t probe_samples_ = 0;
     std::optional<clock::time_point> last_cut_;
 };
 
