@@ -38,8 +38,8 @@ struct limit_settings {
     std::size_t max = 256;       // never above (below min is read as min); max == min: fixed
     // Calls queued at the upstream (the estimate above) below which the limit grows and above
     // which it shrinks.
-    double queue_low = 1;
-    double queue_high = 3;
+    double queue_low = 0.5;
+    double queue_high = 1.5;
     // Round trips between two measurements of the no-queue RTT, and the share of the limit kept
     // while measuring.
     std::size_t probe_every = 30;
