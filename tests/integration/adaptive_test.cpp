@@ -244,3 +244,23 @@ TEST(DepartedCaller, WriteIsNotApplied) {
     EXPECT_EQ(json::parse(batches[1].body)["operations"].size(), 1u);
     EXPECT_EQ(gw.metric(R"(batchgate_callers_left_total{route="abilities"})"), 1);
 }
+
+// 429 is the upstream saying "too many": the shared limit is cut (x0.7 per round trip of
+// refusals), and shows so in its gauge. The callers get the 429 (after the route's retries).
+TEST(ConcurrencyLimit, UpstreamRefusalsCutTheSharedLimit) {
+    mock_options o;
+    o.fault_rate = 1;
+    o.fault_kinds = 1u << static_cast<unsigned>(batchgate::mock::random_fault::status_429);
+    mock_upstream up(o);
+    running_gateway gw(config_for(up.port(), {{"LIMIT", "{limit: adaptive, initial: 20, min: 2, max: 40}"}}));
+    EXPECT_EQ(gw.metric(R"(batchgate_concurrency_limit{route="*",upstream="api"})"), 20);
+    for (int i = 0; i < 3; ++i) {
+        auto r = get(gw.port(), "/users/" + std::to_string(i + 1));
+        EXPECT_EQ(r.status, 429) << r.body;
+    }
+    // Each refused call was sent after the previous cut: 20 -> 14 -> 9 -> 6 (3 calls per caller
+    // with retries: 9 cuts in all, floored at min 2).
+    const double limit = gw.metric(R"(batchgate_concurrency_limit{route="*",upstream="api"})");
+    EXPECT_LE(limit, 6);
+    EXPECT_GE(limit, 2);
+}
