@@ -602,8 +602,8 @@ void batcher::answer_gave_up(waiter& w, clock_type::time_point now) {
     reply r;
     if (w.deadline > now) {  // it hung up
         metrics_.callers_left->Increment();
-        r.status = 499;  // nginx's "client closed request": nobody reads it, the access log does
-        r.body = error_body(gateway_error::upstream_timeout, "the caller closed its connection before its batch was sent",
+        r.status = http_status(gateway_error::client_closed);  // 499: rarely read, the access log does
+        r.body = error_body(gateway_error::client_closed, "the caller closed its connection before its batch was sent",
                             route_.name);
     } else {
         r.status = http_status(gateway_error::upstream_timeout);

@@ -23,6 +23,7 @@ enum class gateway_error {
     upstream_bad_response,// 502: malformed batch answer, 5xx, unexpected status
     upstream_timeout,     // 504
     internal,             // 500
+    client_closed,        // 499 (nginx's): the caller hung up before its batch was sent
 };
 
 inline int http_status(gateway_error e) {
@@ -40,6 +41,7 @@ inline int http_status(gateway_error e) {
         case gateway_error::upstream_bad_response: return 502;
         case gateway_error::upstream_timeout: return 504;
         case gateway_error::internal: return 500;
+        case gateway_error::client_closed: return 499;
     }
     return 500;
 }
@@ -59,6 +61,7 @@ inline std::string_view error_code_name(gateway_error e) {
         case gateway_error::upstream_bad_response: return "upstream_bad_response";
         case gateway_error::upstream_timeout: return "upstream_timeout";
         case gateway_error::internal: return "internal";
+        case gateway_error::client_closed: return "client_closed_request";
     }
     return "internal";
 }

@@ -9,6 +9,8 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 
 #include <atomic>
@@ -277,8 +279,9 @@ private:
         if (auto tp = request_.find("traceparent"); tp != request_.end()) ctx.traceparent = std::string(tp->value());
         ctx.deadline = started_ + timeout;
         arm_deadline(ctx.deadline);
+        gone_.reset();
         if (route && route->mode == config::route_mode::coalesce) {
-            ctx.gone = std::make_shared<std::atomic<bool>>(false);
+            ctx.gone = gone_ = std::make_shared<std::atomic<bool>>(false);
             watch_for_hang_up(ctx.gone);
         }
         method_ = std::string(request_.method_string());
@@ -302,24 +305,36 @@ private:
         }
     }
 
-    // A caller waiting in a batch may hang up. Like nginx (ngx_http_test_reading), a readable
-    // socket is peeked: 0 bytes is EOF and an error a reset (the caller is gone), EAGAIN a stale
-    // edge-triggered wake-up (watch again), and bytes a pipelined request (it is still there).
-    // A client that half-closes after its request is taken as gone too, as nginx does; it
-    // still reads the 499. The batcher then leaves its item out of a batch not sent yet.
+    // A caller waiting in a batch may hang up. Like nginx (ngx_http_test_reading), the socket
+    // is peeked: 0 bytes is EOF and an error a reset (the caller is gone), EAGAIN nothing yet.
+    // Bytes after the request (a pipelined request, a stray CRLF) do not mean the caller stays:
+    // the kernel's TCP state tells whether its FIN came after them (CLOSE_WAIT). A client that
+    // half-closes after its request is taken as gone too, as nginx does; it still reads the 499,
+    // and the connection closes after it (its pipelined requests are not served). Checked at
+    // once, then again each time the socket turns readable. The batcher leaves a gone caller's
+    // item out of a batch not sent yet.
     void watch_for_hang_up(std::shared_ptr<std::atomic<bool>> gone) {
+        if (peer_has_hung_up()) {
+            gone->store(true, std::memory_order_relaxed);
+            return;
+        }
         stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this(), gen = generation_,
                                                               gone = std::move(gone)](beast::error_code ec) mutable {
             if (ec || gen != self->generation_ || self->answered_) return;
-            char byte;
-            const auto n = ::recv(self->stream_.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-            if (n > 0) return;
-            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-                self->watch_for_hang_up(std::move(gone));
-                return;
-            }
-            gone->store(true, std::memory_order_relaxed);
+            self->watch_for_hang_up(std::move(gone));
         });
+    }
+
+    bool peer_has_hung_up() {
+        const int fd = stream_.socket().native_handle();
+        char byte;
+        const auto n = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (n == 0) return true;
+        if (n < 0) return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+        tcp_info info{};
+        socklen_t len = sizeof info;
+        if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return false;
+        return info.tcpi_state == TCP_CLOSE_WAIT || info.tcpi_state == TCP_CLOSE || info.tcpi_state == TCP_LAST_ACK;
     }
 
     // Safety net: whatever happens downstream, the caller is answered by its deadline.
@@ -348,6 +363,9 @@ private:
         }
         if (role_ == listener_role::traffic) access_log(status, elapsed);
         if (state_->draining.load()) keep_alive_ = false;
+        // A caller seen hanging up gets nothing more on this connection: bytes it left in our
+        // buffer (pipelined requests) are not served for a client that is gone.
+        if (gone_ && gone_->load(std::memory_order_relaxed)) keep_alive_ = false;
         res.version(version_);
         res.keep_alive(keep_alive_);
         res.set(http::field::server, "batchgate");
@@ -442,6 +460,7 @@ private:
     unsigned version_ = 11;
     bool answered_ = false;
     bool keep_alive_ = true;
+    std::shared_ptr<std::atomic<bool>> gone_;  // the current request's hang-up flag (coalesce routes)
     bool head_request_ = false;
     bool owed_request_ = false;  // taken from the backlog at shutdown, request not read yet
 };

@@ -5,6 +5,7 @@
 // and never sent; a caller who hangs up before its batch is sent is left out of it, and its
 // write is not applied.
 #include <chrono>
+#include <regex>
 #include <set>
 #include <thread>
 
@@ -87,7 +88,20 @@ public:
         socket_.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
         net::write(socket_, net::buffer(request));
     }
+    void send_more(const std::string& bytes) { net::write(socket_, net::buffer(bytes)); }
     void leave() { socket_.close(); }
+    // Reads until the peer closes; what arrived.
+    std::string read_all() {
+        std::string out;
+        beast::error_code ec;
+        char buf[4096];
+        for (;;) {
+            const std::size_t n = socket_.read_some(net::buffer(buf), ec);
+            if (ec) break;
+            out.append(buf, n);
+        }
+        return out;
+    }
 
 private:
     net::io_context ioc_;
@@ -263,4 +277,87 @@ TEST(ConcurrencyLimit, UpstreamRefusalsCutTheSharedLimit) {
     const double limit = gw.metric(R"(batchgate_concurrency_limit{route="*",upstream="api"})");
     EXPECT_LE(limit, 6);
     EXPECT_GE(limit, 2);
+}
+
+namespace {
+
+std::string patch_request(int ability, int score, bool close = false) {
+    const std::string body =
+        R"({"action":"increment","data":{"score":)" + std::to_string(score) + R"(,"experience_points":0}})";
+    return "PATCH /api/characters/7/abilities/" + std::to_string(ability) + " HTTP/1.1\r\nHost: t\r\n" +
+           (close ? "Connection: close\r\n" : "") + "Content-Type: application/json\r\nContent-Length: " +
+           std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+// Ability 7/1 busy upstream for 400 ms (alice's call), then run `bob` while alice waits.
+template <class Bob>
+void behind_a_busy_partition(mock_upstream& up, running_gateway& gw, Bob bob) {
+    std::thread alice([&] {
+        auto r = call(gw.port(), "PATCH", "/api/characters/7/abilities/1",
+                      {{"action", "increment"}, {"data", {{"score", 1}, {"experience_points", 0}}}});
+        EXPECT_EQ(r.status, 200) << r.body;
+    });
+    ASSERT_TRUE(eventually([&] { return calls_to(up, "POST", "/api/characters/7/abilities/batch").size() == 1; }));
+    bob();
+    alice.join();
+}
+
+mock_options slow_mock() {
+    mock_options o;
+    o.latency = 400ms;
+    o.threads = 2;
+    return o;
+}
+
+}  // namespace
+
+// Bytes after the request (here the CRLF some old clients add after a body) must not hide a
+// hang-up that follows them.
+TEST(DepartedCaller, BytesAfterTheRequestDoNotHideALaterHangUp) {
+    mock_upstream up(slow_mock());
+    running_gateway gw(load_yaml(example_config_text("abilities.yaml", up.port(), "5s", "adaptive")));
+    behind_a_busy_partition(up, gw, [&] {
+        leaving_caller bob(gw.port(), patch_request(1, 10));
+        ASSERT_TRUE(eventually([&] { return gw.metric(R"(batchgate_waiting_callers{route="abilities"})") == 2; }));
+        bob.send_more("\r\n");
+        std::this_thread::sleep_for(50ms);
+        bob.leave();
+        ASSERT_TRUE(eventually([&] { return gw.metric(R"(batchgate_callers_left_total{route="abilities"})") == 1; }));
+    });
+    EXPECT_EQ(up.ability("7", 1), (ability_state{1, 0})) << "bob's increment was applied after he left";
+}
+
+// A caller who pipelines two writes and leaves: neither is applied. Its second request, already
+// read into the gateway's buffer, is not served for a client that is gone.
+TEST(DepartedCaller, PipelinedWritesOfACallerWhoLeftAreNotApplied) {
+    mock_upstream up(slow_mock());
+    running_gateway gw(load_yaml(example_config_text("abilities.yaml", up.port(), "5s", "adaptive")));
+    behind_a_busy_partition(up, gw, [&] {
+        leaving_caller bob(gw.port(), patch_request(1, 10) + patch_request(1, 100));
+        ASSERT_TRUE(eventually([&] { return gw.metric(R"(batchgate_waiting_callers{route="abilities"})") == 2; }));
+        bob.leave();
+    });
+    std::this_thread::sleep_for(600ms);  // a second batch, were bob's next request served
+    EXPECT_EQ(up.ability("7", 1), (ability_state{1, 0}));
+    EXPECT_EQ(calls_to(up, "POST", "/api/characters/7/abilities/batch").size(), 1u);
+}
+
+// The other side: a caller who pipelines and stays is served in order, never taken as gone.
+TEST(DepartedCaller, PipelinedCallerWhoStaysIsServedInOrder) {
+    mock_upstream up(slow_mock());
+    running_gateway gw(load_yaml(example_config_text("abilities.yaml", up.port(), "5s", "adaptive")));
+    std::string answers;
+    behind_a_busy_partition(up, gw, [&] {
+        leaving_caller bob(gw.port(), patch_request(1, 10) + patch_request(1, 100, /*close=*/true));
+        answers = bob.read_all();
+    });
+    std::regex status(R"(HTTP/1\.1 (\d+))");
+    std::vector<std::string> statuses;
+    for (std::sregex_iterator it(answers.begin(), answers.end(), status), end; it != end; ++it)
+        statuses.push_back((*it)[1]);
+    EXPECT_EQ(statuses, (std::vector<std::string>{"200", "200"})) << answers;
+    EXPECT_NE(answers.find(R"("score":11)"), std::string::npos) << answers;
+    EXPECT_NE(answers.find(R"("score":111)"), std::string::npos) << answers;
+    EXPECT_EQ(up.ability("7", 1), (ability_state{111, 0}));
+    EXPECT_EQ(gw.metric(R"(batchgate_callers_left_total{route="abilities"})"), 0);
 }
