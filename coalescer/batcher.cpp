@@ -600,15 +600,21 @@ bool batcher::gave_up(const waiter& w, clock_type::time_point now) const { retur
 
 void batcher::answer_gave_up(waiter& w, clock_type::time_point now) {
     reply r;
-    if (w.deadline > now) {  // it hung up
+    if (w.left()) {
         metrics_.callers_left->Increment();
         r.status = http_status(gateway_error::client_closed);  // 499: rarely read, the access log does
         r.body = error_body(gateway_error::client_closed, "the caller closed its connection before its batch was sent",
                             route_.name);
-    } else {
+    } else if (w.deadline <= now) {
         r.status = http_status(gateway_error::upstream_timeout);
         r.body = error_body(gateway_error::upstream_timeout,
                             "the caller's deadline passed before its batch could be sent (the upstream had no free slot)",
+                            route_.name);
+    } else {
+        r.status = http_status(gateway_error::upstream_timeout);
+        r.body = error_body(gateway_error::upstream_timeout,
+                            "the caller's deadline comes before the upstream could answer (its quickest batch call "
+                            "took longer than the time left), so its batch was not sent",
                             route_.name);
     }
     answer(w, std::move(r));
@@ -620,10 +626,12 @@ bool batcher::shed_expired(pending& p) {
     // Each caller who gave up (deadline passed, or hung up) is answered now and taken out; an
     // item nobody waits for any more is not sent, so a write nobody waits for is never applied.
     // An item another caller still waits for goes (a shared read, or a merged write that
-    // carries the others' changes too).
+    // carries the others' changes too). About to be sent, a caller whose deadline comes before
+    // the upstream's quickest answer so far could only time out: it is not sent either.
+    const auto too_late = now + slots_->base_rtt();
     for (auto& item : items) {
         std::erase_if(item.waiters, [&](waiter& w) {
-            if (!gave_up(w, now)) return false;
+            if (!gave_up(w, now) && w.deadline > too_late) return false;
             answer_gave_up(w, now);
             return true;
         });

@@ -30,6 +30,7 @@ public:
     bool has_free() const;
     std::size_t limit() const { return limit_.limit(); }
     std::size_t in_flight() const { return limit_.in_flight(); }
+    std::chrono::nanoseconds base_rtt() const { return limit_.base_rtt(); }
 
 private:
     void publish();

@@ -36,7 +36,12 @@ void concurrency_limit::release(call_outcome o, std::chrono::nanoseconds rtt, cl
     std::lock_guard lock(mutex_);
     const std::size_t was_in_flight = in_flight_;  // this call included
     if (in_flight_ > 0) --in_flight_;
-    if (settings_.min == settings_.max) return;
+    if (settings_.min == settings_.max) {  // fixed: nothing adapts, but the RTT floor is known
+        if (o == call_outcome::success && rtt.count() > 0 &&
+            (base_rtt_ns_ == 0 || static_cast<double>(rtt.count()) < base_rtt_ns_))
+            base_rtt_ns_ = static_cast<double>(rtt.count());
+        return;
+    }
     switch (o) {
         case call_outcome::success:
             // A zero or negative duration is a clock mix-up, not a latency.
@@ -50,6 +55,11 @@ void concurrency_limit::release(call_outcome o, std::chrono::nanoseconds rtt, cl
 std::size_t concurrency_limit::limit() const {
     std::lock_guard lock(mutex_);
     return limit_;
+}
+
+std::chrono::nanoseconds concurrency_limit::base_rtt() const {
+    std::lock_guard lock(mutex_);
+    return std::chrono::nanoseconds(static_cast<std::int64_t>(base_rtt_ns_));
 }
 
 std::size_t concurrency_limit::in_flight() const {

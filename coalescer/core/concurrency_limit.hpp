@@ -78,6 +78,8 @@ public:
 
     std::size_t limit() const;
     std::size_t in_flight() const;
+    // The least round trip of a successful call (since the last probe); 0 before the first.
+    std::chrono::nanoseconds base_rtt() const;
 
 private:
     void on_success(double rtt_ns, std::size_t in_flight, clock::time_point sent, clock::time_point now);

@@ -361,3 +361,23 @@ TEST(DepartedCaller, PipelinedCallerWhoStaysIsServedInOrder) {
     EXPECT_EQ(up.ability("7", 1), (ability_state{111, 0}));
     EXPECT_EQ(gw.metric(R"(batchgate_callers_left_total{route="abilities"})"), 0);
 }
+
+// A caller whose time left is shorter than the upstream's quickest batch call so far could only
+// time out after its write was applied: when a slot frees for it that late, it is answered 504
+// and not sent.
+TEST(QueueDeadline, CallerWithLessTimeLeftThanARoundTripIsNotSent) {
+    mock_options o;
+    o.latency = 400ms;
+    o.threads = 2;
+    mock_upstream up(o);
+    running_gateway gw(config_for(up.port(), {{"LIMIT", "{limit: 1}"}, {"USERS_TIMEOUT", "600ms"}}));
+    ASSERT_EQ(get(gw.port(), "/users/1").status, 200);  // the gateway learns: 400 ms a call
+    std::thread alice([&] { EXPECT_EQ(get(gw.port(), "/users/2").status, 200); });
+    ASSERT_TRUE(eventually([&] { return up.count("GET", "/users") == 2; }));
+    auto bob = get(gw.port(), "/users/3");  // the slot frees with ~250 ms of bob's 600 left
+    alice.join();
+    EXPECT_EQ(bob.status, 504) << bob.body;
+    EXPECT_NE(bob.body.find("before the upstream could answer"), std::string::npos) << bob.body;
+    std::this_thread::sleep_for(100ms);
+    EXPECT_EQ(up.count("GET", "/users"), 2u) << "bob's batch was sent with too little time to be answered";
+}

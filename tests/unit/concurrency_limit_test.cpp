@@ -330,3 +330,16 @@ TEST(ConcurrencyLimit, ManyThreadsShareOneLimit) {
     EXPECT_GE(limit.limit(), 2u);
     EXPECT_LE(limit.limit(), 16u);
 }
+
+TEST(ConcurrencyLimit, KnowsTheQuickestRoundTripEvenWhenFixed) {
+    for (auto settings : {limit_settings{}, limit_settings::fixed(2)}) {
+        concurrency_limit limit(settings);
+        EXPECT_EQ(limit.base_rtt(), 0ns);
+        saturated_upstream up{limit};
+        up.complete_n(3, 30ms);
+        up.complete_n(3, 20ms);
+        up.complete(call_outcome::dropped, 1ms);  // a drop's duration is no round trip
+        up.complete(call_outcome::ignored, 2ms);
+        EXPECT_EQ(limit.base_rtt(), 20ms);
+    }
+}
