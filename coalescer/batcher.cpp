@@ -155,6 +155,7 @@ void batcher::on_timer() {
 }
 
 void batcher::drain() {
+    slots_->retire();  // shutdown, or a reload whose new batchers publish their own limits
     net::post(strand_, [self = shared_from_this()] {
         self->draining_ = true;
         self->enqueue(self->window_.drain(clock_type::now()));

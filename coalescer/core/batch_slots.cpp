@@ -42,9 +42,10 @@ void batch_slots::notify_when_free(std::function<void()> wake) {
 }
 
 void batch_slots::publish() {
-    if (!metrics_) return;
-    metrics_->limit->Set(static_cast<double>(limit_.limit()));
-    metrics_->in_flight->Set(static_cast<double>(limit_.in_flight()));
+    auto* m = metrics_.load();
+    if (!m) return;
+    m->limit->Set(static_cast<double>(limit_.limit()));
+    m->in_flight->Set(static_cast<double>(limit_.in_flight()));
 }
 
 }  // namespace batchgate::coalescer

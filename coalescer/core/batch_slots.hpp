@@ -4,6 +4,7 @@
 // batcher then tries again on its own strand. Thread-safe.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -28,6 +29,8 @@ public:
     void notify_when_free(std::function<void()> wake);
 
     bool has_free() const;
+    // A reload replaced this limit: its gauges belong to the new one from now on.
+    void retire() { metrics_.store(nullptr); }
     std::size_t limit() const { return limit_.limit(); }
     std::size_t in_flight() const { return limit_.in_flight(); }
     std::chrono::nanoseconds base_rtt() const { return limit_.base_rtt(); }
@@ -36,7 +39,7 @@ private:
     void publish();
 
     concurrency_limit limit_;
-    metrics::limiter_metrics* metrics_;
+    std::atomic<metrics::limiter_metrics*> metrics_;
     mutable std::mutex mutex_;
     std::vector<std::function<void()>> waiting_;
 };
