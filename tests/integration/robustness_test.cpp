@@ -1,5 +1,8 @@
 // Hostile or unusual peers: interim upstream answers, a drain that runs out of time, and
 // oversized sub-request headers. Each must still give every caller exactly one answer.
+#include <sys/socket.h>
+
+#include <mutex>
 #include <atomic>
 #include <thread>
 
@@ -24,19 +27,37 @@ public:
         tcp::socket poke(ioc_);
         poke.connect(acceptor_.local_endpoint(), ec);
         thread_.join();
+        // Connection threads use ioc_ and reply_: end them before those go (they were once
+        // detached, and TSan caught one outliving this object).
+        {
+            std::lock_guard lock(mutex_);
+            for (int fd : fds_) ::shutdown(fd, SHUT_RDWR);
+        }
+        for (auto& c : conns_) c.join();
     }
     unsigned short port() const { return acceptor_.local_endpoint().port(); }
     int requests() const { return requests_.load(); }
 
 private:
     void serve() {
-        std::vector<std::thread> conns;
         while (!stop_) {
             tcp::socket s(ioc_);
             beast::error_code ec;
             acceptor_.accept(s, ec);
             if (ec || stop_) break;
-            conns.emplace_back([this, s = std::move(s)]() mutable {
+            {
+                std::lock_guard lock(mutex_);
+                fds_.push_back(s.native_handle());
+            }
+            conns_.emplace_back([this, s = std::move(s)]() mutable {
+                struct forget {  // before the socket closes, so its fd is never shut down reused
+                    raw_upstream* self;
+                    int fd;
+                    ~forget() {
+                        std::lock_guard lock(self->mutex_);
+                        std::erase(self->fds_, fd);
+                    }
+                } guard{this, s.native_handle()};
                 beast::flat_buffer buf;
                 for (;;) {
                     http::request<http::string_body> req;
@@ -49,12 +70,14 @@ private:
                 }
             });
         }
-        for (auto& c : conns) c.detach();
     }
     std::string reply_;
     net::io_context ioc_;
     tcp::acceptor acceptor_;
     std::thread thread_;
+    std::vector<std::thread> conns_;  // joined by the destructor (after thread_, which adds to it)
+    std::mutex mutex_;
+    std::vector<int> fds_;            // the connections' sockets, shut down to end their threads
     std::atomic<bool> stop_{false};
     std::atomic<int> requests_{0};
 };
