@@ -72,7 +72,7 @@ registry::registry()
                       .Register(*registry_)),
       flushes_(prometheus::BuildCounter()
                    .Name("batchgate_batch_flushes_total")
-                   .Help("Batches closed, by route and reason (size, bytes, timer, shutdown)")
+                   .Help("Batches closed, by route and reason (size, bytes, timer, idle, returned, released, shutdown)")
                    .Register(*registry_)),
       upstream_requests_(prometheus::BuildCounter()
                              .Name("batchgate_upstream_requests_total")

@@ -17,7 +17,8 @@ Paste these in another terminal:
 
   # 20 concurrent single calls ...
   for i in $(seq 1 20); do curl -s http://127.0.0.1:8080/users/$i & done; wait; echo
-  # ... arrived upstream as one or two batch calls:
+  # ... arrived upstream as a few batch calls (flush: adaptive sends the first at once
+  # and gathers the rest while it is in flight):
   curl -s http://127.0.0.1:9090/metrics | grep -E '^batchgate_(batch_size_(count|sum)|upstream_calls_saved_total)'
 
   curl -i http://127.0.0.1:8080/users/7          # 200, note X-Batchgate-Batch-Id
