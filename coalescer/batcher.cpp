@@ -180,18 +180,7 @@ void batcher::enqueue(std::vector<batch> closed) {
 void batcher::record(std::vector<batch> closed) {
     const auto now = clock_type::now();
     for (auto& b : closed) {
-        switch (b.reason) {
-            case flush_reason::size: metrics_.flush_size->Increment(); break;
-            case flush_reason::bytes: metrics_.flush_bytes->Increment(); break;
-            case flush_reason::timer: metrics_.flush_timer->Increment(); break;
-            case flush_reason::shutdown: metrics_.flush_shutdown->Increment(); break;
-            case flush_reason::released: metrics_.flush_released->Increment(); break;
-            case flush_reason::idle: metrics_.flush_idle->Increment(); break;
-            case flush_reason::returned: metrics_.flush_returned->Increment(); break;
-        }
         const auto callers = b.waiter_count();
-        metrics_.batch_size->Observe(static_cast<double>(b.items.size()));
-        if (callers > 1) metrics_.calls_saved->Increment(static_cast<double>(callers - 1));
         for (const auto& item : b.items)
             for (const auto& w : item.waiters) metrics_.batch_wait->Observe(seconds(now - w.enqueued));
         queued_callers_ += callers;
@@ -199,9 +188,6 @@ void batcher::record(std::vector<batch> closed) {
     }
 }
 
-// Sends ready batches while the route's concurrency cap allows; on ordered routes a
-// partition never has two calls in flight, so one key's writes arrive in order. Then the
-// batches the window held for blocked partitions go, oldest first, as they become free.
 // Sends what may go while the route has free slots, longest-due first: queued batches, and
 // batches the window holds open (group commit) whose partition is free. A held batch competes
 // with the queue by when it became due, so it keeps growing while slots are taken but never
@@ -293,7 +279,28 @@ void batcher::release_slot(const pending& p, call_outcome outcome, std::chrono::
     window_.call_ended(p.b.partition_key, clock_type::now());
 }
 
+// A closed batch's first call: counted by why its batch closed, with its size and the calls it
+// saves. Counted when sent, not when closed: a batch whose callers all gave up makes no call.
+// Retries and isolation re-sends are not new flushes.
+void batcher::count_flush(pending& p) {
+    if (p.counted) return;
+    p.counted = true;
+    switch (p.b.reason) {
+        case flush_reason::size: metrics_.flush_size->Increment(); break;
+        case flush_reason::bytes: metrics_.flush_bytes->Increment(); break;
+        case flush_reason::timer: metrics_.flush_timer->Increment(); break;
+        case flush_reason::shutdown: metrics_.flush_shutdown->Increment(); break;
+        case flush_reason::released: metrics_.flush_released->Increment(); break;
+        case flush_reason::idle: metrics_.flush_idle->Increment(); break;
+        case flush_reason::returned: metrics_.flush_returned->Increment(); break;
+    }
+    const auto callers = p.b.waiter_count();
+    metrics_.batch_size->Observe(static_cast<double>(p.b.items.size()));
+    if (callers > 1) metrics_.calls_saved->Increment(static_cast<double>(callers - 1));
+}
+
 void batcher::send(pending p) {
+    count_flush(p);
     p.sent = clock_type::now();
     window_.call_started(p.b.partition_key);
     std::vector<std::string> keys;
@@ -469,6 +476,7 @@ batcher::pending batcher::part_of(const pending& p) const {
     part.b.opened = p.b.opened;
     part.b.due = p.b.due;
     part.b.reason = p.b.reason;
+    part.counted = true;  // counted with the batch it came from
     return part;
 }
 

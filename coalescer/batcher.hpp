@@ -100,6 +100,7 @@ private:
         batch b;
         unsigned attempt = 1;  // 1 = first call
         std::chrono::steady_clock::time_point sent{};  // when this attempt took its slot
+        bool counted = false;  // in the flush metrics (count_flush)
     };
 
     void on_submit(submission s);
@@ -117,6 +118,7 @@ private:
     // Queue deadlines: callers still unsent when their deadline passes are answered then.
     void arm_sweep();
     void sweep();
+    void count_flush(pending& p);
     void send(pending p);
     void on_answer(pending p, const std::string& batch_id, gateway::upstream_result r);
     bool try_retry(pending& p, const gateway::upstream_result& r);

@@ -72,7 +72,7 @@ registry::registry()
                       .Register(*registry_)),
       flushes_(prometheus::BuildCounter()
                    .Name("batchgate_batch_flushes_total")
-                   .Help("Batches closed, by route and reason (size, bytes, timer, idle, returned, released, shutdown)")
+                   .Help("Batch calls sent, by route and why their batch closed (size, bytes, timer, idle, returned, released, shutdown); a batch whose callers all gave up makes no call and is not counted")
                    .Register(*registry_)),
       upstream_requests_(prometheus::BuildCounter()
                              .Name("batchgate_upstream_requests_total")

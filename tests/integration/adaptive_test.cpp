@@ -204,6 +204,11 @@ TEST(QueueDeadline, CallerIsAnsweredAtItsDeadlineAndNeverSent) {
     slow.join();
     std::this_thread::sleep_for(100ms);
     EXPECT_EQ(up.count("GET", "/users"), 0u) << "the batch of a caller already answered went upstream";
+    double flushes = 0;
+    for (const char* reason : {"size", "bytes", "timer", "shutdown", "released", "idle", "returned"})
+        flushes += gw.metric(std::string(R"(batchgate_batch_flushes_total{reason=")") + reason + R"(",route="users"})");
+    EXPECT_EQ(flushes, 0) << "a batch that made no call was counted as sent";
+    EXPECT_EQ(gw.metric(R"(batchgate_upstream_calls_saved_total{route="users"})"), 0);
 }
 
 // A caller who hangs up while its batch waits is taken out of it: nothing is sent for it; the
@@ -380,4 +385,25 @@ TEST(QueueDeadline, CallerWithLessTimeLeftThanARoundTripIsNotSent) {
     EXPECT_NE(bob.body.find("before the upstream could answer"), std::string::npos) << bob.body;
     std::this_thread::sleep_for(100ms);
     EXPECT_EQ(up.count("GET", "/users"), 2u) << "bob's batch was sent with too little time to be answered";
+}
+
+// A batch whose every caller left makes no call, and is not counted as one.
+TEST(DepartedCaller, BatchEveryoneLeftMakesNoCallAndCountsNone) {
+    mock_upstream up(slow_mock());
+    running_gateway gw(config_for(up.port(), {{"LIMIT", "{limit: 1}"}}));
+    std::thread first([&] { EXPECT_EQ(get(gw.port(), "/users/1").status, 200); });
+    ASSERT_TRUE(eventually([&] { return up.count("GET", "/users") == 1; }));
+    {
+        leaving_caller bob(gw.port(), "GET /users/2 HTTP/1.1\r\nHost: t\r\n\r\n");
+        ASSERT_TRUE(eventually([&] { return gw.metric(R"(batchgate_waiting_callers{route="users"})") == 2; }));
+        bob.leave();
+    }
+    first.join();
+    ASSERT_TRUE(eventually([&] { return gw.metric(R"(batchgate_callers_left_total{route="users"})") == 1; }));
+    EXPECT_EQ(up.count("GET", "/users"), 1u);
+    double flushes = 0;
+    for (const char* reason : {"size", "bytes", "timer", "shutdown", "released", "idle", "returned"})
+        flushes += gw.metric(std::string(R"(batchgate_batch_flushes_total{reason=")") + reason + R"(",route="users"})");
+    EXPECT_EQ(flushes, 1) << "only the first caller's call was made";
+    EXPECT_EQ(gw.metric(R"(batchgate_batch_size_count{route="users"})"), 1);
 }
