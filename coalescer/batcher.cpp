@@ -93,8 +93,8 @@ batcher::batcher(net::any_io_executor executor, std::shared_ptr<const config::ga
                             route.coalesce.flush == config::flush_policy::adaptive, route.coalesce.min_wait}),
       ordered_(route.coalesce.ordered),
       timer_(strand_),
-      rng_(std::random_device{}()),
-      sweep_timer_(strand_) {}
+      sweep_timer_(strand_),
+      rng_(std::random_device{}()) {}
 
 void batcher::submit(submission s) {
     net::post(strand_, [self = shared_from_this(), s = std::move(s)]() mutable { self->on_submit(std::move(s)); });
@@ -426,12 +426,10 @@ void batcher::on_answer(pending p, const std::string& batch_id, gateway::upstrea
             break;
         }
     }
-    if (!keep_busy) {
-        release_slot(p, outcome_of(r), r.elapsed);
-    }
-    pump();
-    enqueue(window_.expire(clock_type::now(), [this](const std::string& pkey) { return blocked(pkey); }));
-    update_waiting_gauge();
+    if (!keep_busy) release_slot(p, outcome_of(r), r.elapsed);
+    // What came due meanwhile (flush: adaptive: the partition's batch, now that its call ended),
+    // then everything sendable, longest-due first.
+    on_timer();
 }
 
 // 429/503: back off (Retry-After, else exponential with full jitter) when the retry can
@@ -631,22 +629,19 @@ void batcher::answer_gave_up(waiter& w, clock_type::time_point now) {
 
 bool batcher::shed_expired(pending& p) {
     const auto now = clock_type::now();
-    auto& items = p.b.items;
     // Each caller who gave up (deadline passed, or hung up) is answered now and taken out; an
     // item nobody waits for any more is not sent, so a write nobody waits for is never applied.
     // An item another caller still waits for goes (a shared read, or a merged write that
     // carries the others' changes too). About to be sent, a caller whose deadline comes before
     // the upstream's quickest answer so far could only time out: it is not sent either.
     const auto too_late = now + slots_->base_rtt();
-    for (auto& item : items) {
-        std::erase_if(item.waiters, [&](waiter& w) {
-            if (!gave_up(w, now) && w.deadline > too_late) return false;
-            answer_gave_up(w, now);
-            return true;
+    window_type::remove_from(
+        p.b, [&](const waiter& w) { return gave_up(w, now) || w.deadline <= too_late; },
+        [&](waiter&& w) {
+            waiter gone = std::move(w);
+            answer_gave_up(gone, now);
         });
-    }
-    std::erase_if(items, [](const auto& i) { return i.waiters.empty(); });
-    return items.empty();
+    return p.b.items.empty();
 }
 
 // Answers, at their deadline, the callers whose batch is still open, held or queued for a slot,
@@ -670,21 +665,27 @@ void batcher::sweep() {
     enqueue(std::move(reopened));
 }
 
-void batcher::arm_sweep() {
+// The earliest deadline of a caller not yet sent, dropping the entries of callers sent or
+// answered since.
+std::optional<clock_type::time_point> batcher::next_caller_deadline() {
     while (!caller_deadlines_.empty() && !unsent_.contains(caller_deadlines_.top().second)) caller_deadlines_.pop();
-    if (caller_deadlines_.empty()) return;
+    if (caller_deadlines_.empty()) return std::nullopt;
+    return caller_deadlines_.top().first;
+}
+
+void batcher::arm_sweep() {
+    const auto next = next_caller_deadline();
+    if (!next) return;
     // Never more than one sweep a millisecond, whatever a caller's deadline: a sweep walks the
     // queue and the window.
-    const auto at = std::max(caller_deadlines_.top().first, last_sweep_ + std::chrono::milliseconds(1));
+    const auto at = std::max(*next, last_sweep_ + std::chrono::milliseconds(1));
     if (sweep_at_ && *sweep_at_ <= at) return;  // an earlier or equal wake-up is already set
     sweep_at_ = at;
     sweep_timer_.expires_at(at);
     sweep_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
         if (ec == net::error::operation_aborted) return;  // re-armed earlier; that wait takes over
         self->sweep_at_.reset();
-        while (!self->caller_deadlines_.empty() && !self->unsent_.contains(self->caller_deadlines_.top().second))
-            self->caller_deadlines_.pop();
-        if (!self->caller_deadlines_.empty() && self->caller_deadlines_.top().first <= clock_type::now()) {
+        if (auto next = self->next_caller_deadline(); next && *next <= clock_type::now()) {
             self->sweep();
             self->arm_timer();
         }

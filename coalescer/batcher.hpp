@@ -118,6 +118,7 @@ private:
     // Queue deadlines: callers still unsent when their deadline passes are answered then.
     void arm_sweep();
     void sweep();
+    std::optional<std::chrono::steady_clock::time_point> next_caller_deadline();
     void count_flush(pending& p);
     void send(pending p);
     void on_answer(pending p, const std::string& batch_id, gateway::upstream_result r);

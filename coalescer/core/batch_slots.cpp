@@ -15,7 +15,7 @@ bool batch_slots::try_acquire() {
     return ok;
 }
 
-bool batch_slots::has_free() const { return limit_.in_flight() < limit_.limit(); }
+bool batch_slots::has_free() const { return limit_.has_free(); }
 
 void batch_slots::release(call_outcome outcome, std::chrono::nanoseconds rtt) {
     limit_.release(outcome, rtt, concurrency_limit::clock::now());

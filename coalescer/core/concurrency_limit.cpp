@@ -62,6 +62,11 @@ std::chrono::nanoseconds concurrency_limit::base_rtt() const {
     return std::chrono::nanoseconds(static_cast<std::int64_t>(base_rtt_ns_));
 }
 
+bool concurrency_limit::has_free() const {
+    std::lock_guard lock(mutex_);
+    return in_flight_ < limit_;
+}
+
 std::size_t concurrency_limit::in_flight() const {
     std::lock_guard lock(mutex_);
     return in_flight_;

@@ -78,6 +78,7 @@ public:
 
     std::size_t limit() const;
     std::size_t in_flight() const;
+    bool has_free() const;  // in_flight() < limit(), read at once
     // The least round trip of a successful call (since the last probe); 0 before the first.
     std::chrono::nanoseconds base_rtt() const;
 

@@ -155,22 +155,11 @@ public:
                 sink(std::move(d.waiter));
                 return true;
             });
-            bool changed = false;
-            for (auto& item : ob.b.items) {
-                std::erase_if(item.waiters, [&](Waiter& w) {
-                    if (!gone(w)) return false;
-                    --waiting_;
-                    changed = true;
-                    sink(std::move(w));
-                    return true;
-                });
-            }
+            const bool changed = remove_from(ob.b, gone, [&](Waiter&& w) {
+                --waiting_;
+                sink(std::move(w));
+            });
             if (changed) {
-                std::erase_if(ob.b.items, [&](const item& i) {
-                    if (!i.waiters.empty()) return false;
-                    ob.b.bytes -= i.cost;
-                    return true;
-                });
                 ob.index.clear();
                 for (std::size_t i = 0; i < ob.b.items.size(); ++i) ob.index.emplace(ob.b.items[i].key, i);
             }
@@ -190,6 +179,30 @@ public:
                 add_to(o.partition_key, o.values, o.overhead, std::move(d.key), d.cost, std::move(d.waiter), now,
                        std::move(d.payload), closed);
         return closed;
+    }
+
+    // Takes the waiters gone(w) says gave up out of b's items, handing each to sink(Waiter&&),
+    // and drops the items left with no waiter (and their bytes). True when any was taken. For
+    // closed batches too (the owner's queue).
+    template <class Gone, class Sink>
+    static bool remove_from(batch& b, Gone&& gone, Sink&& sink) {
+        bool changed = false;
+        for (auto& item : b.items) {
+            std::erase_if(item.waiters, [&](Waiter& w) {
+                if (!gone(w)) return false;
+                changed = true;
+                sink(std::move(w));
+                return true;
+            });
+        }
+        if (changed) {
+            std::erase_if(b.items, [&](const item& i) {
+                if (!i.waiters.empty()) return false;
+                b.bytes -= i.cost;
+                return true;
+            });
+        }
+        return changed;
     }
 
     // Callers in due batches held open for a blocked partition.
