@@ -67,13 +67,20 @@ std::shared_ptr<const batchgate::config::gateway_config> config_for(unsigned sho
     return load_yaml(fill(yaml, values));
 }
 
-template <class Pred>
-bool eventually(Pred pred) {
-    for (int i = 0; i < 1000; ++i) {
-        if (pred()) return true;
-        std::this_thread::sleep_for(5ms);
-    }
-    return pred();
+// A mock upstream that takes `latency` for every call, two threads.
+mock_options slow_mock(std::chrono::milliseconds latency) {
+    mock_options o;
+    o.latency = latency;
+    o.threads = 2;
+    return o;
+}
+
+// Batch calls the route sent, by every flush reason.
+double flushes(running_gateway& gw, const std::string& route) {
+    double n = 0;
+    for (const char* reason : {"size", "bytes", "timer", "shutdown", "released", "idle", "returned"})
+        n += gw.metric(std::string(R"(batchgate_batch_flushes_total{reason=")") + reason + R"(",route=")" + route + R"("})");
+    return n;
 }
 
 std::set<std::string> ids_of(const batchgate::mock::recorded_call& c) {
@@ -130,13 +137,10 @@ TEST(Adaptive, LoneCallerIsSentAtOnce) {
 // Callers arriving while the partition's call is in flight collect, and go in one call the
 // moment it returns (reason returned), long before max_wait.
 TEST(Adaptive, CallersArrivingDuringACallGoTogetherWhenItReturns) {
-    mock_options o;
-    o.latency = 300ms;
-    o.threads = 2;
-    mock_upstream up(o);
+    mock_upstream up(slow_mock(300ms));
     running_gateway gw(config_for(up.port()));
     std::thread first([&] { EXPECT_EQ(get(gw.port(), "/users/1").status, 200); });
-    ASSERT_TRUE(eventually([&] { return up.count("GET", "/users") == 1; }));
+    ASSERT_TRUE(eventually(5s, [&] { return up.count("GET", "/users") == 1; }));
     const auto started = std::chrono::steady_clock::now();
     auto results = concurrently(10, [&](int i) { return get(gw.port(), "/users/" + std::to_string(10 + i)); });
     first.join();
@@ -156,14 +160,11 @@ TEST(Adaptive, CallersArrivingDuringACallGoTogetherWhenItReturns) {
 // One upstream, one shared slot (concurrency limit 1), two routes: the second route's caller
 // waits for the first route's call and is sent as soon as it ends.
 TEST(ConcurrencyLimit, SharedByTheUpstreamsRoutesAndAFreedSlotWakesTheOtherRoute) {
-    mock_options o;
-    o.latency = 300ms;
-    o.threads = 2;
-    mock_upstream up(o);
+    mock_upstream up(slow_mock(300ms));
     running_gateway gw(config_for(up.port(), {{"LIMIT", "{limit: 1}"}}));
     EXPECT_EQ(gw.metric(R"(batchgate_concurrency_limit{route="*",upstream="api"})"), 1);
     std::thread users([&] { EXPECT_EQ(get(gw.port(), "/users/1").status, 200); });
-    ASSERT_TRUE(eventually([&] { return up.count("GET", "/users") == 1; }));
+    ASSERT_TRUE(eventually(5s, [&] { return up.count("GET", "/users") == 1; }));
     auto a = get(gw.port(), "/api/v1/activities/a1");
     users.join();
     ASSERT_EQ(a.status, 200) << a.body;
@@ -178,16 +179,13 @@ TEST(ConcurrencyLimit, SharedByTheUpstreamsRoutesAndAFreedSlotWakesTheOtherRoute
 // Queue deadline: a caller whose deadline passes while its batch waits for a slot is answered at
 // its deadline, with a JSON body, not when the slot frees; and its batch is never sent.
 TEST(QueueDeadline, CallerIsAnsweredAtItsDeadlineAndNeverSent) {
-    mock_options o;
-    o.latency = 1500ms;
-    o.threads = 2;
-    mock_upstream up(o);
+    mock_upstream up(slow_mock(1500ms));
     running_gateway gw(config_for(up.port(), {{"LIMIT", "{limit: 1}"}, {"USERS_TIMEOUT", "300ms"}}));
     std::thread slow([&] {  // takes the upstream's only slot for 1.5 s
         auto r = get(gw.port(), "/api/v1/activities/a1");
         EXPECT_EQ(r.status, 200) << r.body;
     });
-    ASSERT_TRUE(eventually([&] { return up.count("POST", "/api/v1/batch/get") == 1; }));
+    ASSERT_TRUE(eventually(5s, [&] { return up.count("POST", "/api/v1/batch/get") == 1; }));
     const auto started = std::chrono::steady_clock::now();
     auto r = get(gw.port(), "/users/2");
     const auto took = std::chrono::steady_clock::now() - started;
@@ -198,31 +196,25 @@ TEST(QueueDeadline, CallerIsAnsweredAtItsDeadlineAndNeverSent) {
         << r.body;
     EXPECT_LT(took, 1200ms) << "answered when the slot freed, not at the deadline";
     // (The gauge is set just after the answer goes out.)
-    EXPECT_TRUE(eventually([&] { return gw.metric(R"(batchgate_waiting_callers{route="users"})") == 0; }))
+    EXPECT_TRUE(eventually(5s, [&] { return gw.metric(R"(batchgate_waiting_callers{route="users"})") == 0; }))
         << "still counted toward max_waiting";
     EXPECT_LT(std::chrono::steady_clock::now() - started, 1200ms) << "forgotten only when the slot freed";
     slow.join();
     std::this_thread::sleep_for(100ms);
     EXPECT_EQ(up.count("GET", "/users"), 0u) << "the batch of a caller already answered went upstream";
-    double flushes = 0;
-    for (const char* reason : {"size", "bytes", "timer", "shutdown", "released", "idle", "returned"})
-        flushes += gw.metric(std::string(R"(batchgate_batch_flushes_total{reason=")") + reason + R"(",route="users"})");
-    EXPECT_EQ(flushes, 0) << "a batch that made no call was counted as sent";
+    EXPECT_EQ(flushes(gw, "users"), 0) << "a batch that made no call was counted as sent";
     EXPECT_EQ(gw.metric(R"(batchgate_upstream_calls_saved_total{route="users"})"), 0);
 }
 
 // A caller who hangs up while its batch waits is taken out of it: nothing is sent for it; the
 // others in the batch are served.
 TEST(DepartedCaller, ReadIsNeverSent) {
-    mock_options o;
-    o.latency = 400ms;
-    o.threads = 2;
-    mock_upstream up(o);
+    mock_upstream up(slow_mock(400ms));
     running_gateway gw(config_for(up.port(), {{"LIMIT", "{limit: 1}"}}));
     std::thread first([&] { EXPECT_EQ(get(gw.port(), "/users/1").status, 200); });
-    ASSERT_TRUE(eventually([&] { return up.count("GET", "/users") == 1; }));
+    ASSERT_TRUE(eventually(5s, [&] { return up.count("GET", "/users") == 1; }));
     leaving_caller bob(gw.port(), "GET /users/2 HTTP/1.1\r\nHost: t\r\n\r\n");
-    ASSERT_TRUE(eventually([&] { return gw.metric(R"(batchgate_waiting_callers{route="users"})") == 2; }));
+    ASSERT_TRUE(eventually(5s, [&] { return gw.metric(R"(batchgate_waiting_callers{route="users"})") == 2; }));
     bob.leave();
     auto carol = get(gw.port(), "/users/3");
     first.join();
@@ -235,22 +227,19 @@ TEST(DepartedCaller, ReadIsNeverSent) {
 
 // A write nobody waits for any more is not applied; the write beside it is.
 TEST(DepartedCaller, WriteIsNotApplied) {
-    mock_options o;
-    o.latency = 400ms;
-    o.threads = 2;
-    mock_upstream up(o);
+    mock_upstream up(slow_mock(400ms));
     running_gateway gw(load_yaml(example_config_text("abilities.yaml", up.port(), "5s", "adaptive")));
     auto patch = [&](int ability, int score) {
         return call(gw.port(), "PATCH", "/api/characters/7/abilities/" + std::to_string(ability),
                     {{"action", "increment"}, {"data", {{"score", score}, {"experience_points", 0}}}});
     };
     std::thread alice([&] { EXPECT_EQ(patch(1, 1).status, 200); });
-    ASSERT_TRUE(eventually([&] { return calls_to(up, "POST", "/api/characters/7/abilities/batch").size() == 1; }));
+    ASSERT_TRUE(eventually(5s, [&] { return calls_to(up, "POST", "/api/characters/7/abilities/batch").size() == 1; }));
     const std::string body = R"({"action":"increment","data":{"score":10,"experience_points":0}})";
     leaving_caller bob(gw.port(), "PATCH /api/characters/7/abilities/1 HTTP/1.1\r\nHost: t\r\n"
                                   "Content-Type: application/json\r\nContent-Length: " +
                                       std::to_string(body.size()) + "\r\n\r\n" + body);
-    ASSERT_TRUE(eventually([&] { return gw.metric(R"(batchgate_waiting_callers{route="abilities"})") == 2; }));
+    ASSERT_TRUE(eventually(5s, [&] { return gw.metric(R"(batchgate_waiting_callers{route="abilities"})") == 2; }));
     bob.leave();
     auto carol = patch(2, 5);
     alice.join();
@@ -302,16 +291,9 @@ void behind_a_busy_partition(mock_upstream& up, running_gateway& gw, Bob bob) {
                       {{"action", "increment"}, {"data", {{"score", 1}, {"experience_points", 0}}}});
         EXPECT_EQ(r.status, 200) << r.body;
     });
-    ASSERT_TRUE(eventually([&] { return calls_to(up, "POST", "/api/characters/7/abilities/batch").size() == 1; }));
+    ASSERT_TRUE(eventually(5s, [&] { return calls_to(up, "POST", "/api/characters/7/abilities/batch").size() == 1; }));
     bob();
     alice.join();
-}
-
-mock_options slow_mock() {
-    mock_options o;
-    o.latency = 400ms;
-    o.threads = 2;
-    return o;
 }
 
 }  // namespace
@@ -319,15 +301,15 @@ mock_options slow_mock() {
 // Bytes after the request (here the CRLF some old clients add after a body) must not hide a
 // hang-up that follows them.
 TEST(DepartedCaller, BytesAfterTheRequestDoNotHideALaterHangUp) {
-    mock_upstream up(slow_mock());
+    mock_upstream up(slow_mock(400ms));
     running_gateway gw(load_yaml(example_config_text("abilities.yaml", up.port(), "5s", "adaptive")));
     behind_a_busy_partition(up, gw, [&] {
         leaving_caller bob(gw.port(), patch_request(1, 10));
-        ASSERT_TRUE(eventually([&] { return gw.metric(R"(batchgate_waiting_callers{route="abilities"})") == 2; }));
+        ASSERT_TRUE(eventually(5s, [&] { return gw.metric(R"(batchgate_waiting_callers{route="abilities"})") == 2; }));
         bob.send_more("\r\n");
         std::this_thread::sleep_for(50ms);
         bob.leave();
-        ASSERT_TRUE(eventually([&] { return gw.metric(R"(batchgate_callers_left_total{route="abilities"})") == 1; }));
+        ASSERT_TRUE(eventually(5s, [&] { return gw.metric(R"(batchgate_callers_left_total{route="abilities"})") == 1; }));
     });
     EXPECT_EQ(up.ability("7", 1), (ability_state{1, 0})) << "bob's increment was applied after he left";
 }
@@ -335,11 +317,11 @@ TEST(DepartedCaller, BytesAfterTheRequestDoNotHideALaterHangUp) {
 // A caller who pipelines two writes and leaves: neither is applied. Its second request, already
 // read into the gateway's buffer, is not served for a client that is gone.
 TEST(DepartedCaller, PipelinedWritesOfACallerWhoLeftAreNotApplied) {
-    mock_upstream up(slow_mock());
+    mock_upstream up(slow_mock(400ms));
     running_gateway gw(load_yaml(example_config_text("abilities.yaml", up.port(), "5s", "adaptive")));
     behind_a_busy_partition(up, gw, [&] {
         leaving_caller bob(gw.port(), patch_request(1, 10) + patch_request(1, 100));
-        ASSERT_TRUE(eventually([&] { return gw.metric(R"(batchgate_waiting_callers{route="abilities"})") == 2; }));
+        ASSERT_TRUE(eventually(5s, [&] { return gw.metric(R"(batchgate_waiting_callers{route="abilities"})") == 2; }));
         bob.leave();
     });
     std::this_thread::sleep_for(600ms);  // a second batch, were bob's next request served
@@ -349,7 +331,7 @@ TEST(DepartedCaller, PipelinedWritesOfACallerWhoLeftAreNotApplied) {
 
 // The other side: a caller who pipelines and stays is served in order, never taken as gone.
 TEST(DepartedCaller, PipelinedCallerWhoStaysIsServedInOrder) {
-    mock_upstream up(slow_mock());
+    mock_upstream up(slow_mock(400ms));
     running_gateway gw(load_yaml(example_config_text("abilities.yaml", up.port(), "5s", "adaptive")));
     std::string answers;
     behind_a_busy_partition(up, gw, [&] {
@@ -371,14 +353,11 @@ TEST(DepartedCaller, PipelinedCallerWhoStaysIsServedInOrder) {
 // time out after its write was applied: when a slot frees for it that late, it is answered 504
 // and not sent.
 TEST(QueueDeadline, CallerWithLessTimeLeftThanARoundTripIsNotSent) {
-    mock_options o;
-    o.latency = 400ms;
-    o.threads = 2;
-    mock_upstream up(o);
+    mock_upstream up(slow_mock(400ms));
     running_gateway gw(config_for(up.port(), {{"LIMIT", "{limit: 1}"}, {"USERS_TIMEOUT", "600ms"}}));
     ASSERT_EQ(get(gw.port(), "/users/1").status, 200);  // the gateway learns: 400 ms a call
     std::thread alice([&] { EXPECT_EQ(get(gw.port(), "/users/2").status, 200); });
-    ASSERT_TRUE(eventually([&] { return up.count("GET", "/users") == 2; }));
+    ASSERT_TRUE(eventually(5s, [&] { return up.count("GET", "/users") == 2; }));
     auto bob = get(gw.port(), "/users/3");  // the slot frees with ~250 ms of bob's 600 left
     alice.join();
     EXPECT_EQ(bob.status, 504) << bob.body;
@@ -389,21 +368,18 @@ TEST(QueueDeadline, CallerWithLessTimeLeftThanARoundTripIsNotSent) {
 
 // A batch whose every caller left makes no call, and is not counted as one.
 TEST(DepartedCaller, BatchEveryoneLeftMakesNoCallAndCountsNone) {
-    mock_upstream up(slow_mock());
+    mock_upstream up(slow_mock(400ms));
     running_gateway gw(config_for(up.port(), {{"LIMIT", "{limit: 1}"}}));
     std::thread first([&] { EXPECT_EQ(get(gw.port(), "/users/1").status, 200); });
-    ASSERT_TRUE(eventually([&] { return up.count("GET", "/users") == 1; }));
+    ASSERT_TRUE(eventually(5s, [&] { return up.count("GET", "/users") == 1; }));
     {
         leaving_caller bob(gw.port(), "GET /users/2 HTTP/1.1\r\nHost: t\r\n\r\n");
-        ASSERT_TRUE(eventually([&] { return gw.metric(R"(batchgate_waiting_callers{route="users"})") == 2; }));
+        ASSERT_TRUE(eventually(5s, [&] { return gw.metric(R"(batchgate_waiting_callers{route="users"})") == 2; }));
         bob.leave();
     }
     first.join();
-    ASSERT_TRUE(eventually([&] { return gw.metric(R"(batchgate_callers_left_total{route="users"})") == 1; }));
+    ASSERT_TRUE(eventually(5s, [&] { return gw.metric(R"(batchgate_callers_left_total{route="users"})") == 1; }));
     EXPECT_EQ(up.count("GET", "/users"), 1u);
-    double flushes = 0;
-    for (const char* reason : {"size", "bytes", "timer", "shutdown", "released", "idle", "returned"})
-        flushes += gw.metric(std::string(R"(batchgate_batch_flushes_total{reason=")") + reason + R"(",route="users"})");
-    EXPECT_EQ(flushes, 1) << "only the first caller's call was made";
+    EXPECT_EQ(flushes(gw, "users"), 1) << "only the first caller's call was made";
     EXPECT_EQ(gw.metric(R"(batchgate_batch_size_count{route="users"})"), 1);
 }

@@ -2,6 +2,7 @@
 // upstream: the example as text on ephemeral ports, JSON calls, and the calls the mock received.
 #pragma once
 
+#include <chrono>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -9,6 +10,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/integration/harness.hpp"
@@ -68,6 +70,16 @@ inline std::vector<mock::recorded_call> calls_to(const mock::mock_upstream& up, 
     for (auto& c : up.calls())
         if (c.method == method && std::regex_match(c.path, re)) out.push_back(c);
     return out;
+}
+
+// Polls every 5 ms until pred() holds; false if it still does not after `limit`.
+template <class Pred>
+bool eventually(std::chrono::milliseconds limit, Pred pred) {
+    for (auto waited = std::chrono::milliseconds(0); waited < limit; waited += std::chrono::milliseconds(5)) {
+        if (pred()) return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return pred();
 }
 
 }  // namespace batchgate::testing

@@ -17,6 +17,7 @@ using batchgate::mock::mock_options;
 using batchgate::mock::mock_upstream;
 using batchgate::mock::recorded_call;
 using nlohmann::json;
+using namespace std::chrono_literals;
 
 namespace {
 
@@ -27,16 +28,6 @@ json increment(int score, int xp = 0, const std::string& action = "increment") {
 }
 
 const std::string abilities_batch = "/api/characters/[^/]+/abilities/batch";
-
-// Polls until pred() holds; false after ~10 s.
-template <class Pred>
-bool eventually(Pred pred) {
-    for (int i = 0; i < 2000; ++i) {
-        if (pred()) return true;
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    return pred();
-}
 
 }  // namespace
 
@@ -100,12 +91,12 @@ TEST(WriteBatching, BusyPartitionCollectsEverythingIntoOneNextCall) {
     std::vector<response> results(4);
     std::vector<std::thread> callers;
     callers.emplace_back([&] { results[0] = call(gw.port(), "PATCH", "/api/characters/3/abilities/1", increment(1)); });
-    ASSERT_TRUE(eventually([&] { return up.calls().size() == 1; }));
+    ASSERT_TRUE(eventually(10s, [&] { return up.calls().size() == 1; }));
     for (int i = 1; i < 4; ++i) {
         callers.emplace_back([&, i] {
             results[i] = call(gw.port(), "PATCH", "/api/characters/3/abilities/" + std::to_string(i + 1), increment(i + 1));
         });
-        ASSERT_TRUE(eventually([&] { return gw.metric(waiting) >= i + 1; })) << "caller " << i << " never waited";
+        ASSERT_TRUE(eventually(10s, [&] { return gw.metric(waiting) >= i + 1; })) << "caller " << i << " never waited";
     }
     EXPECT_EQ(up.calls().size(), 1u) << "the first call was still in flight while the others arrived";
     for (auto& t : callers) t.join();
@@ -135,10 +126,10 @@ TEST(WriteBatching, SequencedWriteBehindAReleasedBatchIsStillSent) {
     std::vector<response> results(3);
     std::vector<std::thread> callers;
     callers.emplace_back([&] { results[0] = call(gw.port(), "PATCH", "/api/characters/3/abilities/1", increment(1)); });
-    ASSERT_TRUE(eventually([&] { return up.calls().size() == 1; }));
+    ASSERT_TRUE(eventually(10s, [&] { return up.calls().size() == 1; }));
     for (int i = 1; i < 3; ++i) {
         callers.emplace_back([&, i] { results[i] = call(gw.port(), "PATCH", "/api/characters/3/abilities/2", increment(i)); });
-        ASSERT_TRUE(eventually([&] { return gw.metric(waiting) >= i + 1; }));
+        ASSERT_TRUE(eventually(10s, [&] { return gw.metric(waiting) >= i + 1; }));
     }
     const auto start = std::chrono::steady_clock::now();
     for (auto& t : callers) t.join();
