@@ -308,6 +308,17 @@ struct batch_envelope_settings {
     duration timeout = std::chrono::seconds(10);               // timeout: 10s
 };
 
+// passthrough: how a passthrough route streams (bodies flow through fixed windows; nothing is
+// buffered whole).
+struct passthrough_settings {
+    std::size_t max_body_bytes = 0;      // max_body: request body cap; 0 = none (default)
+    std::size_t max_response_bytes = 0;  // max_response: answer body cap; 0 = none (default)
+    // idle_timeout: once the answer's head has gone to the client (and in upgrade tunnels), the
+    // longest wait for the next byte either way.
+    duration idle_timeout = std::chrono::seconds(60);
+    bool upgrade = true;  // upgrade: relay Connection: Upgrade (WebSocket) requests
+};
+
 struct route_settings {
     std::string name;
     // routes[].match: one mapping or a list of them; the route matches when any entry matches.
@@ -319,6 +330,7 @@ struct route_settings {
     coalesce_settings coalesce;  // meaningful when mode == coalesce
     fan_out_settings fan_out;              // meaningful when mode == fan_out
     batch_envelope_settings batch_envelope;  // meaningful when mode == batch_envelope
+    passthrough_settings passthrough;        // meaningful when mode == passthrough
     source_mark mark;
 };
 
@@ -328,11 +340,21 @@ struct logging_settings {
     bool access_log = true;      // logging.access_log: one JSON line per client request
 };
 
+// listen_tls: the traffic listener speaks TLS (the admin listener stays plain).
+struct listen_tls_settings {
+    bool enabled = false;            // the section is present
+    std::string cert_chain;          // cert_chain: PEM file, leaf certificate first
+    std::string key;                 // key: PEM private key file
+    std::vector<std::string> protocols{"TLSv1.2", "TLSv1.3"};  // protocols: allowed versions
+    source_mark mark;                // the section's line, for errors found when loading
+};
+
 struct gateway_config {
     std::string source_file;
     logging_settings logging;
     endpoint listen{"127.0.0.1", 8080};
     endpoint admin_listen{"127.0.0.1", 9090};
+    listen_tls_settings listen_tls;
     unsigned worker_threads = 0;  // 0 = number of cores
     limits_settings limits;
     std::vector<upstream_settings> upstreams;  // in file order
