@@ -12,6 +12,7 @@ die() { printf 'bench: FAILED: %s\n' "$*" >&2; exit 1; }
 # processes and cleanup
 # ---------------------------------------------------------------------------------------------
 declare -A PIDS=()          # name -> pid of every process this script started
+CLEANUP_PATHS=()            # made outside TMP (e.g. under /dev/shm): removed on exit, even with BENCH_KEEP_TMP
 
 bench_init() {  # bench_init PREFIX: the temp dir and the EXIT/INT/TERM traps
     TMP=$(mktemp -d "/tmp/$1.XXXXXX")
@@ -32,6 +33,8 @@ cleanup() {
         wait "$pid" 2>/dev/null
     done
     if [[ ${BENCH_KEEP_TMP:-0} = 1 ]]; then log "temp dir kept: $TMP"; else rm -rf "$TMP"; fi
+    ((${#CLEANUP_PATHS[@]})) && rm -rf "${CLEANUP_PATHS[@]}"
+    return 0
 }
 
 STOP_RC=""
