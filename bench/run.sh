@@ -10,18 +10,26 @@
 #   BENCH_SKIP_BUILD=1     use the binaries already in $BENCH_BUILD_DIR
 #   BENCH_BUILD_DIR=build/bench
 #   BENCH_KEEP_TMP=1       keep the temp dir (configs, logs) for inspection
-#   BENCH_SCENARIOS="1 2 3 4 5 6"  the scenarios to run (any subset, any separator)
+#   BENCH_SCENARIOS="1 2 3 4 5 6 7"  the scenarios to run (any subset, any separator)
 #   BENCH_WRITES=0         skip scenario 6 (bench/writes.sh; its WRITES_* variables apply)
 #   BENCH_SLOW_DURATION=4s measured wrk run of each row of scenario 5 (slow upstream)
 #   BENCH_SLOW_WAITS="1 2 5 10 20 50"  scenario 5: the fixed max_wait values (ms) of the sweep
 #   BENCH_SLOW_SLOTS=8     scenario 5: max_concurrent_batches of the fixed-window rows
 #   BENCH_SLOW_CONNS=200   scenario 5: wrk connections
+#   BENCH_LARGE_MIB=100    scenario 7 (large bodies): MiB per transfer
+#   BENCH_LARGE_SEQ=5      scenario 7: transfers one after another, per path and direction
+#   BENCH_LARGE_CONC=4     scenario 7: transfers at once, per path and direction
+#   BENCH_LARGE_MAX_TIME=30s  scenario 7: curl --max-time of each transfer
+#   BENCH_LARGE_BOUND=90s  scenario 7: no new transfer after this long
+#   BENCH_LARGE_HAPROXY=0  scenario 7: no haproxy row
+#   BENCH_LARGE_BUFFERED=1 scenario 7: one more gateway whose caps are raised for 100 MiB bodies
 #
 # Ports (127.0.0.1 only): 18081 mock (no latency), 18082 mock (2 ms, 8 concurrent),
-# 18083 nginx, 18084 mock (50 ms, 8 concurrent), 18090/18091 gateway passthrough
-# (traffic/admin), 18092/18093 gateway coalesce (one gateway at a time, restarted per
-# configuration), 18094/18095 gateway memory scenario, 18101-18104 the write scenario
-# (bench/writes.sh).
+# 18083 nginx (scenario 1; scenario 7's streaming nginx), 18084 mock (50 ms, 8 concurrent),
+# 18085 scenario 7's origin (nginx static), 18086 its haproxy, 18087 its upload sink,
+# 18090/18091 gateway passthrough (traffic/admin), 18092/18093 gateway coalesce (one gateway
+# at a time, restarted per configuration), 18094/18095 gateway memory scenario, 18096/18097
+# gateway large bodies, 18101-18104 the write scenario (bench/writes.sh).
 set -uo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -33,7 +41,7 @@ secs() { local v=${1%s}; [[ $v =~ ^[0-9]+$ ]] || { echo "bad duration: $1" >&2; 
 DURATION=$(secs "${BENCH_DURATION:-8s}")
 WARMUP=$(secs "${BENCH_WARMUP:-1s}")
 CALLERS=${BENCH_CALLERS:-10000}
-SCENARIOS=" $(echo "${BENCH_SCENARIOS:-1 2 3 4 5 6}" | tr -c '0-9' ' ') "
+SCENARIOS=" $(echo "${BENCH_SCENARIOS:-1 2 3 4 5 6 7}" | tr -c '0-9' ' ') "
 want() { [[ $SCENARIOS = *" $1 "* ]]; }
 SLOW_DURATION=$(secs "${BENCH_SLOW_DURATION:-4s}")
 SLOW_WAITS=${BENCH_SLOW_WAITS:-1 2 5 10 20 50}
@@ -42,11 +50,20 @@ SLOW_CONNS=${BENCH_SLOW_CONNS:-200}
 [[ $SLOW_CONNS =~ ^[1-9][0-9]*$ ]] || { echo "bad BENCH_SLOW_CONNS: $SLOW_CONNS" >&2; exit 2; }
 for w in $SLOW_WAITS; do [[ $w =~ ^[0-9]+$ ]] || { echo "bad BENCH_SLOW_WAITS entry: $w" >&2; exit 2; }; done
 [[ $SLOW_SLOTS =~ ^[1-9][0-9]*$ ]] || { echo "bad BENCH_SLOW_SLOTS: $SLOW_SLOTS" >&2; exit 2; }
+LARGE_MIB=${BENCH_LARGE_MIB:-100}       # scenario 7: size of each transfer (MiB)
+LARGE_SEQ=${BENCH_LARGE_SEQ:-5}         # scenario 7: transfers one after another per path and direction
+LARGE_CONC=${BENCH_LARGE_CONC:-4}       # scenario 7: transfers at once
+LARGE_MAX_TIME=$(secs "${BENCH_LARGE_MAX_TIME:-30s}")   # scenario 7: curl --max-time per transfer
+LARGE_BOUND=$(secs "${BENCH_LARGE_BOUND:-90s}")         # scenario 7: no new transfer after this long
+for v in LARGE_MIB LARGE_SEQ LARGE_CONC; do
+    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "bad BENCH_$v: ${!v}" >&2; exit 2; }
+done
 
 P_MOCK=18081 P_MOCK_SLOW=18082 P_NGINX=18083 P_MOCK_50=18084
 P_GW_PT=18090 P_GW_PT_ADMIN=18091
 P_GW_CO=18092 P_GW_CO_ADMIN=18093
 P_GW_MEM=18094 P_GW_MEM_ADMIN=18095
+P_ORIGIN=18085 P_HAPROXY=18086 P_SINK=18087 P_GW_BIG=18096 P_GW_BIG_ADMIN=18097   # scenario 7
 
 MAX_ID=100000          # mock --users and the random id range
 WINDOW_MS=5            # coalesce max_wait in the fan-in / latency scenarios
@@ -282,6 +299,42 @@ for w in $SLOW_WAITS; do
     gateway_yaml "slow-window-$w" "$P_GW_CO" "$P_GW_CO_ADMIN" "$P_MOCK_50" "${w}ms" 100 10000 6KiB \
         "max_concurrent_batches: $SLOW_SLOTS"
 done
+
+# Scenario 7: two passthrough routes, /up/ to the upload sink and the rest to the origin (nginx
+# static). The uploads route's passthrough section (issue 12) lifts its request body cap
+# (max_body: 0 = none); a gateway built before issue 12 rejects the section, and then the route
+# runs without it (the scenario's header says so): uploads capped by limits.max_body (1 MiB),
+# answers by the upstream's max_response (64 MiB). BENCH_LARGE_BUFFERED=1 adds a second gateway
+# without the section whose global caps are raised so that a gateway that buffers bodies passes
+# them too ("caps raised": the origin's max_response, limits.max_body, limits.max_buffered).
+LARGE_GWS=passthrough LARGE_GW_NOTE=""
+large_yaml() {  # large_yaml NAME [UPLOAD-ROUTE-LINE [TOP-LEVEL-LINE...]]
+    local name=$1 route=${2:-} l; shift; (($#)) && shift
+    {
+        printf 'listen: 127.0.0.1:%s\nadmin_listen: 127.0.0.1:%s\nworker_threads: 1\n' "$P_GW_BIG" "$P_GW_BIG_ADMIN"
+        printf 'upstreams:\n  origin:\n    url: http://127.0.0.1:%s\n' "$P_ORIGIN"
+        [[ $name = raised ]] && printf '    max_response: %sMiB\n' $((2 * LARGE_MIB))
+        printf '  sink:\n    url: http://127.0.0.1:%s\n' "$P_SINK"
+        printf 'routes:\n  - name: uploads\n    match: {prefix: /up/}\n    upstream: sink\n'
+        [[ -n $route ]] && printf '    %s\n' "$route"
+        printf '  - name: downloads\n    match: {prefix: /}\n    upstream: origin\n'
+        for l in "$@"; do printf '%s\n' "$l"; done
+        ((LOGGING_OFF)) && printf 'logging: {access_log: false}\n'
+    } >"$TMP/large-$name.yaml"
+}
+if want 7; then
+    large_yaml passthrough "passthrough: {max_body: 0}"
+    if ! "$BUILD_DIR/batchgate" --check-config "$TMP/large-passthrough.yaml" >"$TMP/check-large.log" 2>&1; then
+        large_yaml passthrough ""
+        check_config large-passthrough
+        LARGE_GW_NOTE="this batchgate rejects the route key passthrough: {max_body: 0} ($(grep -m1 -o 'unknown key[^;]*' "$TMP/check-large.log" | head -c 60)): a build from before issue 12; the uploads route runs without it, so uploads are capped by limits.max_body (1 MiB) and answers by the origin's max_response (64 MiB)"
+    fi
+    if [[ ${BENCH_LARGE_BUFFERED:-0} = 1 ]]; then
+        large_yaml raised "" "limits: {max_body: $((2 * LARGE_MIB))MiB, max_buffered: $(((LARGE_CONC + 1) * 2 * LARGE_MIB))MiB}"
+        check_config large-raised
+        LARGE_GWS+=" raised"
+    fi
+fi
 
 NOTES=()   # anything odd seen about the gateway, printed at the end
 
@@ -592,6 +645,243 @@ if want 6 && [[ ${BENCH_WRITES:-1} != 0 ]]; then
     fi
 fi
 
+# ---------------------------------------------------------------------------------------------
+# 7. large bodies: downloads and uploads of LARGE_MIB MiB through passthrough proxies, one at a
+#    time and several at once: throughput, the proxy's peak RSS and its CPU per GiB
+# ---------------------------------------------------------------------------------------------
+declare -A LG_OK=() LG_SEQ=() LG_CONC=() LG_RSS0=() LG_PEAK_SEQ=() LG_PEAK_CONC=() LG_CPU=() LG_INTACT=() LG_FAIL=()
+declare -A LG_LABEL=() LG_URL=() LG_ANSWER=()
+LG_PATHS=() LG_HWM_NOTE=""
+
+large_is_gw() { [[ " $LARGE_GWS " = *" $1 "* ]]; }
+large_time_left() { ((SECONDS < LARGE_DEADLINE)); }
+# large_pids PATH DIR: the processes measured: the proxy's (nginx: its workers); for the direct
+# path the server itself (the origin's worker for downloads, the sink for uploads).
+large_pids() {
+    case $1 in
+        direct) if [[ $2 = down ]]; then pgrep -P "${PIDS[origin]}"; else echo "${PIDS[sink]}"; fi ;;
+        nginx) pgrep -P "${PIDS[nginx-stream]}" ;;
+        haproxy) echo "${PIDS[haproxy]}" ;;
+        *) echo "${PIDS[gw-large-$1]:-}" ;;
+    esac
+}
+large_url() {  # large_url PATH DIR NAME: the URL of a transfer (uploads: PUT /up/PATH-NAME.bin)
+    local base=${LG_URL[$1]}
+    [[ $1 = direct && $2 = up ]] && base=http://127.0.0.1:$P_SINK
+    if [[ $2 = down ]]; then echo "$base/big.bin"; else echo "$base/up/$1-$3.bin"; fi
+}
+# VmHWM (peak RSS) back to the current RSS (/proc/PID/clear_refs, Linux >= 4.0); where refused
+# the peaks are lifetime peaks, which the tables then say.
+hwm_reset() {
+    local p
+    for p in "$@"; do echo 5 2>/dev/null >"/proc/$p/clear_refs" || LG_HWM_NOTE=" (clear_refs refused: peaks are since start)"; done
+}
+vm_mib() {  # vm_mib FIELD PID...: sum of /proc/PID/status FIELD (kB) over the PIDs, in MiB
+    local f=$1 p t=0 v; shift
+    for p in "$@"; do v=$(awk -v f="$f:" '$1 == f {print $2}' "/proc/$p/status" 2>/dev/null); t=$((t + ${v:-0})); done
+    awk -v k="$t" 'BEGIN { printf "%.1f", k / 1024 }'
+}
+
+# large_xfer DIR URL OUT [SAVE]: one bounded curl transfer; appends "http_code bytes seconds
+# curl_exit" to OUT. Downloads go to /dev/null (or SAVE); uploads PUT the file (curl streams
+# it from disk; --data-binary @file would read it into memory first) without
+# "Expect: 100-continue", so no path waits for a 100 that may not come.
+large_xfer() {
+    local dir=$1 url=$2 out=$3 save=${4:-/dev/null} w rc
+    local args=(-s -o "$save" --max-time "$LARGE_MAX_TIME" --speed-limit 1048576 --speed-time 5)
+    if [[ $dir = down ]]; then
+        w=$(timeout $((LARGE_MAX_TIME + 5)) curl "${args[@]}" -w '%{http_code} %{size_download} %{time_total}' "$url")
+    else
+        w=$(timeout $((LARGE_MAX_TIME + 5)) curl "${args[@]}" -H 'Expect:' -T "$LARGE_FILE" \
+            -w '%{http_code} %{size_upload} %{time_total}' "$url")
+    fi
+    rc=$?
+    echo "${w:-000 0 0} $rc" >>"$out"
+}
+large_ok() { awk -v n="$LARGE_BYTES" '$1 ~ /^2/ && $2 == n && $4 == 0' "$@"; }   # the good lines
+
+# large_phase PATH DIR: one checked transfer (unmeasured: the bytes that arrive must equal the
+# file), then LARGE_SEQ one after another (stops at the first failure), then LARGE_CONC at once;
+# the processes' CPU is read around the sequential + concurrent transfers, their peak RSS for each.
+large_phase() {
+    local path=$1 dir=$2 key=$1-$2 f=$TMP/large-$1-$2 pids i j t0 t1 w0 w1 cp=() got
+    pids=($(large_pids "$path" "$dir"))
+    ((${#pids[@]})) || { LG_FAIL[$key]="no process to measure"; return 0; }
+    large_time_left || { LG_FAIL[$key]="skipped: scenario time bound (${LARGE_BOUND}s) reached"; return 0; }
+    : >"$f.check"; : >"$f.seq"; rm -f "$f".conc.*
+    if [[ $dir = down ]]; then
+        got=$LARGE_DIR/check.bin
+        large_xfer down "$(large_url "$path" down)" "$f.check" "$got"
+    else
+        got=$LARGE_DIR/up/$path-check.bin   # the sink saves a *-check.bin body there
+        large_xfer up "$(large_url "$path" up check)" "$f.check" "$f.answer"
+    fi
+    if [[ -z $(large_ok "$f.check") ]]; then
+        LG_INTACT[$key]="-"
+        # a short error answer is worth showing (a failed download's body is in $got)
+        local answer=$got; [[ $dir = up ]] && answer=$f.answer
+        [[ -s $answer && $(stat -c %s "$answer") -le 512 ]] && LG_ANSWER[$key]=$(tr -s '\r\n\t ' ' ' <"$answer" | cut -c1-160)
+    elif cmp -s "$LARGE_FILE" "$got"; then LG_INTACT[$key]=yes
+    else LG_INTACT[$key]=NO; fi
+    rm -f "$got"
+    hwm_reset "${pids[@]}"
+    LG_RSS0[$key]=$(vm_mib VmRSS "${pids[@]}")
+    t0=$(cpu_ticks "${pids[@]}")
+    for ((i = 1; i <= LARGE_SEQ; i++)); do
+        large_time_left || break
+        large_xfer "$dir" "$(large_url "$path" "$dir" "$i")" "$f.seq"
+        [[ -n $(tail -1 "$f.seq" | large_ok) ]] || break
+    done
+    LG_PEAK_SEQ[$key]=$(vm_mib VmHWM "${pids[@]}")
+    hwm_reset "${pids[@]}"
+    if large_time_left; then
+        w0=$(date +%s%N)
+        for ((j = 1; j <= LARGE_CONC; j++)); do
+            large_xfer "$dir" "$(large_url "$path" "$dir" "c$j")" "$f.conc.$j" &
+            PIDS[large-c$j]=$! cp+=($!)
+        done
+        wait "${cp[@]}"
+        w1=$(date +%s%N)
+        for ((j = 1; j <= LARGE_CONC; j++)); do unset "PIDS[large-c$j]"; done
+        LG_PEAK_CONC[$key]=$(vm_mib VmHWM "${pids[@]}")
+    fi
+    t1=$(cpu_ticks "${pids[@]}")
+    local nseq gseq nconc gconc
+    nseq=$(wc -l <"$f.seq"); gseq=$(large_ok "$f.seq" | wc -l)
+    nconc=$(cat "$f".conc.* 2>/dev/null | wc -l); gconc=$(cat "$f".conc.* 2>/dev/null | large_ok | wc -l)
+    LG_OK[$key]="$gseq/$nseq $gconc/$nconc"
+    # sequential: good bytes / their summed times; concurrent: good bytes / wall time of the batch
+    LG_SEQ[$key]=$(large_ok "$f.seq" | awk '{ b += $2; t += $3 } END { if (b > 0 && t > 0) printf "%.0f", b / t / 1048576 }')
+    ((nconc > 0)) && LG_CONC[$key]=$(cat "$f".conc.* | large_ok | awk -v ns=$((w1 - w0)) \
+        '{ b += $2 } END { if (b > 0) printf "%.0f", b / (ns / 1e9) / 1048576 }')
+    LG_CPU[$key]=$(cat "$f.seq" "$f".conc.* 2>/dev/null | large_ok | awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" \
+        '{ b += $2 } END { if (b > 0) printf "%.2f", t / hz / (b / 1073741824) }')
+    # what went wrong, the checked transfer included:
+    # "6 of 6 transfers: 6x HTTP 502 (119 B received, curl exit 0)" (bytes: min-max over the group)
+    LG_FAIL[$key]=$(cat "$f.check" "$f.seq" "$f".conc.* 2>/dev/null | awk -v n="$LARGE_BYTES" -v d="$dir" '
+        !($1 ~ /^2/ && $2 == n && $4 == 0) {
+            k = ($1 == "000" ? "no answer" : "HTTP " $1) SUBSEP $4
+            if (!(k in c) || $2 < lo[k]) lo[k] = $2
+            if (!(k in c) || $2 > hi[k]) hi[k] = $2
+            c[k]++; t++ }
+        END {
+            if (!t) exit
+            printf "%d of %d transfers: ", t, NR
+            for (k in c) {
+                split(k, p, SUBSEP)
+                printf "%s%dx %s (%s B %s, curl exit %s)", (s++ ? "; " : ""), c[k], p[1],
+                    lo[k] == hi[k] ? lo[k] : lo[k] "-" hi[k], d == "down" ? "received" : "sent", p[2] }
+        }')
+    [[ -n ${LG_FAIL[$key]} && -n ${LG_ANSWER[$key]:-} ]] && LG_FAIL[$key]+="; first answer: ${LG_ANSWER[$key]}"
+    return 0
+}
+
+large_table() {  # large_table DIR: one row per path; nginx proxy_pass is the reference
+    local dir=$1 p key ratio ref=nginx-$1 fmt="%-30s %-9s %6s %9s %9s %11s %7s %8s %9s %9s\n"
+    printf "$fmt" "path" "ok" "intact" "seq MiB/s" "conc MiB/s" "÷nginx" "RSS0" "peak seq" "peak conc" "cpu s/GiB"
+    for p in "${LG_PATHS[@]}"; do
+        key=$p-$dir ratio="-"
+        if [[ -n ${LG_SEQ[$key]:-} && -n ${LG_SEQ[$ref]:-} ]]; then
+            ratio=$(awk -v a="${LG_SEQ[$key]}" -v b="${LG_SEQ[$ref]}" -v c="${LG_CONC[$key]:-}" -v d="${LG_CONC[$ref]:-}" \
+                'BEGIN { printf "%.2f/%s", a / b, (c != "" && d > 0) ? sprintf("%.2f", c / d) : "-" }')
+        fi
+        printf "$fmt" "${LG_LABEL[$p]}" "${LG_OK[$key]:--}" "${LG_INTACT[$key]:--}" "${LG_SEQ[$key]:--}" \
+            "${LG_CONC[$key]:--}" "$ratio" "${LG_RSS0[$key]:--}" "${LG_PEAK_SEQ[$key]:--}" \
+            "${LG_PEAK_CONC[$key]:--}" "${LG_CPU[$key]:--}"
+        if [[ -n ${LG_FAIL[$key]:-} ]]; then
+            log "      FAILED: ${LG_FAIL[$key]}"
+            NOTES+=("large bodies, ${LG_LABEL[$p]}, $([[ $dir = down ]] && echo download || echo upload): ${LG_FAIL[$key]}")
+        fi
+        if [[ ${LG_INTACT[$key]:-} = NO ]]; then
+            NOTES+=("large bodies, ${LG_LABEL[$p]}, $([[ $dir = down ]] && echo download || echo upload): the checked transfer was answered 2xx with every byte counted, but the bytes differ from the file")
+        fi
+    done
+}
+
+scenario_7() {
+    log ""
+    log "== 7. large bodies: ${LARGE_MIB} MiB per transfer; per path and direction one checked transfer," \
+        "then $LARGE_SEQ one after another, then $LARGE_CONC at once =="
+    LARGE_DEADLINE=$((SECONDS + LARGE_BOUND))
+    LARGE_BYTES=$((LARGE_MIB * 1048576))
+    # The file (and the checked transfers' copies) in tmpfs when /dev/shm has room; else in TMP.
+    local shm_free; shm_free=$(df -Pm /dev/shm 2>/dev/null | awk 'NR == 2 {print $4}')
+    if [[ -n $shm_free ]] && ((shm_free > 3 * LARGE_MIB + 64)) \
+        && LARGE_DIR=$(mktemp -d /dev/shm/batchgate-bench.XXXXXX 2>/dev/null); then
+        CLEANUP_PATHS+=("$LARGE_DIR")
+    else
+        LARGE_DIR=$TMP/large
+    fi
+    mkdir -p "$LARGE_DIR/www" "$LARGE_DIR/up" && chmod 755 "$LARGE_DIR" "$LARGE_DIR/www"
+    LARGE_FILE=$LARGE_DIR/www/big.bin
+    if ! head -c "$LARGE_BYTES" /dev/urandom >"$LARGE_FILE"; then
+        NOTES+=("large bodies: could not write the ${LARGE_MIB} MiB file in $LARGE_DIR; scenario skipped")
+        return 0
+    fi
+    echo ok >"$LARGE_DIR/www/ping.txt"
+    log "   downloads: GET /big.bin (random bytes) from nginx static (sendfile); uploads: PUT /up/NAME.bin to"
+    log "   upload_sink.py (reads every byte, then 204); data in $(df -P "$LARGE_DIR" | awk 'NR == 2 {print $1}');" \
+        "curl per transfer: --max-time ${LARGE_MAX_TIME}s, aborts below 1 MiB/s for 5 s; no new transfer after ${LARGE_BOUND}s"
+    [[ -n $LARGE_GW_NOTE ]] && log "   NOTE: $LARGE_GW_NOTE"
+    loadavg
+
+    start_nginx origin "$BENCH_DIR/nginx-origin.conf.in" "$P_ORIGIN" 0 /ping.txt
+    port_free "$P_SINK" || die "port $P_SINK is already in use"
+    python3 "$BENCH_DIR/upload_sink.py" 127.0.0.1 "$P_SINK" "$LARGE_DIR/up" >"$TMP/sink.log" 2>&1 &
+    PIDS[sink]=$!
+    wait_http "http://127.0.0.1:$P_SINK/up/ping" sink || { cat "$TMP/sink.log" >&2; die "upload sink did not start"; }
+    LG_PATHS=(direct) LG_LABEL[direct]="upstream direct" LG_URL[direct]=http://127.0.0.1:$P_ORIGIN
+    SINK_PORT=$P_SINK start_nginx nginx-stream "$BENCH_DIR/nginx-stream.conf.in" "$P_NGINX" "$P_ORIGIN" /ping.txt
+    LG_PATHS+=(nginx) LG_LABEL[nginx]="nginx proxy_pass" LG_URL[nginx]=http://127.0.0.1:$P_NGINX
+    if [[ ${BENCH_LARGE_HAPROXY:-1} = 0 ]]; then
+        :
+    elif ! command -v haproxy >/dev/null; then
+        log "   haproxy not installed: no haproxy row (apt-get install haproxy)"
+    else
+        port_free "$P_HAPROXY" || die "port $P_HAPROXY is already in use"
+        sed -e "s#@LISTEN_PORT@#$P_HAPROXY#g" -e "s#@UPSTREAM_PORT@#$P_ORIGIN#g" -e "s#@SINK_PORT@#$P_SINK#g" \
+            "$BENCH_DIR/haproxy.cfg.in" >"$TMP/haproxy.cfg"
+        haproxy -db -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
+        PIDS[haproxy]=$!
+        if wait_http "http://127.0.0.1:$P_HAPROXY/ping.txt" haproxy; then
+            LG_PATHS+=(haproxy) LG_LABEL[haproxy]="haproxy" LG_URL[haproxy]=http://127.0.0.1:$P_HAPROXY
+        else
+            NOTES+=("large bodies: haproxy did not start: $(tail -2 "$TMP/haproxy.log" | tr '\n' ' ')")
+            stop haproxy
+        fi
+    fi
+    local g p dir
+    for g in $LARGE_GWS; do
+        LG_PATHS+=("$g") LG_URL[$g]=http://127.0.0.1:$P_GW_BIG
+        LG_LABEL[$g]="batchgate passthrough"; [[ $g = raised ]] && LG_LABEL[$g]="batchgate, caps raised"
+    done
+    # in table order, references first; one gateway at a time (they share their ports)
+    for p in "${LG_PATHS[@]}"; do
+        large_is_gw "$p" && start_gw "gw-large-$p" "large-$p" "$P_GW_BIG" "$P_GW_BIG_ADMIN"
+        for dir in down up; do
+            large_is_gw "$p" && { check_alive "gw-large-$p" "large bodies" || break; }
+            large_phase "$p" "$dir"
+        done
+        alive "gw-large-$p" && stop "gw-large-$p"
+    done
+    alive haproxy && stop haproxy
+    stop nginx-stream QUIT
+    stop sink
+    stop origin QUIT
+    rm -f "$LARGE_FILE"
+
+    log "download: GET /big.bin${LG_HWM_NOTE}"
+    large_table down
+    log "upload: PUT /up/NAME.bin${LG_HWM_NOTE}"
+    large_table up
+    log "   ok: good/tried, one after another and at once (good = 2xx, every byte, curl exit 0); intact: the checked"
+    log "   transfer's bytes equal the file (- = it failed); seq MiB/s: good bytes / their summed times; conc: good bytes"
+    log "   / wall time of the $LARGE_CONC at once; ÷nginx: seq/conc against nginx proxy_pass; RSS0 and peaks (MiB): the"
+    log "   measured process (nginx: its workers; direct: the origin's worker, the sink) before the transfers and its"
+    log "   VmHWM over each set (reset between); cpu: its user+system seconds per GiB delivered good"
+}
+want 7 && scenario_7
+
 
 # ---------------------------------------------------------------------------------------------
 # summary
@@ -621,6 +911,19 @@ want 4 && verdict "$(le "$PER_CALLER" 4096)" "memory per waiting caller <= 4 KiB
 if want 5; then
     verdict "$(ge "${CUT[slow-adaptive]:-}" 95)" "slow upstream: upstream calls cut >= 95% (adaptive): ${CUT[slow-adaptive]:-?}% (mean batch ${MEANBATCH[slow-adaptive]:-?})"
     verdict "$(ge "$SLOW_RATIO" 0.90)" "slow upstream: throughput >= 0.90 x best fixed max_wait: ${SLOW_RATIO:-?} (adaptive $(r0 "${RPS[slow-adaptive]:-}") vs window ${SLOW_BEST_KEY#slow-window-}ms $(r0 "${RPS[$SLOW_BEST_KEY]:-}") callers/s)"
+fi
+if want 7; then   # no target: figures only
+    for dir in down up; do
+        g=passthrough-$dir n=nginx-$dir
+        [[ $dir = down ]] && what=download || what=upload
+        if [[ -n ${LG_SEQ[$g]:-} ]]; then
+            line="batchgate $(r0 "${LG_SEQ[$g]}")/$(r0 "${LG_CONC[$g]:-}") MiB/s vs nginx $(r0 "${LG_SEQ[$n]:-}")/$(r0 "${LG_CONC[$n]:-}") (seq/conc)"
+            line+=", peak RSS at once ${LG_PEAK_CONC[$g]:-?} vs ${LG_PEAK_CONC[$n]:-?} MiB, cpu ${LG_CPU[$g]:-?} vs ${LG_CPU[$n]:-?} s/GiB"
+        else
+            line="batchgate FAILED (${LG_FAIL[$g]%%; first answer*}; see notes); nginx $(r0 "${LG_SEQ[$n]:-}")/$(r0 "${LG_CONC[$n]:-}") MiB/s (seq/conc)"
+        fi
+        printf "  %-7s %s\n" info "large bodies, ${LARGE_MIB} MiB $what: $line"
+    done
 fi
 if [[ -n $WRITES_RC ]]; then
     WRITE_TARGETS=$(awk '/^== summary ==/ { s = 1 } s && /^target:/' "$TMP/writes.out")
