@@ -688,7 +688,7 @@ vm_mib() {  # vm_mib FIELD PID...: sum of /proc/PID/status FIELD (kB) over the P
 # "Expect: 100-continue", so no path waits for a 100 that may not come.
 large_xfer() {
     local dir=$1 url=$2 out=$3 save=${4:-/dev/null} w rc
-    local args=(-s -o "$save" --max-time "$LARGE_MAX_TIME" --speed-limit 1048576 --speed-time 5)
+    local args=(-s -o "$save" --max-time "$LARGE_MAX_TIME" --speed-limit 1048576 --speed-time 15)
     if [[ $dir = down ]]; then
         w=$(timeout $((LARGE_MAX_TIME + 5)) curl "${args[@]}" -w '%{http_code} %{size_download} %{time_total}' "$url")
     else
@@ -821,7 +821,7 @@ scenario_7() {
     echo ok >"$LARGE_DIR/www/ping.txt"
     log "   downloads: GET /big.bin (random bytes) from nginx static (sendfile); uploads: PUT /up/NAME.bin to"
     log "   upload_sink.py (reads every byte, then 204); data in $(df -P "$LARGE_DIR" | awk 'NR == 2 {print $1}');" \
-        "curl per transfer: --max-time ${LARGE_MAX_TIME}s, aborts below 1 MiB/s for 5 s; no new transfer after ${LARGE_BOUND}s"
+        "curl per transfer: --max-time ${LARGE_MAX_TIME}s, aborts below 1 MiB/s for 15 s; no new transfer after ${LARGE_BOUND}s"
     [[ -n $LARGE_GW_NOTE ]] && log "   NOTE: $LARGE_GW_NOTE"
     loadavg
 
