@@ -140,6 +140,10 @@ TEST(ConfigLoad, MinimalFileGetsDocumentedDefaults) {
     EXPECT_EQ(r.timeout, 0ms);
     EXPECT_EQ(r.mark.file, data("minimal.yaml"));
     EXPECT_EQ(r.mark.line, 6);
+    EXPECT_EQ(r.passthrough.max_body_bytes, 0u);  // no cap
+    EXPECT_EQ(r.passthrough.max_response_bytes, 0u);
+    EXPECT_EQ(r.passthrough.idle_timeout, 60s);
+    EXPECT_TRUE(r.passthrough.upgrade);
     EXPECT_EQ(cfg.find_upstream("backend"), &cfg.upstreams[0]);
 }
 
@@ -1269,4 +1273,62 @@ routes:
     EXPECT_EQ(co.flush, batchgate::config::flush_policy::adaptive);
     EXPECT_EQ(co.min_wait, std::chrono::milliseconds(2));
     EXPECT_EQ(co.max_concurrent_batches, 3u);
+}
+
+// ---------------------------------------------------------------------------------------
+// issue 12: routes[].passthrough
+
+TEST(ConfigLoad, PassthroughKeys) {
+    const auto cfg = load_string(upstream_api + R"(
+routes:
+  - name: uploads
+    match: {prefix: /uploads/}
+    upstream: api
+    passthrough:
+      max_body: 10MiB
+      max_response: 0
+      idle_timeout: 5m
+      upgrade: false
+  - name: explicit
+    match: {prefix: /explicit/}
+    upstream: api
+    mode: passthrough
+    passthrough: {max_response: 2GB, max_body: 512}
+  - name: empty
+    match: {prefix: /}
+    upstream: api
+    passthrough: {}
+)", "t.yaml");
+    const auto& up = cfg.routes[0].passthrough;
+    EXPECT_EQ(up.max_body_bytes, 10u * 1024 * 1024);
+    EXPECT_EQ(up.max_response_bytes, 0u);
+    EXPECT_EQ(up.idle_timeout, 5min);
+    EXPECT_FALSE(up.upgrade);
+    const auto& ex = cfg.routes[1].passthrough;
+    EXPECT_EQ(ex.max_body_bytes, 512u);
+    EXPECT_EQ(ex.max_response_bytes, 2000u * 1000 * 1000);
+    EXPECT_EQ(ex.idle_timeout, 60s);
+    EXPECT_TRUE(ex.upgrade);
+    const auto& empty = cfg.routes[2].passthrough;
+    EXPECT_EQ(empty.max_body_bytes, 0u);
+    EXPECT_EQ(empty.max_response_bytes, 0u);
+    EXPECT_EQ(empty.idle_timeout, 60s);
+    EXPECT_TRUE(empty.upgrade);
+}
+
+TEST(ConfigErrors, Passthrough) {
+    const auto f = data("bad_passthrough.yaml");
+    EXPECT_EQ(errors_of_file(f), with_file(f, {
+        "10:17: routes[0].passthrough.max_body: bad size \"10 MiB\": expected a whole number of bytes with an optional unit B, KB, KiB, MB, MiB, GB or GiB",
+        "11:7: routes[0].passthrough.max_respons: unknown key \"max_respons\" (did you mean \"max_response\"?)",
+        "12:21: routes[0].passthrough.idle_timeout: must be greater than 0",
+        "13:16: routes[0].passthrough.upgrade: expected true or false, got \"maybe\"",
+        "22:5: routes[1].passthrough: passthrough settings given but mode is coalesce (set mode: passthrough or leave mode out)",
+        "26:18: routes[2].passthrough: expected a map, got a scalar",
+        "30:5: routes[3].passthrough: passthrough settings given but mode is batch_envelope (set mode: passthrough or leave mode out)",
+        "35:29: routes[4].passthrough.max_body: bad size \"-1\": expected a whole number of bytes with an optional unit B, KB, KiB, MB, MiB, GB or GiB",
+        "35:47: routes[4].passthrough.max_response: bad size \"1.5MiB\": expected a whole number of bytes with an optional unit B, KB, KiB, MB, MiB, GB or GiB",
+        "35:69: routes[4].passthrough.idle_timeout: bad duration \"2\": expected a whole number with a unit us, ms, s, m or h, like \"5ms\" or \"2s\"",
+        "35:81: routes[4].passthrough.upgrade: expected true or false, got a list",
+    }));
 }
