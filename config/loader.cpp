@@ -1,8 +1,9 @@
 // YAML -> gateway_config. Every check reports into one list instead of throwing, so a user
 // sees all problems of a file in one run; config_error is thrown once at the end.
 // This file is the top level (listen, logging, limits, the routes list with match, mode and
-// passthrough); the sections live in load_upstreams.cpp, load_coalesce.cpp and load_fan_out.cpp,
-// and what they share (context, map_reader, the readers) in load_context.hpp/.cpp.
+// passthrough); the sections live in load_upstreams.cpp, load_coalesce.cpp, load_fan_out.cpp
+// and listen_tls.cpp, and what they share (context, map_reader, the readers) in
+// load_context.hpp/.cpp.
 #include "config/loader.hpp"
 
 #include <algorithm>
@@ -331,7 +332,8 @@ gateway_config load_tree(context& ctx, const YAML::Node& root) {
     cfg.source_file = ctx.file;
     // Built, never assigned: assigning a YAML::Node rewrites the tree it referred to.
     const YAML::Node doc = root.IsNull() ? YAML::Node(YAML::NodeType::Map) : root;  // empty file: report what is missing
-    map_reader m(ctx, doc, "", {"listen", "admin_listen", "worker_threads", "logging", "limits", "upstreams", "routes"});
+    map_reader m(ctx, doc, "",
+                 {"listen", "admin_listen", "listen_tls", "worker_threads", "logging", "limits", "upstreams", "routes"});
     if (!m.ok()) return cfg;
     if (auto* x = m.get("listen"))
         if (auto e = read_endpoint(ctx, *x)) cfg.listen = *e;
@@ -341,6 +343,7 @@ gateway_config load_tree(context& ctx, const YAML::Node& root) {
         auto* x = m.get("admin_listen") ? m.get("admin_listen") : m.get("listen");
         if (x) ctx.add(x->mark(), x->path, "listen and admin_listen must be different addresses");
     }
+    if (auto* x = m.get("listen_tls")) load_listen_tls(ctx, *x, cfg.listen_tls);
     if (auto* x = m.get("worker_threads"))
         if (auto v = read_int(ctx, *x, 0, 256)) cfg.worker_threads = static_cast<unsigned>(*v);
     if (auto* x = m.get("logging")) load_logging(ctx, *x, cfg.logging);

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "tests/integration/harness.hpp"
+#include "tests/test_certs.hpp"
 
 using namespace batchgate::testing;
 using batchgate::mock::mock_upstream;
@@ -194,6 +195,31 @@ TEST(Process, CommandLineExitCodes) {
     EXPECT_NE(bad.err.find(path + ":15:"), std::string::npos) << bad.err;
     EXPECT_NE(bad.err.find("routes[0].coalesce.max_wait"), std::string::npos) << bad.err;
     EXPECT_EQ(run({"--check-config", "/nonexistent/file.yaml"}).exit_code, 1);
+}
+
+// issue 12: listen_tls files are loaded by --check-config, so a key that does not belong to the
+// certificate is reported at its line, as are passthrough settings.
+TEST(Process, CheckConfigLoadsListenTlsFilesAndPassthroughSettings) {
+    const auto pem = make_certificate();
+    const auto cert = write_file("listen-cert.pem", pem.cert);
+    const auto key = write_file("listen-key.pem", pem.key);
+    const auto other_key = write_file("listen-other-key.pem", make_certificate().key);
+    auto text = [&](const std::string& key_path, const std::string& idle) {
+        return "listen_tls:\n  cert_chain: " + cert + "\n  key: " + key_path +
+               "\nupstreams: {api: {url: \"http://127.0.0.1:9\"}}\n"
+               "routes:\n  - name: files\n    match: {prefix: /}\n    upstream: api\n"
+               "    passthrough: {max_body: 10MiB, idle_timeout: " + idle + "}\n";
+    };
+    auto good = run({"--check-config", write_file("listen-good.yaml", text(key, "30s"))});
+    EXPECT_EQ(good.exit_code, 0) << good.err;
+    const auto path = write_file("listen-bad.yaml", text(other_key, "0"));
+    auto bad = run({"--check-config", path});
+    EXPECT_EQ(bad.exit_code, 1) << bad.out;
+    EXPECT_NE(bad.err.find(path + ":3:8: listen_tls.key: the private key in \"" + other_key +
+                           "\" does not match the first certificate in \"" + cert + "\""),
+              std::string::npos) << bad.err;
+    EXPECT_NE(bad.err.find(path + ":9:50: routes[0].passthrough.idle_timeout: must be greater than 0"),
+              std::string::npos) << bad.err;
 }
 
 TEST(Process, SighupReloadsAndRejectsABadFileWhileServing) {
