@@ -22,6 +22,7 @@
 #include "gateway/dispatcher.hpp"
 #include "gateway/log.hpp"
 #include "gateway/request_head.hpp"
+#include "gateway/stream_exchange.hpp"
 #include "gateway/wire.hpp"
 
 namespace batchgate::gateway {
@@ -95,6 +96,7 @@ public:
 
     void answer_shutting_down() override {
         net::post(stream_.get_executor(), [self = shared_from_this()] {
+            if (auto ex = self->exchange_.lock()) return ex->shut_down();  // a stream owes its rest
             if (self->answered_ || self->generation_ == 0) return;  // nothing owed
             self->send(error_response(gateway_error::shutting_down, "the gateway is shutting down",
                                       self->route_name_, self->version_));
@@ -108,6 +110,9 @@ private:
         parser_.emplace();
         chunked_head_.reset();
         apply_limits(*parser_, limits);
+        // limits.max_body is checked once the route is known: passthrough routes stream, and
+        // have their own optional cap (passthrough.max_body).
+        parser_->body_limit(boost::none);
         // Bytes Beast has not parsed yet: a head, or a chunk-size line or trailers, which Beast
         // does not bound; without a cap one endless chunk line grows the buffer without end.
         buffer_.max_size(limits.max_header_bytes + 64 * 1024);
@@ -124,7 +129,14 @@ private:
         // the body is read, and the connection closed.
         if (!ec)
             if (auto bad = check_request_head(parser_->get().base())) return refuse(bad->error, bad->message);
+        // Passthrough routes stream: the body is relayed as it comes, never held whole.
+        if (!ec && role_ == listener_role::traffic)
+            if (const auto* route = find_route(*runtime_, parser_->get()); route && route->mode == config::route_mode::passthrough)
+                return begin_stream(*route);
         if (ec || parser_->is_done()) return on_read(ec);
+        const auto max_body = runtime_->config->limits.max_body_bytes;
+        if (auto length = parser_->content_length(); length && *length > max_body) return on_read(http::error::body_limit);
+        parser_->body_limit(max_body);
         // The body's memory is reserved before it is read (and before 100 Continue invites it).
         if (auto length = parser_->content_length(); length && !request_lease_.grow_to(*length))
             return refuse_over_budget();
@@ -229,6 +241,62 @@ private:
         stream_.expires_never();
         if (role_ == listener_role::admin) return handle_admin();
         handle_traffic();
+    }
+
+    // --- streamed passthrough -------------------------------------------------------------------
+
+    void begin_stream(const config::route_settings& route) {
+        const auto& head = parser_->get();
+        request_ = {};
+        version_ = head.version();
+        keep_alive_ = head.keep_alive() && !state_->draining.load();
+        request_id_ = request_id_for(head);
+        method_ = std::string(head.method_string());
+        target_ = std::string(head.target());
+        begin_request();
+        head_request_ = head.method() == http::verb::head;
+        route_name_ = route.name;
+        const auto& handles = runtime_->handles_for(route);
+        route_metrics_ = handles.metrics;
+        stream_.expires_never();
+        auto pool = runtime_->upstreams.find(route.upstream);
+        if (pool == runtime_->upstreams.end()) {
+            keep_alive_ = false;
+            return send(error_response(gateway_error::internal, "route names an unknown upstream", route_name_, version_));
+        }
+        const auto& upstream = pool->second->settings();
+        stream_params p;
+        p.pool = pool->second;
+        p.route = &route;
+        p.route_metrics = route_metrics_;
+        p.upstream_metrics = handles.upstream_metrics;
+        p.budget = &state_->budget;
+        p.head_deadline = started_ + std::min<clock_type::duration>(coalescer::caller_timeout(*runtime_->config, route),
+                                                                    upstream.request_timeout);
+        p.request_timeout = upstream.request_timeout;
+        p.send_timeout = runtime_->config->limits.send_timeout;
+        p.client_ip = client_ip_;
+        p.request_id = request_id_;
+        p.keep_alive = keep_alive_;
+        p.budget_rejected = &state_->metrics.budget_rejected();
+        p.send_timeouts = &state_->metrics.send_timeouts();
+        auto ex = std::make_shared<stream_exchange<stream_t>>(
+            stream_, buffer_, std::move(*parser_), std::move(p), shared_from_this(),
+            [self = shared_from_this()](stream_outcome out) { self->end_stream(std::move(out)); });
+        parser_.reset();
+        exchange_ = ex;
+        ex->start();
+    }
+
+    // On the strand, exactly once per streamed request.
+    void end_stream(stream_outcome out) {
+        exchange_.reset();
+        info_ = std::move(out.info);
+        if (out.close_client) keep_alive_ = false;
+        if (out.error) return send(std::move(*out.error));
+        answered_ = true;
+        record_answer(out.status);
+        on_write({});
     }
 
     // --- admin listener: metrics and health ---------------------------------------------
@@ -352,16 +420,7 @@ private:
     void send(response_t res) {
         if (answered_) return;  // exactly one answer per request
         answered_ = true;
-        deadline_.cancel();
-        const int status = res.result_int();
-        const auto elapsed = clock_type::now() - started_;
-        if (route_metrics_) {
-            route_metrics_->requests->inc(status);
-            route_metrics_->request_duration->Observe(std::chrono::duration<double>(elapsed).count());
-        } else if (role_ == listener_role::traffic) {
-            state_->metrics.route("(none)").requests->inc(status);
-        }
-        if (role_ == listener_role::traffic) access_log(status, elapsed);
+        record_answer(res.result_int());
         if (state_->draining.load()) keep_alive_ = false;
         // A caller seen hanging up gets nothing more on this connection: bytes it left in our
         // buffer (pipelined requests) are not served for a client that is gone.
@@ -377,6 +436,19 @@ private:
         // A HEAD answer keeps its Content-Length but never carries the body.
         unsent_.emplace(wire::buffers(head_, *response_, !head_request_));
         write_more();
+    }
+
+    // Metrics and the access log line of the request's answer.
+    void record_answer(int status) {
+        deadline_.cancel();
+        const auto elapsed = clock_type::now() - started_;
+        if (route_metrics_) {
+            route_metrics_->requests->inc(status);
+            route_metrics_->request_duration->Observe(std::chrono::duration<double>(elapsed).count());
+        } else if (role_ == listener_role::traffic) {
+            state_->metrics.route("(none)").requests->inc(status);
+        }
+        if (role_ == listener_role::traffic) access_log(status, elapsed);
     }
 
     // A client that takes no byte for send_timeout is dropped: its answer would otherwise
@@ -461,6 +533,7 @@ private:
     bool answered_ = false;
     bool keep_alive_ = true;
     std::shared_ptr<std::atomic<bool>> gone_;  // the current request's hang-up flag (coalesce routes)
+    std::weak_ptr<stream_exchange<stream_t>> exchange_;  // the current request's, when streamed
     bool head_request_ = false;
     bool owed_request_ = false;  // taken from the backlog at shutdown, request not read yet
 };
