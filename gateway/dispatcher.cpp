@@ -42,7 +42,7 @@ struct exchange {
         const unsigned version = req.version();
         // The caller's request itself goes upstream (no copy of its fields).
         upstream_request up = std::move(req);
-        prepare_for_upstream(up, ctx.client_ip, "http");
+        prepare_for_upstream(up, ctx.client_ip, ctx.proto);
         up.erase(http::field::content_length);
 
         // The upstream's request_timeout, cut short by the caller's own deadline.

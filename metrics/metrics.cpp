@@ -171,6 +171,11 @@ registry::registry()
                           .Help("Client connections dropped because the client read nothing for limits.send_timeout")
                           .Register(*registry_)
                           .Add({})),
+      tls_handshake_failures_(&prometheus::BuildCounter()
+                                   .Name("batchgate_tls_handshake_failures_total")
+                                   .Help("Client connections on listen_tls closed because their TLS handshake failed or timed out")
+                                   .Register(*registry_)
+                                   .Add({})),
       fanout_calls_(prometheus::BuildCounter()
                         .Name("batchgate_fanout_calls_total")
                         .Help("Client batch calls fanned out to single calls, by route")

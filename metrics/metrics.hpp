@@ -107,6 +107,7 @@ public:
     prometheus::Gauge& buffered_bytes() { return *buffered_; }
     prometheus::Counter& budget_rejected() { return *budget_rejected_; }
     prometheus::Counter& send_timeouts() { return *send_timeouts_; }
+    prometheus::Counter& tls_handshake_failures() { return *tls_handshake_failures_; }
     prometheus::Counter& connections_refused(std::string_view reason) {
         return reason == "max_connections" ? *refused_limit_ : *refused_accept_;
     }
@@ -148,6 +149,7 @@ private:
     prometheus::Gauge* buffered_;
     prometheus::Counter* budget_rejected_;
     prometheus::Counter* send_timeouts_;
+    prometheus::Counter* tls_handshake_failures_;
     prometheus::Family<prometheus::Counter>& fanout_calls_;
     prometheus::Family<prometheus::Histogram>& fanout_items_;
     prometheus::Family<prometheus::Counter>& fanout_outcomes_;
