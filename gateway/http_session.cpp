@@ -196,6 +196,7 @@ private:
     // The request is answered without its (rest of the) body: the connection cannot go on.
     void begin_unread_request() {
         keep_alive_ = false;
+        linger_ = true;
         request_ = {};
         version_ = 11;
         request_id_ = request_id_for(request_);
@@ -318,7 +319,7 @@ private:
     void end_stream(stream_outcome out) {
         exchange_.reset();
         info_ = std::move(out.info);
-        if (out.close_client) keep_alive_ = false;
+        if (out.close_client) keep_alive_ = false, linger_ = true;
         if (out.error) return send(std::move(*out.error));
         answered_ = true;
         record_answer(out.status);
@@ -530,7 +531,22 @@ private:
     void close() {
         beast::error_code ignored;
         tcp().socket().shutdown(tcp::socket::shutdown_send, ignored);
-        tcp().close();
+        if (!std::exchange(linger_, false)) return tcp().close();
+        // The client may still be sending the body its answer did not wait for: closing with
+        // unread bytes sends a reset, which can destroy the answer before the client reads it.
+        // Like nginx's lingering close, what still comes is read and dropped for a while.
+        linger_until_ = clock_type::now() + std::chrono::seconds(5);
+        discard_rest(std::make_shared<std::array<char, 4096>>());
+    }
+
+    void discard_rest(std::shared_ptr<std::array<char, 4096>> sink) {
+        const auto left = linger_until_ - clock_type::now();
+        if (left <= clock_type::duration::zero()) return tcp().close();
+        tcp().expires_after(std::min<clock_type::duration>(left, std::chrono::seconds(1)));
+        tcp().async_read_some(net::buffer(*sink), [self = this->shared_from_this(), sink](beast::error_code ec, std::size_t) {
+            if (ec) return self->tcp().close();
+            self->discard_rest(sink);
+        });
     }
 
     stream_t& tcp() { return beast::get_lowest_layer(stream_); }
@@ -566,6 +582,8 @@ private:
     std::weak_ptr<stream_exchange<Stream>> exchange_;  // the current request's, when streamed
     bool head_request_ = false;
     bool owed_request_ = false;  // taken from the backlog at shutdown, request not read yet
+    bool linger_ = false;        // close() drains what the client still sends first
+    clock_type::time_point linger_until_{};
 };
 
 }  // namespace
