@@ -241,6 +241,7 @@ private:
         const int status = response_->get().result_int();
         if (status >= 100 && status < 200 && status != 101) return read_response_head();  // interim answers
         head_seen_ = true;
+        if (head_timer_) head_timer_->cancel();
         const auto elapsed = clock::now() - started_;
         p_.upstream_metrics->duration->Observe(std::chrono::duration<double>(elapsed).count());
         p_.upstream_metrics->requests->inc(status);
@@ -315,6 +316,7 @@ private:
 
     // On U: a failure of the upstream connection, sending or reading.
     void upstream_failed(error_code ec) {
+        if (head_timed_out_) ec = boost::beast::error::timeout;
         const bool nothing_received = !response_ || !response_->got_some();
         if (!head_seen_ && reused_ && nothing_received && !retried_ && ec != boost::beast::error::timeout &&
             replayable_ && idempotent_) {
@@ -422,8 +424,22 @@ private:
         // A failed write of a later window ends the request only: the answer may still come
         // (an early 413, say), and a dead connection shows on the read side too.
         if (ec) return;
-        if (with_head) read_response_head();
-        if (done && !with_head && !head_seen_) conn_->tcp().expires_after(p_.request_timeout);  // now the head is owed
+        if (with_head) {
+            // While the body streams, the head's read waits without a timer (Beast keeps a
+            // pending read's expiry as it was): the writes' idle timeout covers that time, and
+            // the head is owed within request_timeout once the body is through.
+            if (!done) conn_->tcp().expires_never();
+            read_response_head();
+        }
+        if (done && !with_head && !head_seen_) {
+            head_timer_.emplace(*u_);
+            head_timer_->expires_after(p_.request_timeout);
+            head_timer_->async_wait([self = this->shared_from_this()](error_code ec) {
+                if (ec || self->head_seen_) return;
+                self->head_timed_out_ = true;
+                self->close_upstream_now();
+            });
+        }
         if (upgrade_) return;
         on_s([this, done] {
             if (done) {
@@ -680,6 +696,8 @@ private:
     bool reused_ = false;
     bool retried_ = false;
     bool head_seen_ = false;
+    std::optional<strand_timer> head_timer_;  // the head owed after a streamed body
+    bool head_timed_out_ = false;
     // set in start(), then read-only
     unsigned version_ = 11;
     bool head_request_ = false;
