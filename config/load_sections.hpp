@@ -1,6 +1,6 @@
 // The section loaders the top level (loader.cpp) calls, one file each: upstreams
 // (load_upstreams.cpp), a route's coalesce section (load_coalesce.cpp), fan_out and
-// batch_envelope (load_fan_out.cpp). Internal to the config loader.
+// batch_envelope (load_fan_out.cpp), listen_tls (listen_tls.cpp). Internal to the config loader.
 #pragma once
 
 #include <algorithm>
@@ -57,5 +57,7 @@ void load_upstreams(context& ctx, const field& f, gateway_config& cfg);
 void load_coalesce(context& ctx, const field& f, coalesce_settings& out, const route_shape& shape);
 void load_fan_out(context& ctx, const field& f, fan_out_settings& out);
 void load_batch_envelope(context& ctx, const field& f, batch_envelope_settings& out);
+// Also loads the certificate files (config/listen_tls.hpp), so a bad pair is an error with its line.
+void load_listen_tls(context& ctx, const field& f, listen_tls_settings& out);
 
 }  // namespace batchgate::config::detail

@@ -1,8 +1,9 @@
 // YAML -> gateway_config. Every check reports into one list instead of throwing, so a user
 // sees all problems of a file in one run; config_error is thrown once at the end.
-// This file is the top level (listen, logging, limits, the routes list with match and mode);
-// the sections live in load_upstreams.cpp, load_coalesce.cpp and load_fan_out.cpp, and what
-// they share (context, map_reader, the readers) in load_context.hpp/.cpp.
+// This file is the top level (listen, logging, limits, the routes list with match, mode and
+// passthrough); the sections live in load_upstreams.cpp, load_coalesce.cpp, load_fan_out.cpp
+// and listen_tls.cpp, and what they share (context, map_reader, the readers) in
+// load_context.hpp/.cpp.
 #include "config/loader.hpp"
 
 #include <algorithm>
@@ -175,6 +176,20 @@ void load_match(context& ctx, const field& f, route_match& out, match_shape& sha
     shape.prefix = out.path.empty() && !out.prefix.empty();
 }
 
+// routes[].passthrough: caps and the idle timeout of a streamed passthrough exchange.
+void load_passthrough(context& ctx, const field& f, passthrough_settings& out) {
+    map_reader m(ctx, f.value, f.path, {"max_body", "max_response", "idle_timeout", "upgrade"});
+    if (!m.ok()) return;
+    if (auto* x = m.get("max_body"))
+        if (auto v = read_size(ctx, *x, true)) out.max_body_bytes = *v;
+    if (auto* x = m.get("max_response"))
+        if (auto v = read_size(ctx, *x, true)) out.max_response_bytes = *v;
+    if (auto* x = m.get("idle_timeout"))
+        if (auto v = read_duration(ctx, *x, false)) out.idle_timeout = *v;
+    if (auto* x = m.get("upgrade"))
+        if (auto v = read_bool(ctx, *x)) out.upgrade = *v;
+}
+
 std::string mode_name(route_mode m) {
     switch (m) {
         case route_mode::passthrough: return "passthrough";
@@ -198,7 +213,8 @@ void load_routes(context& ctx, const field& f, gateway_config& cfg, const YAML::
         route_settings r;
         r.mark = {ctx.file, node.Mark().is_null() ? 0 : node.Mark().line + 1};
         map_reader m(ctx, node, path,
-                     {"name", "match", "upstream", "mode", "timeout", "coalesce", "fan_out", "batch_envelope"});
+                     {"name", "match", "upstream", "mode", "timeout", "coalesce", "fan_out", "batch_envelope",
+                      "passthrough"});
         if (!m.ok()) continue;
         if (auto* x = m.required("name")) {
             if (auto s = read_string(ctx, *x)) {
@@ -279,31 +295,33 @@ void load_routes(context& ctx, const field& f, gateway_config& cfg, const YAML::
         if (auto* x = m.get("timeout"))
             if (auto v = read_duration(ctx, *x, true)) r.timeout = *v;
         const field* co = m.get("coalesce");
+        const field* fo = m.get("fan_out");
+        const field* be = m.get("batch_envelope");
+        const field* pt = m.get("passthrough");
         if (mode_known) {
+            // A section of another mode than the route's is an error at the section's key.
+            for (auto [section, mode] : {std::pair{co, route_mode::coalesce}, {fo, route_mode::fan_out},
+                                         {be, route_mode::batch_envelope}, {pt, route_mode::passthrough}}) {
+                if (!section || r.mode == mode) continue;
+                const std::string hint = mode == route_mode::passthrough ? "set mode: passthrough or leave mode out"
+                                                                          : "add mode: " + mode_name(mode);
+                ctx.add(section->key.Mark(), section->path,
+                        mode_name(mode) + " settings given but mode is " + mode_name(r.mode) + " (" + hint + ")");
+            }
             if (r.mode == route_mode::coalesce) {
                 if (!co) ctx.add(m.mark(), child(path, "coalesce"), "required key is missing for mode: coalesce");
                 else load_coalesce(ctx, *co, r.coalesce, shape);
-            } else if (co) {
-                ctx.add(co->key.Mark(), co->path,
-                        "coalesce settings given but mode is " + mode_name(r.mode) + " (add mode: coalesce)");
             }
-            const field* fo = m.get("fan_out");
             if (r.mode == route_mode::fan_out) {
                 if (!fo) ctx.add(m.mark(), child(path, "fan_out"), "required key is missing for mode: fan_out");
                 else load_fan_out(ctx, *fo, r.fan_out);
                 if (r.timeout.count() == 0) r.timeout = r.fan_out.timeout + std::chrono::seconds(1);
-            } else if (fo) {
-                ctx.add(fo->key.Mark(), fo->path, "fan_out settings given but mode is " + mode_name(r.mode) + " (add mode: fan_out)");
             }
-            const field* be = m.get("batch_envelope");
             if (r.mode == route_mode::batch_envelope) {
                 if (be) load_batch_envelope(ctx, *be, r.batch_envelope);
                 if (r.timeout.count() == 0) r.timeout = r.batch_envelope.timeout + std::chrono::seconds(1);
-            } else if (be) {
-                ctx.add(be->key.Mark(), be->path,
-                        "batch_envelope settings given but mode is " + mode_name(r.mode) +
-                            " (add mode: batch_envelope)");
             }
+            if (r.mode == route_mode::passthrough && pt) load_passthrough(ctx, *pt, r.passthrough);
         }
         cfg.routes.push_back(std::move(r));
     }
@@ -314,7 +332,8 @@ gateway_config load_tree(context& ctx, const YAML::Node& root) {
     cfg.source_file = ctx.file;
     // Built, never assigned: assigning a YAML::Node rewrites the tree it referred to.
     const YAML::Node doc = root.IsNull() ? YAML::Node(YAML::NodeType::Map) : root;  // empty file: report what is missing
-    map_reader m(ctx, doc, "", {"listen", "admin_listen", "worker_threads", "logging", "limits", "upstreams", "routes"});
+    map_reader m(ctx, doc, "",
+                 {"listen", "admin_listen", "listen_tls", "worker_threads", "logging", "limits", "upstreams", "routes"});
     if (!m.ok()) return cfg;
     if (auto* x = m.get("listen"))
         if (auto e = read_endpoint(ctx, *x)) cfg.listen = *e;
@@ -324,6 +343,7 @@ gateway_config load_tree(context& ctx, const YAML::Node& root) {
         auto* x = m.get("admin_listen") ? m.get("admin_listen") : m.get("listen");
         if (x) ctx.add(x->mark(), x->path, "listen and admin_listen must be different addresses");
     }
+    if (auto* x = m.get("listen_tls")) load_listen_tls(ctx, *x, cfg.listen_tls);
     if (auto* x = m.get("worker_threads"))
         if (auto v = read_int(ctx, *x, 0, 256)) cfg.worker_threads = static_cast<unsigned>(*v);
     if (auto* x = m.get("logging")) load_logging(ctx, *x, cfg.logging);

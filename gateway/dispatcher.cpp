@@ -11,6 +11,7 @@
 #include "coalescer/batcher.hpp"
 #include "coalescer/core/codec.hpp"
 #include "fanout/engine.hpp"
+#include "gateway/hop_by_hop.hpp"
 #include "routes/json_text.hpp"
 
 namespace batchgate::gateway {
@@ -20,43 +21,6 @@ namespace beast = boost::beast;
 namespace {
 
 constexpr std::string_view json_type = "application/json";
-
-bool is_hop_by_hop(http::field f) {
-    // "expect" too: the gateway has the whole body already, and a 100 Continue from the
-    // upstream must never be taken for its answer.
-    switch (f) {
-        case http::field::connection:
-        case http::field::keep_alive:
-        case http::field::proxy_authenticate:
-        case http::field::proxy_authorization:
-        case http::field::te:
-        case http::field::trailer:
-        case http::field::transfer_encoding:
-        case http::field::upgrade:
-        case http::field::proxy_connection:
-        case http::field::expect:
-            return true;
-        default:
-            return false;
-    }
-}
-
-// Removes hop-by-hop headers, including any the Connection header names.
-template <class Fields>
-void strip_hop_by_hop(Fields& fields) {
-    std::vector<std::string> named;
-    for (const auto& f : fields)
-        if (f.name() == http::field::connection)
-            for (auto token : http::token_list(f.value())) named.emplace_back(token);
-    for (const auto& n : named) fields.erase(n);
-    for (auto it = fields.begin(); it != fields.end();) {
-        // Beast knows every hop-by-hop name, so the enum decides (no string compares).
-        if (it->name() != http::field::unknown && is_hop_by_hop(it->name()))
-            it = fields.erase(it);
-        else
-            ++it;
-    }
-}
 
 // One request on one route; lives until its single answer is handed to done.
 struct exchange {
@@ -76,20 +40,10 @@ struct exchange {
         if (pool_it == rt->upstreams.end()) return fail(gateway_error::internal, "route names an unknown upstream");
         const bool head = req.method() == http::verb::head;
         const unsigned version = req.version();
-        // X-Forwarded-* from what the client sent, before a Connection header can strip it.
-        std::string xff = ctx.client_ip;
-        if (auto it = req.find("X-Forwarded-For"); it != req.end()) xff = std::string(it->value()) + ", " + ctx.client_ip;
-        std::string forwarded_host;
-        if (auto it = req.find(http::field::host); it != req.end()) forwarded_host = std::string(it->value());
-        // The caller's request itself goes upstream (no copy of its fields), minus hop-by-hop
-        // headers, plus X-Forwarded-*.
+        // The caller's request itself goes upstream (no copy of its fields).
         upstream_request up = std::move(req);
-        strip_hop_by_hop(up);
+        prepare_for_upstream(up, ctx.client_ip, ctx.proto);
         up.erase(http::field::content_length);
-        up.erase(http::field::host);  // the pool sets the upstream's
-        up.set("X-Forwarded-For", xff);
-        up.set("X-Forwarded-Proto", "http");
-        if (!forwarded_host.empty()) up.set("X-Forwarded-Host", forwarded_host);
 
         // The upstream's request_timeout, cut short by the caller's own deadline.
         const auto left = std::chrono::ceil<std::chrono::milliseconds>(ctx.deadline - std::chrono::steady_clock::now());

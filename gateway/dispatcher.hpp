@@ -23,6 +23,7 @@ using response_t = http::response<http::string_body>;
 
 struct request_context {
     std::string client_ip;       // for X-Forwarded-For
+    std::string_view proto = "http";  // X-Forwarded-Proto: the client's connection (https with listen_tls)
     std::string request_id;      // X-Request-Id (already set on the request too)
     std::string traceparent;     // W3C trace context, "" when none
     std::chrono::steady_clock::time_point deadline;  // when the caller stops waiting

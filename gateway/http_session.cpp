@@ -8,6 +8,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -22,6 +23,7 @@
 #include "gateway/dispatcher.hpp"
 #include "gateway/log.hpp"
 #include "gateway/request_head.hpp"
+#include "gateway/stream_exchange.hpp"
 #include "gateway/wire.hpp"
 
 namespace batchgate::gateway {
@@ -51,10 +53,19 @@ std::string request_id_for(const request_t& req) {
     return buf;
 }
 
-class http_session : public drainable, public std::enable_shared_from_this<http_session> {
+using tls_client_stream = beast::ssl_stream<stream_t>;
+
+// Stream: stream_t (plain), or tls_client_stream (listen_tls).
+template <class Stream>
+class http_session : public drainable, public std::enable_shared_from_this<http_session<Stream>> {
 public:
-    http_session(socket_t socket, listener_role role, std::shared_ptr<shared_state> state)
-        : stream_(std::move(socket)),
+    static constexpr bool tls = std::is_same_v<Stream, tls_client_stream>;
+
+    // tls_context: the one the stream was made with, kept while the connection lives.
+    http_session(Stream stream, listener_role role, std::shared_ptr<shared_state> state,
+                 std::shared_ptr<net::ssl::context> tls_context = nullptr)
+        : stream_(std::move(stream)),
+          tls_context_(std::move(tls_context)),
           role_(role),
           state_(std::move(state)),
           deadline_(stream_.get_executor()),
@@ -67,8 +78,8 @@ public:
             state_->admin_connections.fetch_add(1, std::memory_order_relaxed);
         }
         beast::error_code ec;
-        stream_.socket().set_option(tcp::no_delay(true), ec);
-        auto remote = stream_.socket().remote_endpoint(ec);
+        tcp().socket().set_option(tcp::no_delay(true), ec);
+        auto remote = tcp().socket().remote_endpoint(ec);
         client_ip_ = ec ? std::string("unknown") : remote.address().to_string();
     }
 
@@ -88,13 +99,17 @@ public:
             owed_request_ = true;
             state_->active_requests.fetch_add(1);
         }
-        state_->track(shared_from_this());
+        state_->track(this->shared_from_this());
         // Start on the connection's strand.
-        net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->do_read(); });
+        net::dispatch(stream_.get_executor(), [self = this->shared_from_this()] {
+            if constexpr (tls) return self->handshake();
+            self->do_read();
+        });
     }
 
     void answer_shutting_down() override {
-        net::post(stream_.get_executor(), [self = shared_from_this()] {
+        net::post(stream_.get_executor(), [self = this->shared_from_this()] {
+            if (auto ex = self->exchange_.lock()) return ex->shut_down();  // a stream owes its rest
             if (self->answered_ || self->generation_ == 0) return;  // nothing owed
             self->send(error_response(gateway_error::shutting_down, "the gateway is shutting down",
                                       self->route_name_, self->version_));
@@ -102,21 +117,36 @@ public:
     }
 
 private:
+    // A client that does not finish its TLS handshake within idle_timeout is dropped.
+    void handshake() {
+        tcp().expires_after(state_->current()->config->limits.idle_timeout);
+        stream_.async_handshake(net::ssl::stream_base::server, [self = this->shared_from_this()](beast::error_code ec) {
+            if (ec) {
+                self->state_->metrics.tls_handshake_failures().Increment();
+                return self->close();
+            }
+            self->do_read();
+        });
+    }
+
     void do_read() {
         runtime_ = state_->current();
         const auto& limits = runtime_->config->limits;
         parser_.emplace();
         chunked_head_.reset();
         apply_limits(*parser_, limits);
+        // limits.max_body is checked once the route is known: passthrough routes stream, and
+        // have their own optional cap (passthrough.max_body).
+        parser_->body_limit(boost::none);
         // Bytes Beast has not parsed yet: a head, or a chunk-size line or trailers, which Beast
         // does not bound; without a cap one endless chunk line grows the buffer without end.
         buffer_.max_size(limits.max_header_bytes + 64 * 1024);
         // Idle keep-alive connections (and slow senders) are closed after idle_timeout.
-        stream_.expires_after(limits.idle_timeout);
+        tcp().expires_after(limits.idle_timeout);
         // The head first: a client that sent "Expect: 100-continue" waits for our word before
         // it sends the body.
         http::async_read_header(stream_, buffer_, *parser_,
-                                [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_header(ec); });
+                                [self = this->shared_from_this()](beast::error_code ec, std::size_t) { self->on_header(ec); });
     }
 
     void on_header(beast::error_code ec) {
@@ -124,7 +154,14 @@ private:
         // the body is read, and the connection closed.
         if (!ec)
             if (auto bad = check_request_head(parser_->get().base())) return refuse(bad->error, bad->message);
+        // Passthrough routes stream: the body is relayed as it comes, never held whole.
+        if (!ec && role_ == listener_role::traffic)
+            if (const auto* route = find_route(*runtime_, parser_->get()); route && route->mode == config::route_mode::passthrough)
+                return begin_stream(*route);
         if (ec || parser_->is_done()) return on_read(ec);
+        const auto max_body = runtime_->config->limits.max_body_bytes;
+        if (auto length = parser_->content_length(); length && *length > max_body) return on_read(http::error::body_limit);
+        parser_->body_limit(max_body);
         // The body's memory is reserved before it is read (and before 100 Continue invites it).
         if (auto length = parser_->content_length(); length && !request_lease_.grow_to(*length))
             return refuse_over_budget();
@@ -137,7 +174,7 @@ private:
             buffer_.size() == 0) {
             static constexpr std::string_view go_on = "HTTP/1.1 100 Continue\r\n\r\n";
             return net::async_write(stream_, net::buffer(go_on.data(), go_on.size()),
-                                    [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                                    [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
                                         if (ec) return self->close();
                                         self->read_body();
                                     });
@@ -150,7 +187,7 @@ private:
         if (!parser_->content_length() &&
             !make_room(parser_->get().body(), request_lease_, runtime_->config->limits.max_body_bytes))
             return refuse_over_budget();
-        http::async_read_some(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
+        http::async_read_some(stream_, buffer_, *parser_, [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
             if (ec || self->parser_->is_done()) return self->on_read(ec);
             self->read_body();
         });
@@ -159,6 +196,7 @@ private:
     // The request is answered without its (rest of the) body: the connection cannot go on.
     void begin_unread_request() {
         keep_alive_ = false;
+        linger_ = true;
         request_ = {};
         version_ = 11;
         request_id_ = request_id_for(request_);
@@ -226,9 +264,66 @@ private:
         request_id_ = request_id_for(request_);
         begin_request();
         head_request_ = request_.method() == http::verb::head;
-        stream_.expires_never();
+        tcp().expires_never();
         if (role_ == listener_role::admin) return handle_admin();
         handle_traffic();
+    }
+
+    // --- streamed passthrough -------------------------------------------------------------------
+
+    void begin_stream(const config::route_settings& route) {
+        const auto& head = parser_->get();
+        request_ = {};
+        version_ = head.version();
+        keep_alive_ = head.keep_alive() && !state_->draining.load();
+        request_id_ = request_id_for(head);
+        method_ = std::string(head.method_string());
+        target_ = std::string(head.target());
+        begin_request();
+        head_request_ = head.method() == http::verb::head;
+        route_name_ = route.name;
+        const auto& handles = runtime_->handles_for(route);
+        route_metrics_ = handles.metrics;
+        tcp().expires_never();
+        auto pool = runtime_->upstreams.find(route.upstream);
+        if (pool == runtime_->upstreams.end()) {
+            keep_alive_ = false;
+            return send(error_response(gateway_error::internal, "route names an unknown upstream", route_name_, version_));
+        }
+        const auto& upstream = pool->second->settings();
+        stream_params p;
+        p.pool = pool->second;
+        p.route = &route;
+        p.route_metrics = route_metrics_;
+        p.upstream_metrics = handles.upstream_metrics;
+        p.budget = &state_->budget;
+        p.head_deadline = started_ + std::min<clock_type::duration>(coalescer::caller_timeout(*runtime_->config, route),
+                                                                    upstream.request_timeout);
+        p.request_timeout = upstream.request_timeout;
+        p.send_timeout = runtime_->config->limits.send_timeout;
+        p.client_ip = client_ip_;
+        p.proto = tls ? "https" : "http";
+        p.request_id = request_id_;
+        p.keep_alive = keep_alive_;
+        p.budget_rejected = &state_->metrics.budget_rejected();
+        p.send_timeouts = &state_->metrics.send_timeouts();
+        auto ex = std::make_shared<stream_exchange<Stream>>(
+            stream_, buffer_, std::move(*parser_), std::move(p), this->shared_from_this(),
+            [self = this->shared_from_this()](stream_outcome out) { self->end_stream(std::move(out)); });
+        parser_.reset();
+        exchange_ = ex;
+        ex->start();
+    }
+
+    // On the strand, exactly once per streamed request.
+    void end_stream(stream_outcome out) {
+        exchange_.reset();
+        info_ = std::move(out.info);
+        if (out.close_client) keep_alive_ = false, linger_ = true;
+        if (out.error) return send(std::move(*out.error));
+        answered_ = true;
+        record_answer(out.status);
+        on_write({});
     }
 
     // --- admin listener: metrics and health ---------------------------------------------
@@ -275,6 +370,7 @@ private:
         }
         request_context ctx;
         ctx.client_ip = client_ip_;
+        ctx.proto = tls ? "https" : "http";
         ctx.request_id = request_id_;
         if (auto tp = request_.find("traceparent"); tp != request_.end()) ctx.traceparent = std::string(tp->value());
         ctx.deadline = started_ + timeout;
@@ -288,7 +384,7 @@ private:
         target_ = std::string(request_.target());
         try {
             dispatch_matched(state_, runtime_, route, std::move(params), std::move(request_), std::move(ctx),
-                             [self = shared_from_this(), gen = generation_](response_t res, dispatch_info info) {
+                             [self = this->shared_from_this(), gen = generation_](response_t res, dispatch_info info) {
                                  // Back onto this connection's strand.
                                  net::post(self->stream_.get_executor(),
                                            [self, gen, res = std::move(res), info = std::move(info)]() mutable {
@@ -318,7 +414,7 @@ private:
             gone->store(true, std::memory_order_relaxed);
             return;
         }
-        stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this(), gen = generation_,
+        tcp().socket().async_wait(tcp::socket::wait_read, [self = this->shared_from_this(), gen = generation_,
                                                               gone = std::move(gone)](beast::error_code ec) mutable {
             if (ec || gen != self->generation_ || self->answered_) return;
             self->watch_for_hang_up(std::move(gone));
@@ -326,7 +422,7 @@ private:
     }
 
     bool peer_has_hung_up() {
-        const int fd = stream_.socket().native_handle();
+        const int fd = tcp().socket().native_handle();
         char byte;
         const auto n = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
         if (n == 0) return true;
@@ -340,7 +436,7 @@ private:
     // Safety net: whatever happens downstream, the caller is answered by its deadline.
     void arm_deadline(clock_type::time_point at) {
         deadline_.expires_at(at + std::chrono::milliseconds(50));  // let the route's own timeout answer first
-        deadline_.async_wait([self = shared_from_this(), gen = generation_](beast::error_code ec) {
+        deadline_.async_wait([self = this->shared_from_this(), gen = generation_](beast::error_code ec) {
             if (ec || gen != self->generation_ || self->answered_) return;
             self->send(error_response(gateway_error::upstream_timeout, "no answer before the route's timeout",
                                       self->route_name_, self->version_));
@@ -352,16 +448,7 @@ private:
     void send(response_t res) {
         if (answered_) return;  // exactly one answer per request
         answered_ = true;
-        deadline_.cancel();
-        const int status = res.result_int();
-        const auto elapsed = clock_type::now() - started_;
-        if (route_metrics_) {
-            route_metrics_->requests->inc(status);
-            route_metrics_->request_duration->Observe(std::chrono::duration<double>(elapsed).count());
-        } else if (role_ == listener_role::traffic) {
-            state_->metrics.route("(none)").requests->inc(status);
-        }
-        if (role_ == listener_role::traffic) access_log(status, elapsed);
+        record_answer(res.result_int());
         if (state_->draining.load()) keep_alive_ = false;
         // A caller seen hanging up gets nothing more on this connection: bytes it left in our
         // buffer (pipelined requests) are not served for a client that is gone.
@@ -379,11 +466,24 @@ private:
         write_more();
     }
 
+    // Metrics and the access log line of the request's answer.
+    void record_answer(int status) {
+        deadline_.cancel();
+        const auto elapsed = clock_type::now() - started_;
+        if (route_metrics_) {
+            route_metrics_->requests->inc(status);
+            route_metrics_->request_duration->Observe(std::chrono::duration<double>(elapsed).count());
+        } else if (role_ == listener_role::traffic) {
+            state_->metrics.route("(none)").requests->inc(status);
+        }
+        if (role_ == listener_role::traffic) access_log(status, elapsed);
+    }
+
     // A client that takes no byte for send_timeout is dropped: its answer would otherwise
     // stay in memory for as long as it likes.
     void write_more() {
-        stream_.expires_after(runtime_->config->limits.send_timeout);
-        stream_.async_write_some(*unsent_, [self = shared_from_this()](beast::error_code ec, std::size_t n) {
+        tcp().expires_after(runtime_->config->limits.send_timeout);
+        stream_.async_write_some(*unsent_, [self = this->shared_from_this()](beast::error_code ec, std::size_t n) {
             if (ec == beast::error::timeout) self->state_->metrics.send_timeouts().Increment();
             if (ec) return self->on_write(ec);
             self->unsent_->consume(n);
@@ -430,11 +530,29 @@ private:
 
     void close() {
         beast::error_code ignored;
-        stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
-        stream_.close();
+        tcp().socket().shutdown(tcp::socket::shutdown_send, ignored);
+        if (!std::exchange(linger_, false)) return tcp().close();
+        // The client may still be sending the body its answer did not wait for: closing with
+        // unread bytes sends a reset, which can destroy the answer before the client reads it.
+        // Like nginx's lingering close, what still comes is read and dropped for a while.
+        linger_until_ = clock_type::now() + std::chrono::seconds(5);
+        discard_rest(std::make_shared<std::array<char, 4096>>());
     }
 
-    stream_t stream_;
+    void discard_rest(std::shared_ptr<std::array<char, 4096>> sink) {
+        const auto left = linger_until_ - clock_type::now();
+        if (left <= clock_type::duration::zero()) return tcp().close();
+        tcp().expires_after(std::min<clock_type::duration>(left, std::chrono::seconds(1)));
+        tcp().async_read_some(net::buffer(*sink), [self = this->shared_from_this(), sink](beast::error_code ec, std::size_t) {
+            if (ec) return self->tcp().close();
+            self->discard_rest(sink);
+        });
+    }
+
+    stream_t& tcp() { return beast::get_lowest_layer(stream_); }
+
+    Stream stream_;
+    std::shared_ptr<net::ssl::context> tls_context_;
     listener_role role_;
     std::shared_ptr<shared_state> state_;
     std::shared_ptr<const runtime> runtime_;  // the snapshot this request was routed with
@@ -461,14 +579,24 @@ private:
     bool answered_ = false;
     bool keep_alive_ = true;
     std::shared_ptr<std::atomic<bool>> gone_;  // the current request's hang-up flag (coalesce routes)
+    std::weak_ptr<stream_exchange<Stream>> exchange_;  // the current request's, when streamed
     bool head_request_ = false;
     bool owed_request_ = false;  // taken from the backlog at shutdown, request not read yet
+    bool linger_ = false;        // close() drains what the client still sends first
+    clock_type::time_point linger_until_{};
 };
 
 }  // namespace
 
 void start_session(socket_t socket, listener_role role, std::shared_ptr<shared_state> state, bool owed_request) {
-    std::make_shared<http_session>(std::move(socket), role, std::move(state))->run(owed_request);
+    // listen_tls as it is now: a reload changes the certificate for connections to come.
+    if (role == listener_role::traffic)
+        if (auto context = state->current()->tls) {
+            tls_client_stream stream(stream_t(std::move(socket)), *context);
+            return std::make_shared<http_session<tls_client_stream>>(std::move(stream), role, std::move(state), std::move(context))
+                ->run(owed_request);
+        }
+    std::make_shared<http_session<stream_t>>(stream_t(std::move(socket)), role, std::move(state))->run(owed_request);
 }
 
 }  // namespace batchgate::gateway

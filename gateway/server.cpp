@@ -16,6 +16,7 @@
 #include "gateway/listener.hpp"
 #include "gateway/log.hpp"
 #include "gateway/shared_state.hpp"
+#include "gateway/tls_server.hpp"
 
 namespace batchgate::gateway {
 
@@ -67,6 +68,8 @@ struct server::impl {
 
     std::shared_ptr<const runtime> build_runtime(std::shared_ptr<const config::gateway_config> c) {
         auto rt = std::make_shared<runtime>(std::move(c));
+        // First: certificate files that no longer load refuse the whole reload.
+        if (rt->config->listen_tls.enabled) rt->tls = make_server_tls_context(rt->config->listen_tls);
         std::erase_if(built, [](const auto& w) { return w.expired(); });
         built.push_back(rt);
         for (const auto& u : rt->config->upstreams)

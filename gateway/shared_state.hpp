@@ -19,6 +19,10 @@
 #include "metrics/metrics.hpp"
 #include "routes/route_table.hpp"
 
+namespace boost::asio::ssl {
+class context;
+}
+
 namespace batchgate::gateway {
 
 // Per-route metric children, looked up once per config instead of once per request.
@@ -34,6 +38,7 @@ struct runtime {
     std::unordered_map<std::string, std::shared_ptr<upstream_pool>> upstreams;          // by upstream name
     std::unordered_map<std::string, std::shared_ptr<coalescer::batcher>> batchers;      // by route name
     std::unordered_map<const config::route_settings*, route_handles> handles;           // every route
+    std::shared_ptr<boost::asio::ssl::context> tls;  // listen_tls: for connections accepted now; null: plain
 
     const route_handles& handles_for(const config::route_settings& route) const { return handles.at(&route); }
 };

@@ -16,6 +16,7 @@
 #include <boost/beast/ssl.hpp>
 
 #include "config/loader.hpp"
+#include "gateway/upstream_connection.hpp"
 #include "gateway/wire.hpp"
 
 namespace batchgate::gateway {
@@ -25,30 +26,6 @@ namespace beast = boost::beast;
 using tcp = net::ip::tcp;
 using clock_type = std::chrono::steady_clock;
 using resolver_t = net::ip::basic_resolver<tcp, strand_t>;
-
-using tls_stream_t = beast::ssl_stream<stream_t>;
-
-struct upstream_pool::connection {
-    connection(const net::io_context::executor_type& ex, net::ssl::context* tls) {
-        if (tls)
-            secure.emplace(strand_t(ex), *tls);
-        else
-            plain.emplace(strand_t(ex));
-    }
-    // The TCP stream: timeouts, connect, socket options, close.
-    stream_t& tcp() { return secure ? beast::get_lowest_layer(*secure) : *plain; }
-    // Calls f with the stream HTTP goes over: TLS or plain TCP.
-    template <class F>
-    void with_stream(F&& f) {
-        if (secure)
-            f(*secure);
-        else
-            f(*plain);
-    }
-    std::optional<stream_t> plain;
-    std::optional<tls_stream_t> secure;
-    beast::flat_buffer buffer;
-};
 
 namespace {
 
@@ -86,7 +63,15 @@ public:
           done_(std::move(done)),
           lease_(&pool_->budget_) {}
 
-    void start() { pool_->acquire(shared_from_this()); }
+    // A call that only lends a connection (streamed passthrough): nothing is sent.
+    call(std::shared_ptr<upstream_pool> pool, clock_type::time_point deadline, lease_handler done)
+        : pool_(std::move(pool)),
+          start_(clock_type::now()),
+          deadline_(deadline),
+          lend_(std::move(done)),
+          lease_(&pool_->budget_) {}
+
+    void start(bool fresh = false) { pool_->acquire(shared_from_this(), fresh); }
 
     // Queued: give up at the deadline unless a connection arrives first. Only queued calls
     // pay for a timer.
@@ -118,7 +103,7 @@ private:
         if (conn) {
             reused_ = true;
             conn_ = std::move(conn);
-            do_write();
+            connected();
         } else {
             reused_ = false;
             conn_ = std::make_unique<connection>(pool_->executor_, pool_->tls_.get());
@@ -172,7 +157,19 @@ private:
         if (ec) return fail(upstream_failure::connect_failed, "cannot connect to upstream: " + ec.message());
         conn_->tcp().socket().set_option(tcp::no_delay(true), ec);
         if (conn_->secure) return do_handshake();
-        do_write();
+        connected();
+    }
+
+    // On the connection's strand: send the request, or lend the connection out.
+    void connected() {
+        if (!lend_) return do_write();
+        conn_->tcp().expires_never();
+        lease l;
+        l.conn = std::move(conn_);
+        l.reused = reused_;
+        auto lend = std::move(lend_);
+        lend_ = nullptr;
+        lend(std::move(l));
     }
 
     void do_handshake() {
@@ -190,7 +187,7 @@ private:
                                                                       : upstream_failure::connect_failed,
                                   "TLS handshake timed out");
             if (ec) return self->fail(upstream_failure::connect_failed, "TLS handshake failed: " + ec.message());
-            self->do_write();
+            self->connected();
         });
     }
 
@@ -325,6 +322,14 @@ private:
     }
 
     void finish(upstream_failure f, std::string detail) {
+        if (lend_) {
+            lease l;
+            l.failure = f;
+            l.detail = std::move(detail);
+            auto lend = std::move(lend_);
+            lend_ = nullptr;
+            return lend(std::move(l));
+        }
         upstream_result r;
         r.failure = f;
         r.detail = std::move(detail);
@@ -345,6 +350,7 @@ private:
     clock_type::time_point start_;
     clock_type::time_point deadline_;
     handler done_;
+    lease_handler lend_;  // a lending call: set until the connection (or a failure) is handed over
     std::string head_;  // serialized request line and fields of req_
     std::unique_ptr<strand_timer> queue_timer_;  // only while queued for a connection
     std::unique_ptr<connection> conn_;
@@ -396,12 +402,26 @@ void upstream_pool::async_send(upstream_request req, std::chrono::milliseconds t
     c->start();
 }
 
-void upstream_pool::acquire(const std::shared_ptr<call>& c) {
+void upstream_pool::async_lease(clock_type::time_point deadline, bool fresh, lease_handler done) {
+    std::make_shared<call>(shared_from_this(), deadline, std::move(done))->start(fresh);
+}
+
+void upstream_pool::give_back(std::unique_ptr<connection> conn, bool reusable) {
+    if (!conn) return;
+    conn->tcp().expires_never();
+    if (reusable && conn->buffer.size() == 0) return release(std::move(conn));
+    beast::error_code ignored;
+    conn->tcp().socket().shutdown(tcp::socket::shutdown_both, ignored);
+    conn->tcp().socket().close(ignored);
+    release(nullptr);
+}
+
+void upstream_pool::acquire(const std::shared_ptr<call>& c, bool fresh) {
     std::unique_ptr<connection> conn;
     std::vector<std::unique_ptr<connection>> dead;
     {
         std::lock_guard lock(mutex_);
-        while (!idle_.empty() && !conn) {
+        while (!fresh && !idle_.empty() && !conn) {
             conn = std::move(idle_.back());
             idle_.pop_back();
             if (!still_usable(*conn)) dead.push_back(std::move(conn));

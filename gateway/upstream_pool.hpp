@@ -48,6 +48,16 @@ struct upstream_result {
 class upstream_pool : public std::enable_shared_from_this<upstream_pool> {
 public:
     using handler = std::function<void(upstream_result)>;
+    struct connection;  // one keep-alive connection (gateway/upstream_connection.hpp)
+
+    // A connection lent for one streamed exchange (passthrough), connected (and TLS set up).
+    struct lease {
+        upstream_failure failure = upstream_failure::none;  // connect_failed or timeout, else none
+        std::string detail;
+        std::unique_ptr<connection> conn;  // set when failure == none
+        bool reused = false;               // an idle keep-alive connection, not a new one
+    };
+    using lease_handler = std::function<void(lease)>;
 
     // Throws config::config_error when an https upstream's ca_file cannot be loaded. Answer
     // bodies are reserved from budget while they are read.
@@ -61,6 +71,17 @@ public:
     // within `timeout` (plus scheduling delay). The caller posts to its own strand.
     void async_send(upstream_request req, std::chrono::milliseconds timeout, handler done);
 
+    // Lends a connection until give_back: done is called exactly once, on the connection's
+    // strand when one is lent, on any thread when none came before `deadline`. fresh: never an
+    // idle one (a retry after a reused connection failed).
+    void async_lease(std::chrono::steady_clock::time_point deadline, bool fresh, lease_handler done);
+    // Ends a lease: reusable only after complete messages both ways and nothing unread. Call on
+    // the connection's strand.
+    void give_back(std::unique_ptr<connection> conn, bool reusable);
+
+    // "host[:port]", the Host of every request to this upstream.
+    const std::string& host_header() const { return host_header_; }
+
     // Closes idle connections; calls in flight finish normally.
     void close_idle();
 
@@ -71,14 +92,12 @@ public:
 
     const config::upstream_settings& settings() const { return settings_; }
 
-    struct connection;  // one keep-alive connection (defined in the .cpp)
-
 private:
     class call;
     friend class call;
 
     // Gives the call a connection now (idle or new), or queues it.
-    void acquire(const std::shared_ptr<call>& c);
+    void acquire(const std::shared_ptr<call>& c, bool fresh = false);
     // Returns a connection (nullptr: it is broken) and hands a slot to the next queued call.
     void release(std::unique_ptr<connection> conn);
     // A queued call gave up; false when it was already handed a slot.

@@ -106,6 +106,18 @@ registry::registry()
                         .Name("batchgate_callers_left_total")
                         .Help("Callers that closed their connection before their batch was sent: nothing was sent for them")
                         .Register(*registry_)),
+      stream_aborts_(prometheus::BuildCounter()
+                         .Name("batchgate_stream_aborts_total")
+                         .Help("Passthrough streams cut after the answer's head went out (the client connection was closed), by the side that failed")
+                         .Register(*registry_)),
+      stream_bytes_(prometheus::BuildCounter()
+                        .Name("batchgate_stream_bytes_total")
+                        .Help("Body and tunnel bytes relayed by passthrough routes, by direction (in: client to upstream)")
+                        .Register(*registry_)),
+      upgrades_(prometheus::BuildCounter()
+                    .Name("batchgate_upgrades_total")
+                    .Help("Connections switched to another protocol (WebSocket) and tunnelled")
+                    .Register(*registry_)),
       waiting_for_slot_(prometheus::BuildGauge()
                             .Name("batchgate_callers_waiting_for_slot")
                             .Help("Callers whose batch is due but waits for a free upstream slot (queued or held open), by route")
@@ -159,6 +171,11 @@ registry::registry()
                           .Help("Client connections dropped because the client read nothing for limits.send_timeout")
                           .Register(*registry_)
                           .Add({})),
+      tls_handshake_failures_(&prometheus::BuildCounter()
+                                   .Name("batchgate_tls_handshake_failures_total")
+                                   .Help("Client connections on listen_tls closed because their TLS handshake failed or timed out")
+                                   .Register(*registry_)
+                                   .Add({})),
       fanout_calls_(prometheus::BuildCounter()
                         .Name("batchgate_fanout_calls_total")
                         .Help("Client batch calls fanned out to single calls, by route")
@@ -202,6 +219,11 @@ route_metrics& registry::route(const std::string& name) {
         m->rejected = &rejected_.Add(labels);
         m->merged = &merged_.Add(labels);
         m->callers_left = &callers_left_.Add(labels);
+        m->stream_aborts_upstream = &stream_aborts_.Add({{"route", name}, {"side", "upstream"}});
+        m->stream_aborts_client = &stream_aborts_.Add({{"route", name}, {"side", "client"}});
+        m->stream_bytes_in = &stream_bytes_.Add({{"route", name}, {"direction", "in"}});
+        m->stream_bytes_out = &stream_bytes_.Add({{"route", name}, {"direction", "out"}});
+        m->upgrades = &upgrades_.Add(labels);
         m->isolations = &isolations_.Add(labels);
         m->retries = &retries_.Add(labels);
         m->waiting = &waiting_.Add(labels);

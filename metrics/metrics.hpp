@@ -55,6 +55,13 @@ struct route_metrics {
     prometheus::Counter* merged = nullptr;
     prometheus::Counter* isolations = nullptr;
     prometheus::Counter* retries = nullptr;
+    // Passthrough streams: ended after the answer's head went out (client connection closed),
+    // by the side that failed; bytes relayed; upgrades tunnelled.
+    prometheus::Counter* stream_aborts_upstream = nullptr;
+    prometheus::Counter* stream_aborts_client = nullptr;
+    prometheus::Counter* stream_bytes_in = nullptr;   // request bodies and tunnel bytes, client to upstream
+    prometheus::Counter* stream_bytes_out = nullptr;  // answer bodies and tunnel bytes, upstream to client
+    prometheus::Counter* upgrades = nullptr;
     prometheus::Gauge* waiting = nullptr;
     prometheus::Gauge* waiting_for_slot = nullptr;  // callers whose batch is due and waits for a slot
 };
@@ -100,6 +107,7 @@ public:
     prometheus::Gauge& buffered_bytes() { return *buffered_; }
     prometheus::Counter& budget_rejected() { return *budget_rejected_; }
     prometheus::Counter& send_timeouts() { return *send_timeouts_; }
+    prometheus::Counter& tls_handshake_failures() { return *tls_handshake_failures_; }
     prometheus::Counter& connections_refused(std::string_view reason) {
         return reason == "max_connections" ? *refused_limit_ : *refused_accept_;
     }
@@ -122,6 +130,9 @@ private:
     prometheus::Family<prometheus::Counter>& rejected_;
     prometheus::Family<prometheus::Counter>& merged_;
     prometheus::Family<prometheus::Counter>& callers_left_;
+    prometheus::Family<prometheus::Counter>& stream_aborts_;
+    prometheus::Family<prometheus::Counter>& stream_bytes_;
+    prometheus::Family<prometheus::Counter>& upgrades_;
     prometheus::Family<prometheus::Gauge>& waiting_for_slot_;
     prometheus::Family<prometheus::Gauge>& concurrency_limit_;
     prometheus::Family<prometheus::Gauge>& batches_in_flight_;
@@ -138,6 +149,7 @@ private:
     prometheus::Gauge* buffered_;
     prometheus::Counter* budget_rejected_;
     prometheus::Counter* send_timeouts_;
+    prometheus::Counter* tls_handshake_failures_;
     prometheus::Family<prometheus::Counter>& fanout_calls_;
     prometheus::Family<prometheus::Histogram>& fanout_items_;
     prometheus::Family<prometheus::Counter>& fanout_outcomes_;

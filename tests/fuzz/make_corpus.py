@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Writes the seed corpus of every fuzz target (tests/fuzz/corpus/<target>/) from examples/,
-tests/testdata/ and the reference API shapes (docs: reference APIs A-F and the $batch envelope).
+tests/testdata/, a few configs of its own (passthrough, listen_tls) and the reference API shapes
+(docs: reference APIs A-F and the $batch envelope).
 Fields are separated by 0x1F, as tests/fuzz/fuzz_common.hpp reads them. Run from anywhere;
 rewrites the corpus directories (seeds found later by the fuzzer are not kept here)."""
 import glob
@@ -49,6 +50,34 @@ for target in os.listdir(OUT) if os.path.isdir(OUT) else []:
 for f in config_files[:-1] + sorted(glob.glob(os.path.join(ROOT, "tests", "testdata", "*.yaml"))):
     with open(f, "rb") as fh:
         write("config", os.path.basename(os.path.dirname(f)) + "-" + os.path.basename(f), fh.read())
+
+# issue 12: routes[].passthrough and listen_tls. The listen_tls files need not exist: what the
+# loader says about missing, wrong and unmatched files is fuzzed too (ISRG Root X1 is a real PEM
+# certificate on Debian, without its key).
+PLAIN_ROUTES = """upstreams:
+  api: {url: "http://127.0.0.1:9000"}
+routes:
+  - name: files
+    match: {prefix: /files/}
+    upstream: api
+    passthrough: {max_body: 10MiB, max_response: 0, idle_timeout: 90s, upgrade: false}
+  - name: rest
+    match: {prefix: /}
+    upstream: api
+    passthrough: {}
+"""
+extra_configs = {
+    "passthrough.yaml": PLAIN_ROUTES,
+    "passthrough-wrong-mode.yaml": PLAIN_ROUTES.replace("    passthrough: {}\n",
+                                                        "    mode: batch_envelope\n    passthrough: {upgrade: true}\n"),
+    "listen_tls.yaml": "listen: 0.0.0.0:8443\nlisten_tls:\n  cert_chain: /etc/batchgate/chain.pem\n"
+                       "  key: /etc/batchgate/key.pem\n  protocols: [TLSv1.2, TLSv1.3]\n" + PLAIN_ROUTES,
+    "listen_tls-flow.yaml": "listen_tls: {cert_chain: /etc/ssl/certs/ISRG_Root_X1.pem, key: /etc/ssl/certs/ISRG_Root_X1.pem, "
+                            "protocols: TLSv1.3}\n" + PLAIN_ROUTES,
+    "listen_tls-bad.yaml": "listen_tls: {cert_chain: \"\", protocols: [TLSv1.1, TLSv1.3, TLSv1.3], ciphers: HIGH}\n" + PLAIN_ROUTES,
+}
+for name, text in extra_configs.items():
+    write("config", "seed-" + name, text)
 
 # --- routes: method byte + request target ---------------------------------------------------
 targets = ["/users/7", "/users/7?fields=a,b", "/legacy/users/%37", "/api/v1/activities/a1?fields=id,name",

@@ -26,13 +26,14 @@ listen: 127.0.0.1:0
 admin_listen: 127.0.0.1:0
 worker_threads: 1
 logging: {level: error, access_log: false}
-limits: {max_body: 64, max_header: 1KiB, idle_timeout: 5s}
+limits: {max_header: 1KiB, idle_timeout: 5s}
 upstreams:
   raw: {url: "http://127.0.0.1:{{PORT}}", request_timeout: 2s}
 routes:
   - name: everything
     match: {prefix: /}
     upstream: raw
+    passthrough: {max_body: 64}
 )";
 
 constexpr std::string_view ok_answer = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok";

@@ -8,7 +8,9 @@
 
 #include <thread>
 
+#include "tests/integration/gateway_process.hpp"
 #include "tests/integration/harness.hpp"
+#include "tests/test_certs.hpp"
 
 using namespace batchgate::testing;
 using batchgate::mock::mock_upstream;
@@ -54,92 +56,6 @@ run_result run(const std::vector<std::string>& args) {
     r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     return r;
 }
-
-// A gateway process; its stderr log is read line by line.
-class gateway_process {
-public:
-    // capture_stdout: the access log goes to a pipe (as under a container runtime), read with
-    // next_access_line(); otherwise to /dev/null.
-    explicit gateway_process(const std::string& config_path, bool capture_stdout = false) {
-        int err_pipe[2];
-        int out_pipe[2] = {-1, -1};
-        EXPECT_EQ(pipe(err_pipe), 0);
-        if (capture_stdout) EXPECT_EQ(pipe(out_pipe), 0);
-        pid_ = fork();
-        if (pid_ == 0) {
-            dup2(err_pipe[1], 2);
-            int devnull = open("/dev/null", O_WRONLY);
-            dup2(capture_stdout ? out_pipe[1] : devnull, 1);  // access log
-            close(err_pipe[0]);
-            if (capture_stdout) close(out_pipe[0]);
-            execl(BATCHGATE_BIN, BATCHGATE_BIN, "--config", config_path.c_str(), nullptr);
-            _exit(127);
-        }
-        close(err_pipe[1]);
-        err_ = fdopen(err_pipe[0], "r");
-        if (capture_stdout) {
-            close(out_pipe[1]);
-            out_fd_ = out_pipe[0];
-        }
-        auto started = wait_for("batchgate started");
-        auto j = nlohmann::json::parse(started, nullptr, false);
-        std::string listen = j.value("listen", "");
-        std::string admin = j.value("admin", "");
-        if (!listen.empty()) port_ = static_cast<unsigned short>(std::stoi(listen.substr(listen.rfind(':') + 1)));
-        if (!admin.empty()) admin_port_ = static_cast<unsigned short>(std::stoi(admin.substr(admin.rfind(':') + 1)));
-    }
-    ~gateway_process() {
-        if (pid_ > 0) {
-            kill(pid_, SIGKILL);
-            waitpid(pid_, nullptr, 0);
-        }
-        if (err_) fclose(err_);
-        if (out_fd_ >= 0) close(out_fd_);
-    }
-    // The next access-log line, or "" when none arrives within the timeout.
-    std::string next_access_line(int timeout_ms) {
-        for (;;) {
-            if (auto nl = out_.find('\n'); nl != std::string::npos) {
-                std::string line = out_.substr(0, nl);
-                out_.erase(0, nl + 1);
-                return line;
-            }
-            pollfd p{out_fd_, POLLIN, 0};
-            if (poll(&p, 1, timeout_ms) <= 0) return {};
-            char buf[4096];
-            const auto n = read(out_fd_, buf, sizeof buf);
-            if (n <= 0) return {};
-            out_.append(buf, static_cast<std::size_t>(n));
-        }
-    }
-    // The next stderr line containing text (bounded by the process's own output).
-    std::string wait_for(const std::string& text) {
-        char line[8192];
-        while (fgets(line, sizeof line, err_)) {
-            lines_.emplace_back(line);
-            if (lines_.back().find(text) != std::string::npos) return lines_.back();
-        }
-        return {};
-    }
-    void signal(int sig) { kill(pid_, sig); }
-    int wait_exit() {
-        int status = 0;
-        waitpid(pid_, &status, 0);
-        pid_ = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    }
-    unsigned short port() const { return port_; }
-    unsigned short admin_port() const { return admin_port_; }
-
-private:
-    pid_t pid_ = -1;
-    FILE* err_ = nullptr;
-    int out_fd_ = -1;
-    std::string out_;
-    unsigned short port_ = 0;
-    unsigned short admin_port_ = 0;
-    std::vector<std::string> lines_;
-};
 
 std::string config_text(unsigned short upstream, const std::string& wait, const std::string& path = "/users/{id}") {
     return fill(R"(
@@ -194,6 +110,31 @@ TEST(Process, CommandLineExitCodes) {
     EXPECT_NE(bad.err.find(path + ":15:"), std::string::npos) << bad.err;
     EXPECT_NE(bad.err.find("routes[0].coalesce.max_wait"), std::string::npos) << bad.err;
     EXPECT_EQ(run({"--check-config", "/nonexistent/file.yaml"}).exit_code, 1);
+}
+
+// issue 12: listen_tls files are loaded by --check-config, so a key that does not belong to the
+// certificate is reported at its line, as are passthrough settings.
+TEST(Process, CheckConfigLoadsListenTlsFilesAndPassthroughSettings) {
+    const auto pem = make_certificate();
+    const auto cert = write_file("listen-cert.pem", pem.cert);
+    const auto key = write_file("listen-key.pem", pem.key);
+    const auto other_key = write_file("listen-other-key.pem", make_certificate().key);
+    auto text = [&](const std::string& key_path, const std::string& idle) {
+        return "listen_tls:\n  cert_chain: " + cert + "\n  key: " + key_path +
+               "\nupstreams: {api: {url: \"http://127.0.0.1:9\"}}\n"
+               "routes:\n  - name: files\n    match: {prefix: /}\n    upstream: api\n"
+               "    passthrough: {max_body: 10MiB, idle_timeout: " + idle + "}\n";
+    };
+    auto good = run({"--check-config", write_file("listen-good.yaml", text(key, "30s"))});
+    EXPECT_EQ(good.exit_code, 0) << good.err;
+    const auto path = write_file("listen-bad.yaml", text(other_key, "0"));
+    auto bad = run({"--check-config", path});
+    EXPECT_EQ(bad.exit_code, 1) << bad.out;
+    EXPECT_NE(bad.err.find(path + ":3:8: listen_tls.key: the private key in \"" + other_key +
+                           "\" does not match the first certificate in \"" + cert + "\""),
+              std::string::npos) << bad.err;
+    EXPECT_NE(bad.err.find(path + ":9:50: routes[0].passthrough.idle_timeout: must be greater than 0"),
+              std::string::npos) << bad.err;
 }
 
 TEST(Process, SighupReloadsAndRejectsABadFileWhileServing) {

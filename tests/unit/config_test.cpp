@@ -3,6 +3,8 @@
 #include "config/loader.hpp"
 
 #include <gtest/gtest.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 
 #include <algorithm>
 #include <limits>
@@ -10,6 +12,8 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "tests/test_certs.hpp"
 
 using namespace batchgate::config;
 using namespace std::chrono_literals;
@@ -140,7 +144,13 @@ TEST(ConfigLoad, MinimalFileGetsDocumentedDefaults) {
     EXPECT_EQ(r.timeout, 0ms);
     EXPECT_EQ(r.mark.file, data("minimal.yaml"));
     EXPECT_EQ(r.mark.line, 6);
+    EXPECT_EQ(r.passthrough.max_body_bytes, 0u);  // no cap
+    EXPECT_EQ(r.passthrough.max_response_bytes, 0u);
+    EXPECT_EQ(r.passthrough.idle_timeout, 60s);
+    EXPECT_TRUE(r.passthrough.upgrade);
     EXPECT_EQ(cfg.find_upstream("backend"), &cfg.upstreams[0]);
+    EXPECT_FALSE(cfg.listen_tls.enabled);
+    EXPECT_EQ(cfg.listen_tls.protocols, (std::vector<std::string>{"TLSv1.2", "TLSv1.3"}));
 }
 
 TEST(ConfigLoad, FullFileTopLevelLimitsAndUpstreams) {
@@ -1269,4 +1279,199 @@ routes:
     EXPECT_EQ(co.flush, batchgate::config::flush_policy::adaptive);
     EXPECT_EQ(co.min_wait, std::chrono::milliseconds(2));
     EXPECT_EQ(co.max_concurrent_batches, 3u);
+}
+
+// ---------------------------------------------------------------------------------------
+// issue 12: routes[].passthrough and listen_tls
+
+TEST(ConfigLoad, PassthroughKeys) {
+    const auto cfg = load_string(upstream_api + R"(
+routes:
+  - name: uploads
+    match: {prefix: /uploads/}
+    upstream: api
+    passthrough:
+      max_body: 10MiB
+      max_response: 0
+      idle_timeout: 5m
+      upgrade: false
+  - name: explicit
+    match: {prefix: /explicit/}
+    upstream: api
+    mode: passthrough
+    passthrough: {max_response: 2GB, max_body: 512}
+  - name: empty
+    match: {prefix: /}
+    upstream: api
+    passthrough: {}
+)", "t.yaml");
+    const auto& up = cfg.routes[0].passthrough;
+    EXPECT_EQ(up.max_body_bytes, 10u * 1024 * 1024);
+    EXPECT_EQ(up.max_response_bytes, 0u);
+    EXPECT_EQ(up.idle_timeout, 5min);
+    EXPECT_FALSE(up.upgrade);
+    const auto& ex = cfg.routes[1].passthrough;
+    EXPECT_EQ(ex.max_body_bytes, 512u);
+    EXPECT_EQ(ex.max_response_bytes, 2000u * 1000 * 1000);
+    EXPECT_EQ(ex.idle_timeout, 60s);
+    EXPECT_TRUE(ex.upgrade);
+    const auto& empty = cfg.routes[2].passthrough;
+    EXPECT_EQ(empty.max_body_bytes, 0u);
+    EXPECT_EQ(empty.max_response_bytes, 0u);
+    EXPECT_EQ(empty.idle_timeout, 60s);
+    EXPECT_TRUE(empty.upgrade);
+}
+
+TEST(ConfigErrors, Passthrough) {
+    const auto f = data("bad_passthrough.yaml");
+    EXPECT_EQ(errors_of_file(f), with_file(f, {
+        "10:17: routes[0].passthrough.max_body: bad size \"10 MiB\": expected a whole number of bytes with an optional unit B, KB, KiB, MB, MiB, GB or GiB",
+        "11:7: routes[0].passthrough.max_respons: unknown key \"max_respons\" (did you mean \"max_response\"?)",
+        "12:21: routes[0].passthrough.idle_timeout: must be greater than 0",
+        "13:16: routes[0].passthrough.upgrade: expected true or false, got \"maybe\"",
+        "22:5: routes[1].passthrough: passthrough settings given but mode is coalesce (set mode: passthrough or leave mode out)",
+        "26:18: routes[2].passthrough: expected a map, got a scalar",
+        "30:5: routes[3].passthrough: passthrough settings given but mode is batch_envelope (set mode: passthrough or leave mode out)",
+        "35:29: routes[4].passthrough.max_body: bad size \"-1\": expected a whole number of bytes with an optional unit B, KB, KiB, MB, MiB, GB or GiB",
+        "35:47: routes[4].passthrough.max_response: bad size \"1.5MiB\": expected a whole number of bytes with an optional unit B, KB, KiB, MB, MiB, GB or GiB",
+        "35:69: routes[4].passthrough.idle_timeout: bad duration \"2\": expected a whole number with a unit us, ms, s, m or h, like \"5ms\" or \"2s\"",
+        "35:81: routes[4].passthrough.upgrade: expected true or false, got a list",
+    }));
+}
+
+TEST(ConfigErrors, ListenTlsKeys) {
+    const auto f = data("bad_listen_tls.yaml");
+    EXPECT_EQ(errors_of_file(f), with_file(f, {
+        "4:3: listen_tls.key: required key is missing",
+        "4:15: listen_tls.cert_chain: cannot read \"/nonexistent/batchgate/chain.pem\": No such file or directory",
+        "5:24: listen_tls.protocols[1]: unknown protocol \"TLSv1.1\" (expected TLSv1.2 or TLSv1.3)",
+        "5:33: listen_tls.protocols[2]: duplicate protocol \"TLSv1.3\"",
+        "6:3: listen_tls.ciphers: unknown key \"ciphers\"",
+    }));
+}
+
+TEST(ConfigInline, ListenTlsShape) {
+    const std::string routes = upstream_api + "routes: [{name: r, match: {prefix: /}, upstream: api}]\n";
+    EXPECT_EQ(errors_of("listen_tls: yes\n" + routes),
+              std::vector<std::string>{"t.yaml:1:13: listen_tls: expected a map, got a scalar"});
+    EXPECT_EQ(errors_of("listen_tls: {}\n" + routes),
+              (std::vector<std::string>{"t.yaml:1:13: listen_tls.cert_chain: required key is missing",
+                                        "t.yaml:1:13: listen_tls.key: required key is missing"}));
+    EXPECT_EQ(errors_of("listen_tls: {cert_chain: \"\", key: [a], protocols: []}\n" + routes),
+              (std::vector<std::string>{"t.yaml:1:26: listen_tls.cert_chain: must not be empty",
+                                        "t.yaml:1:35: listen_tls.key: expected a string, got a list",
+                                        "t.yaml:1:51: listen_tls.protocols: must list at least one protocol (leave it out for both)"}));
+    EXPECT_TRUE(has_error(errors_of("listen_tls: {cert_chain: a, key: b, protocols: {TLSv1.3: on}}\n" + routes),
+                          "listen_tls.protocols", "expected a string or a list of strings, got a map"));
+}
+
+namespace {
+
+// listen_tls with certificate files made for the test.
+class ListenTlsFiles : public ::testing::Test {
+protected:
+    batchgate::testing::pem_pair pem = batchgate::testing::make_certificate();
+    std::string cert = batchgate::testing::write_temp("cert.pem", pem.cert);
+    std::string key = batchgate::testing::write_temp("key.pem", pem.key);
+
+    static std::string yaml(const std::string& cert_chain, const std::string& key, const std::string& more = "") {
+        return "listen: 127.0.0.1:8443\nlisten_tls:\n  cert_chain: " + cert_chain + "\n  key: " + key + "\n" + more +
+               upstream_api + "routes: [{name: r, match: {prefix: /}, upstream: api}]\n";
+    }
+};
+
+}  // namespace
+
+TEST_F(ListenTlsFiles, AGoodPairLoads) {
+    auto cfg = load_string(yaml(cert, key), "t.yaml");
+    EXPECT_TRUE(cfg.listen_tls.enabled);
+    EXPECT_EQ(cfg.listen_tls.cert_chain, cert);
+    EXPECT_EQ(cfg.listen_tls.key, key);
+    EXPECT_EQ(cfg.listen_tls.protocols, (std::vector<std::string>{"TLSv1.2", "TLSv1.3"}));
+    EXPECT_EQ(cfg.listen_tls.mark.file, "t.yaml");
+    EXPECT_EQ(cfg.listen_tls.mark.line, 2);
+
+    cfg = load_string(yaml(cert, key, "  protocols: [TLSv1.3]\n"), "t.yaml");
+    EXPECT_EQ(cfg.listen_tls.protocols, std::vector<std::string>{"TLSv1.3"});
+    cfg = load_string(yaml(cert, key, "  protocols: TLSv1.2\n"), "t.yaml");  // one name, like match.method
+    EXPECT_EQ(cfg.listen_tls.protocols, std::vector<std::string>{"TLSv1.2"});
+    // The key may come first in one file holding both.
+    const auto both = batchgate::testing::write_temp("both.pem", pem.key + pem.cert);
+    EXPECT_NO_THROW(load_string(yaml(both, both), "t.yaml"));
+}
+
+TEST_F(ListenTlsFiles, MissingAndUnreadableFilesPointAtTheirKey) {
+    const auto dir = std::filesystem::path(cert).parent_path().string();
+    EXPECT_EQ(errors_of(yaml("/nonexistent/chain.pem", dir)),
+              (std::vector<std::string>{
+                  "t.yaml:3:15: listen_tls.cert_chain: cannot read \"/nonexistent/chain.pem\": No such file or directory",
+                  "t.yaml:4:8: listen_tls.key: cannot read \"" + dir + "\": Is a directory"}));
+    EXPECT_EQ(errors_of(yaml(cert, "/nonexistent/key.pem")),
+              std::vector<std::string>{
+                  "t.yaml:4:8: listen_tls.key: cannot read \"/nonexistent/key.pem\": No such file or directory"});
+}
+
+TEST_F(ListenTlsFiles, NotACertificateChainNotAKey) {
+    const auto garbage = batchgate::testing::write_temp("garbage.pem", "not pem at all\n");
+    const auto broken = batchgate::testing::write_temp(
+        "broken.pem", "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n");
+    EXPECT_EQ(errors_of(yaml(garbage, key)),
+              std::vector<std::string>{"t.yaml:3:15: listen_tls.cert_chain: \"" + garbage +
+                                       "\" holds no PEM certificate (-----BEGIN CERTIFICATE-----)"});
+    // A PEM header OpenSSL cannot read past: its reasons, without the bare "ASN1 lib" ones.
+    EXPECT_EQ(errors_of(yaml(broken, key)),
+              std::vector<std::string>{"t.yaml:3:15: listen_tls.cert_chain: cannot load a PEM certificate chain from \"" +
+                                       broken + "\": too long, bad object header, nested asn1 error"});
+    // A certificate where the key belongs, a key where the chain belongs.
+    EXPECT_EQ(errors_of(yaml(key, cert)),
+              (std::vector<std::string>{
+                  "t.yaml:3:15: listen_tls.cert_chain: \"" + key + "\" holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                  "t.yaml:4:8: listen_tls.key: \"" + cert + "\" holds no PEM private key (-----BEGIN PRIVATE KEY-----)"}));
+    const auto broken_key = batchgate::testing::write_temp(
+        "broken-key.pem", "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n");
+    auto errs = errors_of(yaml(cert, broken_key));
+    ASSERT_EQ(errs.size(), 1u) << dump(errs);
+    EXPECT_TRUE(has_error(errs, "t.yaml", 4, 8, "listen_tls.key",
+                          "cannot load a PEM private key from \"" + broken_key + "\": "));
+}
+
+TEST_F(ListenTlsFiles, EncryptedKeysAreRefusedWithoutAPrompt) {
+    BIO* in = BIO_new_mem_buf(pem.key.data(), static_cast<int>(pem.key.size()));
+    EVP_PKEY* pkey = PEM_read_bio_PrivateKey(in, nullptr, nullptr, nullptr);
+    BIO_free(in);
+    ASSERT_NE(pkey, nullptr);
+    BIO* out = BIO_new(BIO_s_mem());
+    static const char pass[] = "secret";
+    PEM_write_bio_PKCS8PrivateKey(out, pkey, EVP_aes_128_cbc(), pass, 6, nullptr, nullptr);
+    char* text = nullptr;
+    const long n = BIO_get_mem_data(out, &text);
+    const auto encrypted = batchgate::testing::write_temp("encrypted.pem", std::string(text, static_cast<std::size_t>(n)));
+    BIO_free(out);
+    EVP_PKEY_free(pkey);
+    const auto errs = errors_of(yaml(cert, encrypted));
+    ASSERT_EQ(errs.size(), 1u) << dump(errs);
+    EXPECT_EQ(errs[0], "t.yaml:4:8: listen_tls.key: \"" + encrypted +
+                           "\" holds an encrypted private key; encrypted keys are not supported");
+}
+
+TEST_F(ListenTlsFiles, AKeyOfAnotherCertificateIsAnErrorAtTheKey) {
+    const auto other = batchgate::testing::make_certificate();
+    const auto other_key = batchgate::testing::write_temp("other-key.pem", other.key);
+    auto errs = errors_of(yaml(cert, other_key));
+    ASSERT_EQ(errs.size(), 1u) << dump(errs);
+    EXPECT_TRUE(has_error(errs, "t.yaml", 4, 8, "listen_tls.key",
+                          "the private key in \"" + other_key + "\" does not match the first certificate in \"" + cert +
+                              "\": key values mismatch"));
+    // A key of another type (RSA for an EC certificate).
+    const auto rsa = batchgate::testing::make_certificate(batchgate::testing::key_kind::rsa_2048);
+    const auto rsa_key = batchgate::testing::write_temp("rsa-key.pem", rsa.key);
+    errs = errors_of(yaml(cert, rsa_key));
+    ASSERT_EQ(errs.size(), 1u) << dump(errs);
+    EXPECT_TRUE(has_error(errs, "t.yaml", 4, 8, "listen_tls.key", "does not match the first certificate"));
+    // The leaf comes first: a chain that starts with another certificate does not match.
+    const auto reversed = batchgate::testing::write_temp("reversed.pem", other.cert + pem.cert);
+    errs = errors_of(yaml(reversed, key));
+    ASSERT_EQ(errs.size(), 1u) << dump(errs);
+    EXPECT_TRUE(has_error(errs, "t.yaml", 4, 8, "listen_tls.key", "does not match the first certificate"));
+    EXPECT_NO_THROW(load_string(yaml(batchgate::testing::write_temp("chain.pem", pem.cert + other.cert), key), "t.yaml"));
 }

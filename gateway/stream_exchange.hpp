@@ -1,0 +1,725 @@
+// Streamed passthrough: one request and its answer relayed between a client connection and a
+// connection lent by the upstream's pool, through one fixed window per direction. Nothing is
+// held whole: a window is refilled only after it was written on (backpressure), so a slow
+// reader slows the upstream read, and a slow upstream the client's upload.
+//
+// Two strands take part: the client connection's (S) and the upstream connection's (U). Each
+// side's I/O starts on its own strand; a finished read posts the window to the other side,
+// whose finished write posts back. Every decision (what was sent, when it ends) is made on S.
+//
+// Framing: the request keeps its Content-Length, or is sent chunked (re-framed piece by piece,
+// trailers dropped). The answer keeps its Content-Length; a chunked or close-delimited answer
+// goes to an HTTP/1.1 client chunked, to an HTTP/1.0 one delimited by closing. After an
+// upstream 101 on a route that allows upgrades, bytes are tunnelled both ways until either
+// side closes.
+//
+// Errors: before the answer's head went out, the session answers (502, 504, 413, 400); after
+// it, the client connection is closed (no second status) and the failure counted. The
+// upstream connection goes back to the pool only after complete messages both ways.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+#include "gateway/dispatcher.hpp"
+#include "gateway/hop_by_hop.hpp"
+#include "gateway/memory_budget.hpp"
+#include "gateway/upstream_connection.hpp"
+#include "gateway/wire.hpp"
+#include "metrics/metrics.hpp"
+
+namespace batchgate::gateway {
+
+namespace net = boost::asio;
+
+// What the session does once the exchange is over.
+struct stream_outcome {
+    std::optional<response_t> error;  // failed before the answer's head went out: send this
+    bool close_client = false;        // the connection cannot carry another request
+    int status = 0;                   // the status relayed (when error is empty)
+    dispatch_info info;
+};
+
+struct stream_params {
+    std::shared_ptr<upstream_pool> pool;
+    const config::route_settings* route = nullptr;
+    metrics::route_metrics* route_metrics = nullptr;
+    metrics::upstream_route_metrics* upstream_metrics = nullptr;
+    memory_budget* budget = nullptr;
+    std::chrono::steady_clock::time_point head_deadline;  // the answer's head, at the latest
+    std::chrono::steady_clock::duration request_timeout{};  // after the request body: for the head
+    std::chrono::steady_clock::duration send_timeout{};     // a client that takes no byte
+    std::string client_ip;
+    std::string request_id;
+    std::string_view proto = "http";  // X-Forwarded-Proto
+    bool keep_alive = true;           // the client's request allows another one after it
+    prometheus::Counter* budget_rejected = nullptr;
+    prometheus::Counter* send_timeouts = nullptr;
+};
+
+inline constexpr std::size_t stream_window = 64 * 1024;
+
+template <class ClientStream>
+class stream_exchange : public std::enable_shared_from_this<stream_exchange<ClientStream>> {
+public:
+    using request_parser_t = http::request_parser<http::buffer_body>;
+    using done_fn = std::function<void(stream_outcome)>;
+    using clock = std::chrono::steady_clock;
+
+    // owner keeps the client stream and buffer alive; done runs on S, exactly once.
+    // parser: the client's, with the request's head read and none of its body.
+    stream_exchange(ClientStream& client, boost::beast::flat_buffer& client_buffer,
+                    http::request_parser<http::string_body>&& parser,
+                    stream_params params, std::shared_ptr<void> owner, done_fn done)
+        : client_(client),
+          client_buffer_(client_buffer),
+          s_(client.get_executor()),
+          req_(std::move(parser)),
+          p_(std::move(params)),
+          owner_(std::move(owner)),
+          done_(std::move(done)),
+          request_charge_(p_.budget),
+          response_charge_(p_.budget),
+          started_(clock::now()) {}
+
+    ~stream_exchange() {
+        if (conn_) {  // ended early: the connection is not reused
+            auto ex = conn_->tcp().get_executor();
+            net::post(ex, [pool = p_.pool, c = std::move(conn_)]() mutable { pool->give_back(std::move(c), false); });
+        }
+    }
+
+    // On S, after the request's head was read.
+    void start() {
+        // The head as read: Beast appends a chunked body's trailer fields to it later, and
+        // trailers never join the head (RFC 9110 6.5.1).
+        head_ = req_.get().base();
+        const auto& h = head_;
+        version_ = h.version();
+        head_request_ = h.method() == http::verb::head;
+        idempotent_ = is_idempotent(h.method());
+        request_done_ = req_.is_done();
+        bodyless_ = request_done_;
+        const auto& settings = p_.route->passthrough;
+        if (auto length = req_.content_length(); length && settings.max_body_bytes && *length > settings.max_body_bytes)
+            return fail_before_head(gateway_error::payload_too_large, too_big("request body", "max_body", settings.max_body_bytes));
+        req_.body_limit(settings.max_body_bytes ? boost::optional<std::uint64_t>(settings.max_body_bytes) : boost::none);
+        upgrade_ = bodyless_ && wants_upgrade(h);
+        if (upgrade_ && !settings.upgrade)
+            return fail_before_head(gateway_error::bad_request, "route '" + p_.route->name + "' does not allow protocol upgrades");
+        // Windows are sized to the body when it is small (most calls: no 64 KiB per tiny
+        // request), and charged to limits.max_buffered while the exchange lives.
+        const std::size_t request_window = upgrade_        ? stream_window
+                                           : request_done_ ? 0
+                                                           : std::clamp<std::uint64_t>(req_.content_length().value_or(stream_window), 1, stream_window);
+        if (!request_charge_.grow_to(request_window)) return over_budget();
+        request_window_.ensure(request_window);
+        // The client is invited to send its body now, as the gateway relays it from here on.
+        const auto expect = h.find(http::field::expect);
+        if (!request_done_ && version_ >= 11 && expect != h.end() &&
+            boost::beast::iequals(expect->value(), "100-continue") && client_buffer_.size() == 0) {
+            static constexpr std::string_view go_on = "HTTP/1.1 100 Continue\r\n\r\n";
+            boost::beast::get_lowest_layer(client_).expires_after(p_.send_timeout);
+            return net::async_write(client_, net::buffer(go_on.data(), go_on.size()),
+                                    [self = this->shared_from_this()](boost::system::error_code ec, std::size_t) {
+                                        if (ec) return self->abort_client();
+                                        self->read_request_piece();
+                                    });
+        }
+        if (!request_done_) return read_request_piece();
+        upstream_begun_ = true;
+        begin_upstream();
+    }
+
+    // On S: the drain deadline. What is owed becomes a 503, or the connection closes.
+    void shut_down() {
+        if (finished_) return;
+        if (!head_sent_) return fail_before_head(gateway_error::shutting_down, "the gateway is shutting down");
+        end(true, false);
+    }
+
+    bool head_sent() const { return head_sent_; }
+
+private:
+    using response_parser_t = http::response_parser<http::buffer_body>;
+    using error_code = boost::system::error_code;
+
+    static bool is_idempotent(http::verb v) {
+        return v == http::verb::get || v == http::verb::head || v == http::verb::options || v == http::verb::put ||
+               v == http::verb::delete_;
+    }
+
+    static std::string too_big(const char* what, const char* key, std::size_t cap) {
+        return std::string(what) + " exceeds passthrough." + key + " (" + std::to_string(cap) + " bytes)";
+    }
+
+    // Connection: Upgrade with an Upgrade field (RFC 9110 7.8), HTTP/1.1 only.
+    bool wants_upgrade(const http::request_header<>& h) const {
+        if (h.version() < 11 || h.find(http::field::upgrade) == h.end()) return false;
+        auto c = h.find(http::field::connection);
+        return c != h.end() && http::token_list(c->value()).exists("upgrade");
+    }
+
+    // On S, once the first window of the body (or all of it) is in: a body that fits goes with
+    // a Content-Length, so the upstream sees nothing of a request whose body turns out
+    // malformed, and legacy upstreams without chunked requests still take small chunked ones.
+    void begin_upstream() {
+        replayable_ = first_done_ || bodyless_;
+        chunked_in_ = !first_done_ && req_.chunked();
+        build_upstream_head();
+        lease(false);
+    }
+
+    void build_upstream_head() {
+        http::request_header<>& h = head_;
+        std::string upgrade;
+        if (upgrade_) upgrade = std::string(h[http::field::upgrade]);
+        h.set("X-Request-Id", p_.request_id);
+        prepare_for_upstream(h, p_.client_ip, p_.proto);
+        h.set(http::field::host, p_.pool->host_header());
+        h.erase(http::field::content_length);
+        if (chunked_in_) h.set(http::field::transfer_encoding, "chunked");
+        else if (!bodyless_ || req_.content_length()) h.set(http::field::content_length, std::to_string(first_done_ ? first_n_ : *req_.content_length()));
+        if (upgrade_) {
+            h.set(http::field::connection, "Upgrade");
+            h.set(http::field::upgrade, upgrade);
+        }
+        h.version(11);
+        wire::append_head(upstream_head_, http::request<http::empty_body>(std::move(h)));
+    }
+
+    // --- the upstream connection (U) -------------------------------------------------------
+
+    void lease(bool fresh) {
+        p_.pool->async_lease(p_.head_deadline, fresh, [self = this->shared_from_this()](upstream_pool::lease l) {
+            self->on_lease(std::move(l));
+        });
+    }
+
+    // On U, or any thread when no connection came.
+    void on_lease(upstream_pool::lease l) {
+        if (l.failure != upstream_failure::none) {
+            const bool timed_out = l.failure == upstream_failure::timeout;
+            count_upstream(timed_out ? "timeout" : "connect_error");
+            return on_s([this, timed_out, detail = std::move(l.detail)] {
+                fail_before_head(timed_out ? gateway_error::upstream_timeout : gateway_error::upstream_unreachable,
+                                 upstream_name() + (timed_out ? " timed out" : ": " + detail));
+            });
+        }
+        conn_ = std::move(l.conn);
+        reused_ = l.reused;
+        u_.emplace(conn_->tcp().get_executor());
+        conn_->tcp().expires_at(p_.head_deadline);
+        write_request_piece(first_n_, first_done_ || bodyless_, true);
+    }
+
+    void read_response_head() {
+        response_.emplace();
+        response_->header_limit(64 * 1024);
+        const auto cap = p_.route->passthrough.max_response_bytes;
+        response_->body_limit(cap ? boost::optional<std::uint64_t>(cap) : boost::none);
+        if (head_request_) response_->skip(true);
+        with_upstream([this](auto& stream) {
+            http::async_read_header(stream, conn_->buffer, *response_,
+                                    [self = this->shared_from_this()](error_code ec, std::size_t) { self->on_response_head(ec); });
+        });
+    }
+
+    void on_response_head(error_code ec) {
+        if (ec) return upstream_failed(ec);
+        const int status = response_->get().result_int();
+        if (status >= 100 && status < 200 && status != 101) return read_response_head();  // interim answers
+        head_seen_ = true;
+        if (head_timer_) head_timer_->cancel();
+        const auto elapsed = clock::now() - started_;
+        p_.upstream_metrics->duration->Observe(std::chrono::duration<double>(elapsed).count());
+        p_.upstream_metrics->requests->inc(status);
+        if (status == 101 && !upgrade_) {
+            return on_s([this] {
+                fail_before_head(gateway_error::upstream_bad_response,
+                                 upstream_name() + " answered 101 Switching Protocols to a request that asked for no upgrade");
+            });
+        }
+        http::response_header<> h = response_->get().base();
+        std::string upgrade;
+        if (status == 101) upgrade = std::string(h[http::field::upgrade]);
+        strip_hop_by_hop(h);
+        bool chunk_out = false, close_after = false;
+        const bool no_body = head_request_ || status == 204 || status == 304 || status == 101;
+        if (status == 101) {
+            h.set(http::field::connection, "Upgrade");
+            h.set(http::field::upgrade, upgrade);
+        } else if (!no_body && !response_->content_length()) {
+            if (version_ >= 11)
+                h.set(http::field::transfer_encoding, "chunked"), chunk_out = true;
+            else
+                close_after = true;
+        }
+        auto head = std::make_shared<http::response_header<>>(std::move(h));
+        const bool done = response_->is_done() || status == 101;
+        const std::size_t window =
+            status == 101 ? stream_window : std::clamp<std::uint64_t>(response_->content_length().value_or(stream_window), 1, stream_window);
+        if (!no_body && !response_charge_.grow_to(window)) {
+            close_upstream_now();
+            return on_s([this] { over_budget(); });
+        }
+        response_window_.ensure(window);
+        const bool reusable = done && status != 101 && response_->keep_alive();
+        if (!done && conn_->buffer.size() > 0) {
+            // Body bytes came with the head: they go out with it.
+            pending_head_ = std::move(head);
+            pending_chunk_out_ = chunk_out;
+            pending_close_after_ = close_after;
+            return read_response_piece();
+        }
+        on_s([this, head = std::move(head), chunk_out, close_after, done, reusable, elapsed] {
+            send_head(std::move(*head), chunk_out, close_after, elapsed);
+            write_response_piece(0, done, reusable);
+        });
+    }
+
+    void read_response_piece() {
+        auto& body = response_->get().body();
+        body.data = response_window_.data();
+        body.size = response_window_.size();
+        conn_->tcp().expires_after(p_.route->passthrough.idle_timeout);
+        with_upstream([this](auto& stream) {
+            http::async_read_some(stream, conn_->buffer, *response_, [self = this->shared_from_this()](error_code ec, std::size_t) {
+                self->on_response_piece(ec);
+            });
+        });
+    }
+
+    void on_response_piece(error_code ec) {
+        if (ec == http::error::need_buffer) ec = {};
+        if (ec) return upstream_failed(ec);
+        const std::size_t n = response_window_.size() - response_->get().body().size;
+        const bool done = response_->is_done();
+        if (n == 0 && !done) return read_response_piece();  // a chunk's size line only
+        const bool reusable = done && response_->keep_alive();
+        on_s([this, n, done, reusable, head = std::move(pending_head_)]() mutable {
+            if (head) send_head(std::move(*head), pending_chunk_out_, pending_close_after_, clock::now() - started_);
+            write_response_piece(n, done, reusable);
+        });
+    }
+
+    // On U: a failure of the upstream connection, sending or reading.
+    void upstream_failed(error_code ec) {
+        if (head_timed_out_) ec = boost::beast::error::timeout;
+        const bool nothing_received = !response_ || !response_->got_some();
+        if (!head_seen_ && reused_ && nothing_received && !retried_ && ec != boost::beast::error::timeout &&
+            replayable_ && idempotent_) {
+            // An idle keep-alive connection the upstream had closed: once more on a new one.
+            retried_ = true;
+            close_upstream_now();
+            p_.pool->give_back(std::move(conn_), false);
+            response_.reset();
+            return lease(true);
+        }
+        close_upstream_now();
+        const char* kind = ec == boost::beast::error::timeout ? "timeout"
+                           : ec == http::error::body_limit    ? "bad_response"
+                           : ec.category() == error_code(http::error::end_of_stream).category() &&
+                                   ec != http::error::end_of_stream && ec != http::error::partial_message
+                               ? "bad_response"
+                               : "io_error";
+        if (!head_seen_) count_upstream(kind);
+        std::string what = std::string(kind) == "timeout"                    ? upstream_name() + " timed out"
+                           : ec == http::error::body_limit                   ? upstream_name() + ": answer " +
+                                                                   too_big("body", "max_response", p_.route->passthrough.max_response_bytes)
+                           : std::string(kind) == "bad_response" ? upstream_name() + " sent invalid HTTP: " + ec.message()
+                                                                 : upstream_name() + " connection failed: " + ec.message();
+        const auto error = std::string(kind) == "timeout"        ? gateway_error::upstream_timeout
+                           : std::string(kind) == "bad_response" ? gateway_error::upstream_bad_response
+                                                                 : gateway_error::upstream_unreachable;
+        on_s([this, error, what = std::move(what)] {
+            if (head_sent_) return abort(true);
+            fail_before_head(error, what);
+        });
+    }
+
+    void close_upstream_now() {
+        if (!conn_) return;
+        error_code ignored;
+        conn_->tcp().socket().shutdown(net::ip::tcp::socket::shutdown_both, ignored);
+        conn_->tcp().socket().close(ignored);
+    }
+
+    // --- the request body: S reads, U writes ------------------------------------------------
+
+    // offset: bytes of the first window already in (it fills before anything goes upstream).
+    void read_request_piece(std::size_t offset = 0) {
+        if (finished_) return;
+        auto& body = req_.get().body();
+        body.data = request_window_.data() + offset;
+        body.size = request_window_.size() - offset;
+        boost::beast::get_lowest_layer(client_).expires_after(p_.route->passthrough.idle_timeout);
+        http::async_read_some(client_, client_buffer_, req_, [self = this->shared_from_this()](error_code ec, std::size_t) {
+            self->on_request_piece(ec);
+        });
+    }
+
+    void on_request_piece(error_code ec) {
+        if (finished_) return;
+        if (ec == http::error::need_buffer) ec = {};
+        if (ec) {
+            if (head_sent_) return abort(false);
+            if (ec == http::error::body_limit)
+                return fail_before_head(gateway_error::payload_too_large,
+                                        too_big("request body", "max_body", p_.route->passthrough.max_body_bytes));
+            if (ec.category() == error_code(http::error::end_of_stream).category() && ec != http::error::end_of_stream &&
+                ec != http::error::partial_message)
+                return fail_before_head(gateway_error::bad_request, "malformed request body: " + ec.message());
+            return abort(false);  // the client went away mid-body: nobody to answer
+        }
+        const bool first = !upstream_begun_;
+        // Counted from the window's start: the first window fills before anything goes upstream.
+        const std::size_t n = request_window_.size() - req_.get().body().size;
+        const bool done = req_.is_done();
+        if (first && !done && n < request_window_.size()) {
+            first_n_ = n;
+            return read_request_piece(n);
+        }
+        if (n == 0 && !done) return read_request_piece();
+        p_.route_metrics->stream_bytes_in->Increment(static_cast<double>(n));
+        if (first) {
+            upstream_begun_ = true;
+            first_n_ = n;
+            first_done_ = done;
+            return begin_upstream();
+        }
+        net::post(*u_, [self = this->shared_from_this(), n, done] { self->write_request_piece(n, done, false); });
+    }
+
+    // On U: a window of the body (after the request's head, the first time), framed.
+    void write_request_piece(std::size_t n, bool done, bool with_head) {
+        framed_.clear();
+        if (chunked_in_ && n) framed_ = chunk_size_line(n);
+        std::string_view tail = !chunked_in_ ? "" : done ? (n ? "\r\n0\r\n\r\n" : "0\r\n\r\n") : n ? "\r\n" : "";
+        if (!with_head && !head_seen_) conn_->tcp().expires_after(p_.route->passthrough.idle_timeout);
+        with_upstream([&](auto& stream) {
+            net::async_write(stream,
+                             boost::beast::buffers_cat(net::buffer(with_head ? std::string_view(upstream_head_) : std::string_view()),
+                                                       net::buffer(framed_), net::buffer(request_window_.data(), n),
+                                                       net::buffer(tail.data(), tail.size())),
+                             [self = this->shared_from_this(), done, with_head](error_code ec, std::size_t) {
+                                 self->on_request_piece_written(ec, done, with_head);
+                             });
+        });
+    }
+
+    void on_request_piece_written(error_code ec, bool done, bool with_head) {
+        if (ec && with_head) return upstream_failed(ec);
+        // A failed write of a later window ends the request only: the answer may still come
+        // (an early 413, say), and a dead connection shows on the read side too.
+        if (ec) return;
+        if (with_head) {
+            // While the body streams, the head's read waits without a timer (Beast keeps a
+            // pending read's expiry as it was): the writes' idle timeout covers that time, and
+            // the head is owed within request_timeout once the body is through.
+            if (!done) conn_->tcp().expires_never();
+            read_response_head();
+        }
+        if (done && !with_head && !head_seen_) {
+            head_timer_.emplace(*u_);
+            head_timer_->expires_after(p_.request_timeout);
+            head_timer_->async_wait([self = this->shared_from_this()](error_code ec) {
+                if (ec || self->head_seen_) return;
+                self->head_timed_out_ = true;
+                self->close_upstream_now();
+            });
+        }
+        if (upgrade_) return;
+        on_s([this, done] {
+            if (done) {
+                request_done_ = true;
+                return maybe_finish();
+            }
+            read_request_piece();
+        });
+    }
+
+    // --- the answer: U reads, S writes -------------------------------------------------------
+
+    void send_head(http::response_header<> h, bool chunk_out, bool close_after, clock::duration elapsed) {
+        if (finished_) return;
+        head_sent_ = true;
+        status_ = h.result_int();
+        chunk_out_ = chunk_out;
+        info_.upstream_status = status_;
+        info_.upstream_elapsed = elapsed;
+        http::response<http::empty_body> m(std::move(h));
+        m.version(version_);
+        keep_client_ = p_.keep_alive && !close_after && status_ != 101;
+        if (status_ != 101) m.keep_alive(keep_client_);
+        m.set(http::field::server, "batchgate");
+        m.set("X-Request-Id", p_.request_id);
+        client_head_.clear();
+        wire::append_head(client_head_, m);
+    }
+
+    void write_response_piece(std::size_t n, bool done, bool reusable) {
+        if (finished_) return;
+        p_.route_metrics->stream_bytes_out->Increment(static_cast<double>(n));
+        piece_head_.clear();
+        if (chunk_out_ && n) piece_head_ = chunk_size_line(n);
+        std::string_view tail = !chunk_out_ ? "" : done ? (n ? "\r\n0\r\n\r\n" : "0\r\n\r\n") : n ? "\r\n" : "";
+        boost::beast::get_lowest_layer(client_).expires_after(p_.send_timeout);
+        net::async_write(client_,
+                         boost::beast::buffers_cat(net::buffer(client_head_), net::buffer(piece_head_),
+                                                   net::buffer(response_window_.data(), n), net::buffer(tail.data(), tail.size())),
+                         [self = this->shared_from_this(), done, reusable](error_code ec, std::size_t) {
+                             self->on_response_piece_written(ec, done, reusable);
+                         });
+    }
+
+    void on_response_piece_written(error_code ec, bool done, bool reusable) {
+        if (finished_) return;
+        if (ec == boost::beast::error::timeout) p_.send_timeouts->Increment();
+        if (ec) return abort(false);
+        client_head_.clear();
+        if (status_ == 101) return start_tunnel();
+        if (done) {
+            response_done_ = true;
+            upstream_reusable_ = reusable;
+            return maybe_finish();
+        }
+        net::post(*u_, [self = this->shared_from_this()] { self->read_response_piece(); });
+    }
+
+    static std::string chunk_size_line(std::size_t n) {
+        char line[24];
+        const int len = std::snprintf(line, sizeof line, "%zx\r\n", n);
+        return std::string(line, static_cast<std::size_t>(len));
+    }
+
+    // --- upgrades: bytes both ways ------------------------------------------------------------
+
+    void start_tunnel() {
+        p_.route_metrics->upgrades->Increment();
+        tunnel_client_to_upstream();
+        net::post(*u_, [self = this->shared_from_this()] { self->tunnel_read_upstream(); });
+    }
+
+    // S: from the client (what it sent after its head first), then to U.
+    void tunnel_client_to_upstream() {
+        if (finished_) return;
+        if (client_buffer_.size() > 0) {
+            const auto n = net::buffer_copy(net::buffer(request_window_.data(), request_window_.size()), client_buffer_.data());
+            client_buffer_.consume(n);
+            return net::post(*u_, [self = this->shared_from_this(), n] { self->tunnel_write_upstream(n); });
+        }
+        boost::beast::get_lowest_layer(client_).expires_after(p_.route->passthrough.idle_timeout);
+        client_.async_read_some(net::buffer(request_window_.data(), request_window_.size()), [self = this->shared_from_this()](error_code ec, std::size_t n) {
+            if (self->finished_) return;
+            if (ec) return self->tunnel_side_ended(ec, true);
+            self->p_.route_metrics->stream_bytes_in->Increment(static_cast<double>(n));
+            net::post(*self->u_, [self, n] { self->tunnel_write_upstream(n); });
+        });
+    }
+
+    void tunnel_write_upstream(std::size_t n) {
+        conn_->tcp().expires_after(p_.route->passthrough.idle_timeout);
+        with_upstream([&](auto& stream) {
+            net::async_write(stream, net::buffer(request_window_.data(), n), [self = this->shared_from_this()](error_code ec, std::size_t) {
+                self->on_s([self, ec] {
+                    if (ec) return self->tunnel_side_ended(ec, false);
+                    self->tunnel_client_to_upstream();
+                });
+            });
+        });
+    }
+
+    // U: from the upstream (what came after its 101 first), then to S.
+    void tunnel_read_upstream() {
+        if (conn_->buffer.size() > 0) {
+            const auto n = net::buffer_copy(net::buffer(response_window_.data(), response_window_.size()), conn_->buffer.data());
+            conn_->buffer.consume(n);
+            return on_s([this, n] { tunnel_write_client(n); });
+        }
+        conn_->tcp().expires_after(p_.route->passthrough.idle_timeout);
+        with_upstream([&](auto& stream) {
+            stream.async_read_some(net::buffer(response_window_.data(), response_window_.size()), [self = this->shared_from_this()](error_code ec, std::size_t n) {
+                self->on_s([self, ec, n] {
+                    if (ec) return self->tunnel_side_ended(ec, false);
+                    self->p_.route_metrics->stream_bytes_out->Increment(static_cast<double>(n));
+                    self->tunnel_write_client(n);
+                });
+            });
+        });
+    }
+
+    void tunnel_write_client(std::size_t n) {
+        if (finished_) return;
+        boost::beast::get_lowest_layer(client_).expires_after(p_.route->passthrough.idle_timeout);
+        net::async_write(client_, net::buffer(response_window_.data(), n), [self = this->shared_from_this()](error_code ec, std::size_t) {
+            if (self->finished_) return;
+            if (ec) return self->tunnel_side_ended(ec, true);
+            net::post(*self->u_, [self] { self->tunnel_read_upstream(); });
+        });
+    }
+
+    // On S. A clean close by either side ends the tunnel; so does an error or the idle timeout.
+    void tunnel_side_ended(error_code ec, bool client_side) {
+        if (finished_) return;
+        const bool clean = ec == net::error::eof || ec == boost::beast::http::error::end_of_stream ||
+                           ec == net::error::operation_aborted;
+        if (!clean && ec != boost::beast::error::timeout) {
+            auto* aborts = client_side ? p_.route_metrics->stream_aborts_client : p_.route_metrics->stream_aborts_upstream;
+            aborts->Increment();
+        }
+        end(true, false);
+    }
+
+    // --- ending -------------------------------------------------------------------------------
+
+    void maybe_finish() {
+        if (!response_done_) return;
+        // An answer complete before the request's body was: the rest of the body cannot be told
+        // from a next request, and the upstream connection is mid-message.
+        if (!request_done_) return end(true, false);
+        end(!keep_client_, upstream_reusable_);
+    }
+
+    // The client side failed, or left, after the head went out (or mid-body).
+    void abort_client() { abort(false); }
+
+    // After the head went out: the connection is cut, and the side that failed counted.
+    void abort(bool upstream_side) {
+        if (finished_) return;
+        (upstream_side ? p_.route_metrics->stream_aborts_upstream : p_.route_metrics->stream_aborts_client)->Increment();
+        end(true, false);
+    }
+
+    void over_budget() {
+        p_.budget_rejected->Increment();
+        fail_before_head(gateway_error::overloaded, "the gateway's memory budget (limits.max_buffered) cannot hold another stream now");
+    }
+
+    void fail_before_head(gateway_error e, const std::string& message) {
+        if (finished_) return;
+        finished_ = true;
+        close_upstream();
+        stream_outcome out;
+        out.error = error_response(e, message, p_.route->name, version_);
+        out.close_client = !request_done_ || upgrade_;
+        out.info = info_;
+        done(std::move(out));
+    }
+
+    void end(bool close_client, bool upstream_reusable) {
+        if (finished_) return;
+        finished_ = true;
+        if (upstream_reusable && u_) {
+            net::post(*u_, [self = this->shared_from_this()] { self->p_.pool->give_back(std::move(self->conn_), true); });
+        } else {
+            close_upstream();
+        }
+        stream_outcome out;
+        out.close_client = close_client;
+        out.status = status_;
+        out.info = info_;
+        done(std::move(out));
+    }
+
+    void close_upstream() {
+        if (u_) net::post(*u_, [self = this->shared_from_this()] { self->close_upstream_now(); });
+    }
+
+    void done(stream_outcome out) {
+        auto d = std::move(done_);
+        done_ = nullptr;
+        if (d) d(std::move(out));
+    }
+
+    // --- helpers ---------------------------------------------------------------------------
+
+    template <class F>
+    void with_upstream(F&& f) {
+        conn_->with_stream(std::forward<F>(f));
+    }
+
+    template <class F>
+    void on_s(F&& f) {
+        net::post(s_, [self = this->shared_from_this(), f = std::forward<F>(f)]() mutable { f(); });
+    }
+
+    void count_upstream(const char* outcome) { p_.upstream_metrics->requests->inc(std::string(outcome)); }
+
+    std::string upstream_name() const { return "upstream '" + p_.route->upstream + "'"; }
+
+    ClientStream& client_;
+    boost::beast::flat_buffer& client_buffer_;
+    strand_t s_;
+    std::optional<strand_t> u_;  // set when the connection is lent
+    request_parser_t req_;
+    stream_params p_;
+    std::shared_ptr<void> owner_;
+    done_fn done_;
+    budget_lease request_charge_;   // S: the request window
+    budget_lease response_charge_;  // U: the response window, until the exchange is gone
+    http::request_header<> head_;   // the client's head; the upstream's once built
+    clock::time_point started_;
+    // One direction's bytes in flight; allocated once, never zeroed.
+    struct window {
+        std::unique_ptr<char[]> bytes;
+        std::size_t cap = 0;
+        void ensure(std::size_t n) {
+            if (cap < n) bytes.reset(new char[n]), cap = n;
+        }
+        char* data() { return bytes.get(); }
+        std::size_t size() const { return cap; }
+    };
+    window request_window_;
+    window response_window_;
+    std::string upstream_head_;
+    std::string framed_;       // U: the chunk-size line of the request piece being written
+    std::string client_head_;  // S: the answer's head, until written
+    std::string piece_head_;   // S: the chunk-size line of the answer piece being written
+    // U
+    std::unique_ptr<upstream_pool::connection> conn_;
+    std::optional<response_parser_t> response_;
+    std::shared_ptr<http::response_header<>> pending_head_;
+    bool pending_chunk_out_ = false;
+    bool pending_close_after_ = false;
+    bool reused_ = false;
+    bool retried_ = false;
+    bool head_seen_ = false;
+    std::optional<strand_timer> head_timer_;  // the head owed after a streamed body
+    bool head_timed_out_ = false;
+    // set in start(), then read-only
+    unsigned version_ = 11;
+    bool head_request_ = false;
+    bool idempotent_ = false;
+    bool chunked_in_ = false;
+    bool bodyless_ = false;
+    bool upgrade_ = false;
+    // the first window, read on S before the upstream head is built; then read-only
+    std::size_t first_n_ = 0;
+    bool first_done_ = false;
+    bool upstream_begun_ = false;
+    bool replayable_ = false;  // the whole request is in hand: a stale connection can be retried
+    // S
+    dispatch_info info_;
+    int status_ = 0;
+    bool head_sent_ = false;
+    bool chunk_out_ = false;
+    bool keep_client_ = true;
+    bool request_done_ = false;
+    bool response_done_ = false;
+    bool upstream_reusable_ = false;
+    bool finished_ = false;
+};
+
+}  // namespace batchgate::gateway

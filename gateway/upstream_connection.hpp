@@ -1,0 +1,40 @@
+// One keep-alive connection of an upstream_pool, plain TCP or TLS, on its own strand. Kept out
+// of upstream_pool.hpp (OpenSSL headers): only the pool and streamed passthrough see it.
+#pragma once
+
+#include <optional>
+
+#include <boost/asio/ssl/context.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/ssl.hpp>
+
+#include "gateway/upstream_pool.hpp"
+#include "gateway/wire.hpp"
+
+namespace batchgate::gateway {
+
+using tls_stream_t = boost::beast::ssl_stream<stream_t>;
+
+struct upstream_pool::connection {
+    connection(const boost::asio::io_context::executor_type& ex, boost::asio::ssl::context* tls) {
+        if (tls)
+            secure.emplace(strand_t(ex), *tls);
+        else
+            plain.emplace(strand_t(ex));
+    }
+    // The TCP stream: timeouts, connect, socket options, close.
+    stream_t& tcp() { return secure ? boost::beast::get_lowest_layer(*secure) : *plain; }
+    // Calls f with the stream HTTP goes over: TLS or plain TCP.
+    template <class F>
+    void with_stream(F&& f) {
+        if (secure)
+            f(*secure);
+        else
+            f(*plain);
+    }
+    std::optional<stream_t> plain;
+    std::optional<tls_stream_t> secure;
+    boost::beast::flat_buffer buffer;
+};
+
+}  // namespace batchgate::gateway
