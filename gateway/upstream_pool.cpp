@@ -409,7 +409,10 @@ void upstream_pool::async_lease(clock_type::time_point deadline, bool fresh, lea
 void upstream_pool::give_back(std::unique_ptr<connection> conn, bool reusable) {
     if (!conn) return;
     conn->tcp().expires_never();
-    if (reusable && conn->buffer.size() == 0) return release(std::move(conn));
+    if (reusable && conn->buffer.size() == 0) {
+        conn->buffer.shrink_to_fit();  // a stream may have grown it to a window: idle, it holds nothing
+        return release(std::move(conn));
+    }
     beast::error_code ignored;
     conn->tcp().socket().shutdown(tcp::socket::shutdown_both, ignored);
     conn->tcp().socket().close(ignored);
