@@ -121,6 +121,9 @@ struct counters {
   std::uint64_t sent = 0, answered = 0;
   std::array<std::uint64_t, 6> by_class{};  // [0] other, [1..5] 1xx..5xx
   std::uint64_t unanswered_timeout = 0, unanswered_closed = 0, truncated = 0, malformed = 0;
+  // Passthrough streams cut after their head: the upstream failed mid-body (an injected fault),
+  // and a streaming proxy can only close the connection then. Expected, counted apart.
+  std::uint64_t passthrough_cut = 0;
   std::uint64_t doubled = 0, crossed = 0, wrong = 0, no_request_id = 0;
   std::uint64_t garbage_passthrough = 0, fresh_event_duplicate = 0, connect_errors = 0;
   std::array<std::map<unsigned, std::uint64_t>, kind_count> statuses;
@@ -137,6 +140,7 @@ struct counters {
     unanswered_timeout += o.unanswered_timeout;
     unanswered_closed += o.unanswered_closed;
     truncated += o.truncated;
+    passthrough_cut += o.passthrough_cut;
     malformed += o.malformed;
     doubled += o.doubled;
     crossed += o.crossed;
@@ -498,6 +502,8 @@ void connection::on_read(beast::error_code ec) {
                ec != net::error::connection_reset && ec != http::error::partial_message) {
       ++c.malformed;
       c.problem("MALFORMED " + what);
+    } else if (got_some && (req_.what == kind::echo_get || req_.what == kind::echo_post) && parser_->is_header_done()) {
+      ++c.passthrough_cut;
     } else if (got_some) {
       ++c.truncated;
       c.problem("TRUNCATED " + what);
@@ -833,6 +839,7 @@ int main(int argc, char** argv) {
   std::printf("    %-40s %12llu\n", "deadline passed", (unsigned long long)t.unanswered_timeout);
   std::printf("    %-40s %12llu\n", "closed before any answer", (unsigned long long)t.unanswered_closed);
   std::printf("    %-40s %12llu\n", "truncated answer", (unsigned long long)t.truncated);
+  std::printf("%-44s %12llu\n", "passthrough streams cut mid-body (expected)", (unsigned long long)t.passthrough_cut);
   std::printf("    %-40s %12llu\n", "malformed answer", (unsigned long long)t.malformed);
   std::printf("    %-40s %12llu\n", "  of which in the drain phase", (unsigned long long)drain_stats.unanswered());
   std::printf("%-44s %12llu\n", "ANSWERED TWICE (bytes after an answer)", (unsigned long long)t.doubled);
