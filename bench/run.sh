@@ -10,8 +10,9 @@
 #   BENCH_SKIP_BUILD=1     use the binaries already in $BENCH_BUILD_DIR
 #   BENCH_BUILD_DIR=build/bench
 #   BENCH_KEEP_TMP=1       keep the temp dir (configs, logs) for inspection
-#   BENCH_SCENARIOS="1 2 3 4 5 6 7"  the scenarios to run (any subset, any separator)
+#   BENCH_SCENARIOS="1 2 3 4 5 6 7 8"  the scenarios to run (any subset, any separator)
 #   BENCH_WRITES=0         skip scenario 6 (bench/writes.sh; its WRITES_* variables apply)
+#   BENCH_HAPROXY=0        scenarios 1 and 8: no haproxy row
 #   BENCH_SLOW_DURATION=4s measured wrk run of each row of scenario 5 (slow upstream)
 #   BENCH_SLOW_WAITS="1 2 5 10 20 50"  scenario 5: the fixed max_wait values (ms) of the sweep
 #   BENCH_SLOW_SLOTS=8     scenario 5: max_concurrent_batches of the fixed-window rows
@@ -27,9 +28,12 @@
 # Ports (127.0.0.1 only): 18081 mock (no latency), 18082 mock (2 ms, 8 concurrent),
 # 18083 nginx (scenario 1; scenario 7's streaming nginx), 18084 mock (50 ms, 8 concurrent),
 # 18085 scenario 7's origin (nginx static), 18086 its haproxy, 18087 its upload sink,
+# 18088 scenario 1's haproxy,
 # 18090/18091 gateway passthrough (traffic/admin), 18092/18093 gateway coalesce (one gateway
 # at a time, restarted per configuration), 18094/18095 gateway memory scenario, 18096/18097
-# gateway large bodies, 18101-18104 the write scenario (bench/writes.sh).
+# gateway large bodies, 18098/18099 gateway two worker threads (scenario 8, one gateway at a
+# time; it reuses 18081 and 18082 mocks, 18083 for nginx with 2 workers and 18088 for haproxy
+# with 2 threads), 18101-18104 the write scenario (bench/writes.sh).
 set -uo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -41,7 +45,7 @@ secs() { local v=${1%s}; [[ $v =~ ^[0-9]+$ ]] || { echo "bad duration: $1" >&2; 
 DURATION=$(secs "${BENCH_DURATION:-8s}")
 WARMUP=$(secs "${BENCH_WARMUP:-1s}")
 CALLERS=${BENCH_CALLERS:-10000}
-SCENARIOS=" $(echo "${BENCH_SCENARIOS:-1 2 3 4 5 6 7}" | tr -c '0-9' ' ') "
+SCENARIOS=" $(echo "${BENCH_SCENARIOS:-1 2 3 4 5 6 7 8}" | tr -c '0-9' ' ') "
 want() { [[ $SCENARIOS = *" $1 "* ]]; }
 SLOW_DURATION=$(secs "${BENCH_SLOW_DURATION:-4s}")
 SLOW_WAITS=${BENCH_SLOW_WAITS:-1 2 5 10 20 50}
@@ -59,11 +63,12 @@ for v in LARGE_MIB LARGE_SEQ LARGE_CONC; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "bad BENCH_$v: ${!v}" >&2; exit 2; }
 done
 
-P_MOCK=18081 P_MOCK_SLOW=18082 P_NGINX=18083 P_MOCK_50=18084
+P_MOCK=18081 P_MOCK_SLOW=18082 P_NGINX=18083 P_MOCK_50=18084 P_HAPROXY_PT=18088
 P_GW_PT=18090 P_GW_PT_ADMIN=18091
 P_GW_CO=18092 P_GW_CO_ADMIN=18093
 P_GW_MEM=18094 P_GW_MEM_ADMIN=18095
 P_ORIGIN=18085 P_HAPROXY=18086 P_SINK=18087 P_GW_BIG=18096 P_GW_BIG_ADMIN=18097   # scenario 7
+P_GW_MT=18098 P_GW_MT_ADMIN=18099   # scenario 8
 
 MAX_ID=100000          # mock --users and the random id range
 WINDOW_MS=5            # coalesce max_wait in the fan-in / latency scenarios
@@ -74,8 +79,8 @@ bench_init batchgate-bench
 
 # start_nginx [NAME TEMPLATE PORT UPSTREAM_PORT PROBE_PATH]: nginx with TEMPLATE filled in, in
 # TMP/NAME (-p TMP/NAME, never the system config); no arguments = scenario 1's proxy in front of
-# the mock. Scenario 7's templates also get @DATA@ (its data dir), @SINK_PORT@ (env SINK_PORT)
-# and @USER@ (the user running this script).
+# the mock. @WORKERS@ is env NGINX_WORKERS (default 1). Scenario 7's templates also get @DATA@
+# (its data dir), @SINK_PORT@ (env SINK_PORT) and @USER@ (the user running this script).
 start_nginx() {
     local name=${1:-nginx} tpl=${2:-$BENCH_DIR/nginx.conf.in} port=${3:-$P_NGINX} up=${4:-$P_MOCK}
     local probe=${5:-/users/7} dir=$TMP/${1:-nginx}
@@ -83,6 +88,7 @@ start_nginx() {
     mkdir -p "$dir"
     sed -e "s#@DIR@#$dir#g" -e "s#@LISTEN_PORT@#$port#g" -e "s#@UPSTREAM_PORT@#$up#g" \
         -e "s#@DATA@#${LARGE_DIR:-}#g" -e "s#@SINK_PORT@#${SINK_PORT:-0}#g" -e "s#@USER@#$(id -un)#g" \
+        -e "s#@WORKERS@#${NGINX_WORKERS:-1}#g" \
         "$tpl" >"$dir/nginx.conf"
     nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$TMP/$name.log" 2>&1 &
     PIDS[$name]=$!
@@ -90,6 +96,32 @@ start_nginx() {
         cat "$TMP/$name.log" "$dir/error.log" >&2 2>/dev/null
         die "$name did not start"
     fi
+}
+
+# haproxy_wanted VAR: 0 when VAR (default 1) is not 0 and haproxy is installed; else says why not
+haproxy_wanted() {
+    if [[ ${!1:-1} = 0 ]]; then log "   $1=0: no haproxy row"; return 1; fi
+    command -v haproxy >/dev/null && return 0
+    log "   haproxy not installed: no haproxy row (apt-get install haproxy)"
+    return 1
+}
+
+# start_haproxy NAME TEMPLATE PORT UPSTREAM_PORT PROBE_PATH: haproxy -db (foreground) with
+# TEMPLATE filled in (@LISTEN_PORT@, @UPSTREAM_PORT@, @SINK_PORT@ = env SINK_PORT, @THREADS@ =
+# env HAPROXY_THREADS, default 1) as
+# TMP/NAME.cfg. Returns 1, the process stopped and its log tail in HAPROXY_FAIL, when PROBE_PATH
+# does not answer.
+start_haproxy() {
+    local name=$1 tpl=$2 port=$3 up=$4 probe=$5
+    port_free "$port" || die "port $port is already in use"
+    sed -e "s#@LISTEN_PORT@#$port#g" -e "s#@UPSTREAM_PORT@#$up#g" -e "s#@SINK_PORT@#${SINK_PORT:-0}#g" \
+        -e "s#@THREADS@#${HAPROXY_THREADS:-1}#g" "$tpl" >"$TMP/$name.cfg"
+    haproxy -db -f "$TMP/$name.cfg" >"$TMP/$name.log" 2>&1 &
+    PIDS[$name]=$!
+    wait_http "http://127.0.0.1:$port$probe" "$name" && return 0
+    HAPROXY_FAIL=$(tail -2 "$TMP/$name.log" | tr '\n' ' ')
+    stop "$name"
+    return 1
 }
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null; }
@@ -112,9 +144,9 @@ status_delta() {
 # ---------------------------------------------------------------------------------------------
 # wrk
 # ---------------------------------------------------------------------------------------------
-declare -A RPS=() P50=() P99=() NON2XX=() SOCKERR=()
-declare -A CPU=()
-ROW_FMT="%-40s %6s %11s %9s %9s %8s %8s %11s\n"
+declare -A RPS=() P50=() P99=() NON2XX=() SOCKERR=() REQS=()
+declare -A CPU=() CPUUS=() WALL_NS=()   # WALL_NS: wall time of the measured run
+ROW_FMT="%-40s %6s %11s %9s %9s %10s %8s %8s %11s\n"
 CLK_TCK=$(getconf CLK_TCK)
 
 # cpu_ticks PID...: user+system clock ticks used so far by those processes
@@ -129,26 +161,42 @@ cpu_ticks() {
     echo "$t"
 }
 
+# task_ticks PID: one line per thread of PID, "TID NAME TICKS" (utime + stime so far, from
+# /proc/PID/task/TID/stat; NAME from .../comm, blanks made _)
+task_ticks() {
+    local pid=$1 d f name fields
+    for d in /proc/"$pid"/task/*; do
+        f=$(cat "$d/stat" 2>/dev/null) && name=$(cat "$d/comm" 2>/dev/null) || continue
+        read -ra fields <<<"${f##*) }"        # fields after "pid (comm) ": utime, stime = [11], [12]
+        echo "${d##*/} ${name// /_} $(( fields[11] + fields[12] ))"
+    done
+}
+
 # run_wrk KEY LABEL CONNS URL RANDOM(0|1) [PID...]: warm-up, measured run, one table row.
 # PIDs: the server under test; its CPU use during the measured run is the last column
-# (100% = one core).
+# (100% = one core), and cpu-us/req is that CPU time / the requests wrk completed in the run.
+# WRK_THREADS (default 1): wrk -t. TASKS_PID: also snapshot that process's threads (task_ticks)
+# right before and after the measured run, in TMP/KEY.tasks0 and TMP/KEY.tasks1.
 run_wrk() {
     local key=$1 label=$2 conns=$3 url=$4 random=$5 out=$TMP/wrk-$1.out wenv=() pids t0 t1 w0 w1
     shift 5; pids=("$@")
     [[ $random = 1 ]] && wenv=(BENCH_RANDOM_IDS="$MAX_ID")
     if ((WARMUP > 0)); then
-        env "${wenv[@]}" timeout $((WARMUP + 20)) wrk -t1 -c"$conns" -d"${WARMUP}s" \
+        env "${wenv[@]}" timeout $((WARMUP + 20)) wrk -t"${WRK_THREADS:-1}" -c"$conns" -d"${WARMUP}s" \
             -s "$BENCH_DIR/wrk.lua" "$url" >/dev/null 2>&1
     fi
     [[ -n ${BEFORE_RUN:-} ]] && $BEFORE_RUN
+    [[ -n ${TASKS_PID:-} ]] && task_ticks "$TASKS_PID" >"$TMP/$key.tasks0"
     t0=$(cpu_ticks "${pids[@]}"); w0=$(date +%s%N)
-    env "${wenv[@]}" timeout $((DURATION + 30)) wrk -t1 -c"$conns" -d"${DURATION}s" --latency \
+    env "${wenv[@]}" timeout $((DURATION + 30)) wrk -t"${WRK_THREADS:-1}" -c"$conns" -d"${DURATION}s" --latency \
         -s "$BENCH_DIR/wrk.lua" "$url" >"$out" 2>&1
     t1=$(cpu_ticks "${pids[@]}"); w1=$(date +%s%N)
+    [[ -n ${TASKS_PID:-} ]] && task_ticks "$TASKS_PID" >"$TMP/$key.tasks1"
+    WALL_NS[$key]=$((w1 - w0))
     CPU[$key]=$(awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v ns=$((w1 - w0)) 'BEGIN { printf "%.0f%%", t / hz / (ns / 1e9) * 100 }')
     local line; line=$(grep '^WRK_RESULT' "$out")
     if [[ -z $line ]]; then
-        printf "$ROW_FMT" "$label" "$conns" "FAILED" "-" "-" "-" "-" "-"
+        printf "$ROW_FMT" "$label" "$conns" "FAILED" "-" "-" "-" "-" "-" "-"
         sed 's/^/    wrk: /' "$out" | head -5
         return 1
     fi
@@ -157,39 +205,34 @@ run_wrk() {
         k=${kv%%=*} v=${kv#*=}
         case $k in
             rps) RPS[$key]=$v ;; p50_us) P50[$key]=$v ;; p99_us) P99[$key]=$v ;;
-            non2xx) NON2XX[$key]=$v ;; sockerr) SOCKERR[$key]=$v ;;
+            requests) REQS[$key]=$v ;; non2xx) NON2XX[$key]=$v ;; sockerr) SOCKERR[$key]=$v ;;
             timeouts) SOCKERR[$key]=$(( ${SOCKERR[$key]:-0} + v )) ;;
         esac
     done
+    ((${REQS[$key]:-0} > 0)) && CPUUS[$key]=$(awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v n="${REQS[$key]}" \
+        'BEGIN { printf "%.2f", t / hz / n * 1e6 }')
     printf "$ROW_FMT" "$label" "$conns" "$(printf '%.0f' "${RPS[$key]}")" "$(ms "${P50[$key]}")" \
-        "$(ms "${P99[$key]}")" "${NON2XX[$key]}" "${SOCKERR[$key]}" "${CPU[$key]}"
+        "$(ms "${P99[$key]}")" "${CPUUS[$key]:--}" "${NON2XX[$key]}" "${SOCKERR[$key]}" "${CPU[$key]}"
 }
 
 ms() { awk -v u="$1" 'BEGIN { printf "%.2fms", u / 1000 }'; }
-table_header() { printf "$ROW_FMT" "scenario" "conns" "req/s" "p50" "p99" "non-2xx" "sockerr" "server-cpu"; }
+table_header() { printf "$ROW_FMT" "scenario" "conns" "req/s" "p50" "p99" "cpu-us/req" "non-2xx" "sockerr" "server-cpu"; }
 
 # ---------------------------------------------------------------------------------------------
 # setup: packages, build, limits
 # ---------------------------------------------------------------------------------------------
+# The tools the scenarios run, when missing, go to scripts/install-deps.sh (the project's install
+# script, also run by scripts/test.sh and scripts/demo.sh), which installs them with the build
+# dependencies it lists (idempotent: nothing happens when all are there).
 need=()
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx-light)
 command -v wrk >/dev/null || need+=(wrk)
 command -v python3 >/dev/null || need+=(python3)
 command -v curl >/dev/null || need+=(curl)
-if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
-    command -v cmake >/dev/null || need+=(cmake)
-    command -v ninja >/dev/null || need+=(ninja-build)
-    command -v g++ >/dev/null || need+=(g++)
-    for p in libboost1.81-dev libyaml-cpp-dev nlohmann-json3-dev prometheus-cpp-dev libssl-dev; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
-    done
-fi
 export PATH=$PATH:/usr/sbin
-if ((${#need[@]})); then
-    [[ $(id -u) -eq 0 ]] || die "missing packages (${need[*]}); run as root or: sudo apt-get install -y ${need[*]}"
-    log "installing: ${need[*]}"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null \
-        || die "apt-get install ${need[*]}"
+if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]] || ((${#need[@]})); then
+    bash "$ROOT/scripts/install-deps.sh" "${need[@]}" \
+        || die "installing the dependencies failed; run as root: bash scripts/install-deps.sh ${need[*]}"
 fi
 
 build_release batchgate batchgate-mock-upstream batchgate-write-bench
@@ -203,9 +246,11 @@ log "batchgate benchmark — $(date -u '+%Y-%m-%d %H:%M UTC')"
 log "machine: $(nproc) cores ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), $(uname -sr);" \
     "load generator, gateway and upstream share them"
 log "commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') (working tree as built)," \
-    "$(nginx -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}')"
-log "settings: wrk -t1, ${DURATION}s per run after ${WARMUP}s warm-up; nginx worker_processes 1;" \
+    "$(nginx -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}')$(
+        command -v haproxy >/dev/null && haproxy -v | awk 'NR == 1 {print ", HAProxy " $3}')"
+log "settings: wrk -t1, ${DURATION}s per run after ${WARMUP}s warm-up; nginx worker_processes 1; haproxy nbthread 1;" \
     "batchgate worker_threads 1; mock --threads 1; ulimit -n $NOFILE"
+want 8 && log "          scenario 8: wrk -t2, batchgate worker_threads 1 and 2, nginx worker_processes 2, haproxy nbthread 2"
 
 
 loadavg() { log "   load average: $(cut -d' ' -f1-3 /proc/loadavg) (2 cores shared with everything else on the machine)"; }
@@ -216,6 +261,7 @@ verdict() { # verdict OK(1|0|"") TEXT
 ge() { [[ -n $1 && -n $2 ]] && awk -v a="$1" -v b="$2" 'BEGIN { print (a >= b) ? 1 : 0 }'; }
 le() { [[ -n $1 && -n $2 ]] && awk -v a="$1" -v b="$2" 'BEGIN { print (a <= b) ? 1 : 0 }'; }
 r0() { [[ -n $1 ]] && printf '%.0f' "$1" || echo "?"; }
+ratio() { [[ -n $1 && -n $2 ]] && awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }' || echo "-"; }
 
 log "scenarios: $(echo $SCENARIOS)$([[ ${BENCH_WRITES:-1} = 0 ]] && echo ' (BENCH_WRITES=0: not 6)'); scenario 5 rows: ${SLOW_DURATION}s each"
 
@@ -271,11 +317,12 @@ YAML
     for line in "$@"; do printf '      %s\n' "$line"; done
 }
 
-# gateway_yaml NAME PORT ADMIN_PORT UPSTREAM_PORT users_route-ARGS...: $TMP/NAME.yaml, checked
+# gateway_yaml NAME PORT ADMIN_PORT UPSTREAM_PORT users_route-ARGS...: $TMP/NAME.yaml, checked;
+# worker_threads: env GW_THREADS (default 1)
 gateway_yaml() {
     local name=$1 port=$2 admin=$3 up=$4; shift 4
     {
-        printf 'listen: 127.0.0.1:%s\nadmin_listen: 127.0.0.1:%s\nworker_threads: 1\n' "$port" "$admin"
+        printf 'listen: 127.0.0.1:%s\nadmin_listen: 127.0.0.1:%s\nworker_threads: %s\n' "$port" "$admin" "${GW_THREADS:-1}"
         printf 'upstreams:\n  mock:\n    url: http://127.0.0.1:%s\nroutes:\n' "$up"
         users_route "$@"
         ((LOGGING_OFF)) && printf 'logging: {access_log: false}\n'
@@ -322,6 +369,15 @@ large_yaml() {  # large_yaml NAME [UPLOAD-ROUTE-LINE [TOP-LEVEL-LINE...]]
         ((LOGGING_OFF)) && printf 'logging: {access_log: false}\n'
     } >"$TMP/large-$name.yaml"
 }
+# Scenario 8: scenario 1's passthrough gateway and scenario 2's adaptive route, each with
+# worker_threads 1 and 2, on their own ports.
+for n in 1 2; do
+    sed -e "s/^listen: .*/listen: 127.0.0.1:$P_GW_MT/" -e "s/^admin_listen: .*/admin_listen: 127.0.0.1:$P_GW_MT_ADMIN/" \
+        -e "s/^worker_threads: .*/worker_threads: $n/" "$TMP/passthrough.yaml" >"$TMP/mt-pt-$n.yaml"
+    check_config "mt-pt-$n"
+    GW_THREADS=$n gateway_yaml "mt-co-$n" "$P_GW_MT" "$P_GW_MT_ADMIN" "$P_MOCK_SLOW" "${WINDOW_MS}ms" 100 10000 6KiB "flush: adaptive"
+done
+
 if want 7; then
     large_yaml passthrough "passthrough: {max_body: 0}"
     check_config large-passthrough
@@ -432,12 +488,53 @@ co_run() {
 # ---------------------------------------------------------------------------------------------
 # 1. passthrough
 # ---------------------------------------------------------------------------------------------
+# pt_better CONNS: the key (nginx-CONNS or haproxy-CONNS) of the reference proxy with the lower
+# cpu-us/req at CONNS connections; empty when neither has a figure
+pt_better() {
+    local n=${CPUUS[nginx-$1]:-} h=${CPUUS[haproxy-$1]:-}
+    if [[ -n $n && ( -z $h || $(le "$n" "$h") = 1 ) ]]; then echo "nginx-$1"
+    elif [[ -n $h ]]; then echo "haproxy-$1"; fi
+}
+RATIO_FMT="   %-40s %6s %10s %8s %8s\n"
+# ratio_row LABEL CONNS REF-KEY [cpu]: batchgate passthrough (gw-CONNS) / the row REF-KEY;
+# "cpu": the cpu-us/req ratio only
+ratio_row() {
+    local g=gw-$2 r=$3
+    [[ -n $r && -n ${RPS[$r]:-} ]] || return 0
+    if [[ ${4:-} = cpu ]]; then
+        printf "$RATIO_FMT" "$1" "$2" "$(ratio "${CPUUS[$g]:-}" "${CPUUS[$r]:-}")" "" "" | sed 's/ *$//'
+    else
+        printf "$RATIO_FMT" "$1" "$2" "$(ratio "${CPUUS[$g]:-}" "${CPUUS[$r]:-}")" \
+            "$(ratio "${RPS[$g]:-}" "${RPS[$r]}")" "$(ratio "${P99[$g]:-}" "${P99[$r]:-}")"
+    fi
+}
+pt_ratios() {
+    log "batchgate / reference proxy (cpu-us/req and p99: below 1 = batchgate better; req/s: above 1):"
+    printf "$RATIO_FMT" reference conns cpu-us/req req/s p99
+    local c best
+    for c in 50 200; do
+        ratio_row nginx "$c" "nginx-$c"
+        ratio_row haproxy "$c" "haproxy-$c"
+        best=$(pt_better "$c")
+        ratio_row "better of nginx and haproxy (${best%-*})" "$c" "$best" cpu
+    done
+}
+
 scenario_1() {
     log ""
     log "== 1. passthrough: GET /users/7, mock without latency (--threads 1) =="
     loadavg
     start_mock mock "$P_MOCK" --users "$MAX_ID"
     start_nginx
+    local haproxy=0
+    if haproxy_wanted BENCH_HAPROXY; then
+        if start_haproxy haproxy-pt "$BENCH_DIR/haproxy-passthrough.cfg.in" "$P_HAPROXY_PT" "$P_MOCK" /users/7; then
+            haproxy=1
+        else
+            log "   haproxy did not start: no haproxy row"
+            NOTES+=("passthrough: haproxy did not start: $HAPROXY_FAIL")
+        fi
+    fi
     start_gateway gw-passthrough "$TMP/passthrough.yaml" "$P_GW_PT" "$P_GW_PT_ADMIN"
     table_header
     for c in 50 200; do
@@ -446,10 +543,14 @@ scenario_1() {
         check_alive gw-passthrough "passthrough at $c connections" || break
         run_wrk "nginx-$c" "nginx passthrough" "$c" "http://127.0.0.1:$P_NGINX/users/7" 0 \
             "${PIDS[nginx]}" $(pgrep -P "${PIDS[nginx]}")
+        ((haproxy)) && run_wrk "haproxy-$c" "haproxy passthrough" "$c" "http://127.0.0.1:$P_HAPROXY_PT/users/7" 0 \
+            "${PIDS[haproxy-pt]}"
     done
+    pt_ratios
     scrape "$P_GW_PT_ADMIN" "$TMP/pt.metrics"
     [[ -s $TMP/pt.metrics ]] && log "gateway statuses (passthrough route, whole run incl. warm-up): $(status_delta /dev/null "$TMP/pt.metrics" passthrough)"
     alive gw-passthrough && stop gw-passthrough
+    stop haproxy-pt
     stop nginx QUIT
 }
 want 1 && scenario_1
@@ -481,6 +582,19 @@ scenario_2() {
     done
     log "speed-up (batchgate req/s / direct req/s): window ${SPEEDUP[window]:-n/a}x, adaptive ${SPEEDUP[adaptive]:-n/a}x"
     log "upstream calls cut (1 - upstream batch calls / callers served): window ${CUT[fan-window]:-?}%, adaptive ${CUT[fan-adaptive]:-?}%"
+    local line="coalesced caller CPU µs / nginx passthrough CPU µs per request"
+    if ! want 1; then
+        CO_CPU_NOTE="n/a (scenario 1 not run)"
+    elif [[ -z ${CPUUS[nginx-200]:-} ]]; then
+        CO_CPU_NOTE="n/a (no nginx figure from scenario 1)"
+    else
+        for mode in window adaptive; do
+            [[ -n ${CPUUS[fan-$mode]:-} ]] && CO_CPU_RATIO[$mode]=$(ratio "${CPUUS[fan-$mode]}" "${CPUUS[nginx-200]}")
+        done
+        line+=" (nginx: ${CPUUS[nginx-200]} µs, scenario 1 at 200 conns)"
+        CO_CPU_NOTE="window ${CO_CPU_RATIO[window]:--} (${CPUUS[fan-window]:--} µs), adaptive ${CO_CPU_RATIO[adaptive]:--} (${CPUUS[fan-adaptive]:--} µs); target <= 0.50"
+    fi
+    log "$line: $CO_CPU_NOTE"
 }
 
 scenario_3() {
@@ -503,7 +617,8 @@ scenario_3() {
         "(target <= 0.30ms); window ${WINDOW_MS}ms $(ms "${ADDED_US[window]:-0}") (a lone caller waits the whole window)"
 }
 
-declare -A SPEEDUP=() ADDED_US=()
+declare -A SPEEDUP=() ADDED_US=() CO_CPU_RATIO=()
+CO_CPU_NOTE=""
 if want 2 || want 3; then
     start_mock mock-slow "$P_MOCK_SLOW" --users "$MAX_ID" --latency 2ms --max-concurrent 8
     want 2 && scenario_2
@@ -608,13 +723,15 @@ scenario_5() {
     stop mock-50
     DURATION=$saved_duration
 
-    log "summary of scenario 5 (callers/s = wrk req/s; cut = 1 - upstream batch calls / callers served):"
-    printf "   %-32s %10s %8s %10s %10s %7s  %s\n" run callers/s cut p50 p99 batch flushes
+    log "summary of scenario 5 (callers/s = wrk req/s; cut = 1 - upstream batch calls / callers served;"
+    log "   cpu-us/req = the gateway's CPU time per caller):"
+    printf "   %-32s %10s %8s %10s %10s %10s %7s  %s\n" run callers/s cut p50 p99 cpu-us/req batch flushes
     for key in slow-adaptive $(for w in $SLOW_WAITS; do echo "slow-window-$w"; done); do
         [[ -n ${RPS[$key]:-} ]] || continue
-        printf "   %-32s %10.0f %7s%% %10s %10s %7s  %s\n" \
+        printf "   %-32s %10.0f %7s%% %10s %10s %10s %7s  %s\n" \
             "$([[ $key = slow-adaptive ]] && echo "adaptive" || echo "window ${key#slow-window-}ms, $SLOW_SLOTS slots")$([[ $key = "$SLOW_BEST_KEY" ]] && echo " (best)")" \
-            "${RPS[$key]}" "${CUT[$key]:-?}" "$(ms "${P50[$key]}")" "$(ms "${P99[$key]}")" "${MEANBATCH[$key]:-?}" "${REASONS[$key]:-}"
+            "${RPS[$key]}" "${CUT[$key]:-?}" "$(ms "${P50[$key]}")" "$(ms "${P99[$key]}")" "${CPUUS[$key]:--}" \
+            "${MEANBATCH[$key]:-?}" "${REASONS[$key]:-}"
     done
     if [[ -n $SLOW_BEST_KEY && -n ${RPS[slow-adaptive]:-} ]]; then
         SLOW_RATIO=$(awk -v a="${RPS[slow-adaptive]}" -v b="$best_rps" 'BEGIN { printf "%.3f", a / b }')
@@ -828,21 +945,11 @@ scenario_7() {
     LG_PATHS=(direct) LG_LABEL[direct]="upstream direct" LG_URL[direct]=http://127.0.0.1:$P_ORIGIN
     SINK_PORT=$P_SINK start_nginx nginx-stream "$BENCH_DIR/nginx-stream.conf.in" "$P_NGINX" "$P_ORIGIN" /ping.txt
     LG_PATHS+=(nginx) LG_LABEL[nginx]="nginx proxy_pass" LG_URL[nginx]=http://127.0.0.1:$P_NGINX
-    if [[ ${BENCH_LARGE_HAPROXY:-1} = 0 ]]; then
-        :
-    elif ! command -v haproxy >/dev/null; then
-        log "   haproxy not installed: no haproxy row (apt-get install haproxy)"
-    else
-        port_free "$P_HAPROXY" || die "port $P_HAPROXY is already in use"
-        sed -e "s#@LISTEN_PORT@#$P_HAPROXY#g" -e "s#@UPSTREAM_PORT@#$P_ORIGIN#g" -e "s#@SINK_PORT@#$P_SINK#g" \
-            "$BENCH_DIR/haproxy.cfg.in" >"$TMP/haproxy.cfg"
-        haproxy -db -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
-        PIDS[haproxy]=$!
-        if wait_http "http://127.0.0.1:$P_HAPROXY/ping.txt" haproxy; then
+    if haproxy_wanted BENCH_LARGE_HAPROXY; then
+        if SINK_PORT=$P_SINK start_haproxy haproxy "$BENCH_DIR/haproxy.cfg.in" "$P_HAPROXY" "$P_ORIGIN" /ping.txt; then
             LG_PATHS+=(haproxy) LG_LABEL[haproxy]="haproxy" LG_URL[haproxy]=http://127.0.0.1:$P_HAPROXY
         else
-            NOTES+=("large bodies: haproxy did not start: $(tail -2 "$TMP/haproxy.log" | tr '\n' ' ')")
-            stop haproxy
+            NOTES+=("large bodies: haproxy did not start: $HAPROXY_FAIL")
         fi
     fi
     local g p dir
@@ -877,6 +984,124 @@ scenario_7() {
 }
 want 7 && scenario_7
 
+# ---------------------------------------------------------------------------------------------
+# 8. two worker threads: passthrough and coalescing through batchgate with worker_threads 1 and
+#    2 (a fresh gateway per row), nginx with 2 workers and haproxy with 2 threads as the
+#    passthrough references; wrk -t2 so that the client is not the bound
+# ---------------------------------------------------------------------------------------------
+declare -A MT_SHARE_MIN=() MT_WORKERS=() MT_SPLIT=()
+MT_HOW=""   # how the worker threads were identified
+
+# accepted_delta BEFORE AFTER: batchgate_connections_accepted_total by thread between two
+# scrapes, "0:104 1:96" (thread label order)
+accepted_delta() {
+    awk 'index($0, "batchgate_connections_accepted_total{") == 1 {
+            match($0, /thread="[^"]*"/); t = substr($0, RSTART + 8, RLENGTH - 9)
+            if (FILENAME == ARGV[1]) b[t] = $NF; else a[t] = $NF }
+        END { for (t in a) printf "%s:%.0f\n", t, a[t] - b[t] }' "$1" "$2" | sort -n | paste -sd' '
+}
+
+# core_pct TICKS NS: TICKS of CPU over NS nanoseconds of wall time, in % of one core
+core_pct() { awk -v d="$1" -v hz="$CLK_TCK" -v ns="$2" 'BEGIN { if (ns > 0) printf "%.0f%%", d / hz / (ns / 1e9) * 100; else print "?" }'; }
+
+# thread_split KEY BEFORE AFTER: the indented lines under a batchgate row of scenario 8: CPU of
+# each worker thread over the measured run (TMP/KEY.tasks0 and .tasks1, from run_wrk with
+# TASKS_PID) as % of one core and as share of the gateway's CPU (the sum over its threads, read
+# at the same moments; the server-cpu column is the process's), and the connections each thread accepted in the run (/metrics scrapes BEFORE and
+# AFTER). Worker threads are the threads named bg-worker-N (gateway/server.cpp names them; a
+# hostname upstream's resolver thread, started by a worker, inherits its name and is counted with
+# it); a gateway that does not name them: the threads that used >= 5% of the process's CPU.
+thread_split() {
+    local key=$1 before=$2 after=$3 f0=$TMP/$1.tasks0 f1=$TMP/$1.tasks1
+    local ns=${WALL_NS[$key]:-0} total deltas workers other line="" min="" n=0 name d
+    if [[ ! -s $f0 || ! -s $f1 ]]; then
+        log "      worker threads: no figures (/proc/PID/task not readable)"
+        return 0
+    fi
+    deltas=$(awk 'FNR == NR { b[$1] = $3; next } { print $1, $2, $3 - ($1 in b ? b[$1] : 0) }' "$f0" "$f1")
+    total=$(awk '{ s += $3 } END { print s + 0 }' <<<"$deltas")
+    if awk '$2 ~ /^bg-worker-/ { found = 1 } END { exit !found }' <<<"$deltas"; then
+        MT_HOW="by name (bg-worker-N, /proc/PID/task/TID/comm)"
+        workers=$(awk '$2 ~ /^bg-worker-/ { s[$2] += $3 } END { for (k in s) print k, s[k] }' <<<"$deltas" | sort -V)
+        other=$(awk '$2 !~ /^bg-worker-/ { s += $3 } END { print s + 0 }' <<<"$deltas")
+    else
+        MT_HOW="by CPU use (threads with >= 5% of the process's CPU; this gateway does not name them)"
+        workers=$(awk -v t="$total" '$3 > 0 && $3 >= 0.05 * t { print "tid-" $1, $3 }' <<<"$deltas")
+        other=$(awk -v t="$total" '!($3 > 0 && $3 >= 0.05 * t) { s += $3 } END { print s + 0 }' <<<"$deltas")
+    fi
+    while read -r name d; do
+        [[ -n $name ]] || continue
+        local share; share=$(awk -v d="$d" -v t="$total" 'BEGIN { if (t > 0) printf "%.0f", d / t * 100; else print 0 }')
+        line+="${line:+, }$name $(core_pct "$d" "$ns") cpu = ${share}% of the gateway's"
+        MT_SPLIT[$key]+="${MT_SPLIT[$key]:+, }$name ${share}%"
+        [[ -z $min ]] || ((share < min)) && min=$share
+        n=$((n + 1))
+    done <<<"$workers"
+    MT_SHARE_MIN[$key]=$min MT_WORKERS[$key]=$n
+    log "      worker threads: ${line:-none found}; other threads $(core_pct "$other" "$ns")"
+    [[ -s $before && -s $after ]] && log "      connections accepted in the run, by thread: $(accepted_delta "$before" "$after")"
+}
+
+MT_KEY="" MT_ADMIN=""
+mt_before() { scrape "$MT_ADMIN" "$TMP/$MT_KEY.before"; }
+
+# mt_gateway_row KIND THREADS: start a gateway (mt-KIND-THREADS.yaml), one row, its thread lines
+mt_gateway_row() {
+    local kind=$1 n=$2 key=mt-$1-$2 gw=gw-mt-$1-$2 s=""
+    ((n > 1)) && s=s
+    start_gw "$gw" "$key" "$P_GW_MT" "$P_GW_MT_ADMIN"
+    if [[ $kind = pt ]]; then
+        MT_KEY=$key MT_ADMIN=$P_GW_MT_ADMIN BEFORE_RUN=mt_before TASKS_PID=${PIDS[$gw]} \
+            run_wrk "$key" "batchgate passthrough, $n thread$s" 200 "http://127.0.0.1:$P_GW_MT/users/7" 0 "${PIDS[$gw]}"
+        scrape "$P_GW_MT_ADMIN" "$TMP/$key.after"
+        check_alive "$gw" "two worker threads, passthrough, $n thread$s"
+    else  # co_run: scenario 2's /metrics lines (served, cut, mean batch, flushes, gauges)
+        TASKS_PID=${PIDS[$gw]} co_run "$key" "batchgate coalesce (adaptive), $n thread$s" 200 "$gw" "$P_GW_MT" "$P_GW_MT_ADMIN"
+    fi
+    thread_split "$key" "$TMP/$key.before" "$TMP/$key.after"
+    alive "$gw" && stop "$gw"
+}
+
+scenario_8() {
+    local n haproxy=0
+    log ""
+    log "== 8. two worker threads: 200 connections, wrk -t2 (two client threads, so the client is not the bound) =="
+    log "   passthrough GET /users/7 (mock without latency, --threads 1): batchgate worker_threads 1 and 2,"
+    log "   nginx worker_processes 2, haproxy nbthread 2; coalescing, random ids (mock --latency 2ms"
+    log "   --max-concurrent 8; scenario 2's adaptive route): batchgate worker_threads 1 and 2"
+    loadavg
+    local WRK_THREADS=2
+    alive mock || start_mock mock "$P_MOCK" --users "$MAX_ID"
+    NGINX_WORKERS=2 start_nginx nginx-mt
+    if haproxy_wanted BENCH_HAPROXY; then
+        if HAPROXY_THREADS=2 start_haproxy haproxy-mt "$BENCH_DIR/haproxy-passthrough.cfg.in" "$P_HAPROXY_PT" "$P_MOCK" /users/7; then
+            haproxy=1
+        else
+            log "   haproxy did not start: no haproxy row"
+            NOTES+=("two worker threads: haproxy did not start: $HAPROXY_FAIL")
+        fi
+    fi
+    table_header
+    for n in 1 2; do mt_gateway_row pt "$n"; done
+    run_wrk nginx-mt "nginx passthrough, 2 workers" 200 "http://127.0.0.1:$P_NGINX/users/7" 0 \
+        "${PIDS[nginx-mt]}" $(pgrep -P "${PIDS[nginx-mt]}")
+    ((haproxy)) && run_wrk haproxy-mt "haproxy passthrough, nbthread 2" 200 "http://127.0.0.1:$P_HAPROXY_PT/users/7" 0 \
+        "${PIDS[haproxy-mt]}"
+    stop haproxy-mt
+    stop nginx-mt QUIT
+    stop mock
+    start_mock mock-slow "$P_MOCK_SLOW" --users "$MAX_ID" --latency 2ms --max-concurrent 8
+    for n in 1 2; do mt_gateway_row co "$n"; done
+    stop mock-slow
+    log "   worker threads identified $MT_HOW; % cpu: of one core over the measured run"
+    log "worker_threads 2 / 1: passthrough req/s $(ratio "${RPS[mt-pt-2]:-}" "${RPS[mt-pt-1]:-}")x," \
+        "cpu-us/req $(ratio "${CPUUS[mt-pt-2]:-}" "${CPUUS[mt-pt-1]:-}")x; coalescing req/s" \
+        "$(ratio "${RPS[mt-co-2]:-}" "${RPS[mt-co-1]:-}")x, cpu-us/req $(ratio "${CPUUS[mt-co-2]:-}" "${CPUUS[mt-co-1]:-}")x"
+    log "batchgate (2 threads) / nginx (2 workers), passthrough: req/s $(ratio "${RPS[mt-pt-2]:-}" "${RPS[nginx-mt]:-}")," \
+        "cpu-us/req $(ratio "${CPUUS[mt-pt-2]:-}" "${CPUUS[nginx-mt]:-}"), p99 $(ratio "${P99[mt-pt-2]:-}" "${P99[nginx-mt]:-}")"
+}
+want 8 && scenario_8
+
 
 # ---------------------------------------------------------------------------------------------
 # summary
@@ -890,11 +1115,19 @@ if want 1; then
             "passthrough req/s at $c conns >= nginx: batchgate $(r0 "${RPS[gw-$c]:-}") vs nginx $(r0 "${RPS[nginx-$c]:-}")"
         verdict "$(le "${P99[gw-$c]:-}" "${P99[nginx-$c]:-}")" \
             "passthrough p99 at $c conns <= nginx: batchgate $(ms "${P99[gw-$c]:-0}") vs nginx $(ms "${P99[nginx-$c]:-0}")"
+        best=$(pt_better "$c")
+        verdict "$(le "${CPUUS[gw-$c]:-}" "${CPUUS[$best]:-}")" \
+            "passthrough CPU/request at $c conns <= better of nginx and HAProxy: batchgate ${CPUUS[gw-$c]:-?} µs vs nginx ${CPUUS[nginx-$c]:--}, haproxy ${CPUUS[haproxy-$c]:--} µs (${best:+ratio to ${best%-*}: }$(ratio "${CPUUS[gw-$c]:-}" "${CPUUS[$best]:-}"))"
     done
 fi
 if want 2; then
     verdict "$(ge "${SPEEDUP[adaptive]:-}" 25)" "fan-in >= 25x direct req/s (adaptive): ${SPEEDUP[adaptive]:-?}x ($(r0 "${RPS[fan-adaptive]:-}") vs $(r0 "${RPS[fan-direct]:-}") req/s; window ${WINDOW_MS}ms: ${SPEEDUP[window]:-?}x)"
     verdict "$(ge "${CUT[fan-adaptive]:-}" 98)" "upstream calls cut at 200 conns >= 98% (adaptive): ${CUT[fan-adaptive]:-?}% (mean batch ${MEANBATCH[fan-adaptive]:-?}; window ${WINDOW_MS}ms: ${CUT[fan-window]:-?}%)"
+    if [[ -n ${CO_CPU_RATIO[adaptive]:-} ]]; then
+        verdict "$(le "${CO_CPU_RATIO[adaptive]}" 0.5)" "coalesced caller <= 0.5 x nginx passthrough CPU/request (adaptive): ${CO_CPU_RATIO[adaptive]} (${CPUUS[fan-adaptive]:--} vs nginx ${CPUUS[nginx-200]} µs at 200 conns; window ${WINDOW_MS}ms: ${CO_CPU_RATIO[window]:--})"
+    else
+        verdict "" "coalesced caller <= 0.5 x nginx passthrough CPU/request: ${CO_CPU_NOTE#n/a }"
+    fi
 fi
 if want 3; then
     verdict "$(le "${ADDED_US[adaptive]:-}" 300)" \
@@ -902,7 +1135,7 @@ if want 3; then
     verdict "$(le "${ADDED_US[window]:-}" $((WINDOW_MS * 1000 + 500)))" \
         "added median latency <= window + 0.5ms ($(ms $((WINDOW_MS * 1000 + 500)))) (window ${WINDOW_MS}ms): $([[ -n ${ADDED_US[window]:-} ]] && ms "${ADDED_US[window]}" || echo ?)"
 fi
-want 4 && verdict "$(le "$PER_CALLER" 4096)" "memory per waiting caller <= 4 KiB (4096 B): ${PER_CALLER:-?} B"
+want 4 && verdict "$(le "$PER_CALLER" 2048)" "memory per waiting caller <= 2 KiB (2048 B): ${PER_CALLER:-?} B"
 if want 5; then
     verdict "$(ge "${CUT[slow-adaptive]:-}" 95)" "slow upstream: upstream calls cut >= 95% (adaptive): ${CUT[slow-adaptive]:-?}% (mean batch ${MEANBATCH[slow-adaptive]:-?})"
     verdict "$(ge "$SLOW_RATIO" 0.90)" "slow upstream: throughput >= 0.90 x best fixed max_wait: ${SLOW_RATIO:-?} (adaptive $(r0 "${RPS[slow-adaptive]:-}") vs window ${SLOW_BEST_KEY#slow-window-}ms $(r0 "${RPS[$SLOW_BEST_KEY]:-}") callers/s)"
@@ -920,6 +1153,14 @@ if want 7; then   # no target: figures only
         printf "  %-7s %s\n" info "large bodies, ${LARGE_MIB} MiB $what: $line"
     done
 fi
+if want 8; then
+    for k in pt co; do
+        key=mt-$k-2 what=passthrough; [[ $k = co ]] && what="coalescing, adaptive"
+        ok=""
+        [[ -n ${MT_WORKERS[$key]:-} ]] && ok=$([[ ${MT_WORKERS[$key]} -ge 2 && ${MT_SHARE_MIN[$key]:-0} -ge 25 ]] && echo 1 || echo 0)
+        verdict "$ok" "worker_threads: 2 uses both threads: each worker thread >= 25% of the gateway's CPU ($what): ${MT_SPLIT[$key]:-no figures} ($(r0 "${RPS[$key]:-}") req/s; worker_threads 1: $(r0 "${RPS[mt-$k-1]:-}"))"
+    done
+fi
 if [[ -n $WRITES_RC ]]; then
     WRITE_TARGETS=$(awk '/^== summary ==/ { s = 1 } s && /^target:/' "$TMP/writes.out")
     [[ -n $WRITE_TARGETS ]] || verdict "" "writes: >= 80% saved, 0 lost, 0 doubled: no figures (exit status $WRITES_RC)"
@@ -935,7 +1176,7 @@ for k in "${!RPS[@]}"; do
     n=${NON2XX[$k]:-0} e=${SOCKERR[$k]:-0}
     ((n > 0 || e > 0)) || continue
     case $k in
-        *direct*|nginx-*) NOTES+=("$k (baseline): $n non-2xx answers, $e socket errors/timeouts seen by wrk") ;;
+        *direct*|nginx-*|haproxy-*) NOTES+=("$k (baseline): $n non-2xx answers, $e socket errors/timeouts seen by wrk") ;;
         *) NOTES+=("$k: $n non-2xx answers, $e socket errors/timeouts seen by wrk") ;;
     esac
 done

@@ -8,10 +8,18 @@
 
 local max_id = tonumber(os.getenv("BENCH_RANDOM_IDS") or "")
 
+-- Each wrk thread (-tN, scenario 8 uses -t2) gets its index as the global thread_index, so
+-- threads started in the same microsecond still draw different ids.
+local started = 0
+function setup(thread)
+  started = started + 1
+  thread:set("thread_index", started)
+end
+
 if max_id then
   function init(args)
-    -- seeded per wrk thread; run.sh uses -t1
-    math.randomseed(os.time() + math.floor(os.clock() * 1e6))
+    -- seeded per wrk thread
+    math.randomseed(os.time() + math.floor(os.clock() * 1e6) + 7919 * (thread_index or 0))
   end
 
   function request()
