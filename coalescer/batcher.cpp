@@ -9,8 +9,8 @@
 #include <boost/asio/post.hpp>
 #include <boost/beast/http.hpp>
 
-#include "gateway/errors.hpp"
-#include "gateway/log.hpp"
+#include "net/errors.hpp"
+#include "net/log.hpp"
 
 namespace batchgate::coalescer {
 
@@ -80,8 +80,8 @@ config::duration caller_timeout(const config::gateway_config& config, const conf
 
 batcher::batcher(net::any_io_executor executor, std::shared_ptr<const config::gateway_config> config,
                  const config::route_settings& route, std::shared_ptr<gateway::upstream_pool> upstream,
-                 std::shared_ptr<batch_slots> slots, metrics::registry& metrics)
-    : strand_(net::make_strand(executor)),
+                 std::shared_ptr<batch_slots> slots, metrics::registry& metrics, std::shared_ptr<route_load> load)
+    : executor_(std::move(executor)),
       config_(std::move(config)),
       route_(route),
       upstream_(std::move(upstream)),
@@ -92,18 +92,24 @@ batcher::batcher(net::any_io_executor executor, std::shared_ptr<const config::ga
                             window_policy(route.coalesce.same_key),
                             route.coalesce.flush == config::flush_policy::adaptive, route.coalesce.min_wait}),
       ordered_(route.coalesce.ordered),
-      timer_(strand_),
-      sweep_timer_(strand_),
-      rng_(std::random_device{}()) {}
+      timer_(executor_),
+      sweep_timer_(executor_),
+      rng_(std::random_device{}()),
+      load_(std::move(load)) {}
 
 void batcher::submit(submission s) {
-    net::post(strand_, [self = shared_from_this(), s = std::move(s)]() mutable { self->on_submit(std::move(s)); });
+    net::post(executor_, [self = shared_from_this(), s = std::move(s)]() mutable { self->on_submit(std::move(s)); });
 }
 
 void batcher::on_submit(submission s) {
-    // Callers who gave up while their batch waited no longer count.
-    if (window_.waiting() + queued_callers_ >= route_.coalesce.max_waiting) sweep();
-    if (window_.waiting() + queued_callers_ >= route_.coalesce.max_waiting) {
+    // Callers who gave up while their batch waited no longer count. The other shards' callers
+    // count as last published.
+    auto waiting = [this] {
+        const std::size_t elsewhere = load_->waiting.load(std::memory_order_relaxed) - published_waiting_;
+        return elsewhere + window_.waiting() + queued_callers_;
+    };
+    if (waiting() >= route_.coalesce.max_waiting) sweep();
+    if (waiting() >= route_.coalesce.max_waiting) {
         metrics_.rejected->Increment();
         reply r;
         r.status = http_status(gateway_error::overloaded);
@@ -120,7 +126,7 @@ void batcher::on_submit(submission s) {
     caller_deadlines_.emplace(w.deadline, w.serial);
     // flush: adaptive: a caller whose partition could send right now (a free slot, nothing of
     // it in flight or queued) does not wait for others to come.
-    const bool can_send = !draining_ && slots_->has_free() && !partition_busy(s.part.key);
+    const bool can_send = !draining_ && slot_free() && !partition_busy(s.part.key);
     auto closed = window_.add(s.part, std::move(s.key), s.cost, std::move(w), now, std::move(s.item), can_send);
     if (auto d = window_.take_deduplicated()) metrics_.deduplicated->Increment(static_cast<double>(d));
     if (auto m = window_.take_merged()) metrics_.merged->Increment(static_cast<double>(m));
@@ -156,7 +162,7 @@ void batcher::on_timer() {
 
 void batcher::drain() {
     slots_->retire();  // shutdown, or a reload whose new batchers publish their own limits
-    net::post(strand_, [self = shared_from_this()] {
+    net::post(executor_, [self = shared_from_this()] {
         self->draining_ = true;
         self->enqueue(self->window_.drain(clock_type::now()));
         self->timer_.cancel();
@@ -199,7 +205,7 @@ void batcher::pump() {
         auto next = next_ready();
         auto held_due = window_.held() ? window_.first_releasable(busy) : std::nullopt;
         if (held_due && (next == ready_.end() || *held_due < next->b.due)) {
-            if (!slots_->has_free()) {
+            if (!slot_free()) {
                 wait_for_slot();  // it keeps collecting callers meanwhile
                 break;
             }
@@ -213,7 +219,7 @@ void batcher::pump() {
             ready_.erase(next);
             continue;
         }
-        if (!slots_->try_acquire()) {
+        if (!take_slot()) {
             wait_for_slot();
             break;
         }
@@ -227,20 +233,35 @@ void batcher::pump() {
     arm_sweep();
 }
 
-// No free slot for a due batch: the limit (shared with the upstream's other routes) wakes this
-// batcher when a call ends, on whichever strand that happens, so the wake-up is posted here.
+// No free slot for a due batch: the batcher queues in the limit (shared with the route's other
+// shards and the upstream's other routes), which hands it a slot when a call ends, on whichever
+// thread that happens, so the hand-over is posted here. A slot it then has no use for goes back.
 void batcher::wait_for_slot() {
     if (waiting_for_slot_) return;
     waiting_for_slot_ = true;
-    slots_->notify_when_free([weak = weak_from_this()] {
+    slots_->when_granted([weak = weak_from_this(), slots = slots_] {
         auto self = weak.lock();
-        if (!self) return;
-        net::post(self->strand_, [self] {
+        if (!self) return slots->release(call_outcome::ignored, {});
+        net::post(self->executor_, [self] {
             self->waiting_for_slot_ = false;
+            ++self->granted_;
             self->pump();
+            self->return_unused_slots();
             self->update_waiting_gauge();
         });
     });
+}
+
+bool batcher::take_slot() {
+    if (granted_ > 0) {
+        --granted_;
+        return true;
+    }
+    return slots_->try_acquire();
+}
+
+void batcher::return_unused_slots() {
+    for (; granted_ > 0; --granted_) slots_->release(call_outcome::ignored, {});
 }
 
 // The queued batch to send next: the longest-due one whose partition is free (on ordered
@@ -270,7 +291,7 @@ bool batcher::partition_busy(const std::string& partition_key) const {
 // route has no free slot, so it may as well keep collecting callers.
 bool batcher::blocked(const std::string& partition_key) const {
     if (draining_) return false;
-    return !slots_->has_free() || partition_busy(partition_key);
+    return !slot_free() || partition_busy(partition_key);
 }
 
 void batcher::release_slot(const pending& p, call_outcome outcome, std::chrono::nanoseconds rtt) {
@@ -339,8 +360,8 @@ void batcher::send(pending p) {
     upstream_->async_send(
         std::move(req), budget,
         [self = shared_from_this(), p = std::move(p), batch_id](gateway::upstream_result r) mutable {
-            // Back onto the strand: the window, queue and counters are strand-owned.
-            net::post(self->strand_, [self, p = std::move(p), batch_id = std::move(batch_id),
+            // Back onto the batcher's thread: the window, queue and counters are its own.
+            net::post(self->executor_, [self, p = std::move(p), batch_id = std::move(batch_id),
                                       r = std::move(r)]() mutable {
                 self->on_answer(std::move(p), batch_id, std::move(r));
             });
@@ -451,7 +472,7 @@ bool batcher::try_retry(pending& p, const gateway::upstream_result& r) {
     const auto start_at = clock_type::now() + delay;
     if (start_at >= earliest) return false;
     metrics_.retries->Increment();
-    auto timer = std::make_shared<net::steady_timer>(strand_);
+    auto timer = std::make_shared<net::steady_timer>(executor_);
     timer->expires_at(start_at);
     ++p.attempt;
     const auto outcome = outcome_of(r);
@@ -701,11 +722,21 @@ void batcher::answer_all(pending& p, const reply& proto) {
     }
 }
 
+// The gauges are the sum over the route's shards (and over a retired snapshot's batchers still
+// finishing): each batcher adds the change of its own part.
 void batcher::update_waiting_gauge() {
-    metrics_.waiting->Set(static_cast<double>(window_.waiting() + queued_callers_));
+    const std::size_t waiting = window_.waiting() + queued_callers_;
     std::size_t for_slot = window_.held() ? window_.held_waiters() : 0;
     for (const auto& p : ready_) for_slot += p.b.waiter_count();
-    metrics_.waiting_for_slot->Set(static_cast<double>(for_slot));
+    if (waiting != published_waiting_) {
+        load_->waiting.fetch_add(waiting - published_waiting_, std::memory_order_relaxed);  // wraps when it shrinks
+        metrics_.waiting->Increment(static_cast<double>(waiting) - static_cast<double>(published_waiting_));
+        published_waiting_ = waiting;
+    }
+    if (for_slot != published_for_slot_) {
+        metrics_.waiting_for_slot->Increment(static_cast<double>(for_slot) - static_cast<double>(published_for_slot_));
+        published_for_slot_ = for_slot;
+    }
 }
 
 }  // namespace batchgate::coalescer

@@ -1,8 +1,10 @@
 // One coalescing route at run time: feeds callers into a window (coalescer/core/window.hpp),
 // owns the one timer that flushes it, sends each closed batch through the upstream pool
 // (retrying 429/503 with backoff, bisecting all-or-nothing failures when the route says so)
-// and answers every waiter exactly once. Runs on its own strand; submit() may be called from
-// any thread. Holds only completion handlers, never sessions.
+// and answers every waiter exactly once. A route has one batcher per worker thread (shard),
+// each owning the partitions that hash to it (net/shard.hpp); a batcher runs on its
+// shard's executor, which one thread runs, so its state needs no strand or lock. submit() may be
+// called from any thread. Holds only completion handlers, never sessions.
 #pragma once
 
 #include <atomic>
@@ -23,13 +25,12 @@
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
 
 #include "coalescer/core/batch_slots.hpp"
 #include "coalescer/core/window.hpp"
 #include "config/config.hpp"
-#include "gateway/upstream_pool.hpp"
 #include "metrics/metrics.hpp"
+#include "net/upstream_pool.hpp"
 
 namespace batchgate::coalescer {
 
@@ -57,12 +58,18 @@ struct submission {
     nlohmann::json caller_values; // what the response templates use of the caller's request (codec caller_values)
     std::chrono::steady_clock::time_point deadline;  // retries never start after it
     std::shared_ptr<std::atomic<bool>> gone;         // the caller hung up (nullptr: never known)
-    reply_handler done;           // called exactly once, on the batcher's strand
+    reply_handler done;           // called exactly once, on the batcher's thread
 };
 
 // The deadline of a caller on this route: route.timeout, or max_wait + the upstream's
 // request_timeout + 1s.
 config::duration caller_timeout(const config::gateway_config& config, const config::route_settings& route);
+
+// What the batchers of one route (one per shard) count together: the callers waiting in all of
+// them, for coalesce.max_waiting and the route's gauges.
+struct route_load {
+    std::atomic<std::size_t> waiting{0};
+};
 
 class batcher : public std::enable_shared_from_this<batcher> {
 public:
@@ -70,7 +77,8 @@ public:
     // batches is in flight, even after a reload retired the snapshot.
     batcher(boost::asio::any_io_executor executor, std::shared_ptr<const config::gateway_config> config,
             const config::route_settings& route, std::shared_ptr<gateway::upstream_pool> upstream,
-            std::shared_ptr<batch_slots> slots, metrics::registry& metrics);
+            std::shared_ptr<batch_slots> slots, metrics::registry& metrics,
+            std::shared_ptr<route_load> load = std::make_shared<route_load>());
 
     void submit(submission s);
 
@@ -140,12 +148,16 @@ private:
     void answer_all(pending& p, const reply& proto);
     void update_waiting_gauge();
 
-    boost::asio::strand<boost::asio::any_io_executor> strand_;
+    boost::asio::any_io_executor executor_;  // its shard's: every member is touched there only
     std::shared_ptr<const config::gateway_config> config_;
     const config::route_settings& route_;
     std::shared_ptr<gateway::upstream_pool> upstream_;
     std::shared_ptr<batch_slots> slots_;       // the upstream's shared limit, or the route's own
-    bool waiting_for_slot_ = false;            // asked slots_ for a wake-up
+    bool waiting_for_slot_ = false;            // queued in slots_ for a slot
+    std::size_t granted_ = 0;                  // slots slots_ handed over, not used yet
+    bool slot_free() const { return granted_ > 0 || slots_->has_free(); }
+    bool take_slot();                          // a granted slot, or one from slots_
+    void return_unused_slots();
     metrics::route_metrics& metrics_;
     metrics::upstream_route_metrics& upstream_metrics_;
     window_type window_;
@@ -165,6 +177,9 @@ private:
     std::size_t queued_callers_ = 0;           // callers handed out of the window, not yet answered
     std::minstd_rand rng_;
     bool draining_ = false;
+    std::shared_ptr<route_load> load_;     // shared with the route's other shards
+    std::size_t published_waiting_ = 0;    // this batcher's part of load_->waiting and the gauge
+    std::size_t published_for_slot_ = 0;   // its part of the waiting_for_slot gauge
 };
 
 }  // namespace batchgate::coalescer

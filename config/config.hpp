@@ -36,7 +36,7 @@ struct limits_settings {
     duration idle_timeout = std::chrono::seconds(60);   // limits.idle_timeout
     duration drain_timeout = std::chrono::seconds(10);  // limits.drain_timeout (SIGTERM)
     // limits.max_json_depth: JSON from callers and upstreams nested deeper is refused
-    // (routes/json_text.hpp has the default and the cap).
+    // (text/json_text.hpp has the default and the cap).
     std::size_t max_json_depth = 64;
     // limits.max_connections: client connections open at once; more get a 503 and are closed.
     // Lowered at start (with a warning) to what RLIMIT_NOFILE leaves after the upstream pools.

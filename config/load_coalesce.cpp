@@ -6,8 +6,8 @@
 #include <utility>
 
 #include "config/load_context.hpp"
-#include "fanout/core/template.hpp"
 #include "config/load_sections.hpp"
+#include "text/template.hpp"
 
 namespace batchgate::config::detail {
 

@@ -3,9 +3,10 @@
 #include <utility>
 #include <vector>
 
+#include "config/fan_out_rules.hpp"
 #include "config/load_context.hpp"
 #include "config/load_sections.hpp"
-#include "fanout/core/fan_out.hpp"
+#include "text/template.hpp"
 
 namespace batchgate::config::detail {
 
@@ -35,7 +36,7 @@ std::vector<std::pair<std::string, std::string>> read_text_templates(context& ct
         std::string name = lower_names ? to_lower(it->first.Scalar()) : it->first.Scalar();
         if (lower_names && !is_token(name)) ctx.add(entry.key.Mark(), entry.path, "bad header name " + quote(name));
         if (auto v = read_string(ctx, entry)) {
-            if (auto err = fanout::check_text(*v, fanout::request_rules())) ctx.add(entry.mark(), entry.path, *err);
+            if (auto err = fanout::check_text(*v, fan_out_request_rules())) ctx.add(entry.mark(), entry.path, *err);
             out.emplace_back(std::move(name), *v);
         }
     }
@@ -52,13 +53,13 @@ void load_fan_out_request(context& ctx, const field& f, fan_out_request_settings
         if (auto s = read_string(ctx, *x)) {
             out.path = *s;
             if (s->empty() || s->front() != '/') ctx.add(x->mark(), x->path, "must start with \"/\"");
-            if (auto err = fanout::check_text(*s, fanout::request_rules())) ctx.add(x->mark(), x->path, *err);
+            if (auto err = fanout::check_text(*s, fan_out_request_rules())) ctx.add(x->mark(), x->path, *err);
         }
     }
     if (auto* x = m.get("query")) out.query = read_text_templates(ctx, *x, false);
     if (auto* x = m.get("headers"))
         for (auto& [k, v] : read_text_templates(ctx, *x, true)) out.headers[k] = v;
-    if (auto* x = m.get("body")) out.body = read_fanout_template(ctx, *x, fanout::request_rules());
+    if (auto* x = m.get("body")) out.body = read_fanout_template(ctx, *x, fan_out_request_rules());
     if (auto* x = m.get("forward_headers")) {
         if (auto list = read_string_list(ctx, *x)) {
             out.forward_headers.clear();
@@ -114,10 +115,10 @@ void load_fan_out(context& ctx, const field& f, fan_out_settings& out) {
     if (auto* x = m.get("response")) {
         map_reader r(ctx, x->value, x->path, {"success", "error", "envelope"});
         if (r.ok()) {
-            if (auto* y = r.get("success")) out.response.success = read_fanout_template(ctx, *y, fanout::item_rules());
-            if (auto* y = r.get("error")) out.response.error = read_fanout_template(ctx, *y, fanout::item_rules());
+            if (auto* y = r.get("success")) out.response.success = read_fanout_template(ctx, *y, fan_out_item_rules());
+            if (auto* y = r.get("error")) out.response.error = read_fanout_template(ctx, *y, fan_out_item_rules());
             if (auto* y = r.get("envelope"))
-                out.response.envelope = read_fanout_template(ctx, *y, fanout::envelope_rules());
+                out.response.envelope = read_fanout_template(ctx, *y, fan_out_envelope_rules());
         }
     }
 }
@@ -134,3 +135,24 @@ void load_batch_envelope(context& ctx, const field& f, batch_envelope_settings& 
 }
 
 }  // namespace batchgate::config::detail
+
+namespace batchgate::config {
+
+const fanout::placeholder_rules& fan_out_request_rules() {
+    static const fanout::placeholder_rules r{{"item", "index"}, {"item.", "body.", "header."}};
+    return r;
+}
+
+const fanout::placeholder_rules& fan_out_item_rules() {
+    static const fanout::placeholder_rules r{{"item", "index", "response", "status"},
+                                             {"item.", "body.", "header.", "response."}};
+    return r;
+}
+
+const fanout::placeholder_rules& fan_out_envelope_rules() {
+    static const fanout::placeholder_rules r{{"results", "count.total", "count.succeeded", "count.failed", "now"},
+                                             {"body.", "header."}};
+    return r;
+}
+
+}  // namespace batchgate::config

@@ -18,8 +18,8 @@
 
 #include "config/load_context.hpp"
 #include "config/load_sections.hpp"
-#include "routes/json_text.hpp"
-#include "routes/route_table.hpp"
+#include "text/json_text.hpp"
+#include "text/url.hpp"
 
 namespace batchgate::config {
 

@@ -39,21 +39,19 @@ bool hidden_header(std::string_view name) {
 
 class envelope_call : public std::enable_shared_from_this<envelope_call> {
 public:
-    envelope_call(std::shared_ptr<gateway::shared_state> state, std::shared_ptr<const gateway::runtime> rt,
-                  const config::route_settings& route, request_t req, gateway::request_context ctx,
-                  gateway::dispatch_done done, std::vector<sub_request> requests)
-        : state_(std::move(state)),
-          rt_(std::move(rt)),
+    envelope_call(const engine_env& env, const config::route_settings& route, request_t req,
+                  gateway::request_context ctx, gateway::dispatch_done done, std::vector<sub_request> requests)
+        : env_(env),
           route_(route),
           req_(std::move(req)),
           ctx_(std::move(ctx)),
           done_(std::move(done)),
           requests_(std::move(requests)),
           deadline_(std::min(ctx_.deadline, clock_type::now() + route_.batch_envelope.timeout)),
-          metrics_(state_->metrics.fanout(route_.name)),
+          metrics_(env_.metrics.fanout(route_.name)),
           entries_(requests_.size()),
           statuses_(requests_.size(), 0),
-          timer_(boost::asio::make_strand(state_->executor)),
+          timer_(boost::asio::make_strand(env_.executor)),
           runner_(plan(requests_), route_.batch_envelope.concurrency,
                   // Raw this: the runner is a member, and every hook runs while a holder of
                   // shared_from_this() (start() or a sub-request's completion) is on the stack.
@@ -93,7 +91,7 @@ private:
         if (clock_type::now() >= deadline_)
             return reject(i, 504, "upstream_timeout", "the $batch call's deadline passed before this sub-request was sent");
 
-        const std::size_t header_limit = rt_->config->limits.max_header_bytes;
+        const std::size_t header_limit = env_.limits.max_header_bytes;
         std::size_t header_bytes = 0;
         for (const auto& [name, value] : r.headers) header_bytes += name.size() + value.size() + 4;
         if (header_bytes > header_limit)  // also keeps Beast's 64 KiB field limit from throwing
@@ -111,10 +109,10 @@ private:
         ctx.traceparent = ctx_.traceparent;
         ctx.deadline = deadline_;
         ctx.depth = ctx_.depth + 1;
-        gateway::dispatch(state_, rt_, std::move(sub), std::move(ctx),
-                          [self = shared_from_this(), i](response_t res, gateway::dispatch_info) {
-                              self->on_response(i, std::move(res));
-                          });
+        env_.dispatch(std::move(sub), std::move(ctx),
+                      [self = shared_from_this(), i](response_t res, gateway::dispatch_info) {
+                          self->on_response(i, std::move(res));
+                      });
     }
 
     request_t build_sub_request(const sub_request& r) {
@@ -149,7 +147,7 @@ private:
             else if (status >= 200 && status < 300) metrics_.success->Increment();
             else metrics_.error->Increment();
             entries_[i] = response_entry(requests_[i].id, status, headers, type, res.body(),
-                                          rt_->config->limits.max_json_depth);
+                                          env_.limits.max_json_depth);
             statuses_[i] = status;
         }
         runner_.finish(i, status);
@@ -216,8 +214,7 @@ private:
         answer();
     }
 
-    std::shared_ptr<gateway::shared_state> state_;
-    std::shared_ptr<const gateway::runtime> rt_;  // keeps route_ alive; sub-requests route with it
+    engine_env env_;  // keeps route_ alive; sub-requests route with its snapshot
     const config::route_settings& route_;
     request_t req_;
     gateway::request_context ctx_;
@@ -235,9 +232,8 @@ private:
 
 }  // namespace
 
-void serve_batch_envelope(const std::shared_ptr<gateway::shared_state>& state,
-                          const std::shared_ptr<const gateway::runtime>& rt, const config::route_settings& route,
-                          request_t req, gateway::request_context ctx, gateway::dispatch_done done) {
+void serve_batch_envelope(const engine_env& env, const config::route_settings& route, request_t req,
+                          gateway::request_context ctx, gateway::dispatch_done done) {
     const unsigned version = req.version();
     if (ctx.depth > 0)
         return done(gateway::error_response(gateway_error::bad_request, "a $batch call cannot be nested in another",
@@ -248,8 +244,7 @@ void serve_batch_envelope(const std::shared_ptr<gateway::shared_state>& state,
         return done(gateway::error_response(gateway_error::payload_too_large, e.message, route.name, version), {});
     if (e.error != envelope_error::none)
         return done(gateway::error_response(gateway_error::bad_request, e.message, route.name, version), {});
-    std::make_shared<envelope_call>(state, rt, route, std::move(req), std::move(ctx), std::move(done),
-                                    std::move(e.requests))
+    std::make_shared<envelope_call>(env, route, std::move(req), std::move(ctx), std::move(done), std::move(e.requests))
         ->start();
 }
 

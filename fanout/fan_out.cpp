@@ -11,7 +11,7 @@
 #include "fanout/core/fan_out.hpp"
 #include "fanout/core/plan_runner.hpp"
 #include "fanout/core/request_check.hpp"
-#include "routes/json_text.hpp"
+#include "text/json_text.hpp"
 
 namespace batchgate::fanout {
 
@@ -26,20 +26,18 @@ enum class outcome { success, error, timeout, skipped };
 
 class fan_out_call_state : public std::enable_shared_from_this<fan_out_call_state> {
 public:
-    fan_out_call_state(std::shared_ptr<gateway::shared_state> state, std::shared_ptr<const gateway::runtime> rt,
-                       const config::route_settings& route, std::shared_ptr<gateway::upstream_pool> pool, request_t req,
+    fan_out_call_state(const engine_env& env, const config::route_settings& route, request_t req,
                        gateway::request_context ctx, gateway::dispatch_done done, fan_out_call call)
-        : state_(std::move(state)),
-          rt_(std::move(rt)),
+        : env_(env),
           route_(route),
-          pool_(std::move(pool)),
+          pool_(env.pool),
           req_(std::move(req)),
           ctx_(std::move(ctx)),
           done_(std::move(done)),
           call_(std::move(call)),
           deadline_(std::min(ctx_.deadline, clock_type::now() + route_.fan_out.timeout)),
-          metrics_(state_->metrics.fanout(route_.name)),
-          upstream_metrics_(state_->metrics.upstream(route_.upstream, route_.name)),
+          metrics_(env_.metrics.fanout(route_.name)),
+          upstream_metrics_(env_.metrics.upstream(route_.upstream, route_.name)),
           entries_(call_.items.size()),
           succeeded_(call_.items.size(), false),
           runner_(dependency_plan(std::vector<std::vector<std::size_t>>(call_.items.size())),
@@ -70,7 +68,7 @@ private:
 
         std::size_t header_bytes = 0;
         for (const auto& [name, value] : item.headers) header_bytes += name.size() + value.size() + 4;
-        if (header_bytes > rt_->config->limits.max_header_bytes)  // Beast throws past 64 KiB per field
+        if (header_bytes > env_.limits.max_header_bytes)  // Beast throws past 64 KiB per field
             return complete(i, {431, json{{"error", "the item's headers exceed limits.max_header"}}}, outcome::error);
         gateway::upstream_request up{http::string_to_verb(item.method), item.target, 11};
         if (up.method() == http::verb::unknown) up.method_string(item.method);
@@ -112,7 +110,7 @@ private:
                 return complete(i, {503, json{{"error", r.detail}}}, outcome::error);
         }
         const int status = r.response.result_int();
-        const std::size_t max_depth = rt_->config->limits.max_json_depth;
+        const std::size_t max_depth = env_.limits.max_json_depth;
         auto parsed = routes::parse_json(r.response.body(), max_depth);
         if (parsed.status == routes::json_status::too_deep) {
             upstream_metrics_.requests->inc(std::string("bad_response"));
@@ -149,8 +147,7 @@ private:
         done(std::move(res), {});
     }
 
-    std::shared_ptr<gateway::shared_state> state_;
-    std::shared_ptr<const gateway::runtime> rt_;  // keeps route_ and pool_ alive
+    engine_env env_;  // keeps route_ and pool_ alive
     const config::route_settings& route_;
     std::shared_ptr<gateway::upstream_pool> pool_;
     request_t req_;
@@ -168,19 +165,16 @@ private:
 
 }  // namespace
 
-void serve_fan_out(const std::shared_ptr<gateway::shared_state>& state, const std::shared_ptr<const gateway::runtime>& rt,
-                   const config::route_settings& route, request_t req, gateway::request_context ctx,
-                   gateway::dispatch_done done) {
+void serve_fan_out(const engine_env& env, const config::route_settings& route, request_t req,
+                   gateway::request_context ctx, gateway::dispatch_done done) {
     const unsigned version = req.version();
     fan_out_call call = parse_fan_out(route.fan_out, req.body());
     if (!call.error.empty())
         return done(gateway::error_response(gateway_error::bad_request, call.error, route.name, version), {});
-    auto pool = rt->upstreams.find(route.upstream);
-    if (pool == rt->upstreams.end())
+    if (!env.pool)
         return done(gateway::error_response(gateway_error::internal, "route names an unknown upstream", route.name, version),
                     {});
-    std::make_shared<fan_out_call_state>(state, rt, route, pool->second, std::move(req), std::move(ctx), std::move(done),
-                                         std::move(call))
+    std::make_shared<fan_out_call_state>(env, route, std::move(req), std::move(ctx), std::move(done), std::move(call))
         ->start();
 }
 

@@ -11,12 +11,10 @@
 #include "coalescer/batcher.hpp"
 #include "coalescer/core/codec.hpp"
 #include "fanout/engine.hpp"
-#include "gateway/hop_by_hop.hpp"
-#include "routes/json_text.hpp"
+#include "net/hop_by_hop.hpp"
+#include "text/json_text.hpp"
 
 namespace batchgate::gateway {
-
-namespace beast = boost::beast;
 
 namespace {
 
@@ -124,11 +122,11 @@ struct exchange {
         }
         coalescer::item_build item = coalescer::build_item(settings, caller, key);
         if (!item.item) return fail(gateway_error::bad_request, item.error);
-        auto batcher = rt->batchers.find(route->name);
-        if (batcher == rt->batchers.end()) return fail(gateway_error::internal, "route has no batcher");
-
         coalescer::submission s;
         s.part = coalescer::make_partition(route->name, settings, caller);
+        // The shard that owns this partition gathers its callers from every thread.
+        auto* batcher = rt->batcher_for(route->name, s.part.key);
+        if (!batcher) return fail(gateway_error::internal, "route has no batcher");
         s.cost = settings.request.encoding == config::batch_encoding::json_body ? coalescer::item_cost(*item.item)
                                                                                : coalescer::item_cost(settings, key);
         if (settings.max_batch_bytes != 0) {
@@ -162,32 +160,25 @@ struct exchange {
             res.prepare_payload();
             done(std::move(res), dispatch_info{r.batch_id, r.batch_size, r.upstream_status, r.upstream_elapsed});
         };
-        batcher->second->submit(std::move(s));
+        batcher->submit(std::move(s));
     }
 };
 
-}  // namespace
-
-std::optional<std::string> header_value(const request_t& req, std::string_view name) {
-    auto [first, last] = req.equal_range(name);
-    if (first == last) return std::nullopt;
-    const std::string_view sep = beast::iequals(name, "cookie") ? "; " : ", ";
-    std::string all;
-    for (auto it = first; it != last; ++it) {
-        if (it != first) all += sep;
-        all += std::string_view(it->value().data(), it->value().size());
+// What a fan-out engine takes from the gateway for one call (fanout/engine.hpp).
+fanout::engine_env engine_env_for(const std::shared_ptr<shared_state>& state, const std::shared_ptr<const runtime>& rt,
+                                  const config::route_settings& route) {
+    fanout::engine_env env{state->metrics, state->executor_here(), state, rt, rt->config->limits, nullptr, nullptr};
+    if (route.mode == config::route_mode::fan_out) {
+        if (auto it = rt->upstreams.find(route.upstream); it != rt->upstreams.end()) env.pool = it->second;
+    } else {
+        env.dispatch = [state, rt](request_t req, request_context ctx, dispatch_done done) {
+            dispatch(state, rt, std::move(req), std::move(ctx), std::move(done));
+        };
     }
-    return all;
+    return env;
 }
 
-response_t error_response(gateway_error e, const std::string& message, const std::string& route, unsigned version) {
-    response_t res{static_cast<http::status>(http_status(e)), version ? version : 11};
-    res.set(http::field::content_type, json_type);
-    res.body() = error_body(e, message, route);
-    if (e == gateway_error::overloaded || e == gateway_error::shutting_down) res.set(http::field::retry_after, "1");
-    res.prepare_payload();
-    return res;
-}
+}  // namespace
 
 const config::route_settings* find_route(const runtime& rt, const request_t& req, routes::param_list* params) {
     auto [path, query] = routes::split_target(req.target());
@@ -222,9 +213,11 @@ void dispatch_matched(const std::shared_ptr<shared_state>& state, const std::sha
                         {});
     }
     if (route->mode == config::route_mode::fan_out)
-        return fanout::serve_fan_out(state, rt, *route, std::move(req), std::move(ctx), std::move(done));
+        return fanout::serve_fan_out(engine_env_for(state, rt, *route), *route, std::move(req), std::move(ctx),
+                                     std::move(done));
     if (route->mode == config::route_mode::batch_envelope)
-        return fanout::serve_batch_envelope(state, rt, *route, std::move(req), std::move(ctx), std::move(done));
+        return fanout::serve_batch_envelope(engine_env_for(state, rt, *route), *route, std::move(req), std::move(ctx),
+                                            std::move(done));
     auto ex = std::make_shared<exchange>(exchange{state, rt, route, std::move(req), std::move(ctx), std::move(done)});
     if (route->mode == config::route_mode::coalesce) {
         // path and query view into ex->req, which lives as long as ex.

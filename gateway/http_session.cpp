@@ -21,10 +21,10 @@
 
 #include "coalescer/batcher.hpp"
 #include "gateway/dispatcher.hpp"
-#include "gateway/log.hpp"
 #include "gateway/request_head.hpp"
 #include "gateway/stream_exchange.hpp"
-#include "gateway/wire.hpp"
+#include "net/log.hpp"
+#include "net/wire.hpp"
 
 namespace batchgate::gateway {
 
@@ -100,7 +100,7 @@ public:
             state_->active_requests.fetch_add(1);
         }
         state_->track(this->shared_from_this());
-        // Start on the connection's strand.
+        // Start on the connection's thread.
         net::dispatch(stream_.get_executor(), [self = this->shared_from_this()] {
             if constexpr (tls) return self->handshake();
             self->do_read();
@@ -132,7 +132,9 @@ private:
     void do_read() {
         runtime_ = state_->current();
         const auto& limits = runtime_->config->limits;
-        parser_.emplace();
+        // On the heap, and only while a request is read: a caller waiting in a batch holds
+        // neither (memory per waiting caller).
+        parser_ = std::make_unique<http::request_parser<http::string_body>>();
         chunked_head_.reset();
         apply_limits(*parser_, limits);
         // limits.max_body is checked once the route is known: passthrough routes stream, and
@@ -166,7 +168,7 @@ private:
         if (auto length = parser_->content_length(); length && !request_lease_.grow_to(*length))
             return refuse_over_budget();
         // RFC 9110 6.5.1: trailer fields never join the head, and Beast appends them to it.
-        if (parser_->chunked()) chunked_head_ = parser_->get().base();
+        if (parser_->chunked()) chunked_head_ = std::make_unique<http::request_header<>>(parser_->get().base());
         const auto& h = parser_->get();
         auto expect = h.find(http::field::expect);
         // Not when the body is already arriving (RFC 9110 10.1.1: the server may then omit it).
@@ -257,7 +259,7 @@ private:
         }
         request_ = parser_->release();
         parser_.reset();
-        if (chunked_head_) request_.base() = std::move(*std::exchange(chunked_head_, std::nullopt));
+        if (chunked_head_) request_.base() = std::move(*std::exchange(chunked_head_, nullptr));
         runtime_ = state_->current();  // route with the config current when the request arrived
         keep_alive_ = request_.keep_alive() && !state_->draining.load();
         version_ = request_.version();
@@ -315,7 +317,7 @@ private:
         ex->start();
     }
 
-    // On the strand, exactly once per streamed request.
+    // On the connection's thread, exactly once per streamed request.
     void end_stream(stream_outcome out) {
         exchange_.reset();
         info_ = std::move(out.info);
@@ -379,13 +381,16 @@ private:
         if (route && route->mode == config::route_mode::coalesce) {
             ctx.gone = gone_ = std::make_shared<std::atomic<bool>>(false);
             watch_for_hang_up(ctx.gone);
+            // A caller may wait a whole window: its read buffer goes back meanwhile (the next
+            // request on this connection gets a new one), unless it holds pipelined bytes.
+            if (buffer_.size() == 0) buffer_.shrink_to_fit();
         }
         method_ = std::string(request_.method_string());
         target_ = std::string(request_.target());
         try {
             dispatch_matched(state_, runtime_, route, std::move(params), std::move(request_), std::move(ctx),
                              [self = this->shared_from_this(), gen = generation_](response_t res, dispatch_info info) {
-                                 // Back onto this connection's strand.
+                                 // Back onto this connection's thread.
                                  net::post(self->stream_.get_executor(),
                                            [self, gen, res = std::move(res), info = std::move(info)]() mutable {
                                                if (gen != self->generation_ || self->answered_)
@@ -457,7 +462,7 @@ private:
         res.keep_alive(keep_alive_);
         res.set(http::field::server, "batchgate");
         if (role_ == listener_role::traffic) res.set("X-Request-Id", request_id_);
-        response_ = std::move(res);
+        response_ = std::make_unique<response_t>(std::move(res));
         // Traffic answers only: a scrape must never count against (or show up in) the budget.
         if (role_ == listener_role::traffic) response_lease_.force_to(response_->body().size());
         // One head buffer plus the body in place: a single writev, no per-field buffers.
@@ -557,13 +562,13 @@ private:
     std::shared_ptr<shared_state> state_;
     std::shared_ptr<const runtime> runtime_;  // the snapshot this request was routed with
     beast::flat_buffer buffer_;
-    std::optional<http::request_parser<http::string_body>> parser_;
-    std::optional<http::request_header<>> chunked_head_;  // the head of a chunked request, without trailers
+    std::unique_ptr<http::request_parser<http::string_body>> parser_;  // while a request is read
+    std::unique_ptr<http::request_header<>> chunked_head_;  // the head of a chunked request, without trailers
     request_t request_;
-    std::optional<response_t> response_;
+    std::unique_ptr<response_t> response_;  // while it is written
     std::string head_;  // serialized status line and fields of response_
     std::optional<beast::buffers_suffix<std::array<net::const_buffer, 2>>> unsent_;  // of head_ and response_
-    strand_timer deadline_;
+    conn_timer deadline_;
     budget_lease request_lease_;   // the request body, until its answer is written
     budget_lease response_lease_;  // the answer, while it is written
     std::string client_ip_;

@@ -1,6 +1,6 @@
 // One client connection: reads requests (HTTP/1.1 keep-alive, one at a time), routes each
 // to passthrough or a batcher, and writes exactly one answer per request. Runs on the
-// connection's strand; replies from batchers and upstream pools are posted back onto it.
+// connection's thread; replies from batchers and upstream pools are posted back onto it.
 #pragma once
 
 #include <memory>
@@ -9,7 +9,7 @@
 
 #include "gateway/listener.hpp"
 #include "gateway/shared_state.hpp"
-#include "gateway/wire.hpp"
+#include "net/wire.hpp"
 
 namespace batchgate::gateway {
 

@@ -4,11 +4,10 @@
 
 #include <iostream>
 
-#include <boost/asio/strand.hpp>
 
-#include "gateway/errors.hpp"
 #include "gateway/http_session.hpp"
-#include "gateway/log.hpp"
+#include "net/errors.hpp"
+#include "net/log.hpp"
 
 namespace batchgate::gateway {
 
@@ -16,8 +15,9 @@ namespace net = boost::asio;
 using tcp = net::ip::tcp;
 
 listener::listener(net::io_context& ioc, const config::endpoint& where, listener_role role,
-                   std::shared_ptr<shared_state> state)
-    : ioc_(ioc), acceptor_(net::make_strand(ioc)), pause_(acceptor_.get_executor()), role_(role), state_(std::move(state)) {
+                   std::shared_ptr<shared_state> state, bool reuse_port, std::size_t shard)
+    : ioc_(ioc), acceptor_(ioc), pause_(acceptor_.get_executor()), role_(role), state_(std::move(state)) {
+    if (role_ == listener_role::traffic) accepted_ = &state_->metrics.connections_accepted(shard);
     boost::system::error_code ec;
     auto address = net::ip::make_address(where.host, ec);
     if (ec) {
@@ -32,6 +32,8 @@ listener::listener(net::io_context& ioc, const config::endpoint& where, listener
     const std::string name = where.host + ":" + std::to_string(where.port);
     acceptor_.open(endpoint.protocol(), ec);
     if (!ec) acceptor_.set_option(net::socket_base::reuse_address(true), ec);
+    if (!ec && reuse_port)
+        acceptor_.set_option(net::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>(true), ec);
     if (!ec) acceptor_.bind(endpoint, ec);
     if (!ec) acceptor_.listen(net::socket_base::max_listen_connections, ec);
     if (ec) throw std::system_error(ec, "cannot listen on " + name);
@@ -49,21 +51,21 @@ void listener::stop() {
         boost::system::error_code ec;
         self->acceptor_.non_blocking(true, ec);
         for (std::size_t i = 0; !ec && i < net::socket_base::max_listen_connections; ++i) {
-            socket_t socket(strand_t(self->ioc_.get_executor()));
+            socket_t socket(executor_t(self->ioc_.get_executor()));
             self->acceptor_.accept(socket, ec);
             if (!ec) start_session(std::move(socket), self->role_, self->state_, /*owed_request=*/true);
         }
         self->acceptor_.close(ec);
         self->pause_.cancel();
-        // An accept that had completed before the close is queued on this strand ahead of
+        // An accept that had completed before the close is queued on this thread ahead of
         // this post: it starts its session first, and only then does the drain hear "stopped".
         net::post(self->acceptor_.get_executor(), [self] { self->stopped_ = true; });
     });
 }
 
 void listener::do_accept() {
-    // Each connection gets its own strand, so its handlers never run concurrently.
-    acceptor_.async_accept(strand_t(ioc_.get_executor()), [self = shared_from_this()](boost::system::error_code ec,
+    // Each connection runs on this shard's thread alone, so its handlers never run concurrently.
+    acceptor_.async_accept(executor_t(ioc_.get_executor()), [self = shared_from_this()](boost::system::error_code ec,
                                                                                       socket_t socket) {
         if (ec == net::error::operation_aborted) return;
         if (!self->acceptor_.is_open()) {
@@ -72,6 +74,7 @@ void listener::do_accept() {
             return;
         }
         if (ec) return self->pause_after(ec);
+        if (self->accepted_) self->accepted_->Increment();
         const bool full = self->role_ == listener_role::traffic
                               ? self->state_->client_connections.load(std::memory_order_relaxed) >=
                                     self->state_->max_connections.load()

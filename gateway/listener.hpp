@@ -1,4 +1,6 @@
-// Accepts connections on one endpoint and starts an http_session for each, on its own strand.
+// Accepts connections on one endpoint and starts an http_session for each, on this listener's
+// io_context (its shard's). With several worker threads each shard has a traffic listener of
+// its own on the same port (SO_REUSEPORT): the kernel spreads new connections over them.
 #pragma once
 
 #include <atomic>
@@ -17,9 +19,11 @@ enum class listener_role { traffic, admin };
 
 class listener : public std::enable_shared_from_this<listener> {
 public:
-    // Binds at once; throws std::system_error naming the endpoint when it cannot.
+    // Binds at once; throws std::system_error naming the endpoint when it cannot. reuse_port:
+    // SO_REUSEPORT, so the other shards' listeners can bind the same port. shard: whose thread
+    // runs ioc (connections_accepted_total{thread}).
     listener(boost::asio::io_context& ioc, const config::endpoint& where, listener_role role,
-             std::shared_ptr<shared_state> state);
+             std::shared_ptr<shared_state> state, bool reuse_port = false, std::size_t shard = 0);
     void run();
     void stop();  // takes the backlog's connections, closes the acceptor; open connections finish
     bool stopped() const { return stopped_.load(); }  // stop() has run: no connection will come
@@ -35,12 +39,13 @@ private:
 
     boost::asio::io_context& ioc_;
     boost::asio::ip::tcp::acceptor acceptor_;
-    boost::asio::steady_timer pause_;  // on the acceptor's strand
+    boost::asio::steady_timer pause_;  // on the acceptor's executor
     std::chrono::steady_clock::time_point last_warned_{};
     std::size_t unwarned_ = 0;  // accept failures since the last warning
     listener_role role_;
     std::shared_ptr<shared_state> state_;
     unsigned short port_ = 0;
+    prometheus::Counter* accepted_ = nullptr;  // traffic listeners only
     std::atomic<bool> stopped_{false};
 };
 

@@ -6,8 +6,8 @@
 #include <string>
 
 #include "config/loader.hpp"
-#include "gateway/log.hpp"
 #include "gateway/server.hpp"
+#include "net/log.hpp"
 
 namespace {
 

@@ -11,7 +11,7 @@
 #include <boost/beast/http/message.hpp>
 
 #include "config/config.hpp"
-#include "gateway/errors.hpp"
+#include "net/errors.hpp"
 
 namespace batchgate::gateway {
 

@@ -1,5 +1,6 @@
 #include "gateway/server.hpp"
 
+#include <pthread.h>
 #include <sys/resource.h>
 
 #include <iostream>
@@ -14,9 +15,9 @@
 
 #include "config/loader.hpp"
 #include "gateway/listener.hpp"
-#include "gateway/log.hpp"
 #include "gateway/shared_state.hpp"
 #include "gateway/tls_server.hpp"
+#include "net/log.hpp"
 
 namespace batchgate::gateway {
 
@@ -55,15 +56,29 @@ void apply_logging(const config::gateway_config& cfg) {
     logging().access_log = cfg.logging.access_log;
 }
 
+// One worker thread: its io_context (hint 1: one thread runs it) and the guard that keeps it
+// running until the drain ends.
+struct shard {
+    net::io_context ioc{1};
+    net::executor_work_guard<net::io_context::executor_type> work = net::make_work_guard(ioc);
+};
+
+std::vector<std::unique_ptr<shard>> make_shards(const config::gateway_config& cfg) {
+    std::vector<std::unique_ptr<shard>> out;
+    for (int i = 0; i < thread_count(cfg); ++i) out.push_back(std::make_unique<shard>());
+    return out;
+}
+
 struct server::impl {
     explicit impl(std::shared_ptr<const config::gateway_config> c)
-        : ioc(thread_count(*c)),  // a hint of 1 lets asio skip its internal locking
-          control(net::make_strand(ioc)),
+        : shards(make_shards(*c)),
+          control(net::make_strand(shards.front()->ioc)),
           initial(std::move(c)),
-          work(net::make_work_guard(ioc)),
           drain_timer(control),
           signals(control) {
-        state = std::make_shared<shared_state>(metrics, ioc.get_executor());
+        std::vector<shard_executor> executors;
+        for (auto& s : shards) executors.push_back(s->ioc.get_executor());
+        state = std::make_shared<shared_state>(metrics, std::move(executors));
     }
 
     std::shared_ptr<const runtime> build_runtime(std::shared_ptr<const config::gateway_config> c) {
@@ -73,7 +88,7 @@ struct server::impl {
         std::erase_if(built, [](const auto& w) { return w.expired(); });
         built.push_back(rt);
         for (const auto& u : rt->config->upstreams)
-            rt->upstreams.emplace(u.name, std::make_shared<upstream_pool>(ioc.get_executor(), u, state->budget));
+            rt->upstreams.emplace(u.name, std::make_shared<upstream_pool>(state->shards, u, state->budget));
         // One concurrency limit per upstream, shared by its coalesce routes; a route that pins
         // max_concurrent_batches has its own.
         std::map<std::string, std::shared_ptr<coalescer::batch_slots>> shared_slots;
@@ -92,9 +107,13 @@ struct server::impl {
                                    coalescer::limit_settings::fixed(r.coalesce.max_concurrent_batches),
                                    &metrics.limiter(r.upstream, r.name))
                              : shared_slots.at(r.upstream);
-            rt->batchers.emplace(r.name, std::make_shared<coalescer::batcher>(ioc.get_executor(), rt->config, r,
-                                                                              rt->upstreams.at(r.upstream),
-                                                                              std::move(slots), metrics));
+            // One batcher per shard; they share the route's slots and its count of waiting callers.
+            auto load = std::make_shared<coalescer::route_load>();
+            auto& per_shard = rt->batchers[r.name];
+            for (auto& s : shards)
+                per_shard.push_back(std::make_shared<coalescer::batcher>(s->ioc.get_executor(), rt->config, r,
+                                                                         rt->upstreams.at(r.upstream), slots,
+                                                                         metrics, load));
         }
         return rt;
     }
@@ -111,14 +130,26 @@ struct server::impl {
     void abandon_queued() {
         for (const auto& w : built)
             if (auto rt = w.lock()) {
-                for (auto& [name, b] : rt->batchers) b->abandon();
+                for (auto& [name, per_shard] : rt->batchers)
+                    for (auto& b : per_shard) b->abandon();
                 for (auto& [name, p] : rt->upstreams) p->abandon();
             }
     }
 
+    static void drain_batchers(const runtime& rt) {
+        for (auto& [name, per_shard] : rt.batchers)
+            for (auto& b : per_shard) b->drain();
+    }
+
+    bool traffic_stopped() const {
+        for (auto& l : traffic)
+            if (!l->stopped()) return false;
+        return true;
+    }
+
     void retire(const std::shared_ptr<const runtime>& old) {
         if (!old) return;
-        for (auto& [name, b] : old->batchers) b->drain();
+        drain_batchers(*old);
         for (auto& [name, p] : old->upstreams) p->close_idle();
     }
 
@@ -127,10 +158,10 @@ struct server::impl {
         stopping = true;
         state->draining = true;
         log_line("info", "draining", {{"in_flight", state->active_requests.load()}});
-        if (traffic) traffic->stop();
+        for (auto& l : traffic) l->stop();
         // Keep the admin listener until the end: /readyz now says "draining".
         auto rt = state->current();
-        for (auto& [name, b] : rt->batchers) b->drain();
+        drain_batchers(*rt);
         drain_deadline = clock_type::now() + rt->config->limits.drain_timeout;
         poll_drain();
     }
@@ -147,13 +178,15 @@ struct server::impl {
             drain_deadline = now + std::chrono::seconds(1);
         }
         // Not before the listener has handed over its backlog: those requests count as in flight.
-        const bool quiet = state->active_requests.load() == 0 && (!traffic || traffic->stopped());
+        const bool quiet = state->active_requests.load() == 0 && traffic_stopped();
         if (quiet || (stragglers_answered && now >= drain_deadline)) {
             if (admin) admin->stop();
             for (auto& [name, p] : state->current()->upstreams) p->close_idle();
             signals.cancel();
-            work.reset();
-            ioc.stop();
+            for (auto& s : shards) {
+                s->work.reset();
+                s->ioc.stop();
+            }
             return;
         }
         drain_timer.expires_after(std::chrono::milliseconds(5));
@@ -204,16 +237,15 @@ struct server::impl {
         retire(old);
     }
 
-    // Declared first so it is destroyed last: sessions released with the io_context's
+    // Declared first so it is destroyed last: sessions released with the io_contexts'
     // pending handlers still update metrics on their way out.
     metrics::registry metrics;
-    net::io_context ioc;
-    // Shutdown, reload and signals run here, one at a time.
+    std::vector<std::unique_ptr<shard>> shards;  // one per worker thread
+    // Shutdown, reload and signals run here (on shard 0), one at a time.
     net::strand<net::io_context::executor_type> control;
     std::shared_ptr<const config::gateway_config> initial;
     std::shared_ptr<shared_state> state;
-    net::executor_work_guard<net::io_context::executor_type> work;
-    std::shared_ptr<listener> traffic;
+    std::vector<std::shared_ptr<listener>> traffic;  // one per shard, on one port
     std::shared_ptr<listener> admin;
     std::vector<std::thread> threads;
     net::steady_timer drain_timer;
@@ -239,18 +271,27 @@ void server::start() {
     i.apply_process_settings(*i.initial);
     i.state->replace(i.build_runtime(i.initial));
     const auto& cfg = *i.initial;
-    i.traffic = std::make_shared<listener>(i.ioc, cfg.listen, listener_role::traffic, i.state);
-    i.admin = std::make_shared<listener>(i.ioc, cfg.admin_listen, listener_role::admin, i.state);
-    i.traffic->run();
+    // Each shard accepts on the port the first bound (the real one when configured as 0).
+    const std::size_t n = i.shards.size();
+    for (std::size_t t = 0; t < n; ++t) {
+        config::endpoint where = cfg.listen;
+        if (t > 0) where.port = i.traffic.front()->port();
+        i.traffic.push_back(std::make_shared<listener>(i.shards[t]->ioc, where, listener_role::traffic, i.state, n > 1, t));
+    }
+    i.admin = std::make_shared<listener>(i.shards.front()->ioc, cfg.admin_listen, listener_role::admin, i.state);
+    for (auto& l : i.traffic) l->run();
     i.admin->run();
-    const unsigned n = static_cast<unsigned>(thread_count(cfg));
-    for (unsigned t = 0; t < n; ++t)
-        i.threads.emplace_back([&i] {
+    for (std::size_t t = 0; t < n; ++t)
+        i.threads.emplace_back([&i, t] {
+            set_current_shard(t);
+            // "bg-worker-N" (at most 15 characters, the kernel's limit) in /proc/PID/task/TID/comm,
+            // top -H and gdb, so tools (bench/run.sh) can tell the worker threads apart.
+            pthread_setname_np(pthread_self(), ("bg-worker-" + std::to_string(t)).substr(0, 15).c_str());
             // Last resort: a handler that throws must not take every other caller down with
             // the process. The caller it belonged to is answered by its session's deadline.
             for (;;) {
                 try {
-                    i.ioc.run();
+                    i.shards[t]->ioc.run();
                     return;
                 } catch (const std::exception& e) {
                     log_line("error", "unhandled exception in a request handler", {{"error", e.what()}});
@@ -290,7 +331,8 @@ void server::reload(std::shared_ptr<const config::gateway_config> next) {
     net::post(impl_->control, [i = impl_.get(), next = std::move(next)]() mutable { i->apply(std::move(next)); });
 }
 
-unsigned short server::port() const { return impl_->traffic ? impl_->traffic->port() : 0; }
+unsigned short server::port() const { return impl_->traffic.empty() ? 0 : impl_->traffic.front()->port(); }
+std::size_t server::worker_threads() const { return impl_->shards.size(); }
 unsigned short server::admin_port() const { return impl_->admin ? impl_->admin->port() : 0; }
 metrics::registry& server::metrics() { return impl_->metrics; }
 

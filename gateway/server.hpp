@@ -1,4 +1,4 @@
-// Wires the gateway together: one io_context run by N threads, the traffic and admin
+// Wires the gateway together: one io_context per worker thread (net/shard.hpp), the traffic
 // listeners, the runtime snapshot (routes, upstream pools, batchers), reload and drain.
 // Owned by main() or by a test; thread-safe to call reload()/shutdown() from any thread.
 #pragma once
@@ -39,6 +39,7 @@ public:
 
     unsigned short port() const;        // traffic listener (real port when configured as 0)
     unsigned short admin_port() const;
+    std::size_t worker_threads() const;  // shards: one io_context and one thread each
     metrics::registry& metrics();
 
 private:

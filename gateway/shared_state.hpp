@@ -14,9 +14,10 @@
 
 #include "coalescer/batcher.hpp"
 #include "config/config.hpp"
-#include "gateway/memory_budget.hpp"
-#include "gateway/upstream_pool.hpp"
 #include "metrics/metrics.hpp"
+#include "net/memory_budget.hpp"
+#include "net/shard.hpp"
+#include "net/upstream_pool.hpp"
 #include "routes/route_table.hpp"
 
 namespace boost::asio::ssl {
@@ -36,11 +37,18 @@ struct runtime {
     std::shared_ptr<const config::gateway_config> config;
     routes::route_table table;
     std::unordered_map<std::string, std::shared_ptr<upstream_pool>> upstreams;          // by upstream name
-    std::unordered_map<std::string, std::shared_ptr<coalescer::batcher>> batchers;      // by route name
+    // By route name: one batcher per shard, each owning the partitions that hash to it.
+    std::unordered_map<std::string, std::vector<std::shared_ptr<coalescer::batcher>>> batchers;
     std::unordered_map<const config::route_settings*, route_handles> handles;           // every route
     std::shared_ptr<boost::asio::ssl::context> tls;  // listen_tls: for connections accepted now; null: plain
 
     const route_handles& handles_for(const config::route_settings& route) const { return handles.at(&route); }
+    // The batcher that owns a partition of a coalesce route; null when the route has none.
+    coalescer::batcher* batcher_for(const std::string& route, std::string_view partition_key) const {
+        auto it = batchers.find(route);
+        if (it == batchers.end() || it->second.empty()) return nullptr;
+        return it->second[shard_of(partition_key, it->second.size())].get();
+    }
 };
 
 // A client connection, as the drain sees it: at the drain deadline, whatever it still owes
@@ -48,15 +56,15 @@ struct runtime {
 class drainable {
 public:
     virtual ~drainable() = default;
-    virtual void answer_shutting_down() = 0;  // thread-safe: posts to the connection's strand
+    virtual void answer_shutting_down() = 0;  // thread-safe: posts to the connection's executor
 };
 
 // Admin connections open at once (probes and scrapes need few); more get a 503 and are closed.
 inline constexpr std::size_t max_admin_connections = 32;
 
 struct shared_state {
-    shared_state(metrics::registry& m, boost::asio::io_context::executor_type ex)
-        : metrics(m), executor(ex), budget(m.buffered_bytes()) {}
+    shared_state(metrics::registry& m, std::vector<shard_executor> shard_executors)
+        : metrics(m), shards(std::move(shard_executors)), budget(m.buffered_bytes()) {}
 
     // Connections register once when they start and leave in their destructor.
     void track(const std::shared_ptr<drainable>& c) {
@@ -79,7 +87,9 @@ struct shared_state {
     void replace(std::shared_ptr<const runtime> next) { std::atomic_store(&runtime_, std::move(next)); }
 
     metrics::registry& metrics;
-    boost::asio::io_context::executor_type executor;  // for timers of work that has no connection
+    std::vector<shard_executor> shards;  // one per worker thread
+    // For timers of work that has no connection: the calling thread's shard.
+    const shard_executor& executor_here() const { return gateway::executor_here(shards); }
     memory_budget budget;                              // limits.max_buffered, process-wide
     std::atomic<bool> draining{false};
     std::atomic<bool> ready{false};

@@ -3,9 +3,10 @@
 // held whole: a window is refilled only after it was written on (backpressure), so a slow
 // reader slows the upstream read, and a slow upstream the client's upload.
 //
-// Two strands take part: the client connection's (S) and the upstream connection's (U). Each
-// side's I/O starts on its own strand; a finished read posts the window to the other side,
-// whose finished write posts back. Every decision (what was sent, when it ends) is made on S.
+// Two executors take part: the client connection's (S) and the upstream connection's (U): the
+// same thread, unless the pool lent an idle connection of another shard. Each side's I/O starts
+// on its own executor; a finished read posts the window to the other side, whose finished write
+// posts back. Every decision (what was sent, when it ends) is made on S.
 //
 // Framing: the request keeps its Content-Length, or is sent chunked (re-framed piece by piece,
 // trailers dropped). The answer keeps its Content-Length; a chunked or close-delimited answer
@@ -33,11 +34,11 @@
 #include <boost/beast/http.hpp>
 
 #include "gateway/dispatcher.hpp"
-#include "gateway/hop_by_hop.hpp"
-#include "gateway/memory_budget.hpp"
-#include "gateway/upstream_connection.hpp"
-#include "gateway/wire.hpp"
 #include "metrics/metrics.hpp"
+#include "net/hop_by_hop.hpp"
+#include "net/memory_budget.hpp"
+#include "net/upstream_connection.hpp"
+#include "net/wire.hpp"
 
 namespace batchgate::gateway {
 
@@ -133,7 +134,7 @@ public:
             boost::beast::get_lowest_layer(client_).expires_after(p_.send_timeout);
             return net::async_write(client_, net::buffer(go_on.data(), go_on.size()),
                                     [self = this->shared_from_this()](boost::system::error_code ec, std::size_t) {
-                                        if (ec) return self->abort_client();
+                                        if (ec) return self->abort(false);
                                         self->read_request_piece();
                                     });
         }
@@ -207,7 +208,7 @@ private:
         });
     }
 
-    // On U, or any thread when no connection came.
+    // On the lent connection's thread, or any thread when no connection came.
     void on_lease(upstream_pool::lease l) {
         if (l.failure != upstream_failure::none) {
             const bool timed_out = l.failure == upstream_failure::timeout;
@@ -217,11 +218,25 @@ private:
                                  upstream_name() + (timed_out ? " timed out" : ": " + detail));
             });
         }
-        conn_ = std::move(l.conn);
-        reused_ = l.reused;
-        u_.emplace(conn_->tcp().get_executor());
-        conn_->tcp().expires_at(p_.head_deadline);
-        write_request_piece(first_n_, first_done_ || bodyless_, true);
+        // The client side decides whether the request goes out: the session may have ended the
+        // stream while it waited for the lease (the drain's 503, a client gone), and then nothing
+        // is sent upstream: a caller told "failed" must not have its request applied. conn_ and
+        // u_ are set on S, where close_upstream() reads them.
+        on_s([this, l = std::move(l)]() mutable {
+            if (finished_) {
+                auto ex = l.conn->tcp().get_executor();
+                return net::post(ex, [pool = p_.pool, conn = std::move(l.conn)]() mutable {
+                    pool->give_back(std::move(conn), true);  // nothing was sent on it
+                });
+            }
+            conn_ = std::move(l.conn);
+            reused_ = l.reused;
+            u_.emplace(conn_->tcp().get_executor());
+            net::post(*u_, [self = this->shared_from_this()] {
+                self->conn_->tcp().expires_at(self->p_.head_deadline);
+                self->write_request_piece(self->first_n_, self->first_done_ || self->bodyless_, true);
+            });
+        });
     }
 
     void read_response_head() {
@@ -331,25 +346,33 @@ private:
             return lease(true);
         }
         close_upstream_now();
-        const char* kind = ec == boost::beast::error::timeout ? "timeout"
-                           : ec == http::error::body_limit    ? "bad_response"
-                           : ec.category() == error_code(http::error::end_of_stream).category() &&
-                                   ec != http::error::end_of_stream && ec != http::error::partial_message
-                               ? "bad_response"
-                               : "io_error";
-        if (!head_seen_) count_upstream(kind);
-        std::string what = std::string(kind) == "timeout"                    ? upstream_name() + " timed out"
-                           : ec == http::error::body_limit                   ? upstream_name() + ": answer " +
-                                                                   too_big("body", "max_response", p_.route->passthrough.max_response_bytes)
-                           : std::string(kind) == "bad_response" ? upstream_name() + " sent invalid HTTP: " + ec.message()
-                                                                 : upstream_name() + " connection failed: " + ec.message();
-        const auto error = std::string(kind) == "timeout"        ? gateway_error::upstream_timeout
-                           : std::string(kind) == "bad_response" ? gateway_error::upstream_bad_response
-                                                                 : gateway_error::upstream_unreachable;
-        on_s([this, error, what = std::move(what)] {
+        auto failure = classify_upstream_failure(ec);
+        if (!head_seen_) count_upstream(failure.label);
+        on_s([this, failure = std::move(failure)] {
             if (head_sent_) return abort(true);
-            fail_before_head(error, what);
+            fail_before_head(failure.error, failure.message);
         });
+    }
+
+    struct classified_failure {
+        const char* label;  // batchgate_upstream_requests_total{outcome}
+        gateway_error error;
+        std::string message;
+    };
+
+    classified_failure classify_upstream_failure(error_code ec) const {
+        if (ec == boost::beast::error::timeout)
+            return {"timeout", gateway_error::upstream_timeout, upstream_name() + " timed out"};
+        if (ec == http::error::body_limit)
+            return {"bad_response", gateway_error::upstream_bad_response,
+                    upstream_name() + ": answer " +
+                        too_big("body", "max_response", p_.route->passthrough.max_response_bytes)};
+        // Beast's parse errors (not a clean or early end of stream) mean the upstream spoke bad HTTP.
+        if (ec.category() == error_code(http::error::end_of_stream).category() && ec != http::error::end_of_stream &&
+            ec != http::error::partial_message)
+            return {"bad_response", gateway_error::upstream_bad_response,
+                    upstream_name() + " sent invalid HTTP: " + ec.message()};
+        return {"io_error", gateway_error::upstream_unreachable, upstream_name() + " connection failed: " + ec.message()};
     }
 
     void close_upstream_now() {
@@ -597,9 +620,6 @@ private:
         end(!keep_client_, upstream_reusable_);
     }
 
-    // The client side failed, or left, after the head went out (or mid-body).
-    void abort_client() { abort(false); }
-
     // After the head went out: the connection is cut, and the side that failed counted.
     void abort(bool upstream_side) {
         if (finished_) return;
@@ -666,8 +686,8 @@ private:
 
     ClientStream& client_;
     boost::beast::flat_buffer& client_buffer_;
-    strand_t s_;
-    std::optional<strand_t> u_;  // set when the connection is lent
+    executor_t s_;
+    std::optional<executor_t> u_;  // set when the connection is lent
     request_parser_t req_;
     stream_params p_;
     std::shared_ptr<void> owner_;
@@ -701,7 +721,7 @@ private:
     bool reused_ = false;
     bool retried_ = false;
     bool head_seen_ = false;
-    std::optional<strand_timer> head_timer_;  // the head owed after a streamed body
+    std::optional<conn_timer> head_timer_;  // the head owed after a streamed body
     bool head_timed_out_ = false;
     // set in start(), then read-only
     unsigned version_ = 11;

@@ -176,6 +176,10 @@ registry::registry()
                                    .Help("Client connections on listen_tls closed because their TLS handshake failed or timed out")
                                    .Register(*registry_)
                                    .Add({})),
+      accepted_(prometheus::BuildCounter()
+                    .Name("batchgate_connections_accepted_total")
+                    .Help("Client connections accepted, by the worker thread whose listener took them")
+                    .Register(*registry_)),
       fanout_calls_(prometheus::BuildCounter()
                         .Name("batchgate_fanout_calls_total")
                         .Help("Client batch calls fanned out to single calls, by route")
@@ -194,6 +198,10 @@ registry::registry()
         .Register(*registry_)
         .Add({{"version", BATCHGATE_VERSION}})
         .Set(1);
+}
+
+prometheus::Counter& registry::connections_accepted(std::size_t thread) {
+    return accepted_.Add({{"thread", std::to_string(thread)}});
 }
 
 route_metrics& registry::route(const std::string& name) {

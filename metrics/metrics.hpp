@@ -108,6 +108,8 @@ public:
     prometheus::Counter& budget_rejected() { return *budget_rejected_; }
     prometheus::Counter& send_timeouts() { return *send_timeouts_; }
     prometheus::Counter& tls_handshake_failures() { return *tls_handshake_failures_; }
+    // Client connections accepted by the traffic listener of one worker thread.
+    prometheus::Counter& connections_accepted(std::size_t thread);
     prometheus::Counter& connections_refused(std::string_view reason) {
         return reason == "max_connections" ? *refused_limit_ : *refused_accept_;
     }
@@ -150,6 +152,7 @@ private:
     prometheus::Counter* budget_rejected_;
     prometheus::Counter* send_timeouts_;
     prometheus::Counter* tls_handshake_failures_;
+    prometheus::Family<prometheus::Counter>& accepted_;
     prometheus::Family<prometheus::Counter>& fanout_calls_;
     prometheus::Family<prometheus::Histogram>& fanout_items_;
     prometheus::Family<prometheus::Counter>& fanout_outcomes_;

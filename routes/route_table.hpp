@@ -3,34 +3,13 @@
 #pragma once
 
 #include <memory>
-#include <string>
 #include <string_view>
-#include <utility>
 #include <vector>
 
 #include "config/config.hpp"
+#include "text/url.hpp"
 
 namespace batchgate::routes {
-
-using param_list = std::vector<std::pair<std::string, std::string>>;
-
-// "/users/{id}" compiled into literal and parameter segments. A parameter matches one
-// non-empty segment; values are percent-decoded.
-class path_template {
-public:
-    // Throws std::invalid_argument for a malformed template ("/users/{", "{}", duplicate names).
-    explicit path_template(std::string_view text);
-    bool match(std::string_view path, param_list& params) const;
-    const std::vector<std::string>& param_names() const { return names_; }
-
-private:
-    struct segment {
-        std::string text;  // literal text, or the parameter name
-        bool is_param = false;
-    };
-    std::vector<segment> segments_;
-    std::vector<std::string> names_;
-};
 
 struct match_result {
     const config::route_settings* route = nullptr;  // nullptr: no route matched
@@ -54,19 +33,5 @@ private:
     // One per match entry, routes in order and each route's entries in order.
     std::vector<entry> entries_;
 };
-
-// Percent-decoding ('+' is a space only in query strings). Invalid escapes are kept verbatim.
-std::string url_decode(std::string_view text, bool plus_is_space);
-// Percent-encoding of everything except RFC 3986 unreserved characters.
-std::string url_encode(std::string_view text);
-// "a=1&b=2&a=3" -> {{a,1},{b,2},{a,3}}, decoded, in order.
-param_list parse_query(std::string_view query);
-// Splits a request target into path and query (without '?').
-std::pair<std::string_view, std::string_view> split_target(std::string_view target);
-
-// True when the path (no query) holds a "." or ".." segment, also percent-encoded, decoded up
-// to three times ("%2e%2e", "%252e%252e"). Upstream paths built from caller values must not:
-// "/api/characters/../abilities/batch" names another resource.
-bool has_dot_segment(std::string_view path);
 
 }  // namespace batchgate::routes

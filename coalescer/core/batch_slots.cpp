@@ -1,6 +1,7 @@
 #include "coalescer/core/batch_slots.hpp"
 
 #include <utility>
+#include <vector>
 
 namespace batchgate::coalescer {
 
@@ -10,35 +11,47 @@ batch_slots::batch_slots(limit_settings settings, metrics::limiter_metrics* metr
 }
 
 bool batch_slots::try_acquire() {
-    const bool ok = limit_.try_acquire();
+    bool ok = false;
+    {
+        std::lock_guard lock(mutex_);
+        ok = waiting_.empty() && limit_.try_acquire();
+    }
     if (ok) publish();
     return ok;
 }
 
-bool batch_slots::has_free() const { return limit_.has_free(); }
-
-void batch_slots::release(call_outcome outcome, std::chrono::nanoseconds rtt) {
-    limit_.release(outcome, rtt, concurrency_limit::clock::now());
-    publish();
-    std::vector<std::function<void()>> wake;
-    {
-        // After the slot is back: a batcher that failed try_acquire() and registers now sees
-        // it free in notify_when_free(), so no wake-up is lost in between.
-        std::lock_guard lock(mutex_);
-        wake.swap(waiting_);
-    }
-    for (auto& w : wake) w();
+bool batch_slots::has_free() const {
+    std::lock_guard lock(mutex_);
+    return waiting_.empty() && limit_.has_free();
 }
 
-void batch_slots::notify_when_free(std::function<void()> wake) {
+void batch_slots::release(call_outcome outcome, std::chrono::nanoseconds rtt) {
+    std::vector<std::function<void()>> granted;
+    {
+        // Under the lock, so that a batcher queuing now either sees the slot free in
+        // when_granted() or is in the queue when it is handed over: no wake-up is lost.
+        std::lock_guard lock(mutex_);
+        limit_.release(outcome, rtt, concurrency_limit::clock::now());
+        // A grown limit may free more than one.
+        while (!waiting_.empty() && limit_.try_acquire()) {
+            granted.push_back(std::move(waiting_.front()));
+            waiting_.pop_front();
+        }
+    }
+    publish();
+    for (auto& g : granted) g();
+}
+
+void batch_slots::when_granted(std::function<void()> granted) {
     {
         std::lock_guard lock(mutex_);
-        if (!has_free()) {
-            waiting_.push_back(std::move(wake));
+        if (!waiting_.empty() || !limit_.try_acquire()) {
+            waiting_.push_back(std::move(granted));
             return;
         }
     }
-    wake();
+    publish();
+    granted();
 }
 
 void batch_slots::publish() {

@@ -1,7 +1,9 @@
 // Slots for batch calls to one upstream: a concurrency_limit (adaptive, or fixed) shared by the
-// batchers that use it, plus the wake-ups a limit alone cannot give. A batcher that finds no
-// free slot asks to be told when one frees; every release tells everyone waiting, and each
-// batcher then tries again on its own strand. Thread-safe.
+// batchers that use it (a route's batchers on every shard, and the upstream's other routes),
+// plus the hand-over a limit alone cannot give. A batcher that finds no free slot queues; a
+// slot that frees goes to the first in the queue, taken on its behalf, and nobody else may take
+// one while the queue is not empty. So a batcher on the thread that frees slots cannot keep
+// retaking them while another waits (first come, first served). Thread-safe.
 #pragma once
 
 #include <atomic>
@@ -9,7 +11,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
-#include <vector>
+#include <deque>
 
 #include "coalescer/core/concurrency_limit.hpp"
 #include "metrics/metrics.hpp"
@@ -21,14 +23,17 @@ public:
     // metrics may be null (tests).
     batch_slots(limit_settings settings, metrics::limiter_metrics* metrics);
 
+    // Takes a slot when one is free and nobody queues for one.
     bool try_acquire();
-    // Gives the slot back, adapts the limit to the call's outcome, wakes everyone waiting.
+    // Gives the slot back, adapts the limit to the call's outcome, and hands the slots now free
+    // to the first queued. A slot handed over and not used goes back with call_outcome::ignored.
     void release(call_outcome outcome, std::chrono::nanoseconds rtt);
-    // Calls wake once, soon after a slot frees, or at once (on this thread) when one is free
-    // now. wake must be cheap and must not call back into this object synchronously.
-    void notify_when_free(std::function<void()> wake);
+    // Calls granted once, with a slot taken for the caller: at once (on this thread) when one
+    // is free and nobody queues, else when a release hands it one, in the order they asked.
+    // granted must be cheap and must not call back into this object synchronously.
+    void when_granted(std::function<void()> granted);
 
-    bool has_free() const;
+    bool has_free() const;  // a slot could be taken now
     // A reload replaced this limit: its gauges belong to the new one from now on.
     void retire() { metrics_.store(nullptr); }
     std::size_t limit() const { return limit_.limit(); }
@@ -41,7 +46,7 @@ private:
     concurrency_limit limit_;
     std::atomic<metrics::limiter_metrics*> metrics_;
     mutable std::mutex mutex_;
-    std::vector<std::function<void()>> waiting_;
+    std::deque<std::function<void()>> waiting_;
 };
 
 }  // namespace batchgate::coalescer

@@ -8,9 +8,10 @@
 #include <random>
 #include <unordered_set>
 
-#include "gateway/errors.hpp"
-#include "routes/json_pointer.hpp"
-#include "routes/json_text.hpp"
+#include "net/errors.hpp"
+#include "text/json_pointer.hpp"
+#include "text/json_text.hpp"
+#include "text/url.hpp"
 
 namespace batchgate::coalescer {
 

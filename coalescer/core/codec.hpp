@@ -15,8 +15,8 @@
 #include <nlohmann/json.hpp>
 
 #include "config/config.hpp"
-#include "routes/json_text.hpp"
-#include "routes/route_table.hpp"
+#include "text/json_text.hpp"
+#include "text/url.hpp"
 
 namespace batchgate::coalescer {
 

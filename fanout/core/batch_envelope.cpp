@@ -5,8 +5,8 @@
 #include <map>
 
 #include "fanout/core/dependency_plan.hpp"
-#include "routes/json_text.hpp"
-#include "routes/route_table.hpp"
+#include "text/json_text.hpp"
+#include "text/url.hpp"
 
 namespace batchgate::fanout {
 

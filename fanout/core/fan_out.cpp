@@ -2,9 +2,9 @@
 
 #include <ctime>
 
-#include "routes/json_pointer.hpp"
-#include "routes/json_text.hpp"
-#include "routes/route_table.hpp"
+#include "text/json_pointer.hpp"
+#include "text/json_text.hpp"
+#include "text/url.hpp"
 
 namespace batchgate::fanout {
 
@@ -197,22 +197,6 @@ std::string utc_iso8601(std::chrono::system_clock::time_point t) {
     char buf[32];
     std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
     return buf;
-}
-
-const placeholder_rules& request_rules() {
-    static const placeholder_rules r{{"item", "index"}, {"item.", "body.", "header."}};
-    return r;
-}
-
-const placeholder_rules& item_rules() {
-    static const placeholder_rules r{{"item", "index", "response", "status"}, {"item.", "body.", "header.", "response."}};
-    return r;
-}
-
-const placeholder_rules& envelope_rules() {
-    static const placeholder_rules r{{"results", "count.total", "count.succeeded", "count.failed", "now"},
-                                     {"body.", "header."}};
-    return r;
 }
 
 }  // namespace batchgate::fanout

@@ -14,8 +14,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "fanout/core/template.hpp"
 #include "config/config.hpp"
+#include "text/template.hpp"
 
 namespace batchgate::fanout {
 
@@ -59,10 +59,5 @@ std::string render_envelope(const config::fan_out_settings& settings, const fan_
 
 // "2026-02-16T10:00:00Z"
 std::string utc_iso8601(std::chrono::system_clock::time_point t);
-
-// The placeholders each template may use (for the config loader).
-const placeholder_rules& request_rules();   // request.path/query/headers/body
-const placeholder_rules& item_rules();      // response.success / response.error
-const placeholder_rules& envelope_rules();  // response.envelope
 
 }  // namespace batchgate::fanout

@@ -12,7 +12,7 @@
 
 #include "coalescer/core/codec.hpp"
 #include "fuzz_common.hpp"
-#include "routes/route_table.hpp"
+#include "text/url.hpp"
 
 using namespace batchgate;
 

@@ -1,4 +1,4 @@
-// Fuzz target: fan_out (fanout/core/fan_out.hpp) and its templates (fanout/core/template.hpp).
+// Fuzz target: fan_out (fanout/core/fan_out.hpp) and its templates (text/template.hpp).
 // Byte 0 even: a fan_out route (the examples' and a template-heavy one below) serves a client
 // body: parse_fan_out, build_item_request per item, render_item per upstream answer,
 // render_envelope. Fields: client header lines, client body, then one upstream answer per item
@@ -12,11 +12,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "config/fan_out_rules.hpp"
 #include "config/loader.hpp"
 #include "fanout/core/fan_out.hpp"
-#include "fanout/core/template.hpp"
 #include "fuzz_common.hpp"
-#include "routes/json_pointer.hpp"
+#include "text/json_pointer.hpp"
+#include "text/template.hpp"
 
 using namespace batchgate;
 using nlohmann::json;
@@ -119,11 +120,12 @@ void templates(fuzz::input& in) {
         if (encode && r.text && tmpl.find_first_of(" \r\n") == std::string_view::npos)
             fuzz::check(r.text->find_first_of(" \r\n") == std::string::npos, "url-encoded value left a space or line break");
     }
-    for (const auto* rules : {&fanout::request_rules(), &fanout::item_rules(), &fanout::envelope_rules()})
+    for (const auto* rules :
+         {&config::fan_out_request_rules(), &config::fan_out_item_rules(), &config::fan_out_envelope_rules()})
         (void)fanout::check_text(tmpl, *rules);
     const json as_json = json::parse(tmpl, nullptr, false);
     if (!as_json.is_discarded()) {
-        (void)fanout::check_json(as_json, fanout::request_rules());
+        (void)fanout::check_json(as_json, config::fan_out_request_rules());
         auto r = fanout::render_json(as_json, resolve);
         if (r.value) (void)r.value->dump(-1, ' ', false, json::error_handler_t::replace);
     }

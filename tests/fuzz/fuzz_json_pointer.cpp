@@ -1,4 +1,4 @@
-// Fuzz target: RFC 6901 JSON pointers (routes/json_pointer.hpp), compared with nlohmann's own
+// Fuzz target: RFC 6901 JSON pointers (text/json_pointer.hpp), compared with nlohmann's own
 // json_pointer: both must accept the same texts and find the same value.
 // Input: pointer text, 0x1F, JSON document.
 #include <cstdint>
@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fuzz_common.hpp"
-#include "routes/json_pointer.hpp"
+#include "text/json_pointer.hpp"
 
 using namespace batchgate;
 using nlohmann::json;

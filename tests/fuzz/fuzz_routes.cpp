@@ -1,5 +1,6 @@
-// Fuzz target: route matching and URL helpers (routes/route_table.hpp) on a request target,
-// against the route tables of every example. Checks round trips the gateway relies on.
+// Fuzz target: route matching (routes/route_table.hpp) and URL helpers (text/url.hpp) on a
+// request target, against the route tables of every example. Checks round trips the gateway
+// relies on.
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -7,6 +8,7 @@
 
 #include "fuzz_common.hpp"
 #include "routes/route_table.hpp"
+#include "text/url.hpp"
 
 using namespace batchgate;
 

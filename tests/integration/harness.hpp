@@ -12,6 +12,7 @@
 #include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
 
+#include <cstdlib>
 #include <filesystem>
 #include <latch>
 #include <thread>
@@ -129,9 +130,26 @@ inline std::string fill(std::string text, const std::map<std::string, std::strin
 }
 
 // A gateway running in-process.
+// BATCHGATE_TEST_WORKER_THREADS=N runs every in-process gateway with N worker threads, whatever
+// its config says (scripts/test.sh runs the integration tests with 1, 2 and 4).
+inline std::shared_ptr<const config::gateway_config> with_test_threads(std::shared_ptr<const config::gateway_config> cfg) {
+    const char* n = std::getenv("BATCHGATE_TEST_WORKER_THREADS");
+    if (!n || !*n) return cfg;
+    auto copy = std::make_shared<config::gateway_config>(*cfg);
+    copy->worker_threads = static_cast<unsigned>(std::stoul(n));
+    return copy;
+}
+
+// Tag: the config's worker_threads, whatever BATCHGATE_TEST_WORKER_THREADS says (tests of threads).
+struct exact_threads_t {};
+inline constexpr exact_threads_t exact_threads;
+
 class running_gateway {
 public:
-    explicit running_gateway(std::shared_ptr<const config::gateway_config> cfg) : server_(std::move(cfg)) {
+    explicit running_gateway(std::shared_ptr<const config::gateway_config> cfg) : server_(with_test_threads(std::move(cfg))) {
+        server_.start();
+    }
+    running_gateway(std::shared_ptr<const config::gateway_config> cfg, exact_threads_t) : server_(std::move(cfg)) {
         server_.start();
     }
     ~running_gateway() { stop(); }
@@ -156,6 +174,18 @@ public:
             if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
         }
         return -1;
+    }
+
+    // Counters of a request are updated once its answer's last byte went out, so a client may
+    // read the answer first. Polls every 5 ms until the sample reads `expected` or 2 s pass;
+    // returns the last value read.
+    double metric_reaching(const std::string& series, double expected) {
+        double v = metric(series);
+        for (int i = 0; i < 400 && v != expected; ++i) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+            v = metric(series);
+        }
+        return v;
     }
 
 private:

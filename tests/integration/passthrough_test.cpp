@@ -2,6 +2,7 @@
 #include <latch>
 #include <thread>
 
+#include "tests/integration/examples.hpp"
 #include "tests/integration/harness.hpp"
 
 using namespace batchgate::testing;
@@ -61,7 +62,7 @@ TEST(Passthrough, PostWithBodyReachesUpstreamUnchanged) {
     EXPECT_EQ(h["x-forwarded-for"], "127.0.0.1");
     EXPECT_EQ(h["x-forwarded-proto"], "http");
     EXPECT_EQ(h["x-forwarded-host"], "gateway.test");
-    EXPECT_EQ(gw.metric("batchgate_requests_total{route=\"everything\",status=\"200\"}"), 1);
+    EXPECT_EQ(gw.metric_reaching("batchgate_requests_total{route=\"everything\",status=\"200\"}", 1), 1);
 }
 
 TEST(Passthrough, ExistingForwardedForIsExtended) {
@@ -150,4 +151,33 @@ TEST(Reload, NewRoutesApplyToNewRequestsAndWaitingOnesFinish) {
     auto r = get(gw.port(), "/users/9");
     EXPECT_EQ(r.status, 200);
     EXPECT_EQ(r.json()["id"], "9");
+}
+
+// A stream still waiting for a pooled upstream connection when drain_timeout passes is answered
+// 503; the connection that frees later must not carry its request (found by review: on_lease
+// used to send it regardless, so a POST its caller was told failed could still be applied).
+TEST(Drain, AStreamAnswered503WhileQueuedForAConnectionSendsNothing) {
+    mock_upstream up({.latency = std::chrono::milliseconds(700)});
+    std::string text = fill(yaml, {{"PORT", std::to_string(up.port())}, {"WAIT", "5ms"}});
+    replace_once(text, "  drain_timeout: 5s", "  drain_timeout: 200ms");
+    replace_once(text, "    url: http://127.0.0.1:" + std::to_string(up.port()),
+                 "    url: http://127.0.0.1:" + std::to_string(up.port()) + "\n    max_connections: 1");
+    response first, queued;
+    std::thread a, b;
+    {
+        running_gateway gw(load_yaml(text));
+        a = std::thread([&] { first = get(gw.port(), "/slow/first"); });
+        // The first call holds the upstream's only connection for 700 ms.
+        for (int i = 0; i < 400 && up.count("GET", "/slow/first") == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        ASSERT_EQ(up.count("GET", "/slow/first"), 1u);
+        b = std::thread([&] { queued = send_request(gw.port(), "POST", "/orders", R"({"buy":1})", {{"Content-Type", "application/json"}}); });
+        for (int i = 0; i < 400 && gw.metric("batchgate_open_connections") < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));  // its lease is queued behind the first call
+        gw.stop();  // drain: 200 ms, then both are answered 503; the first call's connection frees
+    }
+    a.join();
+    b.join();
+    EXPECT_EQ(first.status, 503) << first.body;
+    EXPECT_EQ(queued.status, 503) << queued.body;
+    EXPECT_EQ(up.count("POST", "/orders"), 0u) << "a request answered 503 reached the upstream";
 }

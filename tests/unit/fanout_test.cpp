@@ -2,15 +2,18 @@
 // $batch envelope and its dependsOn graph. No I/O, no clock.
 #include <gtest/gtest.h>
 
+#include "config/fan_out_rules.hpp"
+#include "config/loader.hpp"
 #include "fanout/core/batch_envelope.hpp"
-#include "fanout/core/request_check.hpp"
 #include "fanout/core/dependency_plan.hpp"
 #include "fanout/core/fan_out.hpp"
 #include "fanout/core/plan_runner.hpp"
-#include "fanout/core/template.hpp"
-#include "config/loader.hpp"
+#include "fanout/core/request_check.hpp"
+#include "text/template.hpp"
 
 using namespace batchgate::fanout;
+using batchgate::config::fan_out_item_rules;
+using batchgate::config::fan_out_request_rules;
 using nlohmann::json;
 
 namespace {
@@ -66,15 +69,15 @@ TEST(FanoutTemplate, TextIsUrlEncodedWhenAsked) {
 }
 
 TEST(FanoutTemplate, LoadTimeChecksNameThePlaceholder) {
-    EXPECT_FALSE(check_text("/a/{item}", request_rules()));
-    EXPECT_FALSE(check_text("{body./fields}", request_rules()));
-    EXPECT_FALSE(check_json(json{{"x", "{response./error}"}}, item_rules()));
-    auto err = check_text("/a/{response}", request_rules());
+    EXPECT_FALSE(check_text("/a/{item}", fan_out_request_rules()));
+    EXPECT_FALSE(check_text("{body./fields}", fan_out_request_rules()));
+    EXPECT_FALSE(check_json(json{{"x", "{response./error}"}}, fan_out_item_rules()));
+    auto err = check_text("/a/{response}", fan_out_request_rules());
     ASSERT_TRUE(err);
     EXPECT_NE(err->find("{response}"), std::string::npos);
-    EXPECT_TRUE(check_text("/a/{item", request_rules()));
-    EXPECT_TRUE(check_text("{item:float}", request_rules()));
-    EXPECT_TRUE(check_text("{body.fields}", request_rules()));
+    EXPECT_TRUE(check_text("/a/{item", fan_out_request_rules()));
+    EXPECT_TRUE(check_text("{item:float}", fan_out_request_rules()));
+    EXPECT_TRUE(check_text("{body.fields}", fan_out_request_rules()));
 }
 
 TEST(FanOut, ValidCallYieldsItems) {

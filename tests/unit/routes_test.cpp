@@ -4,9 +4,10 @@
 
 #include <stdexcept>
 
-#include "routes/json_pointer.hpp"
-#include "routes/json_text.hpp"
 #include "routes/route_table.hpp"
+#include "text/json_pointer.hpp"
+#include "text/json_text.hpp"
+#include "text/url.hpp"
 
 namespace batchgate::routes {
 namespace {

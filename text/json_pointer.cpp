@@ -1,4 +1,4 @@
-#include "routes/json_pointer.hpp"
+#include "text/json_pointer.hpp"
 
 #include <cstddef>
 

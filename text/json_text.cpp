@@ -1,4 +1,4 @@
-#include "routes/json_text.hpp"
+#include "text/json_text.hpp"
 
 namespace batchgate::routes {
 

@@ -1,4 +1,4 @@
-#include "gateway/upstream_pool.hpp"
+#include "net/upstream_pool.hpp"
 
 #include <sys/socket.h>
 
@@ -16,8 +16,8 @@
 #include <boost/beast/ssl.hpp>
 
 #include "config/loader.hpp"
-#include "gateway/upstream_connection.hpp"
-#include "gateway/wire.hpp"
+#include "net/upstream_connection.hpp"
+#include "net/wire.hpp"
 
 namespace batchgate::gateway {
 
@@ -25,7 +25,7 @@ namespace net = boost::asio;
 namespace beast = boost::beast;
 using tcp = net::ip::tcp;
 using clock_type = std::chrono::steady_clock;
-using resolver_t = net::ip::basic_resolver<tcp, strand_t>;
+using resolver_t = net::ip::basic_resolver<tcp, executor_t>;
 
 namespace {
 
@@ -39,7 +39,7 @@ bool still_usable(upstream_pool::connection& c) {
     return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
-// Closes a connection on its own strand, where a stale timer handler may still be queued.
+// Closes a connection on its own thread, where a stale timer handler may still be queued.
 // The handler owns it: destroyed unrun at shutdown, it still frees the connection.
 void discard(std::unique_ptr<upstream_pool::connection> c) {
     auto ex = c->tcp().get_executor();
@@ -61,7 +61,8 @@ public:
           start_(clock_type::now()),
           deadline_(start_ + timeout),
           done_(std::move(done)),
-          lease_(&pool_->budget_) {}
+          lease_(&pool_->budget_),
+          home_(shard_here(pool_->shards_.size())) {}
 
     // A call that only lends a connection (streamed passthrough): nothing is sent.
     call(std::shared_ptr<upstream_pool> pool, clock_type::time_point deadline, lease_handler done)
@@ -69,14 +70,18 @@ public:
           start_(clock_type::now()),
           deadline_(deadline),
           lend_(std::move(done)),
-          lease_(&pool_->budget_) {}
+          lease_(&pool_->budget_),
+          home_(shard_here(pool_->shards_.size())) {}
 
     void start(bool fresh = false) { pool_->acquire(shared_from_this(), fresh); }
+
+    // The shard the call was made on: a connection it opens runs there.
+    std::size_t home() const { return home_; }
 
     // Queued: give up at the deadline unless a connection arrives first. Only queued calls
     // pay for a timer.
     void wait_in_queue() {
-        queue_timer_ = std::make_unique<strand_timer>(strand_t(pool_->executor_));
+        queue_timer_ = std::make_unique<conn_timer>(pool_->shards_[home_]);
         queue_timer_->expires_at(deadline_);
         queue_timer_->async_wait([self = shared_from_this()](beast::error_code ec) {
             if (ec) return;
@@ -88,11 +93,11 @@ public:
     // Called by the pool, from any thread, with an idle connection or nullptr (connect one).
     void use(std::unique_ptr<connection> conn) {
         if (queue_timer_) {
-            // Stop the queue timer on its own strand so it does not keep this call alive.
+            // Stop the queue timer on its own thread so it does not keep this call alive.
             net::post(queue_timer_->get_executor(), [self = shared_from_this()] { self->queue_timer_->cancel(); });
         }
         if (!conn) return begin(nullptr);  // a new connection: nothing else can touch it yet
-        // A pooled connection's stale timer handler may still be queued on its strand: start
+        // A pooled connection's stale timer handler may still be queued on its thread: start
         // the next exchange there (inline when the previous call is handing it over).
         auto ex = conn->tcp().get_executor();
         net::dispatch(ex, [self = shared_from_this(), conn = std::move(conn)]() mutable { self->begin(std::move(conn)); });
@@ -106,7 +111,7 @@ private:
             connected();
         } else {
             reused_ = false;
-            conn_ = std::make_unique<connection>(pool_->executor_, pool_->tls_.get());
+            conn_ = std::make_unique<connection>(pool_->shards_[home_], home_, pool_->tls_.get());
             do_resolve();
         }
     }
@@ -127,7 +132,7 @@ private:
                                                                       std::to_string(s.port)));
         resolver_ = std::make_unique<resolver_t>(conn_->tcp().get_executor());
         // A resolver that hangs must not hold the slot past the connect budget.
-        resolve_timer_ = std::make_unique<strand_timer>(conn_->tcp().get_executor());
+        resolve_timer_ = std::make_unique<conn_timer>(conn_->tcp().get_executor());
         resolve_timer_->expires_after(std::min<clock_type::duration>(remaining(), s.connect_timeout));
         resolve_timer_->async_wait([self = shared_from_this()](beast::error_code ec) {
             if (!ec && self->resolver_) self->resolver_->cancel();
@@ -160,7 +165,7 @@ private:
         connected();
     }
 
-    // On the connection's strand: send the request, or lend the connection out.
+    // On the connection's thread: send the request, or lend the connection out.
     void connected() {
         if (!lend_) return do_write();
         conn_->tcp().expires_never();
@@ -283,7 +288,7 @@ private:
             reused_ = false;
             beast::error_code ignored;
             conn_->tcp().socket().close(ignored);
-            conn_ = std::make_unique<connection>(pool_->executor_, pool_->tls_.get());
+            conn_ = std::make_unique<connection>(pool_->shards_[home_], home_, pool_->tls_.get());
             return do_resolve();
         }
         if (ec == beast::error::timeout) return fail(upstream_failure::timeout, "upstream did not answer in time");
@@ -352,19 +357,20 @@ private:
     handler done_;
     lease_handler lend_;  // a lending call: set until the connection (or a failure) is handed over
     std::string head_;  // serialized request line and fields of req_
-    std::unique_ptr<strand_timer> queue_timer_;  // only while queued for a connection
+    std::unique_ptr<conn_timer> queue_timer_;  // only while queued for a connection
     std::unique_ptr<connection> conn_;
     std::unique_ptr<resolver_t> resolver_;
-    std::unique_ptr<strand_timer> resolve_timer_;
+    std::unique_ptr<conn_timer> resolve_timer_;
     std::optional<http::response_parser<http::string_body>> parser_;
     budget_lease lease_;  // the answer body being read
+    std::size_t home_;    // the caller's shard when made
     bool reused_ = false;
     bool retried_ = false;
 };
 
-upstream_pool::upstream_pool(net::io_context::executor_type executor, config::upstream_settings settings,
+upstream_pool::upstream_pool(std::vector<shard_executor> shards, config::upstream_settings settings,
                              memory_budget& budget)
-    : executor_(std::move(executor)), settings_(std::move(settings)), budget_(budget) {
+    : shards_(std::move(shards)), settings_(std::move(settings)), budget_(budget), idle_(shards_.size()) {
     // Host of every request, built once. An IPv6 literal goes in brackets: Host: [::1]:9000.
     host_header_ = settings_.host.find(':') != std::string::npos ? "[" + settings_.host + "]" : settings_.host;
     if (settings_.port != (settings_.tls ? 443 : 80)) host_header_ += ":" + std::to_string(settings_.port);
@@ -422,21 +428,32 @@ void upstream_pool::give_back(std::unique_ptr<connection> conn, bool reusable) {
 void upstream_pool::acquire(const std::shared_ptr<call>& c, bool fresh) {
     std::unique_ptr<connection> conn;
     std::vector<std::unique_ptr<connection>> dead;
-    {
-        std::lock_guard lock(mutex_);
-        while (!fresh && !idle_.empty() && !conn) {
-            conn = std::move(idle_.back());
-            idle_.pop_back();
+    // An idle connection of shard i that the upstream has not closed, or nullptr.
+    auto take_idle = [&](std::size_t i) {
+        auto& idle = idle_[i];
+        while (!idle.empty() && !conn) {
+            conn = std::move(idle.back());
+            idle.pop_back();
             if (!still_usable(*conn)) dead.push_back(std::move(conn));
         }
+    };
+    {
+        std::lock_guard lock(mutex_);
+        if (!fresh) take_idle(c->home());
         if (conn) {
             ++active_;
         } else if (active_ < settings_.max_connections) {
-            ++active_;
+            ++active_;  // a new connection, on the call's shard
         } else {
-            waiting_.push_back(c);
-            c->wait_in_queue();
-            return;
+            // At the cap: another shard's idle connection rather than a wait.
+            for (std::size_t i = 0; !fresh && !conn && i < idle_.size(); ++i) take_idle(i);
+            if (conn) {
+                ++active_;
+            } else {
+                waiting_.push_back(c);
+                c->wait_in_queue();
+                return;
+            }
         }
     }
     for (auto& d : dead) discard(std::move(d));
@@ -452,7 +469,7 @@ void upstream_pool::release(std::unique_ptr<connection> conn) {
             waiting_.pop_front();
         } else {
             --active_;
-            if (conn) idle_.push_back(std::move(conn));
+            if (conn) idle_[conn->shard].push_back(std::move(conn));
             return;
         }
     }
@@ -473,7 +490,7 @@ bool upstream_pool::forget(const call* c) {
 
 void upstream_pool::abandon() {
     std::deque<std::shared_ptr<call>> waiting;
-    std::vector<std::unique_ptr<connection>> idle;
+    std::vector<std::vector<std::unique_ptr<connection>>> idle(idle_.size());
     {
         std::lock_guard lock(mutex_);
         waiting.swap(waiting_);
@@ -482,12 +499,13 @@ void upstream_pool::abandon() {
 }
 
 void upstream_pool::close_idle() {
-    std::vector<std::unique_ptr<connection>> idle;
+    std::vector<std::vector<std::unique_ptr<connection>>> idle(idle_.size());
     {
         std::lock_guard lock(mutex_);
         idle.swap(idle_);
     }
-    for (auto& c : idle) discard(std::move(c));
+    for (auto& shard : idle)
+        for (auto& c : shard) discard(std::move(c));
 }
 
 }  // namespace batchgate::gateway

@@ -19,12 +19,14 @@
 
 namespace batchgate::gateway {
 
-// Every connection (client or upstream) runs on a strand of the one io_context.
-using strand_t = boost::asio::strand<boost::asio::io_context::executor_type>;
-using stream_t = boost::beast::basic_stream<boost::asio::ip::tcp, strand_t>;
-using socket_t = boost::asio::basic_stream_socket<boost::asio::ip::tcp, strand_t>;
-using strand_timer = boost::asio::basic_waitable_timer<std::chrono::steady_clock,
-                                                       boost::asio::wait_traits<std::chrono::steady_clock>, strand_t>;
+// Every connection (client or upstream) runs on the io_context of one worker thread (a shard,
+// net/shard.hpp), run by that thread alone: its handlers never run concurrently, so it
+// needs no strand.
+using executor_t = boost::asio::io_context::executor_type;
+using stream_t = boost::beast::basic_stream<boost::asio::ip::tcp, executor_t>;
+using socket_t = boost::asio::basic_stream_socket<boost::asio::ip::tcp, executor_t>;
+using conn_timer = boost::asio::basic_waitable_timer<std::chrono::steady_clock,
+                                                       boost::asio::wait_traits<std::chrono::steady_clock>, executor_t>;
 
 namespace wire {
 

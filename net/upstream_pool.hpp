@@ -1,6 +1,8 @@
-// Keep-alive connection pool to one upstream. Shared by every session and batcher; safe to
-// call from any thread. Each connection runs on its own strand; the pool's bookkeeping
-// (idle list, waiting queue) is guarded by a mutex that is never held across a callback.
+// Keep-alive connection pool to one upstream. Shared by every session and batcher of every
+// shard (net/shard.hpp); safe to call from any thread. A connection is opened on the shard
+// of the call that needs it and runs there; idle connections are kept per shard and a call
+// takes one of its own shard's first. The bookkeeping (idle lists, waiting queue, the
+// max_connections count over all shards) is guarded by a mutex never held across a callback.
 #pragma once
 
 #include <chrono>
@@ -16,7 +18,8 @@
 #include <boost/beast/http/string_body.hpp>
 
 #include "config/config.hpp"
-#include "gateway/memory_budget.hpp"
+#include "net/memory_budget.hpp"
+#include "net/shard.hpp"
 
 namespace boost::asio::ssl {
 class context;  // kept out of this header: only upstream_pool.cpp needs OpenSSL
@@ -48,7 +51,7 @@ struct upstream_result {
 class upstream_pool : public std::enable_shared_from_this<upstream_pool> {
 public:
     using handler = std::function<void(upstream_result)>;
-    struct connection;  // one keep-alive connection (gateway/upstream_connection.hpp)
+    struct connection;  // one keep-alive connection (net/upstream_connection.hpp)
 
     // A connection lent for one streamed exchange (passthrough), connected (and TLS set up).
     struct lease {
@@ -61,22 +64,23 @@ public:
 
     // Throws config::config_error when an https upstream's ca_file cannot be loaded. Answer
     // bodies are reserved from budget while they are read.
-    upstream_pool(boost::asio::io_context::executor_type executor, config::upstream_settings settings,
-                  memory_budget& budget);
+    // shards: one executor per worker thread; connections run on the one of the shard that opened them.
+    upstream_pool(std::vector<shard_executor> shards, config::upstream_settings settings, memory_budget& budget);
     ~upstream_pool();
     upstream_pool(const upstream_pool&) = delete;
     upstream_pool& operator=(const upstream_pool&) = delete;
 
-    // Sends req (Host is set here) and calls done exactly once, on an arbitrary thread,
-    // within `timeout` (plus scheduling delay). The caller posts to its own strand.
+    // Sends req (Host is set here) and calls done exactly once, on the thread of the connection
+    // that carried it (usually the caller's shard; another's when only its idle connection was
+    // free), within `timeout` (plus scheduling delay). The caller posts to its own executor.
     void async_send(upstream_request req, std::chrono::milliseconds timeout, handler done);
 
     // Lends a connection until give_back: done is called exactly once, on the connection's
-    // strand when one is lent, on any thread when none came before `deadline`. fresh: never an
+    // executor when one is lent, on any thread when none came before `deadline`. fresh: never an
     // idle one (a retry after a reused connection failed).
     void async_lease(std::chrono::steady_clock::time_point deadline, bool fresh, lease_handler done);
     // Ends a lease: reusable only after complete messages both ways and nothing unread. Call on
-    // the connection's strand.
+    // the connection's executor.
     void give_back(std::unique_ptr<connection> conn, bool reusable);
 
     // "host[:port]", the Host of every request to this upstream.
@@ -103,13 +107,13 @@ private:
     // A queued call gave up; false when it was already handed a slot.
     bool forget(const call* c);
 
-    boost::asio::io_context::executor_type executor_;
+    std::vector<shard_executor> shards_;
     config::upstream_settings settings_;
     memory_budget& budget_;
     std::string host_header_;  // "host[:port]" for every request
     std::unique_ptr<boost::asio::ssl::context> tls_;  // https:// upstreams only
     std::mutex mutex_;
-    std::vector<std::unique_ptr<connection>> idle_;
+    std::vector<std::vector<std::unique_ptr<connection>>> idle_;  // per shard
     std::deque<std::shared_ptr<call>> waiting_;
     std::size_t active_ = 0;  // connections lent out or being connected
 };

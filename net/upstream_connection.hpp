@@ -1,4 +1,4 @@
-// One keep-alive connection of an upstream_pool, plain TCP or TLS, on its own strand. Kept out
+// One keep-alive connection of an upstream_pool, plain TCP or TLS, on its shard's executor. Kept out
 // of upstream_pool.hpp (OpenSSL headers): only the pool and streamed passthrough see it.
 #pragma once
 
@@ -8,19 +8,20 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/ssl.hpp>
 
-#include "gateway/upstream_pool.hpp"
-#include "gateway/wire.hpp"
+#include "net/upstream_pool.hpp"
+#include "net/wire.hpp"
 
 namespace batchgate::gateway {
 
 using tls_stream_t = boost::beast::ssl_stream<stream_t>;
 
 struct upstream_pool::connection {
-    connection(const boost::asio::io_context::executor_type& ex, boost::asio::ssl::context* tls) {
+    connection(const boost::asio::io_context::executor_type& ex, std::size_t shard, boost::asio::ssl::context* tls)
+        : shard(shard) {
         if (tls)
-            secure.emplace(strand_t(ex), *tls);
+            secure.emplace(executor_t(ex), *tls);
         else
-            plain.emplace(strand_t(ex));
+            plain.emplace(executor_t(ex));
     }
     // The TCP stream: timeouts, connect, socket options, close.
     stream_t& tcp() { return secure ? boost::beast::get_lowest_layer(*secure) : *plain; }
@@ -32,6 +33,7 @@ struct upstream_pool::connection {
         else
             f(*plain);
     }
+    std::size_t shard;  // whose thread runs it (the index into the shards' executors)
     std::optional<stream_t> plain;
     std::optional<tls_stream_t> secure;
     boost::beast::flat_buffer buffer;

@@ -1,10 +1,10 @@
-#include "fanout/core/template.hpp"
+#include "text/template.hpp"
 
 #include <charconv>
 
-#include "routes/json_pointer.hpp"
-#include "routes/json_text.hpp"
-#include "routes/route_table.hpp"
+#include "text/json_pointer.hpp"
+#include "text/json_text.hpp"
+#include "text/url.hpp"
 
 namespace batchgate::fanout {
 

@@ -1,0 +1,55 @@
+// A request as the gateway serves it, whichever part serves it (passthrough, a batcher, a
+// fan-out engine): the message types, what is known about the caller, the completion that
+// answers it, and the error answer every part gives. gateway/dispatcher.hpp routes requests.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/string_body.hpp>
+
+#include "net/errors.hpp"
+
+namespace batchgate::gateway {
+
+namespace http = boost::beast::http;
+
+using request_t = http::request<http::string_body>;
+using response_t = http::response<http::string_body>;
+
+struct request_context {
+    std::string client_ip;       // for X-Forwarded-For
+    std::string_view proto = "http";  // X-Forwarded-Proto: the client's connection (https with listen_tls)
+    std::string request_id;      // X-Request-Id (already set on the request too)
+    std::string traceparent;     // W3C trace context, "" when none
+    std::chrono::steady_clock::time_point deadline;  // when the caller stops waiting
+    int depth = 0;               // 0: a client's request; 1: a sub-request of a $batch call
+    // Set by the client connection when the caller hangs up before its answer; a batcher then
+    // leaves its item out of a batch not sent yet. nullptr: nobody watches ($batch sub-requests).
+    std::shared_ptr<std::atomic<bool>> gone;
+};
+
+// What the access log and metrics want to know about how a request was served.
+struct dispatch_info {
+    std::string batch_id;
+    std::size_t batch_size = 0;
+    int upstream_status = 0;
+    std::chrono::steady_clock::duration upstream_elapsed{};
+};
+
+using dispatch_done = std::function<void(response_t, dispatch_info)>;
+
+// Every line of a header as one value ("a=1; b=2" for Cookie, "x, y" otherwise), nullopt when
+// absent: two Cookie lines (HTTP/2 hops send them) are one caller's credentials.
+std::optional<std::string> header_value(const request_t& req, std::string_view name);
+
+// A JSON error response for a request (content type, body naming the route).
+response_t error_response(gateway_error e, const std::string& message, const std::string& route, unsigned version = 11);
+
+}  // namespace batchgate::gateway
