@@ -354,25 +354,27 @@ private:
         });
     }
 
-    struct classified_failure {
+    struct stream_failure {
         const char* label;  // batchgate_upstream_requests_total{outcome}
         gateway_error error;
         std::string message;
     };
 
-    classified_failure classify_upstream_failure(error_code ec) const {
-        if (ec == boost::beast::error::timeout)
-            return {"timeout", gateway_error::upstream_timeout, upstream_name() + " timed out"};
+    // The pool's rule (classify_exchange_error), in the words and labels of a stream.
+    stream_failure classify_upstream_failure(error_code ec) const {
         if (ec == http::error::body_limit)
             return {"bad_response", gateway_error::upstream_bad_response,
                     upstream_name() + ": answer " +
                         too_big("body", "max_response", p_.route->passthrough.max_response_bytes)};
-        // Beast's parse errors (not a clean or early end of stream) mean the upstream spoke bad HTTP.
-        if (ec.category() == error_code(http::error::end_of_stream).category() && ec != http::error::end_of_stream &&
-            ec != http::error::partial_message)
-            return {"bad_response", gateway_error::upstream_bad_response,
-                    upstream_name() + " sent invalid HTTP: " + ec.message()};
-        return {"io_error", gateway_error::upstream_unreachable, upstream_name() + " connection failed: " + ec.message()};
+        auto failure = classify_exchange_error(ec, upstream_name());
+        switch (failure.kind) {
+            case upstream_failure::timeout:
+                return {"timeout", gateway_error::upstream_timeout, std::move(failure.message)};
+            case upstream_failure::bad_response:
+                return {"bad_response", gateway_error::upstream_bad_response, std::move(failure.message)};
+            default:
+                return {"io_error", gateway_error::upstream_unreachable, std::move(failure.message)};
+        }
     }
 
     void close_upstream_now() {

@@ -291,12 +291,10 @@ private:
             conn_ = std::make_unique<connection>(pool_->shards_[home_], home_, pool_->tls_.get());
             return do_resolve();
         }
-        if (ec == beast::error::timeout) return fail(upstream_failure::timeout, "upstream did not answer in time");
         if (ec == http::error::body_limit)
             return fail(upstream_failure::bad_response, "upstream response exceeds max_response");
-        if (ec.category() == beast::error_code(http::error::end_of_stream).category() && ec != http::error::end_of_stream)
-            return fail(upstream_failure::bad_response, "upstream sent invalid HTTP: " + ec.message());
-        fail(upstream_failure::io_error, "upstream connection failed: " + ec.message());
+        auto failure = classify_exchange_error(ec, "upstream");
+        fail(failure.kind, std::move(failure.message));
     }
 
     bool idempotent() const {
@@ -367,6 +365,14 @@ private:
     bool reused_ = false;
     bool retried_ = false;
 };
+
+classified_failure classify_exchange_error(const beast::error_code& ec, const std::string& who) {
+    if (ec == beast::error::timeout) return {upstream_failure::timeout, who + " did not answer in time"};
+    if (ec.category() == beast::error_code(http::error::end_of_stream).category() && ec != http::error::end_of_stream &&
+        ec != http::error::partial_message)
+        return {upstream_failure::bad_response, who + " sent invalid HTTP: " + ec.message()};
+    return {upstream_failure::io_error, who + " connection failed: " + ec.message()};
+}
 
 upstream_pool::upstream_pool(std::vector<shard_executor> shards, config::upstream_settings settings,
                              memory_budget& budget)

@@ -41,6 +41,17 @@ enum class upstream_failure {
     over_budget,     // the answer's body would go over limits.max_buffered (callers: 503)
 };
 
+// What a failed read or write of an upstream exchange counts as, one rule for pooled calls and
+// streamed passthrough: a deadline is a timeout; a FIN or reset before the answer is whole
+// (partial_message included) is a dropped connection; any other Beast parse error is bad HTTP.
+// who names the upstream in the message. body_limit is left to the caller, who knows whose cap
+// it was (it is counted as bad_response).
+struct classified_failure {
+    upstream_failure kind;
+    std::string message;
+};
+classified_failure classify_exchange_error(const boost::system::error_code& ec, const std::string& who);
+
 struct upstream_result {
     upstream_failure failure = upstream_failure::none;
     std::string detail;              // human-readable cause when failure != none

@@ -97,6 +97,20 @@ TEST(Failures, ClosedConnectionGives502) {
     expect_all(burst(gw.port(), 4), 502, "upstream_unreachable");
 }
 
+// An answer cut off mid-body (head, half the body, FIN) is a dropped connection, counted and
+// answered as a stream's is (classify_exchange_error): io_error and 502 upstream_unreachable,
+// not "invalid HTTP".
+TEST(Failures, AnswerCutMidBodyIsADroppedConnection) {
+    batchgate::mock::mock_options opts;
+    opts.fault_rate = 1.0;
+    opts.fault_kinds = 1u << static_cast<unsigned>(batchgate::mock::random_fault::truncated);
+    mock_upstream up(opts);
+    running_gateway gw(load_yaml(fill(yaml, {{"PORT", std::to_string(up.port())}})));
+    expect_all(burst(gw.port(), 4), 502, "upstream_unreachable");
+    EXPECT_GT(gw.metric("batchgate_upstream_requests_total{route=\"users\",status=\"io_error\",upstream=\"api\"}"), 0);
+    EXPECT_LE(gw.metric("batchgate_upstream_requests_total{route=\"users\",status=\"bad_response\",upstream=\"api\"}"), 0);
+}
+
 TEST(Failures, RefusedConnectionGives502) {
     unsigned short dead_port;
     {
