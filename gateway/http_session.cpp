@@ -4,6 +4,7 @@
 #include <optional>
 #include <string>
 
+#include <boost/asio/bind_allocator.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core.hpp>
@@ -23,6 +24,7 @@
 #include "gateway/dispatcher.hpp"
 #include "gateway/request_head.hpp"
 #include "gateway/stream_exchange.hpp"
+#include "net/deadline_sweep.hpp"
 #include "net/log.hpp"
 #include "net/wire.hpp"
 
@@ -57,7 +59,9 @@ using tls_client_stream = beast::ssl_stream<stream_t>;
 
 // Stream: stream_t (plain), or tls_client_stream (listen_tls).
 template <class Stream>
-class http_session : public drainable, public std::enable_shared_from_this<http_session<Stream>> {
+class http_session : public drainable,
+                     public std::enable_shared_from_this<http_session<Stream>>,
+                     private deadline_entry {
 public:
     static constexpr bool tls = std::is_same_v<Stream, tls_client_stream>;
 
@@ -68,7 +72,7 @@ public:
           tls_context_(std::move(tls_context)),
           role_(role),
           state_(std::move(state)),
-          deadline_(stream_.get_executor()),
+          sweep_(&deadline_sweep::of(stream_.get_executor())),
           request_lease_(&state_->budget),
           response_lease_(&state_->budget) {
         if (role_ == listener_role::traffic) {
@@ -199,9 +203,9 @@ private:
     void begin_unread_request() {
         keep_alive_ = false;
         linger_ = true;
-        request_ = {};
+        request_.reset();
         version_ = 11;
-        request_id_ = request_id_for(request_);
+        request_id_ = request_id_for(req());
         begin_request();
     }
 
@@ -257,15 +261,15 @@ private:
                 return send(error_response(gateway_error::headers_too_large, "request headers exceed limits.max_header", ""));
             return send(error_response(gateway_error::bad_request, "malformed HTTP request: " + ec.message(), ""));
         }
-        request_ = parser_->release();
+        request_ = std::make_unique<request_t>(parser_->release());
         parser_.reset();
-        if (chunked_head_) request_.base() = std::move(*std::exchange(chunked_head_, nullptr));
+        if (chunked_head_) request_->base() = std::move(*std::exchange(chunked_head_, nullptr));
         runtime_ = state_->current();  // route with the config current when the request arrived
-        keep_alive_ = request_.keep_alive() && !state_->draining.load();
-        version_ = request_.version();
-        request_id_ = request_id_for(request_);
+        keep_alive_ = request_->keep_alive() && !state_->draining.load();
+        version_ = request_->version();
+        request_id_ = request_id_for(*request_);
         begin_request();
-        head_request_ = request_.method() == http::verb::head;
+        head_request_ = request_->method() == http::verb::head;
         tcp().expires_never();
         if (role_ == listener_role::admin) return handle_admin();
         handle_traffic();
@@ -275,7 +279,7 @@ private:
 
     void begin_stream(const config::route_settings& route) {
         const auto& head = parser_->get();
-        request_ = {};
+        request_.reset();
         version_ = head.version();
         keep_alive_ = head.keep_alive() && !state_->draining.load();
         request_id_ = request_id_for(head);
@@ -331,7 +335,7 @@ private:
     // --- admin listener: metrics and health ---------------------------------------------
 
     void respond_text(int status, std::string body, std::string_view content_type) {
-        response_t res{static_cast<http::status>(status), request_.version()};
+        response_t res{static_cast<http::status>(status), req().version()};
         res.set(http::field::content_type, content_type);
         res.body() = std::move(body);
         res.prepare_payload();
@@ -339,10 +343,10 @@ private:
     }
 
     void handle_admin() {
-        auto [path, query] = routes::split_target(request_.target());
-        if (request_.method() != http::verb::get && request_.method() != http::verb::head) {
+        auto [path, query] = routes::split_target(req().target());
+        if (req().method() != http::verb::get && req().method() != http::verb::head) {
             auto res = error_response(gateway_error::method_not_allowed, "admin endpoints accept GET only", "",
-                                      request_.version());
+                                      req().version());
             res.set(http::field::allow, "GET, HEAD");
             return send(std::move(res));
         }
@@ -355,15 +359,21 @@ private:
                                 json_type);
         }
         send(error_response(gateway_error::not_found, "admin endpoints are /metrics, /healthz and /readyz", "",
-                            request_.version()));
+                            req().version()));
+    }
+
+    // The request being handled, or an empty one (none read, or already handed on).
+    const request_t& req() const {
+        static const request_t none;
+        return request_ ? *request_ : none;
     }
 
     // --- traffic listener ---------------------------------------------------------------------
 
     void handle_traffic() {
-        request_.set("X-Request-Id", request_id_);
+        request_->set("X-Request-Id", request_id_);
         routes::param_list params;
-        const config::route_settings* route = find_route(*runtime_, request_, &params);
+        const config::route_settings* route = find_route(*runtime_, *request_, &params);
         config::duration timeout = std::chrono::seconds(30);
         if (route) {
             route_name_ = route->name;
@@ -374,9 +384,9 @@ private:
         ctx.client_ip = client_ip_;
         ctx.proto = tls ? "https" : "http";
         ctx.request_id = request_id_;
-        if (auto tp = request_.find("traceparent"); tp != request_.end()) ctx.traceparent = std::string(tp->value());
+        if (auto tp = request_->find("traceparent"); tp != request_->end()) ctx.traceparent = std::string(tp->value());
         ctx.deadline = started_ + timeout;
-        arm_deadline(ctx.deadline);
+        arm_deadline(started_, timeout);
         gone_.reset();
         if (route && route->mode == config::route_mode::coalesce) {
             ctx.gone = gone_ = std::make_shared<std::atomic<bool>>(false);
@@ -385,10 +395,12 @@ private:
             // request on this connection gets a new one), unless it holds pipelined bytes.
             if (buffer_.size() == 0) buffer_.shrink_to_fit();
         }
-        method_ = std::string(request_.method_string());
-        target_ = std::string(request_.target());
+        method_ = std::string(request_->method_string());
+        target_ = std::string(request_->target());
+        // Not kept while the caller waits (memory per waiting caller): dispatch has it now.
+        auto request = std::move(*std::exchange(request_, nullptr));
         try {
-            dispatch_matched(state_, runtime_, route, std::move(params), std::move(request_), std::move(ctx),
+            dispatch_matched(state_, runtime_, route, std::move(params), std::move(request), std::move(ctx),
                              [self = this->shared_from_this(), gen = generation_](response_t res, dispatch_info info) {
                                  // Back onto this connection's thread.
                                  net::post(self->stream_.get_executor(),
@@ -419,11 +431,14 @@ private:
             gone->store(true, std::memory_order_relaxed);
             return;
         }
-        tcp().socket().async_wait(tcp::socket::wait_read, [self = this->shared_from_this(), gen = generation_,
-                                                              gone = std::move(gone)](beast::error_code ec) mutable {
-            if (ec || gen != self->generation_ || self->answered_) return;
-            self->watch_for_hang_up(std::move(gone));
-        });
+        // The wait is what a caller holds while it waits: a block of its own size, not a
+        // recycled one (memory per waiting caller).
+        tcp().socket().async_wait(tcp::socket::wait_read,
+                                  net::bind_allocator(exact_allocator<void>(), [self = this->shared_from_this(), gen = generation_,
+                                                                               gone = std::move(gone)](beast::error_code ec) mutable {
+                                      if (ec || gen != self->generation_ || self->answered_) return;
+                                      self->watch_for_hang_up(std::move(gone));
+                                  }));
     }
 
     bool peer_has_hung_up() {
@@ -438,14 +453,18 @@ private:
         return info.tcpi_state == TCP_CLOSE_WAIT || info.tcpi_state == TCP_CLOSE || info.tcpi_state == TCP_LAST_ACK;
     }
 
-    // Safety net: whatever happens downstream, the caller is answered by its deadline.
-    void arm_deadline(clock_type::time_point at) {
-        deadline_.expires_at(at + std::chrono::milliseconds(50));  // let the route's own timeout answer first
-        deadline_.async_wait([self = this->shared_from_this(), gen = generation_](beast::error_code ec) {
-            if (ec || gen != self->generation_ || self->answered_) return;
-            self->send(error_response(gateway_error::upstream_timeout, "no answer before the route's timeout",
-                                      self->route_name_, self->version_));
-        });
+    // Safety net: whatever happens downstream, the caller is answered by its deadline. The
+    // shard's sweep (net/deadline_sweep.hpp) holds the session until then, as a timer's
+    // handler would, but costs no timer per request.
+    void arm_deadline(clock_type::time_point start, config::duration timeout) {
+        // 50 ms after the route's own timeout, which should answer first.
+        sweep_->arm(*this, start, timeout + std::chrono::milliseconds(50), this->shared_from_this());
+    }
+
+    void deadline_passed() override {
+        if (answered_) return;
+        send(error_response(gateway_error::upstream_timeout, "no answer before the route's timeout", route_name_,
+                            version_));
     }
 
     // --- answering ------------------------------------------------------------------------------
@@ -462,18 +481,18 @@ private:
         res.keep_alive(keep_alive_);
         res.set(http::field::server, "batchgate");
         if (role_ == listener_role::traffic) res.set("X-Request-Id", request_id_);
-        response_ = std::make_unique<response_t>(std::move(res));
+        response_ = std::make_unique<outgoing>(std::move(res));
         // Traffic answers only: a scrape must never count against (or show up in) the budget.
-        if (role_ == listener_role::traffic) response_lease_.force_to(response_->body().size());
+        if (role_ == listener_role::traffic) response_lease_.force_to(response_->res.body().size());
         // One head buffer plus the body in place: a single writev, no per-field buffers.
         // A HEAD answer keeps its Content-Length but never carries the body.
-        unsent_.emplace(wire::buffers(head_, *response_, !head_request_));
+        response_->unsent.emplace(wire::buffers(response_->head, response_->res, !head_request_));
         write_more();
     }
 
     // Metrics and the access log line of the request's answer.
     void record_answer(int status) {
-        deadline_.cancel();
+        sweep_->disarm(*this);
         const auto elapsed = clock_type::now() - started_;
         if (route_metrics_) {
             route_metrics_->requests->inc(status);
@@ -488,11 +507,12 @@ private:
     // stay in memory for as long as it likes.
     void write_more() {
         tcp().expires_after(runtime_->config->limits.send_timeout);
-        stream_.async_write_some(*unsent_, [self = this->shared_from_this()](beast::error_code ec, std::size_t n) {
+        stream_.async_write_some(*response_->unsent, [self = this->shared_from_this()](beast::error_code ec, std::size_t n) {
             if (ec == beast::error::timeout) self->state_->metrics.send_timeouts().Increment();
             if (ec) return self->on_write(ec);
-            self->unsent_->consume(n);
-            if (beast::buffer_bytes(*self->unsent_) == 0) return self->on_write(ec);
+            auto& unsent = *self->response_->unsent;
+            unsent.consume(n);
+            if (beast::buffer_bytes(unsent) == 0) return self->on_write(ec);
             self->write_more();
         });
     }
@@ -521,11 +541,10 @@ private:
     }
 
     void on_write(beast::error_code ec) {
-        unsent_.reset();
         response_.reset();
         request_lease_.reset();
         response_lease_.reset();
-        request_ = {};
+        request_.reset();
         method_.clear();
         target_.clear();
         state_->active_requests.fetch_sub(1);
@@ -564,11 +583,16 @@ private:
     beast::flat_buffer buffer_;
     std::unique_ptr<http::request_parser<http::string_body>> parser_;  // while a request is read
     std::unique_ptr<http::request_header<>> chunked_head_;  // the head of a chunked request, without trailers
-    request_t request_;
-    std::unique_ptr<response_t> response_;  // while it is written
-    std::string head_;  // serialized status line and fields of response_
-    std::optional<beast::buffers_suffix<std::array<net::const_buffer, 2>>> unsent_;  // of head_ and response_
-    conn_timer deadline_;
+    std::unique_ptr<request_t> request_;  // from its head's end until it is dispatched or answered
+    // An answer while it is written; none while a caller waits (memory per waiting caller).
+    struct outgoing {
+        explicit outgoing(response_t r) : res(std::move(r)) {}
+        response_t res;
+        std::string head;  // serialized status line and fields of res
+        std::optional<beast::buffers_suffix<std::array<net::const_buffer, 2>>> unsent;  // of head and res
+    };
+    std::unique_ptr<outgoing> response_;
+    deadline_sweep* sweep_;  // this shard's
     budget_lease request_lease_;   // the request body, until its answer is written
     budget_lease response_lease_;  // the answer, while it is written
     std::string client_ip_;

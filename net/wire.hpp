@@ -28,6 +28,22 @@ using socket_t = boost::asio::basic_stream_socket<boost::asio::ip::tcp, executor
 using conn_timer = boost::asio::basic_waitable_timer<std::chrono::steady_clock,
                                                        boost::asio::wait_traits<std::chrono::steady_clock>, executor_t>;
 
+// An allocator asio does not recycle (it swaps std::allocator for its per-thread cache of
+// blocks, each the size of whatever operation freed it, often a read's ~300 bytes). For an
+// operation a connection keeps pending a long time, such as a waiting caller's hang-up
+// watch: a block of the operation's own size.
+template <class T>
+struct exact_allocator {
+    using value_type = T;
+    exact_allocator() noexcept = default;
+    template <class U>
+    exact_allocator(const exact_allocator<U>&) noexcept {}
+    T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T))); }
+    void deallocate(T* p, std::size_t) noexcept { ::operator delete(p); }
+    template <class U>
+    bool operator==(const exact_allocator<U>&) const noexcept { return true; }
+};
+
 namespace wire {
 
 // "Name: value\r\n" for each field, then the blank line that ends the head.

@@ -1,0 +1,153 @@
+// Deadlines of one shard, checked against a coarse clock. A caller's safety-net deadline used
+// to be a timer of its own: a timer-queue insert (and at times a timerfd_settime) per request,
+// a cancel that ran a handler of its own, and an operation block of a few hundred bytes held
+// by every caller waiting in a batch. Here an armed deadline is a node linked into its shard's
+// list (two pointers in the session, no allocation), and one timer per shard ticks every
+// `tick` while any deadline is armed, so a deadline fires between 0 and `tick` late.
+//
+// An io_context service: one per shard, used only from that shard's thread (no lock). Its
+// lists are sorted by deadline; deadlines of one length go in one list, so an insertion is
+// nearly always at the tail whatever mix of timeouts the routes have.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include <boost/asio/execution_context.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include "net/wire.hpp"
+
+namespace batchgate::gateway {
+
+class deadline_sweep;
+
+// A deadline that can be armed in its shard's sweep: derive from it and say what happens
+// when it passes. Disarmed by its destructor; armed once at a time (arming again moves it).
+// While armed it may hold its owner alive (as a timer's pending handler did): whatever else
+// drops it, it is still there to act at its deadline.
+class deadline_entry {
+public:
+    deadline_entry() = default;
+    deadline_entry(const deadline_entry&) = delete;
+    deadline_entry& operator=(const deadline_entry&) = delete;
+
+    bool armed() const noexcept { return sweep_ != nullptr; }
+
+protected:
+    ~deadline_entry();
+    // Runs on the shard's thread, unlinked already (it may arm again).
+    virtual void deadline_passed() = 0;
+
+private:
+    friend class deadline_sweep;
+    deadline_entry* prev_ = nullptr;
+    deadline_entry* next_ = nullptr;
+    deadline_sweep* sweep_ = nullptr;
+    std::size_t list_ = 0;
+    std::chrono::steady_clock::time_point at_{};
+    std::shared_ptr<void> hold_;
+};
+
+class deadline_sweep : public boost::asio::execution_context::service {
+public:
+    using clock_type = std::chrono::steady_clock;
+    static inline boost::asio::execution_context::id id;
+
+    static constexpr std::chrono::milliseconds tick{10};
+
+    explicit deadline_sweep(boost::asio::execution_context& ctx)
+        : service(ctx), timer_(std::in_place, static_cast<boost::asio::io_context&>(ctx).get_executor()) {}
+
+    // The sweep of the io_context that runs `ex`.
+    static deadline_sweep& of(const executor_t& ex) { return boost::asio::use_service<deadline_sweep>(ex.context()); }
+
+    // e passes at start + length (length is what sorts it into a list); hold is kept until then.
+    void arm(deadline_entry& e, clock_type::time_point start, clock_type::duration length,
+             std::shared_ptr<void> hold = nullptr) {
+        disarm(e);
+        e.hold_ = std::move(hold);
+        std::size_t i = 0;
+        while (i < lists_.size() && lists_[i].length != length) ++i;
+        if (i == lists_.size()) lists_.push_back({length, nullptr, nullptr});
+        auto& l = lists_[i];
+        e.at_ = start + length;
+        e.list_ = i;
+        e.sweep_ = this;
+        // From the tail back to the first entry not later than e: almost always the tail.
+        deadline_entry* after = l.tail;
+        while (after && after->at_ > e.at_) after = after->prev_;
+        e.prev_ = after;
+        e.next_ = after ? after->next_ : l.head;
+        (e.next_ ? e.next_->prev_ : l.tail) = &e;
+        (after ? after->next_ : l.head) = &e;
+        ++armed_;
+        if (!ticking_ && timer_) start_ticking();
+    }
+
+    // Lets go of e's hold last: that may free e.
+    void disarm(deadline_entry& e) noexcept {
+        if (e.sweep_ != this) return;
+        auto hold = std::move(e.hold_);
+        auto& l = lists_[e.list_];
+        (e.prev_ ? e.prev_->next_ : l.head) = e.next_;
+        (e.next_ ? e.next_->prev_ : l.tail) = e.prev_;
+        e.prev_ = e.next_ = nullptr;
+        e.sweep_ = nullptr;
+        --armed_;
+    }
+
+    std::size_t armed() const noexcept { return armed_; }
+
+    // Fires every deadline that has passed by `now` (the tick calls it; tests may too).
+    void sweep(clock_type::time_point now) {
+        for (std::size_t i = 0; i < lists_.size(); ++i) {
+            // Re-read the head each time: a deadline_passed may arm, disarm or free entries.
+            while (lists_[i].head && lists_[i].head->at_ <= now) {
+                deadline_entry& e = *lists_[i].head;
+                auto hold = std::move(e.hold_);  // e stays alive through its call
+                disarm(e);
+                e.deadline_passed();
+            }
+        }
+    }
+
+private:
+    // The io_context is going: entries let go of what they hold (nothing will fire now), and
+    // the timer goes before the timer service does. Entries may still disarm afterwards.
+    void shutdown() override {
+        timer_.reset();
+        for (std::size_t i = 0; i < lists_.size(); ++i)
+            while (lists_[i].head) disarm(*lists_[i].head);
+    }
+
+    void start_ticking() {
+        ticking_ = true;
+        timer_->expires_after(tick);
+        timer_->async_wait([this](boost::system::error_code ec) {
+            ticking_ = false;
+            if (ec || !timer_) return;
+            sweep(clock_type::now());
+            if (armed_ > 0 && !ticking_ && timer_) start_ticking();
+        });
+    }
+
+    struct list {
+        clock_type::duration length;
+        deadline_entry* head;
+        deadline_entry* tail;
+    };
+    std::vector<list> lists_;
+    std::size_t armed_ = 0;
+    bool ticking_ = false;
+    std::optional<conn_timer> timer_;
+};
+
+inline deadline_entry::~deadline_entry() {
+    if (sweep_) sweep_->disarm(*this);
+}
+
+}  // namespace batchgate::gateway

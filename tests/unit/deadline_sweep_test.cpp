@@ -1,0 +1,152 @@
+// The shard's deadline sweep: order, lists per length, disarm, holds, and the real tick.
+#include "net/deadline_sweep.hpp"
+
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <boost/asio/io_context.hpp>
+
+using namespace batchgate::gateway;
+using namespace std::chrono_literals;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+struct probe : deadline_entry {
+    explicit probe(std::string n, std::vector<std::string>* log) : name(std::move(n)), log(log) {}
+    ~probe() { if (destroyed) *destroyed = true; }
+    void deadline_passed() override {
+        log->push_back(name);
+        if (then) then();
+    }
+    using deadline_entry::armed;
+    std::string name;
+    std::vector<std::string>* log;
+    std::function<void()> then;
+    bool* destroyed = nullptr;
+};
+
+struct sweep_test : ::testing::Test {
+    boost::asio::io_context ioc{1};
+    deadline_sweep& sweep = deadline_sweep::of(ioc.get_executor());
+    std::vector<std::string> fired;
+    const clock_type::time_point t0 = clock_type::now();
+};
+
+}  // namespace
+
+TEST_F(sweep_test, FiresInDeadlineOrderAcrossLengthsAndOnlyWhenDue) {
+    probe a("a", &fired), b("b", &fired), c("c", &fired), d("d", &fired);
+    sweep.arm(a, t0, 30s);
+    sweep.arm(b, t0, 1s);
+    sweep.arm(c, t0 + 2s, 1s);   // same length as b, later
+    sweep.arm(d, t0 - 1s, 30s);  // armed later than a but due first: sorted into its list
+    EXPECT_EQ(sweep.armed(), 4u);
+    sweep.sweep(t0 + 999ms);
+    EXPECT_TRUE(fired.empty());
+    sweep.sweep(t0 + 1s);
+    EXPECT_EQ(fired, (std::vector<std::string>{"b"}));
+    // One list after the other: every due deadline fires in the sweep, each list in order.
+    sweep.sweep(t0 + 29s);
+    EXPECT_EQ(fired, (std::vector<std::string>{"b", "d", "c"}));
+    EXPECT_TRUE(a.armed());
+    EXPECT_FALSE(b.armed());
+    sweep.sweep(t0 + 31s);
+    EXPECT_EQ(fired, (std::vector<std::string>{"b", "d", "c", "a"}));
+    EXPECT_EQ(sweep.armed(), 0u);
+}
+
+TEST_F(sweep_test, DisarmedAndDestroyedEntriesNeverFire) {
+    auto gone = std::make_unique<probe>("gone", &fired);
+    probe kept("kept", &fired), cancelled("cancelled", &fired);
+    sweep.arm(*gone, t0, 1s);
+    sweep.arm(cancelled, t0, 1s);
+    sweep.arm(kept, t0, 1s);
+    sweep.disarm(cancelled);
+    sweep.disarm(cancelled);  // twice is harmless
+    gone.reset();             // the destructor unlinks it
+    EXPECT_EQ(sweep.armed(), 1u);
+    sweep.sweep(t0 + 2s);
+    EXPECT_EQ(fired, (std::vector<std::string>{"kept"}));
+}
+
+TEST_F(sweep_test, ArmingAgainMovesTheDeadline) {
+    probe a("a", &fired);
+    sweep.arm(a, t0, 1s);
+    sweep.arm(a, t0, 5s);
+    EXPECT_EQ(sweep.armed(), 1u);
+    sweep.sweep(t0 + 2s);
+    EXPECT_TRUE(fired.empty());
+    sweep.sweep(t0 + 5s);
+    EXPECT_EQ(fired, (std::vector<std::string>{"a"}));
+}
+
+// A held owner lives until its deadline has run, and is let go of right after (as a timer's
+// pending handler held it); disarming lets go of it at once.
+TEST_F(sweep_test, HoldKeepsTheOwnerUntilItsDeadlineHasRun) {
+    bool destroyed = false;
+    auto owner = std::make_shared<probe>("held", &fired);
+    owner->destroyed = &destroyed;
+    owner->then = [&] { EXPECT_FALSE(destroyed) << "freed before its own deadline_passed returned"; };
+    sweep.arm(*owner, t0, 1s, owner);
+    owner.reset();
+    EXPECT_FALSE(destroyed);
+    sweep.sweep(t0 + 1s);
+    EXPECT_EQ(fired, (std::vector<std::string>{"held"}));
+    EXPECT_TRUE(destroyed);
+
+    bool freed = false;
+    auto other = std::make_shared<probe>("other", &fired);
+    other->destroyed = &freed;
+    probe* raw = other.get();
+    sweep.arm(*raw, t0, 1s, std::move(other));
+    sweep.disarm(*raw);
+    EXPECT_TRUE(freed);
+}
+
+// A deadline_passed may arm itself again, disarm or free others, and arm new ones.
+TEST_F(sweep_test, CallbacksMayChangeTheLists) {
+    probe a("a", &fired), b("b", &fired), c("c", &fired);
+    auto d = std::make_unique<probe>("d", &fired);
+    bool once = false;
+    a.then = [&] {
+        if (std::exchange(once, true)) return;
+        sweep.arm(a, t0 + 10s, 1s);  // again, later
+        sweep.disarm(b);
+        d.reset();
+        sweep.arm(c, t0, 2s);  // a new list while the lists are walked
+    };
+    sweep.arm(a, t0, 1s);
+    sweep.arm(b, t0, 1s);
+    sweep.arm(*d, t0, 1s);
+    sweep.sweep(t0 + 3s);
+    EXPECT_EQ(fired, (std::vector<std::string>{"a", "c"}));
+    EXPECT_TRUE(a.armed());
+    sweep.sweep(t0 + 11s);
+    EXPECT_EQ(fired, (std::vector<std::string>{"a", "c", "a"}));
+}
+
+// The io_context's own tick fires a due deadline, then stops when none is armed; the
+// io_context's end lets go of what armed entries hold.
+TEST_F(sweep_test, TickFiresOnTheRealClockAndShutdownLetsGo) {
+    probe a("a", &fired);
+    sweep.arm(a, clock_type::now(), 20ms);
+    ioc.run_for(2s);  // returns once the tick has nothing left to wait for
+    EXPECT_EQ(fired, (std::vector<std::string>{"a"}));
+
+    bool destroyed = false;
+    {
+        boost::asio::io_context other{1};
+        auto owner = std::make_shared<probe>("never", &fired);
+        owner->destroyed = &destroyed;
+        deadline_sweep::of(other.get_executor()).arm(*owner, clock_type::now(), 1h, owner);
+        owner.reset();
+        EXPECT_FALSE(destroyed);
+    }
+    EXPECT_TRUE(destroyed);
+    EXPECT_EQ(fired.size(), 1u);
+}
