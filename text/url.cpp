@@ -64,20 +64,40 @@ path_template::path_template(std::string_view text) {
     }
 }
 
+namespace {
+
+// Calls f(index, segment) for each segment of a path ("/a/b": "a", "b"; "/": one empty
+// segment), without allocating; stops and returns false as soon as f does.
+template <class F>
+bool each_segment(std::string_view path, F&& f) {
+    path.remove_prefix(1);
+    for (std::size_t i = 0;; ++i) {
+        const auto slash = path.find('/');
+        if (!f(i, path.substr(0, slash))) return false;
+        if (slash == std::string_view::npos) return true;
+        path.remove_prefix(slash + 1);
+    }
+}
+
+}  // namespace
+
 bool path_template::match(std::string_view path, param_list& params) const {
     if (path.empty() || path.front() != '/') return false;
-    auto segs = split_segments(path);
-    if (segs.size() != segments_.size()) return false;
-    param_list found;
-    for (std::size_t i = 0; i < segs.size(); ++i) {
+    // Checked first without allocating: most routes a request is tried against do not match.
+    std::size_t count = 0;
+    const bool fits = each_segment(path, [&](std::size_t i, std::string_view seg) {
+        count = i + 1;
+        if (i >= segments_.size()) return false;
         const auto& s = segments_[i];
-        if (s.is_param) {
-            if (segs[i].empty()) return false;
-            found.emplace_back(s.text, url_decode(segs[i], false));
-        } else if (segs[i] != s.text) {
-            return false;
-        }
-    }
+        return s.is_param ? !seg.empty() : seg == s.text;
+    });
+    if (!fits || count != segments_.size()) return false;
+    param_list found;
+    found.reserve(names_.size());
+    each_segment(path, [&](std::size_t i, std::string_view seg) {
+        if (segments_[i].is_param) found.emplace_back(segments_[i].text, url_decode(seg, false));
+        return true;
+    });
     params = std::move(found);
     return true;
 }

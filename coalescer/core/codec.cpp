@@ -67,13 +67,14 @@ void append_value(std::string& out, char source, std::string_view name,
     append_field(out, *value);
 }
 
-// The partition's headers in config order: configured ones, then credentials.
-std::vector<std::string> partition_header_names(const config::partition_settings& p) {
-    std::vector<std::string> names = p.headers;
+// Calls f(name) for each of the partition's headers in config order: configured ones, then
+// credentials. No copies: it runs for every caller.
+template <class F>
+void each_partition_header(const config::partition_settings& p, F&& f) {
+    for (const auto& h : p.headers) f(std::string_view(h));
     if (p.credentials)
-        for (const char* h : {"authorization", "cookie"})
-            if (std::find(names.begin(), names.end(), h) == names.end()) names.emplace_back(h);
-    return names;
+        for (std::string_view h : {std::string_view("authorization"), std::string_view("cookie")})
+            if (std::find(p.headers.begin(), p.headers.end(), h) == p.headers.end()) f(h);
 }
 
 // Integer JSON numbers become their text; strings stay as they are; anything else is no key.
@@ -574,11 +575,11 @@ partition make_partition(std::string_view route_name, const config::coalesce_set
             if (v) out.values.query.emplace(name, *v);
         }
     }
-    for (const auto& name : partition_header_names(p)) {
+    each_partition_header(p, [&](std::string_view name) {
         auto v = header_value(request, name);
         append_value(out.key, 'h', name, v);
-        if (v) out.values.headers.emplace(name, *v);
-    }
+        if (v) out.values.headers.emplace(std::string(name), *v);
+    });
     if (!p.body.empty()) {
         lazy_body body(request.body);
         const json* doc = body.get();
@@ -801,7 +802,8 @@ outgoing_request build_batch_request(const config::coalesce_settings& settings,
         }
     }
 
-    std::vector<std::string> names = partition_header_names(settings.partition);
+    std::vector<std::string> names;
+    each_partition_header(settings.partition, [&](std::string_view name) { names.emplace_back(name); });
     for (const auto& h : rq.forward_headers)
         if (std::find(names.begin(), names.end(), h) == names.end()) names.push_back(h);
     for (const auto& name : names) {
