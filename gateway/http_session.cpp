@@ -47,12 +47,16 @@ std::string request_id_for(const request_t& req) {
         for (char c : v) sane = sane && c > 0x20 && c < 0x7f;
         if (sane) return std::string(v);
     }
-    static std::atomic<std::uint64_t> counter{0};
-    static const std::uint64_t seed = std::random_device{}() ^ (std::uint64_t(std::random_device{}()) << 32);
-    char buf[40];
-    std::snprintf(buf, sizeof buf, "%016llx%08llx", static_cast<unsigned long long>(seed),
-                  static_cast<unsigned long long>(++counter & 0xffffffffu));
-    return buf;
+    // 16 hex digits of a per-thread random seed, 8 of a per-thread counter: no shared
+    // counter for the worker threads to pass between them, no printf per request.
+    thread_local const std::uint64_t seed = std::random_device{}() ^ (std::uint64_t(std::random_device{}()) << 32);
+    thread_local std::uint32_t counter = 0;
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string id(24, '0');
+    for (int i = 0; i < 16; ++i) id[i] = hex[(seed >> (60 - 4 * i)) & 0xf];
+    const std::uint32_t n = ++counter;
+    for (int i = 0; i < 8; ++i) id[16 + i] = hex[(n >> (28 - 4 * i)) & 0xf];
+    return id;
 }
 
 using tls_client_stream = beast::ssl_stream<stream_t>;
