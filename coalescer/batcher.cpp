@@ -580,12 +580,16 @@ void batcher::deliver_split(pending& p, const std::string& body, const reply& pr
     }
     for (std::size_t i = 0; i < p.b.items.size(); ++i) {
         auto& item = p.b.items[i];
-        for (auto& w : item.waiters) {
+        for (std::size_t wi = 0; wi < item.waiters.size(); ++wi) {
+            auto& w = item.waiters[wi];
             reply mine = proto;
             if (i < split.items.size()) {
-                const item_outcome& outcome = split.items[i];
+                item_outcome& outcome = split.items[i];
                 mine.status = outcome.status;
-                rendered_answer body_of = render_answer(outcome, w.caller_values, item.key);
+                // The item's last caller takes its body as it is: one copy fewer per caller.
+                const bool last = wi + 1 == item.waiters.size();
+                rendered_answer body_of = last && !outcome.render ? rendered_answer{std::move(outcome.body), {}}
+                                                                  : render_answer(outcome, w.caller_values, item.key);
                 if (body_of.error.empty()) {
                     mine.body = std::move(body_of.body);
                 } else {

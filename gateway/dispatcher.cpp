@@ -158,7 +158,7 @@ struct exchange {
                 res.set("X-Batchgate-Batch-Size", std::to_string(r.batch_size));
             }
             res.prepare_payload();
-            done(std::move(res), dispatch_info{r.batch_id, r.batch_size, r.upstream_status, r.upstream_elapsed});
+            done(std::move(res), dispatch_info{std::move(r.batch_id), r.batch_size, r.upstream_status, r.upstream_elapsed});
         };
         batcher->submit(std::move(s));
     }
