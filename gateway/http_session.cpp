@@ -496,6 +496,9 @@ private:
 
     // Metrics and the access log line of the request's answer.
     void record_answer(int status) {
+        // Disarming lets go of the sweep's hold: whoever called keeps the session alive, and so
+        // does this, should a caller one day hold none.
+        auto self = this->shared_from_this();
         sweep_->disarm(*this);
         const auto elapsed = clock_type::now() - started_;
         if (route_metrics_) {

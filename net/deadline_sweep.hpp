@@ -10,6 +10,7 @@
 // nearly always at the tail whatever mix of timeouts the routes have.
 #pragma once
 
+#include <cassert>
 #include <chrono>
 #include <cstddef>
 #include <memory>
@@ -19,6 +20,7 @@
 #include <boost/asio/execution_context.hpp>
 #include <boost/asio/io_context.hpp>
 
+#include "net/log.hpp"
 #include "net/wire.hpp"
 
 namespace batchgate::gateway {
@@ -66,14 +68,16 @@ public:
     static deadline_sweep& of(const executor_t& ex) { return boost::asio::use_service<deadline_sweep>(ex.context()); }
 
     // e passes at start + length (length is what sorts it into a list); hold is kept until then.
+    // The caller keeps e alive through the call (arming again lets go of the old hold first).
     void arm(deadline_entry& e, clock_type::time_point start, clock_type::duration length,
              std::shared_ptr<void> hold = nullptr) {
+        assert(!e.sweep_ || e.sweep_ == this);  // an entry belongs to its shard's sweep
         disarm(e);
-        e.hold_ = std::move(hold);
         std::size_t i = 0;
         while (i < lists_.size() && lists_[i].length != length) ++i;
-        if (i == lists_.size()) lists_.push_back({length, nullptr, nullptr});
+        if (i == lists_.size()) lists_.push_back({length, nullptr, nullptr});  // may throw: nothing held yet
         auto& l = lists_[i];
+        e.hold_ = std::move(hold);
         e.at_ = start + length;
         e.list_ = i;
         e.sweep_ = this;
@@ -110,7 +114,14 @@ public:
                 deadline_entry& e = *lists_[i].head;
                 auto hold = std::move(e.hold_);  // e stays alive through its call
                 disarm(e);
-                e.deadline_passed();
+                // One entry's failure stays its own: the others still fire, the tick goes on.
+                try {
+                    e.deadline_passed();
+                } catch (const std::exception& ex) {
+                    log_line("error", "a deadline's handler failed", {{"error", ex.what()}});
+                } catch (...) {
+                    log_line("error", "a deadline's handler failed");
+                }
             }
         }
     }
@@ -125,7 +136,6 @@ private:
     }
 
     void start_ticking() {
-        ticking_ = true;
         timer_->expires_after(tick);
         timer_->async_wait([this](boost::system::error_code ec) {
             ticking_ = false;
@@ -133,6 +143,7 @@ private:
             sweep(clock_type::now());
             if (armed_ > 0 && !ticking_ && timer_) start_ticking();
         });
+        ticking_ = true;  // only once the wait is queued: a throw above leaves the next arm() to try
     }
 
     struct list {

@@ -6,6 +6,7 @@
 
 #include <array>
 #include <chrono>
+#include <new>
 #include <string>
 
 #include <boost/asio/buffer.hpp>

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -128,6 +129,24 @@ TEST_F(sweep_test, CallbacksMayChangeTheLists) {
     EXPECT_TRUE(a.armed());
     sweep.sweep(t0 + 11s);
     EXPECT_EQ(fired, (std::vector<std::string>{"a", "c", "a"}));
+}
+
+// A handler that throws costs only its own deadline: the rest fire, and the tick goes on.
+TEST_F(sweep_test, AThrowingHandlerDoesNotStopTheOthers) {
+    probe bad("bad", &fired), good("good", &fired), later("later", &fired);
+    bad.then = [] { throw std::runtime_error("boom"); };
+    sweep.arm(bad, t0, 1s);
+    sweep.arm(good, t0, 1s);
+    EXPECT_NO_THROW(sweep.sweep(t0 + 1s));
+    EXPECT_EQ(fired, (std::vector<std::string>{"bad", "good"}));
+    EXPECT_EQ(sweep.armed(), 0u);
+
+    probe again("again", &fired);
+    again.then = [] { throw std::runtime_error("boom"); };
+    sweep.arm(again, clock_type::now(), 10ms);
+    sweep.arm(later, clock_type::now(), 40ms);
+    ioc.run_for(2s);  // the real tick: both fire though the first throws
+    EXPECT_EQ(fired, (std::vector<std::string>{"bad", "good", "again", "later"}));
 }
 
 // The io_context's own tick fires a due deadline, then stops when none is armed; the
