@@ -96,7 +96,10 @@ public:
             // Stop the queue timer on its own thread so it does not keep this call alive.
             net::post(queue_timer_->get_executor(), [self = shared_from_this()] { self->queue_timer_->cancel(); });
         }
-        if (!conn) return begin(nullptr);  // a new connection: nothing else can touch it yet
+        // A new connection runs on the call's home shard; a slot freed on another shard's thread
+        // hands it over there, so the resolver, timers and connect start where they complete.
+        if (!conn)
+            return net::dispatch(pool_->shards_[home_], [self = shared_from_this()] { self->begin(nullptr); });
         // A pooled connection's stale timer handler may still be queued on its thread: start
         // the next exchange there (inline when the previous call is handing it over).
         auto ex = conn->tcp().get_executor();
