@@ -56,23 +56,12 @@ struct exchange {
                 um->duration->Observe(std::chrono::duration<double>(r.elapsed).count());
                 dispatch_info info;
                 info.upstream_elapsed = r.elapsed;
-                switch (r.failure) {
-                    case upstream_failure::none: break;
-                    case upstream_failure::timeout:
-                        um->requests->inc(std::string("timeout"));
-                        return done(error_response(gateway_error::upstream_timeout, where() + " timed out", route_name, version), info);
-                    case upstream_failure::connect_failed:
-                        um->requests->inc(std::string("connect_error"));
-                        return done(error_response(gateway_error::upstream_unreachable, where() + ": " + r.detail, route_name, version), info);
-                    case upstream_failure::io_error:
-                        um->requests->inc(std::string("io_error"));
-                        return done(error_response(gateway_error::upstream_unreachable, where() + ": " + r.detail, route_name, version), info);
-                    case upstream_failure::bad_response:
-                        um->requests->inc(std::string("bad_response"));
-                        return done(error_response(gateway_error::upstream_bad_response, where() + ": " + r.detail, route_name, version), info);
-                    case upstream_failure::over_budget:
-                        um->requests->inc(std::string("over_budget"));
-                        return done(error_response(gateway_error::overloaded, r.detail, route_name, version), info);
+                if (r.failure != upstream_failure::none) {
+                    um->requests->inc(std::string(failure_label(r.failure)));
+                    std::string message = r.failure == upstream_failure::over_budget ? r.detail
+                                          : r.failure == upstream_failure::timeout  ? where() + " timed out"
+                                                                                    : where() + ": " + r.detail;
+                    return done(error_response(failure_error(r.failure), message, route_name, version), info);
                 }
                 const int status = r.response.result_int();
                 um->requests->inc(status);

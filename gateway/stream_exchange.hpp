@@ -212,10 +212,9 @@ private:
     void on_lease(upstream_pool::lease l) {
         if (l.failure != upstream_failure::none) {
             const bool timed_out = l.failure == upstream_failure::timeout;
-            count_upstream(timed_out ? "timeout" : "connect_error");
-            return on_s([this, timed_out, detail = std::move(l.detail)] {
-                fail_before_head(timed_out ? gateway_error::upstream_timeout : gateway_error::upstream_unreachable,
-                                 upstream_name() + (timed_out ? " timed out" : ": " + detail));
+            count_upstream(failure_label(l.failure));
+            return on_s([this, timed_out, error = failure_error(l.failure), detail = std::move(l.detail)] {
+                fail_before_head(error, upstream_name() + (timed_out ? " timed out" : ": " + detail));
             });
         }
         // The client side decides whether the request goes out: the session may have ended the
@@ -367,14 +366,7 @@ private:
                     upstream_name() + ": answer " +
                         too_big("body", "max_response", p_.route->passthrough.max_response_bytes)};
         auto failure = classify_exchange_error(ec, upstream_name());
-        switch (failure.kind) {
-            case upstream_failure::timeout:
-                return {"timeout", gateway_error::upstream_timeout, std::move(failure.message)};
-            case upstream_failure::bad_response:
-                return {"bad_response", gateway_error::upstream_bad_response, std::move(failure.message)};
-            default:
-                return {"io_error", gateway_error::upstream_unreachable, std::move(failure.message)};
-        }
+        return {failure_label(failure.kind), failure_error(failure.kind), std::move(failure.message)};
     }
 
     void close_upstream_now() {

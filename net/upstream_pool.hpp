@@ -18,6 +18,7 @@
 #include <boost/beast/http/string_body.hpp>
 
 #include "config/config.hpp"
+#include "net/errors.hpp"
 #include "net/memory_budget.hpp"
 #include "net/shard.hpp"
 
@@ -46,6 +47,28 @@ enum class upstream_failure {
 // (partial_message included) is a dropped connection; any other Beast parse error is bad HTTP.
 // who names the upstream in the message. body_limit is left to the caller, who knows whose cap
 // it was (it is counted as bad_response).
+// How a failure is counted (batchgate_upstream_requests_total's outcome label) and what the
+// caller is answered: one table for pooled calls and streams.
+inline const char* failure_label(upstream_failure f) {
+    switch (f) {
+        case upstream_failure::timeout: return "timeout";
+        case upstream_failure::connect_failed: return "connect_error";
+        case upstream_failure::io_error: return "io_error";
+        case upstream_failure::bad_response: return "bad_response";
+        case upstream_failure::over_budget: return "over_budget";
+        case upstream_failure::none: break;
+    }
+    return "none";
+}
+inline gateway_error failure_error(upstream_failure f) {
+    switch (f) {
+        case upstream_failure::timeout: return gateway_error::upstream_timeout;
+        case upstream_failure::bad_response: return gateway_error::upstream_bad_response;
+        case upstream_failure::over_budget: return gateway_error::overloaded;
+        default: return gateway_error::upstream_unreachable;
+    }
+}
+
 struct classified_failure {
     upstream_failure kind;
     std::string message;
