@@ -1,6 +1,7 @@
 #include "text/template.hpp"
 
 #include <charconv>
+#include <cmath>
 
 #include "text/json_pointer.hpp"
 #include "text/json_text.hpp"
@@ -49,8 +50,11 @@ std::optional<json> convert(json v, std::string_view type, std::string_view name
     if (type == "int") {
         if (v.is_number_integer()) return v;
         if (v.is_number_float()) {
-            double d = v.get<double>();
-            if (d == static_cast<double>(static_cast<long long>(d))) return json(static_cast<long long>(d));
+            // Only a whole number inside long long's range converts; casting anything else is
+            // undefined (a fuzzer found 3e124). 2^63 is exact as a double; -2^63 is in range.
+            const double d = v.get<double>();
+            constexpr double limit = 9223372036854775808.0;
+            if (d >= -limit && d < limit && d == std::trunc(d)) return json(static_cast<long long>(d));
             return fail("not a whole number");
         }
         if (v.is_string()) {

@@ -1,5 +1,7 @@
 // Fan-out core: templates, the per-API fan-out (B's batch GET served by single GETs), the
 // $batch envelope and its dependsOn graph. No I/O, no clock.
+#include <limits>
+
 #include <gtest/gtest.h>
 
 #include "config/fan_out_rules.hpp"
@@ -60,6 +62,21 @@ TEST(FanoutTemplate, LonePlaceholderKeepsItsTypeAndAbsentOnesVanish) {
 TEST(FanoutTemplate, BadConversionIsAnError) {
     auto r = render_json(json("{v:int}"), from({{"v", "abc"}}));
     EXPECT_FALSE(r.error.empty());
+}
+
+// A fuzzer found 3e124 cast to long long (undefined). Floats convert only when whole and in range.
+TEST(FanoutTemplate, IntConversionOfFloatsStaysInRange) {
+    for (double d : {3e124, -3e124, 9223372036854775808.0, -9223372036854775808.0 * 2, 1.5}) {
+        auto r = render_json(json("{v:int}"), from({{"v", d}}));
+        EXPECT_NE(r.error.find("not a whole number"), std::string::npos) << d << ": " << r.error;
+    }
+    auto low = render_json(json("{v:int}"), from({{"v", -9223372036854775808.0}}));
+    ASSERT_TRUE(low.error.empty()) << low.error;
+    EXPECT_EQ(low.value->get<long long>(), std::numeric_limits<long long>::min());
+    auto whole = render_json(json("{v:int}"), from({{"v", 6.0}}));
+    ASSERT_TRUE(whole.error.empty()) << whole.error;
+    EXPECT_TRUE(whole.value->is_number_integer());
+    EXPECT_EQ(*whole.value, json(6));
 }
 
 TEST(FanoutTemplate, TextIsUrlEncodedWhenAsked) {
