@@ -59,7 +59,13 @@ void apply_logging(const config::gateway_config& cfg) {
 // One worker thread: its io_context (hint 1: one thread runs it) and the guard that keeps it
 // running until the drain ends.
 struct shard {
-    net::io_context ioc{1};
+    // execution_context::shutdown() (destroys every pending handler; the services stay until
+    // the destructor) is protected; impl's destructor calls it on every shard before any goes.
+    struct context : net::io_context {
+        using io_context::io_context;
+        using execution_context::shutdown;
+    };
+    context ioc{1};
     net::executor_work_guard<net::io_context::executor_type> work = net::make_work_guard(ioc);
 };
 
@@ -235,6 +241,18 @@ struct server::impl {
         }
         state->replace(rt);
         retire(old);
+    }
+
+    // The io_contexts go one after another, but what their pending handlers hold spans them
+    // all: a session of shard 2 can hold the last reference to a runtime whose batchers own a
+    // timer on shard 0 and whose pools own sockets of every shard. So first every shard drops
+    // its handlers (sessions, runtimes, batchers and pools are freed while every shard's
+    // services still exist), and only then is any destroyed. A second round drops what those
+    // destructors posted to a shard already shut down (asio would otherwise free it inside that
+    // shard's destructor, after its reactor). Shutting down again is harmless.
+    ~impl() {
+        for (int round = 0; round < 2; ++round)
+            for (auto& s : shards) s->ioc.shutdown();
     }
 
     // Declared first so it is destroyed last: sessions released with the io_contexts'
