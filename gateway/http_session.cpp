@@ -25,6 +25,7 @@
 #include "gateway/stream_exchange.hpp"
 #include "net/deadline_sweep.hpp"
 #include "net/log.hpp"
+#include "net/swept_stream.hpp"
 #include "net/wire.hpp"
 
 namespace batchgate::gateway {

@@ -73,9 +73,7 @@ public:
              std::shared_ptr<void> hold = nullptr) {
         assert(!e.sweep_ || e.sweep_ == this);  // an entry belongs to its shard's sweep
         disarm(e);
-        std::size_t i = 0;
-        while (i < lists_.size() && lists_[i].length != length) ++i;
-        if (i == lists_.size()) lists_.push_back({length, nullptr, nullptr});  // may throw: nothing held yet
+        const std::size_t i = list_for(length);  // may throw: nothing held yet
         auto& l = lists_[i];
         e.hold_ = std::move(hold);
         e.at_ = start + length;
@@ -105,6 +103,12 @@ public:
     }
 
     std::size_t armed() const noexcept { return armed_; }
+    std::size_t lists() const noexcept { return lists_.size(); }
+
+    // At most this many lists: lengths computed at run time (what is left of a budget) would
+    // otherwise each add one. Past it, a deadline joins the list of the nearest length; every
+    // list stays sorted whatever its mix, only the walk back from its tail may grow.
+    static constexpr std::size_t max_lists = 16;
 
     // Fires every deadline that has passed by `now` (the tick calls it; tests may too).
     void sweep(clock_type::time_point now) {
@@ -144,6 +148,20 @@ private:
             if (armed_ > 0 && !ticking_ && timer_) start_ticking();
         });
         ticking_ = true;  // only once the wait is queued: a throw above leaves the next arm() to try
+    }
+
+    std::size_t list_for(clock_type::duration length) {
+        std::size_t nearest = 0;
+        for (std::size_t i = 0; i < lists_.size(); ++i) {
+            if (lists_[i].length == length) return i;
+            auto gap = [&](std::size_t j) { return lists_[j].length > length ? lists_[j].length - length : length - lists_[j].length; };
+            if (gap(i) < gap(nearest)) nearest = i;
+        }
+        if (lists_.size() < max_lists) {
+            lists_.push_back({length, nullptr, nullptr});
+            return lists_.size() - 1;
+        }
+        return nearest;
     }
 
     struct list {

@@ -9,6 +9,7 @@
 #include <boost/beast/ssl.hpp>
 
 #include "net/upstream_pool.hpp"
+#include "net/swept_stream.hpp"
 #include "net/wire.hpp"
 
 namespace batchgate::gateway {

@@ -14,7 +14,6 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/basic_waitable_timer.hpp>
 #include <boost/asio/strand.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/http/status.hpp>
 
@@ -24,7 +23,6 @@ namespace batchgate::gateway {
 // net/shard.hpp), run by that thread alone: its handlers never run concurrently, so it
 // needs no strand.
 using executor_t = boost::asio::io_context::executor_type;
-using stream_t = boost::beast::basic_stream<boost::asio::ip::tcp, executor_t>;
 using socket_t = boost::asio::basic_stream_socket<boost::asio::ip::tcp, executor_t>;
 using conn_timer = boost::asio::basic_waitable_timer<std::chrono::steady_clock,
                                                        boost::asio::wait_traits<std::chrono::steady_clock>, executor_t>;
