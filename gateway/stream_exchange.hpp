@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -103,10 +104,7 @@ public:
 
     // On S, after the request's head was read.
     void start() {
-        // The head as read: Beast appends a chunked body's trailer fields to it later, and
-        // trailers never join the head (RFC 9110 6.5.1).
-        head_ = req_.get().base();
-        const auto& h = head_;
+        const auto& h = req_.get();
         version_ = h.version();
         head_request_ = h.method() == http::verb::head;
         idempotent_ = is_idempotent(h.method());
@@ -126,6 +124,10 @@ public:
                                                            : std::clamp<std::uint64_t>(req_.content_length().value_or(stream_window), 1, stream_window);
         if (!request_charge_.grow_to(request_window)) return over_budget();
         request_window_.ensure(request_window);
+        // The upstream's head up to its framing, from the fields as read now: Beast appends a
+        // chunked body's trailer fields to them later, and trailers never join the head (RFC
+        // 9110 6.5.1).
+        begin_upstream_head(h);
         // The client is invited to send its body now, as the gateway relays it from here on.
         const auto expect = h.find(http::field::expect);
         if (!request_done_ && version_ >= 11 && expect != h.end() &&
@@ -182,22 +184,36 @@ private:
         lease(false);
     }
 
+    // Start line and fields, written straight into upstream_head_ (no copy of the client's
+    // fields to edit): its own that cross, then the gateway's (append_upstream_fields).
+    template <class Head>
+    void begin_upstream_head(const Head& h) {
+        auto method = h.method_string();
+        auto target = h.target();
+        upstream_head_.clear();
+        upstream_head_.append(method.data(), method.size());
+        upstream_head_ += ' ';
+        upstream_head_.append(target.data(), target.size());
+        upstream_head_ += " HTTP/1.1\r\n";
+        append_upstream_fields(upstream_head_, h, p_.client_ip, p_.proto, p_.request_id, p_.pool->host_header());
+        if (upgrade_) upgrade_value_ = std::string(h[http::field::upgrade]);
+    }
+
+    // The framing, known once the first window of the body is in, and the end of the head.
     void build_upstream_head() {
-        http::request_header<>& h = head_;
-        std::string upgrade;
-        if (upgrade_) upgrade = std::string(h[http::field::upgrade]);
-        h.set("X-Request-Id", p_.request_id);
-        prepare_for_upstream(h, p_.client_ip, p_.proto);
-        h.set(http::field::host, p_.pool->host_header());
-        h.erase(http::field::content_length);
-        if (chunked_in_) h.set(http::field::transfer_encoding, "chunked");
-        else if (!bodyless_ || req_.content_length()) h.set(http::field::content_length, std::to_string(first_done_ ? first_n_ : *req_.content_length()));
-        if (upgrade_) {
-            h.set(http::field::connection, "Upgrade");
-            h.set(http::field::upgrade, upgrade);
+        if (chunked_in_) {
+            wire::append_field(upstream_head_, "Transfer-Encoding", "chunked");
+        } else if (!bodyless_ || req_.content_length()) {
+            char digits[24];
+            const std::uint64_t length = first_done_ ? first_n_ : *req_.content_length();
+            auto [end, ec] = std::to_chars(digits, digits + sizeof digits, length);
+            wire::append_field(upstream_head_, "Content-Length", std::string_view(digits, static_cast<std::size_t>(end - digits)));
         }
-        h.version(11);
-        wire::append_head(upstream_head_, http::request<http::empty_body>(std::move(h)));
+        if (upgrade_) {
+            wire::append_field(upstream_head_, "Connection", "Upgrade");
+            wire::append_field(upstream_head_, "Upgrade", upgrade_value_);
+        }
+        upstream_head_ += "\r\n";
     }
 
     // --- the upstream connection (U) -------------------------------------------------------
@@ -265,22 +281,13 @@ private:
                                  upstream_name() + " answered 101 Switching Protocols to a request that asked for no upgrade");
             });
         }
-        http::response_header<> h = response_->get().base();
-        std::string upgrade;
-        if (status == 101) upgrade = std::string(h[http::field::upgrade]);
-        strip_hop_by_hop(h);
-        bool chunk_out = false, close_after = false;
         const bool no_body = head_request_ || status == 204 || status == 304 || status == 101;
-        if (status == 101) {
-            h.set(http::field::connection, "Upgrade");
-            h.set(http::field::upgrade, upgrade);
-        } else if (!no_body && !response_->content_length()) {
-            if (version_ >= 11)
-                h.set(http::field::transfer_encoding, "chunked"), chunk_out = true;
-            else
-                close_after = true;
+        bool chunk_out = false, close_after = false;
+        if (status != 101 && !no_body && !response_->content_length()) {
+            if (version_ >= 11) chunk_out = true;
+            else close_after = true;
         }
-        auto head = std::make_shared<http::response_header<>>(std::move(h));
+        write_client_head(response_->get(), status, chunk_out, close_after);
         const bool done = response_->is_done() || status == 101;
         const std::size_t window =
             status == 101 ? stream_window : std::clamp<std::uint64_t>(response_->content_length().value_or(stream_window), 1, stream_window);
@@ -292,13 +299,11 @@ private:
         const bool reusable = done && status != 101 && response_->keep_alive();
         if (!done && conn_->buffer.size() > 0) {
             // Body bytes came with the head: they go out with it.
-            pending_head_ = std::move(head);
-            pending_chunk_out_ = chunk_out;
-            pending_close_after_ = close_after;
+            head_pending_ = true;
             return read_response_piece();
         }
-        on_s([this, head = std::move(head), chunk_out, close_after, done, reusable, elapsed] {
-            send_head(std::move(*head), chunk_out, close_after, elapsed);
+        on_s([this, done, reusable, elapsed] {
+            send_head(elapsed);
             write_response_piece(0, done, reusable);
         });
     }
@@ -325,8 +330,8 @@ private:
         const bool done = response_->is_done();
         if (n == 0 && !done) return read_response_piece();  // a chunk's size line only
         const bool reusable = done && response_->keep_alive();
-        on_s([this, n, done, reusable, head = std::move(pending_head_)]() mutable {
-            if (head) send_head(std::move(*head), pending_chunk_out_, pending_close_after_, clock::now() - started_);
+        on_s([this, n, done, reusable, head = std::exchange(head_pending_, false)] {
+            if (head) send_head(clock::now() - started_);
             write_response_piece(n, done, reusable);
         });
     }
@@ -474,21 +479,55 @@ private:
 
     // --- the answer: U reads, S writes -------------------------------------------------------
 
-    void send_head(http::response_header<> h, bool chunk_out, bool close_after, clock::duration elapsed) {
+    // On U: the client's head, written straight from the upstream's (no copy of its fields to
+    // edit) into ready_head_, which S sends. The upstream's fields that cross, in order, but
+    // Server and X-Request-Id (the gateway's); the framing; Connection as Beast's keep_alive()
+    // would set it for the client's version; Server; X-Request-Id.
+    template <class Head>
+    void write_client_head(const Head& h, int status, bool chunk_out, bool close_after) {
+        std::string& out = ready_head_;
+        out.clear();
+        out += version_ == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
+        char digits[8];
+        auto [end, ec] = std::to_chars(digits, digits + sizeof digits, status);
+        out.append(digits, end);
+        out += ' ';
+        auto reason = h.reason();
+        if (reason.empty()) reason = http::obsolete_reason(h.result());
+        out.append(reason.data(), reason.size());
+        out += "\r\n";
+        append_crossing_fields(out, h, [](const auto& f) {
+            return f.name() == http::field::server ||
+                   (f.name() == http::field::unknown && boost::beast::iequals(f.name_string(), "X-Request-Id"));
+        });
+        if (status == 101) {
+            wire::append_field(out, "Connection", "Upgrade");
+            wire::append_field(out, "Upgrade", h[http::field::upgrade]);
+        } else if (chunk_out) {
+            wire::append_field(out, "Transfer-Encoding", "chunked");
+        }
+        ready_keep_client_ = p_.keep_alive && !close_after && status != 101;
+        ready_chunk_out_ = chunk_out;
+        if (status != 101) {
+            if (version_ >= 11 && !ready_keep_client_) wire::append_field(out, "Connection", "close");
+            if (version_ < 11 && ready_keep_client_) wire::append_field(out, "Connection", "keep-alive");
+        }
+        wire::append_field(out, "Server", "batchgate");
+        wire::append_field(out, "X-Request-Id", p_.request_id);
+        out += "\r\n";
+        ready_status_ = status;
+    }
+
+    // On S: the head U wrote goes out with the first piece of the body.
+    void send_head(clock::duration elapsed) {
         if (finished_) return;
         head_sent_ = true;
-        status_ = h.result_int();
-        chunk_out_ = chunk_out;
+        status_ = ready_status_;
+        chunk_out_ = ready_chunk_out_;
+        keep_client_ = ready_keep_client_;
         info_.upstream_status = status_;
         info_.upstream_elapsed = elapsed;
-        http::response<http::empty_body> m(std::move(h));
-        m.version(version_);
-        keep_client_ = p_.keep_alive && !close_after && status_ != 101;
-        if (status_ != 101) m.keep_alive(keep_client_);
-        m.set(http::field::server, "batchgate");
-        m.set("X-Request-Id", p_.request_id);
-        client_head_.clear();
-        wire::append_head(client_head_, m);
+        client_head_ = std::move(ready_head_);
     }
 
     void write_response_piece(std::size_t n, bool done, bool reusable) {
@@ -688,7 +727,7 @@ private:
     done_fn done_;
     budget_lease request_charge_;   // S: the request window
     budget_lease response_charge_;  // U: the response window, until the exchange is gone
-    http::request_header<> head_;   // the client's head; the upstream's once built
+    std::string upgrade_value_;     // the client's Upgrade field, when it asks for one
     clock::time_point started_;
     // One direction's bytes in flight; allocated once, never zeroed.
     struct window {
@@ -709,9 +748,12 @@ private:
     // U
     std::unique_ptr<upstream_pool::connection> conn_;
     std::optional<response_parser_t> response_;
-    std::shared_ptr<http::response_header<>> pending_head_;
-    bool pending_chunk_out_ = false;
-    bool pending_close_after_ = false;
+    // The client's head as U wrote it, for S to send (U writes it before it posts to S).
+    std::string ready_head_;
+    int ready_status_ = 0;
+    bool ready_chunk_out_ = false;
+    bool ready_keep_client_ = true;
+    bool head_pending_ = false;  // U read body bytes with the head: the head goes with them
     bool reused_ = false;
     bool retried_ = false;
     bool head_seen_ = false;

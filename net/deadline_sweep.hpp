@@ -104,6 +104,9 @@ public:
 
     std::size_t armed() const noexcept { return armed_; }
     std::size_t lists() const noexcept { return lists_.size(); }
+    // The latest time swept to: a clock read for free, behind the real one by up to a tick
+    // while anything is armed (and by more when nothing is).
+    clock_type::time_point swept_to() const noexcept { return swept_to_; }
 
     // At most this many lists: lengths computed at run time (what is left of a budget) would
     // otherwise each add one. Past it, a deadline joins the list of the nearest length; every
@@ -112,6 +115,7 @@ public:
 
     // Fires every deadline that has passed by `now` (the tick calls it; tests may too).
     void sweep(clock_type::time_point now) {
+        if (now > swept_to_) swept_to_ = now;
         for (std::size_t i = 0; i < lists_.size(); ++i) {
             // Re-read the head each time: a deadline_passed may arm, disarm or free entries.
             while (lists_[i].head && lists_[i].head->at_ <= now) {
@@ -171,6 +175,7 @@ private:
     };
     std::vector<list> lists_;
     std::size_t armed_ = 0;
+    clock_type::time_point swept_to_{};
     bool ticking_ = false;
     std::optional<conn_timer> timer_;
 };

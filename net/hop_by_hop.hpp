@@ -3,10 +3,14 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include <boost/beast/core/string.hpp>
 #include <boost/beast/http/field.hpp>
 #include <boost/beast/http/rfc7230.hpp>
+
+#include "net/wire.hpp"
 
 namespace batchgate::gateway {
 
@@ -32,6 +36,23 @@ inline bool is_hop_by_hop(http::field f) {
     }
 }
 
+// Whether a field the Connection header names (a hop-by-hop field of the sender's own).
+template <class Fields>
+inline bool named_by_connection(const Fields& fields, std::string_view name) {
+    for (auto it = fields.find(http::field::connection); it != fields.end() && it->name() == http::field::connection; ++it)
+        for (auto token : http::token_list(it->value()))
+            if (boost::beast::iequals(token, name)) return true;
+    return false;
+}
+
+// Whether a field stays behind at this hop: hop-by-hop by name or named by Connection.
+template <class Fields, class Field>
+inline bool stays_at_this_hop(const Fields& fields, const Field& f) {
+    // Beast knows every hop-by-hop name, so the enum decides (no string compares).
+    if (f.name() != http::field::unknown && is_hop_by_hop(f.name())) return true;
+    return named_by_connection(fields, f.name_string());
+}
+
 // Removes hop-by-hop headers, including any the Connection header names.
 template <class Fields>
 inline void strip_hop_by_hop(Fields& fields) {
@@ -41,12 +62,56 @@ inline void strip_hop_by_hop(Fields& fields) {
             for (auto token : http::token_list(f.value())) named.emplace_back(token);
     for (const auto& n : named) fields.erase(n);
     for (auto it = fields.begin(); it != fields.end();) {
-        // Beast knows every hop-by-hop name, so the enum decides (no string compares).
         if (it->name() != http::field::unknown && is_hop_by_hop(it->name()))
             it = fields.erase(it);
         else
             ++it;
     }
+}
+
+// "Name: value\r\n" for each field that crosses this hop and is not one the gateway sets itself
+// (`own(field)`), in the order received: the head written straight into its buffer, with no
+// copy of the fields to edit first.
+template <class Fields, class Own>
+inline void append_crossing_fields(std::string& out, const Fields& fields, Own own) {
+    for (const auto& f : fields) {
+        if (!stays_at_this_hop(fields, f) && !own(f)) wire::append_field(out, f.name_string(), f.value());
+    }
+}
+
+// What prepare_for_upstream does, written straight into a request head after its start line:
+// the client's fields that cross (not Host, Content-Length or the ones set here), then
+// X-Request-Id, X-Forwarded-For, -Proto, -Host and Host. Framing fields and the blank line
+// are the caller's.
+template <class Fields>
+inline void append_upstream_fields(std::string& out, const Fields& fields, std::string_view client_ip,
+                                   std::string_view proto, std::string_view request_id, std::string_view host) {
+    append_crossing_fields(out, fields, [](const auto& f) {
+        switch (f.name()) {
+            case http::field::host:
+            case http::field::content_length:
+                return true;
+            case http::field::unknown: {
+                auto n = f.name_string();
+                return boost::beast::iequals(n, "X-Request-Id") || boost::beast::iequals(n, "X-Forwarded-For") ||
+                       boost::beast::iequals(n, "X-Forwarded-Proto") || boost::beast::iequals(n, "X-Forwarded-Host");
+            }
+            default:
+                return false;
+        }
+    });
+    wire::append_field(out, "X-Request-Id", request_id);
+    out += "X-Forwarded-For: ";
+    if (auto it = fields.find("X-Forwarded-For"); it != fields.end()) {
+        out.append(it->value());
+        out += ", ";
+    }
+    out.append(client_ip);
+    out += "\r\n";
+    wire::append_field(out, "X-Forwarded-Proto", proto);
+    if (auto it = fields.find(http::field::host); it != fields.end() && !it->value().empty())
+        wire::append_field(out, "X-Forwarded-Host", it->value());
+    wire::append_field(out, "Host", host);
 }
 
 // A client's header fields made ready to go upstream: hop-by-hop fields removed (after

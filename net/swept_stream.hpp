@@ -135,11 +135,14 @@ private:
     };
 
     // Marks dir pending and arms its deadline; false when the deadline has passed already (the
-    // socket is closed and the handler posted with timeout, as basic_stream does).
+    // socket is closed and the handler posted with timeout, as basic_stream does). "Passed" is
+    // judged without reading the clock: a deadline of zero or less, or one before the sweep's
+    // last tick; one that passed since then is fired by the next tick.
     template <class Handler, class... Rest>
     bool begin(direction& dir, Handler& h, Rest... rest) {
         dir.owner = this;
-        if (dir.has_deadline() && dir.set_at + dir.length <= clock_type::now()) {
+        if (dir.has_deadline() &&
+            (dir.length <= clock_type::duration::zero() || dir.set_at + dir.length <= sweep_->swept_to())) {
             close();
             auto ex = boost::asio::get_associated_executor(h, get_executor());
             boost::asio::post(ex, [h = std::move(h), rest...]() mutable {

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <new>
 #include <string>
+#include <string_view>
 
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/io_context.hpp>
@@ -45,17 +46,18 @@ struct exact_allocator {
 
 namespace wire {
 
+// "Name: value\r\n".
+inline void append_field(std::string& out, std::string_view name, std::string_view value) {
+    out.append(name);
+    out += ": ";
+    out.append(value);
+    out += "\r\n";
+}
+
 // "Name: value\r\n" for each field, then the blank line that ends the head.
 template <class Fields>
 void append_fields(std::string& out, const Fields& fields) {
-    for (const auto& f : fields) {
-        auto n = f.name_string();
-        auto val = f.value();
-        out.append(n.data(), n.size());
-        out += ": ";
-        out.append(val.data(), val.size());
-        out += "\r\n";
-    }
+    for (const auto& f : fields) append_field(out, f.name_string(), f.value());
     out += "\r\n";
 }
 

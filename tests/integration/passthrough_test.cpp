@@ -72,6 +72,25 @@ TEST(Passthrough, ExistingForwardedForIsExtended) {
     EXPECT_EQ(r.json()["headers"]["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
 }
 
+// Connection may name any field as hop-by-hop, even those the gateway sets itself: the client's
+// go, the gateway's stay (an X-Request-Id set before the Connection names were removed used to
+// be removed with them). The gateway adopts a client's X-Request-Id as the request's id.
+TEST(Passthrough, ConnectionNamesNeverRemoveTheGatewaysOwnFields) {
+    mock_upstream up;
+    running_gateway gw(config_for(up.port()));
+    auto r = get(gw.port(), "/echo", {{"Connection", "X-Request-Id, X-Forwarded-For, Host"},
+                                      {"X-Request-Id", "client-chosen"},
+                                      {"X-Forwarded-For", "10.9.9.9"}});
+    ASSERT_EQ(r.status, 200) << r.body;
+    auto h = r.json()["headers"];
+    ASSERT_TRUE(h.contains("x-request-id")) << h.dump();
+    EXPECT_EQ(h["x-request-id"], r.header("x-request-id")) << "the upstream saw another id than the client";
+    EXPECT_EQ(h["x-request-id"], "client-chosen");
+    EXPECT_EQ(h["x-forwarded-for"], "10.9.9.9, 127.0.0.1");
+    EXPECT_EQ(h["x-forwarded-host"], "gateway.test");
+    EXPECT_FALSE(h["host"].get<std::string>().empty());
+}
+
 TEST(Passthrough, LargeChunkedResponseArrivesIntact) {
     mock_upstream up;
     running_gateway gw(config_for(up.port()));
