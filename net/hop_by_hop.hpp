@@ -36,21 +36,14 @@ inline bool is_hop_by_hop(http::field f) {
     }
 }
 
-// Whether a field the Connection header names (a hop-by-hop field of the sender's own).
+// Whether the Connection field at `connection` (and any after it) names `name`: a hop-by-hop
+// field of the sender's own.
 template <class Fields>
-inline bool named_by_connection(const Fields& fields, std::string_view name) {
-    for (auto it = fields.find(http::field::connection); it != fields.end() && it->name() == http::field::connection; ++it)
+inline bool named_by_connection(const Fields& fields, typename Fields::const_iterator connection, std::string_view name) {
+    for (auto it = connection; it != fields.end() && it->name() == http::field::connection; ++it)
         for (auto token : http::token_list(it->value()))
             if (boost::beast::iequals(token, name)) return true;
     return false;
-}
-
-// Whether a field stays behind at this hop: hop-by-hop by name or named by Connection.
-template <class Fields, class Field>
-inline bool stays_at_this_hop(const Fields& fields, const Field& f) {
-    // Beast knows every hop-by-hop name, so the enum decides (no string compares).
-    if (f.name() != http::field::unknown && is_hop_by_hop(f.name())) return true;
-    return named_by_connection(fields, f.name_string());
 }
 
 // Removes hop-by-hop headers, including any the Connection header names.
@@ -74,8 +67,12 @@ inline void strip_hop_by_hop(Fields& fields) {
 // copy of the fields to edit first.
 template <class Fields, class Own>
 inline void append_crossing_fields(std::string& out, const Fields& fields, Own own) {
+    const auto connection = fields.find(http::field::connection);  // looked up once, not per field
     for (const auto& f : fields) {
-        if (!stays_at_this_hop(fields, f) && !own(f)) wire::append_field(out, f.name_string(), f.value());
+        // Beast knows every hop-by-hop name, so the enum decides (no string compares).
+        if (f.name() != http::field::unknown && is_hop_by_hop(f.name())) continue;
+        if (connection != fields.end() && named_by_connection(fields, connection, f.name_string())) continue;
+        if (!own(f)) wire::append_field(out, f.name_string(), f.value());
     }
 }
 

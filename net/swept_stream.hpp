@@ -131,7 +131,6 @@ private:
             timed_out = true;
             owner->close();  // every pending operation ends; this one reports the timeout
         }
-        using deadline_entry::armed;
     };
 
     // Marks dir pending and arms its deadline; false when the deadline has passed already (the
