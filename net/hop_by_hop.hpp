@@ -112,17 +112,20 @@ inline void append_upstream_fields(std::string& out, const Fields& fields, std::
 }
 
 // A client's header fields made ready to go upstream: hop-by-hop fields removed (after
-// X-Forwarded-For and X-Forwarded-Host were taken from what the client sent, before its
-// Connection header could strip them), Host removed (the pool sets the upstream's), and
-// X-Forwarded-For, -Proto and -Host set.
+// X-Forwarded-For and X-Forwarded-Host were taken from what the client sent, and the request id
+// the gateway set, before the client's Connection header could strip them), Host removed (the
+// pool sets the upstream's), and X-Forwarded-For, -Proto and -Host set.
 template <class Fields>
 inline void prepare_for_upstream(Fields& fields, const std::string& client_ip, std::string_view proto) {
     std::string xff = client_ip;
     if (auto it = fields.find("X-Forwarded-For"); it != fields.end()) xff = std::string(it->value()) + ", " + client_ip;
     std::string forwarded_host;
     if (auto it = fields.find(http::field::host); it != fields.end()) forwarded_host = std::string(it->value());
+    std::string request_id;  // the gateway's own (the session set it): Connection cannot name it away
+    if (auto it = fields.find("X-Request-Id"); it != fields.end()) request_id = std::string(it->value());
     strip_hop_by_hop(fields);
     fields.erase(http::field::host);
+    if (!request_id.empty()) fields.set("X-Request-Id", request_id);
     fields.set("X-Forwarded-For", xff);
     fields.set("X-Forwarded-Proto", proto);
     if (!forwarded_host.empty()) fields.set("X-Forwarded-Host", forwarded_host);

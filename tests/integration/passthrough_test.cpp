@@ -29,6 +29,16 @@ routes:
       max_wait: {{WAIT}}
       request: {method: GET, path: /users, encoding: query_list, query_param: ids}
       response: {items: "", key: /id}
+  - name: keyed
+    match: {method: POST, path: /echo/keyed}
+    upstream: api
+    mode: coalesce
+    coalesce:
+      key: {body: /id}
+      on_missing_key: passthrough
+      max_wait: {{WAIT}}
+      request: {method: POST, path: /echo/keyed/batch, encoding: json_body, body: {items: "{items}"}, item: "{body}"}
+      response: {items: /items, key: /id}
   - name: everything
     match: {prefix: /}
     upstream: api
@@ -89,6 +99,29 @@ TEST(Passthrough, ConnectionNamesNeverRemoveTheGatewaysOwnFields) {
     EXPECT_EQ(h["x-forwarded-for"], "10.9.9.9, 127.0.0.1");
     EXPECT_EQ(h["x-forwarded-host"], "gateway.test");
     EXPECT_FALSE(h["host"].get<std::string>().empty());
+}
+
+// The same on the buffered path: a coalesce route's caller without a key, sent on alone
+// (on_missing_key: passthrough).
+TEST(Passthrough, ConnectionNamesNeverRemoveTheGatewaysOwnFieldsOnAKeylessCaller) {
+    mock_upstream up;
+    running_gateway gw(config_for(up.port()));
+    auto r = send_request(gw.port(), "POST", "/echo/keyed", R"({"no_id":true})",
+                          {{"Content-Type", "application/json"},
+                           {"Connection", "X-Request-Id, X-Forwarded-For, Host"},
+                           {"X-Request-Id", "client-chosen"},
+                           {"X-Forwarded-For", "10.9.9.9"}});
+    ASSERT_EQ(r.status, 200) << r.body;
+    auto echo = r.json();
+    EXPECT_EQ(echo["target"], "/echo/keyed") << "a keyless caller goes upstream alone, as sent";
+    EXPECT_EQ(echo["body"], R"({"no_id":true})");
+    auto h = echo["headers"];
+    ASSERT_TRUE(h.contains("x-request-id")) << h.dump();
+    EXPECT_EQ(h["x-request-id"], r.header("x-request-id")) << "the upstream saw another id than the client";
+    EXPECT_EQ(h["x-request-id"], "client-chosen");
+    EXPECT_EQ(h["x-forwarded-for"], "10.9.9.9, 127.0.0.1");
+    EXPECT_EQ(h["x-forwarded-host"], "gateway.test");
+    EXPECT_EQ(gw.metric_reaching("batchgate_requests_total{route=\"keyed\",status=\"200\"}", 1), 1);
 }
 
 TEST(Passthrough, LargeChunkedResponseArrivesIntact) {
