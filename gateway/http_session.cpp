@@ -483,15 +483,38 @@ private:
         if (gone_ && gone_->load(std::memory_order_relaxed)) keep_alive_ = false;
         res.version(version_);
         res.keep_alive(keep_alive_);
-        res.set(http::field::server, "batchgate");
-        if (role_ == listener_role::traffic) res.set("X-Request-Id", request_id_);
         response_ = std::make_unique<outgoing>(std::move(res));
         // Traffic answers only: a scrape must never count against (or show up in) the budget.
         if (role_ == listener_role::traffic) response_lease_.force_to(response_->res.body().size());
         // One head buffer plus the body in place: a single writev, no per-field buffers.
         // A HEAD answer keeps its Content-Length but never carries the body.
-        response_->unsent.emplace(wire::buffers(response_->head, response_->res, !head_request_));
+        write_head();
+        const auto& body = response_->res.body();
+        response_->unsent.emplace(std::array<net::const_buffer, 2>{
+            net::buffer(response_->head), head_request_ ? net::const_buffer() : net::buffer(body)});
         write_more();
+    }
+
+    // The answer's head, written once into a buffer sized first (one allocation): its fields
+    // as they are, except Server and X-Request-Id, which are the gateway's own and come last
+    // (no field set on the answer to be copied again).
+    void write_head() {
+        const auto& res = response_->res;
+        const bool traffic = role_ == listener_role::traffic;
+        auto own = [traffic](const auto& f) {
+            return f.name() == http::field::server ||
+                   (traffic && f.name() == http::field::unknown && beast::iequals(f.name_string(), "X-Request-Id"));
+        };
+        std::size_t size = 64 + request_id_.size();
+        for (const auto& f : res) size += f.name_string().size() + f.value().size() + 4;
+        auto& out = response_->head;
+        out.reserve(size);
+        wire::append_status_line(out, res);
+        for (const auto& f : res)
+            if (!own(f)) wire::append_field(out, f.name_string(), f.value());
+        wire::append_field(out, "Server", "batchgate");
+        if (traffic) wire::append_field(out, "X-Request-Id", request_id_);
+        out += "\r\n";
     }
 
     // Metrics and the access log line of the request's answer.

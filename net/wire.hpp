@@ -63,8 +63,9 @@ void append_fields(std::string& out, const Fields& fields) {
 
 // "HTTP/1.1 200 OK\r\n" + fields + "\r\n". The message must already be framed
 // (prepare_payload, or a HEAD answer that keeps the upstream's Content-Length).
+// "HTTP/1.1 200 OK\r\n".
 template <class Body, class Fields>
-void append_head(std::string& out, const boost::beast::http::response<Body, Fields>& res) {
+void append_status_line(std::string& out, const boost::beast::http::response<Body, Fields>& res) {
     namespace http = boost::beast::http;
     const unsigned v = res.version();
     out += v == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
@@ -74,6 +75,11 @@ void append_head(std::string& out, const boost::beast::http::response<Body, Fiel
     if (reason.empty()) reason = http::obsolete_reason(res.result());
     out.append(reason.data(), reason.size());
     out += "\r\n";
+}
+
+template <class Body, class Fields>
+void append_head(std::string& out, const boost::beast::http::response<Body, Fields>& res) {
+    append_status_line(out, res);
     append_fields(out, res);
 }
 
