@@ -1,7 +1,7 @@
 #include "gateway/dispatcher.hpp"
 
 #include <algorithm>
-#include <deque>
+#include <list>
 #include <optional>
 #include <string>
 
@@ -19,6 +19,26 @@ namespace batchgate::gateway {
 namespace {
 
 constexpr std::string_view json_type = "application/json";
+
+// coalescer::batch_overhead (an empty batch call built and measured) of the partition last seen
+// on this thread: the callers of one partition, one after another, build it once.
+std::size_t partition_overhead(const runtime& rt, const config::coalesce_settings& settings,
+                               const coalescer::partition& part) {
+    struct memo {
+        std::uint64_t runtime = 0;
+        const config::coalesce_settings* settings = nullptr;
+        std::string key;
+        std::size_t overhead = 0;
+    };
+    thread_local memo last;
+    if (last.runtime != rt.id || last.settings != &settings || last.key != part.key) {
+        last.overhead = coalescer::batch_overhead(settings, part.values);
+        last.runtime = rt.id;
+        last.settings = &settings;
+        last.key = part.key;
+    }
+    return last.overhead;
+}
 
 // One request on one route; lives until its single answer is handed to done.
 struct exchange {
@@ -83,7 +103,7 @@ struct exchange {
         caller.query = query;
         caller.path_params = std::move(params);
         const request_t& r = req;
-        std::deque<std::string> joined;  // lives while caller is used, below
+        std::list<std::string> joined;  // lives while caller is used, below (empty: no allocation)
         caller.header = [&r, &joined](std::string_view name) -> std::optional<std::string_view> {
             auto [first, last] = r.equal_range(name);
             if (first == last) return std::nullopt;
@@ -122,7 +142,7 @@ struct exchange {
             // The byte limit bounds the batch call as sent: its body (json_body) or target
             // (query encodings), envelope included. An item that alone breaks it could only go
             // upstream in a call the route's own limit forbids.
-            s.part.overhead = coalescer::batch_overhead(settings, s.part.values);
+            s.part.overhead = partition_overhead(*rt, settings, s.part);
             if (s.part.overhead + s.cost > settings.max_batch_bytes)
                 return fail(gateway_error::payload_too_large,
                             "a batch call with only this item takes " + std::to_string(s.part.overhead + s.cost) +

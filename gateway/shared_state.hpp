@@ -34,6 +34,9 @@ struct route_handles {
 
 struct runtime {
     explicit runtime(std::shared_ptr<const config::gateway_config> c) : config(std::move(c)), table(*config) {}
+    // Never the same for two runtimes of one process (an address may be): memos of what a
+    // config implies key on it.
+    const std::uint64_t id = next_id();
     std::shared_ptr<const config::gateway_config> config;
     routes::route_table table;
     std::unordered_map<std::string, std::shared_ptr<upstream_pool>> upstreams;          // by upstream name
@@ -43,6 +46,10 @@ struct runtime {
     std::shared_ptr<boost::asio::ssl::context> tls;  // listen_tls: for connections accepted now; null: plain
 
     const route_handles& handles_for(const config::route_settings& route) const { return handles.at(&route); }
+    static std::uint64_t next_id() {
+        static std::atomic<std::uint64_t> n{0};
+        return ++n;
+    }
     // The batcher that owns a partition of a coalesce route; null when the route has none.
     coalescer::batcher* batcher_for(const std::string& route, std::string_view partition_key) const {
         auto it = batchers.find(route);

@@ -20,7 +20,15 @@ namespace {
 using json = nlohmann::json;
 constexpr auto replace_invalid = json::error_handler_t::replace;
 
-std::string dump(const json& j) { return j.dump(-1, ' ', false, replace_invalid); }
+// json::dump, into a string that starts with room for a typical item: one allocation where
+// dump's own string grows two or three times (it runs for every caller's answer).
+std::string dump(const json& j) {
+    std::string out;
+    out.reserve(128);
+    nlohmann::detail::serializer<json> s(nlohmann::detail::output_adapter<char, std::string>(out), ' ', replace_invalid);
+    s.dump(j, false, false, 0);
+    return out;
+}
 
 std::optional<std::string> first_query_value(const routes::param_list& query,
                                              std::string_view name) {
@@ -559,6 +567,7 @@ item_outcome outcome_of(const compiled_list& c, std::string_view route, const js
 partition make_partition(std::string_view route_name, const config::coalesce_settings& settings,
                          const caller_request& request) {
     partition out;
+    out.key.reserve(64);  // route name and credentials, most often: one allocation, not two
     const auto& p = settings.partition;
     append_field(out.key, route_name);
 
@@ -721,11 +730,11 @@ item_build build_item(const config::coalesce_settings& settings, const caller_re
 
     item_build out;
     template_values values;
-    values.resolve = resolver(true);
     json item;
     if (rq.item.is_null()) {
         item = json(key);
     } else {
+        values.resolve = resolver(true);
         item = rq.item;
         if (fill_template(item, values) == fill::remove) item = nullptr;
     }
@@ -740,19 +749,22 @@ item_build build_item(const config::coalesce_settings& settings, const caller_re
 
     // Typed placeholders of the batch templates must convert for this caller's values too, so a
     // bad value fails this caller only, not the batch it would join.
-    template_values batch;
-    batch.resolve = resolver(false);
-    check_typed_text(rq.path, batch);
-    if (rq.encoding == config::batch_encoding::json_body) check_typed(rq.body_template, batch);
-    if (!batch.error.empty()) {
-        out.error = "cannot build the batch call: " + batch.error;
-        return out;
-    }
-    // A path value of ".." would send the batch call to another resource.
-    if (rq.path.find('{') != std::string::npos &&
-        routes::has_dot_segment(routes::split_target(interpolate(rq.path, batch, true)).first)) {
-        out.error = "cannot build the batch call: a path value is \".\" or \"..\"";
-        return out;
+    // (A path without placeholders, on a query encoding, has nothing to check.)
+    const bool path_has_values = rq.path.find('{') != std::string::npos;
+    if (path_has_values || rq.encoding == config::batch_encoding::json_body) {
+        template_values batch;
+        batch.resolve = resolver(false);
+        check_typed_text(rq.path, batch);
+        if (rq.encoding == config::batch_encoding::json_body) check_typed(rq.body_template, batch);
+        if (!batch.error.empty()) {
+            out.error = "cannot build the batch call: " + batch.error;
+            return out;
+        }
+        // A path value of ".." would send the batch call to another resource.
+        if (path_has_values && routes::has_dot_segment(routes::split_target(interpolate(rq.path, batch, true)).first)) {
+            out.error = "cannot build the batch call: a path value is \".\" or \"..\"";
+            return out;
+        }
     }
     out.item = std::move(item);
     return out;
@@ -892,23 +904,38 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
     }
 
     // Requested keys with how often each was asked (more than once only under same_key
-    // in_batch: the n-th entry for a key answers its n-th operation).
-    std::unordered_map<std::string, std::size_t> requested;
-    for (const auto& k : keys) ++requested[k];
+    // in_batch: the n-th entry for a key answers its n-th operation), and the answer's entries
+    // for each. One hash entry per distinct key, its first entry inline: no allocation per key
+    // beyond the entry itself.
     struct seen {
         std::size_t list;
         const json* item;
     };
-    std::unordered_map<std::string, std::vector<seen>> found;
+    struct wanted {
+        std::size_t asked = 0;     // times keys holds it
+        std::size_t answered = 0;  // of those, answered so far (below)
+        std::size_t found = 0;     // entries in the answer
+        seen first{};
+        std::vector<seen> more;    // entries after the first
+        const seen& entry(std::size_t i) const { return i == 0 ? first : more[i - 1]; }
+    };
+    std::unordered_map<std::string_view, wanted> requested;  // views into keys
+    requested.reserve(keys.size());
+    for (const auto& k : keys) ++requested[k].asked;
     for (std::size_t li = 0; li < lists.size(); ++li) {
         if (!arrays[li]) continue;
         for (const auto& item : *arrays[li]) {
             auto key = key_of(lists[li], item);
-            if (!key || !requested.contains(*key)) {
+            auto it = key ? requested.find(*key) : requested.end();
+            if (it == requested.end()) {
                 ++out.ignored_items;
                 continue;
             }
-            found[*key].push_back(seen{li, &item});
+            wanted& w = it->second;
+            if (w.found++ == 0)
+                w.first = seen{li, &item};
+            else
+                w.more.push_back(seen{li, &item});
         }
     }
 
@@ -916,30 +943,28 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
         return item_outcome{502, error_body(gateway_error::upstream_bad_response,
                                             "upstream returned key \"" + key + "\" " + why, route_name)};
     };
-    std::unordered_map<std::string, std::size_t> occurrence;
+    out.items.reserve(keys.size());
     for (const auto& key : keys) {
-        const std::size_t n = occurrence[key]++;
-        const std::size_t asked = requested[key];
-        auto it = found.find(key);
-        if (it == found.end()) {
+        wanted& w = requested.find(key)->second;
+        const std::size_t n = w.answered++;
+        if (w.found == 0) {
             out.items.push_back({rs.missing_status,
                                  error_body("not_found", "no item with key \"" + key + "\" in the upstream batch answer",
                                             route_name)});
             continue;
         }
-        const auto& entries = it->second;
-        if (asked == 1) {
+        if (w.asked == 1) {
             // First list wins; a second, different entry in that same list is ambiguous.
-            const seen& first = entries.front();
-            const bool twice = std::any_of(entries.begin() + 1, entries.end(), [&](const seen& e) {
-                return e.list == first.list && *e.item != *first.item;
-            });
+            const seen& first = w.first;
+            bool twice = false;
+            for (std::size_t i = 1; i < w.found && !twice; ++i)
+                twice = w.entry(i).list == first.list && *w.entry(i).item != *first.item;
             out.items.push_back(twice ? ambiguous(key, "more than once")
                                       : outcome_of(lists[first.list], route_name, *first.item));
-        } else if (entries.size() == asked) {
-            out.items.push_back(outcome_of(lists[entries[n].list], route_name, *entries[n].item));
+        } else if (w.found == w.asked) {
+            out.items.push_back(outcome_of(lists[w.entry(n).list], route_name, *w.entry(n).item));
         } else {
-            out.items.push_back(ambiguous(key, std::to_string(entries.size()) + " times for " + std::to_string(asked) +
+            out.items.push_back(ambiguous(key, std::to_string(w.found) + " times for " + std::to_string(w.asked) +
                                                    " operations"));
         }
     }
