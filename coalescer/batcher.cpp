@@ -239,9 +239,9 @@ void batcher::pump() {
 void batcher::wait_for_slot() {
     if (waiting_for_slot_) return;
     waiting_for_slot_ = true;
-    slots_->when_granted([weak = weak_from_this(), slots = slots_] {
+    slots_->when_granted([weak = weak_from_this()](batch_slots& slots) {
         auto self = weak.lock();
-        if (!self) return slots->release(call_outcome::ignored, {});
+        if (!self) return slots.release(call_outcome::ignored, {});
         net::post(self->executor_, [self] {
             self->waiting_for_slot_ = false;
             ++self->granted_;

@@ -26,7 +26,7 @@ bool batch_slots::has_free() const {
 }
 
 void batch_slots::release(call_outcome outcome, std::chrono::nanoseconds rtt) {
-    std::vector<std::function<void()>> granted;
+    std::vector<grant> granted;
     {
         // Under the lock, so that a batcher queuing now either sees the slot free in
         // when_granted() or is in the queue when it is handed over: no wake-up is lost.
@@ -39,10 +39,10 @@ void batch_slots::release(call_outcome outcome, std::chrono::nanoseconds rtt) {
         }
     }
     publish();
-    for (auto& g : granted) g();
+    for (auto& g : granted) g(*this);
 }
 
-void batch_slots::when_granted(std::function<void()> granted) {
+void batch_slots::when_granted(grant granted) {
     {
         std::lock_guard lock(mutex_);
         if (!waiting_.empty() || !limit_.try_acquire()) {
@@ -51,7 +51,7 @@ void batch_slots::when_granted(std::function<void()> granted) {
         }
     }
     publish();
-    granted();
+    granted(*this);
 }
 
 void batch_slots::publish() {

@@ -30,8 +30,11 @@ public:
     void release(call_outcome outcome, std::chrono::nanoseconds rtt);
     // Calls granted once, with a slot taken for the caller: at once (on this thread) when one
     // is free and nobody queues, else when a release hands it one, in the order they asked.
-    // granted must be cheap and must not call back into this object synchronously.
-    void when_granted(std::function<void()> granted);
+    // granted must be cheap. It is handed this object (to give back a slot it cannot use), so
+    // it never needs to own it: a queued hand-over that owned the slots it waits in would keep
+    // them, and itself, alive for ever.
+    using grant = std::function<void(batch_slots&)>;
+    void when_granted(grant granted);
 
     bool has_free() const;  // a slot could be taken now
     // A reload replaced this limit: its gauges belong to the new one from now on.
@@ -46,7 +49,7 @@ private:
     concurrency_limit limit_;
     std::atomic<metrics::limiter_metrics*> metrics_;
     mutable std::mutex mutex_;
-    std::deque<std::function<void()>> waiting_;
+    std::deque<grant> waiting_;
 };
 
 }  // namespace batchgate::coalescer

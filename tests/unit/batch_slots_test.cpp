@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -21,7 +22,7 @@ TEST(BatchSlots, AQueuedBatcherIsHandedTheSlotThatFrees) {
     ASSERT_TRUE(slots.try_acquire());
     EXPECT_FALSE(slots.has_free());
     int granted = 0;
-    slots.when_granted([&] { ++granted; });
+    slots.when_granted([&](batch_slots&) { ++granted; });
     EXPECT_EQ(granted, 0);
     slots.release(call_outcome::success, 1ms);
     EXPECT_EQ(granted, 1);
@@ -32,10 +33,32 @@ TEST(BatchSlots, AQueuedBatcherIsHandedTheSlotThatFrees) {
     EXPECT_EQ(granted, 1) << "a hand-over is given once, then forgotten";
 }
 
+// A batcher's hand-over (coalescer/batcher.cpp): it holds its batcher weakly, and a slot handed
+// to a batcher that is gone goes back through the slots it is handed. It owns nothing that owns
+// the slots, so slots with a hand-over still queued (a route shut down while a batch waited for
+// a slot) are freed like any others; one that held them leaked them and every batcher in them.
+TEST(BatchSlots, AHandOverForABatcherThatIsGoneGivesTheSlotBack) {
+    auto slots = std::make_shared<batch_slots>(limit_settings::fixed(1), nullptr);
+    ASSERT_TRUE(slots->try_acquire());
+    auto batcher = std::make_shared<int>(0);
+    auto hand_over = [weak = std::weak_ptr<int>(batcher)](batch_slots& s) {
+        if (!weak.lock()) s.release(call_outcome::ignored, {});
+    };
+    slots->when_granted(hand_over);
+    batcher.reset();
+    slots->release(call_outcome::success, 1ms);
+    EXPECT_EQ(slots->in_flight(), 0u) << "the slot went to a batcher that is gone, and came back";
+    ASSERT_TRUE(slots->try_acquire());
+    slots->when_granted(hand_over);  // still queued when the route goes
+    std::weak_ptr<batch_slots> weak_slots = slots;
+    slots.reset();
+    EXPECT_TRUE(weak_slots.expired());
+}
+
 TEST(BatchSlots, AskingWhileASlotIsFreeGrantsAtOnce) {
     batch_slots slots(limit_settings::fixed(2), nullptr);
     int granted = 0;
-    slots.when_granted([&] { ++granted; });
+    slots.when_granted([&](batch_slots&) { ++granted; });
     EXPECT_EQ(granted, 1);
     EXPECT_EQ(slots.in_flight(), 1u);
 }
@@ -46,8 +69,8 @@ TEST(BatchSlots, QueuedBatchersAreServedFirstComeFirstServed) {
     batch_slots slots(limit_settings::fixed(1), nullptr);
     ASSERT_TRUE(slots.try_acquire());  // "a", the busy one
     std::vector<char> order;
-    slots.when_granted([&] { order.push_back('b'); });
-    slots.when_granted([&] { order.push_back('c'); });
+    slots.when_granted([&](batch_slots&) { order.push_back('b'); });
+    slots.when_granted([&](batch_slots&) { order.push_back('c'); });
     slots.release(call_outcome::success, 1ms);  // a's call ends
     EXPECT_FALSE(slots.try_acquire()) << "a retook the slot while b and c queued";
     EXPECT_FALSE(slots.has_free());
@@ -63,7 +86,7 @@ TEST(BatchSlots, AGrownLimitHandsOverEverySlotItFrees) {
     batch_slots slots(limit_settings{.initial = 1, .min = 1, .max = 10}, nullptr);
     ASSERT_TRUE(slots.try_acquire());
     int granted = 0;
-    for (int i = 0; i < 5; ++i) slots.when_granted([&] { ++granted; });
+    for (int i = 0; i < 5; ++i) slots.when_granted([&](batch_slots&) { ++granted; });
     for (int round = 0; round < 200 && granted < 5; ++round) {
         // Successes at full use grow the limit; each ends a call that was handed a slot.
         slots.release(call_outcome::success, 1ms);
@@ -97,7 +120,7 @@ TEST(BatchSlots, NoWakeUpIsLostBetweenThreads) {
         for (int round = 0; round < 2000; ++round) {
             if (!slots.try_acquire()) {
                 std::atomic<bool> granted{false};
-                slots.when_granted([&granted] { granted = true; });
+                slots.when_granted([&granted](batch_slots&) { granted = true; });
                 const auto give_up = std::chrono::steady_clock::now() + 5s;
                 while (!granted && std::chrono::steady_clock::now() < give_up) std::this_thread::yield();
                 ASSERT_TRUE(granted) << "no hand-over after a release";
