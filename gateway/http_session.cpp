@@ -165,9 +165,14 @@ private:
         if (!ec)
             if (auto bad = check_request_head(parser_->get().base())) return refuse(bad->error, bad->message);
         // Passthrough routes stream: the body is relayed as it comes, never held whole.
-        if (!ec && role_ == listener_role::traffic)
-            if (const auto* route = find_route(*runtime_, parser_->get()); route && route->mode == config::route_mode::passthrough)
-                return begin_stream(*route);
+        if (!ec && role_ == listener_role::traffic) {
+            // Matched once: handle_traffic takes the route and its parameters from here.
+            matched_params_.clear();
+            matched_route_ = find_route(*runtime_, parser_->get(), &matched_params_);
+            matched_runtime_ = runtime_.get();
+            if (matched_route_ && matched_route_->mode == config::route_mode::passthrough)
+                return begin_stream(*matched_route_);
+        }
         if (ec || parser_->is_done()) return on_read(ec);
         const auto max_body = runtime_->config->limits.max_body_bytes;
         if (auto length = parser_->content_length(); length && *length > max_body) return on_read(http::error::body_limit);
@@ -376,8 +381,17 @@ private:
 
     void handle_traffic() {
         request_->set("X-Request-Id", request_id_);
+        // The head's match, unless a reload came between the head and the end of the body.
+        // (runtime_ was current while the one matched against was still held: never the same
+        // address for another runtime.)
         routes::param_list params;
-        const config::route_settings* route = find_route(*runtime_, *request_, &params);
+        const config::route_settings* route = nullptr;
+        if (std::exchange(matched_runtime_, nullptr) == runtime_.get()) {
+            route = matched_route_;
+            params = std::move(matched_params_);
+        } else {
+            route = find_route(*runtime_, *request_, &params);
+        }
         config::duration timeout = std::chrono::seconds(30);
         if (route) {
             route_name_ = route->name;
@@ -639,6 +653,9 @@ private:
     bool keep_alive_ = true;
     std::shared_ptr<std::atomic<bool>> gone_;  // the current request's hang-up flag (coalesce routes)
     std::weak_ptr<stream_exchange<Stream>> exchange_;  // the current request's, when streamed
+    const runtime* matched_runtime_ = nullptr;  // what on_header matched the head against
+    const config::route_settings* matched_route_ = nullptr;
+    routes::param_list matched_params_;
     bool head_request_ = false;
     bool owed_request_ = false;  // taken from the backlog at shutdown, request not read yet
     bool linger_ = false;        // close() drains what the client still sends first
