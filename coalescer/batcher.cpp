@@ -325,14 +325,15 @@ void batcher::send(pending p) {
     p.sent = clock_type::now();
     window_.call_started(p.b.partition_key);
     std::vector<std::string> keys;
-    std::vector<nlohmann::json> items;
+    std::vector<nlohmann::json> items;  // only a JSON body carries them; a query holds the keys
+    const bool json_body = route_.coalesce.request.encoding == config::batch_encoding::json_body;
     keys.reserve(p.b.items.size());
-    items.reserve(p.b.items.size());
+    if (json_body) items.reserve(p.b.items.size());
     std::string traceparent;
     auto latest = clock_type::now();
     for (const auto& item : p.b.items) {
         keys.push_back(item.key);
-        items.push_back(item.payload.is_null() ? nlohmann::json(item.key) : item.payload);
+        if (json_body) items.push_back(item.payload.is_null() ? nlohmann::json(item.key) : item.payload);
         for (const auto& w : item.waiters) {
             if (traceparent.empty()) traceparent = w.traceparent;
             latest = std::max(latest, w.deadline);
