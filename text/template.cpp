@@ -50,11 +50,7 @@ std::optional<json> convert(json v, std::string_view type, std::string_view name
     if (type == "int") {
         if (v.is_number_integer()) return v;
         if (v.is_number_float()) {
-            // Only a whole number inside long long's range converts; casting anything else is
-            // undefined (a fuzzer found 3e124). 2^63 is exact as a double; -2^63 is in range.
-            const double d = v.get<double>();
-            constexpr double limit = 9223372036854775808.0;
-            if (d >= -limit && d < limit && d == std::trunc(d)) return json(static_cast<long long>(d));
+            if (auto n = routes::whole_int64(v.get<double>())) return json(*n);
             return fail("not a whole number");
         }
         if (v.is_string()) {

@@ -199,9 +199,7 @@ std::optional<json> convert(const json& v, std::string_view type, std::string& w
     if (type == "int") {
         if (v.is_number_integer()) return v;
         if (v.is_number_float()) {
-            double d = v.get<double>();
-            if (d >= -9.2e18 && d <= 9.2e18 && d == static_cast<double>(static_cast<std::int64_t>(d)))
-                return json(static_cast<std::int64_t>(d));
+            if (auto n = routes::whole_int64(v.get<double>())) return json(*n);
         } else if (is_str) {
             // Only the canonical spelling: "08" and "-0" would reach the upstream as 8 and 0
             // while the caller's key stays "08", so its answer (matched on 8) would never be

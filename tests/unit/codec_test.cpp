@@ -3,6 +3,8 @@
 // and the write APIs C, D, E and F (items, generated keys, body partitions, result lists).
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include <algorithm>
 #include <map>
 #include <set>
@@ -938,6 +940,23 @@ TEST(BuildItem, FailedConversionRejectsThisCallerOnly) {
     // An absent value is removed, not a failed conversion.
     s.request.item = json{{"v", "{path.none:int}"}};
     EXPECT_EQ(built(s, caller("PATCH", "/", {}), "k"), json::object());
+}
+
+// A float converts to an integer only when whole and inside int64's range (the same bound as the
+// fan-out templates' :int, routes::whole_int64): 2^63 and beyond fail this caller, -2^63 and
+// 9.22e18 (inside the range) convert.
+TEST(BuildItem, IntConversionOfFloatsStaysInRange) {
+    auto s = activities_api();
+    s.request.item = json{{"v", "{body./f:int}"}};
+    for (const char* f : {"3e124", "-3e124", "9223372036854775808.0", "-1.8446744073709552e19", "1.5"}) {
+        auto b = build_item(s, caller("PATCH", "/", {}, std::string(R"({"f":)") + f + "}").view(), "k");
+        EXPECT_FALSE(b.item) << f;
+        EXPECT_NE(b.error.find("is not an integer"), std::string::npos) << f << ": " << b.error;
+    }
+    EXPECT_EQ(built(s, caller("PATCH", "/", {}, R"({"f":-9223372036854775808.0})"), "k")["v"].get<std::int64_t>(),
+              std::numeric_limits<std::int64_t>::min());
+    EXPECT_EQ(built(s, caller("PATCH", "/", {}, R"({"f":9.22e18})"), "k")["v"].get<std::int64_t>(),
+              9220000000000000000LL);
 }
 
 // PATCH /api/characters/%2e%2e/abilities/4 must not become POST /api/characters/../abilities/batch.
