@@ -519,10 +519,8 @@ private:
             return f.name() == http::field::server ||
                    (traffic && f.name() == http::field::unknown && beast::iequals(f.name_string(), "X-Request-Id"));
         };
-        std::size_t size = 64 + request_id_.size();
-        for (const auto& f : res) size += f.name_string().size() + f.value().size() + 4;
         auto& out = response_->head;
-        out.reserve(size);
+        out.reserve(wire::fields_bytes(res) + 64 + request_id_.size());
         wire::append_status_line(out, res);
         for (const auto& f : res)
             if (!own(f)) wire::append_field(out, f.name_string(), f.value());

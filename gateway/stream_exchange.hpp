@@ -191,6 +191,9 @@ private:
         auto method = h.method_string();
         auto target = h.target();
         upstream_head_.clear();
+        // Room for the start line, the client's fields and the gateway's: one allocation.
+        upstream_head_.reserve(method.size() + target.size() + wire::fields_bytes(h) + p_.client_ip.size() +
+                               p_.request_id.size() + p_.pool->host_header().size() + 192);
         upstream_head_.append(method.data(), method.size());
         upstream_head_ += ' ';
         upstream_head_.append(target.data(), target.size());
@@ -487,6 +490,7 @@ private:
     void write_client_head(const Head& h, int status, bool chunk_out, bool close_after) {
         std::string& out = ready_head_;
         out.clear();
+        out.reserve(wire::fields_bytes(h) + p_.request_id.size() + 160);  // one allocation
         out += version_ == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
         char digits[8];
         auto [end, ec] = std::to_chars(digits, digits + sizeof digits, status);

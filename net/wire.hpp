@@ -54,6 +54,15 @@ inline void append_field(std::string& out, std::string_view name, std::string_vi
     out += "\r\n";
 }
 
+// The bytes "Name: value\r\n" takes for every field: a head written from them is reserved once,
+// not grown field by field.
+template <class Fields>
+std::size_t fields_bytes(const Fields& fields) {
+    std::size_t n = 0;
+    for (const auto& f : fields) n += f.name_string().size() + f.value().size() + 4;
+    return n;
+}
+
 // "Name: value\r\n" for each field, then the blank line that ends the head.
 template <class Fields>
 void append_fields(std::string& out, const Fields& fields) {
