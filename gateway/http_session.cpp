@@ -39,24 +39,24 @@ namespace {
 
 constexpr std::string_view json_type = "application/json";
 
-// X-Request-Id: kept when the caller sent a sane one, made up otherwise.
-std::string request_id_for(const request_t& req) {
+// X-Request-Id: kept when the caller sent a sane one, made up otherwise. Written into id, whose
+// buffer a connection keeps from one request to the next.
+void set_request_id(const request_t& req, std::string& id) {
     if (auto it = req.find("X-Request-Id"); it != req.end()) {
         auto v = it->value();
         bool sane = !v.empty() && v.size() <= 128;
         for (char c : v) sane = sane && c > 0x20 && c < 0x7f;
-        if (sane) return std::string(v);
+        if (sane) return (void)id.assign(v.data(), v.size());
     }
     // 16 hex digits of a per-thread random seed, 8 of a per-thread counter: no shared
     // counter for the worker threads to pass between them, no printf per request.
     thread_local const std::uint64_t seed = std::random_device{}() ^ (std::uint64_t(std::random_device{}()) << 32);
     thread_local std::uint32_t counter = 0;
     static constexpr char hex[] = "0123456789abcdef";
-    std::string id(24, '0');
+    id.assign(24, '0');
     for (int i = 0; i < 16; ++i) id[i] = hex[(seed >> (60 - 4 * i)) & 0xf];
     const std::uint32_t n = ++counter;
     for (int i = 0; i < 8; ++i) id[16 + i] = hex[(n >> (28 - 4 * i)) & 0xf];
-    return id;
 }
 
 using tls_client_stream = beast::ssl_stream<stream_t>;
@@ -214,7 +214,7 @@ private:
         linger_ = true;
         request_.reset();
         version_ = 11;
-        request_id_ = request_id_for(req());
+        set_request_id(req(), request_id_);
         begin_request();
     }
 
@@ -276,7 +276,7 @@ private:
         runtime_ = state_->current();  // route with the config current when the request arrived
         keep_alive_ = request_->keep_alive() && !state_->draining.load();
         version_ = request_->version();
-        request_id_ = request_id_for(*request_);
+        set_request_id(*request_, request_id_);
         begin_request();
         head_request_ = request_->method() == http::verb::head;
         tcp().expires_never();
@@ -291,7 +291,7 @@ private:
         request_.reset();
         version_ = head.version();
         keep_alive_ = head.keep_alive() && !state_->draining.load();
-        request_id_ = request_id_for(head);
+        set_request_id(head, request_id_);
         method_ = std::string(head.method_string());
         target_ = std::string(head.target());
         begin_request();
