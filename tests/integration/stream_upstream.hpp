@@ -11,9 +11,12 @@
 //        reads the body as it comes (Content-Length or chunked), checks it against pattern_byte and
 //        answers {"bytes":N,"pattern_ok":bool,"chunked":bool}; sink_bytes() counts as it reads.
 //        Answers `Expect: 100-continue` with a 100 first.
-//   GET  /events?n=<N>&gap_ms=<G>
+//   GET  /events?n=<N>&gap_ms=<G>[&gated=1]
 //        text/event-stream, chunked: N events "data: <i> <steady_clock ms>\n\n", one chunk each,
-//        G ms apart, then the last chunk. event_sent_times() has the send time of each.
+//        G ms apart, then the last chunk. event_sent_times() has the send time of each. Gated,
+//        event i (i > 0) also waits until the test called allow_events(i): a test that allows
+//        the next event only once the last one reached its client shows each event went
+//        through alone, with no clock involved.
 //   GET  /die?after=<N>&length=<L>&how=rst|fin
 //        a head with Content-Length L (default 2N + 1024), N bytes of the pattern, then an abortive
 //        close (SO_LINGER 0: RST, the default) or a graceful one (how=fin).
@@ -222,6 +225,11 @@ public:
     std::uint64_t sink_bytes() const { return sink_bytes_.load(); }
     /// Body bytes /bytes and /die have written so far (each piece counted once its write is done).
     std::uint64_t bytes_sent() const { return bytes_sent_.load(); }
+    /// Gated /events streams may send events up to number n (0-based, exclusive).
+    void allow_events(std::uint64_t n) {
+        for (auto seen = allowed_events_.load(); seen < n && !allowed_events_.compare_exchange_weak(seen, n);) {
+        }
+    }
     /// When each /events event was handed to the socket, in order, over all /events streams.
     std::vector<clock::time_point> event_sent_times() const {
         std::lock_guard lock(mutex_);
@@ -459,6 +467,7 @@ private:
     net::awaitable<bool> serve_events(connection& c, const Request& req, const std::string& target) {
         const std::uint64_t n = detail::query_number(target, "n", 10);
         const std::chrono::milliseconds gap(detail::query_number(target, "gap_ms", 100));
+        const bool gated = detail::query_number(target, "gated", 0) != 0;
         http::response<http::empty_body> res{http::status::ok, req.version()};
         res.set(http::field::content_type, "text/event-stream");
         res.set(http::field::cache_control, "no-cache");
@@ -467,6 +476,7 @@ private:
         co_await write_head(c, req, res);
         for (std::uint64_t i = 0; i < n; ++i) {
             if (i > 0) co_await sleep(c, gap);
+            while (gated && allowed_events_.load() < i) co_await sleep(c, std::chrono::milliseconds(1));
             const auto now = clock::now();
             const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
             const std::string event = "data: " + std::to_string(i) + " " + std::to_string(ms) + "\n\n";
@@ -535,6 +545,7 @@ private:
     std::atomic<std::uint64_t> requests_{0};
     std::atomic<std::uint64_t> sink_bytes_{0};
     std::atomic<std::uint64_t> bytes_sent_{0};
+    std::atomic<std::uint64_t> allowed_events_{0};          // gated /events (allow_events)
 };
 
 // ---------------------------------------------------------------------------------------------

@@ -156,17 +156,20 @@ TEST(Streaming, ASlowReaderStallsTheUpstreamNotTheGatewaysMemory) {
     EXPECT_GE(gw.metric("batchgate_send_timeouts_total"), 1);
 }
 
-// Each event reaches the client before the upstream writes the next one (they are 50 ms
-// apart), and the stream outlives the upstream's 2 s request_timeout.
+// Each event reaches the client before the upstream writes the next one: the upstream sends
+// event i+1 only once the client has event i (gated), so a gateway that held an event back
+// for more bytes would stall the stream. The stream outlives the upstream's 2 s request_timeout
+// (25 ms at least between events).
 TEST(Streaming, ServerSentEventsArriveOneByOne) {
     stream_upstream up;
     running_gateway gw(config_for(up.port()));
     std::vector<std::chrono::steady_clock::time_point> received;
     std::string text;
-    auto r = stream_get(gw.port(), "/events?n=100&gap_ms=25", {}, [&](std::string_view piece, auto at) {
+    auto r = stream_get(gw.port(), "/events?n=100&gap_ms=25&gated=1", {}, [&](std::string_view piece, auto at) {
         text.append(piece);
         // One timestamp per complete event.
         for (std::size_t n; (n = std::count(text.begin(), text.end(), '\n') / 2) > received.size();) received.push_back(at);
+        up.allow_events(received.size());
     });
     ASSERT_EQ(r.status, 200);
     EXPECT_TRUE(r.complete) << r.error.message();
