@@ -125,7 +125,7 @@ inline void prepare_for_upstream(Fields& fields, const std::string& client_ip, s
     if (auto it = fields.find("X-Request-Id"); it != fields.end()) request_id = std::string(it->value());
     strip_hop_by_hop(fields);
     fields.erase(http::field::host);
-    if (!request_id.empty()) fields.set("X-Request-Id", request_id);
+    if (!request_id.empty() && fields.find("X-Request-Id") == fields.end()) fields.set("X-Request-Id", request_id);
     fields.set("X-Forwarded-For", xff);
     fields.set("X-Forwarded-Proto", proto);
     if (!forwarded_host.empty()) fields.set("X-Forwarded-Host", forwarded_host);
