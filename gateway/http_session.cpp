@@ -444,31 +444,53 @@ private:
     // and the connection closes after it (its pipelined requests are not served). Checked at
     // once, then again each time the socket turns readable. The batcher leaves a gone caller's
     // item out of a batch not sent yet.
-    void watch_for_hang_up(std::shared_ptr<std::atomic<bool>> gone) {
-        if (peer_has_hung_up()) {
+    enum class peer_state { quiet, bytes, gone };
+
+    void watch_for_hang_up(std::shared_ptr<std::atomic<bool>> gone, peer_state seen = peer_state::quiet) {
+        if (seen == peer_state::gone) {
             gone->store(true, std::memory_order_relaxed);
             return;
         }
-        // The wait is what a caller holds while it waits: a block of its own size, not a
-        // recycled one (memory per waiting caller).
-        tcp().socket().async_wait(tcp::socket::wait_read,
-                                  net::bind_allocator(exact_allocator<void>(), [self = this->shared_from_this(), gen = generation_,
-                                                                               gone = std::move(gone)](beast::error_code ec) mutable {
-                                      if (ec || gen != self->generation_ || self->answered_) return;
-                                      self->watch_for_hang_up(std::move(gone));
-                                  }));
+        watching_ = true;
+        // What a caller holds while it waits: a block of its own size, not a recycled one
+        // (memory per waiting caller).
+        auto look_again = [self = this->shared_from_this(), gen = generation_, gone = std::move(gone)](
+                              beast::error_code ec, std::size_t = 0) mutable {
+            if (gen != self->generation_ || self->answered_) return;
+            self->watching_ = false;
+            // EOF or a reset, seen by the receive below: the peek tells which.
+            if (ec && ec != net::error::eof && ec != net::error::connection_reset) return;
+            self->watch_for_hang_up(std::move(gone), self->peek_peer());
+        };
+        if (seen == peer_state::quiet) {
+            // A receive that peeks: asio tries it at once (the one system call of the watch; it
+            // completes at once if the caller already left or sent more), then waits on the
+            // reactor's edge-triggered registration. (A wait, async_wait, would re-arm the
+            // descriptor with epoll_ctl: a second system call per waiting caller.)
+            tcp().socket().async_receive(net::buffer(&peeked_, 1), tcp::socket::message_peek,
+                                         net::bind_allocator(exact_allocator<void>(), std::move(look_again)));
+        } else {
+            // Bytes after the request stay readable: only a wait, re-armed, sees the FIN behind them.
+            tcp().socket().async_wait(tcp::socket::wait_read, net::bind_allocator(exact_allocator<void>(),
+                                                                                  [look_again = std::move(look_again)](
+                                                                                      beast::error_code ec) mutable {
+                                                                                      if (!ec) look_again(ec);
+                                                                                  }));
+        }
     }
 
-    bool peer_has_hung_up() {
+    peer_state peek_peer() {
         const int fd = tcp().socket().native_handle();
         char byte;
         const auto n = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-        if (n == 0) return true;
-        if (n < 0) return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+        if (n == 0) return peer_state::gone;
+        if (n < 0) return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR ? peer_state::gone : peer_state::quiet;
         tcp_info info{};
         socklen_t len = sizeof info;
-        if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return false;
-        return info.tcpi_state == TCP_CLOSE_WAIT || info.tcpi_state == TCP_CLOSE || info.tcpi_state == TCP_LAST_ACK;
+        if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return peer_state::bytes;
+        const bool closed =
+            info.tcpi_state == TCP_CLOSE_WAIT || info.tcpi_state == TCP_CLOSE || info.tcpi_state == TCP_LAST_ACK;
+        return closed ? peer_state::gone : peer_state::bytes;
     }
 
     // Safety net: whatever happens downstream, the caller is answered by its deadline. The
@@ -490,6 +512,12 @@ private:
     void send(response_t res) {
         if (answered_) return;  // exactly one answer per request
         answered_ = true;
+        // A hang-up watch still pending is done with: cancelled now (no system call), it does not
+        // peek again when the next request arrives. Nothing else is pending on the socket here.
+        if (std::exchange(watching_, false)) {
+            beast::error_code ignored;
+            tcp().socket().cancel(ignored);
+        }
         record_answer(res.result_int());
         if (state_->draining.load()) keep_alive_ = false;
         // A caller seen hanging up gets nothing more on this connection: bytes it left in our
@@ -654,6 +682,8 @@ private:
     const runtime* matched_runtime_ = nullptr;  // what on_header matched the head against
     const config::route_settings* matched_route_ = nullptr;
     routes::param_list matched_params_;
+    char peeked_ = 0;        // the hang-up watch's receive peeks into it (nothing is taken)
+    bool watching_ = false;  // a hang-up watch is pending on the socket
     bool head_request_ = false;
     bool owed_request_ = false;  // taken from the backlog at shutdown, request not read yet
     bool linger_ = false;        // close() drains what the client still sends first
