@@ -24,6 +24,7 @@
 #include "gateway/request_head.hpp"
 #include "gateway/stream_exchange.hpp"
 #include "net/deadline_sweep.hpp"
+#include "net/hop_by_hop.hpp"
 #include "net/log.hpp"
 #include "net/swept_stream.hpp"
 #include "net/wire.hpp"
@@ -544,8 +545,7 @@ private:
         const auto& res = response_->res;
         const bool traffic = role_ == listener_role::traffic;
         auto own = [traffic](const auto& f) {
-            return f.name() == http::field::server ||
-                   (traffic && f.name() == http::field::unknown && beast::iequals(f.name_string(), "X-Request-Id"));
+            return f.name() == http::field::server || (traffic && is_request_id(f));
         };
         auto& out = response_->head;
         out.reserve(wire::fields_bytes(res) + 64 + request_id_.size());

@@ -501,8 +501,7 @@ private:
         out.append(reason.data(), reason.size());
         out += "\r\n";
         append_crossing_fields(out, h, [](const auto& f) {
-            return f.name() == http::field::server ||
-                   (f.name() == http::field::unknown && boost::beast::iequals(f.name_string(), "X-Request-Id"));
+            return f.name() == http::field::server || is_request_id(f);
         });
         if (status == 101) {
             wire::append_field(out, "Connection", "Upgrade");

@@ -46,6 +46,13 @@ inline bool named_by_connection(const Fields& fields, typename Fields::const_ite
     return false;
 }
 
+// X-Request-Id, a field Beast has no name for: the gateway sets its own on every request it
+// forwards and every answer it gives.
+template <class Field>
+inline bool is_request_id(const Field& f) {
+    return f.name() == http::field::unknown && boost::beast::iequals(f.name_string(), "X-Request-Id");
+}
+
 // Removes hop-by-hop headers, including any the Connection header names.
 template <class Fields>
 inline void strip_hop_by_hop(Fields& fields) {

@@ -70,9 +70,7 @@ void append_fields(std::string& out, const Fields& fields) {
     out += "\r\n";
 }
 
-// "HTTP/1.1 200 OK\r\n" + fields + "\r\n". The message must already be framed
-// (prepare_payload, or a HEAD answer that keeps the upstream's Content-Length).
-// "HTTP/1.1 200 OK\r\n".
+// "HTTP/1.1 200 OK\r\n": an answer's status line; its fields follow (the session writes them).
 template <class Body, class Fields>
 void append_status_line(std::string& out, const boost::beast::http::response<Body, Fields>& res) {
     namespace http = boost::beast::http;
@@ -84,12 +82,6 @@ void append_status_line(std::string& out, const boost::beast::http::response<Bod
     if (reason.empty()) reason = http::obsolete_reason(res.result());
     out.append(reason.data(), reason.size());
     out += "\r\n";
-}
-
-template <class Body, class Fields>
-void append_head(std::string& out, const boost::beast::http::response<Body, Fields>& res) {
-    append_status_line(out, res);
-    append_fields(out, res);
 }
 
 // "GET /path HTTP/1.1\r\n" + fields + "\r\n".
@@ -104,14 +96,13 @@ void append_head(std::string& out, const boost::beast::http::request<Body, Field
     append_fields(out, req);
 }
 
-// A whole message as (at most) two buffers: the head, built here, and the body in place.
-// head must outlive the write; so must the message.
-template <class Message>
-std::array<boost::asio::const_buffer, 2> buffers(std::string& head, const Message& msg, bool with_body = true) {
+// A whole request as two buffers: the head, built here, and the body in place. head must
+// outlive the write; so must the request.
+template <class Request>
+std::array<boost::asio::const_buffer, 2> buffers(std::string& head, const Request& req) {
     head.clear();
-    append_head(head, msg);
-    return {boost::asio::buffer(head),
-            with_body ? boost::asio::buffer(msg.body()) : boost::asio::const_buffer()};
+    append_head(head, req);
+    return {boost::asio::buffer(head), boost::asio::buffer(req.body())};
 }
 
 }  // namespace wire

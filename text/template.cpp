@@ -1,7 +1,6 @@
 #include "text/template.hpp"
 
 #include <charconv>
-#include <cmath>
 
 #include "text/json_pointer.hpp"
 #include "text/json_text.hpp"
