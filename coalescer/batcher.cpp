@@ -80,13 +80,14 @@ config::duration caller_timeout(const config::gateway_config& config, const conf
 
 batcher::batcher(net::any_io_executor executor, std::shared_ptr<const config::gateway_config> config,
                  const config::route_settings& route, std::shared_ptr<gateway::upstream_pool> upstream,
-                 std::shared_ptr<batch_slots> slots, metrics::registry& metrics, std::shared_ptr<route_load> load)
+                 std::shared_ptr<batch_slots> slots, metrics::registry& metrics, std::shared_ptr<route_load> load,
+                 batcher_mode mode)
     : executor_(std::move(executor)),
       config_(std::move(config)),
       route_(route),
       upstream_(std::move(upstream)),
       slots_(std::move(slots)),
-      metrics_(metrics.route(route.name)),
+      metrics_(mode == batcher_mode::shadow ? metrics.shadow_route(route.name) : metrics.route(route.name)),
       upstream_metrics_(metrics.upstream(route.upstream, route.name)),
       window_(window_limits{route.coalesce.max_batch_items, route.coalesce.max_batch_bytes, route.coalesce.max_wait,
                             window_policy(route.coalesce.same_key),
@@ -95,7 +96,8 @@ batcher::batcher(net::any_io_executor executor, std::shared_ptr<const config::ga
       timer_(executor_),
       sweep_timer_(executor_),
       rng_(std::random_device{}()),
-      load_(std::move(load)) {}
+      load_(std::move(load)),
+      mode_(mode) {}
 
 void batcher::submit(submission s) {
     net::post(executor_, [self = shared_from_this(), s = std::move(s)]() mutable { self->on_submit(std::move(s)); });
@@ -321,6 +323,7 @@ void batcher::count_flush(pending& p) {
 }
 
 void batcher::send(pending p) {
+    if (mode_ == batcher_mode::shadow) return send_shadow(std::move(p));
     count_flush(p);
     p.sent = clock_type::now();
     window_.call_started(p.b.partition_key);
@@ -367,6 +370,39 @@ void batcher::send(pending p) {
                 self->on_answer(std::move(p), batch_id, std::move(r));
             });
         });
+}
+
+// Shadow: the batch is counted as sent, holds its slot and its partition for as long as the
+// route's single calls take, then "answers" its callers 200 (their handlers only count them:
+// each caller was served by its own single call meanwhile).
+void batcher::send_shadow(pending p) {
+    count_flush(p);
+    p.sent = clock_type::now();
+    window_.call_started(p.b.partition_key);
+    for (const auto& item : p.b.items)
+        for (const auto& w : item.waiters) unsent_.erase(w.serial);
+    shadow_call(std::move(p), std::make_shared<net::steady_timer>(executor_));
+}
+
+// The shadow call ends when the route's single calls, on average, would have answered it. Until
+// the first single call has answered there is no average: the call is checked again every
+// millisecond (a batch call takes at least about as long as a single call does), for at most
+// the upstream's request_timeout.
+void batcher::shadow_call(pending p, std::shared_ptr<net::steady_timer> timer) {
+    const std::chrono::nanoseconds took(load_->single_call_ns.load(std::memory_order_relaxed));
+    const auto give_up = p.sent + upstream_->settings().request_timeout;
+    const bool known = took.count() > 0;
+    timer->expires_at(known ? p.sent + took : std::min(clock_type::now() + std::chrono::milliseconds(1), give_up));
+    timer->async_wait([self = shared_from_this(), timer, p = std::move(p), known, give_up](boost::system::error_code) mutable {
+        // Not timed yet: timed by the average once there is one, else checked again until give_up.
+        if (!known && (self->load_->single_call_ns.load(std::memory_order_relaxed) > 0 || clock_type::now() < give_up))
+            return self->shadow_call(std::move(p), std::move(timer));
+        reply done;
+        done.status = 200;
+        self->answer_all(p, done);
+        self->release_slot(p, call_outcome::success, clock_type::now() - p.sent);
+        self->on_timer();
+    });
 }
 
 void batcher::on_answer(pending p, const std::string& batch_id, gateway::upstream_result r) {
@@ -737,6 +773,11 @@ void batcher::update_waiting_gauge() {
         load_->waiting.fetch_add(waiting - published_waiting_, std::memory_order_relaxed);  // wraps when it shrinks
         metrics_.waiting->Increment(static_cast<double>(waiting) - static_cast<double>(published_waiting_));
         published_waiting_ = waiting;
+    }
+    if (metrics_.partitions && window_.open_batches() != published_partitions_) {
+        metrics_.partitions->Increment(static_cast<double>(window_.open_batches()) -
+                                       static_cast<double>(published_partitions_));
+        published_partitions_ = window_.open_batches();
     }
     if (for_slot != published_for_slot_) {
         metrics_.waiting_for_slot->Increment(static_cast<double>(for_slot) - static_cast<double>(published_for_slot_));

@@ -69,7 +69,20 @@ config::duration caller_timeout(const config::gateway_config& config, const conf
 // them, for coalesce.max_waiting and the route's gauges.
 struct route_load {
     std::atomic<std::size_t> waiting{0};
+    // Shadow routes: how long the route's single calls take (a moving average of the last few,
+    // nanoseconds, 0 before the first), which the shadow takes for each batch call it would have
+    // made. Updated from any thread; a lost update only skips one sample.
+    std::atomic<std::int64_t> single_call_ns{0};
+    void observe_single_call(std::chrono::nanoseconds took) {
+        const std::int64_t old = single_call_ns.load(std::memory_order_relaxed);
+        single_call_ns.store(old == 0 ? took.count() : old + (took.count() - old) / 8, std::memory_order_relaxed);
+    }
 };
+
+// What a batcher does with a closed batch: send it (live), or only count it (shadow: its
+// callers are served by single calls, and the batch "call" lasts as long as the route's single
+// calls do).
+enum class batcher_mode { live, shadow };
 
 class batcher : public std::enable_shared_from_this<batcher> {
 public:
@@ -78,7 +91,9 @@ public:
     batcher(boost::asio::any_io_executor executor, std::shared_ptr<const config::gateway_config> config,
             const config::route_settings& route, std::shared_ptr<gateway::upstream_pool> upstream,
             std::shared_ptr<batch_slots> slots, metrics::registry& metrics,
-            std::shared_ptr<route_load> load = std::make_shared<route_load>());
+            std::shared_ptr<route_load> load = std::make_shared<route_load>(), batcher_mode mode = batcher_mode::live);
+
+    const std::shared_ptr<route_load>& load() const { return load_; }
 
     void submit(submission s);
 
@@ -129,6 +144,8 @@ private:
     std::optional<std::chrono::steady_clock::time_point> next_caller_deadline();
     void count_flush(pending& p);
     void send(pending p);
+    void send_shadow(pending p);  // batcher_mode::shadow: the call it would have made, timed
+    void shadow_call(pending p, std::shared_ptr<boost::asio::steady_timer> timer);
     void on_answer(pending p, const std::string& batch_id, gateway::upstream_result r);
     bool try_retry(pending& p, const gateway::upstream_result& r);
     // A refused all-or-nothing batch: the items the answer names fail, the rest go again in one
@@ -180,6 +197,8 @@ private:
     std::shared_ptr<route_load> load_;     // shared with the route's other shards
     std::size_t published_waiting_ = 0;    // this batcher's part of load_->waiting and the gauge
     std::size_t published_for_slot_ = 0;   // its part of the waiting_for_slot gauge
+    std::size_t published_partitions_ = 0; // shadow: its part of the open partitions gauge
+    batcher_mode mode_;
 };
 
 }  // namespace batchgate::coalescer

@@ -267,6 +267,10 @@ struct coalesce_settings {
     batch_error_policy on_batch_error = batch_error_policy::fail_all;  // on_batch_error: fail_all
     failed_items_settings failed_items;                               // failed_items: none (bisection)
     retry_settings retry;                                             // retry: see retry_settings
+    // shadow: true: every caller is served as a passthrough route would serve it (its own
+    // request to the route's upstream); the batching runs beside it on the same arrivals and
+    // only records, in metrics of its own, what it would have sent.
+    bool shadow = false;
 };
 
 // fan_out.request: the single-item upstream call made once per item. Every string may hold

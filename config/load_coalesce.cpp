@@ -652,7 +652,7 @@ void load_coalesce(context& ctx, const field& f, coalesce_settings& out, const r
                  {"key", "on_missing_key", "partition", "same_key", "ordered", "max_batch_items", "max_batch_bytes",
                   "max_wait", "flush", "min_wait", "max_concurrent_batches", "max_waiting", "request", "response",
                   "on_batch_error",
-                  "failed_items", "retry"});
+                  "failed_items", "retry", "shadow"});
     if (!m.ok()) return;
     if (auto* x = m.required("key")) load_key(ctx, *x, out.key, shape);
     if (auto* x = m.get("on_missing_key"))
@@ -715,6 +715,8 @@ void load_coalesce(context& ctx, const field& f, coalesce_settings& out, const r
                     "failed_items is only used with on_batch_error: isolate (it names the items to take out of a refused batch)");
     }
     if (auto* x = m.get("retry")) load_retry(ctx, *x, out.retry);
+    if (auto* x = m.get("shadow"))
+        if (auto v = read_bool(ctx, *x)) out.shadow = *v;
     // Query encodings put every key in the request line, which most servers cap at 8 KiB:
     // bound it unless the route sets its own limit.
     if (request && out.max_batch_bytes == 0 && out.request.encoding != batch_encoding::json_body)

@@ -53,7 +53,8 @@ struct exchange {
         done(error_response(e, message, route->name, req.version()), {});
     }
 
-    void passthrough() {
+    // shadow: the route's shadow batching, told how long the single call took.
+    void passthrough(std::shared_ptr<coalescer::route_load> shadow = nullptr) {
         auto pool_it = rt->upstreams.find(route->upstream);
         if (pool_it == rt->upstreams.end()) return fail(gateway_error::internal, "route names an unknown upstream");
         const bool head = req.method() == http::verb::head;
@@ -70,8 +71,10 @@ struct exchange {
         // route lives in rt's config, which the handler keeps alive: no strings built per request.
         pool_it->second->async_send(
             std::move(up), timeout,
-            [um, head, version, rt = rt, route = route, done = std::move(done)](upstream_result r) {
+            [um, head, version, rt = rt, route = route, done = std::move(done),
+             shadow = std::move(shadow)](upstream_result r) {
                 const std::string& route_name = route->name;
+                if (shadow && r.failure == upstream_failure::none) shadow->observe_single_call(r.elapsed);
                 auto where = [route] { return "upstream '" + route->upstream + "'"; };
                 um->duration->Observe(std::chrono::duration<double>(r.elapsed).count());
                 dispatch_info info;
@@ -97,6 +100,14 @@ struct exchange {
 
     void coalesce(std::string_view path, std::string_view query, routes::param_list params) {
         const auto& settings = route->coalesce;
+        // Shadow: the caller is served by its own single call whatever the batching makes of
+        // it; a caller batching would refuse is only counted.
+        const metrics::route_metrics* shadow = rt->handles_for(*route).shadow_metrics;
+        auto refuse = [&](gateway_error e, const std::string& message, metrics::shadow_outcome o) {
+            if (!shadow) return fail(e, message);
+            shadow->count(o);
+            passthrough(shadow_load());
+        };
         coalescer::caller_request caller;
         caller.method = req.method_string();
         caller.path = path;
@@ -124,13 +135,14 @@ struct exchange {
             } else if (settings.key.generate == config::key_generation::when_missing) {
                 key = coalescer::generate_correlation_id();
             } else if (settings.on_missing_key == config::missing_key_action::passthrough) {
-                return passthrough();
+                if (shadow) shadow->count(metrics::shadow_outcome::no_key);
+                return passthrough(shadow_load());
             } else {
-                return fail(gateway_error::bad_request, k.error);
+                return refuse(gateway_error::bad_request, k.error, metrics::shadow_outcome::no_key);
             }
         }
         coalescer::item_build item = coalescer::build_item(settings, caller, key);
-        if (!item.item) return fail(gateway_error::bad_request, item.error);
+        if (!item.item) return refuse(gateway_error::bad_request, item.error, metrics::shadow_outcome::bad_item);
         coalescer::submission s;
         s.part = coalescer::make_partition(route->name, settings, caller);
         // The shard that owns this partition gathers its callers from every thread.
@@ -144,9 +156,11 @@ struct exchange {
             // upstream in a call the route's own limit forbids.
             s.part.overhead = partition_overhead(*rt, settings, s.part);
             if (s.part.overhead + s.cost > settings.max_batch_bytes)
-                return fail(gateway_error::payload_too_large,
-                            "a batch call with only this item takes " + std::to_string(s.part.overhead + s.cost) +
-                                " bytes, more than coalesce.max_batch_bytes (" + std::to_string(settings.max_batch_bytes) + ")");
+                return refuse(gateway_error::payload_too_large,
+                              "a batch call with only this item takes " + std::to_string(s.part.overhead + s.cost) +
+                                  " bytes, more than coalesce.max_batch_bytes (" +
+                                  std::to_string(settings.max_batch_bytes) + ")",
+                              metrics::shadow_outcome::too_large);
         }
         s.caller_values = coalescer::caller_values(settings, caller);
         s.key = std::move(key);
@@ -155,6 +169,19 @@ struct exchange {
         s.traceparent = ctx.traceparent;
         s.deadline = ctx.deadline;
         s.gone = ctx.gone;
+        if (shadow) {
+            // What the batching does with this caller only counts; the caller's answer is its
+            // single call's (its request goes upstream after the submission took what it needs).
+            s.done = [shadow](coalescer::reply r) {
+                using metrics::shadow_outcome;
+                shadow->count(r.status == 200   ? shadow_outcome::batched
+                              : r.status == 499 ? shadow_outcome::left
+                              : r.status == 503 ? shadow_outcome::overloaded
+                                                : shadow_outcome::timeout);
+            };
+            batcher->submit(std::move(s));
+            return passthrough(batcher->load());
+        }
         s.done = [version = req.version(), done = std::move(done)](coalescer::reply r) {
             response_t res{static_cast<http::status>(r.status), version};
             if (r.status != 204 && r.status != 304) {
@@ -170,6 +197,12 @@ struct exchange {
             done(std::move(res), dispatch_info{std::move(r.batch_id), r.batch_size, r.upstream_status, r.upstream_elapsed});
         };
         batcher->submit(std::move(s));
+    }
+
+    // A shadow route's shared load (any shard's batcher has it).
+    std::shared_ptr<coalescer::route_load> shadow_load() const {
+        auto* b = rt->batcher_for(route->name, {});
+        return b ? b->load() : nullptr;
     }
 };
 

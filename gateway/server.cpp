@@ -108,18 +108,28 @@ struct server::impl {
             h.metrics = &metrics.route(r.name);  // every route shows in /metrics from the start
             if (!r.upstream.empty()) h.upstream_metrics = &metrics.upstream(r.upstream, r.name);
             if (r.mode != config::route_mode::coalesce) continue;
-            auto slots = r.coalesce.max_concurrent_batches
-                             ? std::make_shared<coalescer::batch_slots>(
-                                   coalescer::limit_settings::fixed(r.coalesce.max_concurrent_batches),
-                                   &metrics.limiter(r.upstream, r.name))
-                             : shared_slots.at(r.upstream);
+            const bool shadow = r.coalesce.shadow;
+            if (shadow) h.shadow_metrics = &metrics.shadow_route(r.name);
+            std::shared_ptr<coalescer::batch_slots> slots;
+            if (r.coalesce.max_concurrent_batches)
+                slots = std::make_shared<coalescer::batch_slots>(
+                    coalescer::limit_settings::fixed(r.coalesce.max_concurrent_batches),
+                    shadow ? nullptr : &metrics.limiter(r.upstream, r.name));
+            else if (shadow) {
+                // A limit like the upstream's, of its own: the calls it would make take no slot
+                // from the live routes, and no gauge shows it.
+                const auto& c = rt->config->find_upstream(r.upstream)->concurrency;
+                slots = std::make_shared<coalescer::batch_slots>(
+                    coalescer::limit_settings{.initial = c.initial, .min = c.min, .max = c.max}, nullptr);
+            } else
+                slots = shared_slots.at(r.upstream);
             // One batcher per shard; they share the route's slots and its count of waiting callers.
             auto load = std::make_shared<coalescer::route_load>();
             auto& per_shard = rt->batchers[r.name];
             for (auto& s : shards)
-                per_shard.push_back(std::make_shared<coalescer::batcher>(s->ioc.get_executor(), rt->config, r,
-                                                                         rt->upstreams.at(r.upstream), slots,
-                                                                         metrics, load));
+                per_shard.push_back(std::make_shared<coalescer::batcher>(
+                    s->ioc.get_executor(), rt->config, r, rt->upstreams.at(r.upstream), slots, metrics, load,
+                    shadow ? coalescer::batcher_mode::shadow : coalescer::batcher_mode::live));
         }
         return rt;
     }

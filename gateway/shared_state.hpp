@@ -30,6 +30,7 @@ namespace batchgate::gateway {
 struct route_handles {
     metrics::route_metrics* metrics = nullptr;
     metrics::upstream_route_metrics* upstream_metrics = nullptr;  // null when the route has no upstream
+    metrics::route_metrics* shadow_metrics = nullptr;  // coalesce.shadow: what its batching would do
 };
 
 struct runtime {

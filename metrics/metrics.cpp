@@ -23,6 +23,18 @@ const prometheus::Histogram::BucketBoundaries& size_buckets() {
     return b;
 }
 
+// A route's batch_flushes children, one per reason.
+void add_flushes(prometheus::Family<prometheus::Counter>& family, route_metrics& m) {
+    auto add = [&](const char* reason) { return &family.Add({{"route", m.name}, {"reason", reason}}); };
+    m.flush_size = add("size");
+    m.flush_bytes = add("bytes");
+    m.flush_timer = add("timer");
+    m.flush_shutdown = add("shutdown");
+    m.flush_released = add("released");
+    m.flush_idle = add("idle");
+    m.flush_returned = add("returned");
+}
+
 }  // namespace
 
 status_counters::status_counters(prometheus::Family<prometheus::Counter>& family,
@@ -191,7 +203,48 @@ registry::registry()
       fanout_outcomes_(prometheus::BuildCounter()
                            .Name("batchgate_fanout_item_outcomes_total")
                            .Help("Fanned-out items by route and outcome (success, error, timeout, skipped)")
-                           .Register(*registry_)) {
+                           .Register(*registry_)),
+      shadow_batch_size_(prometheus::BuildHistogram()
+                             .Name("batchgate_shadow_batch_size")
+                             .Help("Shadow routes: distinct items per batch call the route would have sent")
+                             .Register(*registry_)),
+      shadow_batch_wait_(prometheus::BuildHistogram()
+                             .Name("batchgate_shadow_batch_wait_seconds")
+                             .Help("Shadow routes: time a caller would have waited in the window before its batch was flushed")
+                             .Register(*registry_)),
+      shadow_flushes_(prometheus::BuildCounter()
+                          .Name("batchgate_shadow_batch_flushes_total")
+                          .Help("Shadow routes: batch calls the route would have sent, by why their batch closed")
+                          .Register(*registry_)),
+      shadow_calls_saved_(prometheus::BuildCounter()
+                              .Name("batchgate_shadow_upstream_calls_saved_total")
+                              .Help("Shadow routes: upstream calls batching would have saved (callers minus batch calls)")
+                              .Register(*registry_)),
+      shadow_callers_(prometheus::BuildCounter()
+                          .Name("batchgate_shadow_callers_total")
+                          .Help("Shadow routes: callers served by a single call, by what batching would have done with them "
+                                "(batched; timeout, overloaded, left: answered 504, 503, 499; no_key, bad_item, too_large: "
+                                "refused 400 or 413)")
+                          .Register(*registry_)),
+      shadow_deduplicated_(prometheus::BuildCounter()
+                               .Name("batchgate_shadow_deduplicated_keys_total")
+                               .Help("Shadow routes: callers that would have joined an identical key already waiting")
+                               .Register(*registry_)),
+      shadow_merged_(prometheus::BuildCounter()
+                         .Name("batchgate_shadow_merged_writes_total")
+                         .Help("Shadow routes: writes that would have been merged into an item already waiting")
+                         .Register(*registry_)),
+      shadow_waiting_(prometheus::BuildGauge()
+                          .Name("batchgate_shadow_waiting_callers")
+                          .Help("Shadow routes: callers the batching holds now (their single calls run meanwhile)")
+                          .Register(*registry_)),
+      shadow_partitions_(prometheus::BuildGauge()
+                             .Name("batchgate_shadow_open_partitions")
+                             .Help("Shadow routes: partitions with a batch open now")
+                             .Register(*registry_)),
+      unexported_(std::make_shared<prometheus::Registry>()),
+      unexported_counters_(prometheus::BuildCounter().Name("unexported_total").Register(*unexported_)),
+      unexported_gauges_(prometheus::BuildGauge().Name("unexported").Register(*unexported_)) {
     prometheus::BuildGauge()
         .Name("batchgate_build_info")
         .Help("Build information")
@@ -215,13 +268,7 @@ route_metrics& registry::route(const std::string& name) {
         m->request_duration = &request_duration_.Add(labels, latency_buckets());
         m->batch_size = &batch_size_.Add(labels, size_buckets());
         m->batch_wait = &batch_wait_.Add(labels, wait_buckets());
-        m->flush_size = &flushes_.Add({{"route", name}, {"reason", "size"}});
-        m->flush_bytes = &flushes_.Add({{"route", name}, {"reason", "bytes"}});
-        m->flush_timer = &flushes_.Add({{"route", name}, {"reason", "timer"}});
-        m->flush_shutdown = &flushes_.Add({{"route", name}, {"reason", "shutdown"}});
-        m->flush_released = &flushes_.Add({{"route", name}, {"reason", "released"}});
-        m->flush_idle = &flushes_.Add({{"route", name}, {"reason", "idle"}});
-        m->flush_returned = &flushes_.Add({{"route", name}, {"reason", "returned"}});
+        add_flushes(flushes_, *m);
         m->deduplicated = &deduplicated_.Add(labels);
         m->calls_saved = &calls_saved_.Add(labels);
         m->rejected = &rejected_.Add(labels);
@@ -236,6 +283,35 @@ route_metrics& registry::route(const std::string& name) {
         m->retries = &retries_.Add(labels);
         m->waiting = &waiting_.Add(labels);
         m->waiting_for_slot = &waiting_for_slot_.Add(labels);
+        slot = std::move(m);
+    }
+    return *slot;
+}
+
+route_metrics& registry::shadow_route(const std::string& name) {
+    std::lock_guard lock(mutex_);
+    auto& slot = shadow_routes_[name];
+    if (!slot) {
+        auto m = std::make_unique<route_metrics>();
+        const std::map<std::string, std::string> labels{{"route", name}};
+        m->name = name;
+        m->batch_size = &shadow_batch_size_.Add(labels, size_buckets());
+        m->batch_wait = &shadow_batch_wait_.Add(labels, wait_buckets());
+        add_flushes(shadow_flushes_, *m);
+        m->deduplicated = &shadow_deduplicated_.Add(labels);
+        m->calls_saved = &shadow_calls_saved_.Add(labels);
+        m->merged = &shadow_merged_.Add(labels);
+        m->waiting = &shadow_waiting_.Add(labels);
+        m->partitions = &shadow_partitions_.Add(labels);
+        for (std::size_t i = 0; i < shadow_outcome_names.size(); ++i)
+            m->shadow_callers[i] = &shadow_callers_.Add({{"route", name}, {"outcome", shadow_outcome_names[i]}});
+        // Counted by the shadow_callers outcomes instead, or never by a shadow batcher.
+        const std::map<std::string, std::string> hidden{{"route", name}};
+        m->rejected = &unexported_counters_.Add(hidden);
+        m->callers_left = &unexported_counters_.Add(hidden);
+        m->isolations = &unexported_counters_.Add(hidden);
+        m->retries = &unexported_counters_.Add(hidden);
+        m->waiting_for_slot = &unexported_gauges_.Add(hidden);
         slot = std::move(m);
     }
     return *slot;

@@ -35,6 +35,11 @@ private:
     std::mutex mutex_;
 };
 
+// Shadow mode (coalesce.shadow): what the batching would have done with a caller it saw.
+enum class shadow_outcome { batched, timeout, overloaded, left, no_key, bad_item, too_large };
+inline constexpr std::array<const char*, 7> shadow_outcome_names{"batched",  "timeout",  "overloaded", "left",
+                                                                 "no_key",   "bad_item", "too_large"};
+
 struct route_metrics {
     std::string name;
     std::unique_ptr<status_counters> requests;
@@ -64,6 +69,11 @@ struct route_metrics {
     prometheus::Counter* upgrades = nullptr;
     prometheus::Gauge* waiting = nullptr;
     prometheus::Gauge* waiting_for_slot = nullptr;  // callers whose batch is due and waits for a slot
+    // A shadow route's (registry::shadow_route) only: partitions with an open batch, and every
+    // caller the shadow saw, by what its batching would have done with it.
+    prometheus::Gauge* partitions = nullptr;
+    std::array<prometheus::Counter*, shadow_outcome_names.size()> shadow_callers{};
+    void count(shadow_outcome o) const { shadow_callers[static_cast<std::size_t>(o)]->Increment(); }
 };
 
 struct upstream_route_metrics {
@@ -96,6 +106,10 @@ public:
 
     // Stable references: created on first request for a name, then reused (also across reloads).
     route_metrics& route(const std::string& name);
+    // A shadow route's batching (coalesce.shadow): the batcher's metrics in families of their
+    // own (batchgate_shadow_*); what a shadow batcher never does (retries, isolations) goes to
+    // children nobody exports.
+    route_metrics& shadow_route(const std::string& name);
     upstream_route_metrics& upstream(const std::string& upstream, const std::string& route);
     fanout_metrics& fanout(const std::string& route);
     // route "*": the upstream's shared limit.
@@ -157,8 +171,23 @@ private:
     prometheus::Family<prometheus::Histogram>& fanout_items_;
     prometheus::Family<prometheus::Counter>& fanout_outcomes_;
 
+    prometheus::Family<prometheus::Histogram>& shadow_batch_size_;
+    prometheus::Family<prometheus::Histogram>& shadow_batch_wait_;
+    prometheus::Family<prometheus::Counter>& shadow_flushes_;
+    prometheus::Family<prometheus::Counter>& shadow_calls_saved_;
+    prometheus::Family<prometheus::Counter>& shadow_callers_;
+    prometheus::Family<prometheus::Counter>& shadow_deduplicated_;
+    prometheus::Family<prometheus::Counter>& shadow_merged_;
+    prometheus::Family<prometheus::Gauge>& shadow_waiting_;
+    prometheus::Family<prometheus::Gauge>& shadow_partitions_;
+    // Families of a registry nobody serializes: what a shadow batcher never counts.
+    std::shared_ptr<prometheus::Registry> unexported_;
+    prometheus::Family<prometheus::Counter>& unexported_counters_;
+    prometheus::Family<prometheus::Gauge>& unexported_gauges_;
+
     std::mutex mutex_;
     std::map<std::string, std::unique_ptr<route_metrics>> routes_;
+    std::map<std::string, std::unique_ptr<route_metrics>> shadow_routes_;
     std::map<std::pair<std::string, std::string>, std::unique_ptr<upstream_route_metrics>> upstreams_;
     std::map<std::pair<std::string, std::string>, std::unique_ptr<limiter_metrics>> limiters_;
     std::map<std::string, std::unique_ptr<fanout_metrics>> fanouts_;

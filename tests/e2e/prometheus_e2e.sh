@@ -74,6 +74,16 @@ routes:
       max_wait: 20ms
       request: {method: GET, path: /users, encoding: query_list, query_param: ids}
       response: {items: "", key: /id}
+  - name: echo-shadow
+    match: {method: GET, path: "/echo/{id}"}
+    upstream: demo
+    mode: coalesce
+    coalesce:
+      shadow: true
+      key: {path: id}
+      max_wait: 20ms
+      request: {method: GET, path: /echo, encoding: query_list, query_param: ids}
+      response: {items: "", key: /id}
   - name: passthrough
     match: {prefix: /}
     upstream: demo
@@ -110,6 +120,17 @@ total=$(wc -l <"$tmp/codes"); good=$(grep -c '^200$' "$tmp/codes" || true)
 ((total == 150 && good == 150)) || fail "expected 150 answers with 200, got $good of $total: $(sort "$tmp/codes" | uniq -c | tr '\n' ' ')"
 ok "150 concurrent calls to /users/N answered 200"
 
+# A shadow route: 20 concurrent calls, each served by its own call; its shadow_* series must lint too.
+curls=()
+for i in $(seq 1 20); do
+  curl -s -o /dev/null -w '%{http_code}\n' --max-time 10 "http://127.0.0.1:$gw_port/echo/$i" >>"$tmp/shadow_codes" &
+  curls+=($!)
+done
+wait "${curls[@]}" || true
+good=$(grep -c '^200$' "$tmp/shadow_codes" || true)
+((good == 20)) || fail "shadow route: expected 20 answers with 200, got $good"
+sleep 0.1  # the shadow's last batch closes 20 ms after its first caller
+
 metric() {  # FILE NAME{LABELS}: the sample's value, or empty
   awk -v m="$2" '$1 == m {print $2}' "$1"
 }
@@ -121,6 +142,9 @@ saved=$(metric "$tmp/metrics.txt" 'batchgate_upstream_calls_saved_total{route="u
 "$py" -c "import sys; b, s = float('$batches'), float('$saved'); sys.exit(0 if 0 < b < 150 and s > 0 else 1)" ||
   fail "no coalescing: $batches batches for 150 calls, $saved calls saved"
 ok "coalesced: 150 calls -> $batches batch calls ($items items), $saved upstream calls saved"
+shadow_items=$(metric "$tmp/metrics.txt" 'batchgate_shadow_batch_size_sum{route="echo-shadow"}')
+[[ $shadow_items == 20 ]] || fail "shadow route: batchgate_shadow_batch_size_sum is '$shadow_items', not 20"
+ok "shadow route: 20 calls served singly, all 20 counted in would-be batches"
 
 # promtool must not have anything to say (errors or lint warnings).
 lint_rc=0

@@ -1475,3 +1475,15 @@ TEST_F(ListenTlsFiles, AKeyOfAnotherCertificateIsAnErrorAtTheKey) {
     EXPECT_TRUE(has_error(errs, "t.yaml", 4, 8, "listen_tls.key", "does not match the first certificate"));
     EXPECT_NO_THROW(load_string(yaml(batchgate::testing::write_temp("chain.pem", pem.cert + other.cert), key), "t.yaml"));
 }
+
+TEST(ConfigWrites, ShadowIsOffUnlessTheRouteSaysSo) {
+    auto route = [](const std::string& extra) {
+        return upstream_api + "routes:\n  - name: r\n    match: {method: GET, path: /u}\n    upstream: api\n"
+                              "    mode: coalesce\n    coalesce:\n      key: {query: id}\n" + extra + valid_request_response;
+    };
+    EXPECT_FALSE(load_string(route(""), "t.yaml").routes[0].coalesce.shadow);
+    EXPECT_TRUE(load_string(route("      shadow: true\n"), "t.yaml").routes[0].coalesce.shadow);
+    const auto errs = errors_of(route("      shadow: sometimes\n"));
+    ASSERT_EQ(errs.size(), 1u) << dump(errs);
+    EXPECT_NE(errs[0].find("routes[0].coalesce.shadow"), std::string::npos) << errs[0];
+}
