@@ -22,6 +22,7 @@
 #include "coalescer/batcher.hpp"
 #include "gateway/dispatcher.hpp"
 #include "gateway/request_head.hpp"
+#include "gateway/status.hpp"
 #include "gateway/stream_exchange.hpp"
 #include "net/deadline_sweep.hpp"
 #include "net/hop_by_hop.hpp"
@@ -360,15 +361,24 @@ private:
             res.set(http::field::allow, "GET, HEAD");
             return send(std::move(res));
         }
-        if (path == "/metrics")
+        if (path == "/metrics") {
+            refresh_pool_gauges(state_->metrics, *state_->current());
             return respond_text(200, state_->metrics.serialize(), "text/plain; version=0.0.4; charset=utf-8");
+        }
+        if (path == "/status.json") {
+            const auto rt = state_->current();
+            refresh_pool_gauges(state_->metrics, *rt);
+            return respond_text(200, status_json(*state_, *rt), json_type);
+        }
+        if (path == "/status" || path == "/") return respond_text(200, std::string(status_page()), "text/html; charset=utf-8");
         if (path == "/healthz") return respond_text(200, R"({"status":"ok"})", json_type);
         if (path == "/readyz") {
             if (state_->ready.load() && !state_->draining.load()) return respond_text(200, R"({"status":"ready"})", json_type);
             return respond_text(503, state_->draining.load() ? R"({"status":"draining"})" : R"({"status":"starting"})",
                                 json_type);
         }
-        send(error_response(gateway_error::not_found, "admin endpoints are /metrics, /healthz and /readyz", "",
+        send(error_response(gateway_error::not_found,
+                            "admin endpoints are /status (a page), /status.json, /metrics, /healthz and /readyz", "",
                             req().version()));
     }
 

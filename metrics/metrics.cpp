@@ -204,6 +204,10 @@ registry::registry()
                            .Name("batchgate_fanout_item_outcomes_total")
                            .Help("Fanned-out items by route and outcome (success, error, timeout, skipped)")
                            .Register(*registry_)),
+      upstream_connections_(prometheus::BuildGauge()
+                                .Name("batchgate_upstream_connections")
+                                .Help("Upstream connections by upstream and state (in_use: lent out or connecting; idle: kept alive), and calls queued for one (state=queued)")
+                                .Register(*registry_)),
       shadow_batch_size_(prometheus::BuildHistogram()
                              .Name("batchgate_shadow_batch_size")
                              .Help("Shadow routes: distinct items per batch call the route would have sent")

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
@@ -128,8 +129,16 @@ public:
         return reason == "max_connections" ? *refused_limit_ : *refused_accept_;
     }
 
+    // An upstream pool's connections by state ("in_use", "idle") and its calls queued for one
+    // ("queued"): set from the pool just before /metrics or /status.json is served.
+    prometheus::Gauge& upstream_connections(const std::string& upstream, const char* state) {
+        return upstream_connections_.Add({{"upstream", upstream}, {"state", state}});
+    }
+
     // Prometheus text exposition of everything.
     std::string serialize() const;
+    // Everything, as the families /metrics serializes (the status page reads them).
+    std::vector<prometheus::MetricFamily> collect() const { return registry_->Collect(); }
 
 private:
     std::shared_ptr<prometheus::Registry> registry_;
@@ -171,6 +180,7 @@ private:
     prometheus::Family<prometheus::Histogram>& fanout_items_;
     prometheus::Family<prometheus::Counter>& fanout_outcomes_;
 
+    prometheus::Family<prometheus::Gauge>& upstream_connections_;
     prometheus::Family<prometheus::Histogram>& shadow_batch_size_;
     prometheus::Family<prometheus::Histogram>& shadow_batch_wait_;
     prometheus::Family<prometheus::Counter>& shadow_flushes_;

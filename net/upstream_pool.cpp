@@ -486,6 +486,13 @@ void upstream_pool::release(std::unique_ptr<connection> conn) {
     next->use(std::move(conn));
 }
 
+upstream_pool::usage upstream_pool::current_usage() {
+    std::lock_guard lock(mutex_);
+    usage u{active_, 0, waiting_.size()};
+    for (const auto& idle : idle_) u.idle += idle.size();
+    return u;
+}
+
 bool upstream_pool::forget(const call* c) {
     std::lock_guard lock(mutex_);
     for (auto it = waiting_.begin(); it != waiting_.end(); ++it) {

@@ -130,6 +130,14 @@ public:
 
     const config::upstream_settings& settings() const { return settings_; }
 
+    // What the pool holds now (the status page and /metrics read it; takes the pool's lock).
+    struct usage {
+        std::size_t in_use = 0;  // lent out or being connected
+        std::size_t idle = 0;    // kept alive for the next call
+        std::size_t queued = 0;  // calls waiting for a connection (max_connections reached)
+    };
+    usage current_usage();
+
 private:
     class call;
     friend class call;

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # clang, its libFuzzer/sanitizer runtimes (libclang-rt-14-dev) and llvm-symbolizer (llvm-14): fuzz targets.
-bash scripts/install-deps.sh prometheus python3-yaml clang libclang-rt-14-dev llvm-14
+# chromium: the status page's browser test.
+bash scripts/install-deps.sh prometheus python3-yaml clang libclang-rt-14-dev llvm-14 chromium
 BUILD_DIR=${BUILD_DIR:-build/test}
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=${BUILD_TYPE:-RelWithDebInfo} ${CMAKE_ARGS:-} >/dev/null
 ninja -C "$BUILD_DIR"

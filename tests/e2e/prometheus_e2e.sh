@@ -9,48 +9,13 @@ set -euo pipefail
 gw_bin=${1:?usage: $0 BATCHGATE MOCK_UPSTREAM SOURCE_DIR}
 mock_bin=${2:?usage: $0 BATCHGATE MOCK_UPSTREAM SOURCE_DIR}
 src=$(cd "${3:?usage: $0 BATCHGATE MOCK_UPSTREAM SOURCE_DIR}" && pwd)
-py=/usr/bin/python3; [[ -x $py ]] || py=python3
 for tool in prometheus promtool curl; do
   command -v "$tool" >/dev/null || { echo "FAIL $tool not found (apt-get install prometheus curl)"; exit 1; }
 done
 
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  local rc=$?
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do
-    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$p" 2>/dev/null || true
-  done
-  if ((rc != 0)); then
-    for f in mock.log gateway.log prometheus.log; do
-      [[ -s $tmp/$f ]] && { echo "--- last lines of $f"; tail -n 20 "$tmp/$f"; }
-    done
-  fi
-  rm -rf "$tmp"
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-fail() { echo "FAIL $*"; exit 1; }
-ok() { echo "ok   $*"; }
-
-# Four free ports on 127.0.0.1 (a tiny race with other processes is accepted).
-read -r up_port gw_port admin_port prom_port < <("$py" -c '
-import socket
-socks = [socket.socket() for _ in range(4)]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in socks])
-for s in socks: s.close()')
-
-wait_http() {  # URL SECONDS: until URL answers 2xx
-  local end=$((SECONDS + $2))
-  until curl -fs -o /dev/null --max-time 1 "$1"; do
-    ((SECONDS < end)) || return 1
-    sleep 0.1
-  done
-}
+. "$(dirname "$0")/e2e_lib.sh"
+logs=(mock.log gateway.log prometheus.log)
+read -r up_port gw_port admin_port prom_port < <(free_ports 4)
 
 "$mock_bin" --address 127.0.0.1 --port "$up_port" --threads 1 --latency 2ms >"$tmp/mock.log" 2>&1 &
 pids+=($!)

@@ -177,3 +177,33 @@ TEST(Shadow, AReloadTurnsTheRouteLive) {
     // The shadow's counts stay (with the callers that polled for the reload while it was on).
     EXPECT_GE(gw.metric("batchgate_shadow_batch_size_sum{route=\"users\"}"), 5);
 }
+
+// The admin listener's status view: the page is HTML with nothing from outside, and
+// status.json says what the route is and what its shadow counted, as /metrics does.
+TEST(Shadow, StatusJsonShowsTheShadowRoute) {
+    mock_upstream up;
+    running_gateway gw(config_for(up.port(), run{.shadow = "true", .wait = "20ms"}));
+    call_users(gw, 6, false);
+    ASSERT_EQ(gw.metric_reaching("batchgate_shadow_batch_size_sum{route=\"users\"}", 6), 6);
+    auto page = get(gw.admin_port(), "/status");
+    ASSERT_EQ(page.status, 200);
+    EXPECT_EQ(page.header("content-type"), "text/html; charset=utf-8");
+    EXPECT_NE(page.body.find("status.json"), std::string::npos);
+    EXPECT_EQ(page.body.find("http://"), std::string::npos) << "no outside assets";
+    EXPECT_EQ(page.body.find("https://"), std::string::npos) << "no outside assets";
+    EXPECT_EQ(get(gw.admin_port(), "/").body, page.body);
+    auto s = get(gw.admin_port(), "/status.json").json();
+    ASSERT_EQ(s["routes"].size(), 1u);
+    const auto& r = s["routes"][0];
+    EXPECT_EQ(r["name"], "users");
+    EXPECT_EQ(r["mode"], "shadow");
+    EXPECT_EQ(r["requests"]["total"], 6);
+    EXPECT_EQ(r["requests"]["by_status"]["200"], 6);
+    EXPECT_EQ(r["batching"]["batch_size"]["sum"], 6);
+    EXPECT_EQ(r["batching"]["batch_size"]["count"], gw.metric("batchgate_shadow_batch_size_count{route=\"users\"}"));
+    EXPECT_EQ(r["batching"]["callers"]["batched"], 6);
+    ASSERT_EQ(s["upstreams"].size(), 1u);
+    EXPECT_EQ(s["upstreams"][0]["requests"]["total"], 6) << "six single calls";
+    EXPECT_EQ(s["upstreams"][0]["connections"]["in_use"], 0);
+    EXPECT_GE(s["upstreams"][0]["connections"]["idle"], 1);
+}
