@@ -2,6 +2,7 @@
 --
 -- BENCH_RANDOM_IDS=N  each request is GET /users/<random id in 1..N>; unset = wrk's static
 --                     request (the URL given on the command line).
+-- BENCH_PARTITIONS=K  with BENCH_RANDOM_IDS: a random one of K Authorization tokens per request.
 -- The done hook prints one machine-readable line that run.sh parses:
 --   WRK_RESULT rps=.. p50_us=.. p99_us=.. requests=.. non2xx=.. sockerr=.. timeouts=..
 -- (wrk's "status" error counter is every response with a status >= 400.)
@@ -22,8 +23,15 @@ if max_id then
     math.randomseed(os.time() + math.floor(os.clock() * 1e6) + 7919 * (thread_index or 0))
   end
 
+  -- BENCH_PARTITIONS=K: each request also carries "Authorization: Bearer t<random 1..K>" (K
+  -- callers' credentials, so K partitions; bench/scaleout.sh).
+  local partitions = tonumber(os.getenv("BENCH_PARTITIONS") or "")
   function request()
-    return wrk.format("GET", "/users/" .. math.random(1, max_id))
+    local path = "/users/" .. math.random(1, max_id)
+    if partitions then
+      return wrk.format("GET", path, {["Authorization"] = "Bearer t" .. math.random(1, partitions)})
+    end
+    return wrk.format("GET", path)
   end
 end
 

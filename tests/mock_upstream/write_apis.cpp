@@ -200,6 +200,9 @@ std::string_view write_apis::endpoint_name(std::string_view path) {
   if (is(s, {"api", "v1", "workspaces", "*", "documents"}) || is(s, {"api", "v1", "workspaces", "*", "documents", "*"}))
     return "documents_single";
   if (is(s, {"api", "v1", "org", "*", "goals", "batch-save"})) return "goals_batch";
+  // A's read endpoints (counted for bench/scaleout.sh; "list", not "_batch": no write API's rules).
+  if (is(s, {"users"})) return "users_list";
+  if (is(s, {"users", "*"})) return "users_single";
   if (is(s, {"api", "v1", "org", "*", "goals"}) || is(s, {"api", "v1", "org", "*", "goals", "*"})) return "goals_single";
   return "other";
 }

@@ -41,7 +41,7 @@ class write_apis {
   static bool is_batch_path(std::string_view path);
   /// Which C–F endpoint a path (no query) belongs to: "abilities_batch", "abilities_single",
   /// "progress_batch", "progress_single", "documents_batch", "documents_single", "goals_batch",
-  /// "goals_single"; "other" for any other path.
+  /// "goals_single", "users_list" (GET /users?ids=...), "users_single"; "other" for any other path.
   static std::string_view endpoint_name(std::string_view path);
 
   /// The answer for a C–F endpoint, or nullopt when `path` belongs to none of them.
