@@ -62,8 +62,9 @@ wait_http "http://127.0.0.1:$P_RR/users/1" haproxy || die "haproxy did not start
 
 # upstream_calls: "LIST SINGLE" calls the mock has received on GET /users?ids= and GET /users/{id}.
 upstream_calls() {
-    curl -s --max-time 5 "http://127.0.0.1:$P_MOCK/__soak/state" |
-        python3 -c 'import json, sys; c = json.load(sys.stdin)["calls"]; print(c.get("users_list", 0), c.get("users_single", 0))'
+    local state
+    state=$(curl -fs --max-time 5 "http://127.0.0.1:$P_MOCK/__soak/state") || die "the mock's state endpoint did not answer"
+    python3 -c 'import json, sys; c = json.loads(sys.argv[1])["calls"]; print(c.get("users_list", 0), c.get("users_single", 0))' "$state"
 }
 
 wrk_run() {  # wrk_run PORT OUTFILE
@@ -109,6 +110,7 @@ for balance in hash roundrobin; do
     r3_rc=$STOP_RC
     wait "$wrk_pid"
     row "$balance" "r3 stopped at $((DURATION / 2))s (exit $r3_rc)" "$TMP/$balance-stop.out" "$before" "$(upstream_calls)"
+    mv "$TMP/r3.log" "$TMP/r3-$balance-stopped.log"  # start_replica writes a new r3.log
     start_replica 3
     sleep 1.5  # HAProxy's checks take r3 back after rise 2 x inter 200ms
 done

@@ -28,7 +28,7 @@ if max_id then
   local partitions = tonumber(os.getenv("BENCH_PARTITIONS") or "")
   function request()
     local path = "/users/" .. math.random(1, max_id)
-    if partitions then
+    if partitions and partitions > 0 then
       return wrk.format("GET", path, {["Authorization"] = "Bearer t" .. math.random(1, partitions)})
     end
     return wrk.format("GET", path)

@@ -381,22 +381,23 @@ void batcher::send_shadow(pending p) {
     window_.call_started(p.b.partition_key);
     for (const auto& item : p.b.items)
         for (const auto& w : item.waiters) unsent_.erase(w.serial);
-    shadow_call(std::move(p), std::make_shared<net::steady_timer>(executor_));
+    shadow_call(std::move(p), std::make_shared<net::steady_timer>(executor_), std::chrono::milliseconds(1));
 }
 
 // The shadow call ends when the route's single calls, on average, would have answered it. Until
-// the first single call has answered there is no average: the call is checked again every
-// millisecond (a batch call takes at least about as long as a single call does), for at most
-// the upstream's request_timeout.
-void batcher::shadow_call(pending p, std::shared_ptr<net::steady_timer> timer) {
+// the first single call has ended there is no average: the call is checked again after 1, 2, 4
+// ... 64 ms (a batch call takes at least about as long as a single call does), for at most the
+// upstream's request_timeout.
+void batcher::shadow_call(pending p, std::shared_ptr<net::steady_timer> timer, std::chrono::milliseconds recheck) {
     const std::chrono::nanoseconds took(load_->single_call_ns.load(std::memory_order_relaxed));
     const auto give_up = p.sent + upstream_->settings().request_timeout;
     const bool known = took.count() > 0;
-    timer->expires_at(known ? p.sent + took : std::min(clock_type::now() + std::chrono::milliseconds(1), give_up));
-    timer->async_wait([self = shared_from_this(), timer, p = std::move(p), known, give_up](boost::system::error_code) mutable {
+    timer->expires_at(known ? p.sent + took : std::min(clock_type::now() + recheck, give_up));
+    timer->async_wait([self = shared_from_this(), timer, p = std::move(p), known, give_up,
+                       recheck](boost::system::error_code) mutable {
         // Not timed yet: timed by the average once there is one, else checked again until give_up.
         if (!known && (self->load_->single_call_ns.load(std::memory_order_relaxed) > 0 || clock_type::now() < give_up))
-            return self->shadow_call(std::move(p), std::move(timer));
+            return self->shadow_call(std::move(p), std::move(timer), std::min(recheck * 2, std::chrono::milliseconds(64)));
         reply done;
         done.status = 200;
         self->answer_all(p, done);

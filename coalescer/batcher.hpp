@@ -145,7 +145,7 @@ private:
     void count_flush(pending& p);
     void send(pending p);
     void send_shadow(pending p);  // batcher_mode::shadow: the call it would have made, timed
-    void shadow_call(pending p, std::shared_ptr<boost::asio::steady_timer> timer);
+    void shadow_call(pending p, std::shared_ptr<boost::asio::steady_timer> timer, std::chrono::milliseconds recheck);
     void on_answer(pending p, const std::string& batch_id, gateway::upstream_result r);
     bool try_retry(pending& p, const gateway::upstream_result& r);
     // A refused all-or-nothing batch: the items the answer names fail, the rest go again in one

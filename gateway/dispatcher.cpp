@@ -74,7 +74,9 @@ struct exchange {
             [um, head, version, rt = rt, route = route, done = std::move(done),
              shadow = std::move(shadow)](upstream_result r) {
                 const std::string& route_name = route->name;
-                if (shadow && r.failure == upstream_failure::none) shadow->observe_single_call(r.elapsed);
+                // Failed calls too: a batch call to an upstream that times out or refuses would
+                // take about as long.
+                if (shadow) shadow->observe_single_call(r.elapsed);
                 auto where = [route] { return "upstream '" + route->upstream + "'"; };
                 um->duration->Observe(std::chrono::duration<double>(r.elapsed).count());
                 dispatch_info info;
@@ -135,7 +137,8 @@ struct exchange {
             } else if (settings.key.generate == config::key_generation::when_missing) {
                 key = coalescer::generate_correlation_id();
             } else if (settings.on_missing_key == config::missing_key_action::passthrough) {
-                if (shadow) shadow->count(metrics::shadow_outcome::no_key);
+                if (!shadow) return passthrough();
+                shadow->count(metrics::shadow_outcome::passthrough);
                 return passthrough(shadow_load());
             } else {
                 return refuse(gateway_error::bad_request, k.error, metrics::shadow_outcome::no_key);
@@ -249,10 +252,17 @@ void dispatch_matched(const std::shared_ptr<shared_state>& state, const std::sha
     if (route->mode != config::route_mode::passthrough && !req.body().empty()) {
         // These modes parse the body; refuse absurd nesting before anything copies it.
         const std::size_t max_depth = rt->config->limits.max_json_depth;
-        if (routes::json_too_deep(req.body(), max_depth))
+        if (routes::json_too_deep(req.body(), max_depth)) {
+            if (const auto* shadow = rt->handles_for(*route).shadow_metrics) {
+                // A shadow route's caller is served whatever its batching would make of it.
+                shadow->count(metrics::shadow_outcome::bad_item);
+                auto ex = std::make_shared<exchange>(exchange{state, rt, route, std::move(req), std::move(ctx), std::move(done)});
+                return ex->passthrough(ex->shadow_load());
+            }
             return done(error_response(gateway_error::bad_request, "request body is " + routes::json_depth_message(max_depth),
                                        route->name, req.version()),
                         {});
+        }
     }
     if (route->mode == config::route_mode::fan_out)
         return fanout::serve_fan_out(engine_env_for(state, rt, *route), *route, std::move(req), std::move(ctx),

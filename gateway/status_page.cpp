@@ -103,17 +103,17 @@ function minus(cur, old) {
            buckets: cur.buckets.map(([le, n], i) => [le, n - (old.buckets[i] ? old.buckets[i][1] : 0)]) };
 }
 function statusMix(card, key, byStatus) {
-  const classes = { "2": 0, "3": 0, "4": 0, "5": 0, other: 0 };
+  const classes = { "1": 0, "2": 0, "3": 0, "4": 0, "5": 0, other: 0 };
   let total = 0;
   for (const [s, n] of Object.entries(byStatus)) {
-    const c = /^[2-5]/.test(s) ? s[0] : "other";
+    const c = /^[1-5]/.test(s) ? s[0] : "other";
     classes[c] += n; total += n;
   }
   const bar = el("div", "mix");
   const legend = el("div", "legend");
   for (const [c, n] of Object.entries(classes)) {
     if (!n) continue;
-    const cls = c === "other" ? "s5" : "s" + c;
+    const cls = c === "other" ? "s5" : c === "1" ? "s3" : "s" + c;
     const seg = el("i", cls); seg.style.width = (100 * n / total) + "%"; bar.append(seg);
     const item = el("span"); const sw = el("b", cls); item.append(sw);
     const label = c === "other" ? "no answer" : c + "xx";
@@ -223,7 +223,8 @@ function render(s) {
     " min · " + s.worker_threads + " threads · " + fmt(s.open_connections) + " client connections" +
     (s.draining ? " · DRAINING" : s.ready ? "" : " · not ready");
   const routes = document.getElementById("routes");
-  routes.replaceChildren(...s.routes.map((r) => routeCard(r, byName(prev && prev.routes, r.name), dt)));
+  const same = (r) => { const o = byName(prev && prev.routes, r.name); return o && o.mode === r.mode ? o : undefined; };
+  routes.replaceChildren(...s.routes.map((r) => routeCard(r, same(r), dt)));
   const ups = document.getElementById("upstreams");
   ups.replaceChildren(...s.upstreams.map((u) => upstreamCard(u, byName(prev && prev.upstreams, u.name), dt)));
 }

@@ -228,7 +228,7 @@ registry::registry()
                           .Name("batchgate_shadow_callers_total")
                           .Help("Shadow routes: callers served by a single call, by what batching would have done with them "
                                 "(batched; timeout, overloaded, left: answered 504, 503, 499; no_key, bad_item, too_large: "
-                                "refused 400 or 413)")
+                                "refused 400 or 413; passthrough: no key, sent on alone by on_missing_key)")
                           .Register(*registry_)),
       shadow_deduplicated_(prometheus::BuildCounter()
                                .Name("batchgate_shadow_deduplicated_keys_total")

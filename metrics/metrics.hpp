@@ -37,9 +37,10 @@ private:
 };
 
 // Shadow mode (coalesce.shadow): what the batching would have done with a caller it saw.
-enum class shadow_outcome { batched, timeout, overloaded, left, no_key, bad_item, too_large };
-inline constexpr std::array<const char*, 7> shadow_outcome_names{"batched",  "timeout",  "overloaded", "left",
-                                                                 "no_key",   "bad_item", "too_large"};
+// passthrough: no key, and the route's on_missing_key: passthrough would send it on alone.
+enum class shadow_outcome { batched, timeout, overloaded, left, no_key, bad_item, too_large, passthrough };
+inline constexpr std::array<const char*, 8> shadow_outcome_names{"batched", "timeout",  "overloaded", "left",
+                                                                 "no_key",  "bad_item", "too_large",  "passthrough"};
 
 struct route_metrics {
     std::string name;

@@ -94,7 +94,12 @@ done
 wait "${curls[@]}" || true
 good=$(grep -c '^200$' "$tmp/shadow_codes" || true)
 ((good == 20)) || fail "shadow route: expected 20 answers with 200, got $good"
-sleep 0.1  # the shadow's last batch closes 20 ms after its first caller
+# The shadow's last batch closes 20 ms after its first caller: wait until all 20 are in one.
+for _ in $(seq 100); do
+  curl -fs --max-time 2 "http://127.0.0.1:$admin_port/metrics" >"$tmp/poll.txt" || true
+  grep -q '^batchgate_shadow_batch_size_sum{route="echo-shadow"} 20$' "$tmp/poll.txt" && break
+  sleep 0.1
+done
 
 metric() {  # FILE NAME{LABELS}: the sample's value, or empty
   awk -v m="$2" '$1 == m {print $2}' "$1"

@@ -78,11 +78,18 @@ for i in 1 2 3; do curl -s -o /dev/null -w '%{http_code}\n' --max-time 10 "http:
 summary=$(sort "$tmp/codes" | uniq -c | awk '{printf "%s×%s ", $1, $2}')
 [[ $summary == "68×200 2×404 3×503 " ]] || fail "workload answers: $summary (expected 68×200 2×404 3×503)"
 ok "workload answered: $summary"
-# The shadow's last batch closes 20 ms after its first caller: wait until it is counted.
-for _ in $(seq 50); do
-  curl -fs "http://127.0.0.1:$admin_port/metrics" | grep -q '^batchgate_shadow_batch_size_sum{route="echo-shadow"} 30$' && break
+# The shadow's last batch closes 20 ms after its first caller, and its callers count as batched
+# when its would-be call ends: wait until all 30 are, and nobody is held.
+settled=0
+for _ in $(seq 100); do
+  curl -fs --max-time 2 "http://127.0.0.1:$admin_port/metrics" >"$tmp/poll.txt" || true
+  if grep -q '^batchgate_shadow_callers_total{outcome="batched",route="echo-shadow"} 30$' "$tmp/poll.txt" &&
+     grep -q '^batchgate_shadow_waiting_callers{route="echo-shadow"} 0$' "$tmp/poll.txt"; then
+    settled=1; break
+  fi
   sleep 0.1
 done
+((settled)) || fail "the shadow route did not count its 30 callers as batched within 10 s"
 
 curl -fs --max-time 5 "http://127.0.0.1:$admin_port/metrics" >"$tmp/metrics.txt" || fail "GET /metrics"
 # A real browser runs the page's script: it fetches status.json and renders it. Virtual time
@@ -159,7 +166,7 @@ def by_class(name, prefix, **labels):
         got = dict(re.findall(r'(\w+)="([^"]*)"', rest))
         if all(got.get(k) == v2 for k, v2 in labels.items()) and v:
             s = got["status"]
-            c = s[0] if s[:1] in "2345" and s[:1] else "other"
+            c = s[0] if s[:1] and s[:1] in "12345" else "other"
             out[c] = out.get(c, 0) + v
     return out
 

@@ -156,8 +156,15 @@ routes:
     EXPECT_EQ(gw.metric("batchgate_shadow_callers_total{outcome=\"no_key\",route=\"keyed\"}"), 1);
     EXPECT_EQ(gw.metric("batchgate_shadow_callers_total{outcome=\"too_large\",route=\"keyed\"}"), 1);
     EXPECT_EQ(gw.metric_reaching("batchgate_shadow_callers_total{outcome=\"batched\",route=\"keyed\"}", 1), 1);
+    // A body nested past limits.max_json_depth: a coalesce route refuses it before anything
+    // parses it; a shadow route serves it and counts the refusal.
+    const std::string deep = std::string(200, '[') + std::string(200, ']');
+    auto nested = send_request(gw.port(), "POST", "/echo/keyed", deep, {{"Content-Type", "application/json"}});
+    ASSERT_EQ(nested.status, 200) << nested.body;
+    EXPECT_EQ(nested.json()["body"], deep);
+    EXPECT_EQ(gw.metric("batchgate_shadow_callers_total{outcome=\"bad_item\",route=\"keyed\"}"), 1);
     EXPECT_EQ(up.count("POST", "/echo/keyed/batch"), 0u);
-    EXPECT_EQ(up.count("POST", "/echo/keyed"), 3u);
+    EXPECT_EQ(up.count("POST", "/echo/keyed"), 4u);
 }
 
 // Turning shadow off is a reload: the same route then batches for real.
@@ -184,7 +191,8 @@ TEST(Shadow, StatusJsonShowsTheShadowRoute) {
     mock_upstream up;
     running_gateway gw(config_for(up.port(), run{.shadow = "true", .wait = "20ms"}));
     call_users(gw, 6, false);
-    ASSERT_EQ(gw.metric_reaching("batchgate_shadow_batch_size_sum{route=\"users\"}", 6), 6);
+    // Counted as batched when their would-be call ends, a single call's time after the flush.
+    ASSERT_EQ(gw.metric_reaching("batchgate_shadow_callers_total{outcome=\"batched\",route=\"users\"}", 6), 6);
     auto page = get(gw.admin_port(), "/status");
     ASSERT_EQ(page.status, 200);
     EXPECT_EQ(page.header("content-type"), "text/html; charset=utf-8");
