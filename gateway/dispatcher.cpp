@@ -102,14 +102,7 @@ struct exchange {
 
     void coalesce(std::string_view path, std::string_view query, routes::param_list params) {
         const auto& settings = route->coalesce;
-        // Shadow: the caller is served by its own single call whatever the batching makes of
-        // it; a caller batching would refuse is only counted.
         const metrics::route_metrics* shadow = rt->handles_for(*route).shadow_metrics;
-        auto refuse = [&](gateway_error e, const std::string& message, metrics::shadow_outcome o) {
-            if (!shadow) return fail(e, message);
-            shadow->count(o);
-            passthrough(shadow_load());
-        };
         coalescer::caller_request caller;
         caller.method = req.method_string();
         caller.path = path;
@@ -137,9 +130,7 @@ struct exchange {
             } else if (settings.key.generate == config::key_generation::when_missing) {
                 key = coalescer::generate_correlation_id();
             } else if (settings.on_missing_key == config::missing_key_action::passthrough) {
-                if (!shadow) return passthrough();
-                shadow->count(metrics::shadow_outcome::passthrough);
-                return passthrough(shadow_load());
+                return alone(metrics::shadow_outcome::passthrough);
             } else {
                 return refuse(gateway_error::bad_request, k.error, metrics::shadow_outcome::no_key);
             }
@@ -207,6 +198,22 @@ struct exchange {
         auto* b = rt->batcher_for(route->name, {});
         return b ? b->load() : nullptr;
     }
+
+    // A coalesce route's caller sent on by its own single call; a shadow route also counts what
+    // its batching would have done with it.
+    void alone(metrics::shadow_outcome o) {
+        const auto* shadow = rt->handles_for(*route).shadow_metrics;
+        if (!shadow) return passthrough();
+        shadow->count(o);
+        passthrough(shadow_load());
+    }
+
+    // A caller a coalesce route's batching cannot take: refused, or on a shadow route served
+    // by its own single call whatever the batching makes of it, and counted.
+    void refuse(gateway_error e, const std::string& message, metrics::shadow_outcome o) {
+        if (!rt->handles_for(*route).shadow_metrics) return fail(e, message);
+        alone(o);
+    }
 };
 
 // What a fan-out engine takes from the gateway for one call (fanout/engine.hpp).
@@ -253,15 +260,11 @@ void dispatch_matched(const std::shared_ptr<shared_state>& state, const std::sha
         // These modes parse the body; refuse absurd nesting before anything copies it.
         const std::size_t max_depth = rt->config->limits.max_json_depth;
         if (routes::json_too_deep(req.body(), max_depth)) {
-            if (const auto* shadow = rt->handles_for(*route).shadow_metrics) {
-                // A shadow route's caller is served whatever its batching would make of it.
-                shadow->count(metrics::shadow_outcome::bad_item);
-                auto ex = std::make_shared<exchange>(exchange{state, rt, route, std::move(req), std::move(ctx), std::move(done)});
-                return ex->passthrough(ex->shadow_load());
-            }
-            return done(error_response(gateway_error::bad_request, "request body is " + routes::json_depth_message(max_depth),
-                                       route->name, req.version()),
-                        {});
+            const std::string message = "request body is " + routes::json_depth_message(max_depth);
+            if (route->mode == config::route_mode::coalesce)
+                return std::make_shared<exchange>(exchange{state, rt, route, std::move(req), std::move(ctx), std::move(done)})
+                    ->refuse(gateway_error::bad_request, message, metrics::shadow_outcome::bad_item);
+            return done(error_response(gateway_error::bad_request, message, route->name, req.version()), {});
         }
     }
     if (route->mode == config::route_mode::fan_out)

@@ -2,8 +2,6 @@
 
 #include <chrono>
 #include <cmath>
-#include <mutex>
-#include <set>
 #include <unordered_map>
 
 #include <nlohmann/json.hpp>
@@ -181,21 +179,15 @@ json upstream_of(const families& f, const config::upstream_settings& u) {
 }  // namespace
 
 void refresh_pool_gauges(metrics::registry& metrics, const runtime& rt) {
-    // Upstreams a reload removed read 0 from then on (their series stay: a child cannot go).
-    static std::mutex mutex;
-    static std::set<std::string> seen;
-    std::lock_guard lock(mutex);
     auto set = [&](const std::string& name, const upstream_pool::usage& u) {
         metrics.upstream_connections(name, "in_use").Set(static_cast<double>(u.in_use));
         metrics.upstream_connections(name, "idle").Set(static_cast<double>(u.idle));
         metrics.upstream_connections(name, "queued").Set(static_cast<double>(u.queued));
     };
-    for (const auto& name : seen)
+    // Upstreams a reload removed read 0 from then on (their series stay: a child cannot go).
+    for (const auto& name : metrics.upstreams_with_connection_gauges())
         if (!rt.upstreams.contains(name)) set(name, {});
-    for (const auto& [name, pool] : rt.upstreams) {
-        set(name, pool->current_usage());
-        seen.insert(name);
-    }
+    for (const auto& [name, pool] : rt.upstreams) set(name, pool->current_usage());
 }
 
 std::string status_json(const shared_state& state, const runtime& rt) {

@@ -363,6 +363,15 @@ fanout_metrics& registry::fanout(const std::string& route) {
     return *slot;
 }
 
+std::set<std::string> registry::upstreams_with_connection_gauges() const {
+    std::set<std::string> names;
+    for (const auto& family : upstream_connections_.Collect())
+        for (const auto& metric : family.metric)
+            for (const auto& label : metric.label)
+                if (label.name == "upstream") names.insert(label.value);
+    return names;
+}
+
 std::string registry::serialize() const {
     return prometheus::TextSerializer{}.Serialize(registry_->Collect());
 }

@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -135,6 +136,8 @@ public:
     prometheus::Gauge& upstream_connections(const std::string& upstream, const char* state) {
         return upstream_connections_.Add({{"upstream", upstream}, {"state", state}});
     }
+    // The upstreams those gauges were ever set for (a reload may have removed some since).
+    std::set<std::string> upstreams_with_connection_gauges() const;
 
     // Prometheus text exposition of everything.
     std::string serialize() const;

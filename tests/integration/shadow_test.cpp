@@ -215,3 +215,24 @@ TEST(Shadow, StatusJsonShowsTheShadowRoute) {
     EXPECT_EQ(s["upstreams"][0]["connections"]["in_use"], 0);
     EXPECT_GE(s["upstreams"][0]["connections"]["idle"], 1);
 }
+
+// A reload that removes an upstream leaves its connection gauges at 0 (the series cannot go,
+// so they must not keep their last figures), and the new upstream's appear.
+TEST(Shadow, AnUpstreamAReloadRemovedReadsNoConnections) {
+    mock_upstream up;
+    running_gateway gw(config_for(up.port(), run{.shadow = "true", .wait = "20ms"}));
+    call_users(gw, 3, false);
+    const std::string old_idle = "batchgate_upstream_connections{state=\"idle\",upstream=\"api\"}";
+    ASSERT_GE(gw.metric(old_idle), 1) << "the single calls left idle connections";
+    std::string renamed = fill(yaml, {{"PORT", std::to_string(up.port())}, {"SHADOW", "true"}, {"FLUSH", "window"}, {"WAIT", "20ms"}});
+    for (auto at = renamed.find(" api"); at != std::string::npos; at = renamed.find(" api", at + 1))
+        renamed.replace(at, 4, " api2");
+    gw.server().reload(load_yaml(renamed));
+    // The reload applies on the control thread: once the new upstream has gauges, it has.
+    const std::string new_idle = "batchgate_upstream_connections{state=\"idle\",upstream=\"api2\"}";
+    for (int i = 0; i < 200 && gw.metric(new_idle) < 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    ASSERT_EQ(gw.metric(new_idle), 0);
+    for (const char* state : {"in_use", "idle", "queued"})
+        EXPECT_EQ(gw.metric(std::string("batchgate_upstream_connections{state=\"") + state + "\",upstream=\"api\"}"), 0)
+            << state;
+}
