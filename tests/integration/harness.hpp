@@ -176,8 +176,9 @@ public:
         return -1;
     }
 
-    // Counters of a request are updated once its answer's last byte went out, so a client may
-    // read the answer first. Polls every 5 ms until the sample reads `expected` or 2 s pass;
+    // For a sample a client may read before it is updated: a streamed answer's counters (after
+    // its last byte went out), or a batcher's gauges (set after it posted the batch's answers).
+    // Polls every 5 ms until the sample reads `expected` or 2 s pass;
     // returns the last value read.
     double metric_reaching(const std::string& series, double expected) {
         double v = metric(series);
