@@ -76,6 +76,23 @@ extra_configs = {
                             "protocols: TLSv1.3}\n" + PLAIN_ROUTES,
     "listen_tls-bad.yaml": "listen_tls: {cert_chain: \"\", protocols: [TLSv1.1, TLSv1.3, TLSv1.3], ciphers: HIGH}\n" + PLAIN_ROUTES,
 }
+# issue 14: coalesce.shadow, set and mistyped.
+SHADOW_ROUTE = """upstreams:
+  api: {url: "http://127.0.0.1:9000"}
+routes:
+  - name: users
+    match: {method: GET, path: "/users/{id}"}
+    upstream: api
+    mode: coalesce
+    coalesce:
+      shadow: true
+      key: {path: id}
+      flush: adaptive
+      request: {method: GET, path: /users, encoding: query_list, query_param: ids}
+      response: {items: "", key: /id}
+"""
+extra_configs["shadow.yaml"] = SHADOW_ROUTE
+extra_configs["shadow-bad.yaml"] = SHADOW_ROUTE.replace("shadow: true", "shadow: [maybe]")
 for name, text in extra_configs.items():
     write("config", "seed-" + name, text)
 
