@@ -170,10 +170,11 @@ routes:
 // Turning shadow off is a reload: the same route then batches for real.
 TEST(Shadow, AReloadTurnsTheRouteLive) {
     mock_upstream up;
-    running_gateway gw(config_for(up.port(), run{.shadow = "true", .wait = "50ms"}));
+    // A window wide enough that five callers started together arrive within it on a busy machine.
+    running_gateway gw(config_for(up.port(), run{.shadow = "true", .wait = "200ms"}));
     call_users(gw, 5, false);
     EXPECT_EQ(up.count("GET", "/users"), 0u);
-    gw.server().reload(config_for(up.port(), run{.shadow = "false", .wait = "50ms"}));
+    gw.server().reload(config_for(up.port(), run{.shadow = "false", .wait = "200ms"}));
     // The reload applies on the control thread: once a caller is batched, it has.
     bool live = false;
     for (int i = 0; i < 100 && !live; ++i) live = !get(gw.port(), "/users/99").header("x-batchgate-batch-id").empty();

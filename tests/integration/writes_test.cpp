@@ -92,7 +92,8 @@ TEST(MockWrites, AbilitiesSingleAndAllOrNothingBatch) {
 }
 
 TEST(MockWrites, AbilitiesSingleRateLimit) {
-    mock_upstream up({.single_rate_limit = 2});
+    // A window far longer than the test: the third call is over the limit however slow the machine.
+    mock_upstream up({.single_rate_limit = 2, .single_rate_window = std::chrono::minutes(10)});
     json op{{"action", "increment"}, {"data", {{"score", 1}}}};
     EXPECT_EQ(call(up.port(), "PATCH", "/api/characters/1/abilities/1", op).status, 200);
     EXPECT_EQ(call(up.port(), "PATCH", "/api/characters/1/abilities/2", op).status, 200);
@@ -102,8 +103,38 @@ TEST(MockWrites, AbilitiesSingleRateLimit) {
     EXPECT_EQ(up.rate_limited_count(), 1u);
     // Batch calls are not limited.
     EXPECT_EQ(call(up.port(), "POST", "/api/characters/1/abilities/batch", {{"operations", {{{"abilityId", 3}, {"action", "increment"}, {"data", json::object()}}}}}).status, 200);
-    std::this_thread::sleep_for(std::chrono::milliseconds(150));
-    EXPECT_EQ(call(up.port(), "PATCH", "/api/characters/1/abilities/3", op).status, 200);
+    EXPECT_EQ(call(up.port(), "PATCH", "/api/characters/1/abilities/3", op).status, 429);
+
+    // Calls further apart than the window are not limited (a sleep is at least its length).
+    mock_upstream short_window({.single_rate_limit = 1, .single_rate_window = std::chrono::milliseconds(10)});
+    EXPECT_EQ(call(short_window.port(), "PATCH", "/api/characters/1/abilities/1", op).status, 200);
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    EXPECT_EQ(call(short_window.port(), "PATCH", "/api/characters/1/abilities/2", op).status, 200);
+}
+
+// hold(): a call stays in flight, its slot taken, until the test releases it.
+TEST(Mock, HoldKeepsCallsInFlightUntilReleased) {
+    mock_upstream up({.threads = 2, .max_concurrent = 1});
+    up.hold();
+    std::atomic<int> answered{0};
+    std::thread first([&] {
+        EXPECT_EQ(get(up.port(), "/users/1").status, 200);
+        ++answered;
+    });
+    ASSERT_TRUE(eventually(std::chrono::seconds(10), [&] { return up.held() == 1; }));
+    std::thread second([&] {
+        EXPECT_EQ(get(up.port(), "/users/2").status, 200);
+        ++answered;
+    });
+    ASSERT_TRUE(eventually(std::chrono::seconds(10), [&] { return up.calls().size() == 2; }));
+    EXPECT_EQ(up.held(), 1u) << "the second call waits for the held one's slot";
+    EXPECT_EQ(answered.load(), 0);
+    up.release_held();
+    first.join();
+    second.join();
+    EXPECT_EQ(answered.load(), 2);
+    EXPECT_EQ(up.held(), 0u);
+    EXPECT_EQ(up.max_observed_concurrency(), 1u);
 }
 
 TEST(MockWrites, ProgressSingleBatchLimitsAndRateLimitHook) {

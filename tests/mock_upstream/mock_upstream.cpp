@@ -369,7 +369,7 @@ struct shared_state {
   explicit shared_state(mock_options o)
       : options(std::move(o)),
         apis{options.user_count},
-        writes(options.single_rate_limit, options.state_endpoint),
+        writes(options.single_rate_limit, options.state_endpoint, options.single_rate_window),
         random(options.fault_seed) {
     for (unsigned k = 0; k < static_cast<unsigned>(random_fault::count_); ++k)
       if (options.fault_kinds & (1u << k)) fault_kinds.push_back(static_cast<random_fault>(k));
@@ -461,6 +461,28 @@ struct shared_state {
     granted();  // outside the lock (CP.22)
   }
 
+  // hold() / release_held(): calls that reach their answer while holding wait here.
+  mutable std::mutex hold_mutex;
+  bool holding = false;
+  std::vector<std::function<void()>> held;  // each posts to its session's strand
+
+  // True if the call must wait: `resume` then runs at release_held().
+  bool held_back(std::function<void()> resume) {
+    std::lock_guard lock(hold_mutex);
+    if (!holding) return false;
+    held.push_back(std::move(resume));
+    return true;
+  }
+  void release_held() {
+    std::vector<std::function<void()>> go;
+    {
+      std::lock_guard lock(hold_mutex);
+      holding = false;
+      go.swap(held);
+    }
+    for (auto& resume : go) resume();  // outside the lock (CP.22)
+  }
+
   void release() {
     std::function<void()> next;
     {
@@ -545,6 +567,10 @@ class session : public std::enable_shared_from_this<session> {
 
   void on_latency(beast::error_code ec) {
     if (ec) return;  // server stopping
+    if (state_->held_back([self = shared_from_this()] {
+          net::post(self->stream_.get_executor(), [self] { self->on_latency({}); });
+        }))
+      return;
     const auto& options = state_->options;
     if (options.state_endpoint && shared_state::is_state_request(req_)) {
       state_->release();
@@ -839,6 +865,12 @@ struct mock_upstream::impl {
       waiters.swap(state->waiters);
     }
     waiters.clear();
+    std::vector<std::function<void()>> held;
+    {
+      std::lock_guard lock(state->hold_mutex);
+      held.swap(state->held);
+    }
+    held.clear();
     // Destroying the io_context destroys every pending handler, so every session (stalled
     // ones included) and the listener close their sockets.
     ioc.reset();
@@ -883,6 +915,18 @@ void mock_upstream::clear() {
 }
 
 void mock_upstream::set_fault(fault f) { impl_->state->current_fault.store(f); }
+
+void mock_upstream::hold() {
+  std::lock_guard lock(impl_->state->hold_mutex);
+  impl_->state->holding = true;
+}
+
+void mock_upstream::release_held() { impl_->state->release_held(); }
+
+std::size_t mock_upstream::held() const {
+  std::lock_guard lock(impl_->state->hold_mutex);
+  return impl_->state->held.size();
+}
 
 std::size_t mock_upstream::max_observed_concurrency() const {
   std::lock_guard lock(impl_->state->slots_mutex);

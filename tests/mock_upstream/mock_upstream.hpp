@@ -77,10 +77,12 @@ struct mock_options {
   unsigned max_concurrent = 0;           // 0 = unlimited; more calls queue (FIFO) for a slot
   std::size_t user_count = 1000;         // users 1..N exist; activities a1..aN exist
   // C: a single `PATCH .../abilities/{id}` gets 429 (Retry-After: 1) when more than this many
-  // single PATCHes were handled within the last 100 ms (itself included). 0 = no limit.
+  // single PATCHes were handled within the last `single_rate_window` (itself included).
+  // 0 = no limit.
   // (Batch limits are fixed: D 25 events / 65,536 bytes, 413 beyond either; E 100 operations
   // (400 beyond) / 10,000,000 bytes (413 beyond).)
   unsigned single_rate_limit = 0;
+  std::chrono::milliseconds single_rate_window{100};
   // A keep-alive connection with no new request for this long is closed. 0 = never.
   std::chrono::milliseconds idle_close{0};
   // Keep every request for calls()/count(). The standalone binary turns it off: nobody can read
@@ -140,6 +142,15 @@ class mock_upstream {
   void clear();
 
   void set_fault(fault f);
+  /// From now on every call waits, holding its concurrency slot and after its latency, until
+  /// release_held(): a call that stays in flight exactly as long as the test needs (callers
+  /// arriving meanwhile, a deadline passing), with no timing in the test.
+  void hold();
+  /// Lets every held call (and every later one) go on to its answer.
+  void release_held();
+  /// Calls waiting in hold() now.
+  std::size_t held() const;
+
   /// Peak number of calls being handled at once: holding a slot, i.e. from the end of any
   /// queueing until the answer is ready (the latency timer included, the write excluded).
   std::size_t max_observed_concurrency() const;

@@ -13,7 +13,6 @@ constexpr std::size_t progress_max_events = 25;
 constexpr std::size_t progress_max_bytes = 65'536;  // "body at most 64 KB": 64 KiB, the larger reading
 constexpr std::size_t documents_max_ops = 100;
 constexpr std::size_t documents_max_bytes = 10'000'000;  // 10 MB
-constexpr auto single_rate_window = std::chrono::milliseconds(100);
 
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
@@ -306,7 +305,7 @@ write_reply write_apis::ability_single(const std::string& cid, std::string_view 
                                        std::string_view body, std::string_view owner) {
   if (single_rate_limit_ != 0) {
     const auto now = clock_type::now();
-    while (!single_arrivals_.empty() && now - single_arrivals_.front() >= single_rate_window)
+    while (!single_arrivals_.empty() && now - single_arrivals_.front() >= single_rate_window_)
       single_arrivals_.pop_front();
     single_arrivals_.push_back(now);
     if (single_arrivals_.size() > single_rate_limit_) {

@@ -34,8 +34,9 @@ class write_apis {
  public:
   using json = nlohmann::ordered_json;
 
-  explicit write_apis(unsigned single_rate_limit, bool track_applied = false)
-      : single_rate_limit_(single_rate_limit), track_applied_(track_applied) {}
+  explicit write_apis(unsigned single_rate_limit, bool track_applied = false,
+                      std::chrono::milliseconds single_rate_window = std::chrono::milliseconds(100))
+      : single_rate_limit_(single_rate_limit), single_rate_window_(single_rate_window), track_applied_(track_applied) {}
 
   /// True for the batch endpoints of C–F (those that `fault` applies to).
   static bool is_batch_path(std::string_view path);
@@ -96,6 +97,7 @@ class write_apis {
   std::string new_goal_id(const std::string& org);
 
   const unsigned single_rate_limit_;
+  const std::chrono::milliseconds single_rate_window_;
   const bool track_applied_;
   mutable std::mutex mutex_;
   std::map<std::string, unsigned, std::less<>> applied_ops_;     // C, with track_applied_
