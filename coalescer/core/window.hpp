@@ -50,11 +50,12 @@ struct window_limits {
     std::size_t max_bytes = 0;                  // 0 = unlimited; partition.overhead + item costs
     std::chrono::nanoseconds max_wait{5'000'000};
     same_key policy = same_key::share;
-    // flush: adaptive. A batch opened while its partition could send at once (the owner says a
-    // slot is free, and none of the partition's calls is in flight) is due after min_wait, not
-    // max_wait: at low load a caller waits for nobody. While the partition's calls are in
-    // flight, callers collect in one batch that is due when one of those calls ends (or at
-    // max_wait, or when full): under load batches fill by themselves.
+    // flush: adaptive. A batch opened while none of its partition's calls is in flight is due
+    // after min_wait, not max_wait: at low load a caller waits for nobody. If no slot is free
+    // then, the owner's blocked() holds it open until one is (group commit), however long
+    // max_wait. While the partition's calls are in flight, callers collect in one batch that is
+    // due when one of those calls ends (or at max_wait, or when full): under load batches fill
+    // by themselves.
     bool adaptive = false;
     std::chrono::nanoseconds min_wait{0};
 };
@@ -97,17 +98,19 @@ public:
     // share (read dedup), merge (one item, every merged caller answered), sequence (the
     // later write waits for a later batch, keeping arrival order) or in_batch (another item
     // for the same key in the same batch, after the earlier one).
-    // can_send (flush: adaptive): the owner could send this partition's batch now (a free slot,
-    // nothing of the partition queued). A batch this caller opens is then idle: due after
-    // min_wait, and with min_wait 0 closed (reason idle) before add returns.
+    // flush: adaptive. A batch this caller opens while none of the partition's calls is in
+    // flight is idle: due after min_wait. can_send: the owner could send it now (a free slot,
+    // nothing of the partition queued); with min_wait 0 it is then closed (reason idle) before
+    // add returns. Otherwise it is due at once and the owner's expire(blocked) holds it open
+    // until it can go: a slot that frees sends it, rather than max_wait.
     std::vector<batch> add(const partition& part, std::string key, std::size_t cost, Waiter waiter,
                            time_point now, nlohmann::json payload = nullptr, bool can_send = false) {
         std::vector<batch> closed;
-        opening_idle_ = limits_.adaptive && can_send && !calls_.contains(part.key);
+        opening_idle_ = limits_.adaptive && !calls_.contains(part.key);
         add_to(part.key, part.values, part.overhead, std::move(key), cost, std::move(waiter), now, std::move(payload),
                closed);
         opening_idle_ = false;
-        if (limits_.adaptive && limits_.min_wait.count() == 0) {
+        if (limits_.adaptive && limits_.min_wait.count() == 0 && can_send) {
             auto it = open_.find(part.key);
             if (it != open_.end() && it->second.idle) close(it, flush_reason::idle, now, closed);
         }

@@ -86,8 +86,9 @@ std::unique_ptr<mock_upstream> holding_mock() {
 
 // A waiting caller's hang-up is seen when its socket turns readable (an event, not a timer) and
 // counted only when its batch is cut (callers_left_total), after the held call returns: nothing
-// shows it before, so give the event loop time to see it. Generous; nothing else waits on it.
-void seen_leaving() { std::this_thread::sleep_for(300ms); }
+// shows it before, so give the event loop time to see it. Generous (a loaded TSan run included);
+// the held call's request_timeout (5 s) is far off.
+void seen_leaving() { std::this_thread::sleep_for(1s); }
 
 std::string waiting_callers(const std::string& route) {
     return R"(batchgate_waiting_callers{route=")" + route + R"("})";
@@ -180,6 +181,28 @@ TEST(Adaptive, CallersArrivingDuringACallGoTogetherWhenItReturns) {
     EXPECT_EQ(gw.metric(R"(batchgate_batch_flushes_total{reason="returned",route="users"})"), 1);
 }
 
+// An idle partition behind a full limit: its caller goes as soon as a slot frees (reason
+// released), not at max_wait (5 s, longer than the caller's 4 s deadline). Regression: it waited
+// for max_wait with the slot free, and got 504.
+TEST(Adaptive, CallerBehindAFullLimitGoesWhenASlotFrees) {
+    auto held = holding_mock();
+    mock_upstream& up = *held;
+    running_gateway gw(config_for(up.port(), {{"LIMIT", "{limit: 1}"}, {"USERS_TIMEOUT", "4s"}}));
+    std::thread other([&] { EXPECT_EQ(get(gw.port(), "/api/v1/activities/a1").status, 200); });
+    ASSERT_TRUE(eventually(10s, [&] { return up.held() == 1; }));
+    response r;
+    std::thread caller([&] { r = get(gw.port(), "/users/5"); });
+    // Held open for the slot (and collecting), not waiting for max_wait.
+    ASSERT_TRUE(eventually(10s, [&] { return gw.metric(R"(batchgate_callers_waiting_for_slot{route="users"})") == 1; }));
+    up.release_held();
+    other.join();
+    caller.join();
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(r.json()["id"], "5");
+    EXPECT_EQ(gw.metric(R"(batchgate_batch_flushes_total{reason="released",route="users"})"), 1);
+    EXPECT_EQ(gw.metric(R"(batchgate_batch_flushes_total{reason="timer",route="users"})"), 0);
+}
+
 // One upstream, one shared slot (concurrency limit 1), two routes: the second route's caller
 // waits for the first route's call and is sent as soon as it ends.
 TEST(ConcurrencyLimit, SharedByTheUpstreamsRoutesAndAFreedSlotWakesTheOtherRoute) {
@@ -191,11 +214,13 @@ TEST(ConcurrencyLimit, SharedByTheUpstreamsRoutesAndAFreedSlotWakesTheOtherRoute
     ASSERT_TRUE(eventually(10s, [&] { return up.held() == 1; }));
     response a;
     std::thread activities([&] { a = get(gw.port(), "/api/v1/activities/a1"); });
-    ASSERT_TRUE(eventually(10s, [&] { return gw.metric(waiting_callers("activities")) == 1; }));
+    // Queued for the shared slot (not merely waiting in its window, nor sent).
+    ASSERT_TRUE(eventually(10s, [&] { return gw.metric(R"(batchgate_callers_waiting_for_slot{route="activities"})") == 1; }));
     EXPECT_EQ(up.calls().size(), 1u) << "the other route's call went beside the users call";
     up.release_held();
     users.join();
     activities.join();
+    EXPECT_EQ(up.max_observed_concurrency(), 1u) << "two calls were in flight at once";
     ASSERT_EQ(a.status, 200) << a.body;
     EXPECT_EQ(a.json()["id"], "a1");
     auto calls = up.calls();
@@ -209,9 +234,12 @@ TEST(ConcurrencyLimit, SharedByTheUpstreamsRoutesAndAFreedSlotWakesTheOtherRoute
 // Queue deadline: a caller whose deadline passes while its batch waits for a slot is answered at
 // its deadline, with a JSON body, not when the slot frees; and its batch is never sent.
 TEST(QueueDeadline, CallerIsAnsweredAtItsDeadlineAndNeverSent) {
-    auto held = holding_mock();
-    mock_upstream& up = *held;
+    mock_upstream up(slow_mock(0ms));
     running_gateway gw(config_for(up.port(), {{"LIMIT", "{limit: 1}"}, {"USERS_TIMEOUT", "300ms"}}));
+    // A quick call first: the upstream's quickest round trip is then short, so that the later
+    // caller below (300 ms deadline) is worth sending despite the held call's long one.
+    ASSERT_EQ(get(gw.port(), "/api/v1/activities/a2").status, 200);
+    up.hold();
     std::thread slow([&] {  // takes the upstream's only slot until released
         auto r = get(gw.port(), "/api/v1/activities/a1");
         EXPECT_EQ(r.status, 200) << r.body;
@@ -229,9 +257,13 @@ TEST(QueueDeadline, CallerIsAnsweredAtItsDeadlineAndNeverSent) {
     EXPECT_EQ(up.held(), 1u);
     up.release_held();
     slow.join();
-    std::this_thread::sleep_for(100ms);
-    EXPECT_EQ(up.count("GET", "/users"), 0u) << "the batch of a caller already answered went upstream";
-    EXPECT_EQ(flushes(gw, "users"), 0) << "a batch that made no call was counted as sent";
+    // A later caller's batch: had the answered caller's batch been kept, it would go first.
+    auto later = get(gw.port(), "/users/3");
+    ASSERT_EQ(later.status, 200) << later.body;
+    auto users_calls = calls_to(up, "GET", "/users");
+    ASSERT_EQ(users_calls.size(), 1u) << "the batch of a caller already answered went upstream";
+    EXPECT_EQ(ids_of(users_calls[0]), (std::set<std::string>{"3"}));
+    EXPECT_EQ(flushes(gw, "users"), 1) << "a batch that made no call was counted as sent";
     EXPECT_EQ(gw.metric(R"(batchgate_upstream_calls_saved_total{route="users"})"), 0);
 }
 
@@ -370,6 +402,7 @@ TEST(DepartedCaller, PipelinedWritesOfACallerWhoLeftAreNotApplied) {
         bob.leave();
         seen_leaving();
     });
+    EXPECT_EQ(gw.metric_reaching(R"(batchgate_callers_left_total{route="abilities"})", 1), 1);
     std::this_thread::sleep_for(300ms);  // a second batch, were bob's next request served
     EXPECT_EQ(up.ability("7", 1), (ability_state{1, 0}));
     EXPECT_EQ(calls_to(up, "POST", "/api/characters/7/abilities/batch").size(), 1u);
@@ -384,6 +417,7 @@ TEST(DepartedCaller, PipelinedCallerWhoStaysIsServedInOrder) {
         bob.emplace(gw.port(), patch_request(1, 10) + patch_request(1, 100, /*close=*/true));
         ASSERT_TRUE(eventually(10s, [&] { return gw.metric(waiting_callers("abilities")) == 2; }));
     });
+    ASSERT_TRUE(bob.has_value());
     const std::string answers = bob->read_all();
     std::regex status(R"(HTTP/1\.1 (\d+))");
     std::vector<std::string> statuses;

@@ -146,7 +146,9 @@ class mock_upstream {
   /// release_held(): a call that stays in flight exactly as long as the test needs (callers
   /// arriving meanwhile, a deadline passing), with no timing in the test.
   void hold();
-  /// Lets every held call (and every later one) go on to its answer.
+  /// Lets every held call (and every later one, until the next hold()) go on to its answer.
+  /// A released call whose resumption has not run yet when hold() is called again is held
+  /// again. Not to be called concurrently with stop().
   void release_held();
   /// Calls waiting in hold() now.
   std::size_t held() const;

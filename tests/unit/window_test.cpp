@@ -467,16 +467,38 @@ TEST(WindowAdaptive, IdlePartitionSendsAtOnce) {
     EXPECT_EQ(w.waiting(), 0u);
 }
 
-// No free slot (can_send false): the caller waits max_wait as with flush: window.
-TEST(WindowAdaptive, NoFreeSlotWaitsMaxWait) {
+// No free slot (can_send false) for an idle partition: its batch is due at once, held open
+// while the owner says no slot is free (callers arriving meanwhile join it), and goes as one
+// batch when a slot frees, long before max_wait (regression: it waited max_wait, a free slot
+// notwithstanding, and a caller whose deadline came first got 504).
+TEST(WindowAdaptive, NoFreeSlotHoldsTheBatchUntilOneFrees) {
     manual_clock clock;
-    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 5ms, .adaptive = true});
+    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 5s, .adaptive = true});
+    bool slot_free = false;
+    auto blocked = [&](const std::string&) { return !slot_free; };
+    EXPECT_TRUE(w.add(part("p"), "1", 1, 1, clock.now, nullptr, /*can_send=*/false).empty());
+    EXPECT_EQ(w.next_deadline(), clock.now) << "due at once, not at max_wait";
+    EXPECT_TRUE(w.expire(clock.now, blocked).empty());
+    EXPECT_EQ(w.held(), 1u);
+    clock.advance(2ms);
+    EXPECT_TRUE(w.add(part("p"), "2", 1, 2, clock.now, nullptr, false).empty());
+    EXPECT_TRUE(w.release(clock.now, blocked).empty()) << "no slot yet";
+    slot_free = true;
+    auto released = w.release(clock.now, blocked);
+    ASSERT_EQ(released.size(), 1u);
+    EXPECT_EQ(released[0].reason, flush_reason::released);
+    EXPECT_EQ(waiters_of(released[0]), (std::vector<int>{1, 2}));
+    EXPECT_EQ(w.waiting(), 0u);
+}
+
+// The same batch, when a slot has freed by the time it is due: it goes, reason idle.
+TEST(WindowAdaptive, NoFreeSlotAtArrivalButOneAtTheDeadlineGoesIdle) {
+    manual_clock clock;
+    test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 5s, .adaptive = true});
     EXPECT_TRUE(w.add(part("p"), "1", 1, 1, clock.now, nullptr, false).empty());
-    EXPECT_EQ(w.next_deadline(), clock.now + 5ms);
-    clock.advance(5ms);
-    auto closed = w.expire(clock.now);
+    auto closed = w.expire(clock.now, [](const std::string&) { return false; });
     ASSERT_EQ(closed.size(), 1u);
-    EXPECT_EQ(closed[0].reason, flush_reason::timer);
+    EXPECT_EQ(closed[0].reason, flush_reason::idle);
 }
 
 // While the partition's call is in flight, callers collect in one batch; it is due the moment
