@@ -6,13 +6,15 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release -DBATCHGATE_TESTS=OFF >/dev/null
 ninja -C build/release batchgate batchgate-mock-upstream
-./build/release/batchgate-mock-upstream --port 9000 --threads 1 >/dev/null &
+# 20 ms per call, as a real API takes: callers arriving while a call is in flight gather into
+# the next one (with an instant upstream every curl of the burst below finds it idle).
+./build/release/batchgate-mock-upstream --port 9000 --threads 1 --latency 20ms >/dev/null &
 mock=$!
 trap 'kill $mock 2>/dev/null || true' EXIT
 for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:9000/users/1 && break; sleep 0.1; done
 cat <<'TXT'
 
-batchgate is starting on http://127.0.0.1:8080 (demo upstream on 127.0.0.1:9000).
+batchgate is starting on http://127.0.0.1:8080 (demo upstream on 127.0.0.1:9000, 20 ms a call).
 Paste these in another terminal:
 
   # 20 concurrent single calls ...
