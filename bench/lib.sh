@@ -1,4 +1,4 @@
-# Shared by bench/run.sh and bench/writes.sh (sourced, not run): logging, the processes a
+# Shared by the bench scripts (sourced, not run): logging, the processes a
 # benchmark starts and their cleanup, bounded waits, the Release build, /metrics scraping.
 #
 # The sourcing script sets BENCH_DIR, ROOT and BUILD_DIR first; bench_init makes TMP and the
@@ -86,6 +86,28 @@ start_gateway() {  # start_gateway NAME CONFIG TRAFFIC_PORT ADMIN_PORT
     if ! wait_http "http://127.0.0.1:$admin/metrics" "$name"; then
         cat "$TMP/$name.log" >&2
         die "$name did not start (config $cfg)"
+    fi
+}
+
+# start_nginx [NAME TEMPLATE PORT UPSTREAM_PORT PROBE_PATH]: nginx with TEMPLATE filled in, in
+# TMP/NAME (-p TMP/NAME, never the system config); no arguments = nginx.conf.in, the plain proxy,
+# on P_NGINX in front of P_MOCK (the sourcing script's ports). @WORKERS@ is env NGINX_WORKERS
+# (default 1). Scenario 7's templates also get @DATA@ (its data dir), @SINK_PORT@ (env
+# SINK_PORT) and @USER@ (the user running this script).
+start_nginx() {
+    local name=${1:-nginx} tpl=${2:-$BENCH_DIR/nginx.conf.in} port=${3:-$P_NGINX} up=${4:-$P_MOCK}
+    local probe=${5:-/users/7} dir=$TMP/${1:-nginx}
+    port_free "$port" || die "port $port is already in use"
+    mkdir -p "$dir"
+    sed -e "s#@DIR@#$dir#g" -e "s#@LISTEN_PORT@#$port#g" -e "s#@UPSTREAM_PORT@#$up#g" \
+        -e "s#@DATA@#${LARGE_DIR:-}#g" -e "s#@SINK_PORT@#${SINK_PORT:-0}#g" -e "s#@USER@#$(id -un)#g" \
+        -e "s#@WORKERS@#${NGINX_WORKERS:-1}#g" \
+        "$tpl" >"$dir/nginx.conf"
+    nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$TMP/$name.log" 2>&1 &
+    PIDS[$name]=$!
+    if ! wait_http "http://127.0.0.1:$port$probe" "$name"; then
+        cat "$TMP/$name.log" "$dir/error.log" >&2 2>/dev/null
+        die "$name did not start"
     fi
 }
 

@@ -77,27 +77,6 @@ SLOW_MS=50 SLOW_PARALLEL=8   # scenario 5: the mock's cost per call and calls it
 . "$BENCH_DIR/lib.sh"   # log, die, processes and cleanup, build_release, scrape, msum
 bench_init batchgate-bench
 
-# start_nginx [NAME TEMPLATE PORT UPSTREAM_PORT PROBE_PATH]: nginx with TEMPLATE filled in, in
-# TMP/NAME (-p TMP/NAME, never the system config); no arguments = scenario 1's proxy in front of
-# the mock. @WORKERS@ is env NGINX_WORKERS (default 1). Scenario 7's templates also get @DATA@
-# (its data dir), @SINK_PORT@ (env SINK_PORT) and @USER@ (the user running this script).
-start_nginx() {
-    local name=${1:-nginx} tpl=${2:-$BENCH_DIR/nginx.conf.in} port=${3:-$P_NGINX} up=${4:-$P_MOCK}
-    local probe=${5:-/users/7} dir=$TMP/${1:-nginx}
-    port_free "$port" || die "port $port is already in use"
-    mkdir -p "$dir"
-    sed -e "s#@DIR@#$dir#g" -e "s#@LISTEN_PORT@#$port#g" -e "s#@UPSTREAM_PORT@#$up#g" \
-        -e "s#@DATA@#${LARGE_DIR:-}#g" -e "s#@SINK_PORT@#${SINK_PORT:-0}#g" -e "s#@USER@#$(id -un)#g" \
-        -e "s#@WORKERS@#${NGINX_WORKERS:-1}#g" \
-        "$tpl" >"$dir/nginx.conf"
-    nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$TMP/$name.log" 2>&1 &
-    PIDS[$name]=$!
-    if ! wait_http "http://127.0.0.1:$port$probe" "$name"; then
-        cat "$TMP/$name.log" "$dir/error.log" >&2 2>/dev/null
-        die "$name did not start"
-    fi
-}
-
 # haproxy_wanted VAR: 0 when VAR (default 1) is not 0 and haproxy is installed; else says why not
 haproxy_wanted() {
     if [[ ${!1:-1} = 0 ]]; then log "   $1=0: no haproxy row"; return 1; fi

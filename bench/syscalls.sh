@@ -30,12 +30,7 @@ printf 'logging: {access_log: false}\nroutes:\n  - name: passthrough\n    match:
 
 start_mock mock "$P_MOCK" --users 100000
 start_gateway gw "$TMP/gw.yaml" "$P_GW" "$P_ADMIN"
-mkdir -p "$TMP/nginx"
-sed -e "s#@DIR@#$TMP/nginx#g" -e "s#@LISTEN_PORT@#$P_NGINX#g" -e "s#@UPSTREAM_PORT@#$P_MOCK#g" \
-    -e "s#@WORKERS@#1#g" "$BENCH_DIR/nginx.conf.in" >"$TMP/nginx/nginx.conf"
-nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" >"$TMP/nginx.log" 2>&1 &
-PIDS[nginx]=$!
-wait_http "http://127.0.0.1:$P_NGINX/users/7" nginx || die "nginx did not start"
+start_nginx
 
 # count NAME PID PORT: wrk against PORT, perf stat on PID in the middle of the run.
 count() {
