@@ -5,7 +5,6 @@
 // and never sent; a caller who hangs up before its batch is sent is left out of it, and its
 // write is not applied.
 #include <chrono>
-#include <memory>
 #include <optional>
 #include <regex>
 #include <set>
@@ -75,13 +74,6 @@ mock_options slow_mock(std::chrono::milliseconds latency) {
     o.latency = latency;
     o.threads = 2;
     return o;
-}
-
-// A mock upstream that holds every call until the test releases it (mock_upstream::hold).
-std::unique_ptr<mock_upstream> holding_mock() {
-    auto up = std::make_unique<mock_upstream>(slow_mock(0ms));
-    up->hold();
-    return up;
 }
 
 // A waiting caller's hang-up is seen when its socket turns readable (an event, not a timer) and
@@ -156,8 +148,8 @@ TEST(Adaptive, LoneCallerIsSentAtOnce) {
 // Callers arriving while the partition's call is in flight collect, and go in one call the
 // moment it returns (reason returned), long before max_wait.
 TEST(Adaptive, CallersArrivingDuringACallGoTogetherWhenItReturns) {
-    auto held = holding_mock();
-    mock_upstream& up = *held;
+    mock_upstream up(slow_mock(0ms));
+    up.hold();  // every call stays in flight until released
     running_gateway gw(config_for(up.port()));
     std::thread first([&] { EXPECT_EQ(get(gw.port(), "/users/1").status, 200); });
     ASSERT_TRUE(eventually(10s, [&] { return up.held() == 1; }));
@@ -185,8 +177,8 @@ TEST(Adaptive, CallersArrivingDuringACallGoTogetherWhenItReturns) {
 // released), not at max_wait (5 s, longer than the caller's 4 s deadline). Regression: it waited
 // for max_wait with the slot free, and got 504.
 TEST(Adaptive, CallerBehindAFullLimitGoesWhenASlotFrees) {
-    auto held = holding_mock();
-    mock_upstream& up = *held;
+    mock_upstream up(slow_mock(0ms));
+    up.hold();  // every call stays in flight until released
     running_gateway gw(config_for(up.port(), {{"LIMIT", "{limit: 1}"}, {"USERS_TIMEOUT", "4s"}}));
     std::thread other([&] { EXPECT_EQ(get(gw.port(), "/api/v1/activities/a1").status, 200); });
     ASSERT_TRUE(eventually(10s, [&] { return up.held() == 1; }));
@@ -206,8 +198,8 @@ TEST(Adaptive, CallerBehindAFullLimitGoesWhenASlotFrees) {
 // One upstream, one shared slot (concurrency limit 1), two routes: the second route's caller
 // waits for the first route's call and is sent as soon as it ends.
 TEST(ConcurrencyLimit, SharedByTheUpstreamsRoutesAndAFreedSlotWakesTheOtherRoute) {
-    auto held = holding_mock();
-    mock_upstream& up = *held;
+    mock_upstream up(slow_mock(0ms));
+    up.hold();  // every call stays in flight until released
     running_gateway gw(config_for(up.port(), {{"LIMIT", "{limit: 1}"}}));
     EXPECT_EQ(gw.metric(R"(batchgate_concurrency_limit{route="*",upstream="api"})"), 1);
     std::thread users([&] { EXPECT_EQ(get(gw.port(), "/users/1").status, 200); });
@@ -270,8 +262,8 @@ TEST(QueueDeadline, CallerIsAnsweredAtItsDeadlineAndNeverSent) {
 // A caller who hangs up while its batch waits is taken out of it: nothing is sent for it; the
 // others in the batch are served.
 TEST(DepartedCaller, ReadIsNeverSent) {
-    auto held = holding_mock();
-    mock_upstream& up = *held;
+    mock_upstream up(slow_mock(0ms));
+    up.hold();  // every call stays in flight until released
     running_gateway gw(config_for(up.port(), {{"LIMIT", "{limit: 1}"}}));
     std::thread first([&] { EXPECT_EQ(get(gw.port(), "/users/1").status, 200); });
     ASSERT_TRUE(eventually(10s, [&] { return up.held() == 1; }));
@@ -294,8 +286,8 @@ TEST(DepartedCaller, ReadIsNeverSent) {
 
 // A write nobody waits for any more is not applied; the write beside it is.
 TEST(DepartedCaller, WriteIsNotApplied) {
-    auto held = holding_mock();
-    mock_upstream& up = *held;
+    mock_upstream up(slow_mock(0ms));
+    up.hold();  // every call stays in flight until released
     running_gateway gw(load_yaml(example_config_text("abilities.yaml", up.port(), "5s", "adaptive")));
     auto patch = [&](int ability, int score) {
         return call(gw.port(), "PATCH", "/api/characters/7/abilities/" + std::to_string(ability),
@@ -449,8 +441,8 @@ TEST(QueueDeadline, CallerWithLessTimeLeftThanARoundTripIsNotSent) {
 
 // A batch whose every caller left makes no call, and is not counted as one.
 TEST(DepartedCaller, BatchEveryoneLeftMakesNoCallAndCountsNone) {
-    auto held = holding_mock();
-    mock_upstream& up = *held;
+    mock_upstream up(slow_mock(0ms));
+    up.hold();  // every call stays in flight until released
     running_gateway gw(config_for(up.port(), {{"LIMIT", "{limit: 1}"}}));
     std::thread first([&] { EXPECT_EQ(get(gw.port(), "/users/1").status, 200); });
     ASSERT_TRUE(eventually(10s, [&] { return up.held() == 1; }));

@@ -14,6 +14,7 @@
 #include <random>
 #include <set>
 #include <thread>
+#include <type_traits>
 #include <utility>
 
 #include <boost/asio/ip/tcp.hpp>
@@ -858,19 +859,17 @@ struct mock_upstream::impl {
     ioc->stop();
     for (auto& t : threads) t.join();
     threads.clear();
-    // Sessions queued for a slot hold sockets: drop them while the io_context still lives.
-    std::deque<std::function<void()>> waiters;
-    {
-      std::lock_guard slots(state->slots_mutex);
-      waiters.swap(state->waiters);
-    }
-    waiters.clear();
-    std::vector<std::function<void()>> held;
-    {
-      std::lock_guard lock(state->hold_mutex);
-      held.swap(state->held);
-    }
-    held.clear();
+    // Sessions queued for a slot or held hold sockets: drop them while the io_context still
+    // lives (outside the lock: a session's destructor must not run under it).
+    auto drop = [](std::mutex& m, auto& sessions) {
+      std::decay_t<decltype(sessions)> taken;
+      {
+        std::lock_guard lock(m);
+        taken.swap(sessions);
+      }
+    };
+    drop(state->slots_mutex, state->waiters);
+    drop(state->hold_mutex, state->held);
     // Destroying the io_context destroys every pending handler, so every session (stalled
     // ones included) and the listener close their sockets.
     ioc.reset();
