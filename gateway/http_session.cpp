@@ -155,6 +155,7 @@ private:
         buffer_.max_size(limits.max_header_bytes + 64 * 1024);
         // Idle keep-alive connections (and slow senders) are closed after idle_timeout.
         tcp().expires_after(limits.idle_timeout);
+        wait_for_message(stream_, buffer_);
         // The head first: a client that sent "Expect: 100-continue" waits for our word before
         // it sends the body.
         http::async_read_header(stream_, buffer_, *parser_,
@@ -419,7 +420,10 @@ private:
         gone_.reset();
         if (route && route->mode == config::route_mode::coalesce) {
             ctx.gone = gone_ = std::make_shared<std::atomic<bool>>(false);
-            watch_for_hang_up(ctx.gone);
+            // After a read that drained the socket, asio would not try the watch's receive before
+            // the socket's next edge (net/swept_stream.hpp), and a FIN that came with the request
+            // raises none: so the first look is a peek of our own.
+            watch_for_hang_up(ctx.gone, tcp().drained() ? peek_peer() : peer_state::quiet);
             // A caller may wait a whole window: its read buffer goes back meanwhile (the next
             // request on this connection gets a new one), unless it holds pipelined bytes.
             if (buffer_.size() == 0) buffer_.shrink_to_fit();
@@ -474,9 +478,9 @@ private:
             self->watch_for_hang_up(std::move(gone), self->peek_peer());
         };
         if (seen == peer_state::quiet) {
-            // A receive that peeks: asio tries it at once (the one system call of the watch; it
-            // completes at once if the caller already left or sent more), then waits on the
-            // reactor's edge-triggered registration. (A wait, async_wait, would re-arm the
+            // A receive that peeks: asio tries it at once unless the socket was drained (the one
+            // system call of the watch; it completes at once if the caller already left or sent
+            // more), then waits on the reactor's edge-triggered registration. (A wait, async_wait, would re-arm the
             // descriptor with epoll_ctl: a second system call per waiting caller.)
             tcp().socket().async_receive(net::buffer(&peeked_, 1), tcp::socket::message_peek,
                                          net::bind_allocator(exact_allocator<void>(), std::move(look_again)));

@@ -264,6 +264,7 @@ private:
         response_->body_limit(cap ? boost::optional<std::uint64_t>(cap) : boost::none);
         if (head_request_) response_->skip(true);
         with_upstream([this](auto& stream) {
+            wait_for_message(stream, conn_->buffer);
             http::async_read_header(stream, conn_->buffer, *response_,
                                     [self = this->shared_from_this()](error_code ec, std::size_t) { self->on_response_head(ec); });
         });

@@ -17,22 +17,65 @@
 // - a deadline with no operation pending does nothing.
 // Deadlines fire up to deadline_sweep::tick late. Used from its shard's thread only, like the
 // sweep; connect counts as both directions pending and keeps the write deadline.
+//
+// Reads and the kernel's receive queue. asio tries every receive at once before it waits for
+// epoll (epoll_reactor::start_op), so the read of the next request on a keep-alive connection,
+// or of an upstream's answer just after the request went out, costs a receive that finds
+// nothing: two per passthrough request (bench/syscalls.sh). nginx reads only when epoll has said
+// so, and notes a receive that took less than it asked for as "drained" (ngx_unix_recv). Here the
+// same: a read whose receive takes less than it asked for tells asio's reactor that the socket
+// is exhausted (the status asio's own send uses for a short write), and the reactor then waits
+// for the next edge of its edge-triggered registration before it tries a receive again. A TCP
+// receive stops short only when the receive queue is empty, and every byte that arrives later
+// raises a new edge, so no data is missed. What is missed is a FIN that had arrived before that
+// receive, behind the data (epoll has no new edge for it; nginx learns it from EPOLLRDHUP, which
+// asio does not ask for). So after a drained read, every read tries the socket once itself, as
+// asio would have, unless it is declared the first read of a new message
+// (next_read_may_wait, wait_for_message below): waiting for the client's next request or the
+// upstream's answer, where a FIN behind the last message means only that the connection is
+// done. Such a read, if it still waits after fin_probe_after, peeks once: a FIN there (a
+// client that half-closed right after its request) ends it as EOF, as asio's own read would
+// have at once. Connections that are busy never wait that long; idle ones pay one peek.
 #pragma once
 
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <cerrno>
 #include <chrono>
 #include <cstddef>
+#include <type_traits>
 #include <utility>
 
+#include <boost/asio/append.hpp>
 #include <boost/asio/associator.hpp>
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/buffer.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/detail/reactive_socket_recv_op.hpp>
+#include <boost/asio/error.hpp>
 #include <boost/beast/core/error.hpp>
+#include <boost/version.hpp>
 
 #include "net/deadline_sweep.hpp"
 #include "net/wire.hpp"
 
 namespace batchgate::gateway {
+
+// The buffer of a read that tells the reactor when it drained the socket (above; the
+// specialization of asio's receive operation for it is at the end of this file).
+struct drain_noting_buffer : boost::asio::mutable_buffer {
+    explicit drain_noting_buffer(const boost::asio::mutable_buffer& b) noexcept : mutable_buffer(b) {}
+};
+
+#if BOOST_VERSION == 108100
+inline constexpr bool reads_note_drain = true;
+#else
+// The specialization below is written against asio's internals of Boost 1.81; on another
+// version reads behave as asio's own (each tried at once).
+inline constexpr bool reads_note_drain = false;
+#endif
 
 class swept_stream {
 public:
@@ -41,6 +84,9 @@ public:
     using lowest_layer_type = socket_t;  // what asio's ssl::stream asks of its next layer
     using executor_type = executor_t;
     using endpoint_type = boost::asio::ip::tcp::endpoint;
+    // How long a read that waits for the socket's edge after draining it waits before it peeks
+    // for a FIN that came in before it (above).
+    static constexpr std::chrono::seconds fin_probe_after{1};
 
     explicit swept_stream(socket_t socket)
         : socket_(std::move(socket)), sweep_(&deadline_sweep::of(socket_.get_executor())) {}
@@ -77,6 +123,14 @@ public:
         socket_.close(ignored);
     }
 
+    // The next read waits for the socket to turn readable if the last one drained it, instead of
+    // trying it first: say it only before the first read of a new message, with nothing of it
+    // buffered (wait_for_message). One read only; reads after it try the socket again.
+    void next_read_may_wait() noexcept { may_wait_ = true; }
+    // Whether the last read took less than it asked for (or met EOF): the receive queue was empty
+    // then, and the reactor tries no receive on this socket before its next edge.
+    bool drained() const noexcept { return drained_; }
+
     template <class Buffers, class Handler>
     auto async_read_some(const Buffers& buffers, Handler&& handler) {
         return async_io<true>(buffers, std::forward<Handler>(handler));
@@ -106,10 +160,76 @@ private:
                 direction& dir = read ? read_ : write_;
                 if (!begin(dir, h, std::size_t{0})) return;
                 done_op<std::decay_t<decltype(h)>> op{std::move(h), this, &dir};
-                if constexpr (read) socket_.async_read_some(b, std::move(op));
-                else socket_.async_write_some(b, std::move(op));
+                if constexpr (read) {
+                    const bool may_wait = std::exchange(may_wait_, false);
+                    const std::size_t asked = boost::asio::buffer_size(b);
+                    if (reads_note_drain && drained_ && may_wait) arm_fin_probe();
+                    if (drained_ && !may_wait && asked != 0) {
+                        // What asio would have done, had the last read not told it to wait.
+                        boost::system::error_code ec;
+                        std::size_t n = 0;
+                        if (receive_now(b, ec, n)) {
+                            op.asked = asked;
+                            boost::asio::post(get_executor(), boost::asio::append(std::move(op), ec, n));
+                            return;
+                        }
+                    }
+                    if constexpr (reads_note_drain &&
+                                  std::is_convertible_v<const Buffers*, const boost::asio::mutable_buffer*>) {
+                        op.asked = asked;
+                        socket_.async_read_some(drain_noting_buffer(b), std::move(op));
+                    } else {
+                        socket_.async_read_some(b, std::move(op));  // never drained: asio tries each at once
+                    }
+                } else {
+                    socket_.async_write_some(b, std::move(op));
+                }
             },
             handler, buffers);
+    }
+
+    // One non-blocking receive into b; false when nothing is there yet.
+    template <class Buffers>
+    bool receive_now(const Buffers& b, boost::system::error_code& ec, std::size_t& n) {
+        iovec iov[8];
+        int count = 0;
+        for (auto it = boost::asio::buffer_sequence_begin(b), end = boost::asio::buffer_sequence_end(b);
+             it != end && count < 8; ++it) {
+            const boost::asio::mutable_buffer piece(*it);
+            if (piece.size() != 0) iov[count++] = {piece.data(), piece.size()};
+        }
+        msghdr msg{};
+        msg.msg_iov = iov;
+        msg.msg_iovlen = static_cast<decltype(msg.msg_iovlen)>(count);
+        const auto got = ::recvmsg(socket_.native_handle(), &msg, MSG_DONTWAIT);
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return false;
+        n = got > 0 ? static_cast<std::size_t>(got) : 0;
+        if (got == 0) ec = boost::asio::error::eof;
+        else if (got < 0) ec.assign(errno, boost::system::system_category());
+        return true;
+    }
+
+    // A read that waits for the edge of a drained socket looks once, after fin_probe_after, for a
+    // FIN already in (direction::deadline_passed); its own deadline, if sooner, comes first.
+    void arm_fin_probe() {
+        // From when the deadline was set (just before the read, as a rule): no clock read.
+        const auto from = read_.has_deadline() ? read_.set_at : clock_type::now();
+        if (read_.has_deadline() && read_.length <= fin_probe_after) return;
+        read_.probe = true;
+        sweep_->arm(read_, from, fin_probe_after);
+    }
+
+    // A FIN (or an error) waiting in the socket, seen without taking anything.
+    bool peer_left() {
+        char byte;
+        const auto n = ::recv(socket_.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+        return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+    }
+
+    // What a read's end says about the receive queue; an aborted or timed-out read tells nothing.
+    void note_read(const boost::system::error_code& ec, std::size_t n, std::size_t asked) {
+        if (!ec) drained_ = n < asked;
+        else if (ec == boost::asio::error::eof) drained_ = true;
     }
 
     struct direction : deadline_entry {
@@ -118,6 +238,8 @@ private:
         clock_type::duration length = clock_type::duration::max();  // max: no deadline
         bool pending = false;
         bool timed_out = false;
+        bool probe = false;      // armed for the FIN probe, not the deadline (arm_fin_probe)
+        bool peer_gone = false;  // the probe found a FIN: the read ends as EOF
 
         direction() = default;
         direction(const direction& o) : owner(nullptr), set_at(o.set_at), length(o.length) {}
@@ -128,6 +250,15 @@ private:
         void clear() { length = clock_type::duration::max(); }
         bool has_deadline() const { return length != clock_type::duration::max(); }
         void deadline_passed() override {
+            if (std::exchange(probe, false)) {
+                if (owner->peer_left()) {
+                    peer_gone = true;
+                    owner->close();  // the pending read ends, and reports EOF
+                } else if (has_deadline()) {
+                    owner->sweep_->arm(*this, set_at, length);  // the read's own deadline
+                }
+                return;
+            }
             timed_out = true;
             owner->close();  // every pending operation ends; this one reports the timeout
         }
@@ -158,10 +289,15 @@ private:
     void end(direction& dir, boost::system::error_code& ec) {
         sweep_->disarm(dir);
         dir.pending = false;
+        dir.probe = false;
         if (&dir == &write_) read_.pending = false;  // a connect held both
         if (dir.timed_out) {
             dir.timed_out = false;
             ec = boost::beast::error::timeout;
+        }
+        if (dir.peer_gone) {
+            dir.peer_gone = false;
+            ec = boost::asio::error::eof;
         }
     }
 
@@ -173,11 +309,16 @@ public:
         Handler handler;
         swept_stream* stream;
         direction* dir;
+        std::size_t asked = 0;  // a read's that notes drain: how much it asked for
 
-        template <class... Args>
-        void operator()(boost::system::error_code ec, Args&&... args) {
+        void operator()(boost::system::error_code ec, std::size_t n) {
+            if (dir == &stream->read_) stream->note_read(ec, n, asked);
             stream->end(*dir, ec);
-            std::move(handler)(ec, std::forward<Args>(args)...);
+            std::move(handler)(ec, n);
+        }
+        void operator()(boost::system::error_code ec, const endpoint_type& where) {
+            stream->end(*dir, ec);
+            std::move(handler)(ec, where);
         }
     };
 
@@ -186,10 +327,21 @@ private:
     deadline_sweep* sweep_;
     direction read_;
     direction write_;
+    bool may_wait_ = false;
+    bool drained_ = false;
 };
 
 // Every connection's TCP stream, client or upstream.
 using stream_t = swept_stream;
+
+// Before reading a new message (a request, an answer) from stream: over plain TCP, and with
+// nothing of it in buffer, the read may wait for the socket's edge (swept_stream above). Over TLS
+// the read of a record may be one of several, so it is left to try first.
+template <class Stream, class Buffer>
+void wait_for_message(Stream& stream, const Buffer& buffer) noexcept {
+    if constexpr (std::is_same_v<Stream, swept_stream>)
+        if (buffer.size() == 0) stream.next_read_may_wait();
+}
 
 }  // namespace batchgate::gateway
 
@@ -205,3 +357,39 @@ struct boost::asio::associator<Associator, batchgate::gateway::swept_stream::don
         return Associator<Handler, DefaultCandidate>::get(h.handler, c);
     }
 };
+
+#if BOOST_VERSION == 108100
+// asio's receive operation for a drain_noting_buffer: as asio's own (reactive_socket_recv_op.hpp,
+// Boost 1.81), except that a receive that took less than it asked for reports
+// done_and_exhausted, which makes the reactor wait for the socket's next edge before it tries
+// another receive (epoll_reactor::start_op and perform_io), as it does after a short send.
+template <>
+class boost::asio::detail::reactive_socket_recv_op_base<batchgate::gateway::drain_noting_buffer> : public reactor_op {
+public:
+    reactive_socket_recv_op_base(const boost::system::error_code& success_ec, socket_type socket,
+                                 socket_ops::state_type state, const batchgate::gateway::drain_noting_buffer& buffers,
+                                 socket_base::message_flags flags, func_type complete_func)
+        : reactor_op(success_ec, &reactive_socket_recv_op_base::do_perform, complete_func),
+          socket_(socket),
+          state_(state),
+          buffers_(buffers),
+          flags_(flags) {}
+
+    static status do_perform(reactor_op* base) {
+        auto* o = static_cast<reactive_socket_recv_op_base*>(base);
+        const bool stream = (o->state_ & socket_ops::stream_oriented) != 0;
+        if (!socket_ops::non_blocking_recv1(o->socket_, o->buffers_.data(), o->buffers_.size(), o->flags_, stream,
+                                            o->ec_, o->bytes_transferred_))
+            return not_done;
+        if (!stream) return done;
+        if (o->ec_) return o->ec_ == boost::asio::error::eof ? done_and_exhausted : done;
+        return o->bytes_transferred_ < o->buffers_.size() ? done_and_exhausted : done;
+    }
+
+private:
+    socket_type socket_;
+    socket_ops::state_type state_;
+    batchgate::gateway::drain_noting_buffer buffers_;
+    socket_base::message_flags flags_;
+};
+#endif

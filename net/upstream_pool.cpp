@@ -228,6 +228,7 @@ private:
         if (req_.method() == http::verb::head) parser_->skip(true);
         conn_->tcp().expires_after(remaining());
         conn_->with_stream([&](auto& stream) {
+            wait_for_message(stream, conn_->buffer);
             http::async_read_header(stream, conn_->buffer, *parser_, [self = shared_from_this()](beast::error_code ec, std::size_t n) {
                 self->on_header(ec, n);
             });

@@ -2,6 +2,10 @@
 // 2 GiB both ways with the gateway process's RSS measured, a slow reader, server-sent events
 // arriving one by one, a WebSocket echo through the tunnel, an upstream dying mid-body, and
 // the framing of what is forwarded.
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
 #include <algorithm>
 
 #include "tests/integration/gateway_process.hpp"
@@ -306,4 +310,42 @@ TEST(Streaming, UpstreamConnectionsAreReusedAfterCompleteExchanges) {
     EXPECT_TRUE(closing.complete);
     EXPECT_EQ(closing.bytes, 5000u);
     EXPECT_EQ(closing.header("transfer-encoding"), "chunked");
+}
+
+// A client that half-closes right after its request is answered in full, and its connection
+// closed. When one edge brought the request and the FIN behind it (a keep-alive connection's
+// second request, sent corked so that the shutdown sends both in one segment), the read of the
+// request drains the socket and the read of the next request waits for the socket's next edge,
+// which a FIN already in does not raise (net/swept_stream.hpp); its one peek after
+// fin_probe_after finds the FIN. Without it the connection would stay until limits.idle_timeout
+// (60 s here).
+TEST(Streaming, AClientThatHalfClosesAfterItsRequestIsAnsweredAndItsConnectionClosed) {
+    stream_upstream up;
+    running_gateway gw(config_for(up.port(), "{idle_timeout: 300ms}"));
+    boost::asio::io_context ioc;
+    boost::asio::ip::tcp::socket s(ioc);
+    s.connect({boost::asio::ip::make_address("127.0.0.1"), gw.port()});
+    const std::string request = "GET /bytes/100 HTTP/1.1\r\nHost: t\r\n\r\n";
+    std::string got;
+    boost::system::error_code ec;
+    char buf[4096];
+    auto answered = [&] {
+        const auto head_end = got.find("\r\n\r\n");
+        return head_end != std::string::npos && got.size() - head_end - 4 >= 100;
+    };
+    boost::asio::write(s, boost::asio::buffer(request));
+    while (!ec && !answered()) got.append(buf, s.read_some(boost::asio::buffer(buf), ec));
+    ASSERT_TRUE(answered()) << ec.message() << "\n" << got;
+    got.clear();
+    const int on = 1;
+    ::setsockopt(s.native_handle(), IPPROTO_TCP, TCP_CORK, &on, sizeof on);
+    boost::asio::write(s, boost::asio::buffer(request));
+    s.shutdown(boost::asio::ip::tcp::socket::shutdown_send);
+    const auto start = std::chrono::steady_clock::now();
+    while (!ec) got.append(buf, s.read_some(boost::asio::buffer(buf), ec));
+    const auto took = std::chrono::steady_clock::now() - start;
+    EXPECT_EQ(ec, boost::asio::error::eof) << ec.message();
+    ASSERT_EQ(got.rfind("HTTP/1.1 200", 0), 0u) << got;
+    EXPECT_TRUE(answered()) << "the answer was cut: " << got;
+    EXPECT_LT(took, 10s) << "the connection stayed for limits.idle_timeout";
 }

@@ -38,6 +38,9 @@ struct swept_stream_test : ::testing::Test {
         peer.emplace(std::move(client));
     }
 
+    // Runs handlers until r is done, or for about rounds * 20 ms.
+    void run_until(const struct outcome& r, int rounds = 100);
+
     // Runs what is ready now, without blocking on the sockets.
     void settle() {
         ioc.restart();
@@ -57,6 +60,13 @@ struct outcome {
         };
     }
 };
+
+void swept_stream_test::run_until(const outcome& r, int rounds) {
+    for (int i = 0; i < rounds && !r.done; ++i) {
+        ioc.restart();
+        ioc.run_one_for(20ms);
+    }
+}
 
 }  // namespace
 
@@ -213,4 +223,142 @@ TEST(DeadlineSweep, RunTimeLengthsShareABoundedSetOfLists) {
     EXPECT_LE(sweep.lists(), deadline_sweep::max_lists);
     for (int ms = 0; ms <= 200; ++ms) sweep.sweep(t0 + std::chrono::milliseconds(ms));
     for (int i = 0; i < 200; ++i) EXPECT_EQ(entries[i]->mine, 199 - i) << "entry " << i << " fired out of order";
+}
+
+// Reads and the receive queue (net/swept_stream.hpp): a read that drains the socket tells asio's
+// reactor to wait for the next edge before it tries another receive.
+
+namespace {
+struct drained_stream_test : swept_stream_test {
+    std::array<char, 64> buf{};
+
+    // A read queued before `bytes` come (so the reactor performs it on their edge, which is then
+    // spent), with the peer's FIN right behind them if `fin`. It drains the socket.
+    void drain(const std::string& bytes, bool fin = false) {
+        outcome first;
+        stream->async_read_some(net::buffer(buf), first.handler());
+        settle();
+        ASSERT_FALSE(first.done) << "nothing sent yet";
+        net::write(*peer, net::buffer(bytes));
+        if (fin) peer->shutdown(tcp::socket::shutdown_send);
+        run_until(first);
+        ASSERT_TRUE(first.done);
+        ASSERT_FALSE(first.ec) << first.ec.message();
+        ASSERT_EQ(std::string(buf.data(), first.n), bytes);
+        ASSERT_TRUE(stream->drained());
+    }
+    // Starts a read into buf, the first of a new message if `may_wait`.
+    void read(outcome& r, bool may_wait = false) {
+        if (may_wait) stream->next_read_may_wait();
+        stream->async_read_some(net::buffer(buf), r.handler());
+    }
+    std::string got(const outcome& r) const { return std::string(buf.data(), r.n); }
+};
+}  // namespace
+
+TEST_F(drained_stream_test, AReadAfterADrainingOneStillSeesTheFinThatCameWithTheData) {
+    ASSERT_NO_FATAL_FAILURE(drain("abc", true));
+    // A close-delimited body, or an upstream that closes mid-answer: the FIN raises no new edge,
+    // so this read must try the socket itself.
+    outcome second;
+    read(second);
+    run_until(second, 50);
+    ASSERT_TRUE(second.done) << "the FIN behind drained data was never seen";
+    EXPECT_EQ(second.ec, net::error::eof);
+    EXPECT_TRUE(stream->drained());
+}
+
+TEST_F(drained_stream_test, TheFirstReadOfANewMessageWaitsForTheSocketsNextEdgeThenProbes) {
+    ASSERT_NO_FATAL_FAILURE(drain("abc", true));
+    // Declared the first read of a new message, it is not tried (no receive that finds nothing),
+    // so the FIN behind the last message shows as nothing at first.
+    stream->expires_after(1h);
+    outcome idle;
+    read(idle, true);
+    run_until(idle, 5);
+    EXPECT_FALSE(idle.done) << "the reactor tried a drained socket";
+    // After fin_probe_after it peeks once, finds the FIN, and ends as EOF would have.
+    sweep.sweep(clock_type::now() + swept_stream::fin_probe_after);
+    run_until(idle, 50);
+    ASSERT_TRUE(idle.done);
+    EXPECT_EQ(idle.ec, net::error::eof) << idle.ec.message();
+    EXPECT_EQ(sweep.armed(), 0u);
+}
+
+TEST_F(drained_stream_test, TheFinProbeOfAQuietConnectionGivesBackItsDeadline) {
+    ASSERT_NO_FATAL_FAILURE(drain("one"));
+    const auto t0 = clock_type::now();
+    stream->expires_after(30s);
+    outcome idle;
+    read(idle, true);
+    sweep.sweep(t0 + 2s);  // the probe: nothing there, the read goes on
+    run_until(idle, 3);
+    EXPECT_FALSE(idle.done);
+    EXPECT_EQ(sweep.armed(), 1u) << "the read's own deadline is armed again";
+    sweep.sweep(t0 + 29s);
+    run_until(idle, 3);
+    EXPECT_FALSE(idle.done);
+    sweep.sweep(t0 + 31s);
+    run_until(idle);
+    ASSERT_TRUE(idle.done);
+    EXPECT_EQ(idle.ec, boost::beast::error::timeout);
+}
+
+TEST_F(drained_stream_test, AWaitingFirstReadGetsWhatArrivesLaterProbedOrNot) {
+    ASSERT_NO_FATAL_FAILURE(drain("one"));
+    outcome next;
+    read(next, true);  // no deadline: the probe alone is armed
+    settle();
+    EXPECT_FALSE(next.done);
+    EXPECT_EQ(sweep.armed(), 1u);
+    sweep.sweep(clock_type::now() + 2s);
+    EXPECT_EQ(sweep.armed(), 0u);
+    net::write(*peer, net::buffer(std::string("two")));
+    run_until(next);
+    ASSERT_TRUE(next.done);
+    EXPECT_FALSE(next.ec) << next.ec.message();
+    EXPECT_EQ(got(next), "two");
+}
+
+TEST_F(swept_stream_test, AFullReadLeavesTheSocketUndrainedAndTheRestIsRead) {
+    std::array<char, 4> small{};
+    net::write(*peer, net::buffer(std::string("abcdefgh")));
+    outcome first;
+    stream->async_read_some(net::buffer(small), first.handler());
+    run_until(first);
+    ASSERT_TRUE(first.done);
+    EXPECT_EQ(std::string(small.data(), first.n), "abcd");
+    EXPECT_FALSE(stream->drained()) << "a read that filled its buffer says nothing of the queue";
+    // Even a first read of a message: the rest is there, and the reactor tries it.
+    stream->next_read_may_wait();
+    outcome second;
+    stream->async_read_some(net::buffer(small), second.handler());
+    run_until(second);
+    ASSERT_TRUE(second.done);
+    EXPECT_EQ(std::string(small.data(), second.n), "efgh");
+}
+
+TEST_F(drained_stream_test, AReadTriedAtOnceAfterADrainingOneKeepsItsDeadlineContract) {
+    ASSERT_NO_FATAL_FAILURE(drain("x"));
+    // Bytes already there: the read tried at once completes, later, through the executor, and
+    // disarms its deadline.
+    net::write(*peer, net::buffer(std::string("yz")));
+    stream->expires_after(1h);
+    outcome second;
+    read(second);
+    EXPECT_FALSE(second.done) << "never completed inside the initiating call";
+    run_until(second);
+    ASSERT_TRUE(second.done);
+    EXPECT_EQ(got(second), "yz");
+    EXPECT_EQ(sweep.armed(), 0u);
+    // Nothing there: it waits, and its deadline closes the socket.
+    outcome third;
+    stream->expires_after(1s);
+    read(third);
+    settle();
+    EXPECT_FALSE(third.done);
+    sweep.sweep(clock_type::now() + 2s);
+    run_until(third, 50);
+    ASSERT_TRUE(third.done);
+    EXPECT_EQ(third.ec, boost::beast::error::timeout);
 }
