@@ -170,6 +170,7 @@ private:
                         std::size_t n = 0;
                         if (receive_now(b, ec, n)) {
                             op.asked = asked;
+                            op.notes_drain = true;
                             boost::asio::post(get_executor(), boost::asio::append(std::move(op), ec, n));
                             return;
                         }
@@ -177,9 +178,11 @@ private:
                     if constexpr (reads_note_drain &&
                                   std::is_convertible_v<const Buffers*, const boost::asio::mutable_buffer*>) {
                         op.asked = asked;
+                        op.notes_drain = true;
                         socket_.async_read_some(drain_noting_buffer(b), std::move(op));
                     } else {
-                        socket_.async_read_some(b, std::move(op));  // never drained: asio tries each at once
+                        op.asked = asked;  // asio's own receive: never drained, it tries each at once
+                        socket_.async_read_some(b, std::move(op));
                     }
                 } else {
                     socket_.async_write_some(b, std::move(op));
@@ -212,11 +215,10 @@ private:
     // A read that waits for the edge of a drained socket looks once, after fin_probe_after, for a
     // FIN already in (direction::deadline_passed); its own deadline, if sooner, comes first.
     void arm_fin_probe() {
-        // From when the deadline was set (just before the read, as a rule): no clock read.
-        const auto from = read_.has_deadline() ? read_.set_at : clock_type::now();
-        if (read_.has_deadline() && read_.length <= fin_probe_after) return;
+        const auto now = clock_type::now();
+        if (read_.has_deadline() && read_.set_at + read_.length <= now + fin_probe_after) return;
         read_.probe = true;
-        sweep_->arm(read_, from, fin_probe_after);
+        sweep_->arm(read_, now, fin_probe_after);
     }
 
     // A FIN (or an error) waiting in the socket, seen without taking anything.
@@ -226,9 +228,13 @@ private:
         return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
     }
 
-    // What a read's end says about the receive queue; an aborted or timed-out read tells nothing.
-    void note_read(const boost::system::error_code& ec, std::size_t n, std::size_t asked) {
-        if (!ec) drained_ = n < asked;
+    // What a read's end says about the receive queue. An aborted or timed-out read tells nothing,
+    // and neither does one of nothing (asio completes it without a receive: asio's ssl::stream
+    // makes one to complete from what OpenSSL holds). A read by asio's own receive leaves the
+    // reactor trying the socket at once: not drained.
+    void note_read(const boost::system::error_code& ec, std::size_t n, std::size_t asked, bool notes_drain) {
+        if (asked == 0) return;
+        if (!ec) drained_ = notes_drain && n < asked;
         else if (ec == boost::asio::error::eof) drained_ = true;
     }
 
@@ -252,8 +258,11 @@ private:
         void deadline_passed() override {
             if (std::exchange(probe, false)) {
                 if (owner->peer_left()) {
+                    // The pending read ends, and reports EOF; one that completed meanwhile (its
+                    // handler not run yet) keeps what it read, and the next read sees the EOF.
                     peer_gone = true;
-                    owner->close();  // the pending read ends, and reports EOF
+                    boost::system::error_code ignored;
+                    owner->socket_.cancel(ignored);
                 } else if (has_deadline()) {
                     owner->sweep_->arm(*this, set_at, length);  // the read's own deadline
                 }
@@ -295,10 +304,8 @@ private:
             dir.timed_out = false;
             ec = boost::beast::error::timeout;
         }
-        if (dir.peer_gone) {
-            dir.peer_gone = false;
+        if (std::exchange(dir.peer_gone, false) && ec == boost::asio::error::operation_aborted)
             ec = boost::asio::error::eof;
-        }
     }
 
 public:
@@ -309,10 +316,11 @@ public:
         Handler handler;
         swept_stream* stream;
         direction* dir;
-        std::size_t asked = 0;  // a read's that notes drain: how much it asked for
+        std::size_t asked = 0;     // a read's: how much it asked for
+        bool notes_drain = false;  // a read's: whether a short receive left the reactor waiting
 
         void operator()(boost::system::error_code ec, std::size_t n) {
-            if (dir == &stream->read_) stream->note_read(ec, n, asked);
+            if (dir == &stream->read_) stream->note_read(ec, n, asked, notes_drain);
             stream->end(*dir, ec);
             std::move(handler)(ec, n);
         }

@@ -3,12 +3,17 @@
 // explicit time, so nothing here waits on the wall clock except the one test of the real tick.
 #include "net/swept_stream.hpp"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
 #include <gtest/gtest.h>
 
 #include <array>
 #include <optional>
 #include <string>
 
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/read.hpp>
@@ -239,6 +244,9 @@ struct drained_stream_test : swept_stream_test {
         stream->async_read_some(net::buffer(buf), first.handler());
         settle();
         ASSERT_FALSE(first.done) << "nothing sent yet";
+        // With the FIN: corked, so that the shutdown sends both in one segment (one edge).
+        const int cork = fin ? 1 : 0;
+        ::setsockopt(peer->native_handle(), IPPROTO_TCP, TCP_CORK, &cork, sizeof cork);
         net::write(*peer, net::buffer(bytes));
         if (fin) peer->shutdown(tcp::socket::shutdown_send);
         run_until(first);
@@ -361,4 +369,48 @@ TEST_F(drained_stream_test, AReadTriedAtOnceAfterADrainingOneKeepsItsDeadlineCon
     run_until(third, 50);
     ASSERT_TRUE(third.done);
     EXPECT_EQ(third.ec, boost::beast::error::timeout);
+}
+
+// asio's ssl::stream completes an operation from what OpenSSL already holds with a read of
+// nothing; asio completes that without a receive, so it says nothing of the socket.
+TEST_F(drained_stream_test, AReadOfNothingLeavesTheSocketDrained) {
+    ASSERT_NO_FATAL_FAILURE(drain("abc", true));
+    outcome nothing;
+    stream->async_read_some(net::buffer(buf.data(), 0), nothing.handler());
+    run_until(nothing);
+    ASSERT_TRUE(nothing.done);
+    EXPECT_EQ(nothing.n, 0u);
+    EXPECT_TRUE(stream->drained());
+    outcome next;  // so it still tries the socket, and sees the FIN
+    read(next);
+    run_until(next, 50);
+    ASSERT_TRUE(next.done) << "the FIN behind drained data was never seen";
+    EXPECT_EQ(next.ec, net::error::eof);
+}
+
+// The probe runs after a first read of a message completed (its handler not run yet): the read
+// keeps what it took, and the next read sees the EOF.
+TEST_F(drained_stream_test, AProbeAfterTheReadCompletedKeepsWhatItRead) {
+    ASSERT_NO_FATAL_FAILURE(drain("one"));
+    const int cork = 1;
+    ::setsockopt(peer->native_handle(), IPPROTO_TCP, TCP_CORK, &cork, sizeof cork);
+    net::write(*peer, net::buffer(std::string("two")));
+    peer->shutdown(tcp::socket::shutdown_send);
+    {  // the edge is seen with no read queued: the reactor tries the next one at once
+        auto busy = net::make_work_guard(ioc);  // poll() runs the reactor only when work is owed
+        settle();
+    }
+    outcome next;
+    read(next, true);
+    EXPECT_FALSE(next.done);
+    sweep.sweep(clock_type::now() + 2s);  // the probe, before the read's handler runs
+    run_until(next);
+    ASSERT_TRUE(next.done);
+    EXPECT_FALSE(next.ec) << next.ec.message();
+    EXPECT_EQ(got(next), "two");
+    outcome last;
+    read(last);
+    run_until(last, 50);
+    ASSERT_TRUE(last.done);
+    EXPECT_EQ(last.ec, net::error::eof) << last.ec.message();
 }
