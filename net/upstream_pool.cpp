@@ -483,7 +483,10 @@ void upstream_pool::release(std::unique_ptr<connection> conn) {
             return;
         }
     }
-    // The slot passes to the next queued call, with this connection if it is still good.
+    // The slot passes to the next queued call, with this connection if it is still good (the
+    // same peek as a reuse from the idle list: a FIN that came with the last answer raises no
+    // new edge for the next answer's read to wait on), else with a new one.
+    if (conn && !still_usable(*conn)) discard(std::move(conn));
     next->use(std::move(conn));
 }
 

@@ -20,7 +20,9 @@
 //   GET  /die?after=<N>&length=<L>&how=rst|fin
 //        a head with Content-Length L (default 2N + 1024), N bytes of the pattern, then an abortive
 //        close (SO_LINGER 0: RST, the default) or a graceful one (how=fin).
-//   GET  /slow-head?delay_ms=<D>    waits D ms, then 200 "slow\n".
+//   GET  /slow-head?delay_ms=<D>[&fin=1&hold_ms=<H>]    waits D ms, then 200 "slow\n"; with fin=1
+//        the answer says keep-alive but the FIN follows it in the same segment, and the connection
+//        stays open, reading nothing, for H ms.
 //   ANY  /echo-headers              200 JSON of the request as received: {"method","target",
 //        "version":"HTTP/1.1","headers":[[name,value],...] in order,"chunked":bool,"body_bytes":N}.
 //   GET  /ws                        WebSocket echo (same type, text or binary) until the peer closes.
@@ -28,6 +30,10 @@
 //   anything else                   404.
 // Any request body is read (and counted) before the answer, so keep-alive holds for all of them.
 #pragma once
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -359,7 +365,17 @@ private:
         if (path == "/die") co_return co_await serve_die(c, req, target);
         if (path == "/slow-head") {
             co_await sleep(c, std::chrono::milliseconds(detail::query_number(target, "delay_ms", 0)));
-            co_return co_await write_small(c, req, http::status::ok, "slow\n", "text/plain", keep);
+            if (detail::query_number(target, "fin", 0) == 0)
+                co_return co_await write_small(c, req, http::status::ok, "slow\n", "text/plain", keep);
+            // A keep-alive answer with the FIN in its segment: corked, the shutdown sends both.
+            const int cork = 1;
+            ::setsockopt(c.socket.native_handle(), IPPROTO_TCP, TCP_CORK, &cork, sizeof cork);
+            co_await write_small(c, req, http::status::ok, "slow\n", "text/plain", keep);
+            beast::error_code ec;
+            c.socket.shutdown(tcp::socket::shutdown_send, ec);
+            // Open, but serving nothing more, for hold_ms: a request written to it meets no reset.
+            co_await sleep(c, std::chrono::milliseconds(detail::query_number(target, "hold_ms", 0)));
+            co_return false;
         }
         co_return co_await write_small(c, req, http::status::not_found, "not found\n", "text/plain", keep);
     }

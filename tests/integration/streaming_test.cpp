@@ -8,6 +8,7 @@
 
 #include <algorithm>
 
+#include "tests/integration/examples.hpp"
 #include "tests/integration/gateway_process.hpp"
 #include "tests/integration/harness.hpp"
 #include "tests/integration/stream_upstream.hpp"
@@ -348,4 +349,27 @@ TEST(Streaming, AClientThatHalfClosesAfterItsRequestIsAnsweredAndItsConnectionCl
     ASSERT_EQ(got.rfind("HTTP/1.1 200", 0), 0u) << got;
     EXPECT_TRUE(answered()) << "the answer was cut: " << got;
     EXPECT_LT(took, 10s) << "the connection stayed for limits.idle_timeout";
+}
+
+// With the upstream at max_connections, a connection freed by one call is handed straight to the
+// next one waiting. An answer that said keep-alive but came with the upstream's FIN leaves a
+// drained socket whose next read would wait for an edge that never comes (net/swept_stream.hpp):
+// the hand-over peeks, as a reuse from the idle list does, and the waiting call gets a new
+// connection. Its request timeout (800 ms) is shorter than the FIN probe's second: without the
+// peek it would be a 504.
+TEST(Streaming, AConnectionHandedToAWaitingCallIsCheckedFirst) {
+    stream_upstream up;
+    std::string text = config_text(up.port());
+    replace_once(text, "  s: {url: \"http://127.0.0.1:" + std::to_string(up.port()) + "\", request_timeout: 2s}",
+                 "  s: {url: \"http://127.0.0.1:" + std::to_string(up.port()) +
+                     "\", request_timeout: 800ms, max_connections: 1}");
+    running_gateway gw(load_yaml(text));
+    stream_result first;
+    std::thread a([&] { first = stream_get(gw.port(), "/slow-head?delay_ms=300&fin=1&hold_ms=2000"); });
+    ASSERT_TRUE(eventually(10s, [&] { return up.requests() == 1; }));
+    auto second = stream_get(gw.port(), "/slow-head?delay_ms=0");  // queued behind the first
+    a.join();
+    EXPECT_EQ(first.status, 200);
+    EXPECT_EQ(second.status, 200) << second.body;
+    EXPECT_EQ(up.requests(), 2u);
 }
