@@ -147,6 +147,7 @@ public:
             [this](auto h, const Endpoints& eps) {
                 if (!begin(write_, h, endpoint_type{})) return;
                 read_.pending = true;
+                connecting_ = true;
                 boost::asio::async_connect(socket_, eps, done_op<std::decay_t<decltype(h)>>{std::move(h), this, &write_});
             },
             handler, endpoints);
@@ -299,7 +300,9 @@ private:
         sweep_->disarm(dir);
         dir.pending = false;
         dir.probe = false;
-        if (&dir == &write_) read_.pending = false;  // a connect held both
+        // A connect held both; a write that ends beside a pending read (a body streaming up while
+        // the answer's head is awaited) leaves the read pending, with the deadline it started with.
+        if (&dir == &write_ && std::exchange(connecting_, false)) read_.pending = false;
         if (dir.timed_out) {
             dir.timed_out = false;
             ec = boost::beast::error::timeout;
@@ -337,6 +340,7 @@ private:
     direction write_;
     bool may_wait_ = false;
     bool drained_ = false;
+    bool connecting_ = false;
 };
 
 // Every connection's TCP stream, client or upstream.

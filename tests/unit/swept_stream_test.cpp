@@ -414,3 +414,31 @@ TEST_F(drained_stream_test, AProbeAfterTheReadCompletedKeepsWhatItRead) {
     ASSERT_TRUE(last.done);
     EXPECT_EQ(last.ec, net::error::eof) << last.ec.message();
 }
+
+// A write that ends while a read is pending (a body streaming up while the answer's head is
+// awaited) leaves the read pending: a deadline set after it is the next operations', never the
+// read's. (It used to free the read as a connect's end does, so the FIN probe, giving the read
+// its deadline back, gave it the writes' idle timeout: an upload cut 2 s after its first second.)
+TEST_F(drained_stream_test, AWriteEndingBesideAPendingReadLeavesTheReadsDeadlineAlone) {
+    ASSERT_NO_FATAL_FAILURE(drain("one"));
+    stream->expires_never();
+    outcome head;
+    read(head, true);  // waits for the answer, with no deadline of its own; the probe is armed
+    outcome written;
+    const std::string piece = "a piece of the body";
+    stream->expires_after(2s);
+    stream->async_write_some(net::buffer(piece), written.handler());
+    run_until(written);
+    ASSERT_TRUE(written.done);
+    stream->expires_after(2s);  // the next piece's idle timeout
+    const auto t0 = clock_type::now();
+    sweep.sweep(t0 + 1500ms);  // the probe: nothing from the peer
+    sweep.sweep(t0 + 10s);
+    run_until(head, 3);
+    EXPECT_FALSE(head.done) << head.ec.message() << ": the read took the writes' deadline";
+    net::write(*peer, net::buffer(std::string("answer")));
+    run_until(head);
+    ASSERT_TRUE(head.done);
+    EXPECT_FALSE(head.ec) << head.ec.message();
+    EXPECT_EQ(got(head), "answer");
+}
