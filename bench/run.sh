@@ -548,6 +548,12 @@ scenario_2() {
     loadavg
     table_header
     run_wrk fan-direct "mock direct (single-item calls)" 200 "http://127.0.0.1:$P_MOCK_SLOW/" 1 "${PIDS[mock-slow]}"
+    # The floor of a coalesced caller's cost: nginx reading each request and answering it from
+    # memory (the mock's body for one user), no upstream leg at all.
+    start_nginx nginx-mem "$BENCH_DIR/nginx-memory.conf.in" "$P_NGINX" 0 /users/7
+    run_wrk fan-nginx-mem "nginx answering from memory" 200 "http://127.0.0.1:$P_NGINX/" 1 \
+        "${PIDS[nginx-mem]}" $(pgrep -P "${PIDS[nginx-mem]}")
+    stop nginx-mem QUIT
     local mode
     for mode in window adaptive; do
         start_gw "gw-fan-$mode" "$mode" "$P_GW_CO" "$P_GW_CO_ADMIN"
@@ -574,6 +580,13 @@ scenario_2() {
         CO_CPU_NOTE="window ${CO_CPU_RATIO[window]:--} (${CPUUS[fan-window]:--} µs), adaptive ${CO_CPU_RATIO[adaptive]:--} (${CPUUS[fan-adaptive]:--} µs); target <= 0.50"
     fi
     log "$line: $CO_CPU_NOTE"
+    if [[ -n ${CPUUS[fan-nginx-mem]:-} ]]; then
+        local floor=""
+        want 1 && [[ -n ${CPUUS[nginx-200]:-} ]] &&
+            floor="; this floor is $(ratio "${CPUUS[fan-nginx-mem]}" "${CPUUS[nginx-200]}") x nginx passthrough"
+        log "coalesced caller CPU µs / nginx answering from memory CPU µs per request (nginx: ${CPUUS[fan-nginx-mem]} µs):" \
+            "window $(ratio "${CPUUS[fan-window]:-}" "${CPUUS[fan-nginx-mem]}"), adaptive $(ratio "${CPUUS[fan-adaptive]:-}" "${CPUUS[fan-nginx-mem]}")$floor"
+    fi
 }
 
 scenario_3() {

@@ -1,5 +1,7 @@
 #include "gateway/server.hpp"
 
+#include <cstdlib>
+
 #include <pthread.h>
 #include <sys/resource.h>
 
@@ -327,12 +329,14 @@ void server::start() {
             }
         });
     i.state->ready = true;
-    log_line("info", "batchgate started",
-             {{"listen", cfg.listen.host + ":" + std::to_string(port())},
-              {"admin", cfg.admin_listen.host + ":" + std::to_string(admin_port())},
-              {"routes", cfg.routes.size()},
-              {"threads", n},
-              {"config", cfg.source_file}});
+    nlohmann::json fields{{"listen", cfg.listen.host + ":" + std::to_string(port())},
+                          {"admin", cfg.admin_listen.host + ":" + std::to_string(admin_port())},
+                          {"routes", cfg.routes.size()},
+                          {"threads", n},
+                          {"config", cfg.source_file}};
+    // What glibc's allocator runs with (gateway/main.cpp sets its cache size).
+    if (const char* tunables = std::getenv("GLIBC_TUNABLES")) fields["glibc_tunables"] = tunables;
+    log_line("info", "batchgate started", std::move(fields));
 }
 
 void server::wait() {

@@ -43,8 +43,8 @@ public:
             close(out_pipe[1]);
             out_fd_ = out_pipe[0];
         }
-        auto started = wait_for("batchgate started");
-        auto j = nlohmann::json::parse(started, nullptr, false);
+        started_ = wait_for("batchgate started");
+        auto j = nlohmann::json::parse(started_, nullptr, false);
         std::string listen = j.value("listen", "");
         std::string admin = j.value("admin", "");
         if (!listen.empty()) port_ = static_cast<unsigned short>(std::stoi(listen.substr(listen.rfind(':') + 1)));
@@ -93,9 +93,12 @@ public:
     unsigned short port() const { return port_; }
     pid_t pid() const { return pid_; }
     unsigned short admin_port() const { return admin_port_; }
+    // The "batchgate started" log line (JSON).
+    nlohmann::json started() const { return nlohmann::json::parse(started_, nullptr, false); }
 
 private:
     pid_t pid_ = -1;
+    std::string started_;
     FILE* err_ = nullptr;
     int out_fd_ = -1;
     std::string out_;

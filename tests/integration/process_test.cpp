@@ -6,6 +6,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
+#include <fstream>
+#include <optional>
 #include <thread>
 
 #include "tests/integration/gateway_process.hpp"
@@ -247,4 +250,70 @@ TEST(Process, ReloadSaysWhichKeysNeedARestart) {
     EXPECT_EQ(get(gw.port(), "/people/4").json()["id"], "4") << "the rest of the file applies, on the old socket";
     gw.signal(SIGTERM);
     EXPECT_EQ(gw.wait_exit(), 0);
+}
+
+namespace {
+
+// A variable of a running process's environment as it was passed to exec, nullopt when it has
+// none. glibc cuts GLIBC_TUNABLES at its first ':' in place when it reads it, so for that one
+// this is the first tunable.
+std::optional<std::string> environment_of(pid_t pid, const std::string& name) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/environ", std::ios::binary);
+    std::string entry;
+    while (std::getline(in, entry, '\0'))
+        if (entry.starts_with(name + "=")) return entry.substr(name.size() + 1);
+    return std::nullopt;
+}
+
+// Sets (or, with nullopt, unsets) a variable of this test process for one scope: the gateway
+// child inherits it.
+struct scoped_env {
+    std::string name;
+    std::optional<std::string> old;
+    scoped_env(std::string n, std::optional<std::string> value) : name(std::move(n)) {
+        if (const char* v = std::getenv(name.c_str())) old = v;
+        if (value) setenv(name.c_str(), value->c_str(), 1);
+        else unsetenv(name.c_str());
+    }
+    ~scoped_env() {
+        if (old) setenv(name.c_str(), old->c_str(), 1);
+        else unsetenv(name.c_str());
+    }
+};
+
+}  // namespace
+
+// A batch answer frees its callers' blocks in one burst; the gateway runs with a glibc malloc
+// cache sized for that (gateway/main.cpp), which only the environment it starts with can set.
+// An operator's own GLIBC_TUNABLES is kept, and wins where it sets the cache itself.
+TEST(Process, RunsWithALargerMallocCacheUnlessTheOperatorSetsOne) {
+    mock_upstream up;
+    const auto path = write_file("malloc.yaml", config_text(up.port(), "1ms"));
+    struct variant {
+        std::optional<std::string> tunables, tuning;
+        std::optional<std::string> expected;
+    };
+    const std::vector<variant> variants{
+        {std::nullopt, std::nullopt, "glibc.malloc.tcache_count=1024"},
+        {"glibc.malloc.trim_threshold=262144", std::nullopt,
+         "glibc.malloc.tcache_count=1024:glibc.malloc.trim_threshold=262144"},
+        {"glibc.malloc.tcache_count=16", std::nullopt, "glibc.malloc.tcache_count=16"},
+        {std::nullopt, "0", std::nullopt},
+    };
+    for (const auto& v : variants) {
+        scoped_env tunables("GLIBC_TUNABLES", v.tunables);
+        scoped_env tuning("BATCHGATE_MALLOC_TUNING", v.tuning);
+        gateway_process gw(path);
+        ASSERT_NE(gw.port(), 0) << v.tunables.value_or("(unset)");
+        // What the gateway runs with, as its own getenv sees it.
+        const auto started = gw.started();
+        EXPECT_EQ(started.contains("glibc_tunables") ? std::optional(started["glibc_tunables"].get<std::string>())
+                                                     : std::nullopt,
+                  v.expected)
+            << started.dump();
+        // And what it was started with: the gateway ran itself again with it (its first tunable).
+        const auto first = v.expected ? std::optional(v.expected->substr(0, v.expected->find(':'))) : std::nullopt;
+        EXPECT_EQ(environment_of(gw.pid(), "GLIBC_TUNABLES"), first);
+        EXPECT_EQ(get(gw.port(), "/users/3").status, 200);
+    }
 }
