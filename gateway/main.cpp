@@ -1,6 +1,8 @@
 // batchgate: command line entry point.
 #include <malloc.h>
 #include <sys/auxv.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -39,27 +41,51 @@ int check_config(const std::string& path) {
 // each allocate and free the same sizes in one round, far past 7 (_int_malloc and _int_free took
 // 6% of a coalesced caller's CPU). The cache's size can only be set through GLIBC_TUNABLES, read
 // when the process starts, so the gateway runs itself again once with
-// glibc.malloc.tcache_count added. Not when the variable already sets it (the operator's value
-// wins), when BATCHGATE_MALLOC_TUNING=0, or in secure-execution mode (file capabilities, setuid),
-// where glibc drops the variable and the gateway would run itself again for ever.
+// glibc.malloc.tcache_count added (256: a default batch with room to spare; at most ~9 MB of
+// freed blocks parked per thread). Not when:
+// - the variable already sets it (the operator's value wins), or BATCHGATE_MALLOC_TUNING=0;
+// - in secure-execution mode (file capabilities, setuid), where glibc drops the variable and
+//   the gateway would run itself again for ever;
+// - when /proc/self/exe is not the file that was started (the gateway run through ld.so or
+//   under valgrind): running that again would run the wrapper with the gateway's arguments.
 constexpr const char* tcache_tunable = "glibc.malloc.tcache_count";
-constexpr const char* tcache_count = "1024";
+constexpr const char* tcache_count = "256";
+
+#ifdef __GLIBC__
+// Whether /proc/self/exe is the file the process was started as (AT_EXECFN, which ld.so's direct
+// invocation and valgrind set to the program they run, not to themselves).
+bool started_as_itself() {
+    const auto* execfn = reinterpret_cast<const char*>(getauxval(AT_EXECFN));
+    struct stat started{}, exe{};
+    return execfn && stat(execfn, &started) == 0 && stat("/proc/self/exe", &exe) == 0 &&
+           started.st_dev == exe.st_dev && started.st_ino == exe.st_ino;
+}
+#endif
 
 void tune_malloc(char** argv) {
 #ifdef __GLIBC__
+    // Run again through /proc/self/exe, the kernel named the process "exe": give it back the
+    // name it was started under (argv[0] is kept), which ps, pgrep and top show.
+    char name[16] = {};
+    if (argv[0] && prctl(PR_GET_NAME, name) == 0 && std::strcmp(name, "exe") == 0) {
+        const char* base = std::strrchr(argv[0], '/');
+        prctl(PR_SET_NAME, base ? base + 1 : argv[0]);
+    }
     if (const char* off = std::getenv("BATCHGATE_MALLOC_TUNING"); off && std::strcmp(off, "0") == 0) return;
     if (getauxval(AT_SECURE) != 0) return;
     const char* old = std::getenv("GLIBC_TUNABLES");
     if (old && std::strstr(old, tcache_tunable)) return;
+    if (!started_as_itself()) return;
     std::string value = std::string(tcache_tunable) + "=" + tcache_count;
     if (old && *old) value += ":" + std::string(old);
     if (setenv("GLIBC_TUNABLES", value.c_str(), 1) != 0) return;
     execv("/proc/self/exe", argv);
     // Not possible (no /proc): run on with glibc's defaults, and say so.
+    const int error = errno;
     unsetenv("GLIBC_TUNABLES");
     if (old) setenv("GLIBC_TUNABLES", old, 1);
     batchgate::gateway::log_line("warn", "cannot run again with a larger malloc cache; running with glibc's default",
-                                 {{"error", std::strerror(errno)}});
+                                 {{"error", std::strerror(error)}});
 #else
     (void)argv;
 #endif
