@@ -167,6 +167,9 @@ private:
         // the body is read, and the connection closed.
         if (!ec)
             if (auto bad = check_request_head(parser_->get().base())) return refuse(bad->error, bad->message);
+        // "GET http://c/a": routed and forwarded as "/a" with Host c.
+        if (!ec)
+            if (auto bad = normalize_target(parser_->get().base())) return refuse(bad->error, bad->message);
         // Passthrough routes stream: the body is relayed as it comes, never held whole.
         if (!ec && role_ == listener_role::traffic) {
             // Matched once: handle_traffic takes the route and its parameters from here.

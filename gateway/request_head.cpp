@@ -39,4 +39,25 @@ std::optional<head_rejection> check_request_head(const request_head& head) {
     return std::nullopt;
 }
 
+std::optional<head_rejection> normalize_target(request_head& head) {
+    const std::string_view target = head.target();
+    if (target.empty() || target.front() == '/') return std::nullopt;  // origin-form: the usual case
+    const auto colon = target.find("://");
+    if (colon == std::string_view::npos) return std::nullopt;
+    const auto scheme = target.substr(0, colon);
+    if (!boost::beast::iequals(scheme, "http") && !boost::beast::iequals(scheme, "https")) return std::nullopt;
+    const auto rest = target.substr(colon + 3);
+    const auto authority = rest.substr(0, rest.find_first_of("/?#"));
+    if (authority.empty())
+        return head_rejection{gateway_error::bad_request, "absolute-form request-target without a host"};
+    if (authority.find('@') != std::string_view::npos)
+        return head_rejection{gateway_error::bad_request, "absolute-form request-target with userinfo"};
+    std::string origin(rest.substr(authority.size()));
+    if (origin.empty() || origin.front() != '/') origin.insert(0, 1, '/');
+    const std::string host(authority);  // a view into the target, which target() replaces
+    head.target(origin);
+    head.set(http::field::host, host);
+    return std::nullopt;
+}
+
 }  // namespace batchgate::gateway

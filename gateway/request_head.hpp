@@ -45,4 +45,13 @@ void apply_limits(Parser& parser, const config::limits_settings& limits) {
 // Content-Length after chunked.
 std::optional<head_rejection> check_request_head(const request_head& head);
 
+// RFC 9112 3.2.2: a server MUST accept the absolute-form of request-target ("GET http://c/a").
+// An http or https absolute-form target is rewritten in place to its origin-form ("/a", the
+// query kept; "/" for an empty path), which is what routes match and what goes upstream, and
+// its authority replaces the Host field (a server MUST use the target's host, not Host's).
+// Any other target is left as it is (origin-form, "*", an authority, another scheme: the routes
+// decide). Called after check_request_head. Refused (400): an http(s) target whose authority
+// is empty (RFC 9110 4.2.1) or holds userinfo ("user@host", RFC 9110 4.2.4).
+std::optional<head_rejection> normalize_target(request_head& head);
+
 }  // namespace batchgate::gateway

@@ -1,7 +1,7 @@
 // Fuzz target: the bytes a client sends, read the way the session reads them
 // (gateway/http_session.cpp do_read/on_header/read_body): a Beast request_parser with the
 // session's limits (apply_limits), the head first, then check_request_head
-// (gateway/request_head.hpp), then the body; pipelined requests one after the other on the
+// and normalize_target (gateway/request_head.hpp), then the body; pipelined requests one after the other on the
 // same buffer. Checks that a head the session accepts is framed the way the checks promise:
 // Transfer-Encoding means chunked, nothing else is.
 // Input: byte 0 picks the limits and the size of each read, the rest is the connection's bytes.
@@ -78,8 +78,22 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         gateway::apply_limits(parser, limits);
         if (!parse_until(parser, buffer, conn, [&] { return parser.is_header_done(); })) return 0;
 
-        const auto& head = parser.get().base();
-        const auto rejected = gateway::check_request_head(head);
+        auto& head = parser.get().base();
+        auto rejected = gateway::check_request_head(head);
+        if (!rejected) {
+            const std::string before(head.target());
+            rejected = gateway::normalize_target(head);
+            const std::string_view after = head.target();
+            if (!rejected && after != before) {
+                // Only an http(s) absolute-form target is rewritten: to origin-form, its
+                // authority the one Host.
+                fuzz::check(!after.empty() && after.front() == '/', "absolute-form rewritten to a target without '/'");
+                fuzz::check(before.find("://") != std::string::npos, "a target that is not absolute-form was rewritten");
+                fuzz::check(head.count(http::field::host) == 1, "absolute-form rewrite left no single Host");
+                fuzz::check(before.find(std::string(head[http::field::host])) != std::string::npos,
+                            "Host is not the absolute-form target's authority");
+            }
+        }
         const bool has_te = head.count(http::field::transfer_encoding) != 0;
         if (rejected) {
             fuzz::check(!rejected->message.empty(), "a rejection without a message");

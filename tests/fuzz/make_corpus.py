@@ -232,6 +232,9 @@ requests = [
     "GET / HTTP/1.1\n" + "Host: gw\n\n",
     "POST / HTTP/1.1\r\n" + H + "Content-Length: 1, 1\r\n\r\nx",
     "POST / HTTP/1.1\r\n" + H + "Content-Length: 100\r\n\r\n" + "x" * 100,
+    "GET HTTPS://d:81?x=1 HTTP/1.1\r\n" + H + "\r\nGET http://[::1]/a HTTP/1.1\r\n" + H + "\r\n",
+    "GET http://u@gw/ HTTP/1.1\r\n" + H + "\r\n",
+    "OPTIONS ftp://gw/ HTTP/1.1\r\n" + H + "\r\n",
 ]
 for i, r in enumerate(requests):
     write("request_head", f"request-{i:02d}", bytes([i % 8]) + r.encode())

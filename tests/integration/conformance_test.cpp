@@ -240,7 +240,13 @@ const conformance_case cases[] = {
     {"byte_over_0x7f_in_target", "GET /caf\xc3\xa9 HTTP/1.1\r\nHost: c\r\n\r\n", "400", closes, ""},
     // The limit is on the whole head; a request line that alone exceeds it is a 414.
     {"long_target_is_414", "GET /" + std::string(1100, 'a') + " HTTP/1.1\r\nHost: c\r\n\r\n", "414", closes, ""},
-    {"absolute_form_target", "GET http://c/a HTTP/1.1\r\nHost: c\r\n\r\n", "404", stays_open, ""},
+    // RFC 9112 3.2.2: accepted, routed and forwarded as origin-form; the target's authority is
+    // the Host (the upstream sees it as X-Forwarded-Host).
+    {"absolute_form_target", "GET http://c/a HTTP/1.1\r\nHost: c\r\n\r\n", "200", stays_open, up("GET /a HTTP/1.1")},
+    {"absolute_form_authority_wins_over_host", "GET HTTP://d:81/a?x=1 HTTP/1.1\r\nHost: c\r\n\r\n", "200", stays_open,
+     std::regex_replace(up("GET /a?x=1 HTTP/1.1"), std::regex("X-Forwarded-Host: c"), "X-Forwarded-Host: d:81")},
+    {"absolute_form_with_userinfo", "GET http://u@c/a HTTP/1.1\r\nHost: c\r\n\r\n", "400", closes, ""},
+    {"absolute_form_without_host", "GET http:///a HTTP/1.1\r\nHost: c\r\n\r\n", "400", closes, ""},
     {"asterisk_form_options", "OPTIONS * HTTP/1.1\r\nHost: c\r\n\r\n", "404", stays_open, ""},
     {"connect_authority_form", "CONNECT c:443 HTTP/1.1\r\nHost: c:443\r\n\r\n", "404", stays_open, ""},
     {"leading_empty_line", "\r\nGET /a HTTP/1.1\r\nHost: c\r\n\r\n", "400", closes, ""},

@@ -70,5 +70,62 @@ TEST(RequestHead, TransferEncodingInHttp10IsRefused) {
     EXPECT_TRUE(check("POST /a HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"));
 }
 
+// RFC 9112 3.2.2: the absolute-form target, rewritten to origin-form with the target's
+// authority as Host.
+struct normalized {
+    std::optional<head_rejection> rejected;
+    std::string target, host;
+};
+normalized normalize(const std::string& text) {
+    http::request_parser<http::string_body> parser;
+    parser.eager(false);
+    boost::beast::error_code ec;
+    parser.put(boost::asio::buffer(text), ec);
+    EXPECT_TRUE(parser.is_header_done()) << ec.message();
+    auto& head = parser.get().base();
+    normalized out;
+    out.rejected = normalize_target(head);
+    out.target = std::string(head.target());
+    out.host = std::string(head[http::field::host]);
+    return out;
+}
+
+TEST(RequestHead, AnAbsoluteFormTargetBecomesOriginFormWithItsAuthorityAsHost) {
+    struct row {
+        const char* target;
+        const char* origin;
+        const char* host;
+    };
+    for (const row& r : std::initializer_list<row>{
+             {"http://c/a", "/a", "c"},
+             {"HTTP://c:8080/a/b?x=1&y=2", "/a/b?x=1&y=2", "c:8080"},
+             {"https://api.example.com", "/", "api.example.com"},
+             {"http://c?x=1", "/?x=1", "c"},
+             {"http://[::1]:80/a", "/a", "[::1]:80"},
+         }) {
+        auto n = normalize(std::string("GET ") + r.target + " HTTP/1.1\r\nHost: other\r\n\r\n");
+        EXPECT_FALSE(n.rejected) << r.target;
+        EXPECT_EQ(n.target, r.origin) << r.target;
+        EXPECT_EQ(n.host, r.host) << r.target;
+    }
+}
+
+TEST(RequestHead, OtherTargetsAreLeftAsTheyAre) {
+    for (const char* target : {"/a", "/http://c/a", "*", "c:443", "ftp://c/a", "mailto:x"}) {
+        auto n = normalize(std::string("OPTIONS ") + target + " HTTP/1.1\r\nHost: other\r\n\r\n");
+        EXPECT_FALSE(n.rejected) << target;
+        EXPECT_EQ(n.target, target);
+        EXPECT_EQ(n.host, "other");
+    }
+}
+
+TEST(RequestHead, AnAbsoluteFormTargetWithoutHostOrWithUserinfoIsRefused) {
+    for (const char* target : {"http:///a", "http://", "https://?x", "http://user@c/a", "http://u:p@c/"}) {
+        auto n = normalize(std::string("GET ") + target + " HTTP/1.1\r\nHost: c\r\n\r\n");
+        ASSERT_TRUE(n.rejected) << target;
+        EXPECT_EQ(n.rejected->error, gateway_error::bad_request);
+    }
+}
+
 }  // namespace
 }  // namespace batchgate::gateway
