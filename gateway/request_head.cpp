@@ -48,12 +48,20 @@ std::optional<head_rejection> normalize_target(request_head& head) {
     if (!boost::beast::iequals(scheme, "http") && !boost::beast::iequals(scheme, "https")) return std::nullopt;
     const auto rest = target.substr(colon + 3);
     const auto authority = rest.substr(0, rest.find_first_of("/?#"));
-    if (authority.empty())
-        return head_rejection{gateway_error::bad_request, "absolute-form request-target without a host"};
     if (authority.find('@') != std::string_view::npos)
         return head_rejection{gateway_error::bad_request, "absolute-form request-target with userinfo"};
+    // The host is what precedes the port (after an IP literal's ']', if any): "", ":80" and
+    // "[]" name none.
+    const auto bracket = authority.rfind(']');
+    const auto port = authority.find(':', bracket == std::string_view::npos ? 0 : bracket);
+    const auto host_part = authority.substr(0, port);
+    if (host_part.empty() || host_part == "[]")
+        return head_rejection{gateway_error::bad_request, "absolute-form request-target without a host"};
     std::string origin(rest.substr(authority.size()));
-    if (origin.empty() || origin.front() != '/') origin.insert(0, 1, '/');
+    // RFC 9112 3.2.4: OPTIONS of a URI with an empty path and no query asks about the server:
+    // the origin gets "*".
+    if (origin.empty() && head.method() == http::verb::options) origin = "*";
+    if (origin.empty() || (origin.front() != '/' && origin != "*")) origin.insert(0, 1, '/');
     const std::string host(authority);  // a view into the target, which target() replaces
     head.target(origin);
     head.set(http::field::host, host);

@@ -49,9 +49,11 @@ std::optional<head_rejection> check_request_head(const request_head& head);
 // An http or https absolute-form target is rewritten in place to its origin-form ("/a", the
 // query kept; "/" for an empty path), which is what routes match and what goes upstream, and
 // its authority replaces the Host field (a server MUST use the target's host, not Host's).
+// OPTIONS of a URI with an empty path and no query becomes "OPTIONS *" (RFC 9112 3.2.4).
 // Any other target is left as it is (origin-form, "*", an authority, another scheme: the routes
-// decide). Called after check_request_head. Refused (400): an http(s) target whose authority
-// is empty (RFC 9110 4.2.1) or holds userinfo ("user@host", RFC 9110 4.2.4).
+// decide). Called after check_request_head. Refused (400): an http(s) target whose host is
+// empty ("http:///a", "http://:80/a", "http://[]/", RFC 9110 4.2.1) or whose authority holds
+// userinfo ("user@host", RFC 9110 4.2.4).
 std::optional<head_rejection> normalize_target(request_head& head);
 
 }  // namespace batchgate::gateway

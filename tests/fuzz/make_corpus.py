@@ -235,6 +235,7 @@ requests = [
     "GET HTTPS://d:81?x=1 HTTP/1.1\r\n" + H + "\r\nGET http://[::1]/a HTTP/1.1\r\n" + H + "\r\n",
     "GET http://u@gw/ HTTP/1.1\r\n" + H + "\r\n",
     "OPTIONS ftp://gw/ HTTP/1.1\r\n" + H + "\r\n",
+    "OPTIONS http://gw:81 HTTP/1.1\r\n" + H + "\r\nGET http://:80/a HTTP/1.1\r\n" + H + "\r\n",
 ]
 for i, r in enumerate(requests):
     write("request_head", f"request-{i:02d}", bytes([i % 8]) + r.encode())

@@ -247,6 +247,9 @@ const conformance_case cases[] = {
      std::regex_replace(up("GET /a?x=1 HTTP/1.1"), std::regex("X-Forwarded-Host: c"), "X-Forwarded-Host: d:81")},
     {"absolute_form_with_userinfo", "GET http://u@c/a HTTP/1.1\r\nHost: c\r\n\r\n", "400", closes, ""},
     {"absolute_form_without_host", "GET http:///a HTTP/1.1\r\nHost: c\r\n\r\n", "400", closes, ""},
+    {"absolute_form_port_without_host", "GET http://:80/a HTTP/1.1\r\nHost: c\r\n\r\n", "400", closes, ""},
+    // RFC 9112 3.2.4: "OPTIONS *", which no route here matches (as asterisk_form_options).
+    {"absolute_form_options_without_path", "OPTIONS http://c:81 HTTP/1.1\r\nHost: c\r\n\r\n", "404", stays_open, ""},
     {"asterisk_form_options", "OPTIONS * HTTP/1.1\r\nHost: c\r\n\r\n", "404", stays_open, ""},
     {"connect_authority_form", "CONNECT c:443 HTTP/1.1\r\nHost: c:443\r\n\r\n", "404", stays_open, ""},
     {"leading_empty_line", "\r\nGET /a HTTP/1.1\r\nHost: c\r\n\r\n", "400", closes, ""},

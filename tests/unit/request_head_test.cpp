@@ -110,6 +110,17 @@ TEST(RequestHead, AnAbsoluteFormTargetBecomesOriginFormWithItsAuthorityAsHost) {
     }
 }
 
+// RFC 9112 3.2.4: about the server, not about "/".
+TEST(RequestHead, OptionsOfAnAbsoluteFormTargetWithoutPathOrQueryAsksAboutTheServer) {
+    auto n = normalize("OPTIONS http://c:8001 HTTP/1.1\r\nHost: c\r\n\r\n");
+    EXPECT_FALSE(n.rejected);
+    EXPECT_EQ(n.target, "*");
+    EXPECT_EQ(n.host, "c:8001");
+    EXPECT_EQ(normalize("OPTIONS http://c/ HTTP/1.1\r\nHost: c\r\n\r\n").target, "/");
+    EXPECT_EQ(normalize("OPTIONS http://c?x HTTP/1.1\r\nHost: c\r\n\r\n").target, "/?x");
+    EXPECT_EQ(normalize("GET http://c HTTP/1.1\r\nHost: c\r\n\r\n").target, "/");
+}
+
 TEST(RequestHead, OtherTargetsAreLeftAsTheyAre) {
     for (const char* target : {"/a", "/http://c/a", "*", "c:443", "ftp://c/a", "mailto:x"}) {
         auto n = normalize(std::string("OPTIONS ") + target + " HTTP/1.1\r\nHost: other\r\n\r\n");
@@ -120,7 +131,8 @@ TEST(RequestHead, OtherTargetsAreLeftAsTheyAre) {
 }
 
 TEST(RequestHead, AnAbsoluteFormTargetWithoutHostOrWithUserinfoIsRefused) {
-    for (const char* target : {"http:///a", "http://", "https://?x", "http://user@c/a", "http://u:p@c/"}) {
+    for (const char* target : {"http:///a", "http://", "https://?x", "http://user@c/a", "http://u:p@c/", "http://:80/a",
+                               "http://:/a", "http://[]/a", "https://:443", "http://[]:80"}) {
         auto n = normalize(std::string("GET ") + target + " HTTP/1.1\r\nHost: c\r\n\r\n");
         ASSERT_TRUE(n.rejected) << target;
         EXPECT_EQ(n.rejected->error, gateway_error::bad_request);
