@@ -15,16 +15,15 @@ done
 
 . "$(dirname "$0")/e2e_lib.sh"
 logs=(mock.log gateway.log prometheus.log)
-read -r up_port gw_port admin_port prom_port < <(free_ports 4)
+read -r prom_port < <(free_ports 1)
 
-"$mock_bin" --address 127.0.0.1 --port "$up_port" --threads 1 --latency 2ms >"$tmp/mock.log" 2>&1 &
-pids+=($!)
-wait_http "http://127.0.0.1:$up_port/users/1" 10 || fail "mock upstream did not start on 127.0.0.1:$up_port"
+start_mock --threads 1 --latency 2ms || fail "mock upstream did not start"
+wait_http "http://127.0.0.1:$up_port/users/1" 10 || fail "mock upstream did not answer on 127.0.0.1:$up_port"
 ok "mock upstream on 127.0.0.1:$up_port"
 
 cat >"$tmp/gateway.yaml" <<YAML
-listen: 127.0.0.1:$gw_port
-admin_listen: 127.0.0.1:$admin_port
+listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
 worker_threads: 2
 limits: {drain_timeout: 2s}
 upstreams:
@@ -53,8 +52,7 @@ routes:
     match: {prefix: /}
     upstream: demo
 YAML
-"$gw_bin" --config "$tmp/gateway.yaml" >"$tmp/gateway.log" 2>&1 &
-pids+=($!)
+start_gateway "$tmp/gateway.yaml" || fail "batchgate did not start"
 wait_http "http://127.0.0.1:$admin_port/readyz" 10 || fail "batchgate not ready on 127.0.0.1:$admin_port"
 ok "batchgate on 127.0.0.1:$gw_port, admin 127.0.0.1:$admin_port"
 

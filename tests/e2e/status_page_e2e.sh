@@ -18,15 +18,13 @@ fi
 
 . "$(dirname "$0")/e2e_lib.sh"
 logs=(mock.log gateway.log chromium.log)
-read -r up_port gw_port admin_port < <(free_ports 3)
 
-"$mock_bin" --address 127.0.0.1 --port "$up_port" --threads 1 --latency 2ms >"$tmp/mock.log" 2>&1 &
-pids+=($!)
-wait_http "http://127.0.0.1:$up_port/users/1" 10 || fail "mock upstream did not start"
+start_mock --threads 1 --latency 2ms || fail "mock upstream did not start"
+wait_http "http://127.0.0.1:$up_port/users/1" 10 || fail "mock upstream did not answer"
 
 cat >"$tmp/gateway.yaml" <<YAML
-listen: 127.0.0.1:$gw_port
-admin_listen: 127.0.0.1:$admin_port
+listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
 worker_threads: 2
 logging: {access_log: false}
 limits: {drain_timeout: 2s}
@@ -57,8 +55,7 @@ routes:
     match: {prefix: /}
     upstream: demo
 YAML
-"$gw_bin" --config "$tmp/gateway.yaml" >"$tmp/gateway.log" 2>&1 &
-pids+=($!)
+start_gateway "$tmp/gateway.yaml" || fail "batchgate did not start"
 wait_http "http://127.0.0.1:$admin_port/readyz" 10 || fail "batchgate not ready"
 ok "batchgate on 127.0.0.1:$gw_port, admin 127.0.0.1:$admin_port"
 
