@@ -8,8 +8,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -38,7 +40,7 @@ public:
             _exit(127);
         }
         close(err_pipe[1]);
-        err_ = fdopen(err_pipe[0], "r");
+        err_fd_ = err_pipe[0];
         if (capture_stdout) {
             close(out_pipe[1]);
             out_fd_ = out_pipe[0];
@@ -55,7 +57,7 @@ public:
             kill(pid_, SIGKILL);
             waitpid(pid_, nullptr, 0);
         }
-        if (err_) fclose(err_);
+        if (err_fd_ >= 0) close(err_fd_);
         if (out_fd_ >= 0) close(out_fd_);
     }
     // The next access-log line, or "" when none arrives within the timeout.
@@ -74,19 +76,45 @@ public:
             out_.append(buf, static_cast<std::size_t>(n));
         }
     }
-    // The next stderr line containing text (bounded by the process's own output).
-    std::string wait_for(const std::string& text) {
-        char line[8192];
-        while (fgets(line, sizeof line, err_)) {
-            lines_.emplace_back(line);
-            if (lines_.back().find(text) != std::string::npos) return lines_.back();
+    // The next stderr line containing text; "" when the process closes stderr first, or when no
+    // such line comes within timeout_ms (a failure: a stuck gateway shows as the line it never
+    // wrote, not as a ctest timeout).
+    std::string wait_for(const std::string& text, int timeout_ms = 60000) {
+        const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+        for (;;) {
+            for (auto nl = err_.find('\n'); nl != std::string::npos; nl = err_.find('\n')) {
+                lines_.push_back(err_.substr(0, nl + 1));
+                err_.erase(0, nl + 1);
+                if (lines_.back().find(text) != std::string::npos) return lines_.back();
+            }
+            const auto left = std::chrono::ceil<std::chrono::milliseconds>(end - std::chrono::steady_clock::now()).count();
+            if (left <= 0) {
+                ADD_FAILURE() << "the gateway wrote no line with \"" << text << "\" to stderr within " << timeout_ms << " ms";
+                return {};
+            }
+            pollfd p{err_fd_, POLLIN, 0};
+            if (poll(&p, 1, static_cast<int>(left)) <= 0) continue;
+            char buf[4096];
+            const auto n = read(err_fd_, buf, sizeof buf);
+            if (n <= 0) return {};
+            err_.append(buf, static_cast<std::size_t>(n));
         }
-        return {};
     }
     void signal(int sig) { kill(pid_, sig); }
-    int wait_exit() {
+    // The exit code (-1 when killed by a signal); a process still running after timeout_ms is
+    // a failure, and is killed.
+    int wait_exit(int timeout_ms = 60000) {
         int status = 0;
-        waitpid(pid_, &status, 0);
+        const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+        while (waitpid(pid_, &status, WNOHANG) == 0) {
+            if (std::chrono::steady_clock::now() >= end) {
+                ADD_FAILURE() << "the gateway did not exit within " << timeout_ms << " ms";
+                kill(pid_, SIGKILL);
+                waitpid(pid_, &status, 0);
+                break;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
         pid_ = -1;
         return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     }
@@ -99,7 +127,8 @@ public:
 private:
     pid_t pid_ = -1;
     std::string started_;
-    FILE* err_ = nullptr;
+    int err_fd_ = -1;
+    std::string err_;  // stderr read but not yet split into lines
     int out_fd_ = -1;
     std::string out_;
     unsigned short port_ = 0;
