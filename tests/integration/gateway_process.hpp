@@ -62,42 +62,27 @@ public:
     }
     // The next access-log line, or "" when none arrives within the timeout.
     std::string next_access_line(int timeout_ms) {
-        for (;;) {
-            if (auto nl = out_.find('\n'); nl != std::string::npos) {
-                std::string line = out_.substr(0, nl);
-                out_.erase(0, nl + 1);
-                return line;
-            }
-            pollfd p{out_fd_, POLLIN, 0};
-            if (poll(&p, 1, timeout_ms) <= 0) return {};
-            char buf[4096];
-            const auto n = read(out_fd_, buf, sizeof buf);
-            if (n <= 0) return {};
-            out_.append(buf, static_cast<std::size_t>(n));
-        }
+        std::string line;
+        return next_line(out_fd_, out_, deadline(timeout_ms), line) == line_end::line ? line : std::string();
     }
     // The next stderr line containing text; "" when the process closes stderr first, or when no
     // such line comes within timeout_ms (a failure: a stuck gateway shows as the line it never
     // wrote, not as a ctest timeout).
     std::string wait_for(const std::string& text, int timeout_ms = 60000) {
-        const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+        const auto end = deadline(timeout_ms);
+        std::string line;
         for (;;) {
-            for (auto nl = err_.find('\n'); nl != std::string::npos; nl = err_.find('\n')) {
-                lines_.push_back(err_.substr(0, nl + 1));
-                err_.erase(0, nl + 1);
-                if (lines_.back().find(text) != std::string::npos) return lines_.back();
+            switch (next_line(err_fd_, err_, end, line)) {
+                case line_end::line:
+                    lines_.push_back(line + "\n");
+                    if (line.find(text) != std::string::npos) return lines_.back();
+                    break;
+                case line_end::timeout:
+                    ADD_FAILURE() << "the gateway wrote no line with \"" << text << "\" to stderr within " << timeout_ms
+                                  << " ms";
+                    return {};
+                case line_end::closed: return {};
             }
-            const auto left = std::chrono::ceil<std::chrono::milliseconds>(end - std::chrono::steady_clock::now()).count();
-            if (left <= 0) {
-                ADD_FAILURE() << "the gateway wrote no line with \"" << text << "\" to stderr within " << timeout_ms << " ms";
-                return {};
-            }
-            pollfd p{err_fd_, POLLIN, 0};
-            if (poll(&p, 1, static_cast<int>(left)) <= 0) continue;
-            char buf[4096];
-            const auto n = read(err_fd_, buf, sizeof buf);
-            if (n <= 0) return {};
-            err_.append(buf, static_cast<std::size_t>(n));
         }
     }
     void signal(int sig) { kill(pid_, sig); }
@@ -105,7 +90,7 @@ public:
     // a failure, and is killed.
     int wait_exit(int timeout_ms = 60000) {
         int status = 0;
-        const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+        const auto end = deadline(timeout_ms);
         while (waitpid(pid_, &status, WNOHANG) == 0) {
             if (std::chrono::steady_clock::now() >= end) {
                 ADD_FAILURE() << "the gateway did not exit within " << timeout_ms << " ms";
@@ -125,6 +110,30 @@ public:
     nlohmann::json started() const { return nlohmann::json::parse(started_, nullptr, false); }
 
 private:
+    enum class line_end { line, timeout, closed };
+    static std::chrono::steady_clock::time_point deadline(int timeout_ms) {
+        return std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    }
+    // The next whole line of fd into line (without its '\n'), pending holding what was read
+    // past it; timeout when none is whole by end, closed when fd ends first.
+    static line_end next_line(int fd, std::string& pending, std::chrono::steady_clock::time_point end, std::string& line) {
+        for (;;) {
+            if (auto nl = pending.find('\n'); nl != std::string::npos) {
+                line = pending.substr(0, nl);
+                pending.erase(0, nl + 1);
+                return line_end::line;
+            }
+            const auto left = std::chrono::ceil<std::chrono::milliseconds>(end - std::chrono::steady_clock::now()).count();
+            if (left <= 0) return line_end::timeout;
+            pollfd p{fd, POLLIN, 0};
+            if (poll(&p, 1, static_cast<int>(left)) <= 0) continue;
+            char buf[4096];
+            const auto n = read(fd, buf, sizeof buf);
+            if (n <= 0) return line_end::closed;
+            pending.append(buf, static_cast<std::size_t>(n));
+        }
+    }
+
     pid_t pid_ = -1;
     std::string started_;
     int err_fd_ = -1;
