@@ -250,9 +250,9 @@ private:
             conn_ = std::move(l.conn);
             reused_ = l.reused;
             u_.emplace(conn_->tcp().get_executor());
-            net::post(*u_, [self = this->shared_from_this()] {
-                self->conn_->tcp().expires_at(self->p_.head_deadline);
-                self->write_request_piece(self->first_n_, self->first_done_ || self->bodyless_, true);
+            on_u([this] {
+                conn_->tcp().expires_at(p_.head_deadline);
+                write_request_piece(first_n_, first_done_ || bodyless_, true);
             });
         });
     }
@@ -430,7 +430,7 @@ private:
             first_done_ = done;
             return begin_upstream();
         }
-        net::post(*u_, [self = this->shared_from_this(), n, done] { self->write_request_piece(n, done, false); });
+        on_u([this, n, done] { write_request_piece(n, done, false); });
     }
 
     // On U: a window of the body (after the request's head, the first time), framed.
@@ -560,7 +560,7 @@ private:
             upstream_reusable_ = reusable;
             return maybe_finish();
         }
-        net::post(*u_, [self = this->shared_from_this()] { self->read_response_piece(); });
+        on_u([this] { read_response_piece(); });
     }
 
     static std::string chunk_size_line(std::size_t n) {
@@ -684,7 +684,7 @@ private:
         if (finished_) return;
         finished_ = true;
         if (upstream_reusable && u_) {
-            net::post(*u_, [self = this->shared_from_this()] { self->p_.pool->give_back(std::move(self->conn_), true); });
+            on_u([this] { p_.pool->give_back(std::move(conn_), true); });
         } else {
             close_upstream();
         }
@@ -696,7 +696,7 @@ private:
     }
 
     void close_upstream() {
-        if (u_) net::post(*u_, [self = this->shared_from_this()] { self->close_upstream_now(); });
+        if (u_) on_u([this] { close_upstream_now(); });
     }
 
     void done(stream_outcome out) {
@@ -712,9 +712,22 @@ private:
         conn_->with_stream(std::forward<F>(f));
     }
 
+    // Runs f on S, or on U: at once when this thread is that side's (one shard runs both, the
+    // usual case: a post there cost a queued handler, a scheduler round and a reference count
+    // per hop), else posted. Callers call these last, so nothing of theirs runs after f; the
+    // caller's own handler keeps the exchange alive through an inline f.
     template <class F>
     void on_s(F&& f) {
-        net::post(s_, [self = this->shared_from_this(), f = std::forward<F>(f)]() mutable { f(); });
+        hop(s_, std::forward<F>(f));
+    }
+    template <class F>
+    void on_u(F&& f) {
+        hop(*u_, std::forward<F>(f));
+    }
+    template <class F>
+    void hop(const executor_t& ex, F&& f) {
+        if (ex.running_in_this_thread()) return f();
+        net::post(ex, [self = this->shared_from_this(), f = std::forward<F>(f)]() mutable { f(); });
     }
 
     void count_upstream(const char* outcome) { p_.upstream_metrics->requests->inc(std::string(outcome)); }
