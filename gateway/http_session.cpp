@@ -140,7 +140,7 @@ private:
     }
 
     void do_read() {
-        runtime_ = state_->current();
+        state_->refresh(runtime_, runtime_generation_);
         const auto& limits = runtime_->config->limits;
         // On the heap, and only while a request is read: a caller waiting in a batch holds
         // neither (memory per waiting caller).
@@ -163,6 +163,10 @@ private:
     }
 
     void on_header(beast::error_code ec) {
+        // Routed with the config current when the head came in: the snapshot do_read took (for
+        // the head's limits) is as old as the wait, and a kept-alive connection may have waited
+        // there through a reload.
+        state_->refresh(runtime_, runtime_generation_);
         // Framing that cannot be trusted (smuggling), or a head no route may see: refused before
         // the body is read, and the connection closed.
         if (!ec)
@@ -279,7 +283,7 @@ private:
         request_ = std::make_unique<request_t>(parser_->release());
         parser_.reset();
         if (chunked_head_) request_->base() = std::move(*std::exchange(chunked_head_, nullptr));
-        runtime_ = state_->current();  // route with the config current when the request arrived
+        state_->refresh(runtime_, runtime_generation_);  // route with the config current when the request arrived
         keep_alive_ = request_->keep_alive() && !state_->draining.load();
         version_ = request_->version();
         set_request_id(*request_, request_id_);
@@ -667,6 +671,7 @@ private:
     listener_role role_;
     std::shared_ptr<shared_state> state_;
     std::shared_ptr<const runtime> runtime_;  // the snapshot this request was routed with
+    std::uint64_t runtime_generation_ = 0;     // shared_state's generation it was taken at
     beast::flat_buffer buffer_;
     std::unique_ptr<http::request_parser<http::string_body>> parser_;  // while a request is read
     std::unique_ptr<http::request_header<>> chunked_head_;  // the head of a chunked request, without trailers

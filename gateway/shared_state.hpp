@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -92,7 +93,19 @@ struct shared_state {
     }
 
     std::shared_ptr<const runtime> current() const { return std::atomic_load(&runtime_); }
-    void replace(std::shared_ptr<const runtime> next) { std::atomic_store(&runtime_, std::move(next)); }
+    void replace(std::shared_ptr<const runtime> next) {
+        std::atomic_store(&runtime_, std::move(next));
+        generation_.fetch_add(1, std::memory_order_release);
+    }
+    // Refreshes `held` from current() only when a reload replaced the snapshot since `seen`
+    // (a connection's per-request look costs one load, not atomic_load's lock and two
+    // reference counts).
+    void refresh(std::shared_ptr<const runtime>& held, std::uint64_t& seen) const {
+        const auto now = generation_.load(std::memory_order_acquire);
+        if (held && now == seen) return;
+        seen = now;
+        held = current();
+    }
 
     metrics::registry& metrics;
     std::vector<shard_executor> shards;  // one per worker thread
@@ -109,6 +122,7 @@ struct shared_state {
 
 private:
     std::shared_ptr<const runtime> runtime_;
+    std::atomic<std::uint64_t> generation_{0};  // replace() calls, after the store
     std::mutex connections_mutex_;
     std::unordered_map<const drainable*, std::weak_ptr<drainable>> connections_;
 };

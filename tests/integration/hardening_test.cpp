@@ -238,13 +238,10 @@ TEST(Expect, HundredContinueIsSentBeforeTheBodyIsRead) {
     mock_upstream up;
     running_gateway gw(config_for(up.port()));
     net::io_context ioc;
-    tcp::socket s(ioc);
-    s.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), gw.port()));
+    auto s = connect_client(ioc, gw.port(), 2);
     const std::string body(3000, 'x');
     net::write(s, net::buffer("POST /echo/up HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 3000\r\n\r\n"
                               + std::string()));
-    timeval tv{2, 0};
-    setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     char buf[256];
     beast::error_code ec;
     const auto n = s.read_some(net::buffer(buf), ec);

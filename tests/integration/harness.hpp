@@ -46,14 +46,26 @@ struct response {
     }
 };
 
-// One request on a fresh connection. status 0 means the connection failed.
+// A client socket connected to 127.0.0.1:port whose reads give up after timeout_seconds
+// (SO_RCVTIMEO): a test that waits for an answer that never comes fails instead of hanging.
+inline tcp::socket connect_client(net::io_context& ioc, unsigned short port, long timeout_seconds = 5) {
+    tcp::socket socket(ioc);
+    socket.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
+    timeval tv{timeout_seconds, 0};
+    setsockopt(socket.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return socket;
+}
+
+// One request on a fresh connection. status 0 means the connection failed, or no answer came
+// within 100 s.
 inline response send_request(unsigned short port, const std::string& method, const std::string& target,
                              const std::string& body = "", const std::map<std::string, std::string>& headers = {}) {
     response out;
     try {
         net::io_context ioc;
-        tcp::socket socket(ioc);
-        socket.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
+        // Bounded, so that an answer that never comes fails the test ("Resource temporarily
+        // unavailable") rather than hanging it until ctest's timeout.
+        auto socket = connect_client(ioc, port, 100);
         http::request<http::string_body> req{http::string_to_verb(method), target, 11};
         if (req.method() == http::verb::unknown) req.method_string(method);
         req.set(http::field::host, "gateway.test");
@@ -93,13 +105,10 @@ inline response get(unsigned short port, const std::string& target, const std::m
 // Sends raw bytes and returns whatever comes back until the server closes (or 2 s pass).
 inline std::string send_raw(unsigned short port, const std::string& bytes) {
     net::io_context ioc;
-    tcp::socket socket(ioc);
-    socket.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
+    auto socket = connect_client(ioc, port, 2);
     net::write(socket, net::buffer(bytes));
     std::string got;
     char buf[4096];
-    timeval tv{2, 0};
-    setsockopt(socket.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     for (;;) {
         beast::error_code ec;
         std::size_t n = socket.read_some(net::buffer(buf), ec);

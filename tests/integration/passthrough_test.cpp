@@ -205,6 +205,43 @@ TEST(Reload, NewRoutesApplyToNewRequestsAndWaitingOnesFinish) {
     EXPECT_EQ(r.json()["id"], "9");
 }
 
+// A connection kept alive across a reload routes its next request with the new config (each
+// connection keeps the snapshot it routed with and looks again only when a reload replaced it).
+TEST(Reload, AKeptAliveConnectionRoutesItsNextRequestWithTheNewConfig) {
+    mock_upstream up;
+    running_gateway gw(config_for(up.port()));
+    net::io_context ioc;
+    auto socket = connect_client(ioc, gw.port());
+    beast::flat_buffer buffer;
+    auto ask = [&](const std::string& target) {
+        http::request<http::empty_body> req{http::verb::get, target, 11};
+        req.set(http::field::host, "gateway.test");
+        http::write(socket, req);
+        http::response<http::string_body> res;
+        http::read(socket, buffer, res);
+        return res;
+    };
+    auto first = ask("/echo/before");
+    ASSERT_EQ(first.result_int(), 200) << first.body();
+    EXPECT_TRUE(first.keep_alive());
+    EXPECT_EQ(up.count("GET", "/echo/before"), 1u);
+    // The catch-all passthrough route goes: /echo/ now has no route.
+    std::string text = fill(yaml, {{"PORT", std::to_string(up.port())}, {"WAIT", "5ms"}});
+    replace_once(text, "  - name: everything\n    match: {prefix: /}\n    upstream: api\n", "");
+    gw.server().reload(load_yaml(text));
+    // The reload applies on the control thread: a new connection shows when it has.
+    int fresh = 0;
+    for (int i = 0; i < 400 && (fresh = get(gw.port(), "/echo/probe").status) != 404; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    ASSERT_EQ(fresh, 404) << "the reload did not apply";
+    auto second = ask("/echo/after");
+    EXPECT_EQ(second.result_int(), 404) << second.body();
+    EXPECT_EQ(up.count("GET", "/echo/after"), 0u);
+    // And the coalesce route still answers on the same connection.
+    auto third = ask("/users/3");
+    EXPECT_EQ(third.result_int(), 200) << third.body();
+}
+
 // A stream still waiting for a pooled upstream connection when drain_timeout passes is answered
 // 503; the connection that frees later must not carry its request (found by review: on_lease
 // used to send it regardless, so a POST its caller was told failed could still be applied).
