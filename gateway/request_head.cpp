@@ -1,5 +1,7 @@
 #include "gateway/request_head.hpp"
 
+#include <string_view>
+
 #include <boost/beast/core/string.hpp>
 #include <boost/beast/http/rfc7230.hpp>
 
@@ -7,14 +9,73 @@ namespace batchgate::gateway {
 
 namespace http = boost::beast::http;
 
+namespace {
+
+bool is_hex(char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+// RFC 3986 unreserved / sub-delims.
+bool is_reg_name_char(char c) {
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
+    return std::string_view("-._~!$&'()*+,;=").find(c) != std::string_view::npos;
+}
+
+bool all_digits(std::string_view s) {
+    for (char c : s)
+        if (c < '0' || c > '9') return false;
+    return true;
+}
+
+}  // namespace
+
+bool valid_host(std::string_view v) {
+    if (v.empty()) return true;  // RFC 9112 3.2: a target URI without an authority
+    std::string_view port;
+    if (v.front() == '[') {
+        // IP-literal: IPv6address (with RFC 6874's "%25" zone) or IPvFuture, checked for
+        // their characters (hex digits, ':', '.', '%', IPvFuture's unreserved and sub-delims),
+        // not their full grammar.
+        const auto close = v.find(']');
+        if (close == std::string_view::npos || close == 1) return false;
+        for (char c : v.substr(1, close - 1))
+            if (!is_reg_name_char(c) && c != ':' && c != '%') return false;
+        const auto rest = v.substr(close + 1);
+        if (rest.empty()) return true;
+        if (rest.front() != ':') return false;
+        port = rest.substr(1);
+    } else {
+        const auto colon = v.find(':');
+        const auto host = v.substr(0, colon);
+        // RFC 9110 4.2.1: an http(s) URI's host is never empty (":80" names none).
+        if (host.empty()) return false;
+        for (std::size_t i = 0; i < host.size(); ++i) {
+            if (host[i] == '%') {  // pct-encoded
+                if (i + 2 >= host.size() || !is_hex(host[i + 1]) || !is_hex(host[i + 2])) return false;
+                i += 2;
+            } else if (!is_reg_name_char(host[i])) {
+                return false;
+            }
+        }
+        if (colon == std::string_view::npos) return true;
+        port = v.substr(colon + 1);
+    }
+    return all_digits(port);  // RFC 3986's port is *DIGIT: "c:" is valid
+}
+
 std::optional<head_rejection> check_request_head(const request_head& head) {
     const auto hosts = head.count(http::field::host);
     if (hosts > 1) return head_rejection{gateway_error::bad_request, "more than one Host header"};
     if (hosts == 0 && head.version() >= 11)
         return head_rejection{gateway_error::bad_request, "HTTP/1.1 request without a Host header"};
-    for (char c : std::string_view(head.target()))
+    if (hosts == 1 && !valid_host(head[http::field::host]))
+        return head_rejection{gateway_error::bad_request, "the Host header is not a host[:port]"};
+    for (char c : std::string_view(head.target())) {
         if (static_cast<unsigned char>(c) >= 0x80)  // Beast allows obs-text here; a URI never holds it
             return head_rejection{gateway_error::bad_request, "request-target holds a byte over 0x7f"};
+        if (c == '#')  // RFC 9112 3.2: a request-target has no fragment
+            return head_rejection{gateway_error::bad_request, "request-target holds a fragment ('#')"};
+    }
 
     auto [te_first, te_last] = head.equal_range(http::field::transfer_encoding);
     if (te_first == te_last) return std::nullopt;
@@ -50,13 +111,11 @@ std::optional<head_rejection> normalize_target(request_head& head) {
     const auto authority = rest.substr(0, rest.find_first_of("/?#"));
     if (authority.find('@') != std::string_view::npos)
         return head_rejection{gateway_error::bad_request, "absolute-form request-target with userinfo"};
-    // The host is what precedes the port (after an IP literal's ']', if any): "", ":80" and
-    // "[]" name none.
-    const auto bracket = authority.rfind(']');
-    const auto port = authority.find(':', bracket == std::string_view::npos ? 0 : bracket);
-    const auto host_part = authority.substr(0, port);
-    if (host_part.empty() || host_part == "[]")
+    // "", ":80" and "[]" name no host (RFC 9110 4.2.1).
+    if (authority.empty() || authority.front() == ':' || authority.starts_with("[]"))
         return head_rejection{gateway_error::bad_request, "absolute-form request-target without a host"};
+    if (!valid_host(authority))
+        return head_rejection{gateway_error::bad_request, "absolute-form request-target's authority is not a host[:port]"};
     std::string origin(rest.substr(authority.size()));
     // RFC 9112 3.2.4: OPTIONS of a URI with an empty path and no query asks about the server:
     // the origin gets "*".

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include <boost/beast/http/fields.hpp>
 #include <boost/beast/http/message.hpp>
@@ -38,12 +39,24 @@ void apply_limits(Parser& parser, const config::limits_settings& limits) {
 //   (RFC 9112 6.3: the body length cannot be determined; Beast would take it as empty and read
 //   the body as the next request);
 // - Transfer-Encoding in an HTTP/1.0 request (RFC 9112 6.1: faulty framing);
-// - a request-target with a byte over 0x7f (Beast allows obs-text there; a URI never holds it).
+// - a Host that is not uri-host [":" port] (RFC 9112 3.2: "a Host header field with an invalid
+//   field value"): see valid_host;
+// - a request-target with a byte over 0x7f (Beast allows obs-text there; a URI never holds it),
+//   or with a fragment ('#': RFC 9112 3.2's forms have none, and "/users/1#x" would otherwise
+//   route, and key a batch, as "1#x").
 // A valid list with a coding before chunked ("gzip, chunked") is a 501: the gateway cannot
 // decode it (RFC 9112 6.1).
 // Beast's parser already refuses bad or conflicting Content-Length values and a
 // Content-Length after chunked.
 std::optional<head_rejection> check_request_head(const request_head& head);
+
+// Whether a Host value (or an absolute-form target's authority) is RFC 3986's uri-host with an
+// optional port: empty (RFC 9112 3.2 allows it); a reg-name or IPv4 address of unreserved,
+// sub-delims and %XX, not empty when a port follows; or "[...]" of hex digits, ':', '.' and
+// IPvFuture's characters. The port is digits only (possibly none, as RFC 3986 allows). So
+// "a b", "a/b", "a@b", "a\\b", "a:b", "a:1:2", ":80" and "[]" are refused; "a,b" is a valid
+// reg-name (',' is a sub-delim).
+bool valid_host(std::string_view value);
 
 // RFC 9112 3.2.2: a server MUST accept the absolute-form of request-target ("GET http://c/a").
 // An http or https absolute-form target is rewritten in place to its origin-form ("/a", the

@@ -106,6 +106,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (has_te) fuzz::check(head.count(http::field::content_length) == 0, "Transfer-Encoding with Content-Length accepted");
         fuzz::check(head.count(http::field::host) == 1 || (head.version() < 11 && head.count(http::field::host) == 0),
                     "Host checks let a bad head through");
+        // What goes upstream as X-Forwarded-Host, and what routes and batch keys are cut from,
+        // holds no delimiter that would change its meaning.
+        fuzz::check(head[http::field::host].find_first_of(" \t/?#@\\\"<>{}|^`") == std::string_view::npos,
+                    "a Host holding a delimiter got through");
+        fuzz::check(std::string_view(head.target()).find('#') == std::string_view::npos, "a target with a fragment got through");
 
         if (!parse_until(parser, buffer, conn, [&] { return parser.is_done(); })) return 0;
         const auto& req = parser.get();

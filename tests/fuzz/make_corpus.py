@@ -236,6 +236,10 @@ requests = [
     "GET http://u@gw/ HTTP/1.1\r\n" + H + "\r\n",
     "OPTIONS ftp://gw/ HTTP/1.1\r\n" + H + "\r\n",
     "OPTIONS http://gw:81 HTTP/1.1\r\n" + H + "\r\nGET http://:80/a HTTP/1.1\r\n" + H + "\r\n",
+    "GET /users/1#x HTTP/1.1\r\n" + H + "\r\n",
+    "GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\nGET / HTTP/1.1\r\nHost: gw b\r\n\r\n",
+    "GET / HTTP/1.1\r\nHost: gw:8o\r\n\r\nGET / HTTP/1.1\r\nHost: a%zz\r\n\r\n",
+    "GET http://a\\b/x HTTP/1.1\r\n" + H + "\r\nGET / HTTP/1.1\r\nHost: [fe80::1%25eth0]\r\n\r\n",
 ]
 for i, r in enumerate(requests):
     write("request_head", f"request-{i:02d}", bytes([i % 8]) + r.encode())

@@ -242,6 +242,16 @@ const conformance_case cases[] = {
     {"long_target_is_414", "GET /" + std::string(1100, 'a') + " HTTP/1.1\r\nHost: c\r\n\r\n", "414", closes, ""},
     // RFC 9112 3.2.2: accepted, routed and forwarded as origin-form; the target's authority is
     // the Host (the upstream sees it as X-Forwarded-Host).
+    // RFC 9112 3.2: a Host that is not uri-host[:port] is a 400; so is a fragment, which no
+    // request-target form holds.
+    {"host_with_space", "GET /a HTTP/1.1\r\nHost: c d\r\n\r\n", "400", closes, ""},
+    {"host_with_path", "GET /a HTTP/1.1\r\nHost: c/d\r\n\r\n", "400", closes, ""},
+    {"host_with_userinfo", "GET /a HTTP/1.1\r\nHost: u@c\r\n\r\n", "400", closes, ""},
+    {"host_with_bad_port", "GET /a HTTP/1.1\r\nHost: c:8o\r\n\r\n", "400", closes, ""},
+    {"host_port_without_host", "GET /a HTTP/1.1\r\nHost: :80\r\n\r\n", "400", closes, ""},
+    {"host_ipv6_literal_with_port", "GET /a HTTP/1.1\r\nHost: [::1]:80\r\n\r\n", "200", stays_open,
+     std::regex_replace(up("GET /a HTTP/1.1"), std::regex("X-Forwarded-Host: c"), "X-Forwarded-Host: [::1]:80")},
+    {"fragment_in_target", "GET /a#x HTTP/1.1\r\nHost: c\r\n\r\n", "400", closes, ""},
     {"absolute_form_target", "GET http://c/a HTTP/1.1\r\nHost: c\r\n\r\n", "200", stays_open, up("GET /a HTTP/1.1")},
     {"absolute_form_authority_wins_over_host", "GET HTTP://d:81/a?x=1 HTTP/1.1\r\nHost: c\r\n\r\n", "200", stays_open,
      std::regex_replace(up("GET /a?x=1 HTTP/1.1"), std::regex("X-Forwarded-Host: c"), "X-Forwarded-Host: d:81")},

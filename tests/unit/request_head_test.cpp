@@ -139,5 +139,42 @@ TEST(RequestHead, AnAbsoluteFormTargetWithoutHostOrWithUserinfoIsRefused) {
     }
 }
 
+// RFC 9112 3.2: a Host with an invalid field value is a 400, like a missing or repeated one.
+TEST(RequestHead, AHostThatIsNotHostAndPortIsRefused) {
+    for (const char* host : {"gw", "gw:8080", "gw:", "GW.Example.COM.", "127.0.0.1:1", "[::1]", "[::1]:443", "[fe80::1%25eth0]",
+                             "[v1.x]", "a,b", "a_b-c~d", "caf%C3%A9", "x!$&'()*+;="}) {
+        EXPECT_TRUE(valid_host(host)) << host;
+        EXPECT_FALSE(check(std::string("GET / HTTP/1.1\r\nHost: ") + host + "\r\n\r\n")) << host;
+    }
+    EXPECT_FALSE(check("GET / HTTP/1.1\r\nHost:\r\n\r\n"));  // empty: a target URI without an authority
+    for (const char* host : {"a b", "a/b", "a?b", "a#b", "a@b", "u:p@b", "a\\b", "a:b", "a:1:2", ":80", ":", "[]", "[::1",
+                             "[::1]x", "[::1]:x", "[a b]", "a%2", "a%zz", "a\"b", "<a>", "a{b}", "a|b", "a^b", "a`b",
+                             "caf\xc3\xa9"}) {
+        EXPECT_FALSE(valid_host(host)) << host;
+        auto r = check(std::string("GET / HTTP/1.1\r\nHost: ") + host + "\r\n\r\n");
+        ASSERT_TRUE(r) << host;
+        EXPECT_EQ(r->error, gateway_error::bad_request);
+    }
+}
+
+TEST(RequestHead, ATargetWithAFragmentIsRefused) {
+    for (const char* target : {"/users/1#x", "/#", "/a?b#c", "http://c/a#x"}) {
+        auto r = check(std::string("GET ") + target + " HTTP/1.1\r\nHost: c\r\n\r\n");
+        ASSERT_TRUE(r) << target;
+        EXPECT_EQ(r->error, gateway_error::bad_request);
+    }
+}
+
+TEST(RequestHead, AnAbsoluteFormAuthorityThatIsNotHostAndPortIsRefused) {
+    for (const char* target : {"http://a\\b/x", "http://a:b/x", "http://a:1:2/", "http://a%zz/", "http://[::1/", "http://[::1]x/"}) {
+        auto n = normalize(std::string("GET ") + target + " HTTP/1.1\r\nHost: c\r\n\r\n");
+        ASSERT_TRUE(n.rejected) << target;
+        EXPECT_EQ(n.rejected->error, gateway_error::bad_request);
+    }
+    auto n = normalize("GET http://[::1]:8080/a HTTP/1.1\r\nHost: c\r\n\r\n");
+    EXPECT_FALSE(n.rejected);
+    EXPECT_EQ(n.host, "[::1]:8080");
+}
+
 }  // namespace
 }  // namespace batchgate::gateway
