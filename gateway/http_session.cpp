@@ -17,6 +17,7 @@
 #include <atomic>
 #include <cerrno>
 #include <random>
+#include <type_traits>
 #include <utility>
 
 #include "coalescer/batcher.hpp"
@@ -598,6 +599,15 @@ private:
     // stay in memory for as long as it likes.
     void write_more() {
         tcp().expires_after(runtime_->config->limits.send_timeout);
+        if constexpr (std::is_same_v<Stream, swept_stream>) {
+            // Plain TCP: what the socket takes now goes at once (swept_stream::send_now), and an
+            // answer it takes whole needs no asynchronous write. Every send() is its caller's
+            // last step, so on_write (and the next read it starts) may run here.
+            beast::error_code ec;
+            auto& unsent = *response_->unsent;
+            unsent.consume(stream_.send_now(unsent, ec));
+            if (ec || beast::buffer_bytes(unsent) == 0) return on_write(ec);
+        }
         stream_.async_write_some(*response_->unsent, [self = this->shared_from_this()](beast::error_code ec, std::size_t n) {
             if (ec == beast::error::timeout) self->state_->metrics.send_timeouts().Increment();
             if (ec) return self->on_write(ec);

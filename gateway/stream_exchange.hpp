@@ -27,6 +27,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <boost/asio/post.hpp>
@@ -304,7 +305,7 @@ private:
         if (!done && conn_->buffer.size() > 0) {
             // Body bytes came with the head: they go out with it.
             head_pending_ = true;
-            return read_response_piece();
+            return take_buffered_piece();
         }
         on_s([this, done, reusable, elapsed] {
             send_head(elapsed);
@@ -325,6 +326,22 @@ private:
                 self->on_response_piece(ec);
             });
         });
+    }
+
+    // What Beast's read first does with bytes already buffered, done here: Beast's read that
+    // needed no receive still posts its completion (a scheduler round per answer whose body
+    // came with its head, most small answers).
+    void take_buffered_piece() {
+        auto& body = response_->get().body();
+        body.data = response_window_.data();
+        body.size = response_window_.size();
+        error_code ec;
+        const auto used = response_->put(conn_->buffer.data(), ec);
+        conn_->buffer.consume(used);
+        // More is needed than is buffered (a chunk-size line cut short): what was parsed goes
+        // out, and the next read waits for the rest.
+        if (ec == http::error::need_more) ec = {};
+        on_response_piece(ec);
     }
 
     void on_response_piece(error_code ec) {
@@ -440,13 +457,11 @@ private:
         std::string_view tail = !chunked_in_ ? "" : done ? (n ? "\r\n0\r\n\r\n" : "0\r\n\r\n") : n ? "\r\n" : "";
         if (!with_head && !head_seen_) conn_->tcp().expires_after(p_.route->passthrough.idle_timeout);
         with_upstream([&](auto& stream) {
-            net::async_write(stream,
-                             boost::beast::buffers_cat(net::buffer(with_head ? std::string_view(upstream_head_) : std::string_view()),
-                                                       net::buffer(framed_), net::buffer(request_window_.data(), n),
-                                                       net::buffer(tail.data(), tail.size())),
-                             [self = this->shared_from_this(), done, with_head](error_code ec, std::size_t) {
-                                 self->on_request_piece_written(ec, done, with_head);
-                             });
+            write_then(stream,
+                       boost::beast::buffers_cat(net::buffer(with_head ? std::string_view(upstream_head_) : std::string_view()),
+                                                 net::buffer(framed_), net::buffer(request_window_.data(), n),
+                                                 net::buffer(tail.data(), tail.size())),
+                       [this, done, with_head](error_code ec) { on_request_piece_written(ec, done, with_head); });
         });
     }
 
@@ -541,12 +556,10 @@ private:
         if (chunk_out_ && n) piece_head_ = chunk_size_line(n);
         std::string_view tail = !chunk_out_ ? "" : done ? (n ? "\r\n0\r\n\r\n" : "0\r\n\r\n") : n ? "\r\n" : "";
         boost::beast::get_lowest_layer(client_).expires_after(p_.send_timeout);
-        net::async_write(client_,
-                         boost::beast::buffers_cat(net::buffer(client_head_), net::buffer(piece_head_),
-                                                   net::buffer(response_window_.data(), n), net::buffer(tail.data(), tail.size())),
-                         [self = this->shared_from_this(), done, reusable](error_code ec, std::size_t) {
-                             self->on_response_piece_written(ec, done, reusable);
-                         });
+        write_then(client_,
+                   boost::beast::buffers_cat(net::buffer(client_head_), net::buffer(piece_head_),
+                                             net::buffer(response_window_.data(), n), net::buffer(tail.data(), tail.size())),
+                   [this, done, reusable](error_code ec) { on_response_piece_written(ec, done, reusable); });
     }
 
     void on_response_piece_written(error_code ec, bool done, bool reusable) {
@@ -712,10 +725,31 @@ private:
         conn_->with_stream(std::forward<F>(f));
     }
 
+    // Writes `buffers` to `stream`, then runs then(ec). Over plain TCP the bytes are first
+    // tried at once (swept_stream::send_now): when they all go, or the send fails, `then` runs
+    // here, as the caller's last step (callers call this last). What is left goes by
+    // async_write, and `then` runs from its handler.
+    template <class Stream, class Buffers, class Then>
+    void write_then(Stream& stream, const Buffers& buffers, Then then) {
+        std::size_t sent = 0;
+        if constexpr (std::is_same_v<Stream, swept_stream>) {
+            error_code ec;
+            sent = stream.send_now(buffers, ec);
+            if (ec || sent == net::buffer_size(buffers)) return then(ec);
+        }
+        boost::beast::buffers_suffix<Buffers> rest(buffers);
+        rest.consume(sent);
+        net::async_write(stream, rest, [self = this->shared_from_this(), then = std::move(then)](error_code ec, std::size_t) mutable {
+            then(ec);
+        });
+    }
+
     // Runs f on S, or on U: at once when this thread is that side's (one shard runs both, the
     // usual case: a post there cost a queued handler, a scheduler round and a reference count
-    // per hop), else posted. Callers call these last, so nothing of theirs runs after f; the
-    // caller's own handler keeps the exchange alive through an inline f.
+    // per hop), else posted. The caller's own handler keeps the exchange alive through an
+    // inline f. Callers call these last, but for end() and fail_before_head(), whose f only
+    // hands conn_ back or closes it before done(): nothing after it may touch conn_, and the
+    // connection may already carry the next queued exchange's request when done() runs.
     template <class F>
     void on_s(F&& f) {
         hop(s_, std::forward<F>(f));

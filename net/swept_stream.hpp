@@ -140,6 +140,31 @@ public:
         return async_io<false>(buffers, std::forward<Handler>(handler));
     }
 
+    // One non-blocking send of what it can of `buffers`, now: the bytes sent (0 when the socket
+    // is full, or while a write or connect is pending: bytes never interleave with one). An
+    // error other than "would block" goes to ec. A caller whose bytes all went goes on without
+    // an asynchronous write (its operation, deadline and scheduler round); the rest, if any,
+    // is for async_write_some.
+    template <class Buffers>
+    std::size_t send_now(const Buffers& buffers, boost::system::error_code& ec) {
+        if (write_.pending || connecting_ || !socket_.is_open()) return 0;
+        iovec iov[16];
+        int count = 0;
+        for (auto it = boost::asio::buffer_sequence_begin(buffers), end = boost::asio::buffer_sequence_end(buffers);
+             it != end && count < 16; ++it) {
+            const boost::asio::const_buffer piece(*it);
+            if (piece.size() != 0) iov[count++] = {const_cast<void*>(piece.data()), piece.size()};
+        }
+        if (count == 0) return 0;
+        msghdr msg{};
+        msg.msg_iov = iov;
+        msg.msg_iovlen = static_cast<decltype(msg.msg_iovlen)>(count);
+        const auto sent = ::sendmsg(socket_.native_handle(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (sent >= 0) return static_cast<std::size_t>(sent);
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) ec.assign(errno, boost::system::system_category());
+        return 0;
+    }
+
     // Tries each endpoint in turn, as asio::async_connect does; handler(ec, endpoint).
     template <class Endpoints, class Handler>
     auto async_connect(const Endpoints& endpoints, Handler&& handler) {

@@ -442,3 +442,64 @@ TEST_F(drained_stream_test, AWriteEndingBesideAPendingReadLeavesTheReadsDeadline
     EXPECT_FALSE(head.ec) << head.ec.message();
     EXPECT_EQ(got(head), "answer");
 }
+
+// send_now: one non-blocking send, now. All of a small write goes; a socket that is full takes
+// part or nothing, with no error and no deadline armed; nothing goes beside a pending write
+// (bytes never interleave); a peer that reset the connection is an error.
+TEST_F(swept_stream_test, SendNowSendsWhatTheSocketTakesAndNeverBesideAPendingWrite) {
+    boost::system::error_code ec;
+    const std::string hello = "hello, ";
+    const std::string world = "world";
+    EXPECT_EQ(stream->send_now(std::array{net::buffer(hello), net::buffer(world)}, ec), hello.size() + world.size());
+    EXPECT_FALSE(ec);
+    std::string got(12, '\0');
+    net::read(*peer, net::buffer(got));
+    EXPECT_EQ(got, "hello, world");
+    EXPECT_EQ(sweep.armed(), 0u);
+
+    // The peer never reads: sends fill the socket buffers, then take nothing.
+    stream->expires_after(5s);
+    const std::string chunk(1 << 20, 'z');
+    std::size_t total = 0;
+    for (int i = 0; i < 256; ++i) {
+        const auto n = stream->send_now(net::buffer(chunk), ec);
+        ASSERT_FALSE(ec) << ec.message();
+        total += n;
+        if (n == 0) break;
+    }
+    EXPECT_GT(total, 0u);
+    EXPECT_EQ(stream->send_now(net::buffer(chunk), ec), 0u) << "a full socket took more";
+    EXPECT_FALSE(ec);
+    EXPECT_EQ(sweep.armed(), 0u) << "a send that did not wait armed its deadline";
+
+    // A write pending on the full socket: send_now sends nothing beside it.
+    outcome w;
+    net::async_write(*stream, net::buffer(chunk), w.handler());
+    settle();
+    ASSERT_FALSE(w.done);
+    std::array<char, 64 << 10> sink{};
+    for (int i = 0; i < 8 && peer->available() > 0; ++i) peer->read_some(net::buffer(sink));  // room again
+    EXPECT_EQ(stream->send_now(net::buffer(hello), ec), 0u) << "bytes beside a pending write";
+    EXPECT_FALSE(ec);
+
+    // The peer resets the connection: an error, not "would block".
+    peer->set_option(net::socket_base::linger(true, 0));
+    peer->close();
+    stream->close();
+    // A closed stream sends nothing and reports nothing; the pending write ends aborted.
+    EXPECT_EQ(stream->send_now(net::buffer(hello), ec), 0u);
+    EXPECT_FALSE(ec);
+    run_until(w);
+    EXPECT_TRUE(w.done);
+}
+
+TEST_F(swept_stream_test, SendNowToAPeerThatResetIsAnError) {
+    peer->set_option(net::socket_base::linger(true, 0));
+    peer->close();  // RST, delivered on loopback before close returns
+    boost::system::error_code ec;
+    const std::string hello = "hello";
+    std::size_t sent = 0;
+    for (int i = 0; i < 3 && !ec; ++i) sent += stream->send_now(net::buffer(hello), ec);
+    EXPECT_TRUE(ec == net::error::connection_reset || ec == net::error::broken_pipe) << ec.message();
+    EXPECT_EQ(sent, 0u);
+}
