@@ -1,5 +1,6 @@
 #include "gateway/request_head.hpp"
 
+#include <algorithm>
 #include <string_view>
 
 #include <boost/beast/core/string.hpp>
@@ -33,13 +34,33 @@ bool valid_host(std::string_view v) {
     if (v.empty()) return true;  // RFC 9112 3.2: a target URI without an authority
     std::string_view port;
     if (v.front() == '[') {
-        // IP-literal: IPv6address (with RFC 6874's "%25" zone) or IPvFuture, checked for
-        // their characters (hex digits, ':', '.', '%', IPvFuture's unreserved and sub-delims),
-        // not their full grammar.
+        // IP-literal, checked for its characters, not its full grammar: IPvFuture is "v", hex
+        // digits, "." and unreserved, sub-delims or ':'; an IPv6 address is hex digits, ':' (at
+        // least two) and '.' (an IPv4 tail), then perhaps a zone: '%' and unreserved or '%'
+        // (RFC 6874 writes "%25"; browsers send it bare).
         const auto close = v.find(']');
         if (close == std::string_view::npos || close == 1) return false;
-        for (char c : v.substr(1, close - 1))
-            if (!is_reg_name_char(c) && c != ':' && c != '%') return false;
+        const auto inside = v.substr(1, close - 1);
+        if (inside.front() == 'v' || inside.front() == 'V') {
+            const auto dot = inside.find('.');
+            if (dot == std::string_view::npos || dot == 1 || dot + 1 == inside.size()) return false;
+            for (char c : inside.substr(1, dot - 1))
+                if (!is_hex(c)) return false;
+            for (char c : inside.substr(dot + 1))
+                if (!is_reg_name_char(c) && c != ':') return false;
+        } else {
+            const auto percent = inside.find('%');
+            const auto address = inside.substr(0, percent);
+            if (std::count(address.begin(), address.end(), ':') < 2) return false;
+            for (char c : address)
+                if (!is_hex(c) && c != ':' && c != '.') return false;
+            if (percent != std::string_view::npos) {
+                const auto zone = inside.substr(percent + 1);
+                if (zone.empty()) return false;
+                for (char c : zone)
+                    if (!is_reg_name_char(c) && c != '%') return false;
+            }
+        }
         const auto rest = v.substr(close + 1);
         if (rest.empty()) return true;
         if (rest.front() != ':') return false;

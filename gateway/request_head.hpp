@@ -52,8 +52,10 @@ std::optional<head_rejection> check_request_head(const request_head& head);
 
 // Whether a Host value (or an absolute-form target's authority) is RFC 3986's uri-host with an
 // optional port: empty (RFC 9112 3.2 allows it); a reg-name or IPv4 address of unreserved,
-// sub-delims and %XX, not empty when a port follows; or "[...]" of hex digits, ':', '.' and
-// IPvFuture's characters. The port is digits only (possibly none, as RFC 3986 allows). So
+// sub-delims and %XX, not empty when a port follows; or an IP literal, "[v<hex>.<chars>]" or
+// hex digits, at least two ':' and '.', then perhaps a '%' zone ("[fe80::1%25eth0]"), checked
+// for its characters, not its full grammar. The port is digits only (possibly none, as RFC
+// 3986 allows), its range unchecked. So
 // "a b", "a/b", "a@b", "a\\b", "a:b", "a:1:2", ":80" and "[]" are refused; "a,b" is a valid
 // reg-name (',' is a sub-delim).
 bool valid_host(std::string_view value);
