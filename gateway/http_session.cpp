@@ -346,6 +346,7 @@ private:
         exchange_.reset();
         info_ = std::move(out.info);
         if (out.close_client) keep_alive_ = false, linger_ = true;
+        exchange_reading_ = out.client_read_pending;
         if (out.error) return send(std::move(*out.error));
         answered_ = true;
         record_answer(out.status);
@@ -661,6 +662,16 @@ private:
         // unread bytes sends a reset, which can destroy the answer before the client reads it.
         // Like nginx's lingering close, what still comes is read and dropped for a while.
         linger_until_ = clock_type::now() + std::chrono::seconds(5);
+        if (std::exchange(exchange_reading_, false)) {
+            // The stream's read of the body (or of a tunnel) is still pending: it ends first,
+            // aborted, and the lingering read begins after its handler ran. Two reads at once
+            // shared the stream's one read deadline and the reactor's one edge: the client's FIN
+            // ended the stream's read, and the lingering one waited for ever.
+            tcp().socket().cancel(ignored);
+            return net::post(stream_.get_executor(), [self = this->shared_from_this()] {
+                self->discard_rest(std::make_shared<std::array<char, 4096>>());
+            });
+        }
         discard_rest(std::make_shared<std::array<char, 4096>>());
     }
 
@@ -719,6 +730,7 @@ private:
     bool head_request_ = false;
     bool owed_request_ = false;  // taken from the backlog at shutdown, request not read yet
     bool linger_ = false;        // close() drains what the client still sends first
+    bool exchange_reading_ = false;  // the ended stream left a read of the client pending
     clock_type::time_point linger_until_{};
 };
 

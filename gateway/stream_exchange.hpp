@@ -50,6 +50,7 @@ namespace net = boost::asio;
 struct stream_outcome {
     std::optional<response_t> error;  // failed before the answer's head went out: send this
     bool close_client = false;        // the connection cannot carry another request
+    bool client_read_pending = false; // a read of the client (its body, a tunnel) is still pending
     int status = 0;                   // the status relayed (when error is empty)
     dispatch_info info;
 };
@@ -252,6 +253,10 @@ private:
             reused_ = l.reused;
             u_.emplace(conn_->tcp().get_executor());
             on_u([this] {
+                // A lease that came at the deadline sends nothing: the caller's 504 must not
+                // stand for a request the upstream applied (the immediate write below does
+                // not look at the deadline, as an asynchronous one did).
+                if (clock::now() >= p_.head_deadline) return upstream_failed(boost::beast::error::timeout);
                 conn_->tcp().expires_at(p_.head_deadline);
                 write_request_piece(first_n_, first_done_ || bodyless_, true);
             });
@@ -413,7 +418,9 @@ private:
         boost::beast::get_lowest_layer(client_).expires_after(p_.route->passthrough.idle_timeout);
         const auto want = std::min(request_window_.size(), client_buffer_.max_size());
         if (client_buffer_.capacity() < want) client_buffer_.reserve(want);  // as for the answer, below
+        client_reading_ = true;
         http::async_read_some(client_, client_buffer_, req_, [self = this->shared_from_this()](error_code ec, std::size_t) {
+            self->client_reading_ = false;
             self->on_request_piece(ec);
         });
     }
@@ -599,7 +606,9 @@ private:
             return net::post(*u_, [self = this->shared_from_this(), n] { self->tunnel_write_upstream(n); });
         }
         boost::beast::get_lowest_layer(client_).expires_after(p_.route->passthrough.idle_timeout);
+        client_reading_ = true;
         client_.async_read_some(net::buffer(request_window_.data(), request_window_.size()), [self = this->shared_from_this()](error_code ec, std::size_t n) {
+            self->client_reading_ = false;
             if (self->finished_) return;
             if (ec) return self->tunnel_side_ended(ec, true);
             self->p_.route_metrics->stream_bytes_in->Increment(static_cast<double>(n));
@@ -713,6 +722,7 @@ private:
     }
 
     void done(stream_outcome out) {
+        out.client_read_pending = client_reading_;
         auto d = std::move(done_);
         done_ = nullptr;
         if (d) d(std::move(out));
@@ -832,6 +842,7 @@ private:
     bool response_done_ = false;
     bool upstream_reusable_ = false;
     bool finished_ = false;
+    bool client_reading_ = false;  // a read of the client is pending (its handler not run yet)
 };
 
 }  // namespace batchgate::gateway

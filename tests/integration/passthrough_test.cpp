@@ -270,3 +270,43 @@ TEST(Drain, AStreamAnswered503WhileQueuedForAConnectionSendsNothing) {
     EXPECT_EQ(queued.status, 503) << queued.body;
     EXPECT_EQ(up.count("POST", "/orders"), 0u) << "a request answered 503 reached the upstream";
 }
+
+// An upstream that answers (413, Connection: close) as soon as it has a streamed request's head,
+// while the client is still sending the body: the exchange's read of the body is pending when
+// the session closes with a lingering read of its own. The two used to share the stream's one
+// read deadline and the reactor's one edge: the client's FIN ended the exchange's read, and the
+// lingering read waited for ever, holding the session and its descriptor.
+TEST(Linger, AnEarlyAnswerWhileTheBodyIsStillComingDoesNotLeakTheConnection) {
+    net::io_context up_ioc;
+    tcp::acceptor acceptor(up_ioc, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
+    std::thread upstream([&] {
+        tcp::socket s(up_ioc);
+        acceptor.accept(s);
+        std::string head;
+        char c;
+        while (head.find("\r\n\r\n") == std::string::npos && s.read_some(net::buffer(&c, 1)) == 1) head += c;
+        net::write(s, net::buffer(std::string("HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")));
+        beast::error_code ec;
+        s.shutdown(tcp::socket::shutdown_both, ec);
+    });
+    running_gateway gw(config_for(acceptor.local_endpoint().port()));
+    {
+        net::io_context ioc;
+        auto client = connect_client(ioc, gw.port());
+        net::write(client, net::buffer(std::string("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n") +
+                                       std::string(70000, 'x')));
+        http::response<http::string_body> res;
+        beast::flat_buffer buffer;
+        http::read(client, buffer, res);
+        EXPECT_EQ(res.result_int(), 413);
+        // The gateway ends the exchange and begins its lingering read before the client closes.
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }  // the client closes
+    upstream.join();
+    // The gateway closes its side too: at once on the client's FIN, at the latest when the
+    // lingering read's 5 s are up.
+    double open = -1;
+    for (int i = 0; i < 1000 && (open = gw.metric("batchgate_open_connections")) != 0; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    EXPECT_EQ(open, 0) << "the client's connection is still held";
+}
