@@ -6,21 +6,18 @@
 #include <boost/beast/core/string.hpp>
 #include <boost/beast/http/rfc7230.hpp>
 
+#include "text/url.hpp"
+
 namespace batchgate::gateway {
 
 namespace http = boost::beast::http;
 
 namespace {
 
-bool is_hex(char c) {
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
+using routes::is_hex_digit;
 
 // RFC 3986 unreserved / sub-delims.
-bool is_reg_name_char(char c) {
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
-    return std::string_view("-._~!$&'()*+,;=").find(c) != std::string_view::npos;
-}
+bool is_reg_name_char(char c) { return routes::is_unreserved(c) || routes::is_sub_delim(c); }
 
 bool all_digits(std::string_view s) {
     for (char c : s)
@@ -45,7 +42,7 @@ bool valid_host(std::string_view v) {
             const auto dot = inside.find('.');
             if (dot == std::string_view::npos || dot == 1 || dot + 1 == inside.size()) return false;
             for (char c : inside.substr(1, dot - 1))
-                if (!is_hex(c)) return false;
+                if (!is_hex_digit(c)) return false;
             for (char c : inside.substr(dot + 1))
                 if (!is_reg_name_char(c) && c != ':') return false;
         } else {
@@ -53,7 +50,7 @@ bool valid_host(std::string_view v) {
             const auto address = inside.substr(0, percent);
             if (std::count(address.begin(), address.end(), ':') < 2) return false;
             for (char c : address)
-                if (!is_hex(c) && c != ':' && c != '.') return false;
+                if (!is_hex_digit(c) && c != ':' && c != '.') return false;
             if (percent != std::string_view::npos) {
                 const auto zone = inside.substr(percent + 1);
                 if (zone.empty()) return false;
@@ -72,7 +69,7 @@ bool valid_host(std::string_view v) {
         if (host.empty()) return false;
         for (std::size_t i = 0; i < host.size(); ++i) {
             if (host[i] == '%') {  // pct-encoded
-                if (i + 2 >= host.size() || !is_hex(host[i + 1]) || !is_hex(host[i + 2])) return false;
+                if (i + 2 >= host.size() || !is_hex_digit(host[i + 1]) || !is_hex_digit(host[i + 2])) return false;
                 i += 2;
             } else if (!is_reg_name_char(host[i])) {
                 return false;
@@ -140,7 +137,7 @@ std::optional<head_rejection> normalize_target(request_head& head) {
     std::string origin(rest.substr(authority.size()));
     // RFC 9112 3.2.4: OPTIONS of a URI with an empty path and no query asks about the server:
     // the origin gets "*".
-    if (origin.empty() && head.method() == http::verb::options) origin = "*";
+    if (origin.empty() && head.method() == http::verb::options) origin.assign(1, '*');  // not = "*": GCC 12 warns falsely (-Wrestrict, PR 105329)
     if (origin.empty() || (origin.front() != '/' && origin != "*")) origin.insert(0, 1, '/');
     const std::string host(authority);  // a view into the target, which target() replaces
     head.target(origin);

@@ -22,7 +22,7 @@ std::vector<std::string_view> split_segments(std::string_view path) {
     }
 }
 
-int hex_value(char c) {
+int hex_value(char c) {  // -1 when c is not a hex digit
     if (c >= '0' && c <= '9') return c - '0';
     if (c >= 'a' && c <= 'f') return c - 'a' + 10;
     if (c >= 'A' && c <= 'F') return c - 'A' + 10;
@@ -102,6 +102,15 @@ bool path_template::match(std::string_view path, param_list& params) const {
     return true;
 }
 
+bool is_hex_digit(char c) { return hex_value(c) >= 0; }
+
+bool is_unreserved(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_' || c == '~';
+}
+
+bool is_sub_delim(char c) { return std::string_view("!$&'()*+,;=").find(c) != std::string_view::npos; }
+
 std::string url_decode(std::string_view text, bool plus_is_space) {
     std::string out;
     out.reserve(text.size());
@@ -127,11 +136,10 @@ std::string url_encode(std::string_view text) {
     std::string out;
     out.reserve(text.size());
     for (char c : text) {
-        const auto u = static_cast<unsigned char>(c);
-        if ((u >= 'a' && u <= 'z') || (u >= 'A' && u <= 'Z') || (u >= '0' && u <= '9') || u == '-' ||
-            u == '.' || u == '_' || u == '~') {
+        if (is_unreserved(c)) {
             out.push_back(c);
         } else {
+            const auto u = static_cast<unsigned char>(c);
             out.push_back('%');
             out.push_back(hex[u >> 4]);
             out.push_back(hex[u & 0x0F]);

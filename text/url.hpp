@@ -30,6 +30,11 @@ private:
     std::vector<std::string> names_;
 };
 
+// RFC 3986 character classes.
+bool is_hex_digit(char c);
+bool is_unreserved(char c);  // ALPHA / DIGIT / "-" / "." / "_" / "~"
+bool is_sub_delim(char c);   // "!" / "$" / "&" / "'" / "(" / ")" / "*" / "+" / "," / ";" / "="
+
 // Percent-decoding ('+' is a space only in query strings). Invalid escapes are kept verbatim.
 std::string url_decode(std::string_view text, bool plus_is_space);
 // Percent-encoding of everything except RFC 3986 unreserved characters.
