@@ -6,6 +6,8 @@
 # Environment (all optional):
 #   BENCH_DURATION=8s      length of every measured wrk run (seconds; "8" or "8s")
 #   BENCH_WARMUP=1s        unmeasured wrk run before each measured one (0 = none)
+#   BENCH_ROUNDS=3         scenarios 1 and 2: rounds of the compared rows, each server once per
+#                          round in a rotating order; the summary takes the median of the rounds
 #   BENCH_CALLERS=10000    waiting callers for the memory scenario
 #   BENCH_SKIP_BUILD=1     use the binaries already in $BENCH_BUILD_DIR
 #   BENCH_BUILD_DIR=build/bench
@@ -45,6 +47,8 @@ secs() { local v=${1%s}; [[ $v =~ ^[0-9]+$ ]] || { echo "bad duration: $1" >&2; 
 DURATION=$(secs "${BENCH_DURATION:-8s}")
 WARMUP=$(secs "${BENCH_WARMUP:-1s}")
 CALLERS=${BENCH_CALLERS:-10000}
+ROUNDS=${BENCH_ROUNDS:-3}
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "bad BENCH_ROUNDS: $ROUNDS" >&2; exit 2; }
 SCENARIOS=" $(echo "${BENCH_SCENARIOS:-1 2 3 4 5 6 7 8}" | tr -c '0-9' ' ') "
 want() { [[ $SCENARIOS = *" $1 "* ]]; }
 SLOW_DURATION=$(secs "${BENCH_SLOW_DURATION:-4s}")
@@ -125,6 +129,7 @@ status_delta() {
 # ---------------------------------------------------------------------------------------------
 declare -A RPS=() P50=() P99=() NON2XX=() SOCKERR=() REQS=()
 declare -A CPU=() CPUUS=() WALL_NS=()   # WALL_NS: wall time of the measured run
+declare -A PT_ROUND_RATIOS=() PT_CPU_RATIO=()   # scenario 1: per conns, each round's and the median
 ROW_FMT="%-40s %6s %11s %9s %9s %10s %8s %8s %11s\n"
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -241,6 +246,35 @@ ge() { [[ -n $1 && -n $2 ]] && awk -v a="$1" -v b="$2" 'BEGIN { print (a >= b) ?
 le() { [[ -n $1 && -n $2 ]] && awk -v a="$1" -v b="$2" 'BEGIN { print (a <= b) ? 1 : 0 }'; }
 r0() { [[ -n $1 ]] && printf '%.0f' "$1" || echo "?"; }
 ratio() { [[ -n $1 && -n $2 ]] && awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }' || echo "-"; }
+# median V...: the median of the non-empty, numeric values ("" when none)
+median() {
+    printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g |
+        awk '{ v[++n] = $1 } END { if (n) printf "%.2f", (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2 }'
+}
+# rotated R ITEM...: the items rotated left by R-1 (round R's order)
+rotated() {
+    local r=$1; shift
+    local n=$# i
+    for ((i = 0; i < n; i++)); do
+        local k=$(( (i + r - 1) % n + 1 ))
+        printf '%s ' "${!k}"
+    done
+}
+# Rounds (BENCH_ROUNDS): run_wrk keys KEY@1 .. KEY@ROUNDS; combine_rounds KEY sets KEY's
+# req/s, p50, p99 and cpu-us/req to the medians of its rounds, and prints that row.
+combine_rounds() {
+    local key=$1 label=$2 conns=$3 r c=() p=() q=() m=() n=0 s=0
+    for ((r = 1; r <= ROUNDS; r++)); do
+        [[ -n ${RPS[$key@$r]:-} ]] || continue
+        c+=("${CPUUS[$key@$r]:-}") p+=("${RPS[$key@$r]}") q+=("${P99[$key@$r]}") m+=("${P50[$key@$r]}")
+        n=$(( n + ${NON2XX[$key@$r]:-0} )) s=$(( s + ${SOCKERR[$key@$r]:-0} ))
+    done
+    ((${#p[@]})) || return 0
+    CPUUS[$key]=$(median "${c[@]}") RPS[$key]=$(median "${p[@]}") P99[$key]=$(median "${q[@]}") P50[$key]=$(median "${m[@]}")
+    NON2XX[$key]=$n SOCKERR[$key]=$s
+    printf "$ROW_FMT" "$label" "$conns" "$(printf '%.0f' "${RPS[$key]}")" "$(ms "${P50[$key]}")" \
+        "$(ms "${P99[$key]}")" "${CPUUS[$key]:--}" "$n" "$s" "median"
+}
 
 log "scenarios: $(echo $SCENARIOS)$([[ ${BENCH_WRITES:-1} = 0 ]] && echo ' (BENCH_WRITES=0: not 6)'); scenario 5 rows: ${SLOW_DURATION}s each"
 
@@ -515,17 +549,47 @@ scenario_1() {
         fi
     fi
     start_gateway gw-passthrough "$TMP/passthrough.yaml" "$P_GW_PT" "$P_GW_PT_ADMIN"
+    local servers="gw nginx" r s
+    ((haproxy)) && servers+=" haproxy"
+    declare -A label=([gw]="batchgate passthrough" [nginx]="nginx passthrough" [haproxy]="haproxy passthrough")
+    declare -A url=([gw]="http://127.0.0.1:$P_GW_PT/users/7" [nginx]="http://127.0.0.1:$P_NGINX/users/7"
+                    [haproxy]="http://127.0.0.1:$P_HAPROXY_PT/users/7")
+    declare -A pids=([gw]="${PIDS[gw-passthrough]}" [nginx]="${PIDS[nginx]} $(pgrep -P "${PIDS[nginx]}" | tr '\n' ' ')"
+                     [haproxy]="${PIDS[haproxy-pt]:-}")
     table_header
     for c in 50 200; do
         run_wrk "direct-$c" "mock direct" "$c" "http://127.0.0.1:$P_MOCK/users/7" 0 "${PIDS[mock]}"
-        run_wrk "gw-$c" "batchgate passthrough" "$c" "http://127.0.0.1:$P_GW_PT/users/7" 0 "${PIDS[gw-passthrough]}"
-        check_alive gw-passthrough "passthrough at $c connections" || break
-        run_wrk "nginx-$c" "nginx passthrough" "$c" "http://127.0.0.1:$P_NGINX/users/7" 0 \
-            "${PIDS[nginx]}" $(pgrep -P "${PIDS[nginx]}")
-        ((haproxy)) && run_wrk "haproxy-$c" "haproxy passthrough" "$c" "http://127.0.0.1:$P_HAPROXY_PT/users/7" 0 \
-            "${PIDS[haproxy-pt]}"
+    done
+    # The compared rows round by round, in an order that rotates: a machine that gets busier
+    # or quieter during the run shifts every server alike, and the median of the rounds (and
+    # of each round's ratio) is what the summary judges.
+    for ((r = 1; r <= ROUNDS; r++)); do
+        for c in 50 200; do
+            for s in $(rotated "$r" $servers); do
+                # shellcheck disable=SC2086
+                run_wrk "$s-$c@$r" "${label[$s]}$( ((ROUNDS > 1)) && echo " (round $r)")" "$c" "${url[$s]}" 0 ${pids[$s]}
+            done
+            check_alive gw-passthrough "passthrough at $c connections" || break 2
+        done
+    done
+    ((ROUNDS > 1)) && log "   medians of $ROUNDS rounds:"
+    for c in 50 200; do
+        for s in $servers; do combine_rounds "$s-$c" "${label[$s]}" "$c"; done
+        # each round's batchgate / better reference CPU ratio, and their median
+        local per=() best
+        for ((r = 1; r <= ROUNDS; r++)); do
+            best=${CPUUS[nginx-$c@$r]:-}
+            [[ -n ${CPUUS[haproxy-$c@$r]:-} && ( -z $best || $(le "${CPUUS[haproxy-$c@$r]}" "$best") = 1 ) ]] &&
+                best=${CPUUS[haproxy-$c@$r]}
+            per+=("$(ratio "${CPUUS[gw-$c@$r]:-}" "$best")")
+        done
+        PT_ROUND_RATIOS[$c]="${per[*]}"
+        PT_CPU_RATIO[$c]=$(median "${per[@]}")
     done
     pt_ratios
+    for c in 50 200; do
+        log "batchgate / better of nginx and haproxy, cpu-us/req, each round at $c conns: ${PT_ROUND_RATIOS[$c]:-?}; median ${PT_CPU_RATIO[$c]:-?}"
+    done
     scrape "$P_GW_PT_ADMIN" "$TMP/pt.metrics"
     [[ -s $TMP/pt.metrics ]] && log "gateway statuses (passthrough route, whole run incl. warm-up): $(status_delta /dev/null "$TMP/pt.metrics" passthrough)"
     alive gw-passthrough && stop gw-passthrough
@@ -549,17 +613,33 @@ scenario_2() {
     table_header
     run_wrk fan-direct "mock direct (single-item calls)" 200 "http://127.0.0.1:$P_MOCK_SLOW/" 1 "${PIDS[mock-slow]}"
     # The floor of a coalesced caller's cost: nginx reading each request and answering it from
-    # memory (the mock's body for one user), no upstream leg at all.
+    # memory (the mock's body for one user), no upstream leg at all. It and the two coalescing
+    # gateways take turns, round by round (BENCH_ROUNDS), like scenario 1's rows.
     start_nginx nginx-mem "$BENCH_DIR/nginx-memory.conf.in" "$P_NGINX" 0 /users/7
-    run_wrk fan-nginx-mem "nginx answering from memory" 200 "http://127.0.0.1:$P_NGINX/" 1 \
-        "${PIDS[nginx-mem]}" $(pgrep -P "${PIDS[nginx-mem]}")
+    local mode r s suffix
+    for ((r = 1; r <= ROUNDS; r++)); do
+        suffix=$( ((ROUNDS > 1)) && echo " (round $r)")
+        for s in $(rotated "$r" mem window adaptive); do
+            if [[ $s = mem ]]; then
+                run_wrk "fan-nginx-mem@$r" "nginx answering from memory$suffix" 200 "http://127.0.0.1:$P_NGINX/" 1 \
+                    "${PIDS[nginx-mem]}" $(pgrep -P "${PIDS[nginx-mem]}")
+                continue
+            fi
+            mode=$s
+            start_gw "gw-fan-$mode" "$mode" "$P_GW_CO" "$P_GW_CO_ADMIN"
+            co_run "fan-$mode@$r" "batchgate coalesce ($(mode_label $mode))$suffix" 200 \
+                "gw-fan-$mode" "$P_GW_CO" "$P_GW_CO_ADMIN"
+            alive "gw-fan-$mode" && stop "gw-fan-$mode"
+        done
+    done
     stop nginx-mem QUIT
-    local mode
+    ((ROUNDS > 1)) && log "   medians of $ROUNDS rounds:"
+    combine_rounds fan-nginx-mem "nginx answering from memory" 200
     for mode in window adaptive; do
-        start_gw "gw-fan-$mode" "$mode" "$P_GW_CO" "$P_GW_CO_ADMIN"
-        co_run "fan-$mode" "batchgate coalesce ($(mode_label $mode))" 200 \
-            "gw-fan-$mode" "$P_GW_CO" "$P_GW_CO_ADMIN"
-        alive "gw-fan-$mode" && stop "gw-fan-$mode"
+        combine_rounds "fan-$mode" "batchgate coalesce ($(mode_label $mode))" 200
+        local cuts=() means=()
+        for ((r = 1; r <= ROUNDS; r++)); do cuts+=("${CUT[fan-$mode@$r]:-}") means+=("${MEANBATCH[fan-$mode@$r]:-}"); done
+        CUT[fan-$mode]=$(median "${cuts[@]}") MEANBATCH[fan-$mode]=$(median "${means[@]}")
     done
     for mode in window adaptive; do
         [[ -n ${RPS[fan-direct]:-} && -n ${RPS[fan-$mode]:-} ]] || continue
@@ -1107,9 +1187,8 @@ if want 1; then
             "passthrough req/s at $c conns >= nginx: batchgate $(r0 "${RPS[gw-$c]:-}") vs nginx $(r0 "${RPS[nginx-$c]:-}")"
         verdict "$(le "${P99[gw-$c]:-}" "${P99[nginx-$c]:-}")" \
             "passthrough p99 at $c conns <= nginx: batchgate $(ms "${P99[gw-$c]:-0}") vs nginx $(ms "${P99[nginx-$c]:-0}")"
-        best=$(pt_better "$c")
-        verdict "$(le "${CPUUS[gw-$c]:-}" "${CPUUS[$best]:-}")" \
-            "passthrough CPU/request at $c conns <= better of nginx and HAProxy: batchgate ${CPUUS[gw-$c]:-?} µs vs nginx ${CPUUS[nginx-$c]:--}, haproxy ${CPUUS[haproxy-$c]:--} µs (${best:+ratio to ${best%-*}: }$(ratio "${CPUUS[gw-$c]:-}" "${CPUUS[$best]:-}"))"
+        verdict "$(le "${PT_CPU_RATIO[$c]:-}" 1)" \
+            "passthrough CPU/request at $c conns <= better of nginx and HAProxy: median of each round's ratio ${PT_CPU_RATIO[$c]:-?} (rounds: ${PT_ROUND_RATIOS[$c]:-?}); medians batchgate ${CPUUS[gw-$c]:-?} µs vs nginx ${CPUUS[nginx-$c]:--}, haproxy ${CPUUS[haproxy-$c]:--} µs"
     done
 fi
 if want 2; then
