@@ -143,27 +143,47 @@ private:
     void do_read() {
         state_->refresh(runtime_, runtime_generation_);
         const auto& limits = runtime_->config->limits;
-        // On the heap, and only while a request is read: a caller waiting in a batch holds
-        // neither (memory per waiting caller).
-        parser_ = std::make_unique<http::request_parser<http::string_body>>();
-        chunked_head_.reset();
-        apply_limits(*parser_, limits);
-        // limits.max_body is checked once the route is known: passthrough routes stream, and
-        // have their own optional cap (passthrough.max_body).
-        parser_->body_limit(boost::none);
         // Bytes Beast has not parsed yet: a head, or a chunk-size line or trailers, which Beast
         // does not bound; without a cap one endless chunk line grows the buffer without end.
         buffer_.max_size(limits.max_header_bytes + 64 * 1024);
         // Idle keep-alive connections (and slow senders) are closed after idle_timeout.
         tcp().expires_after(limits.idle_timeout);
         wait_for_message(stream_, buffer_);
+        read_head();
+    }
+
+    // Reads a request head with a new parser (under the deadline do_read armed).
+    void read_head() {
+        // On the heap, and only while a request is read: a caller waiting in a batch holds
+        // neither (memory per waiting caller).
+        parser_ = std::make_unique<http::request_parser<http::string_body>>();
+        chunked_head_.reset();
+        apply_limits(*parser_, runtime_->config->limits);
+        // limits.max_body is checked once the route is known: passthrough routes stream, and
+        // have their own optional cap (passthrough.max_body).
+        parser_->body_limit(boost::none);
         // The head first: a client that sent "Expect: 100-continue" waits for our word before
         // it sends the body.
         http::async_read_header(stream_, buffer_, *parser_,
                                 [self = this->shared_from_this()](beast::error_code ec, std::size_t) { self->on_header(ec); });
     }
 
+    // RFC 9112 2.2: a server SHOULD ignore at least one empty line (CRLF) before a request-line,
+    // as old clients send after a POST body. Beast refuses one as a bad method: the empty lines
+    // in front of the head are dropped here, and the head is read again. Each pass drops bytes
+    // (the buffer's cap bounds them) and do_read's deadline still runs: no endless loop.
+    bool skip_empty_lines() {
+        const auto data = buffer_.data();
+        const std::string_view bytes(static_cast<const char*>(data.data()), data.size());
+        std::size_t n = 0;
+        // CRLF only: a bare LF ends no line of a head here either (Beast refuses it).
+        while (bytes.substr(n, 2) == "\r\n") n += 2;
+        buffer_.consume(n);
+        return n > 0;
+    }
+
     void on_header(beast::error_code ec) {
+        if (ec == http::error::bad_method && skip_empty_lines()) return read_head();
         // Routed with the config current when the head came in: the snapshot do_read took (for
         // the head's limits) is as old as the wait, and a kept-alive connection may have waited
         // there through a reload.

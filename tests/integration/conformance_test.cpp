@@ -262,7 +262,6 @@ const conformance_case cases[] = {
     {"absolute_form_options_without_path", "OPTIONS http://c:81 HTTP/1.1\r\nHost: c\r\n\r\n", "404", stays_open, ""},
     {"asterisk_form_options", "OPTIONS * HTTP/1.1\r\nHost: c\r\n\r\n", "404", stays_open, ""},
     {"connect_authority_form", "CONNECT c:443 HTTP/1.1\r\nHost: c:443\r\n\r\n", "404", stays_open, ""},
-    {"leading_empty_line", "\r\nGET /a HTTP/1.1\r\nHost: c\r\n\r\n", "400", closes, ""},
 
     // --- header section ---------------------------------------------------------------------------
     {"bare_lf_line_endings", "GET /a HTTP/1.1\nHost: c\n\n", "400", closes, ""},
@@ -421,6 +420,18 @@ const conformance_case cases[] = {
     {"pipeline_stops_at_connection_close",
      get_a + "GET /b HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n" + smuggled, "200 200", closes,
      up("GET /a HTTP/1.1") + up("GET /b HTTP/1.1")},
+    // RFC 9112 2.2: empty lines before a request-line are ignored (a CRLF after a POST body).
+    {"empty_line_before_request", "\r\n" + get_a, "200", stays_open, up("GET /a HTTP/1.1")},
+    {"two_empty_lines_before_request", "\r\n\r\n" + get_a, "200", stays_open, up("GET /a HTTP/1.1")},
+    // A bare LF ends no line here (bare_lf_line_endings), so it is no empty line either.
+    {"bare_lf_before_request", "\n" + get_a, "400", closes, ""},
+    {"empty_line_between_pipelined_requests", get_a + "\r\nGET /b HTTP/1.1\r\nHost: c\r\n\r\n", "200 200",
+     stays_open, up("GET /a HTTP/1.1") + up("GET /b HTTP/1.1")},
+    {"crlf_after_post_body", "POST /a HTTP/1.1\r\nHost: c\r\nContent-Length: 2\r\n\r\nhi\r\n" + get_a,
+     "200 200", stays_open, up("POST /a HTTP/1.1", "", "hi") + up("GET /a HTTP/1.1")},
+    {"empty_line_starting_the_next_read", get_a, "200 200", stays_open, up("GET /a HTTP/1.1") + up("GET /b HTTP/1.1"),
+     "\r\nGET /b HTTP/1.1\r\nHost: c\r\n\r\n"},
+    {"only_empty_lines_then_junk", "\r\n\r\nJUNK\r\n\r\n", "400", closes, ""},
     {"pipeline_stops_at_bad_request", get_a + "GET /b HTTP/1.1\r\nHost : c\r\n\r\n" + smuggled, "200 400", closes,
      up("GET /a HTTP/1.1")},
 
