@@ -393,6 +393,7 @@ private:
         }
         if (path == "/metrics") {
             refresh_pool_gauges(state_->metrics, *state_->current());
+            state_->budget.publish();
             return respond_text(200, state_->metrics.serialize(), "text/plain; version=0.0.4; charset=utf-8");
         }
         if (path == "/status.json") {

@@ -191,6 +191,7 @@ void refresh_pool_gauges(metrics::registry& metrics, const runtime& rt) {
 }
 
 std::string status_json(const shared_state& state, const runtime& rt) {
+    state.budget.publish();
     const auto all = state.metrics.collect();
     const families f(all);
     json routes = json::array();

@@ -30,19 +30,20 @@ public:
         do {
             if (n > limit || now > limit - n) return false;
         } while (!used_.compare_exchange_weak(now, now + n, std::memory_order_relaxed));
-        gauge_.Increment(static_cast<double>(n));
         return true;
     }
     // Memory already held (an answer about to be written): counted, never refused.
     void force(std::size_t n) {
         used_.fetch_add(n, std::memory_order_relaxed);
-        gauge_.Increment(static_cast<double>(n));
     }
     void release(std::size_t n) {
         if (!n) return;
         used_.fetch_sub(n, std::memory_order_relaxed);
-        gauge_.Decrement(static_cast<double>(n));
     }
+    // Sets the gauge (batchgate_buffered_bytes) to what is held now. Called before every
+    // collection (/metrics, the status page), not on each reservation: a request changes the
+    // count two to four times, and each Change of a prometheus-cpp gauge is a CAS loop of its own.
+    void publish() const { gauge_.Set(static_cast<double>(used())); }
 
 private:
     std::atomic<std::size_t> used_{0};
