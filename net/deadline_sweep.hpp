@@ -7,15 +7,10 @@
 //
 // An io_context service: one per shard, used only from that shard's thread (no lock). Its
 // lists are sorted by deadline; deadlines of one length go in one list, so an insertion is
-// nearly always at the tail whatever mix of timeouts the routes have. A list holds the lengths
-// of one bucket (within an eighth of each other): a length computed at run time (what is left
-// of a request's time) finds its list in one step, as a configured one does.
+// nearly always at the tail whatever mix of timeouts the routes have.
 #pragma once
 
-#include <array>
-#include <bit>
 #include <cassert>
-#include <cstdint>
 #include <chrono>
 #include <cstddef>
 #include <memory>
@@ -113,18 +108,10 @@ public:
     // while anything is armed (and by more when nothing is).
     clock_type::time_point swept_to() const noexcept { return swept_to_; }
 
-    // At most this many lists: one per bucket of lengths (bucket_of).
-    static constexpr std::size_t max_lists = 65 * 8;
-
-    // A length's bucket: its bit width in nanoseconds and the three bits after the leading
-    // one, so a bucket's lengths are within an eighth of each other. Zero or less is bucket 0.
-    static std::size_t bucket_of(clock_type::duration length) noexcept {
-        if (length.count() <= 0) return 0;
-        const auto ns = static_cast<std::uint64_t>(length.count());
-        const auto width = static_cast<std::size_t>(std::bit_width(ns));  // 1..63
-        const auto next3 = width > 4 ? (ns >> (width - 4)) & 7 : (ns << (4 - width)) & 7;
-        return width * 8 + static_cast<std::size_t>(next3);
-    }
+    // At most this many lists: lengths computed at run time (what is left of a budget) would
+    // otherwise each add one. Past it, a deadline joins the list of the nearest length; every
+    // list stays sorted whatever its mix, only the walk back from its tail may grow.
+    static constexpr std::size_t max_lists = 16;
 
     // Fires every deadline that has passed by `now` (the tick calls it; tests may too).
     void sweep(clock_type::time_point now) {
@@ -168,20 +155,25 @@ private:
     }
 
     std::size_t list_for(clock_type::duration length) {
-        auto& slot = list_of_bucket_[bucket_of(length)];
-        if (slot == 0) {
-            lists_.push_back({nullptr, nullptr});  // may throw: nothing changed yet
-            slot = static_cast<std::uint16_t>(lists_.size());
+        std::size_t nearest = 0;
+        for (std::size_t i = 0; i < lists_.size(); ++i) {
+            if (lists_[i].length == length) return i;
+            auto gap = [&](std::size_t j) { return lists_[j].length > length ? lists_[j].length - length : length - lists_[j].length; };
+            if (gap(i) < gap(nearest)) nearest = i;
         }
-        return slot - 1u;
+        if (lists_.size() < max_lists) {
+            lists_.push_back({length, nullptr, nullptr});
+            return lists_.size() - 1;
+        }
+        return nearest;
     }
 
     struct list {
+        clock_type::duration length;
         deadline_entry* head;
         deadline_entry* tail;
     };
-    std::vector<list> lists_;  // in the order their buckets were first used
-    std::array<std::uint16_t, max_lists> list_of_bucket_{};  // index + 1 into lists_, 0: none yet
+    std::vector<list> lists_;
     std::size_t armed_ = 0;
     clock_type::time_point swept_to_{};
     bool ticking_ = false;

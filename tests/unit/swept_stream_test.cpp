@@ -230,30 +230,6 @@ TEST(DeadlineSweep, RunTimeLengthsShareABoundedSetOfLists) {
     for (int i = 0; i < 200; ++i) EXPECT_EQ(entries[i]->mine, 199 - i) << "entry " << i << " fired out of order";
 }
 
-// What is left of one route's timeout (5 s less a few milliseconds, a new length on each arm)
-// finds one list, so each insertion is at its tail; a very different length gets its own.
-TEST(DeadlineSweep, LengthsWithinAnEighthShareAList) {
-    net::io_context ioc{1};
-    auto& sweep = deadline_sweep::of(ioc.get_executor());
-    struct entry : deadline_entry {
-        void deadline_passed() override {}
-    };
-    std::vector<std::unique_ptr<entry>> entries;
-    const auto t0 = clock_type::now();
-    for (int i = 0; i < 100; ++i)
-        sweep.arm(*entries.emplace_back(std::make_unique<entry>()), t0 + std::chrono::microseconds(i * 37),
-                  std::chrono::seconds(5) - std::chrono::microseconds(i * 31));
-    EXPECT_EQ(sweep.lists(), 1u);
-    sweep.arm(*entries.emplace_back(std::make_unique<entry>()), t0, std::chrono::milliseconds(300));
-    EXPECT_EQ(sweep.lists(), 2u);
-    EXPECT_EQ(deadline_sweep::bucket_of(std::chrono::seconds(5)),
-              deadline_sweep::bucket_of(std::chrono::seconds(5) - std::chrono::microseconds(3069)));
-    EXPECT_NE(deadline_sweep::bucket_of(std::chrono::seconds(5)), deadline_sweep::bucket_of(std::chrono::seconds(4)));
-    EXPECT_EQ(deadline_sweep::bucket_of(std::chrono::nanoseconds(0)), 0u);
-    EXPECT_EQ(deadline_sweep::bucket_of(std::chrono::nanoseconds(-5)), 0u);
-    EXPECT_LT(deadline_sweep::bucket_of(clock_type::duration::max()), deadline_sweep::max_lists);
-}
-
 // Reads and the receive queue (net/swept_stream.hpp): a read that drains the socket tells asio's
 // reactor to wait for the next edge before it tries another receive.
 
