@@ -477,6 +477,7 @@ private:
         // A failed write of a later window ends the request only: the answer may still come
         // (an early 413, say), and a dead connection shows on the read side too.
         if (ec) return;
+        if (done) request_sent_ = true;
         if (with_head) {
             // While the body streams, the head's read waits without a timer (Beast keeps a
             // pending read's expiry as it was): the writes' idle timeout covers that time, and
@@ -532,7 +533,9 @@ private:
         } else if (chunk_out) {
             wire::append_field(out, "Transfer-Encoding", "chunked");
         }
-        ready_keep_client_ = p_.keep_alive && !close_after && status != 101;
+        // An answer that comes before the whole request went upstream (an early 413, say) ends
+        // the client's connection (maybe_finish): the head says so (RFC 9112 9.6).
+        ready_keep_client_ = p_.keep_alive && !close_after && status != 101 && request_sent_;
         ready_chunk_out_ = chunk_out;
         if (status != 101) {
             if (version_ >= 11 && !ready_keep_client_) wire::append_field(out, "Connection", "close");
@@ -818,6 +821,7 @@ private:
     bool reused_ = false;
     bool retried_ = false;
     bool head_seen_ = false;
+    bool request_sent_ = false;  // the request's last byte went upstream
     std::optional<conn_timer> head_timer_;  // the head owed after a streamed body
     bool head_timed_out_ = false;
     // set in start(), then read-only

@@ -272,7 +272,8 @@ TEST(Drain, AStreamAnswered503WhileQueuedForAConnectionSendsNothing) {
 }
 
 // An upstream that answers (413, Connection: close) as soon as it has a streamed request's head,
-// while the client is still sending the body: the exchange's read of the body is pending when
+// while the client is still sending the body: the client's head says Connection: close, and
+// the exchange's read of the body is pending when
 // the session closes with a lingering read of its own. The two used to share the stream's one
 // read deadline and the reactor's one edge: the client's FIN ended the exchange's read, and the
 // lingering read waited for ever, holding the session and its descriptor.
@@ -299,6 +300,9 @@ TEST(Linger, AnEarlyAnswerWhileTheBodyIsStillComingDoesNotLeakTheConnection) {
         beast::flat_buffer buffer;
         http::read(client, buffer, res);
         EXPECT_EQ(res.result_int(), 413);
+        // The gateway will close the connection (the rest of the body cannot be told from a
+        // next request), and says so in the head (RFC 9112 9.6).
+        EXPECT_EQ(res[http::field::connection], "close");
         // The gateway ends the exchange and begins its lingering read before the client closes.
         std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }  // the client closes
