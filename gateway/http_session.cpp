@@ -172,18 +172,36 @@ private:
     // as old clients send after a POST body. Beast refuses one as a bad method: the empty lines
     // in front of the head are dropped here, and the head is read again. Each pass drops bytes
     // (the buffer's cap bounds them) and do_read's deadline still runs: no endless loop.
-    bool skip_empty_lines() {
+    enum class empty_lines { none, dropped, half };  // half: a CR whose LF has not come yet
+    empty_lines skip_empty_lines() {
         const auto data = buffer_.data();
         const std::string_view bytes(static_cast<const char*>(data.data()), data.size());
         std::size_t n = 0;
         // CRLF only: a bare LF ends no line of a head here either (Beast refuses it).
         while (bytes.substr(n, 2) == "\r\n") n += 2;
         buffer_.consume(n);
-        return n > 0;
+        // Beast refuses a lone CR at once, though its LF may be in the next segment.
+        if (bytes.substr(n) == "\r") return empty_lines::half;
+        return n > 0 ? empty_lines::dropped : empty_lines::none;
+    }
+
+    // The LF of a CR that ended the buffer: one more read, then the head again (or the error).
+    void read_rest_of_empty_line() {
+        stream_.async_read_some(buffer_.prepare(1024), [self = this->shared_from_this()](beast::error_code ec, std::size_t n) {
+            if (ec) return self->on_header(ec);
+            self->buffer_.commit(n);
+            self->read_head();
+        });
     }
 
     void on_header(beast::error_code ec) {
-        if (ec == http::error::bad_method && skip_empty_lines()) return read_head();
+        if (ec == http::error::bad_method) {
+            switch (skip_empty_lines()) {
+                case empty_lines::dropped: return read_head();
+                case empty_lines::half: return read_rest_of_empty_line();
+                case empty_lines::none: break;
+            }
+        }
         // Routed with the config current when the head came in: the snapshot do_read took (for
         // the head's limits) is as old as the wait, and a kept-alive connection may have waited
         // there through a reload.
