@@ -15,7 +15,6 @@
 #include <sys/socket.h>
 
 #include <atomic>
-#include <cerrno>
 #include <random>
 #include <type_traits>
 #include <utility>
@@ -544,10 +543,12 @@ private:
 
     peer_state peek_peer() {
         const int fd = tcp().socket().native_handle();
-        char byte;
-        const auto n = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-        if (n == 0) return peer_state::gone;
-        if (n < 0) return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR ? peer_state::gone : peer_state::quiet;
+        switch (peek_socket(fd)) {
+            case peeked::nothing: return peer_state::quiet;
+            case peeked::fin:
+            case peeked::error: return peer_state::gone;
+            case peeked::bytes: break;
+        }
         tcp_info info{};
         socklen_t len = sizeof info;
         if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return peer_state::bytes;

@@ -63,6 +63,18 @@
 
 namespace batchgate::gateway {
 
+// What one byte peeked from a socket, without waiting and without taking it, says: nothing
+// there yet (or an interrupted call), bytes, a FIN, or an error (a reset). The one look at a
+// socket that the hang-up watch, the FIN probe and the upstream pool's reuse check each need.
+enum class peeked { nothing, bytes, fin, error };
+inline peeked peek_socket(int fd) noexcept {
+    char byte;
+    const auto n = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0) return peeked::bytes;
+    if (n == 0) return peeked::fin;
+    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? peeked::nothing : peeked::error;
+}
+
 // The buffer of a read that tells the reactor when it drained the socket (above; the
 // specialization of asio's receive operation for it is at the end of this file).
 struct drain_noting_buffer : boost::asio::mutable_buffer {
@@ -249,9 +261,8 @@ private:
 
     // A FIN (or an error) waiting in the socket, seen without taking anything.
     bool peer_left() {
-        char byte;
-        const auto n = ::recv(socket_.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-        return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+        const peeked p = peek_socket(socket_.native_handle());
+        return p == peeked::fin || p == peeked::error;
     }
 
     // What a read's end says about the receive queue. An aborted or timed-out read tells nothing,

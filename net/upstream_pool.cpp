@@ -1,8 +1,5 @@
 #include "net/upstream_pool.hpp"
 
-#include <sys/socket.h>
-
-#include <cerrno>
 #include <type_traits>
 
 #include <boost/asio/ip/tcp.hpp>
@@ -34,9 +31,7 @@ namespace {
 // (a second answer, a 408 before closing): the next caller would take them for its own answer,
 // another user's data included. So every reuse is checked with a non-blocking peek.
 bool still_usable(upstream_pool::connection& c) {
-    char byte;
-    const auto n = ::recv(c.tcp().socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+    return peek_socket(c.tcp().socket().native_handle()) == peeked::nothing;
 }
 
 // Closes a connection on its own thread, where a stale timer handler may still be queued.
