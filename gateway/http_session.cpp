@@ -304,6 +304,9 @@ private:
         if (ec == http::error::end_of_stream || ec == beast::error::timeout || ec == net::error::connection_reset ||
             ec == net::error::operation_aborted || ec == net::error::eof)
             return close();
+        // A TLS client that hangs up without close_notify, as many do, before a byte of its next
+        // request: gone, as a plain client's FIN there says (end_of_stream), not a bad request.
+        if (ec == net::ssl::error::stream_truncated && !(parser_ && parser_->got_some())) return close();
         if (ec) {
             // The request cannot be trusted as a whole: answer it and close the connection.
             begin_unread_request();
