@@ -161,12 +161,7 @@ public:
     std::size_t send_now(const Buffers& buffers, boost::system::error_code& ec) {
         if (write_.pending || connecting_ || !socket_.is_open()) return 0;
         iovec iov[16];
-        int count = 0;
-        for (auto it = boost::asio::buffer_sequence_begin(buffers), end = boost::asio::buffer_sequence_end(buffers);
-             it != end && count < 16; ++it) {
-            const boost::asio::const_buffer piece(*it);
-            if (piece.size() != 0) iov[count++] = {const_cast<void*>(piece.data()), piece.size()};
-        }
+        const int count = to_iovec(buffers, iov);
         if (count == 0) return 0;
         msghdr msg{};
         msg.msg_iov = iov;
@@ -229,16 +224,24 @@ private:
             handler, buffers);
     }
 
+    // The non-empty pieces of a buffer sequence, at most N of them, as iovecs for sendmsg or
+    // recvmsg; their count. (iovec has no const: a send's pieces are only read.)
+    template <class Buffers, std::size_t N>
+    static int to_iovec(const Buffers& buffers, iovec (&iov)[N]) {
+        int count = 0;
+        for (auto it = boost::asio::buffer_sequence_begin(buffers), end = boost::asio::buffer_sequence_end(buffers);
+             it != end && count < static_cast<int>(N); ++it) {
+            const boost::asio::const_buffer piece(*it);
+            if (piece.size() != 0) iov[count++] = {const_cast<void*>(piece.data()), piece.size()};
+        }
+        return count;
+    }
+
     // One non-blocking receive into b; false when nothing is there yet.
     template <class Buffers>
     bool receive_now(const Buffers& b, boost::system::error_code& ec, std::size_t& n) {
         iovec iov[8];
-        int count = 0;
-        for (auto it = boost::asio::buffer_sequence_begin(b), end = boost::asio::buffer_sequence_end(b);
-             it != end && count < 8; ++it) {
-            const boost::asio::mutable_buffer piece(*it);
-            if (piece.size() != 0) iov[count++] = {piece.data(), piece.size()};
-        }
+        const int count = to_iovec(b, iov);
         msghdr msg{};
         msg.msg_iov = iov;
         msg.msg_iovlen = static_cast<decltype(msg.msg_iovlen)>(count);
