@@ -501,8 +501,9 @@ co_run() {
 # ---------------------------------------------------------------------------------------------
 # 1. passthrough
 # ---------------------------------------------------------------------------------------------
-# pt_better CONNS: the key (nginx-CONNS or haproxy-CONNS) of the reference proxy with the lower
-# cpu-us/req at CONNS connections; empty when neither has a figure
+# pt_better CONNS[@ROUND]: the key (nginx-CONNS or haproxy-CONNS, with @ROUND for one round's)
+# of the reference proxy with the lower cpu-us/req at CONNS connections; empty when neither has
+# a figure
 pt_better() {
     local n=${CPUUS[nginx-$1]:-} h=${CPUUS[haproxy-$1]:-}
     if [[ -n $n && ( -z $h || $(le "$n" "$h") = 1 ) ]]; then echo "nginx-$1"
@@ -578,10 +579,8 @@ scenario_1() {
         # each round's batchgate / better reference CPU ratio, and their median
         local per=() best
         for ((r = 1; r <= ROUNDS; r++)); do
-            best=${CPUUS[nginx-$c@$r]:-}
-            [[ -n ${CPUUS[haproxy-$c@$r]:-} && ( -z $best || $(le "${CPUUS[haproxy-$c@$r]}" "$best") = 1 ) ]] &&
-                best=${CPUUS[haproxy-$c@$r]}
-            per+=("$(ratio "${CPUUS[gw-$c@$r]:-}" "$best")")
+            best=$(pt_better "$c@$r")
+            per+=("$(ratio "${CPUUS[gw-$c@$r]:-}" "${best:+${CPUUS[$best]}}")")
         done
         PT_ROUND_RATIOS[$c]="${per[*]}"
         PT_CPU_RATIO[$c]=$(median "${per[@]}")
