@@ -363,6 +363,7 @@ private:
         p.route_metrics = route_metrics_;
         p.upstream_metrics = handles.upstream_metrics;
         p.budget = &state_->budget;
+        p.started = started_;
         p.head_deadline = started_ + std::min<clock_type::duration>(coalescer::caller_timeout(*runtime_->config, route),
                                                                     upstream.request_timeout);
         p.request_timeout = upstream.request_timeout;

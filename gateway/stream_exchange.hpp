@@ -61,6 +61,7 @@ struct stream_params {
     metrics::route_metrics* route_metrics = nullptr;
     metrics::upstream_route_metrics* upstream_metrics = nullptr;
     memory_budget* budget = nullptr;
+    std::chrono::steady_clock::time_point started;        // the request's start: upstream_elapsed counts from it
     std::chrono::steady_clock::time_point head_deadline;  // the answer's head, at the latest
     std::chrono::steady_clock::duration request_timeout{};  // after the request body: for the head
     std::chrono::steady_clock::duration send_timeout{};     // a client that takes no byte
@@ -94,8 +95,7 @@ public:
           owner_(std::move(owner)),
           done_(std::move(done)),
           request_charge_(p_.budget),
-          response_charge_(p_.budget),
-          started_(clock::now()) {}
+          response_charge_(p_.budget) {}
 
     ~stream_exchange() {
         if (conn_) {  // ended early: the connection is not reused
@@ -256,8 +256,9 @@ private:
                 // A lease that came at the deadline sends nothing: the caller's 504 must not
                 // stand for a request the upstream applied (the immediate write below does
                 // not look at the deadline, as an asynchronous one did).
-                if (clock::now() >= p_.head_deadline) return upstream_failed(boost::beast::error::timeout);
-                conn_->tcp().expires_at(p_.head_deadline);
+                const auto now = clock::now();
+                if (now >= p_.head_deadline) return upstream_failed(boost::beast::error::timeout);
+                conn_->tcp().expires_at(p_.head_deadline, now);
                 write_request_piece(first_n_, first_done_ || bodyless_, true);
             });
         });
@@ -282,7 +283,7 @@ private:
         if (status >= 100 && status < 200 && status != 101) return read_response_head();  // interim answers
         head_seen_ = true;
         if (head_timer_) head_timer_->cancel();
-        const auto elapsed = clock::now() - started_;
+        const auto elapsed = head_elapsed_ = clock::now() - p_.started;
         p_.upstream_metrics->duration->Observe(std::chrono::duration<double>(elapsed).count());
         p_.upstream_metrics->requests->inc(status);
         if (status == 101 && !upgrade_) {
@@ -356,8 +357,8 @@ private:
         const bool done = response_->is_done();
         if (n == 0 && !done) return read_response_piece();  // a chunk's size line only
         const bool reusable = done && response_->keep_alive();
-        on_s([this, n, done, reusable, head = std::exchange(head_pending_, false)] {
-            if (head) send_head(clock::now() - started_);
+        on_s([this, n, done, reusable, head = std::exchange(head_pending_, false), elapsed = head_elapsed_] {
+            if (head) send_head(elapsed);  // as the duration histogram has it (U's, copied here)
             write_response_piece(n, done, reusable);
         });
     }
@@ -792,7 +793,6 @@ private:
     budget_lease request_charge_;   // S: the request window
     budget_lease response_charge_;  // U: the response window, until the exchange is gone
     std::string upgrade_value_;     // the client's Upgrade field, when it asks for one
-    clock::time_point started_;
     // One direction's bytes in flight; allocated once, never zeroed.
     struct window {
         std::unique_ptr<char[]> bytes;
@@ -818,6 +818,7 @@ private:
     bool ready_chunk_out_ = false;
     bool ready_keep_client_ = true;
     bool head_pending_ = false;  // U read body bytes with the head: the head goes with them
+    clock::duration head_elapsed_{};  // U's: from the request's start to the upstream's head
     bool reused_ = false;
     bool retried_ = false;
     bool head_seen_ = false;

@@ -107,6 +107,12 @@ public:
     // The latest time swept to: a clock read for free, behind the real one by up to a tick
     // while anything is armed (and by more when nothing is).
     clock_type::time_point swept_to() const noexcept { return swept_to_; }
+    // A clock read for free where being early does not matter (a wait of a second, not a
+    // deadline): swept_to() while ticking, which start_ticking() sets, else the clock. Never
+    // ahead of the clock (tests that sweep() to a made-up future excepted); behind it by a tick,
+    // or by a whole stall of the shard's loop, since the tick's handler may run after handlers
+    // the same stall held back.
+    clock_type::time_point coarse_now() const noexcept { return ticking_ ? swept_to_ : clock_type::now(); }
 
     // At most this many lists: lengths computed at run time (what is left of a budget) would
     // otherwise each add one. Past it, a deadline joins the list of the nearest length; every
@@ -144,7 +150,9 @@ private:
     }
 
     void start_ticking() {
-        timer_->expires_after(tick);
+        const auto now = clock_type::now();
+        if (now > swept_to_) swept_to_ = now;  // coarse_now() starts from the clock
+        timer_->expires_at(now + tick);
         timer_->async_wait([this](boost::system::error_code ec) {
             ticking_ = false;
             if (ec || !timer_) return;

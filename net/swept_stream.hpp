@@ -120,8 +120,10 @@ public:
         for (auto* dir : {&read_, &write_})
             if (!dir->pending) dir->set(now, d);
     }
-    void expires_at(clock_type::time_point at) {
-        const auto now = clock_type::now();
+    void expires_at(clock_type::time_point at) { expires_at(at, clock_type::now()); }
+    // The same, with the clock just read by the caller: a stale `now` would arm a deadline that
+    // has passed (it then times out at the next tick, not at once).
+    void expires_at(clock_type::time_point at, clock_type::time_point now) {
         for (auto* dir : {&read_, &write_})
             if (!dir->pending) dir->set(now, at > now ? at - now : clock_type::duration::zero());
     }
@@ -256,7 +258,7 @@ private:
     // A read that waits for the edge of a drained socket looks once, after fin_probe_after, for a
     // FIN already in (direction::deadline_passed); its own deadline, if sooner, comes first.
     void arm_fin_probe() {
-        const auto now = clock_type::now();
+        const auto now = sweep_->coarse_now();  // a second's wait needs no exact start
         if (read_.has_deadline() && read_.set_at + read_.length <= now + fin_probe_after) return;
         read_.probe = true;
         sweep_->arm(read_, now, fin_probe_after);

@@ -59,10 +59,10 @@ public:
           lease_(&pool_->budget_),
           home_(shard_here(pool_->shards_.size())) {}
 
-    // A call that only lends a connection (streamed passthrough): nothing is sent.
+    // A call that only lends a connection (streamed passthrough): nothing is sent, and nothing
+    // is timed (start_ stays unset: the lender times its own exchange).
     call(std::shared_ptr<upstream_pool> pool, clock_type::time_point deadline, lease_handler done)
         : pool_(std::move(pool)),
-          start_(clock_type::now()),
           deadline_(deadline),
           lend_(std::move(done)),
           lease_(&pool_->budget_),

@@ -169,3 +169,21 @@ TEST_F(sweep_test, TickFiresOnTheRealClockAndShutdownLetsGo) {
     EXPECT_TRUE(destroyed);
     EXPECT_EQ(fired.size(), 1u);
 }
+
+// coarse_now(): the clock while nothing is armed; while the tick runs, the time it last swept to
+// (set when the ticking starts), so never ahead of the clock, and moved on only by a tick.
+TEST_F(sweep_test, CoarseNowIsTheLastSweptTimeWhileTicking) {
+    const auto before = clock_type::now();
+    EXPECT_GE(sweep.coarse_now(), before);  // nothing armed: the clock itself
+    probe a("a", &fired);
+    sweep.arm(a, clock_type::now(), 1h);
+    const auto started = sweep.coarse_now();
+    EXPECT_GE(started, before);
+    EXPECT_LE(started, clock_type::now());
+    EXPECT_EQ(sweep.coarse_now(), started);  // no clock read between ticks
+    for (int i = 0; i < 500 && sweep.coarse_now() == started; ++i) ioc.run_for(10ms);
+    const auto later = sweep.coarse_now();
+    EXPECT_GT(later, started);               // a tick moved it on
+    EXPECT_LE(later, clock_type::now());
+    EXPECT_TRUE(fired.empty());
+}
