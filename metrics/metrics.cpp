@@ -1,10 +1,49 @@
 #include "metrics/metrics.hpp"
 
+#include <algorithm>
+#include <bit>
+
 #include <prometheus/text_serializer.h>
 
 namespace batchgate::metrics {
 
 namespace {
+
+// This thread's histogram slot: below histogram::exclusive_slots, one no other live thread
+// has; at it, the slot every thread past them shares. A thread gives its slot back when it
+// ends, so threads that come and go (tests) do not use them up; the mutex orders the last
+// stores of one owner before the first loads of the next.
+class thread_slot {
+public:
+    thread_slot() {
+        std::lock_guard lock(mutex());
+        auto& used = taken();
+        const auto free = std::find(used.begin(), used.end(), false);
+        id_ = static_cast<std::size_t>(free - used.begin());
+        if (free != used.end()) *free = true;
+    }
+    ~thread_slot() {
+        std::lock_guard lock(mutex());
+        if (id_ < histogram::exclusive_slots) taken()[id_] = false;
+    }
+    std::size_t id() const noexcept { return id_; }
+
+private:
+    static std::mutex& mutex() {
+        static std::mutex m;
+        return m;
+    }
+    static std::array<bool, histogram::exclusive_slots>& taken() {
+        static std::array<bool, histogram::exclusive_slots> t{};
+        return t;
+    }
+    std::size_t id_;
+};
+
+std::size_t this_thread_slot() noexcept {
+    thread_local const thread_slot slot;
+    return slot.id();
+}
 
 const prometheus::Histogram::BucketBoundaries& latency_buckets() {
     static const prometheus::Histogram::BucketBoundaries b{
@@ -36,6 +75,53 @@ void add_flushes(prometheus::Family<prometheus::Counter>& family, route_metrics&
 }
 
 }  // namespace
+
+histogram::histogram(prometheus::Histogram& exported, std::vector<double> bounds)
+    : exported_(exported),
+      bounds_(std::move(bounds)),
+      words_per_slot_((1 + bounds_.size() + 1 + 7) / 8 * 8),
+      lines_((exclusive_slots + 1) * words_per_slot_ / 8),
+      published_(bounds_.size() + 1) {}
+
+void histogram::Observe(double value) noexcept {
+    const auto bucket = static_cast<std::size_t>(
+        std::find_if(bounds_.begin(), bounds_.end(), [value](double bound) { return bound >= value; }) -
+        bounds_.begin());
+    const std::size_t slot = this_thread_slot();
+    auto& sum = word(slot, 0);
+    auto& count = word(slot, 1 + bucket);
+    if (slot < exclusive_slots) {  // only this thread writes here: publish() only reads
+        sum.store(std::bit_cast<std::uint64_t>(std::bit_cast<double>(sum.load(std::memory_order_relaxed)) + value),
+                  std::memory_order_relaxed);
+        count.store(count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        return;
+    }
+    std::uint64_t old = sum.load(std::memory_order_relaxed);
+    while (!sum.compare_exchange_weak(old, std::bit_cast<std::uint64_t>(std::bit_cast<double>(old) + value),
+                                      std::memory_order_relaxed)) {
+    }
+    count.fetch_add(1, std::memory_order_relaxed);
+}
+
+void histogram::publish() {
+    std::lock_guard lock(publish_mutex_);
+    std::vector<double> increments(published_.size());
+    double sum = 0;
+    bool any = false;
+    for (std::size_t b = 0; b < published_.size(); ++b) {
+        std::uint64_t total = 0;
+        for (std::size_t slot = 0; slot <= exclusive_slots; ++slot)
+            total += word(slot, 1 + b).load(std::memory_order_relaxed);
+        increments[b] = static_cast<double>(total - published_[b]);
+        any = any || total != published_[b];
+        published_[b] = total;
+    }
+    for (std::size_t slot = 0; slot <= exclusive_slots; ++slot)
+        sum += std::bit_cast<double>(word(slot, 0).load(std::memory_order_relaxed));
+    if (!any) return;  // a sum read without its count waits for the count
+    exported_.ObserveMultiple(increments, sum - published_sum_);
+    published_sum_ = sum;
+}
 
 status_counters::status_counters(prometheus::Family<prometheus::Counter>& family,
                                  std::map<std::string, std::string> labels)
@@ -269,9 +355,9 @@ route_metrics& registry::route(const std::string& name) {
         const std::map<std::string, std::string> labels{{"route", name}};
         m->name = name;
         m->requests = std::make_unique<status_counters>(requests_, labels);
-        m->request_duration = &request_duration_.Add(labels, latency_buckets());
-        m->batch_size = &batch_size_.Add(labels, size_buckets());
-        m->batch_wait = &batch_wait_.Add(labels, wait_buckets());
+        m->request_duration = add_histogram(request_duration_, labels, latency_buckets());
+        m->batch_size = add_histogram(batch_size_, labels, size_buckets());
+        m->batch_wait = add_histogram(batch_wait_, labels, wait_buckets());
         add_flushes(flushes_, *m);
         m->deduplicated = &deduplicated_.Add(labels);
         m->calls_saved = &calls_saved_.Add(labels);
@@ -299,8 +385,8 @@ route_metrics& registry::shadow_route(const std::string& name) {
         auto m = std::make_unique<route_metrics>();
         const std::map<std::string, std::string> labels{{"route", name}};
         m->name = name;
-        m->batch_size = &shadow_batch_size_.Add(labels, size_buckets());
-        m->batch_wait = &shadow_batch_wait_.Add(labels, wait_buckets());
+        m->batch_size = add_histogram(shadow_batch_size_, labels, size_buckets());
+        m->batch_wait = add_histogram(shadow_batch_wait_, labels, wait_buckets());
         add_flushes(shadow_flushes_, *m);
         m->deduplicated = &shadow_deduplicated_.Add(labels);
         m->calls_saved = &shadow_calls_saved_.Add(labels);
@@ -328,7 +414,7 @@ upstream_route_metrics& registry::upstream(const std::string& upstream, const st
         auto m = std::make_unique<upstream_route_metrics>();
         const std::map<std::string, std::string> labels{{"upstream", upstream}, {"route", route}};
         m->requests = std::make_unique<status_counters>(upstream_requests_, labels);
-        m->duration = &upstream_duration_.Add(labels, latency_buckets());
+        m->duration = add_histogram(upstream_duration_, labels, latency_buckets());
         slot = std::move(m);
     }
     return *slot;
@@ -353,7 +439,7 @@ fanout_metrics& registry::fanout(const std::string& route) {
     if (!slot) {
         auto m = std::make_unique<fanout_metrics>();
         m->calls = &fanout_calls_.Add({{"route", route}});
-        m->items = &fanout_items_.Add({{"route", route}}, size_buckets());
+        m->items = add_histogram(fanout_items_, {{"route", route}}, size_buckets());
         m->success = &fanout_outcomes_.Add({{"route", route}, {"outcome", "success"}});
         m->error = &fanout_outcomes_.Add({{"route", route}, {"outcome", "error"}});
         m->timeout = &fanout_outcomes_.Add({{"route", route}, {"outcome", "timeout"}});
@@ -372,8 +458,22 @@ std::set<std::string> registry::upstreams_with_connection_gauges() const {
     return names;
 }
 
+histogram* registry::add_histogram(prometheus::Family<prometheus::Histogram>& family,
+                                   const std::map<std::string, std::string>& labels,
+                                   const std::vector<double>& bounds) {
+    return &histograms_.emplace_back(family.Add(labels, bounds), bounds);  // under mutex_
+}
+
+std::vector<prometheus::MetricFamily> registry::collect() const {
+    {
+        std::lock_guard lock(mutex_);
+        for (auto& h : histograms_) h.publish();
+    }
+    return registry_->Collect();
+}
+
 std::string registry::serialize() const {
-    return prometheus::TextSerializer{}.Serialize(registry_->Collect());
+    return prometheus::TextSerializer{}.Serialize(collect());
 }
 
 }  // namespace batchgate::metrics

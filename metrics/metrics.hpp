@@ -1,11 +1,14 @@
 // All Prometheus metrics of the gateway. Families are built once at start-up; per-route
 // children are created when a config is applied (not per request) and handed out by
-// reference. Thread-safe: prometheus-cpp children are atomic; our caches take a mutex only
-// on first use of a label value.
+// reference. Thread-safe: prometheus-cpp counters and gauges are atomic; histograms are ours
+// (metrics::histogram: per-thread slots, no lock); our caches take a mutex only on first use
+// of a label value.
 #pragma once
 
 #include <array>
 #include <atomic>
+#include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -21,6 +24,44 @@
 #include <prometheus/registry.h>
 
 namespace batchgate::metrics {
+
+// A histogram observed without a lock. prometheus::Histogram::Observe takes a mutex and makes
+// two compare-and-swap loops on every call; this one keeps a slot of counts per thread (the
+// first `exclusive_slots` threads that observe each own one: a plain load and store, no
+// read-modify-write; later ones share one more slot with atomic adds) and adds what was
+// observed since the last time to the exported prometheus::Histogram when the registry is
+// collected (registry::serialize, registry::collect). Buckets as prometheus-cpp's: a value goes
+// to the first bound >= it, else to +Inf.
+class histogram {
+public:
+    static constexpr std::size_t exclusive_slots = 16;
+
+    histogram(prometheus::Histogram& exported, std::vector<double> bounds);
+    histogram(const histogram&) = delete;
+    histogram& operator=(const histogram&) = delete;
+
+    void Observe(double value) noexcept;
+    // Adds the observations made since the last publish() to the exported histogram.
+    void publish();
+
+private:
+    // One cache line of words; a slot is [sum's bits, count per bucket...] over whole lines.
+    struct alignas(64) line {
+        std::atomic<std::uint64_t> word[8];
+    };
+    std::atomic<std::uint64_t>& word(std::size_t slot, std::size_t i) noexcept {
+        const std::size_t at = slot * words_per_slot_ + i;
+        return lines_[at / 8].word[at % 8];
+    }
+
+    prometheus::Histogram& exported_;
+    const std::vector<double> bounds_;
+    const std::size_t words_per_slot_;  // 1 + buckets, rounded up to whole lines
+    std::vector<line> lines_;           // exclusive_slots + 1 slots
+    std::mutex publish_mutex_;
+    std::vector<std::uint64_t> published_;  // counts per bucket as of the last publish()
+    double published_sum_ = 0;
+};
 
 // A counter family child per HTTP status, created lazily once per status.
 class status_counters {
@@ -46,9 +87,9 @@ inline constexpr std::array<const char*, 8> shadow_outcome_names{"batched", "tim
 struct route_metrics {
     std::string name;
     std::unique_ptr<status_counters> requests;
-    prometheus::Histogram* request_duration = nullptr;
-    prometheus::Histogram* batch_size = nullptr;
-    prometheus::Histogram* batch_wait = nullptr;
+    histogram* request_duration = nullptr;
+    histogram* batch_size = nullptr;
+    histogram* batch_wait = nullptr;
     prometheus::Counter* flush_size = nullptr;
     prometheus::Counter* flush_bytes = nullptr;
     prometheus::Counter* flush_timer = nullptr;
@@ -81,7 +122,7 @@ struct route_metrics {
 
 struct upstream_route_metrics {
     std::unique_ptr<status_counters> requests;
-    prometheus::Histogram* duration = nullptr;
+    histogram* duration = nullptr;
 };
 
 // One concurrency limit for batch calls: an upstream's shared one (route "*") or a route's own
@@ -94,7 +135,7 @@ struct limiter_metrics {
 // Fan-out routes (fan_out, batch_envelope): one client call becomes several upstream/sub calls.
 struct fanout_metrics {
     prometheus::Counter* calls = nullptr;     // client batch calls served
-    prometheus::Histogram* items = nullptr;   // items (or sub-requests) per call
+    histogram* items = nullptr;               // items (or sub-requests) per call
     prometheus::Counter* success = nullptr;   // item answered 2xx
     prometheus::Counter* error = nullptr;     // item answered with another status
     prometheus::Counter* timeout = nullptr;   // item got no answer in time (504)
@@ -142,7 +183,7 @@ public:
     // Prometheus text exposition of everything.
     std::string serialize() const;
     // Everything, as the families /metrics serializes (the status page reads them).
-    std::vector<prometheus::MetricFamily> collect() const { return registry_->Collect(); }
+    std::vector<prometheus::MetricFamily> collect() const;
 
 private:
     std::shared_ptr<prometheus::Registry> registry_;
@@ -199,7 +240,12 @@ private:
     prometheus::Family<prometheus::Counter>& unexported_counters_;
     prometheus::Family<prometheus::Gauge>& unexported_gauges_;
 
-    std::mutex mutex_;
+    // A histogram child of `family`, observed through a metrics::histogram (kept in histograms_).
+    histogram* add_histogram(prometheus::Family<prometheus::Histogram>& family,
+                             const std::map<std::string, std::string>& labels, const std::vector<double>& bounds);
+
+    mutable std::mutex mutex_;
+    mutable std::deque<histogram> histograms_;  // stable addresses; each published before a collect
     std::map<std::string, std::unique_ptr<route_metrics>> routes_;
     std::map<std::string, std::unique_ptr<route_metrics>> shadow_routes_;
     std::map<std::pair<std::string, std::string>, std::unique_ptr<upstream_route_metrics>> upstreams_;
