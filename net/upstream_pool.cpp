@@ -431,38 +431,36 @@ void upstream_pool::give_back(std::unique_ptr<connection> conn, bool reusable) {
 }
 
 void upstream_pool::acquire(const std::shared_ptr<call>& c, bool fresh) {
-    std::unique_ptr<connection> conn;
-    std::vector<std::unique_ptr<connection>> dead;
-    // An idle connection of shard i that the upstream has not closed, or nullptr.
-    auto take_idle = [&](std::size_t i) {
-        auto& idle = idle_[i];
-        while (!idle.empty() && !conn) {
-            conn = std::move(idle.back());
-            idle.pop_back();
-            if (!still_usable(*conn)) dead.push_back(std::move(conn));
-        }
-    };
-    {
-        std::lock_guard lock(mutex_);
-        if (!fresh) take_idle(c->home());
-        if (conn) {
-            ++active_;
-        } else if (active_ < settings_.max_connections) {
-            ++active_;  // a new connection, on the call's shard
-        } else {
+    // An idle connection is peeked (a system call) outside the mutex, so the threads sharing
+    // the pool never wait for each other's peeks. The connection taken holds its slot while it
+    // is checked; a dead one leaves the slot to this call, for the next idle one or a new one.
+    bool holds_slot = false;
+    for (;;) {
+        std::unique_ptr<connection> conn;
+        {
+            std::lock_guard lock(mutex_);
+            auto take_idle = [&](std::size_t i) {
+                if (idle_[i].empty()) return;
+                conn = std::move(idle_[i].back());
+                idle_[i].pop_back();
+            };
+            if (!fresh) take_idle(c->home());
             // At the cap: another shard's idle connection rather than a wait.
-            for (std::size_t i = 0; !fresh && !conn && i < idle_.size(); ++i) take_idle(i);
-            if (conn) {
-                ++active_;
-            } else {
-                waiting_.push_back(c);
-                c->wait_in_queue();
-                return;
+            const bool at_cap = !holds_slot && active_ >= settings_.max_connections;
+            for (std::size_t i = 0; at_cap && !fresh && !conn && i < idle_.size(); ++i) take_idle(i);
+            if (!holds_slot) {
+                if (!conn && at_cap) {
+                    waiting_.push_back(c);
+                    c->wait_in_queue();
+                    return;
+                }
+                ++active_;  // an idle connection, or a new one on the call's shard
+                holds_slot = true;
             }
         }
+        if (!conn || still_usable(*conn)) return c->use(std::move(conn));
+        discard(std::move(conn));
     }
-    for (auto& d : dead) discard(std::move(d));
-    c->use(std::move(conn));
 }
 
 void upstream_pool::release(std::unique_ptr<connection> conn) {

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <set>
 #include <thread>
+#include <vector>
 
 #include "tests/integration/examples.hpp"
 
@@ -97,6 +98,40 @@ TEST(Pool, UpstreamThatClosesIdleConnectionsNeverFailsAPostBatch) {
         EXPECT_EQ(r.json()["id"], "a2");
     }
     EXPECT_EQ(up.count("POST", "/api/v1/batch/get"), 4u);
+}
+
+// Every idle connection of a pool at max_connections closed by the upstream: a call that takes a
+// dead one keeps its slot for the next idle one or a new connection (the peek runs outside the
+// pool's lock), so every call is answered, the pool still carries max_connections calls at once,
+// and no slot is left counted in use.
+TEST(Pool, DeadIdleConnectionsAtTheCapLoseNoSlot) {
+    mock_options o;
+    o.idle_close = 50ms;
+    mock_upstream up(o);
+    std::string text = fill(yaml, {{"PORT", std::to_string(up.port())}, {"WAIT", "2ms"}, {"CONCURRENCY", "4"},
+                                   {"ENVELOPE_TIMEOUT", "5s"}});
+    replace_once(text, "    request_timeout: 5s", "    request_timeout: 5s\n    max_connections: 3");
+    running_gateway gw(load_yaml(text));
+    const std::string idle = R"(batchgate_upstream_connections{state="idle",upstream="api"})";
+    const std::string in_use = R"(batchgate_upstream_connections{state="in_use",upstream="api"})";
+    auto three_at_once = [&](int round) {  // passthrough calls, held by the upstream until all three are in
+        up.hold();
+        std::vector<response> answers(3);
+        std::vector<std::thread> callers;
+        for (int i = 0; i < 3; ++i)
+            callers.emplace_back([&, i] { answers[i] = get(gw.port(), "/echo/" + std::to_string(round * 3 + i)); });
+        EXPECT_TRUE(eventually(5s, [&] { return up.held() == 3; })) << "round " << round << ": " << up.held() << " in";
+        up.release_held();
+        for (auto& c : callers) c.join();
+        for (const auto& a : answers) EXPECT_EQ(a.status, 200) << "round " << round << ": " << a.body;
+    };
+    three_at_once(0);
+    ASSERT_TRUE(wait_for_metric(gw, idle, 3));
+    // Real time on purpose: the upstream's idle timer runs on the wall clock.
+    std::this_thread::sleep_for(200ms);
+    three_at_once(1);  // each takes dead connections until none is left, then connects
+    three_at_once(2);
+    EXPECT_TRUE(wait_for_metric(gw, in_use, 0));
 }
 
 // A caller whose deadline passed while its batch waited behind max_concurrent_batches has
