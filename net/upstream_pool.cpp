@@ -431,34 +431,33 @@ void upstream_pool::give_back(std::unique_ptr<connection> conn, bool reusable) {
 }
 
 void upstream_pool::acquire(const std::shared_ptr<call>& c, bool fresh) {
-    // An idle connection is peeked (a system call) outside the mutex, so the threads sharing
-    // the pool never wait for each other's peeks. The connection taken holds its slot while it
-    // is checked; a dead one leaves the slot to this call, for the next idle one or a new one.
+    // A call takes one of max_connections slots before any connection, pooled or new, so no
+    // more than max_connections requests are ever in flight, whichever shards their idle
+    // connections sit on; at the cap it queues, and release() hands it the next connection
+    // that frees. An idle connection of its shard is peeked (a system call) outside the mutex,
+    // so the threads sharing the pool never wait for each other's peeks; a dead one leaves the
+    // slot to this call, for the next idle connection or a new one.
     bool holds_slot = false;
     for (;;) {
         std::unique_ptr<connection> conn;
         {
             std::lock_guard lock(mutex_);
-            auto take_idle = [&](std::size_t i) {
-                if (idle_[i].empty()) return;
-                conn = std::move(idle_[i].back());
-                idle_[i].pop_back();
-            };
-            if (!fresh) take_idle(c->home());
-            // At the cap: another shard's idle connection rather than a wait.
-            const bool at_cap = !holds_slot && active_ >= settings_.max_connections;
-            for (std::size_t i = 0; at_cap && !fresh && !conn && i < idle_.size(); ++i) take_idle(i);
             if (!holds_slot) {
-                if (!conn && at_cap) {
+                if (active_ >= settings_.max_connections) {
                     waiting_.push_back(c);
                     c->wait_in_queue();
                     return;
                 }
-                ++active_;  // an idle connection, or a new one on the call's shard
+                ++active_;
                 holds_slot = true;
             }
+            auto& idle = idle_[c->home()];
+            if (!fresh && !idle.empty()) {
+                conn = std::move(idle.back());
+                idle.pop_back();
+            }
         }
-        if (!conn || still_usable(*conn)) return c->use(std::move(conn));
+        if (!conn || still_usable(*conn)) return c->use(std::move(conn));  // nullptr: a new one
         discard(std::move(conn));
     }
 }

@@ -100,10 +100,10 @@ TEST(Pool, UpstreamThatClosesIdleConnectionsNeverFailsAPostBatch) {
     EXPECT_EQ(up.count("POST", "/api/v1/batch/get"), 4u);
 }
 
-// Every idle connection of a pool at max_connections closed by the upstream: a call that takes a
-// dead one keeps its slot for the next idle one or a new connection (the peek runs outside the
-// pool's lock), so every call is answered, the pool still carries max_connections calls at once,
-// and no slot is left counted in use.
+// Every idle connection of a pool closed by the upstream: a call that takes a dead one keeps its
+// slot for the next idle one or a new connection (the peek runs outside the pool's lock), so
+// every call is answered, the pool still carries max_connections calls at once, and no slot is
+// left counted in use.
 TEST(Pool, DeadIdleConnectionsAtTheCapLoseNoSlot) {
     mock_options o;
     o.idle_close = 50ms;
@@ -132,6 +132,34 @@ TEST(Pool, DeadIdleConnectionsAtTheCapLoseNoSlot) {
     three_at_once(1);  // each takes dead connections until none is left, then connects
     three_at_once(2);
     EXPECT_TRUE(wait_for_metric(gw, in_use, 0));
+}
+
+// max_connections bounds the requests in flight, not the connections of one worker thread: with
+// idle connections left on several threads, calls past the cap queue for a slot (and get the
+// next connection that frees) instead of taking an idle connection of their own thread (found
+// by review: they took it, and four requests ran at once against a cap of two).
+TEST(Pool, MaxConnectionsBoundsTheRequestsInFlightOverEveryThread) {
+    mock_upstream up;
+    std::string text = fill(yaml, {{"PORT", std::to_string(up.port())}, {"WAIT", "2ms"}, {"CONCURRENCY", "4"},
+                                   {"ENVELOPE_TIMEOUT", "5s"}});
+    replace_once(text, "    request_timeout: 5s", "    request_timeout: 5s\n    max_connections: 2");
+    replace_once(text, "worker_threads: 2", "worker_threads: 4");
+    running_gateway gw(load_yaml(text));
+    // One after another, each on a new client connection: idle upstream connections on the
+    // threads those land on.
+    for (int i = 0; i < 12; ++i) ASSERT_EQ(get(gw.port(), "/echo/seed" + std::to_string(i)).status, 200);
+    up.hold();
+    std::vector<response> answers(4);
+    std::vector<std::thread> callers;
+    for (int i = 0; i < 4; ++i) callers.emplace_back([&, i] { answers[i] = get(gw.port(), "/echo/" + std::to_string(i)); });
+    const std::string queued = R"(batchgate_upstream_connections{state="queued",upstream="api"})";
+    EXPECT_TRUE(eventually(5s, [&] { return up.held() >= 2 && gw.metric(queued) == 2; }))
+        << up.held() << " at the upstream, " << gw.metric(queued) << " queued";
+    EXPECT_EQ(up.held(), 2u);
+    up.release_held();
+    for (auto& c : callers) c.join();
+    for (const auto& a : answers) EXPECT_EQ(a.status, 200) << a.body;
+    EXPECT_TRUE(wait_for_metric(gw, R"(batchgate_upstream_connections{state="in_use",upstream="api"})", 0));
 }
 
 // A caller whose deadline passed while its batch waited behind max_concurrent_batches has
