@@ -2,48 +2,50 @@
 
 #include <algorithm>
 #include <bit>
+#include <limits>
 
 #include <prometheus/text_serializer.h>
+
+#include "metrics/thread_slot.hpp"
 
 namespace batchgate::metrics {
 
 namespace {
 
-// This thread's histogram slot: below histogram::exclusive_slots, one no other live thread
-// has; at it, the slot every thread past them shares. A thread gives its slot back when it
-// ends, so threads that come and go (tests) do not use them up; the mutex orders the last
-// stores of one owner before the first loads of the next.
-class thread_slot {
-public:
-    thread_slot() {
-        std::lock_guard lock(mutex());
-        auto& used = taken();
-        const auto free = std::find(used.begin(), used.end(), false);
-        id_ = static_cast<std::size_t>(free - used.begin());
-        if (free != used.end()) *free = true;
-    }
-    ~thread_slot() {
-        std::lock_guard lock(mutex());
-        if (id_ < histogram::exclusive_slots) taken()[id_] = false;
-    }
-    std::size_t id() const noexcept { return id_; }
+// Which exclusive slots a live thread holds. The mutex orders one owner's last stores before
+// the next owner's first loads. Both trivially destructible: usable until the process ends.
+std::mutex slots_mutex;
+std::array<bool, histogram::exclusive_slots> slots_taken{};
 
-private:
-    static std::mutex& mutex() {
-        static std::mutex m;
-        return m;
+constexpr std::size_t no_slot_yet = std::numeric_limits<std::size_t>::max();
+thread_local std::size_t thread_slot_id = no_slot_yet;  // trivial: no guard on the hot path
+
+// Gives the thread's slot back when it ends; from then on the thread (a later thread_local's
+// destructor that observes) writes to the shared slot.
+struct slot_return {
+    ~slot_return() {
+        std::lock_guard lock(slots_mutex);
+        if (thread_slot_id < histogram::exclusive_slots) slots_taken[thread_slot_id] = false;
+        thread_slot_id = histogram::exclusive_slots;
     }
-    static std::array<bool, histogram::exclusive_slots>& taken() {
-        static std::array<bool, histogram::exclusive_slots> t{};
-        return t;
-    }
-    std::size_t id_;
 };
 
+}  // namespace
+
 std::size_t this_thread_slot() noexcept {
-    thread_local const thread_slot slot;
-    return slot.id();
+    if (thread_slot_id == no_slot_yet) [[unlikely]] {
+        {
+            std::lock_guard lock(slots_mutex);
+            const auto free = std::find(slots_taken.begin(), slots_taken.end(), false);
+            thread_slot_id = static_cast<std::size_t>(free - slots_taken.begin());
+            if (free != slots_taken.end()) *free = true;
+        }
+        thread_local slot_return give_back;  // destroyed when the thread ends
+    }
+    return thread_slot_id;
 }
+
+namespace {
 
 const prometheus::Histogram::BucketBoundaries& latency_buckets() {
     static const prometheus::Histogram::BucketBoundaries b{
@@ -93,14 +95,14 @@ void histogram::Observe(double value) noexcept {
     if (slot < exclusive_slots) {  // only this thread writes here: publish() only reads
         sum.store(std::bit_cast<std::uint64_t>(std::bit_cast<double>(sum.load(std::memory_order_relaxed)) + value),
                   std::memory_order_relaxed);
-        count.store(count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        count.store(count.load(std::memory_order_relaxed) + 1, std::memory_order_release);  // after the sum
         return;
     }
     std::uint64_t old = sum.load(std::memory_order_relaxed);
     while (!sum.compare_exchange_weak(old, std::bit_cast<std::uint64_t>(std::bit_cast<double>(old) + value),
                                       std::memory_order_relaxed)) {
     }
-    count.fetch_add(1, std::memory_order_relaxed);
+    count.fetch_add(1, std::memory_order_release);
 }
 
 void histogram::publish() {
@@ -111,14 +113,17 @@ void histogram::publish() {
     for (std::size_t b = 0; b < published_.size(); ++b) {
         std::uint64_t total = 0;
         for (std::size_t slot = 0; slot <= exclusive_slots; ++slot)
-            total += word(slot, 1 + b).load(std::memory_order_relaxed);
+            total += word(slot, 1 + b).load(std::memory_order_acquire);  // with the sums stored before
         increments[b] = static_cast<double>(total - published_[b]);
         any = any || total != published_[b];
         published_[b] = total;
     }
     for (std::size_t slot = 0; slot <= exclusive_slots; ++slot)
         sum += std::bit_cast<double>(word(slot, 0).load(std::memory_order_relaxed));
-    if (!any) return;  // a sum read without its count waits for the count
+    // Counts are read before sums, each with what was stored before it: an observation whose
+    // count is read has its value in the sum. One whose value is read without its count (it
+    // came in between) is in this sum and in the next count.
+    if (!any) return;
     exported_.ObserveMultiple(increments, sum - published_sum_);
     published_sum_ = sum;
 }

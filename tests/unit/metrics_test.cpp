@@ -6,9 +6,13 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <latch>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "metrics/thread_slot.hpp"
 
 using batchgate::metrics::histogram;
 using batchgate::metrics::registry;
@@ -117,4 +121,37 @@ TEST(Histogram, EveryKindIsPublished) {
                              "batchgate_shadow_batch_size", "batchgate_shadow_batch_wait_seconds",
                              "batchgate_fanout_items"})
         EXPECT_EQ(exported(r, name, "a").sample_count, 1u) << name;
+}
+
+// Threads alive at once never share an exclusive slot (two plain writers would lose counts);
+// those past the exclusive slots share the last one; and a thread that ends gives its slot
+// back, so the threads after it write without atomic adds again.
+TEST(Histogram, LiveThreadsNeverShareAnExclusiveSlotAndEndedOnesGiveItBack) {
+    using batchgate::metrics::this_thread_slot;
+    constexpr std::size_t n = histogram::exclusive_slots + 4;
+    std::vector<std::size_t> ids(n);
+    {
+        std::latch all_in(n);
+        std::vector<std::thread> threads;
+        for (std::size_t i = 0; i < n; ++i)
+            threads.emplace_back([&, i] {
+                ids[i] = this_thread_slot();
+                all_in.arrive_and_wait();  // every one alive until all have their slot
+            });
+        for (auto& t : threads) t.join();
+    }
+    std::set<std::size_t> exclusive;
+    std::size_t shared = 0;
+    for (auto id : ids) {
+        ASSERT_LE(id, histogram::exclusive_slots);
+        if (id == histogram::exclusive_slots) {
+            ++shared;
+        } else {
+            EXPECT_TRUE(exclusive.insert(id).second) << "slot " << id << " went to two live threads";
+        }
+    }
+    EXPECT_GE(shared, 4u);
+    std::size_t later = 0;
+    std::thread([&] { later = this_thread_slot(); }).join();
+    EXPECT_LT(later, histogram::exclusive_slots) << "the ended threads kept their slots";
 }
