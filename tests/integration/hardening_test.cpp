@@ -60,13 +60,18 @@ routes:
     upstream: api
 )";
 
-std::shared_ptr<const batchgate::config::gateway_config> config_for(unsigned short port,
-                                                                    std::map<std::string, std::string> values = {}) {
+// The config's text, for a test that edits more than the placeholders.
+std::string config_text(unsigned short port, std::map<std::string, std::string> values = {}) {
     values.emplace("PORT", std::to_string(port));
     values.emplace("WAIT", "2ms");
     values.emplace("CONCURRENCY", "4");
     values.emplace("ENVELOPE_TIMEOUT", "5s");
-    return load_yaml(fill(yaml, values));
+    return fill(yaml, values);
+}
+
+std::shared_ptr<const batchgate::config::gateway_config> config_for(unsigned short port,
+                                                                    std::map<std::string, std::string> values = {}) {
+    return load_yaml(config_text(port, std::move(values)));
 }
 
 // Polls a gauge until it reads `want` (bounded), for state the test cannot observe directly.
@@ -108,8 +113,7 @@ TEST(Pool, DeadIdleConnectionsAtTheCapLoseNoSlot) {
     mock_options o;
     o.idle_close = 50ms;
     mock_upstream up(o);
-    std::string text = fill(yaml, {{"PORT", std::to_string(up.port())}, {"WAIT", "2ms"}, {"CONCURRENCY", "4"},
-                                   {"ENVELOPE_TIMEOUT", "5s"}});
+    std::string text = config_text(up.port());
     replace_once(text, "    request_timeout: 5s", "    request_timeout: 5s\n    max_connections: 3");
     running_gateway gw(load_yaml(text));
     const std::string idle = R"(batchgate_upstream_connections{state="idle",upstream="api"})";
@@ -140,8 +144,7 @@ TEST(Pool, DeadIdleConnectionsAtTheCapLoseNoSlot) {
 // by review: they took it, and four requests ran at once against a cap of two).
 TEST(Pool, MaxConnectionsBoundsTheRequestsInFlightOverEveryThread) {
     mock_upstream up;
-    std::string text = fill(yaml, {{"PORT", std::to_string(up.port())}, {"WAIT", "2ms"}, {"CONCURRENCY", "4"},
-                                   {"ENVELOPE_TIMEOUT", "5s"}});
+    std::string text = config_text(up.port());
     replace_once(text, "    request_timeout: 5s", "    request_timeout: 5s\n    max_connections: 2");
     replace_once(text, "worker_threads: 2", "worker_threads: 4");
     running_gateway gw(load_yaml(text));
