@@ -111,6 +111,28 @@ start_nginx() {
     fi
 }
 
+# The scenarios' coalescing route (run.sh, profile.sh, syscalls.sh).
+# users_route MAX_WAIT MAX_ITEMS MAX_WAITING MAX_BATCH_BYTES [LINE...]: the coalesce route
+# `users`; each LINE ("flush: adaptive", "max_concurrent_batches: 8") goes into its coalesce map.
+users_route() {
+    local wait=$1 items=$2 waiting=$3 bytes=$4 line; shift 4
+    cat <<YAML
+  - name: users
+    match: {method: GET, path: "/users/{id}"}
+    upstream: mock
+    mode: coalesce
+    coalesce:
+      key: {path: id}
+      max_wait: $wait
+      max_batch_items: $items
+      max_waiting: $waiting
+      max_batch_bytes: $bytes
+      request: {method: GET, path: /users, encoding: query_list, query_param: ids}
+      response: {items: "", key: /id}
+YAML
+    for line in "$@"; do printf '      %s\n' "$line"; done
+}
+
 # ---------------------------------------------------------------------------------------------
 # build
 # ---------------------------------------------------------------------------------------------

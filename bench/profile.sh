@@ -9,6 +9,8 @@
 # symbols by self time, and self time summed by component (asio, beast, prometheus, malloc,
 # kernel, ...). PROFILE_DURATION (6s), PROFILE_CONNS (50 / 200), PROFILE_THREADS (1),
 # PROFILE_TOP (40), BENCH_BUILD_DIR (build/bench), BENCH_SKIP_BUILD=1, BENCH_KEEP_TMP=1.
+# PROFILE_CALLGRAPH="--call-graph dwarf,16384" records call chains too (with BENCH_KEEP_TMP=1,
+# `perf report -i TMP/perf.data --children` then gives time spent under each function).
 # Needs perf (Debian: linux-perf) and wrk; perf needs root or kernel.perf_event_paranoid <= 1.
 set -euo pipefail
 BENCH_DIR=$(cd "$(dirname "$0")" && pwd)
@@ -40,18 +42,7 @@ build_release batchgate batchgate-mock-upstream
     if [[ $WORKLOAD = passthrough ]]; then
         printf '  - name: passthrough\n    match: {prefix: /}\n    upstream: mock\n'
     else
-        cat <<'YAML'
-  - name: users
-    match: {method: GET, path: "/users/{id}"}
-    upstream: mock
-    mode: coalesce
-    coalesce:
-      key: {path: id}
-      max_wait: 5ms
-      max_batch_items: 100
-      request: {method: GET, path: /users, encoding: query_list, query_param: ids}
-      response: {items: "", key: /id}
-YAML
+        users_route 5ms 100 10000 6KiB
     fi
 } >"$TMP/gw.yaml"
 
@@ -85,7 +76,7 @@ awk -v t="$((t1 - t0))" -v hz="$HZ" -v n="${REQS:-0}" \
     'BEGIN { if (n > 0) printf "gateway CPU: %.2f s for %d requests = %.1f us per request\n", t / hz, n, t / hz * 1e6 / n }'
 
 # Profiled run.
-perf record -F 1999 -p "$GW" -o "$TMP/perf.data" -- sleep "${DURATION%s}" >"$TMP/perf.log" 2>&1 &
+perf record ${PROFILE_CALLGRAPH:-} -F 1999 -p "$GW" -o "$TMP/perf.data" -- sleep "${DURATION%s}" >"$TMP/perf.log" 2>&1 &
 PERF=$!
 wrk_run "$DURATION" >/dev/null
 wait "$PERF" || true
