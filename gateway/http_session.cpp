@@ -63,6 +63,9 @@ void set_request_id(const request_t& req, std::string& id) {
 
 using tls_client_stream = beast::ssl_stream<stream_t>;
 
+// GET and HEAD: the safe methods whose coalesced callers' first hang-up look may wait.
+bool reads_only(http::verb method) { return method == http::verb::get || method == http::verb::head; }
+
 // A session whose hang-up watch wants its first look later (first_looks, below).
 class hang_up_watcher {
 public:
@@ -72,13 +75,16 @@ protected:
     ~hang_up_watcher() = default;
 };
 
-// The first look of a hang-up watch, a tick or two of the shard's sweep after the request came.
-// After a read that drained the socket, asio tries no receive before the socket's next edge
-// (net/swept_stream.hpp), and a FIN that came in with the request raises none: only a peek of
-// our own sees it. Made at once, that peek was a system call for every coalesced caller (2.1
-// receives per caller where nginx makes 1). Made here, only for callers still waiting 10-20 ms
-// after their request: under load, where a batch answers in a few milliseconds, almost none.
-// A FIN that comes later raises an edge, which the watch's pending receive sees at once.
+// The first look of a reader's hang-up watch, a tick or two of the shard's sweep after the
+// request came. After a read that drained the socket, asio tries no receive before the
+// socket's next edge (net/swept_stream.hpp), and a FIN that came in with the request raises
+// none: only a peek of our own sees it. Made at once, that peek was a system call for every
+// coalesced caller (2.1 receives per caller where nginx makes 1; bench/syscalls.sh coalesce).
+// Made here, only for readers still waiting 10-20 ms after their request: under load, where a
+// batch answers in a few milliseconds, almost none. A FIN that comes later raises an edge,
+// which the watch's pending receive sees at once. Writers still get their peek at once.
+// Each entry holds a weak reference: a session's memory block stays allocated (not the
+// session) until its entry is looked at.
 //
 // An io_context service, like the sweep it rides on: one per shard, used from that shard's
 // thread only. Callers join `young_`; each firing looks at `old_` and ages `young_` into it.
@@ -144,6 +150,7 @@ public:
           role_(role),
           state_(std::move(state)),
           sweep_(&deadline_sweep::of(stream_.get_executor())),
+          first_looks_(&first_looks::of(stream_.get_executor())),
           request_lease_(&state_->budget),
           response_lease_(&state_->budget) {
         if (role_ == listener_role::traffic) {
@@ -536,12 +543,20 @@ private:
         gone_.reset();
         if (route && route->mode == config::route_mode::coalesce) {
             ctx.gone = gone_ = std::make_shared<std::atomic<bool>>(false);
-            watch_for_hang_up(ctx.gone);
             // After a read that drained the socket, the watch's receive waits for the socket's
             // next edge, and a FIN that came with the request raises none: a peek of our own
-            // looks for it, if the caller still waits a tick or two from now (first_looks).
-            if (tcp().drained())
-                first_looks::of(tcp().get_executor()).add(this->weak_from_this(), generation_, *sweep_);
+            // looks for it. At once for a write, which must not be applied for a caller who
+            // left; for a read (GET, HEAD), only if the caller still waits a tick or two from
+            // now (first_looks): a departed reader's key sent upstream costs nothing but its
+            // share of the call, and a peek per reader is a system call nginx does not make.
+            peer_state seen = peer_state::quiet;
+            if (tcp().drained()) {
+                if (reads_only(request_->method()))
+                    first_looks_->add(this->weak_from_this(), generation_, *sweep_);
+                else
+                    seen = peek_peer();
+            }
+            watch_for_hang_up(ctx.gone, seen);
             // A caller may wait a whole window: its read buffer goes back meanwhile (the next
             // request on this connection gets a new one), unless it holds pipelined bytes.
             if (buffer_.size() == 0) buffer_.shrink_to_fit();
@@ -574,10 +589,10 @@ private:
     // Bytes after the request (a pipelined request, a stray CRLF) do not mean the caller stays:
     // the kernel's TCP state tells whether its FIN came after them (CLOSE_WAIT). A client that
     // half-closes after its request is taken as gone too, as nginx does; it still reads the 499,
-    // and the connection closes after it (its pipelined requests are not served). Checked each
-    // time the socket turns readable, at once when the read of the request left bytes or did
-    // not drain the socket, else a tick or two later if the caller still waits (first_looks).
-    // The batcher leaves a gone caller's item out of a batch not sent yet.
+    // and the connection closes after it (its pipelined requests are not served). Checked at
+    // once (for a reader whose request drained the socket: a tick or two later, if it still
+    // waits; first_looks), then again each time the socket turns readable. The batcher leaves
+    // a gone caller's item out of a batch not sent yet.
     enum class peer_state { quiet, bytes, gone };
 
     void watch_for_hang_up(std::shared_ptr<std::atomic<bool>> gone, peer_state seen = peer_state::quiet) {
@@ -824,6 +839,7 @@ private:
     };
     std::unique_ptr<outgoing> response_;
     deadline_sweep* sweep_;  // this shard's
+    first_looks* first_looks_;  // this shard's
     budget_lease request_lease_;   // the request body, until its answer is written
     budget_lease response_lease_;  // the answer, while it is written
     std::string client_ip_;
