@@ -40,7 +40,8 @@ std::size_t partition_overhead(const runtime& rt, const config::coalesce_setting
     return last.overhead;
 }
 
-// One request on one route; lives until its single answer is handed to done.
+// One request on one route, while it is dispatched (on the stack: what outlives the dispatch,
+// the answer's handler, moves into the upstream call or the batcher's submission).
 struct exchange {
     std::shared_ptr<shared_state> state;
     std::shared_ptr<const runtime> rt;
@@ -262,8 +263,8 @@ void dispatch_matched(const std::shared_ptr<shared_state>& state, const std::sha
         if (routes::json_too_deep(req.body(), max_depth)) {
             const std::string message = "request body is " + routes::json_depth_message(max_depth);
             if (route->mode == config::route_mode::coalesce)
-                return std::make_shared<exchange>(exchange{state, rt, route, std::move(req), std::move(ctx), std::move(done)})
-                    ->refuse(gateway_error::bad_request, message, metrics::shadow_outcome::bad_item);
+                return exchange{state, rt, route, std::move(req), std::move(ctx), std::move(done)}.refuse(
+                    gateway_error::bad_request, message, metrics::shadow_outcome::bad_item);
             return done(error_response(gateway_error::bad_request, message, route->name, req.version()), {});
         }
     }
@@ -273,13 +274,13 @@ void dispatch_matched(const std::shared_ptr<shared_state>& state, const std::sha
     if (route->mode == config::route_mode::batch_envelope)
         return fanout::serve_batch_envelope(engine_env_for(state, rt, *route), *route, std::move(req), std::move(ctx),
                                             std::move(done));
-    auto ex = std::make_shared<exchange>(exchange{state, rt, route, std::move(req), std::move(ctx), std::move(done)});
+    exchange ex{state, rt, route, std::move(req), std::move(ctx), std::move(done)};
     if (route->mode == config::route_mode::coalesce) {
-        // path and query view into ex->req, which lives as long as ex.
-        auto [path, query] = routes::split_target(ex->req.target());
-        return ex->coalesce(path, query, std::move(params));
+        // path and query view into ex.req, which lives as long as ex.
+        auto [path, query] = routes::split_target(ex.req.target());
+        return ex.coalesce(path, query, std::move(params));
     }
-    ex->passthrough();
+    ex.passthrough();
 }
 
 }  // namespace batchgate::gateway
