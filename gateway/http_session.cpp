@@ -540,9 +540,17 @@ private:
         if (auto tp = request_->find("traceparent"); tp != request_->end()) ctx.traceparent = std::string(tp->value());
         ctx.deadline = started_ + timeout;
         arm_deadline(started_, timeout);
-        gone_.reset();
+        auto last_gone = std::move(gone_);
         if (route && route->mode == config::route_mode::coalesce) {
-            ctx.gone = gone_ = std::make_shared<std::atomic<bool>>(false);
+            // The last request's flag once nothing else holds it (no allocation per request):
+            // only this session hands out copies, so a count of one stays one.
+            if (last_gone && last_gone.use_count() == 1) {
+                last_gone->store(false, std::memory_order_relaxed);
+                gone_ = std::move(last_gone);
+            } else {
+                gone_ = std::make_shared<std::atomic<bool>>(false);
+            }
+            ctx.gone = gone_;
             // After a read that drained the socket, the watch's receive waits for the socket's
             // next edge, and a FIN that came with the request raises none: a peek of our own
             // looks for it. At once for a write, which must not be applied for a caller who
