@@ -903,13 +903,14 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
 
     // Requested keys with how often each was asked (more than once only under same_key
     // in_batch: the n-th entry for a key answers its n-th operation), and the answer's entries
-    // for each. One hash entry per distinct key, its first entry inline: no allocation per key
-    // beyond the entry itself.
+    // for each. One sorted array of the distinct keys, each with its first entry inline: one
+    // allocation per batch, not one per key.
     struct seen {
         std::size_t list;
         const json* item;
     };
     struct wanted {
+        std::string_view key;      // a view into keys
         std::size_t asked = 0;     // times keys holds it
         std::size_t answered = 0;  // of those, answered so far (below)
         std::size_t found = 0;     // entries in the answer
@@ -917,19 +918,34 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
         std::vector<seen> more;    // entries after the first
         const seen& entry(std::size_t i) const { return i == 0 ? first : more[i - 1]; }
     };
-    std::unordered_map<std::string_view, wanted> requested;  // views into keys
+    std::vector<wanted> requested;
     requested.reserve(keys.size());
-    for (const auto& k : keys) ++requested[k].asked;
+    for (const auto& k : keys) requested.push_back(wanted{k, 1});
+    const auto by_key = [](const wanted& a, const wanted& b) { return a.key < b.key; };
+    std::sort(requested.begin(), requested.end(), by_key);
+    std::size_t distinct = 0;  // equal keys merged into their first, counted in asked
+    for (std::size_t i = 0; i < requested.size(); ++i) {
+        if (distinct > 0 && requested[distinct - 1].key == requested[i].key)
+            ++requested[distinct - 1].asked;
+        else
+            requested[distinct++].key = requested[i].key;
+    }
+    requested.resize(distinct);
+    auto find = [&requested](std::string_view key) -> wanted* {
+        auto it = std::lower_bound(requested.begin(), requested.end(), key,
+                                   [](const wanted& w, std::string_view k) { return w.key < k; });
+        return it != requested.end() && it->key == key ? &*it : nullptr;
+    };
     for (std::size_t li = 0; li < lists.size(); ++li) {
         if (!arrays[li]) continue;
         for (const auto& item : *arrays[li]) {
             auto key = key_of(lists[li], item);
-            auto it = key ? requested.find(*key) : requested.end();
-            if (it == requested.end()) {
+            wanted* found = key ? find(*key) : nullptr;
+            if (!found) {
                 ++out.ignored_items;
                 continue;
             }
-            wanted& w = it->second;
+            wanted& w = *found;
             if (w.found++ == 0)
                 w.first = seen{li, &item};
             else
@@ -943,7 +959,7 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
     };
     out.items.reserve(keys.size());
     for (const auto& key : keys) {
-        wanted& w = requested.find(key)->second;
+        wanted& w = *find(key);
         const std::size_t n = w.answered++;
         if (w.found == 0) {
             out.items.push_back({rs.missing_status,
