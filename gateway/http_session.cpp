@@ -92,18 +92,17 @@ class first_looks : public net::execution_context::service, private deadline_ent
 public:
     static inline net::execution_context::id id;
 
-    explicit first_looks(net::execution_context& ctx) : service(ctx) {}
+    // The shard's sweep exists before this service (made here if not yet), so it shuts down after.
+    explicit first_looks(net::execution_context& ctx)
+        : service(ctx), sweep_(net::use_service<deadline_sweep>(static_cast<net::io_context&>(ctx))) {}
 
     static first_looks& of(const executor_t& ex) { return net::use_service<first_looks>(ex.context()); }
 
-    void add(std::weak_ptr<hang_up_watcher> who, std::uint64_t generation, deadline_sweep& sweep) {
+    void add(std::weak_ptr<hang_up_watcher> who, std::uint64_t generation) {
         if (shut_down_) return;
         young_.push_back({std::move(who), generation});
-        sweep_ = &sweep;
-        if (!armed()) sweep.arm(*this, sweep.coarse_now(), deadline_sweep::tick);
+        if (!armed()) sweep_.arm(*this, sweep_.coarse_now(), deadline_sweep::tick);
     }
-
-    std::size_t queued() const noexcept { return young_.size() + old_.size(); }
 
 private:
     struct entry {
@@ -117,18 +116,18 @@ private:
             if (auto who = e.who.lock()) who->first_look(e.generation);
         old_.clear();
         old_.swap(young_);
-        if (!old_.empty() && sweep_) sweep_->arm(*this, sweep_->coarse_now(), deadline_sweep::tick);
+        if (!old_.empty()) sweep_.arm(*this, sweep_.coarse_now(), deadline_sweep::tick);
     }
 
     void shutdown() override {
         shut_down_ = true;
-        if (sweep_) sweep_->disarm(*this);
+        sweep_.disarm(*this);
         young_.clear();
         old_.clear();
     }
 
+    deadline_sweep& sweep_;
     std::vector<entry> young_, old_;
-    deadline_sweep* sweep_ = nullptr;
     bool shut_down_ = false;
 };
 
@@ -560,7 +559,7 @@ private:
             peer_state seen = peer_state::quiet;
             if (tcp().drained()) {
                 if (reads_only(request_->method()))
-                    first_looks_->add(this->weak_from_this(), generation_, *sweep_);
+                    first_looks_->add(this->weak_from_this(), generation_);
                 else
                     seen = peek_peer();
             }
