@@ -921,8 +921,7 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
     std::vector<wanted> requested;
     requested.reserve(keys.size());
     for (const auto& k : keys) requested.push_back(wanted{k, 1});
-    const auto by_key = [](const wanted& a, const wanted& b) { return a.key < b.key; };
-    std::sort(requested.begin(), requested.end(), by_key);
+    std::ranges::sort(requested, {}, &wanted::key);
     std::size_t distinct = 0;  // equal keys merged into their first, counted in asked
     for (std::size_t i = 0; i < requested.size(); ++i) {
         if (distinct > 0 && requested[distinct - 1].key == requested[i].key)
@@ -932,8 +931,7 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
     }
     requested.resize(distinct);
     auto find = [&requested](std::string_view key) -> wanted* {
-        auto it = std::lower_bound(requested.begin(), requested.end(), key,
-                                   [](const wanted& w, std::string_view k) { return w.key < k; });
+        auto it = std::ranges::lower_bound(requested, key, {}, &wanted::key);
         return it != requested.end() && it->key == key ? &*it : nullptr;
     };
     for (std::size_t li = 0; li < lists.size(); ++li) {
