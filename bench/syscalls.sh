@@ -25,7 +25,7 @@ WORKLOAD=${1:-passthrough}
 case $WORKLOAD in
     passthrough) CONNS=${SYSCALLS_CONNS:-50} ;;
     coalesce) CONNS=${SYSCALLS_CONNS:-200} ;;
-    *) echo "workload is passthrough or coalesce, not '$WORKLOAD'" >&2; exit 2 ;;
+    *) die "workload is passthrough or coalesce, not '$WORKLOAD'" ;;
 esac
 SECONDS_COUNTED=${SYSCALLS_SECONDS:-3}
 P_MOCK=18281 P_GW=18290 P_ADMIN=18291 P_NGINX=18292
