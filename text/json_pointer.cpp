@@ -1,6 +1,9 @@
 #include "text/json_pointer.hpp"
 
 #include <cstddef>
+#include <cstdint>
+
+#include "text/json_text.hpp"
 
 namespace batchgate::routes {
 
@@ -34,7 +37,7 @@ std::optional<json_pointer> json_pointer::parse(std::string_view text) {
 namespace {
 
 // RFC 6901 array index: "0" or a decimal without leading zeros; "-" (past the end) never matches.
-std::optional<std::size_t> array_index(const std::string& token, std::size_t size) {
+std::optional<std::size_t> array_index(const std::string& token, std::size_t size = SIZE_MAX) {
     if (token.empty() || token.size() > 19) return std::nullopt;
     if (token.size() > 1 && token.front() == '0') return std::nullopt;
     std::size_t value = 0;
@@ -61,6 +64,23 @@ const nlohmann::json* json_pointer::find(const nlohmann::json& doc) const {
             cur = &(*cur)[*index];
         } else {
             return nullptr;
+        }
+    }
+    return cur;
+}
+
+std::optional<std::string_view> json_pointer::find_text(std::string_view json) const {
+    auto cur = json_value_text(json);
+    for (const auto& token : tokens_) {
+        if (!cur) return std::nullopt;
+        if (cur->starts_with('{')) {
+            cur = json_member(*cur, token);
+        } else if (cur->starts_with('[')) {
+            auto index = array_index(token);
+            if (!index) return std::nullopt;
+            cur = json_element(*cur, *index);
+        } else {
+            return std::nullopt;
         }
     }
     return cur;

@@ -21,6 +21,10 @@ public:
     // The value at this pointer, or nullptr when any step is missing or of the wrong type.
     const nlohmann::json* find(const nlohmann::json& doc) const;
 
+    // The text of the value at this pointer in a JSON text nlohmann accepted (the value's own
+    // bytes, as text/json_text.hpp finds them), or nullopt when find() would give nullptr.
+    std::optional<std::string_view> find_text(std::string_view json) const;
+
     bool is_root() const { return tokens_.empty(); }
     const std::string& text() const { return text_; }
 

@@ -42,6 +42,129 @@ parsed_json parse_json(std::string_view text, std::size_t max_depth) {
     return out;
 }
 
+namespace {
+
+constexpr std::size_t npos = std::string_view::npos;
+
+bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+std::size_t skip_space(std::string_view t, std::size_t i) {
+    while (i < t.size() && is_space(t[i])) ++i;
+    return i;
+}
+
+// Just past the string that opens at t[i] ('"').
+std::size_t string_end(std::string_view t, std::size_t i) {
+    for (++i; i < t.size(); ++i) {
+        if (t[i] == '\\')
+            ++i;  // the escaped character, which may be a quote
+        else if (t[i] == '"')
+            return i + 1;
+    }
+    return npos;
+}
+
+// Just past the value that starts at t[i].
+std::size_t value_end(std::string_view t, std::size_t i) {
+    if (i >= t.size()) return npos;
+    if (t[i] == '"') return string_end(t, i);
+    if (t[i] == '{' || t[i] == '[') {
+        std::size_t depth = 0;
+        while (i < t.size()) {
+            const char c = t[i];
+            if (c == '"') {
+                i = string_end(t, i);
+                if (i == npos) return npos;
+                continue;
+            }
+            if (c == '{' || c == '[') ++depth;
+            else if ((c == '}' || c == ']') && --depth == 0) return i + 1;
+            ++i;
+        }
+        return npos;
+    }
+    // A number or a literal: up to the next delimiter.
+    while (i < t.size() && !is_space(t[i]) && t[i] != ',' && t[i] != ']' && t[i] != '}') ++i;
+    return i;
+}
+
+// Calls f(text) for each element of the array `t` (its whole text) until f returns false.
+template <class F>
+bool each_element(std::string_view t, F&& f) {
+    if (t.size() < 2 || t.front() != '[') return false;
+    std::size_t i = skip_space(t, 1);
+    if (i < t.size() && t[i] == ']') return true;
+    while (i < t.size()) {
+        const std::size_t end = value_end(t, i);
+        if (end == npos || end == i) return false;
+        if (!f(t.substr(i, end - i))) return true;
+        i = skip_space(t, end);
+        if (i >= t.size() || t[i] != ',') return i < t.size() && t[i] == ']';
+        i = skip_space(t, i + 1);
+    }
+    return false;
+}
+
+// A member name as written (between its quotes) against the unescaped `name`.
+bool same_name(std::string_view quoted, std::string_view name) {
+    const std::string_view raw = quoted.substr(1, quoted.size() - 2);
+    if (raw.find('\\') == npos) return raw == name;
+    const auto decoded = nlohmann::json::parse(quoted, nullptr, false);
+    return decoded.is_string() && decoded.get_ref<const std::string&>() == name;
+}
+
+}  // namespace
+
+std::optional<std::string_view> json_value_text(std::string_view text) {
+    // Valid JSON is one value between spaces: its bytes are those left when they are cut off.
+    if (text.starts_with("\xEF\xBB\xBF")) text.remove_prefix(3);
+    const std::size_t begin = skip_space(text, 0);
+    std::size_t end = text.size();
+    while (end > begin && is_space(text[end - 1])) --end;
+    if (begin == end) return std::nullopt;
+    return text.substr(begin, end - begin);
+}
+
+std::optional<std::vector<std::string_view>> json_array_elements(std::string_view array_text) {
+    std::vector<std::string_view> out;
+    if (!each_element(array_text, [&out](std::string_view e) {
+            out.push_back(e);
+            return true;
+        }))
+        return std::nullopt;
+    return out;
+}
+
+std::optional<std::string_view> json_element(std::string_view array_text, std::size_t index) {
+    std::optional<std::string_view> found;
+    each_element(array_text, [&](std::string_view e) {
+        if (index-- == 0) found = e;
+        return !found;
+    });
+    return found;
+}
+
+std::optional<std::string_view> json_member(std::string_view t, std::string_view name) {
+    if (t.size() < 2 || t.front() != '{') return std::nullopt;
+    std::optional<std::string_view> found;
+    std::size_t i = skip_space(t, 1);
+    while (i < t.size() && t[i] == '"') {
+        const std::size_t name_end = string_end(t, i);
+        if (name_end == npos) return std::nullopt;
+        const std::string_view quoted = t.substr(i, name_end - i);
+        i = skip_space(t, name_end);
+        if (i >= t.size() || t[i] != ':') return std::nullopt;
+        i = skip_space(t, i + 1);
+        const std::size_t end = value_end(t, i);
+        if (end == npos) return std::nullopt;
+        if (same_name(quoted, name)) found = t.substr(i, end - i);  // the last one counts
+        i = skip_space(t, end);
+        if (i >= t.size() || t[i] != ',') break;
+        i = skip_space(t, i + 1);
+    }
+    return found;
+}
+
 std::string json_depth_message(std::size_t max_depth) {
     return "JSON nested deeper than limits.max_json_depth (" + std::to_string(max_depth) + ")";
 }

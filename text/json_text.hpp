@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -34,6 +35,24 @@ struct parsed_json {
 
 // Parses without exceptions; nothing nested deeper than max_depth is ever built.
 parsed_json parse_json(std::string_view text, std::size_t max_depth = max_json_depth_cap);
+
+// The bytes of the parts of a JSON text nlohmann accepted (parse_json), so that a value can be
+// handed on as the upstream wrote it instead of re-serialized: numbers keep their digits (an
+// integer past 64 bits does not turn into a double), keys their order. Each takes valid JSON;
+// given anything else it returns nothing rather than read past the end.
+
+// The value that is the whole text, without the whitespace (and UTF-8 byte order mark) around it.
+std::optional<std::string_view> json_value_text(std::string_view text);
+
+// The elements of a JSON array's text ("[1, 2]": "1" and "2"); nullopt when it is no array.
+std::optional<std::vector<std::string_view>> json_array_elements(std::string_view array_text);
+
+// The value of an object's member `name` (the last one, when the name repeats, as the parse
+// keeps it); nullopt when it is no object or has no such member.
+std::optional<std::string_view> json_member(std::string_view object_text, std::string_view name);
+
+// The index-th element of an array's text; nullopt when it is no array or has no such element.
+std::optional<std::string_view> json_element(std::string_view array_text, std::size_t index);
 
 // "nested deeper than limits.max_json_depth (64)", for error messages.
 std::string json_depth_message(std::size_t max_depth);

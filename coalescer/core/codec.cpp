@@ -504,8 +504,17 @@ std::optional<std::string> key_of(const compiled_list& c, const json& item) {
     return std::nullopt;
 }
 
-// The answer for one item of the batch.
-item_outcome outcome_of(const compiled_list& c, std::string_view route, const json& item) {
+// A caller's body: the value's own bytes in the upstream's answer (item_text is its item's),
+// as the upstream wrote them; serialized from the parse only when they are not at hand.
+std::string body_text(const routes::json_pointer& at, const json& value, std::string_view item_text) {
+    if (at.is_root() && !item_text.empty()) return std::string(item_text);
+    if (!item_text.empty())
+        if (auto text = at.find_text(item_text)) return std::string(*text);
+    return dump(value);
+}
+
+// The answer for one item of the batch; item_text is its text in the answer ("": not at hand).
+item_outcome outcome_of(const compiled_list& c, std::string_view route, const json& item, std::string_view item_text) {
     const auto& l = *c.list;
     int status = 200;
     auto rule = std::find_if(c.rules.begin(), c.rules.end(), [&item](const auto& r) { return all_equal(r.first, item); });
@@ -545,13 +554,13 @@ item_outcome outcome_of(const compiled_list& c, std::string_view route, const js
         if (l.body_value) return {status, dump(*l.body_value)};
         const json* body = c.body.find(item);
         if (!body) return item_error(502, "upstream item has no " + c.body.text(), route);
-        return {status, dump(*body)};
+        return {status, body_text(c.body, *body, item_text)};
     }
     // A failed item: with an `error` pointer, a gateway error naming the upstream's message;
     // without one, the upstream's own item (at `body`, else whole) is the caller's answer.
     if (!c.error) {
         const json* body = c.body.find(item);
-        return {status, dump(body ? *body : item)};
+        return {status, body ? body_text(c.body, *body, item_text) : body_text({}, item, item_text)};
     }
     std::string message;
     if (const json* e = c.error->find(item); e && e->is_string()) message = e->get<std::string>();
@@ -868,14 +877,21 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
         return out;
     }
     const json& doc = parsed.value;
-    // The array of each list; with several lists, an absent one is empty.
+    // The array of each list; with several lists, an absent one is empty. Beside it, the text
+    // of each of its items in the answer (none when they cannot be told: then bodies are
+    // serialized from the parse).
     std::vector<const json*> arrays;
+    std::vector<std::vector<std::string_view>> item_texts(lists.size());
     std::string texts;
-    for (const auto& c : lists) {
+    for (std::size_t li = 0; li < lists.size(); ++li) {
+        const auto& c = lists[li];
         const json* items = c.items.find(doc);
         texts += (texts.empty() ? "" : ", ") + (c.items.is_root() ? std::string("\"\"") : c.items.text());
         if (items && items->is_array()) {
             arrays.push_back(items);
+            auto array_text = c.items.find_text(body);
+            auto elements = array_text ? routes::json_array_elements(*array_text) : std::nullopt;
+            if (elements && elements->size() == items->size()) item_texts[li] = std::move(*elements);
         } else if (items || lists.size() == 1) {
             out.error = c.items.is_root() ? "upstream batch answer is not a JSON array"
                                           : "upstream batch answer has no array at " + c.items.text();
@@ -897,7 +913,10 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
                         " items for " + std::to_string(keys.size()) + " requested keys";
             return out;
         }
-        for (std::size_t i = 0; i < keys.size(); ++i) out.items.push_back(outcome_of(lists.front(), route_name, items[i]));
+        const auto& item_text = item_texts.front();
+        for (std::size_t i = 0; i < keys.size(); ++i)
+            out.items.push_back(
+                outcome_of(lists.front(), route_name, items[i], item_text.empty() ? std::string_view() : item_text[i]));
         return out;
     }
 
@@ -908,6 +927,7 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
     struct seen {
         std::size_t list;
         const json* item;
+        std::string_view text;  // the item's text in the answer ("": not at hand)
     };
     struct wanted {
         std::string_view key;      // a view into keys
@@ -936,7 +956,9 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
     };
     for (std::size_t li = 0; li < lists.size(); ++li) {
         if (!arrays[li]) continue;
-        for (const auto& item : *arrays[li]) {
+        const auto& array = *arrays[li];
+        for (std::size_t i = 0; i < array.size(); ++i) {
+            const json& item = array[i];
             auto key = key_of(lists[li], item);
             wanted* found = key ? find(*key) : nullptr;
             if (!found) {
@@ -944,10 +966,11 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
                 continue;
             }
             wanted& w = *found;
+            const seen entry{li, &item, item_texts[li].empty() ? std::string_view() : item_texts[li][i]};
             if (w.found++ == 0)
-                w.first = seen{li, &item};
+                w.first = entry;
             else
-                w.more.push_back(seen{li, &item});
+                w.more.push_back(entry);
         }
     }
 
@@ -972,9 +995,10 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
             for (std::size_t i = 1; i < w.found && !twice; ++i)
                 twice = w.entry(i).list == first.list && *w.entry(i).item != *first.item;
             out.items.push_back(twice ? ambiguous(key, "more than once")
-                                      : outcome_of(lists[first.list], route_name, *first.item));
+                                      : outcome_of(lists[first.list], route_name, *first.item, first.text));
         } else if (w.found == w.asked) {
-            out.items.push_back(outcome_of(lists[w.entry(n).list], route_name, *w.entry(n).item));
+            const seen& e = w.entry(n);
+            out.items.push_back(outcome_of(lists[e.list], route_name, *e.item, e.text));
         } else {
             out.items.push_back(ambiguous(key, std::to_string(w.found) + " times for " + std::to_string(w.asked) +
                                                    " operations"));

@@ -1,5 +1,6 @@
 // Fuzz target: RFC 6901 JSON pointers (text/json_pointer.hpp), compared with nlohmann's own
-// json_pointer: both must accept the same texts and find the same value.
+// json_pointer: both must accept the same texts and find the same value; find_text (and
+// json_array_elements) must give that value's own bytes.
 // Input: pointer text, 0x1F, JSON document.
 #include <cstdint>
 #include <string>
@@ -8,6 +9,7 @@
 
 #include "fuzz_common.hpp"
 #include "text/json_pointer.hpp"
+#include "text/json_text.hpp"
 
 using namespace batchgate;
 using nlohmann::json;
@@ -36,5 +38,18 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     } catch (const json::exception&) {
     }
     fuzz::check(found == expected, "pointer \"" + text + "\": find differs from nlohmann's at()");
+
+    // find_text: the same value, in its own bytes (what a caller of a coalesce route gets).
+    const auto found_text = ours->find_text(in.rest());
+    fuzz::check(found_text.has_value() == (found != nullptr), "pointer \"" + text + "\": find_text differs from find");
+    if (!found) return 0;
+    fuzz::check(json::parse(*found_text, nullptr, false) == *found,
+                "pointer \"" + text + "\": find_text gives " + std::string(*found_text));
+    if (found->is_array()) {
+        const auto elements = routes::json_array_elements(*found_text);
+        fuzz::check(elements && elements->size() == found->size(), "array elements miscounted");
+        for (std::size_t i = 0; i < found->size(); ++i)
+            fuzz::check(json::parse((*elements)[i], nullptr, false) == (*found)[i], "array element differs");
+    }
     return 0;
 }

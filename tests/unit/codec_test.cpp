@@ -593,6 +593,38 @@ TEST(SplitA, DuplicateKeysDifferentContentIs502IdenticalIsFine) {
     EXPECT_EQ(json::parse(out.at("1").body)["name"], "one");
 }
 
+// A caller's item is the upstream's own bytes: the parse decides who gets what, but numbers keep
+// their digits (an integer past 64 bits is no double), members their order, strings their escapes.
+TEST(SplitA, ItemsAreHandedOnAsTheUpstreamWroteThem) {
+    auto s = users_api();
+    auto out = split_batch_response(
+        s, "users",
+        "[ {\"name\": \"b\\u00e9\", \"id\": \"7\", \"balance\": 12345678901234567890123.10},\n"
+        "  {\"id\":\"1\",\"n\":1E2} ]",
+        {"1", "7"});
+    ASSERT_TRUE(out.error.empty());
+    EXPECT_EQ(out.at("7").status, 200);
+    EXPECT_EQ(out.at("7").body, R"({"name": "b\u00e9", "id": "7", "balance": 12345678901234567890123.10})");
+    EXPECT_EQ(out.at("1").body, R"({"id":"1","n":1E2})");
+}
+
+TEST(SplitB, TheBodyPointersValueIsHandedOnAsWritten) {
+    auto s = activities_api();
+    s.response.lists[0].error.clear();  // a failed item's own `data` is its caller's answer
+    auto out = split_batch_response(
+        s, "activities",
+        R"({"results":[{"id":"a1","status_code":200,"data":{ "z":1, "a":[1.50] }},)"
+        R"({"id":"a2","status_code":404,"data":{"why" : "gone"}}, {"id":"a3","status_code":409}]})",
+        {"a1", "a2", "a3"});
+    ASSERT_TRUE(out.error.empty()) << out.error;
+    EXPECT_EQ(out.at("a1").status, 200);
+    EXPECT_EQ(out.at("a1").body, R"({ "z":1, "a":[1.50] })");
+    EXPECT_EQ(out.at("a2").status, 404);
+    EXPECT_EQ(out.at("a2").body, R"({"why" : "gone"})");
+    EXPECT_EQ(out.at("a3").status, 409);
+    EXPECT_EQ(out.at("a3").body, R"({"id":"a3","status_code":409})");  // no data: the whole item
+}
+
 TEST(SplitA, MalformedJsonFailsTheWholeBatch) {
     auto s = users_api();
     for (const char* body : {"", "[{\"id\":\"1\"", "<html>502 Bad Gateway</html>", "[1,]"}) {

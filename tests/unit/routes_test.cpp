@@ -305,6 +305,50 @@ TEST(JsonPointer, MissingStepsGiveNullNeverThrow) {
     EXPECT_TRUE(json_pointer::parse("/n")->find(doc)->is_null());
 }
 
+// The pointer's value as the text wrote it: the same value find() gives, in its own bytes.
+TEST(JsonPointer, FindTextGivesTheValuesOwnBytes) {
+    const std::string text =
+        "\xEF\xBB\xBF { \"results\" : [ {\"id\": \"a1\", \"n\": 1.10} ,\n\t{\"id\":\"a2\",\"big\":123456789012345678901234} ],"
+        " \"a/b\":1, \"m~n\" : [ ] , \"\":\"x\\\"]}\" , \"d\":1, \"d\":{\"k\":true} } ";
+    const auto doc = nlohmann::json::parse(text);
+    auto text_at = [&text](const char* pointer) { return json_pointer::parse(pointer)->find_text(text); };
+    EXPECT_EQ(text_at("/results/0"), R"({"id": "a1", "n": 1.10})");
+    EXPECT_EQ(text_at("/results/0/n"), "1.10");
+    EXPECT_EQ(text_at("/results/1/big"), "123456789012345678901234");
+    EXPECT_EQ(text_at("/a~1b"), "1");
+    EXPECT_EQ(text_at("/m~0n"), "[ ]");
+    EXPECT_EQ(text_at("/"), R"("x\"]}")");  // a string holding a quote and brackets
+    EXPECT_EQ(text_at("/d"), R"({"k":true})");  // a repeated name: the last, as the parse keeps it
+    EXPECT_EQ(text_at("/d/k"), "true");
+    EXPECT_EQ(text_at("")->front(), '{');  // the whole document, without the BOM and spaces
+    EXPECT_EQ(text_at("")->back(), '}');
+    for (const char* missing : {"/results/2", "/results/01", "/results/-", "/a~1b/0", "/nope", "/d/k/0"}) {
+        EXPECT_EQ(json_pointer::parse(missing)->find(doc), nullptr) << missing;
+        EXPECT_EQ(text_at(missing), std::nullopt) << missing;
+    }
+    // Whatever it finds is what find() finds.
+    for (const char* p : {"", "/results", "/results/0", "/results/1/id", "/a~1b", "/m~0n", "/", "/d", "/d/k"})
+        EXPECT_EQ(nlohmann::json::parse(*text_at(p)), *json_pointer::parse(p)->find(doc)) << p;
+}
+
+TEST(JsonPointer, FindTextComparesEscapedNamesUnescaped) {
+    const std::string text = R"({"\u0069d":7,"a\"b":8,"\u00e9":9})";
+    EXPECT_EQ(json_pointer::parse("/id")->find_text(text), "7");
+    EXPECT_EQ(json_pointer::parse("/a\"b")->find_text(text), "8");
+    EXPECT_EQ(json_pointer::parse("/\xC3\xA9")->find_text(text), "9");
+}
+
+TEST(JsonText, ArrayElementsAreTheirOwnBytes) {
+    EXPECT_EQ(json_array_elements("[]"), std::vector<std::string_view>{});
+    EXPECT_EQ(json_array_elements("[ ]"), std::vector<std::string_view>{});
+    EXPECT_EQ(json_array_elements(R"([1,-2.5e3 , "a,]" ,{"x":[1,{}]},[],null,true])"),
+              (std::vector<std::string_view>{"1", "-2.5e3", R"("a,]")", R"({"x":[1,{}]})", "[]", "null", "true"}));
+    EXPECT_EQ(json_array_elements(R"({"a":1})"), std::nullopt);
+    EXPECT_EQ(json_array_elements("7"), std::nullopt);
+    // Not valid JSON: nothing is read past the end.
+    for (const char* bad : {"[", "[1,", "[\"abc", "[{\"a\":[1}", "[1 2]"}) EXPECT_EQ(json_array_elements(bad), std::nullopt) << bad;
+}
+
 // ------------------------------------------------------------------ bounded JSON parsing
 
 TEST(JsonText, DepthCountsArraysAndObjectsNotStrings) {
