@@ -99,11 +99,12 @@ batcher::batcher(net::any_io_executor executor, std::shared_ptr<const config::ga
       load_(std::move(load)),
       mode_(mode) {}
 
-void batcher::submit(submission s) {
-    net::post(executor_, [self = shared_from_this(), s = std::move(s)]() mutable { self->on_submit(std::move(s)); });
+// The submission moves once, into the posted handler, which on_submit takes it from.
+void batcher::submit(submission&& s) {
+    net::post(executor_, [self = shared_from_this(), s = std::move(s)]() mutable { self->on_submit(s); });
 }
 
-void batcher::on_submit(submission s) {
+void batcher::on_submit(submission& s) {
     // Callers who gave up while their batch waited no longer count. The other shards' callers
     // count as last published.
     auto waiting = [this] {

@@ -95,7 +95,7 @@ public:
 
     const std::shared_ptr<route_load>& load() const { return load_; }
 
-    void submit(submission s);
+    void submit(submission&& s);
 
     // Flushes everything now and sends later callers at once (SIGTERM, reload).
     void drain();
@@ -126,7 +126,7 @@ private:
         bool counted = false;  // in the flush metrics (count_flush)
     };
 
-    void on_submit(submission s);
+    void on_submit(submission& s);
     void arm_timer();
     void on_timer();
     void enqueue(std::vector<batch> closed);
