@@ -116,13 +116,26 @@ bool same_name(std::string_view quoted, std::string_view name) {
 }  // namespace
 
 std::optional<std::string_view> json_value_text(std::string_view text) {
-    // Valid JSON is one value between spaces: its bytes are those left when they are cut off.
+    // Up to the value's own end: nlohmann takes a NUL after it for the end of the input.
     if (text.starts_with("\xEF\xBB\xBF")) text.remove_prefix(3);
     const std::size_t begin = skip_space(text, 0);
-    std::size_t end = text.size();
-    while (end > begin && is_space(text[end - 1])) --end;
-    if (begin == end) return std::nullopt;
+    const std::size_t end = value_end(text, begin);
+    if (end == npos || end == begin) return std::nullopt;
     return text.substr(begin, end - begin);
+}
+
+std::size_t json_member_count(std::string_view text) {
+    std::size_t n = 0;
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        if (text[i] == '"') {
+            i = string_end(text, i);
+            if (i == npos) break;
+            --i;
+        } else if (text[i] == ':') {
+            ++n;
+        }
+    }
+    return n;
 }
 
 std::optional<std::vector<std::string_view>> json_array_elements(std::string_view array_text) {
@@ -156,7 +169,7 @@ std::optional<std::string_view> json_member(std::string_view t, std::string_view
         if (i >= t.size() || t[i] != ':') return std::nullopt;
         i = skip_space(t, i + 1);
         const std::size_t end = value_end(t, i);
-        if (end == npos) return std::nullopt;
+        if (end == npos || end == i) return std::nullopt;
         if (same_name(quoted, name)) found = t.substr(i, end - i);  // the last one counts
         i = skip_space(t, end);
         if (i >= t.size() || t[i] != ',') break;

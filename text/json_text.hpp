@@ -44,6 +44,10 @@ parsed_json parse_json(std::string_view text, std::size_t max_depth = max_json_d
 // The value that is the whole text, without the whitespace (and UTF-8 byte order mark) around it.
 std::optional<std::string_view> json_value_text(std::string_view text);
 
+// The members of all the objects in a value's text (its colons outside strings). Less than the
+// parse's count when a name repeats in an object: the parse keeps only the last of them.
+std::size_t json_member_count(std::string_view value_text);
+
 // The elements of a JSON array's text ("[1, 2]": "1" and "2"); nullopt when it is no array.
 std::optional<std::vector<std::string_view>> json_array_elements(std::string_view array_text);
 

@@ -504,12 +504,24 @@ std::optional<std::string> key_of(const compiled_list& c, const json& item) {
     return std::nullopt;
 }
 
+// The members of all the objects in a value.
+std::size_t member_count(const json& value) {
+    std::size_t n = 0;
+    if (value.is_object())
+        for (const auto& member : value) n += 1 + member_count(member);
+    else if (value.is_array())
+        for (const auto& element : value) n += member_count(element);
+    return n;
+}
+
 // A caller's body: the value's own bytes in the upstream's answer (item_text is its item's),
 // as the upstream wrote them; serialized from the parse only when they are not at hand.
+// Serialized, too, when a name repeats in one of its objects: the parse (routing, statuses)
+// took the last one, a client's parser might take the first.
 std::string body_text(const routes::json_pointer& at, const json& value, std::string_view item_text) {
-    if (at.is_root() && !item_text.empty()) return std::string(item_text);
-    if (!item_text.empty())
-        if (auto text = at.find_text(item_text)) return std::string(*text);
+    std::optional<std::string_view> text;
+    if (!item_text.empty()) text = at.is_root() ? item_text : at.find_text(item_text);
+    if (text && routes::json_member_count(*text) == member_count(value)) return std::string(*text);
     return dump(value);
 }
 
@@ -993,7 +1005,10 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
             const seen& first = w.first;
             bool twice = false;
             for (std::size_t i = 1; i < w.found && !twice; ++i)
-                twice = w.entry(i).list == first.list && *w.entry(i).item != *first.item;
+                // Equal as parsed is not enough where the bytes go on: 1.10 and 1.1 differ.
+                twice = w.entry(i).list == first.list &&
+                        (*w.entry(i).item != *first.item ||
+                         (!first.text.empty() && !w.entry(i).text.empty() && w.entry(i).text != first.text));
             out.items.push_back(twice ? ambiguous(key, "more than once")
                                       : outcome_of(lists[first.list], route_name, *first.item, first.text));
         } else if (w.found == w.asked) {

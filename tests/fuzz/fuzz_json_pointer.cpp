@@ -40,16 +40,28 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     fuzz::check(found == expected, "pointer \"" + text + "\": find differs from nlohmann's at()");
 
     // find_text: the same value, in its own bytes (what a caller of a coalesce route gets).
-    const auto found_text = ours->find_text(in.rest());
+    // Slices lie inside the text, elements one after another (equal as parsed is not enough:
+    // a slice of the wrong one of two siblings 1 and 1.0 would pass that).
+    const std::string_view doc_text = in.rest();
+    auto inside = [](std::string_view outer, std::string_view part) {
+        return part.data() >= outer.data() && part.data() + part.size() <= outer.data() + outer.size();
+    };
+    const auto found_text = ours->find_text(doc_text);
     fuzz::check(found_text.has_value() == (found != nullptr), "pointer \"" + text + "\": find_text differs from find");
     if (!found) return 0;
+    fuzz::check(inside(doc_text, *found_text), "find_text outside the text");
     fuzz::check(json::parse(*found_text, nullptr, false) == *found,
                 "pointer \"" + text + "\": find_text gives " + std::string(*found_text));
     if (found->is_array()) {
         const auto elements = routes::json_array_elements(*found_text);
         fuzz::check(elements && elements->size() == found->size(), "array elements miscounted");
-        for (std::size_t i = 0; i < found->size(); ++i)
-            fuzz::check(json::parse((*elements)[i], nullptr, false) == (*found)[i], "array element differs");
+        const char* after = found_text->data();
+        for (std::size_t i = 0; i < found->size(); ++i) {
+            const std::string_view e = (*elements)[i];
+            fuzz::check(inside(*found_text, e) && e.data() >= after, "array elements out of order");
+            after = e.data() + e.size();
+            fuzz::check(json::parse(e, nullptr, false) == (*found)[i], "array element differs");
+        }
     }
     return 0;
 }

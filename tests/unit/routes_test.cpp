@@ -338,6 +338,20 @@ TEST(JsonPointer, FindTextComparesEscapedNamesUnescaped) {
     EXPECT_EQ(json_pointer::parse("/\xC3\xA9")->find_text(text), "9");
 }
 
+TEST(JsonText, ValueTextEndsWhereTheValueDoes) {
+    // nlohmann takes a NUL after the value for the end of its input.
+    EXPECT_EQ(json_value_text(std::string_view("[1]\0 ,{\"x\"", 10)), "[1]");
+    EXPECT_EQ(json_value_text(" \"a b\" "), R"("a b")");
+    EXPECT_EQ(json_value_text("   "), std::nullopt);
+    EXPECT_EQ(json_member(R"({"a":})", "a"), std::nullopt);  // not JSON: nothing, not ""
+}
+
+TEST(JsonText, MemberCountCountsColonsOutsideStrings) {
+    EXPECT_EQ(json_member_count(R"([1,"a:b",{"x":{"y":[{"z":"::"}]}}])"), 3u);
+    EXPECT_EQ(json_member_count(R"({"a\":":1,"a\":":2})"), 2u);
+    EXPECT_EQ(json_member_count("7"), 0u);
+}
+
 TEST(JsonText, ArrayElementsAreTheirOwnBytes) {
     EXPECT_EQ(json_array_elements("[]"), std::vector<std::string_view>{});
     EXPECT_EQ(json_array_elements("[ ]"), std::vector<std::string_view>{});
