@@ -2,20 +2,39 @@
 
 namespace batchgate::routes {
 
+namespace {
+
+constexpr std::size_t npos = std::string_view::npos;
+
+bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+std::size_t skip_space(std::string_view t, std::size_t i) {
+    while (i < t.size() && is_space(t[i])) ++i;
+    return i;
+}
+
+// Just past the string that opens at t[i] ('"').
+std::size_t string_end(std::string_view t, std::size_t i) {
+    for (++i; i < t.size(); ++i) {
+        if (t[i] == '\\')
+            ++i;  // the escaped character, which may be a quote
+        else if (t[i] == '"')
+            return i + 1;
+    }
+    return npos;
+}
+
+}  // namespace
+
 bool json_too_deep(std::string_view text, std::size_t max_depth) {
     std::size_t depth = 0;
-    bool in_string = false;
     for (std::size_t i = 0; i < text.size(); ++i) {
-        const char c = text[i];
-        if (in_string) {
-            if (c == '\\')
-                ++i;  // the escaped character can be neither a quote nor a bracket
-            else if (c == '"')
-                in_string = false;
-            continue;
-        }
-        switch (c) {
-            case '"': in_string = true; break;
+        switch (text[i]) {
+            case '"':
+                i = string_end(text, i);  // just past its closing quote
+                if (i == npos) return false;
+                --i;
+                break;
             case '[':
             case '{':
                 if (++depth > max_depth) return true;
@@ -43,26 +62,6 @@ parsed_json parse_json(std::string_view text, std::size_t max_depth) {
 }
 
 namespace {
-
-constexpr std::size_t npos = std::string_view::npos;
-
-bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
-
-std::size_t skip_space(std::string_view t, std::size_t i) {
-    while (i < t.size() && is_space(t[i])) ++i;
-    return i;
-}
-
-// Just past the string that opens at t[i] ('"').
-std::size_t string_end(std::string_view t, std::size_t i) {
-    for (++i; i < t.size(); ++i) {
-        if (t[i] == '\\')
-            ++i;  // the escaped character, which may be a quote
-        else if (t[i] == '"')
-            return i + 1;
-    }
-    return npos;
-}
 
 // Just past the value that starts at t[i].
 std::size_t value_end(std::string_view t, std::size_t i) {

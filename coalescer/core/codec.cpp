@@ -917,6 +917,10 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
         return out;
     }
 
+    // The text of list li's i-th item ("": not at hand).
+    auto text_of = [&item_texts](std::size_t li, std::size_t i) {
+        return item_texts[li].empty() ? std::string_view() : std::string_view(item_texts[li][i]);
+    };
     out.keys = keys;
     if (by_position) {
         const json& items = *arrays.front();
@@ -925,10 +929,8 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
                         " items for " + std::to_string(keys.size()) + " requested keys";
             return out;
         }
-        const auto& item_text = item_texts.front();
         for (std::size_t i = 0; i < keys.size(); ++i)
-            out.items.push_back(
-                outcome_of(lists.front(), route_name, items[i], item_text.empty() ? std::string_view() : item_text[i]));
+            out.items.push_back(outcome_of(lists.front(), route_name, items[i], text_of(0, i)));
         return out;
     }
 
@@ -978,7 +980,7 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
                 continue;
             }
             wanted& w = *found;
-            const seen entry{li, &item, item_texts[li].empty() ? std::string_view() : item_texts[li][i]};
+            const seen entry{li, &item, text_of(li, i)};
             if (w.found++ == 0)
                 w.first = entry;
             else
@@ -1005,10 +1007,11 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
             const seen& first = w.first;
             bool twice = false;
             for (std::size_t i = 1; i < w.found && !twice; ++i)
-                // Equal as parsed is not enough where the bytes go on: 1.10 and 1.1 differ.
+                // Where the bytes go on, equal as parsed is not enough (1.10 and 1.1 differ), and
+                // the same bytes parse alike.
                 twice = w.entry(i).list == first.list &&
-                        (*w.entry(i).item != *first.item ||
-                         (!first.text.empty() && !w.entry(i).text.empty() && w.entry(i).text != first.text));
+                        (!first.text.empty() && !w.entry(i).text.empty() ? w.entry(i).text != first.text
+                                                                          : *w.entry(i).item != *first.item);
             out.items.push_back(twice ? ambiguous(key, "more than once")
                                       : outcome_of(lists[first.list], route_name, *first.item, first.text));
         } else if (w.found == w.asked) {
