@@ -68,6 +68,18 @@ call_outcome outcome_of(const gateway::upstream_result& r) {
     return call_outcome::ignored;
 }
 
+// A caller's answer that is the upstream's whole answer: its status and body, with the fields
+// that go with them (what the body is, how to retry, how to authenticate).
+void relay_whole_answer(reply& rep, const gateway::upstream_response& res) {
+    rep.status = res.result_int();
+    rep.body = res.body();
+    rep.verbatim = true;
+    for (auto field : {http::field::content_type, http::field::content_encoding, http::field::retry_after,
+                       http::field::www_authenticate})
+        if (auto it = res.find(field); it != res.end())
+            rep.headers.emplace_back(std::string(it->name_string()), std::string(it->value()));
+}
+
 }  // namespace
 
 config::duration caller_timeout(const config::gateway_config& config, const config::route_settings& route) {
@@ -361,6 +373,7 @@ void batcher::send(pending p) {
     req.set("X-Request-Id", batch_id);
     if (!traceparent.empty()) req.set("traceparent", traceparent);
     req.body() = std::move(out.body);
+    gateway::accept_identity_only(req);  // the gateway reads the answer itself
 
     upstream_->async_send(
         std::move(req), budget,
@@ -454,11 +467,7 @@ void batcher::on_answer(pending p, const std::string& batch_id, gateway::upstrea
             proto.upstream_status = status;
             auto pass_through = [&] {
                 // The upstream's own answer is the right one for every caller of the batch.
-                proto.status = status;
-                proto.body = r.response.body();
-                for (auto field : {http::field::retry_after, http::field::www_authenticate})
-                    if (auto it = r.response.find(field); it != r.response.end())
-                        proto.headers.emplace_back(std::string(it->name_string()), std::string(it->value()));
+                relay_whole_answer(proto, r.response);
                 answer_all(p, proto);
             };
             const auto& retry = route_.coalesce.retry;
@@ -466,7 +475,13 @@ void batcher::on_answer(pending p, const std::string& batch_id, gateway::upstrea
                 keep_busy = try_retry(p, r);
                 if (!keep_busy) pass_through();
             } else if (status >= 200 && status <= 299) {
-                deliver_split(p, r.response.body(), proto);
+                // Asked for identity (send): an answer encoded anyway cannot be split.
+                if (auto coding = gateway::content_coding(r.response); !coding.empty())
+                    fail_all(gateway_error::upstream_bad_response,
+                             where + " answered the batch call with Content-Encoding \"" + coding +
+                                 "\", which the gateway cannot read (it asks for identity)");
+                else
+                    deliver_split(p, r.response.body(), proto);
             } else if (status == 401 || status == 403 || status == 408 || status == 429) {
                 pass_through();  // credentials and rate limits are shared by the whole partition
             } else if (status >= 400 && status <= 499) {
@@ -550,11 +565,7 @@ void batcher::answer_refused(window_type::item& item, const gateway::upstream_re
         rep.status = own->status;
         rep.body = own->body;
     } else {
-        rep.status = r.response.result_int();
-        rep.body = r.response.body();
-        for (auto field : {http::field::retry_after, http::field::www_authenticate})
-            if (auto it = r.response.find(field); it != r.response.end())
-                rep.headers.emplace_back(std::string(it->name_string()), std::string(it->value()));
+        relay_whole_answer(rep, r.response);
     }
     for (auto& w : item.waiters) answer(w, rep);
     item.waiters.clear();

@@ -39,6 +39,9 @@ struct reply {
     int status = 200;
     std::string body;
     std::vector<std::pair<std::string, std::string>> headers;  // extra headers (Retry-After, ...)
+    // The body is the upstream's whole answer, as it came: its own Content-Type and
+    // Content-Encoding (in headers) or none, never the gateway's application/json.
+    bool verbatim = false;
     std::string batch_id;
     std::size_t batch_size = 0;     // distinct items in the batch call
     int upstream_status = 0;        // 0 when no upstream answer

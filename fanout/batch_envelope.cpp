@@ -124,6 +124,8 @@ private:
         inherit(sub, r, http::field::cookie, "cookie");
         inherit(sub, r, http::field::host, "host");
         sub.set("X-Request-Id", ctx_.request_id);
+        // Its answer is embedded in the envelope's JSON: asked for unencoded, whatever the entry says.
+        sub.set(http::field::accept_encoding, "identity");
         if (r.body) {
             auto [bytes, is_json] = encode_body(*r.body);
             if (is_json && !names_header(r, "content-type")) sub.set(http::field::content_type, "application/json");

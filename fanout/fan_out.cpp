@@ -77,6 +77,7 @@ private:
         if (!ctx_.traceparent.empty()) up.set("traceparent", ctx_.traceparent);
         up.set("X-Forwarded-For", ctx_.client_ip);
         up.set("X-Forwarded-Proto", "http");
+        gateway::accept_identity_only(up);  // the answer is read here, into the call's answer
         if (!item.body.empty()) {
             up.body() = std::move(item.body);
             up.prepare_payload();
@@ -108,6 +109,13 @@ private:
             case gateway::upstream_failure::over_budget:
                 upstream_metrics_.requests->inc(std::string("over_budget"));
                 return complete(i, {503, json{{"error", r.detail}}}, outcome::error);
+        }
+        if (auto coding = gateway::content_coding(r.response); !coding.empty()) {
+            upstream_metrics_.requests->inc(std::string("bad_response"));
+            return complete(i,
+                            {502, json{{"error", where + " answered with Content-Encoding \"" + coding +
+                                                     "\", which the gateway cannot read (it asks for identity)"}}},
+                            outcome::error);
         }
         const int status = r.response.result_int();
         const std::size_t max_depth = env_.limits.max_json_depth;

@@ -180,7 +180,7 @@ struct exchange {
         s.done = [version = req.version(), done = std::move(done)](coalescer::reply r) {
             response_t res{static_cast<http::status>(r.status), version};
             if (r.status != 204 && r.status != 304) {
-                res.set(http::field::content_type, json_type);
+                if (!r.verbatim) res.set(http::field::content_type, json_type);
                 res.body() = std::move(r.body);
             }
             for (auto& [name, value] : r.headers) res.set(name, value);

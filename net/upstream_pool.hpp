@@ -15,6 +15,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/beast/http/message.hpp>
+#include <boost/beast/core/string.hpp>
 #include <boost/beast/http/string_body.hpp>
 
 #include "config/config.hpp"
@@ -32,6 +33,22 @@ namespace http = boost::beast::http;
 
 using upstream_request = http::request<http::string_body>;
 using upstream_response = http::response<http::string_body>;
+
+// Answers the gateway reads itself (batch calls, fan-out items) are asked for unencoded:
+// without Accept-Encoding, any content coding is acceptable (RFC 9110 12.5.3).
+inline void accept_identity_only(upstream_request& req) { req.set(http::field::accept_encoding, "identity"); }
+
+// The content coding an answer says its body has, "" for none (or identity): such a body is
+// not the JSON it may still be labelled.
+inline std::string content_coding(const upstream_response& res) {
+    auto it = res.find(http::field::content_encoding);
+    if (it == res.end()) return {};
+    std::string_view v = it->value();
+    while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+    while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+    if (v.empty() || boost::beast::iequals(v, "identity")) return {};
+    return std::string(v);
+}
 
 enum class upstream_failure {
     none,

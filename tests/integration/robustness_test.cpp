@@ -2,6 +2,7 @@
 // oversized sub-request headers. Each must still give every caller exactly one answer.
 #include <sys/socket.h>
 
+#include <map>
 #include <mutex>
 #include <atomic>
 #include <thread>
@@ -37,6 +38,11 @@ public:
     }
     unsigned short port() const { return acceptor_.local_endpoint().port(); }
     int requests() const { return requests_.load(); }
+    // The value of `name` in the last request's head ("" when absent or no request yet).
+    std::string last_field(http::field name) const {
+        std::lock_guard lock(mutex_);
+        return last_fields_.contains(name) ? last_fields_.at(name) : std::string();
+    }
 
 private:
     void serve() {
@@ -64,6 +70,11 @@ private:
                     beast::error_code rec;
                     http::read(s, buf, req, rec);
                     if (rec) return;
+                    {
+                        std::lock_guard lock(mutex_);
+                        last_fields_.clear();
+                        for (const auto& f : req) last_fields_[f.name()] = std::string(f.value());
+                    }
                     ++requests_;
                     net::write(s, net::buffer(reply_), rec);
                     if (rec) return;
@@ -76,7 +87,8 @@ private:
     tcp::acceptor acceptor_;
     std::thread thread_;
     std::vector<std::thread> conns_;  // joined by the destructor (after thread_, which adds to it)
-    std::mutex mutex_;
+    mutable std::mutex mutex_;
+    std::map<http::field, std::string> last_fields_;  // of the last request
     std::vector<int> fds_;            // the connections' sockets, shut down to end their threads
     std::atomic<bool> stop_{false};
     std::atomic<int> requests_{0};
@@ -92,7 +104,93 @@ routes:
   - {name: all, match: {prefix: /}, upstream: api}
 )";
 
+const char* coalesce_yaml = R"(
+listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+worker_threads: 2
+limits: {drain_timeout: 200ms}
+upstreams:
+  api: {url: "http://127.0.0.1:{{PORT}}", request_timeout: {{TIMEOUT}}}
+routes:
+  - name: users
+    match: {method: GET, path: "/users/{id}"}
+    upstream: api
+    mode: coalesce
+    coalesce:
+      key: {path: id}
+      max_wait: {{WAIT}}
+      request: {method: GET, path: /users, encoding: query_list, query_param: ids}
+      response: {items: "", key: /id}
+  - name: fan
+    match: {method: POST, path: /fan}
+    upstream: api
+    mode: fan_out
+    fan_out:
+      items: /ids
+      request: {method: GET, path: "/users/{item}"}
+  - {name: batch, match: {method: POST, path: "/$batch"}, mode: batch_envelope}
+  - {name: all, match: {prefix: /}, upstream: api}
+)";
+
+std::string http_answer(const std::string& status_line, const std::string& fields, const std::string& body) {
+    return "HTTP/1.1 " + status_line + "\r\n" + fields + "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
 }  // namespace
+
+// A refused batch's answer goes to its callers as it came: the upstream's body with the
+// upstream's own Content-Type, not the gateway's application/json (RFC 9110 8.3).
+TEST(Robustness, ARefusedBatchKeepsTheUpstreamsContentType) {
+    raw_upstream up(http_answer("400 Bad Request", "Content-Type: text/html\r\nContent-Language: en\r\n", "<b>bad ids</b>"));
+    for (const char* wait : {"1ms", "150ms"}) {  // a lone caller (its own refusal); several (the whole batch's)
+        running_gateway gw(load_yaml(fill(coalesce_yaml, {{"PORT", std::to_string(up.port())}, {"WAIT", wait}, {"TIMEOUT", "2s"}})));
+        auto rs = concurrently(std::string(wait) == "1ms" ? 1 : 3, [&](int i) { return get(gw.port(), "/users/" + std::to_string(i + 1)); });
+        for (const auto& r : rs) {
+            EXPECT_EQ(r.status, 400) << wait << ": " << r.body;
+            EXPECT_EQ(r.body, "<b>bad ids</b>") << wait;
+            EXPECT_EQ(r.header("content-type"), "text/html") << wait;
+        }
+    }
+    raw_upstream bare("HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic\r\nContent-Length: 2\r\n\r\nno");
+    running_gateway gw(load_yaml(fill(coalesce_yaml, {{"PORT", std::to_string(bare.port())}, {"WAIT", "1ms"}, {"TIMEOUT", "2s"}})));
+    auto r = get(gw.port(), "/users/1");
+    EXPECT_EQ(r.status, 401) << r.body;
+    EXPECT_EQ(r.body, "no");
+    EXPECT_FALSE(r.headers.contains("content-type")) << "the upstream said nothing about its body's type";
+    EXPECT_EQ(r.header("www-authenticate"), "Basic");
+}
+
+// The gateway reads batch answers and fan-out items itself: it asks for them unencoded, and one
+// that comes encoded anyway is a clear 502, not "not valid JSON" nor a body taken as plain.
+TEST(Robustness, AnswersTheGatewayReadsAreAskedForUnencoded) {
+    raw_upstream up(http_answer("200 OK", "Content-Type: application/json\r\nContent-Encoding: gzip\r\n",
+                                R"([{"id":"1"},{"id":"2"}])"));
+    running_gateway gw(load_yaml(fill(coalesce_yaml, {{"PORT", std::to_string(up.port())}, {"WAIT", "1ms"}, {"TIMEOUT", "2s"}})));
+    auto r = get(gw.port(), "/users/1");
+    EXPECT_EQ(up.last_field(http::field::accept_encoding), "identity");
+    EXPECT_EQ(r.status, 502) << r.body;
+    EXPECT_EQ(r.json()["error"], "upstream_bad_response") << r.body;
+    EXPECT_NE(r.body.find("Content-Encoding \\\"gzip\\\""), std::string::npos) << r.body;
+
+    auto fan = send_request(gw.port(), "POST", "/fan", R"({"ids":["1"]})", {{"Content-Type", "application/json"}});
+    EXPECT_EQ(up.last_field(http::field::accept_encoding), "identity");
+    ASSERT_EQ(fan.status, 200) << fan.body;  // per-item statuses
+    EXPECT_EQ(fan.json()["results"][0]["status"], 502) << fan.body;
+    EXPECT_NE(fan.body.find("Content-Encoding"), std::string::npos) << fan.body;
+
+    // A $batch entry's answer is embedded in the envelope's JSON, whatever coding the entry asks.
+    nlohmann::json envelope{{"requests", {{{"id", "a"}, {"method", "GET"}, {"url", "/other"}, {"headers", {{"Accept-Encoding", "gzip"}}}}}}};
+    auto batch = send_request(gw.port(), "POST", "/$batch", envelope.dump(), {{"Content-Type", "application/json"}});
+    EXPECT_EQ(batch.status, 200) << batch.body;
+    EXPECT_EQ(up.last_field(http::field::accept_encoding), "identity");
+
+    raw_upstream plain(http_answer("200 OK", "Content-Type: application/json\r\nContent-Encoding: identity\r\n",
+                                   R"([{"id":"1","n":1}])"));
+    running_gateway gw2(load_yaml(fill(coalesce_yaml, {{"PORT", std::to_string(plain.port())}, {"WAIT", "1ms"}, {"TIMEOUT", "2s"}})));
+    auto ok = get(gw2.port(), "/users/1");
+    EXPECT_EQ(ok.status, 200) << ok.body;
+    EXPECT_EQ(ok.body, R"({"id":"1","n":1})");
+}
 
 TEST(Robustness, InterimUpstreamAnswersAreNotTakenForTheAnswer) {
     raw_upstream up("HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
@@ -110,25 +208,8 @@ TEST(Robustness, InterimUpstreamAnswersAreNotTakenForTheAnswer) {
 TEST(Robustness, DrainThatRunsOutOfTimeStillAnswersEveryCaller) {
     mock_upstream up;
     up.set_fault(fault::stall);
-    running_gateway gw(load_yaml(fill(R"(
-listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-worker_threads: 2
-limits: {drain_timeout: 200ms}
-upstreams:
-  api: {url: "http://127.0.0.1:{{PORT}}", request_timeout: 30s}
-routes:
-  - name: users
-    match: {method: GET, path: "/users/{id}"}
-    upstream: api
-    mode: coalesce
-    coalesce:
-      key: {path: id}
-      max_wait: 1ms
-      request: {method: GET, path: /users, encoding: query_list, query_param: ids}
-      response: {items: "", key: /id}
-)",
-                                      {{"PORT", std::to_string(up.port())}})));
+    running_gateway gw(
+        load_yaml(fill(coalesce_yaml, {{"PORT", std::to_string(up.port())}, {"WAIT", "1ms"}, {"TIMEOUT", "30s"}})));
     std::vector<response> out(4);
     std::vector<std::thread> callers;
     for (int i = 0; i < 4; ++i) callers.emplace_back([&, i] { out[i] = get(gw.port(), "/users/" + std::to_string(i + 1)); });
