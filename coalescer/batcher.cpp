@@ -347,11 +347,13 @@ void batcher::send(pending p) {
     if (json_body) items.reserve(p.b.items.size());
     std::string traceparent;
     auto latest = clock_type::now();
+    bool reads_only = true;  // then the batch call is a read, whatever its method
     for (const auto& item : p.b.items) {
         keys.push_back(item.key);
         if (json_body) items.push_back(item.payload.is_null() ? nlohmann::json(item.key) : item.payload);
         for (const auto& w : item.waiters) {
             if (traceparent.empty()) traceparent = w.traceparent;
+            reads_only = reads_only && (w.method == "GET" || w.method == "HEAD");
             latest = std::max(latest, w.deadline);
             unsent_.erase(w.serial);
         }
@@ -383,7 +385,8 @@ void batcher::send(pending p) {
                                       r = std::move(r)]() mutable {
                 self->on_answer(std::move(p), batch_id, std::move(r));
             });
-        });
+        },
+        reads_only);
 }
 
 // Shadow: the batch is counted as sent, holds its slot and its partition for as long as the

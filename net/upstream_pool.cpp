@@ -50,9 +50,10 @@ void discard(std::unique_ptr<upstream_pool::connection> c) {
 class upstream_pool::call : public std::enable_shared_from_this<upstream_pool::call> {
 public:
     call(std::shared_ptr<upstream_pool> pool, upstream_request req, std::chrono::milliseconds timeout,
-         handler done)
+         handler done, bool repeatable)
         : pool_(std::move(pool)),
           req_(std::move(req)),
+          repeatable_(repeatable),
           start_(clock_type::now()),
           deadline_(start_ + timeout),
           done_(std::move(done)),
@@ -297,6 +298,7 @@ private:
     }
 
     bool idempotent() const {
+        if (repeatable_) return true;
         switch (req_.method()) {
             case http::verb::get:
             case http::verb::head:
@@ -349,6 +351,7 @@ private:
 
     std::shared_ptr<upstream_pool> pool_;
     upstream_request req_;
+    bool repeatable_ = false;  // safe to send again whatever its method (async_send)
     clock_type::time_point start_;
     clock_type::time_point deadline_;
     handler done_;
@@ -404,12 +407,12 @@ upstream_pool::upstream_pool(std::vector<shard_executor> shards, config::upstrea
 
 upstream_pool::~upstream_pool() = default;
 
-void upstream_pool::async_send(upstream_request req, std::chrono::milliseconds timeout, handler done) {
+void upstream_pool::async_send(upstream_request req, std::chrono::milliseconds timeout, handler done, bool repeatable) {
     req.set(http::field::host, host_header_);
     req.version(11);
     req.keep_alive(true);
     req.prepare_payload();
-    auto c = std::make_shared<call>(shared_from_this(), std::move(req), timeout, std::move(done));
+    auto c = std::make_shared<call>(shared_from_this(), std::move(req), timeout, std::move(done), repeatable);
     c->start();
 }
 

@@ -124,7 +124,10 @@ public:
     // Sends req (Host is set here) and calls done exactly once, on the thread of the connection
     // that carried it (usually the caller's shard; another's when only its idle connection was
     // free), within `timeout` (plus scheduling delay). The caller posts to its own executor.
-    void async_send(upstream_request req, std::chrono::milliseconds timeout, handler done);
+    // A request found to have gone on a kept-alive connection the upstream had already closed
+    // (nothing came back) is sent once more on a new one when its method is idempotent, or when
+    // `repeatable` says it is safe whatever its method (a batch of reads sent as a POST).
+    void async_send(upstream_request req, std::chrono::milliseconds timeout, handler done, bool repeatable = false);
 
     // Lends a connection until give_back: done is called exactly once, on the connection's
     // executor when one is lent, on any thread when none came before `deadline`. fresh: never an

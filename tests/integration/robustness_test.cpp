@@ -16,9 +16,12 @@ using batchgate::mock::mock_upstream;
 namespace {
 
 // A raw upstream that answers every request with `reply` verbatim, on keep-alive connections.
+// With drop_second, a connection's second request is read and the connection closed unanswered:
+// the upstream that closes an idle connection as the gateway sends on it.
 class raw_upstream {
 public:
-    explicit raw_upstream(std::string reply) : reply_(std::move(reply)), acceptor_(ioc_, {net::ip::make_address("127.0.0.1"), 0}) {
+    explicit raw_upstream(std::string reply, bool drop_second = false)
+        : reply_(std::move(reply)), drop_second_(drop_second), acceptor_(ioc_, {net::ip::make_address("127.0.0.1"), 0}) {
         thread_ = std::thread([this] { serve(); });
     }
     ~raw_upstream() {
@@ -65,7 +68,7 @@ private:
                     }
                 } guard{this, s.native_handle()};
                 beast::flat_buffer buf;
-                for (;;) {
+                for (int n = 1;; ++n) {
                     http::request<http::string_body> req;
                     beast::error_code rec;
                     http::read(s, buf, req, rec);
@@ -76,6 +79,7 @@ private:
                         for (const auto& f : req) last_fields_[f.name()] = std::string(f.value());
                     }
                     ++requests_;
+                    if (drop_second_ && n == 2) return;
                     net::write(s, net::buffer(reply_), rec);
                     if (rec) return;
                 }
@@ -83,6 +87,7 @@ private:
         }
     }
     std::string reply_;
+    bool drop_second_;
     net::io_context ioc_;
     tcp::acceptor acceptor_;
     std::thread thread_;
@@ -190,6 +195,48 @@ TEST(Robustness, AnswersTheGatewayReadsAreAskedForUnencoded) {
     auto ok = get(gw2.port(), "/users/1");
     EXPECT_EQ(ok.status, 200) << ok.body;
     EXPECT_EQ(ok.body, R"({"id":"1","n":1})");
+}
+
+// A kept-alive connection the upstream closes as a batch call goes on it: a batch of reads is
+// sent again on a new connection, even as a POST; a batch of writes is not (it may have been
+// applied), and its callers learn that the connection dropped.
+TEST(Robustness, ABatchOfReadsIsSentAgainWhenItsReusedConnectionWasClosed) {
+    raw_upstream up(http_answer("200 OK", "Content-Type: application/json\r\n", R"({"results":[{"id":"1"},{"id":"2"}]})"),
+                    true);
+    running_gateway gw(load_yaml(fill(R"(
+listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+worker_threads: 1
+upstreams:
+  api: {url: "http://127.0.0.1:{{PORT}}", request_timeout: 2s}
+routes:
+  - name: reads
+    match: {method: GET, path: "/users/{id}"}
+    upstream: api
+    mode: coalesce
+    coalesce: &batch
+      key: {path: id}
+      max_wait: 1ms
+      request: {method: POST, path: /users/batch, encoding: json_body, body: {ids: "{items}"}}
+      response: {items: /results, key: /id}
+  - name: writes
+    match: {method: POST, path: "/users/{id}"}
+    upstream: api
+    mode: coalesce
+    coalesce: *batch
+)",
+                                      {{"PORT", std::to_string(up.port())}})));
+    ASSERT_EQ(get(gw.port(), "/users/1").status, 200);
+    auto again = get(gw.port(), "/users/2");  // on the kept connection, which the upstream drops
+    EXPECT_EQ(again.status, 200) << again.body;
+    EXPECT_EQ(again.body, R"({"id":"2"})");
+    EXPECT_EQ(up.requests(), 3);
+
+    // The new connection carried one call: the next one on it is dropped too.
+    auto write = send_request(gw.port(), "POST", "/users/2", "");
+    EXPECT_EQ(write.status, 502) << write.body;
+    EXPECT_EQ(write.json()["error"], "upstream_unreachable") << write.body;
+    EXPECT_EQ(up.requests(), 4) << "a batch of writes went again";
 }
 
 TEST(Robustness, InterimUpstreamAnswersAreNotTakenForTheAnswer) {
