@@ -49,6 +49,31 @@ bool json_too_deep(std::string_view text, std::size_t max_depth) {
     return false;
 }
 
+namespace {
+
+// Why nlohmann refused a text, read from its exception's id without throwing it.
+struct refusal final : nlohmann::json_sax<nlohmann::json> {
+    int id = 0;
+    bool null() override { return true; }
+    bool boolean(bool) override { return true; }
+    bool number_integer(number_integer_t) override { return true; }
+    bool number_unsigned(number_unsigned_t) override { return true; }
+    bool number_float(number_float_t, const string_t&) override { return true; }
+    bool string(string_t&) override { return true; }
+    bool binary(binary_t&) override { return true; }
+    bool start_object(std::size_t) override { return true; }
+    bool key(string_t&) override { return true; }
+    bool end_object() override { return true; }
+    bool start_array(std::size_t) override { return true; }
+    bool end_array() override { return true; }
+    bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
+        id = e.id;
+        return false;
+    }
+};
+
+}  // namespace
+
 parsed_json parse_json(std::string_view text, std::size_t max_depth) {
     parsed_json out;
     if (json_too_deep(text, max_depth)) {
@@ -57,7 +82,13 @@ parsed_json parse_json(std::string_view text, std::size_t max_depth) {
         return out;
     }
     out.value = nlohmann::json::parse(text, nullptr, false);
-    out.status = out.value.is_discarded() ? json_status::invalid : json_status::ok;
+    if (!out.value.is_discarded()) {
+        out.status = json_status::ok;
+    } else {
+        refusal why;  // a refused text only: read again, to tell a number too large (406) from the rest
+        nlohmann::json::sax_parse(text, &why);
+        out.status = why.id == 406 ? json_status::out_of_range : json_status::invalid;
+    }
     return out;
 }
 

@@ -25,7 +25,9 @@ inline constexpr std::size_t max_json_depth_cap = 512;
 // 0). Exact for valid JSON; for invalid JSON the answer does not matter, the parse refuses it.
 bool json_too_deep(std::string_view text, std::size_t max_depth);
 
-enum class json_status { ok, invalid, too_deep };
+// out_of_range: valid JSON but for a number beyond a double's range (±1.8e308), which nlohmann
+// does not read (RFC 8259 section 9 lets a parser set such a limit).
+enum class json_status { ok, invalid, too_deep, out_of_range };
 
 struct parsed_json {
     nlohmann::json value;  // discarded unless status is ok

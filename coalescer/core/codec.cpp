@@ -884,6 +884,10 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
         out.error = "upstream batch answer is " + routes::json_depth_message(max_json_depth);
         return out;
     }
+    if (parsed.status == routes::json_status::out_of_range) {
+        out.error = "upstream batch answer holds a number beyond what the gateway reads (about ±1.8e308)";
+        return out;
+    }
     if (!parsed.ok()) {
         out.error = "upstream batch answer is not valid JSON";
         return out;

@@ -657,6 +657,22 @@ TEST(SplitA, MalformedJsonFailsTheWholeBatch) {
     }
 }
 
+// 1E400 is valid JSON (RFC 8259 section 6) that nlohmann does not read (section 9 allows the
+// limit): the batch fails, saying why; a number past 64 bits but inside a double's range does not.
+TEST(SplitA, ANumberBeyondADoublesRangeFailsTheBatchSayingSo) {
+    auto s = users_api();
+    for (const char* body : {R"([{"id":"1","v":1E400},{"id":"2"}])", R"([{"id":"1","v":-2e308}])"}) {
+        auto out = split_batch_response(s, "users", body, {"1", "2"});
+        EXPECT_EQ(out.error, "upstream batch answer holds a number beyond what the gateway reads (about ±1.8e308)") << body;
+    }
+    auto out = split_batch_response(s, "users", R"([{"id":"1","v":1E300,"w":123456789012345678901234567890}])", {"1"});
+    ASSERT_TRUE(out.error.empty()) << out.error;
+    EXPECT_EQ(out.at("1").body, R"({"id":"1","v":1E300,"w":123456789012345678901234567890})");
+    // The first fault decides: a syntax error before the number is "not valid JSON".
+    EXPECT_EQ(split_batch_response(s, "users", R"([{"id":"1",,"v":1E400}])", {"1"}).error,
+              "upstream batch answer is not valid JSON");
+}
+
 TEST(SplitA, RootNotAnArrayFailsTheWholeBatch) {
     auto s = users_api();
     auto out = split_batch_response(s, "users", R"({"id":"1"})", {"1"});

@@ -387,6 +387,9 @@ TEST(JsonText, ParseRefusesDeepDocumentsWithoutBuildingThem) {
     EXPECT_EQ(parse_json("[[1]]", 2).value, nlohmann::json::parse("[[1]]"));
     EXPECT_EQ(parse_json("{not json").status, json_status::invalid);
     EXPECT_EQ(parse_json("", 8).status, json_status::invalid);
+    EXPECT_EQ(parse_json("[1E400]").status, json_status::out_of_range);
+    EXPECT_EQ(parse_json("[,1E400]").status, json_status::invalid);  // the first fault decides
+    EXPECT_EQ(parse_json("[1e-400, 18446744073709551616]").status, json_status::ok);
     // At the cap a document still copies and dumps.
     const std::string at_cap = std::string(max_json_depth_cap, '[') + std::string(max_json_depth_cap, ']');
     auto q = parse_json(at_cap);
