@@ -498,9 +498,21 @@ std::optional<compiled_list> compile(const config::result_list& l) {
 }
 
 // The key of an item: the first key pointer present.
-std::optional<std::string> key_of(const compiled_list& c, const json& item) {
-    for (const auto& p : c.key)
-        if (const json* v = p.find(item)) return key_text(*v);
+// An answer item's key as the upstream wrote it: a string's value or an integer's digits. The
+// parse reads -0 as 0 and an integer past 64 bits as a double: those come from the item's text
+// when it is at hand ("-0" answers the caller who asked for "-0", not the one who asked for "0").
+std::optional<std::string> key_of(const compiled_list& c, const json& item, std::string_view item_text) {
+    auto integer_literal = [](std::string_view t) {
+        if (!t.empty() && t.front() == '-') t.remove_prefix(1);
+        return !t.empty() && std::all_of(t.begin(), t.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
+    };
+    for (const auto& p : c.key) {
+        const json* v = p.find(item);
+        if (!v) continue;
+        if (!item_text.empty() && (v->is_number_float() || (v->is_number_integer() && *v == 0)))
+            if (auto t = p.find_text(item_text); t && integer_literal(*t)) return std::string(*t);
+        return key_text(*v);
+    }
     return std::nullopt;
 }
 
@@ -977,7 +989,7 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
         const auto& array = *arrays[li];
         for (std::size_t i = 0; i < array.size(); ++i) {
             const json& item = array[i];
-            auto key = key_of(lists[li], item);
+            auto key = key_of(lists[li], item, text_of(li, i));
             wanted* found = key ? find(*key) : nullptr;
             if (!found) {
                 ++out.ignored_items;

@@ -559,6 +559,21 @@ TEST(SplitA, IntegerKeysMatchTheirText) {
     EXPECT_EQ(json::parse(out.at("7").body)["name"], "Seven");
 }
 
+// The key is the integer as written: the parse's -0 is 0, and past 64 bits it is a double.
+TEST(SplitA, IntegerKeysAreTheirDigitsAsWritten) {
+    auto s = users_api();
+    auto out = split_batch_response(
+        s, "users",
+        R"([{"id":-0,"r":"minus"},{"id":0,"r":"zero"},{"id":18446744073709551616,"r":"big"},{"id":1E2},{"id":100.0}])",
+        {"0", "-0", "18446744073709551616", "100"});
+    ASSERT_TRUE(out.error.empty()) << out.error;
+    EXPECT_EQ(out.at("-0").body, R"({"id":-0,"r":"minus"})");
+    EXPECT_EQ(out.at("0").body, R"({"id":0,"r":"zero"})");
+    EXPECT_EQ(out.at("18446744073709551616").body, R"({"id":18446744073709551616,"r":"big"})");
+    EXPECT_EQ(out.at("100").status, 404) << "1E2 and 100.0 are not integers as written";
+    EXPECT_EQ(out.ignored_items, 2u);
+}
+
 TEST(SplitA, MissingStatusIsConfigurable) {
     auto s = users_api();
     s.response.missing_status = 410;
