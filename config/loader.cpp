@@ -339,9 +339,13 @@ gateway_config load_tree(context& ctx, const YAML::Node& root) {
         if (auto e = read_endpoint(ctx, *x)) cfg.listen = *e;
     if (auto* x = m.get("admin_listen"))
         if (auto e = read_endpoint(ctx, *x)) cfg.admin_listen = *e;
-    if (cfg.listen.port != 0 && cfg.listen.port == cfg.admin_listen.port && cfg.listen.host == cfg.admin_listen.host) {
+    // A wildcard address takes its port on every address: ":9090" and "127.0.0.1:9090" collide.
+    auto wildcard = [](const std::string& host) { return host == "0.0.0.0" || host == "::"; };
+    if (cfg.listen.port != 0 && cfg.listen.port == cfg.admin_listen.port &&
+        (cfg.listen.host == cfg.admin_listen.host || wildcard(cfg.listen.host) || wildcard(cfg.admin_listen.host))) {
         auto* x = m.get("admin_listen") ? m.get("admin_listen") : m.get("listen");
-        if (x) ctx.add(x->mark(), x->path, "listen and admin_listen must be different addresses");
+        if (x) ctx.add(x->mark(), x->path, "listen and admin_listen must be different addresses (a wildcard host, "
+                                           "0.0.0.0 or ::, takes its port on every address)");
     }
     if (auto* x = m.get("listen_tls")) load_listen_tls(ctx, *x, cfg.listen_tls);
     if (auto* x = m.get("worker_threads"))

@@ -13,7 +13,7 @@ ninja -C "$BUILD_DIR"
 status=0
 (cd "$BUILD_DIR" && ctest --output-on-failure --timeout 300 -j2) || status=$?
 # The in-process gateways again with 1, 2 and 4 worker threads (shards), whatever their configs say.
-for threads in ${TEST_WORKER_THREADS:-1 2 4}; do
+for threads in ${TEST_WORKER_THREADS-1 2 4}; do
   echo "== integration tests with $threads worker thread(s)"
   (cd "$BUILD_DIR" && BATCHGATE_TEST_WORKER_THREADS=$threads ctest -L integration --output-on-failure --timeout 300 -j2) || status=1
 done

@@ -526,6 +526,40 @@ TEST(ConfigInline, ListenAddressForms) {
     }
 }
 
+// A wildcard listener holds its port on every address: the other one could not bind it.
+TEST(ConfigInline, ListenAndAdminMustNotOverlapOnAWildcard) {
+    for (const char* pair : {"listen: \":9090\"\nadmin_listen: \"127.0.0.1:9090\"\n",
+                             "listen: \"127.0.0.1:9091\"\nadmin_listen: \"[::]:9091\"\n",
+                             "listen: \"0.0.0.0:9092\"\nadmin_listen: \"localhost:9092\"\n"}) {
+        const auto errs = errors_of(pair + upstream_api + "routes: [{name: a, match: {prefix: /}, upstream: api}]\n");
+        EXPECT_TRUE(has_error(errs, "admin_listen", "listen and admin_listen must be different addresses")) << pair;
+    }
+    const auto cfg = load_string("listen: \"127.0.0.1:9093\"\nadmin_listen: \"127.0.0.2:9093\"\n" + upstream_api +
+                                     "routes: [{name: a, match: {prefix: /}, upstream: api}]\n",
+                                 "t.yaml");
+    EXPECT_EQ(cfg.admin_listen.host, "127.0.0.2");
+}
+
+// An initial backoff over the default cap would be capped without a word.
+TEST(ConfigInline, AnInitialBackoffOverTheDefaultCapNeedsMaxBackoff) {
+    const std::string route = upstream_api + R"(routes:
+  - name: u
+    match: {method: GET, path: "/users/{id}"}
+    upstream: api
+    mode: coalesce
+    coalesce:
+      key: {path: id}
+      request: {method: GET, path: /users, encoding: query_list, query_param: ids}
+      response: {items: "", key: /id}
+      retry: {initial_backoff: 5s)";
+    const auto errs = errors_of(route + "}\n");
+    EXPECT_TRUE(has_error(errs, "routes[0].coalesce.retry.initial_backoff",
+                          "is more than max_backoff (2000ms, its default), which caps every backoff: set max_backoff too"))
+        << errs.size();
+    EXPECT_EQ(load_string(route + ", max_backoff: 10s}\n", "t.yaml").routes[0].coalesce.retry.max_backoff,
+              std::chrono::seconds(10));
+}
+
 TEST(ConfigInline, ListenAndAdminMustDiffer) {
     const auto errs = errors_of("listen: \"127.0.0.1:9090\"\n" + upstream_api +
                                 "routes: [{name: a, match: {prefix: /}, upstream: api}]\n");
