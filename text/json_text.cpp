@@ -81,6 +81,13 @@ parsed_json parse_json(std::string_view text, std::size_t max_depth) {
         out.status = json_status::too_deep;
         return out;
     }
+    // nlohmann ends its input at a NUL byte ("[1]\0junk" parses), but JSON has no NUL outside a
+    // string and none unescaped inside one (RFC 8259 sections 2 and 7): such a text is invalid.
+    if (text.find('\0') != std::string_view::npos) {
+        out.value = nlohmann::json(nlohmann::json::value_t::discarded);
+        out.status = json_status::invalid;
+        return out;
+    }
     out.value = nlohmann::json::parse(text, nullptr, false);
     if (!out.value.is_discarded()) {
         out.status = json_status::ok;

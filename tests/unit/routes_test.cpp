@@ -388,6 +388,11 @@ TEST(JsonText, ParseRefusesDeepDocumentsWithoutBuildingThem) {
     EXPECT_EQ(parse_json("{not json").status, json_status::invalid);
     EXPECT_EQ(parse_json("", 8).status, json_status::invalid);
     EXPECT_EQ(parse_json("[1E400]").status, json_status::out_of_range);
+    // nlohmann alone takes a NUL for the end of its input; JSON has no raw NUL anywhere.
+    using namespace std::string_view_literals;
+    EXPECT_EQ(parse_json("[1]\0junk{{"sv).status, json_status::invalid);
+    EXPECT_EQ(parse_json("[\"a\0b\"]"sv).status, json_status::invalid);
+    EXPECT_EQ(parse_json("\0"sv).status, json_status::invalid);
     EXPECT_EQ(parse_json("[,1E400]").status, json_status::invalid);  // the first fault decides
     EXPECT_EQ(parse_json("[1e-400, 18446744073709551616]").status, json_status::ok);
     // At the cap a document still copies and dumps.
