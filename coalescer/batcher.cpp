@@ -8,6 +8,7 @@
 
 #include <boost/asio/post.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/range/iterator_range.hpp>
 
 #include "net/errors.hpp"
 #include "net/log.hpp"
@@ -69,15 +70,19 @@ call_outcome outcome_of(const gateway::upstream_result& r) {
 }
 
 // A caller's answer that is the upstream's whole answer: its status and body, with the fields
-// that go with them (what the body is, how to retry, how to authenticate).
+// that go with them (what the body is, how to retry, how to authenticate), every line of each.
+// A 204 or 304 has no body to describe.
 void relay_whole_answer(reply& rep, const gateway::upstream_response& res) {
     rep.status = res.result_int();
     rep.body = res.body();
     rep.verbatim = true;
+    const bool has_body = rep.status != 204 && rep.status != 304;
     for (auto field : {http::field::content_type, http::field::content_encoding, http::field::retry_after,
-                       http::field::www_authenticate})
-        if (auto it = res.find(field); it != res.end())
-            rep.headers.emplace_back(std::string(it->name_string()), std::string(it->value()));
+                       http::field::www_authenticate}) {
+        if (!has_body && (field == http::field::content_type || field == http::field::content_encoding)) continue;
+        for (const auto& line : boost::make_iterator_range(res.equal_range(field)))
+            rep.headers.emplace_back(std::string(line.name_string()), std::string(line.value()));
+    }
 }
 
 }  // namespace
@@ -347,7 +352,7 @@ void batcher::send(pending p) {
     if (json_body) items.reserve(p.b.items.size());
     std::string traceparent;
     auto latest = clock_type::now();
-    bool reads_only = true;  // then the batch call is a read, whatever its method
+    bool reads_only = true;  // then the batch call is a read, whatever its method (else a write)
     for (const auto& item : p.b.items) {
         keys.push_back(item.key);
         if (json_body) items.push_back(item.payload.is_null() ? nlohmann::json(item.key) : item.payload);
@@ -386,7 +391,7 @@ void batcher::send(pending p) {
                 self->on_answer(std::move(p), batch_id, std::move(r));
             });
         },
-        reads_only);
+        reads_only ? gateway::upstream_pool::repeat::yes : gateway::upstream_pool::repeat::no);
 }
 
 // Shadow: the batch is counted as sent, holds its slot and its partition for as long as the
@@ -474,10 +479,16 @@ void batcher::on_answer(pending p, const std::string& batch_id, gateway::upstrea
                 answer_all(p, proto);
             };
             const auto& retry = route_.coalesce.retry;
-            if (std::find(retry.statuses.begin(), retry.statuses.end(), status) != retry.statuses.end()) {
-                keep_busy = try_retry(p, r);
-                if (!keep_busy) pass_through();
+            const bool retry_status =
+                std::find(retry.statuses.begin(), retry.statuses.end(), status) != retry.statuses.end();
+            if (retry_status) keep_busy = try_retry(p, r);
+            if (keep_busy) {
+                // retried later
+            } else if (retry_status && (status < 200 || status > 299)) {
+                pass_through();
             } else if (status >= 200 && status <= 299) {
+                // (A 2xx whose retries ran out is split too: the whole batch's answer never goes
+                // to every caller.)
                 // Asked for identity (send): an answer encoded anyway cannot be split.
                 if (auto coding = gateway::content_coding(r.response); !coding.empty())
                     fail_all(gateway_error::upstream_bad_response,

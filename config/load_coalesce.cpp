@@ -633,7 +633,7 @@ void load_retry(context& ctx, const field& f, retry_settings& out) {
                 ctx.add(x->mark(), x->path,
                         "must be at least initial_backoff (" + std::to_string(out.initial_backoff.count()) + "ms)");
         }
-    } else if (initial && out.initial_backoff > out.max_backoff) {
+    } else if (initial && out.initial_backoff > out.max_backoff && !out.statuses.empty() && out.max_attempts > 1) {
         ctx.add(initial->mark(), initial->path,
                 "is more than max_backoff (" + std::to_string(out.max_backoff.count()) +
                     "ms, its default), which caps every backoff: set max_backoff too");

@@ -6,6 +6,8 @@
 // load_context.hpp/.cpp.
 #include "config/loader.hpp"
 
+#include <arpa/inet.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -327,6 +329,32 @@ void load_routes(context& ctx, const field& f, gateway_config& cfg, const YAML::
     }
 }
 
+// Whether two listeners would take the same port on some address. Literal addresses compare as
+// addresses ("::0" is "::"); an unspecified one holds the port on every address of its family,
+// "::" on both (Linux binds it dual-stack). A host name is taken to be any address of either
+// family against a wildcard, and compares as written otherwise ("localhost" is not resolved).
+bool listeners_overlap(const endpoint& a, const endpoint& b) {
+    if (a.port != b.port) return false;
+    struct literal {
+        int family = 0;  // 0: a host name
+        bool any = false;
+        unsigned char bytes[16] = {};
+    };
+    auto read = [](const std::string& host) {
+        literal l;
+        if (::inet_pton(AF_INET, host.c_str(), l.bytes) == 1) l.family = AF_INET;
+        else if (::inet_pton(AF_INET6, host.c_str(), l.bytes) == 1) l.family = AF_INET6;
+        l.any = l.family != 0 && std::all_of(std::begin(l.bytes), std::end(l.bytes), [](unsigned char c) { return c == 0; });
+        return l;
+    };
+    const literal x = read(a.host), y = read(b.host);
+    if ((x.any && x.family == AF_INET6) || (y.any && y.family == AF_INET6)) return true;
+    if (x.family == 0 || y.family == 0)
+        return a.host == b.host || x.any || y.any;
+    if (x.family != y.family) return false;
+    return x.any || y.any || std::equal(std::begin(x.bytes), std::end(x.bytes), std::begin(y.bytes));
+}
+
 gateway_config load_tree(context& ctx, const YAML::Node& root) {
     gateway_config cfg;
     cfg.source_file = ctx.file;
@@ -339,10 +367,7 @@ gateway_config load_tree(context& ctx, const YAML::Node& root) {
         if (auto e = read_endpoint(ctx, *x)) cfg.listen = *e;
     if (auto* x = m.get("admin_listen"))
         if (auto e = read_endpoint(ctx, *x)) cfg.admin_listen = *e;
-    // A wildcard address takes its port on every address: ":9090" and "127.0.0.1:9090" collide.
-    auto wildcard = [](const std::string& host) { return host == "0.0.0.0" || host == "::"; };
-    if (cfg.listen.port != 0 && cfg.listen.port == cfg.admin_listen.port &&
-        (cfg.listen.host == cfg.admin_listen.host || wildcard(cfg.listen.host) || wildcard(cfg.admin_listen.host))) {
+    if (cfg.listen.port != 0 && listeners_overlap(cfg.listen, cfg.admin_listen)) {
         auto* x = m.get("admin_listen") ? m.get("admin_listen") : m.get("listen");
         if (x) ctx.add(x->mark(), x->path, "listen and admin_listen must be different addresses (a wildcard host, "
                                            "0.0.0.0 or ::, takes its port on every address)");

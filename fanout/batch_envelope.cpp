@@ -136,7 +136,9 @@ private:
     }
 
     void on_response(std::size_t i, response_t res) {
-        const int status = res.result_int();
+        // Asked for identity (build_sub_request): a coded body would be embedded as garbage.
+        const std::string coding = res.body().empty() ? std::string() : gateway::content_coding(res);
+        const int status = coding.empty() ? res.result_int() : 502;
         std::vector<std::pair<std::string, std::string>> headers;
         for (const auto& f : res)
             if (!hidden_header(f.name_string())) headers.emplace_back(std::string(f.name_string()), std::string(f.value()));
@@ -148,8 +150,11 @@ private:
             if (status == 504) metrics_.timeout->Increment();
             else if (status >= 200 && status < 300) metrics_.success->Increment();
             else metrics_.error->Increment();
-            entries_[i] = response_entry(requests_[i].id, status, headers, type, res.body(),
-                                          env_.limits.max_json_depth);
+            entries_[i] = coding.empty() ? response_entry(requests_[i].id, status, headers, type, res.body(),
+                                                          env_.limits.max_json_depth)
+                                         : error_entry(requests_[i].id, 502, "upstream_bad_response",
+                                                       "the answer came with Content-Encoding \"" + coding +
+                                                           "\", which the gateway cannot embed (it asks for identity)");
             statuses_[i] = status;
         }
         runner_.finish(i, status);

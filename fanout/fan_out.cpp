@@ -110,7 +110,7 @@ private:
                 upstream_metrics_.requests->inc(std::string("over_budget"));
                 return complete(i, {503, json{{"error", r.detail}}}, outcome::error);
         }
-        if (auto coding = gateway::content_coding(r.response); !coding.empty()) {
+        if (auto coding = gateway::content_coding(r.response); !coding.empty() && !r.response.body().empty()) {
             upstream_metrics_.requests->inc(std::string("bad_response"));
             return complete(i,
                             {502, json{{"error", where + " answered with Content-Encoding \"" + coding +

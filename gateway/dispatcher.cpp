@@ -183,7 +183,7 @@ struct exchange {
                 if (!r.verbatim) res.set(http::field::content_type, json_type);
                 res.body() = std::move(r.body);
             }
-            for (auto& [name, value] : r.headers) res.set(name, value);
+            for (auto& [name, value] : r.headers) res.insert(name, value);  // a field may come in several lines
             if (!r.batch_id.empty()) {
                 res.set("X-Batchgate-Batch-Id", r.batch_id);
                 res.set("X-Batchgate-Batch-Size", std::to_string(r.batch_size));

@@ -50,10 +50,10 @@ void discard(std::unique_ptr<upstream_pool::connection> c) {
 class upstream_pool::call : public std::enable_shared_from_this<upstream_pool::call> {
 public:
     call(std::shared_ptr<upstream_pool> pool, upstream_request req, std::chrono::milliseconds timeout,
-         handler done, bool repeatable)
+         handler done, repeat again)
         : pool_(std::move(pool)),
           req_(std::move(req)),
-          repeatable_(repeatable),
+          again_(again),
           start_(clock_type::now()),
           deadline_(start_ + timeout),
           done_(std::move(done)),
@@ -256,7 +256,8 @@ private:
     }
 
     void on_read(beast::error_code ec, std::size_t bytes) {
-        if (ec) return io_failed(ec, bytes == 0);
+        // Nothing came back: nothing parsed, and no part of a head left unparsed in the buffer.
+        if (ec) return io_failed(ec, bytes == 0 && conn_->buffer.size() == 0);
         const int status = parser_->get().result_int();
         if (status >= 100 && status < 200 && status != 101) {
             // An interim answer (100 Continue, 103 Early Hints): the real one follows.
@@ -298,7 +299,7 @@ private:
     }
 
     bool idempotent() const {
-        if (repeatable_) return true;
+        if (again_ != repeat::by_method) return again_ == repeat::yes;
         switch (req_.method()) {
             case http::verb::get:
             case http::verb::head:
@@ -351,7 +352,7 @@ private:
 
     std::shared_ptr<upstream_pool> pool_;
     upstream_request req_;
-    bool repeatable_ = false;  // safe to send again whatever its method (async_send)
+    repeat again_ = repeat::by_method;  // whether it may be sent again (async_send)
     clock_type::time_point start_;
     clock_type::time_point deadline_;
     handler done_;
@@ -407,12 +408,12 @@ upstream_pool::upstream_pool(std::vector<shard_executor> shards, config::upstrea
 
 upstream_pool::~upstream_pool() = default;
 
-void upstream_pool::async_send(upstream_request req, std::chrono::milliseconds timeout, handler done, bool repeatable) {
+void upstream_pool::async_send(upstream_request req, std::chrono::milliseconds timeout, handler done, repeat again) {
     req.set(http::field::host, host_header_);
     req.version(11);
     req.keep_alive(true);
     req.prepare_payload();
-    auto c = std::make_shared<call>(shared_from_this(), std::move(req), timeout, std::move(done), repeatable);
+    auto c = std::make_shared<call>(shared_from_this(), std::move(req), timeout, std::move(done), again);
     c->start();
 }
 

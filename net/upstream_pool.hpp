@@ -16,6 +16,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/core/string.hpp>
+#include <boost/range/iterator_range.hpp>
 #include <boost/beast/http/string_body.hpp>
 
 #include "config/config.hpp"
@@ -38,16 +39,25 @@ using upstream_response = http::response<http::string_body>;
 // without Accept-Encoding, any content coding is acceptable (RFC 9110 12.5.3).
 inline void accept_identity_only(upstream_request& req) { req.set(http::field::accept_encoding, "identity"); }
 
-// The content coding an answer says its body has, "" for none (or identity): such a body is
-// not the JSON it may still be labelled.
+// The content codings an answer says its body has, as sent ("" for none, or identity only): such
+// a body is not the JSON it may still be labelled. Every Content-Encoding line counts, and every
+// element of each (RFC 9110 8.4: a list, in the order applied).
 inline std::string content_coding(const upstream_response& res) {
-    auto it = res.find(http::field::content_encoding);
-    if (it == res.end()) return {};
-    std::string_view v = it->value();
-    while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-    while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
-    if (v.empty() || boost::beast::iequals(v, "identity")) return {};
-    return std::string(v);
+    std::string all;
+    bool coded = false;
+    for (const auto& line : boost::make_iterator_range(res.equal_range(http::field::content_encoding))) {
+        std::string_view v = line.value();
+        all += (all.empty() ? "" : ", ") + std::string(v);
+        while (!v.empty()) {
+            const auto comma = v.find(',');
+            std::string_view coding = v.substr(0, comma);
+            v = comma == std::string_view::npos ? std::string_view() : v.substr(comma + 1);
+            while (!coding.empty() && (coding.front() == ' ' || coding.front() == '\t')) coding.remove_prefix(1);
+            while (!coding.empty() && (coding.back() == ' ' || coding.back() == '\t')) coding.remove_suffix(1);
+            if (!coding.empty() && !boost::beast::iequals(coding, "identity")) coded = true;
+        }
+    }
+    return coded ? all : std::string();
 }
 
 enum class upstream_failure {
@@ -125,9 +135,12 @@ public:
     // that carried it (usually the caller's shard; another's when only its idle connection was
     // free), within `timeout` (plus scheduling delay). The caller posts to its own executor.
     // A request found to have gone on a kept-alive connection the upstream had already closed
-    // (nothing came back) is sent once more on a new one when its method is idempotent, or when
-    // `repeatable` says it is safe whatever its method (a batch of reads sent as a POST).
-    void async_send(upstream_request req, std::chrono::milliseconds timeout, handler done, bool repeatable = false);
+    // (nothing came back) is sent once more on a new one: by_method when its method is
+    // idempotent; the batcher knows better (yes for a batch of reads, even as a POST; no for a
+    // batch of writes, even as a PUT).
+    enum class repeat { by_method, yes, no };
+    void async_send(upstream_request req, std::chrono::milliseconds timeout, handler done,
+                    repeat again = repeat::by_method);
 
     // Lends a connection until give_back: done is called exactly once, on the connection's
     // executor when one is lent, on any thread when none came before `deadline`. fresh: never an

@@ -498,22 +498,33 @@ std::optional<compiled_list> compile(const config::result_list& l) {
 }
 
 // The key of an item: the first key pointer present.
-// An answer item's key as the upstream wrote it: a string's value or an integer's digits. The
-// parse reads -0 as 0 and an integer past 64 bits as a double: those come from the item's text
-// when it is at hand ("-0" answers the caller who asked for "-0", not the one who asked for "0").
-std::optional<std::string> key_of(const compiled_list& c, const json& item, std::string_view item_text) {
+// The key an answer entry names through `pointers` (the first present wins): a string's value,
+// or an integer's digits as the upstream wrote them. The parse reads -0 as 0 and an integer past
+// 64 bits as a double: those come from the entry's text when it is at hand ("-0" names the caller
+// who asked for "-0", not the one who asked for "0"). Other numbers are no keys.
+std::optional<std::string> answer_key(const std::vector<routes::json_pointer>& pointers, const json& entry,
+                                      std::string_view entry_text) {
     auto integer_literal = [](std::string_view t) {
         if (!t.empty() && t.front() == '-') t.remove_prefix(1);
         return !t.empty() && std::all_of(t.begin(), t.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
     };
-    for (const auto& p : c.key) {
-        const json* v = p.find(item);
+    for (const auto& p : pointers) {
+        const json* v = p.find(entry);
         if (!v) continue;
-        if (!item_text.empty() && (v->is_number_float() || (v->is_number_integer() && *v == 0)))
-            if (auto t = p.find_text(item_text); t && integer_literal(*t)) return std::string(*t);
+        if (!entry_text.empty() && (v->is_number_float() || (v->is_number_integer() && *v == 0)))
+            if (auto t = p.find_text(entry_text); t && integer_literal(*t)) return std::string(*t);
         return key_text(*v);
     }
     return std::nullopt;
+}
+
+// The texts of the elements of the array `array` found at `at` in `body` ("" each when they
+// cannot be told: then keys come from the parse alone).
+std::vector<std::string_view> element_texts(const routes::json_pointer& at, std::string_view body, const json& array) {
+    auto array_text = at.find_text(body);
+    auto elements = array_text ? routes::json_array_elements(*array_text) : std::nullopt;
+    if (elements && elements->size() == array.size()) return std::move(*elements);
+    return std::vector<std::string_view>(array.size());
 }
 
 // The members of all the objects in a value.
@@ -917,9 +928,7 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
         texts += (texts.empty() ? "" : ", ") + (c.items.is_root() ? std::string("\"\"") : c.items.text());
         if (items && items->is_array()) {
             arrays.push_back(items);
-            auto array_text = c.items.find_text(body);
-            auto elements = array_text ? routes::json_array_elements(*array_text) : std::nullopt;
-            if (elements && elements->size() == items->size()) item_texts[li] = std::move(*elements);
+            item_texts[li] = element_texts(c.items, body, *items);
         } else if (items || lists.size() == 1) {
             out.error = c.items.is_root() ? "upstream batch answer is not a JSON array"
                                           : "upstream batch answer has no array at " + c.items.text();
@@ -933,10 +942,6 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
         return out;
     }
 
-    // The text of list li's i-th item ("": not at hand).
-    auto text_of = [&item_texts](std::size_t li, std::size_t i) {
-        return item_texts[li].empty() ? std::string_view() : std::string_view(item_texts[li][i]);
-    };
     out.keys = keys;
     if (by_position) {
         const json& items = *arrays.front();
@@ -946,7 +951,7 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
             return out;
         }
         for (std::size_t i = 0; i < keys.size(); ++i)
-            out.items.push_back(outcome_of(lists.front(), route_name, items[i], text_of(0, i)));
+            out.items.push_back(outcome_of(lists.front(), route_name, items[i], item_texts[0][i]));
         return out;
     }
 
@@ -989,14 +994,14 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
         const auto& array = *arrays[li];
         for (std::size_t i = 0; i < array.size(); ++i) {
             const json& item = array[i];
-            auto key = key_of(lists[li], item, text_of(li, i));
+            auto key = answer_key(lists[li].key, item, item_texts[li][i]);
             wanted* found = key ? find(*key) : nullptr;
             if (!found) {
                 ++out.ignored_items;
                 continue;
             }
             wanted& w = *found;
-            const seen entry{li, &item, text_of(li, i)};
+            const seen entry{li, &item, item_texts[li][i]};
             if (w.found++ == 0)
                 w.first = entry;
             else
@@ -1152,15 +1157,12 @@ std::optional<std::vector<std::string>> named_failures(const config::coalesce_se
         if (!p) return std::nullopt;
         key_ptrs.push_back(*p);
     }
+    const auto texts = element_texts(*items_ptr, body, *items);
     std::vector<std::string> out;
-    for (const auto& entry : *items) {
+    for (std::size_t i = 0; i < items->size(); ++i) {
+        const json& entry = (*items)[i];
         if (!all_equal(*when, entry)) continue;
-        for (const auto& p : key_ptrs) {
-            if (const json* v = p.find(entry)) {
-                if (auto k = key_text(*v)) out.push_back(std::move(*k));
-                break;
-            }
-        }
+        if (auto k = answer_key(key_ptrs, entry, texts[i])) out.push_back(std::move(*k));
     }
     if (out.empty()) return std::nullopt;
     return out;

@@ -1350,6 +1350,10 @@ TEST(WritesC, NamedFailuresComeFromTheRefusedAnswer) {
     EXPECT_FALSE(named_failures(s, R"({"status":"error"})", 64));
     EXPECT_FALSE(named_failures(s, "not json", 64));
     EXPECT_FALSE(named_failures(s, R"({"results":[{"abilityId":{"x":1},"success":false}]})", 64));
+    // Named as the split routes them: an integer by its digits as written.
+    EXPECT_EQ(named_failures(s, R"({"results":[{"abilityId":-0,"success":false},{"abilityId":0,"success":true},)"
+                                R"({"abilityId":18446744073709551616,"success":false}]})", 64),
+              (std::vector<std::string>{"-0", "18446744073709551616"}));
 }
 
 TEST(WritesE, StatusRulesPickTheSingleEndpointsStatusFromSeveralFields) {

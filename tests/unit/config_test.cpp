@@ -530,14 +530,17 @@ TEST(ConfigInline, ListenAddressForms) {
 TEST(ConfigInline, ListenAndAdminMustNotOverlapOnAWildcard) {
     for (const char* pair : {"listen: \":9090\"\nadmin_listen: \"127.0.0.1:9090\"\n",
                              "listen: \"127.0.0.1:9091\"\nadmin_listen: \"[::]:9091\"\n",
-                             "listen: \"0.0.0.0:9092\"\nadmin_listen: \"localhost:9092\"\n"}) {
+                             "listen: \"0.0.0.0:9092\"\nadmin_listen: \"localhost:9092\"\n",
+                             "listen: \"[::0]:9094\"\nadmin_listen: \"[::1]:9094\"\n",
+                             "listen: \"[0:0:0:0:0:0:0:1]:9095\"\nadmin_listen: \"[::1]:9095\"\n"}) {
         const auto errs = errors_of(pair + upstream_api + "routes: [{name: a, match: {prefix: /}, upstream: api}]\n");
         EXPECT_TRUE(has_error(errs, "admin_listen", "listen and admin_listen must be different addresses")) << pair;
     }
-    const auto cfg = load_string("listen: \"127.0.0.1:9093\"\nadmin_listen: \"127.0.0.2:9093\"\n" + upstream_api +
-                                     "routes: [{name: a, match: {prefix: /}, upstream: api}]\n",
-                                 "t.yaml");
-    EXPECT_EQ(cfg.admin_listen.host, "127.0.0.2");
+    // Different addresses of one family, or a v4 wildcard and a v6 address, bind side by side.
+    for (const char* pair : {"listen: \"127.0.0.1:9093\"\nadmin_listen: \"127.0.0.2:9093\"\n",
+                             "listen: \"0.0.0.0:9096\"\nadmin_listen: \"[::1]:9096\"\n"})
+        EXPECT_NO_THROW(load_string(pair + upstream_api + "routes: [{name: a, match: {prefix: /}, upstream: api}]\n", "t.yaml"))
+            << pair;
 }
 
 // An initial backoff over the default cap would be capped without a word.
@@ -558,6 +561,9 @@ TEST(ConfigInline, AnInitialBackoffOverTheDefaultCapNeedsMaxBackoff) {
         << errs.size();
     EXPECT_EQ(load_string(route + ", max_backoff: 10s}\n", "t.yaml").routes[0].coalesce.retry.max_backoff,
               std::chrono::seconds(10));
+    // No retries, no backoff to cap.
+    EXPECT_NO_THROW(load_string(route + ", statuses: []}\n", "t.yaml"));
+    EXPECT_NO_THROW(load_string(route + ", max_attempts: 1}\n", "t.yaml"));
 }
 
 TEST(ConfigInline, ListenAndAdminMustDiffer) {
