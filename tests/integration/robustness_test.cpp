@@ -128,6 +128,7 @@ routes:
     coalesce:
       key: {path: id}
       max_wait: {{WAIT}}
+      retry: {{RETRY}}
       request: {method: GET, path: /users, encoding: query_list, query_param: ids}
       response: {items: "", key: /id}
   - name: fan
@@ -141,6 +142,14 @@ routes:
   - {name: all, match: {prefix: /}, upstream: api}
 )";
 
+// The config above, in front of the upstream on `port`.
+std::shared_ptr<const batchgate::config::gateway_config> coalesce_config(unsigned short port, const std::string& wait,
+                                                                         const std::string& timeout = "2s",
+                                                                         const std::string& retry = "{}") {
+    return load_yaml(
+        fill(coalesce_yaml, {{"PORT", std::to_string(port)}, {"WAIT", wait}, {"TIMEOUT", timeout}, {"RETRY", retry}}));
+}
+
 std::string http_answer(const std::string& status_line, const std::string& fields, const std::string& body) {
     return "HTTP/1.1 " + status_line + "\r\n" + fields + "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
 }
@@ -152,7 +161,7 @@ std::string http_answer(const std::string& status_line, const std::string& field
 TEST(Robustness, ARefusedBatchKeepsTheUpstreamsContentType) {
     raw_upstream up(http_answer("400 Bad Request", "Content-Type: text/html\r\nContent-Language: en\r\n", "<b>bad ids</b>"));
     for (const char* wait : {"1ms", "150ms"}) {  // a lone caller (its own refusal); several (the whole batch's)
-        running_gateway gw(load_yaml(fill(coalesce_yaml, {{"PORT", std::to_string(up.port())}, {"WAIT", wait}, {"TIMEOUT", "2s"}})));
+        running_gateway gw(coalesce_config(up.port(), wait));
         auto rs = concurrently(std::string(wait) == "1ms" ? 1 : 3, [&](int i) { return get(gw.port(), "/users/" + std::to_string(i + 1)); });
         for (const auto& r : rs) {
             EXPECT_EQ(r.status, 400) << wait << ": " << r.body;
@@ -162,7 +171,7 @@ TEST(Robustness, ARefusedBatchKeepsTheUpstreamsContentType) {
     }
     raw_upstream bare("HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic\r\nWWW-Authenticate: Bearer\r\n"
                       "Content-Encoding: gzip\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\nno");
-    running_gateway gw(load_yaml(fill(coalesce_yaml, {{"PORT", std::to_string(bare.port())}, {"WAIT", "1ms"}, {"TIMEOUT", "2s"}})));
+    running_gateway gw(coalesce_config(bare.port(), "1ms"));
     auto r = get(gw.port(), "/users/1");
     EXPECT_EQ(r.status, 401) << r.body;
     EXPECT_EQ(r.body, "no");
@@ -179,25 +188,7 @@ TEST(Robustness, ARefusedBatchKeepsTheUpstreamsContentType) {
 // answer is split like any other 2xx: the whole batch's answer never goes to every caller.
 TEST(Robustness, A2xxWhoseRetriesRanOutIsSplit) {
     raw_upstream up(http_answer("202 Accepted", "Content-Type: application/json\r\n", R"([{"id":"1"},{"id":"2"}])"));
-    running_gateway gw(load_yaml(fill(R"(
-listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-worker_threads: 1
-upstreams:
-  api: {url: "http://127.0.0.1:{{PORT}}", request_timeout: 2s}
-routes:
-  - name: users
-    match: {method: GET, path: "/users/{id}"}
-    upstream: api
-    mode: coalesce
-    coalesce:
-      key: {path: id}
-      max_wait: 100ms
-      retry: {statuses: [202], max_attempts: 1}
-      request: {method: GET, path: /users, encoding: query_list, query_param: ids}
-      response: {items: "", key: /id}
-)",
-                                      {{"PORT", std::to_string(up.port())}})));
+    running_gateway gw(coalesce_config(up.port(), "100ms", "2s", "{statuses: [202], max_attempts: 1}"));
     auto rs = concurrently(2, [&](int i) { return get(gw.port(), "/users/" + std::to_string(i + 1)); });
     for (int i = 0; i < 2; ++i) {
         EXPECT_EQ(rs[i].status, 200) << rs[i].body;
@@ -210,7 +201,7 @@ routes:
 TEST(Robustness, AnswersTheGatewayReadsAreAskedForUnencoded) {
     raw_upstream up(http_answer("200 OK", "Content-Type: application/json\r\nContent-Encoding: gzip\r\n",
                                 R"([{"id":"1"},{"id":"2"}])"));
-    running_gateway gw(load_yaml(fill(coalesce_yaml, {{"PORT", std::to_string(up.port())}, {"WAIT", "1ms"}, {"TIMEOUT", "2s"}})));
+    running_gateway gw(coalesce_config(up.port(), "1ms"));
     auto r = get(gw.port(), "/users/1");
     EXPECT_EQ(up.last_field(http::field::accept_encoding), "identity");
     EXPECT_EQ(r.status, 502) << r.body;
@@ -231,14 +222,14 @@ TEST(Robustness, AnswersTheGatewayReadsAreAskedForUnencoded) {
 
     // Every line counts: identity first, gzip after, is a coded body.
     raw_upstream twice(http_answer("200 OK", "Content-Encoding: identity\r\nContent-Encoding: gzip\r\n", R"([{"id":"1"}])"));
-    running_gateway gw3(load_yaml(fill(coalesce_yaml, {{"PORT", std::to_string(twice.port())}, {"WAIT", "1ms"}, {"TIMEOUT", "2s"}})));
+    running_gateway gw3(coalesce_config(twice.port(), "1ms"));
     auto coded = get(gw3.port(), "/users/1");
     EXPECT_EQ(coded.status, 502) << coded.body;
     EXPECT_NE(coded.body.find("identity, gzip"), std::string::npos) << coded.body;
 
     raw_upstream plain(http_answer("200 OK", "Content-Type: application/json\r\nContent-Encoding: identity\r\n",
                                    R"([{"id":"1","n":1}])"));
-    running_gateway gw2(load_yaml(fill(coalesce_yaml, {{"PORT", std::to_string(plain.port())}, {"WAIT", "1ms"}, {"TIMEOUT", "2s"}})));
+    running_gateway gw2(coalesce_config(plain.port(), "1ms"));
     auto ok = get(gw2.port(), "/users/1");
     EXPECT_EQ(ok.status, 200) << ok.body;
     EXPECT_EQ(ok.body, R"({"id":"1","n":1})");
@@ -295,7 +286,7 @@ routes:
 // batch is not sent again, even a batch of reads.
 TEST(Robustness, ABatchWhoseAnswerHadBegunIsNotSentAgain) {
     raw_upstream up(http_answer("200 OK", "Content-Type: application/json\r\n", R"([{"id":"1"},{"id":"2"}])"), "HTTP/1.1 2");
-    running_gateway gw(load_yaml(fill(coalesce_yaml, {{"PORT", std::to_string(up.port())}, {"WAIT", "1ms"}, {"TIMEOUT", "2s"}})));
+    running_gateway gw(coalesce_config(up.port(), "1ms"));
     ASSERT_EQ(get(gw.port(), "/users/1").status, 200);
     auto cut = get(gw.port(), "/users/2");
     EXPECT_EQ(cut.status, 502) << cut.body;
@@ -319,7 +310,7 @@ TEST(Robustness, DrainThatRunsOutOfTimeStillAnswersEveryCaller) {
     mock_upstream up;
     up.set_fault(fault::stall);
     running_gateway gw(
-        load_yaml(fill(coalesce_yaml, {{"PORT", std::to_string(up.port())}, {"WAIT", "1ms"}, {"TIMEOUT", "30s"}})));
+        coalesce_config(up.port(), "1ms", "30s"));
     std::vector<response> out(4);
     std::vector<std::thread> callers;
     for (int i = 0; i < 4; ++i) callers.emplace_back([&, i] { out[i] = get(gw.port(), "/users/" + std::to_string(i + 1)); });
