@@ -268,7 +268,8 @@ routes:
       request: {method: PUT, path: /users/batch, encoding: json_body, body: {ids: "{items}"}}
       response: {items: /results, key: /id}
 )",
-                                      {{"PORT", std::to_string(up.port())}})));
+                                      {{"PORT", std::to_string(up.port())}})),
+                       exact_threads);  // one shard: idle connections are per shard, and both routes must share one
     ASSERT_EQ(get(gw.port(), "/users/1").status, 200);
     auto again = get(gw.port(), "/users/2");  // on the kept connection, which the upstream drops
     EXPECT_EQ(again.status, 200) << again.body;
