@@ -970,7 +970,7 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
         std::size_t answered = 0;  // of those, answered so far (below)
         std::size_t found = 0;     // entries in the answer
         seen first{};
-        std::vector<seen> more;    // entries after the first
+        std::vector<seen> more{};  // entries after the first
         const seen& entry(std::size_t i) const { return i == 0 ? first : more[i - 1]; }
     };
     std::vector<wanted> requested;
