@@ -24,29 +24,31 @@ std::size_t string_end(std::string_view t, std::size_t i) {
     return npos;
 }
 
+// Calls stop(c) for each byte of text outside its strings, in order, until it returns true; true
+// when it did. An unterminated string ends the scan.
+template <class Stop>
+bool any_outside_strings(std::string_view text, Stop stop) {
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        if (text[i] == '"') {
+            i = string_end(text, i);
+            if (i == npos) return false;
+            --i;  // the loop steps past the closing quote
+        } else if (stop(text[i])) {
+            return true;
+        }
+    }
+    return false;
+}
+
 }  // namespace
 
 bool json_too_deep(std::string_view text, std::size_t max_depth) {
     std::size_t depth = 0;
-    for (std::size_t i = 0; i < text.size(); ++i) {
-        switch (text[i]) {
-            case '"':
-                i = string_end(text, i);  // just past its closing quote
-                if (i == npos) return false;
-                --i;
-                break;
-            case '[':
-            case '{':
-                if (++depth > max_depth) return true;
-                break;
-            case ']':
-            case '}':
-                if (depth) --depth;
-                break;
-            default: break;
-        }
-    }
-    return false;
+    return any_outside_strings(text, [&depth, max_depth](char c) {
+        if (c == '[' || c == '{') return ++depth > max_depth;
+        if ((c == ']' || c == '}') && depth) --depth;
+        return false;
+    });
 }
 
 namespace {
@@ -163,15 +165,10 @@ std::optional<std::string_view> json_value_text(std::string_view text) {
 
 std::size_t json_member_count(std::string_view text) {
     std::size_t n = 0;
-    for (std::size_t i = 0; i < text.size(); ++i) {
-        if (text[i] == '"') {
-            i = string_end(text, i);
-            if (i == npos) break;
-            --i;
-        } else if (text[i] == ':') {
-            ++n;
-        }
-    }
+    any_outside_strings(text, [&n](char c) {
+        n += c == ':';
+        return false;
+    });
     return n;
 }
 
