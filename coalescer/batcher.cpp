@@ -492,8 +492,7 @@ void batcher::on_answer(pending p, const std::string& batch_id, gateway::upstrea
                 // Asked for identity (send): an answer encoded anyway cannot be split.
                 if (auto coding = gateway::content_coding(r.response); !coding.empty())
                     fail_all(gateway_error::upstream_bad_response,
-                             where + " answered the batch call with Content-Encoding \"" + coding +
-                                 "\", which the gateway cannot read (it asks for identity)");
+                             where + " answered the batch call with " + gateway::coded_answer(coding));
                 else
                     deliver_split(p, r.response.body(), proto);
             } else if (status == 401 || status == 403 || status == 408 || status == 429) {

@@ -125,7 +125,7 @@ private:
         inherit(sub, r, http::field::host, "host");
         sub.set("X-Request-Id", ctx_.request_id);
         // Its answer is embedded in the envelope's JSON: asked for unencoded, whatever the entry says.
-        sub.set(http::field::accept_encoding, "identity");
+        gateway::accept_identity_only(sub);
         if (r.body) {
             auto [bytes, is_json] = encode_body(*r.body);
             if (is_json && !names_header(r, "content-type")) sub.set(http::field::content_type, "application/json");
@@ -153,8 +153,7 @@ private:
             entries_[i] = coding.empty() ? response_entry(requests_[i].id, status, headers, type, res.body(),
                                                           env_.limits.max_json_depth)
                                          : error_entry(requests_[i].id, 502, "upstream_bad_response",
-                                                       "the answer came with Content-Encoding \"" + coding +
-                                                           "\", which the gateway cannot embed (it asks for identity)");
+                                                       "the answer came with " + gateway::coded_answer(coding));
             statuses_[i] = status;
         }
         runner_.finish(i, status);

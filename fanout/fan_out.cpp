@@ -112,9 +112,7 @@ private:
         }
         if (auto coding = gateway::content_coding(r.response); !coding.empty() && !r.response.body().empty()) {
             upstream_metrics_.requests->inc(std::string("bad_response"));
-            return complete(i,
-                            {502, json{{"error", where + " answered with Content-Encoding \"" + coding +
-                                                     "\", which the gateway cannot read (it asks for identity)"}}},
+            return complete(i, {502, json{{"error", where + " answered with " + gateway::coded_answer(coding)}}},
                             outcome::error);
         }
         const int status = r.response.result_int();

@@ -5,6 +5,7 @@
 // max_connections count over all shards) is guarded by a mutex never held across a callback.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <deque>
 #include <functional>
@@ -14,10 +15,11 @@
 #include <vector>
 
 #include <boost/asio/io_context.hpp>
-#include <boost/beast/http/message.hpp>
 #include <boost/beast/core/string.hpp>
-#include <boost/range/iterator_range.hpp>
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/rfc7230.hpp>
 #include <boost/beast/http/string_body.hpp>
+#include <boost/range/iterator_range.hpp>
 
 #include "config/config.hpp"
 #include "net/errors.hpp"
@@ -41,23 +43,24 @@ inline void accept_identity_only(upstream_request& req) { req.set(http::field::a
 
 // The content codings an answer says its body has, as sent ("" for none, or identity only): such
 // a body is not the JSON it may still be labelled. Every Content-Encoding line counts, and every
-// element of each (RFC 9110 8.4: a list, in the order applied).
+// element of each (RFC 9110 8.4: a list, in the order applied); a line that is no list of tokens
+// counts as coded.
 inline std::string content_coding(const upstream_response& res) {
     std::string all;
     bool coded = false;
     for (const auto& line : boost::make_iterator_range(res.equal_range(http::field::content_encoding))) {
-        std::string_view v = line.value();
-        all += (all.empty() ? "" : ", ") + std::string(v);
-        while (!v.empty()) {
-            const auto comma = v.find(',');
-            std::string_view coding = v.substr(0, comma);
-            v = comma == std::string_view::npos ? std::string_view() : v.substr(comma + 1);
-            while (!coding.empty() && (coding.front() == ' ' || coding.front() == '\t')) coding.remove_prefix(1);
-            while (!coding.empty() && (coding.back() == ' ' || coding.back() == '\t')) coding.remove_suffix(1);
-            if (!coding.empty() && !boost::beast::iequals(coding, "identity")) coded = true;
-        }
+        all += (all.empty() ? "" : ", ") + std::string(line.value());
+        const http::opt_token_list codings{line.value()};
+        coded = coded || !http::validate_list(codings) ||
+                std::any_of(codings.begin(), codings.end(),
+                            [](auto coding) { return !boost::beast::iequals(coding, "identity"); });
     }
     return coded ? all : std::string();
+}
+
+// Why an answer the gateway reads is refused when it came coded anyway (content_coding).
+inline std::string coded_answer(const std::string& coding) {
+    return "Content-Encoding \"" + coding + "\", which the gateway cannot read (it asks for identity)";
 }
 
 enum class upstream_failure {

@@ -497,7 +497,6 @@ std::optional<compiled_list> compile(const config::result_list& l) {
     return c;
 }
 
-// The key of an item: the first key pointer present.
 // The key an answer entry names through `pointers` (the first present wins): a string's value,
 // or an integer's digits as the upstream wrote them. The parse reads -0 as 0 and an integer past
 // 64 bits as a double: those come from the entry's text when it is at hand ("-0" names the caller
