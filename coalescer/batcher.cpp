@@ -12,6 +12,7 @@
 
 #include "net/errors.hpp"
 #include "net/log.hpp"
+#include "text/http_date.hpp"
 
 namespace batchgate::coalescer {
 
@@ -42,15 +43,24 @@ same_key window_policy(config::same_key_policy p) {
     return same_key::share;
 }
 
-// Retry-After in seconds (the HTTP-date form is treated as absent).
+// Retry-After (RFC 9110 section 10.2.3): delay-seconds, or an HTTP-date, as a delay from now
+// of at most an hour (a date passed is no delay; more digits than a long holds is the hour).
+// Anything else is as if absent.
 std::optional<std::chrono::milliseconds> retry_after(const gateway::upstream_response& res) {
     auto it = res.find(http::field::retry_after);
     if (it == res.end()) return std::nullopt;
-    auto v = it->value();
+    const std::string_view v(it->value().data(), it->value().size());
+    constexpr std::chrono::seconds cap = std::chrono::hours(1);
     unsigned long secs = 0;
     auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), secs);
-    if (ec != std::errc() || p != v.data() + v.size()) return std::nullopt;
-    return std::chrono::milliseconds(std::min<unsigned long>(secs, 3600) * 1000);
+    if (p == v.data() + v.size() && !v.empty()) {
+        if (ec == std::errc::result_out_of_range) return cap;
+        if (ec == std::errc()) return std::chrono::seconds(std::min<unsigned long>(secs, cap.count()));
+    }
+    const auto now = std::chrono::floor<std::chrono::seconds>(std::chrono::system_clock::now());
+    auto date = routes::parse_http_date(v, now);
+    if (!date) return std::nullopt;
+    return std::clamp<std::chrono::seconds>(*date - now, std::chrono::seconds(0), cap);
 }
 
 // What a finished batch call says about the upstream's load, for the concurrency limit.

@@ -17,7 +17,7 @@ for threads in ${TEST_WORKER_THREADS-1 2 4}; do
   echo "== integration tests with $threads worker thread(s)"
   (cd "$BUILD_DIR" && BATCHGATE_TEST_WORKER_THREADS=$threads ctest -L integration --output-on-failure --timeout 300 -j2) || status=1
 done
-# Two targets at a time: 8 targets x 20 s on 2 cores is about 80 s plus the clang build.
+# Two targets at a time: 9 targets x 20 s on 2 cores is about 90 s plus the clang build.
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 if ((FUZZ_SECONDS > 0)); then
   FUZZ_JOBS=${FUZZ_JOBS:-2} bash scripts/fuzz.sh "$FUZZ_SECONDS" || status=1

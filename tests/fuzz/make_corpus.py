@@ -243,4 +243,13 @@ requests = [
 ]
 for i, r in enumerate(requests):
     write("request_head", f"request-{i:02d}", bytes([i % 8]) + r.encode())
+
+# --- http_date: current-year byte (1950 + b), Retry-After value ------------------------------
+dates = [
+    "Sun, 06 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994",
+    "Thu Dec 10 23:59:60 2026", "Tue, 29 Feb 2028 00:00:00 GMT", "Wed, 31 Apr 2037 10:00:00 GMT",
+    "Friday, 01-Jan-77 00:00:00 GMT", "120", "Sun, 06 Nov 1994 08:49:37 UTC",
+]
+for i, d in enumerate(dates):
+    write("http_date", f"date-{i:02d}", bytes([76]) + d.encode())
 print("corpus written to", OUT)

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "tests/integration/examples.hpp"
+#include "text/http_date.hpp"
 
 using namespace batchgate::testing;
 using batchgate::mock::mock_options;
@@ -169,7 +170,7 @@ TEST(MockWrites, ProgressSingleBatchLimitsAndRateLimitHook) {
     EXPECT_FALSE(up.progress_event_seen("m-0"));
     EXPECT_FALSE(up.progress_event_seen("b-0"));
 
-    up.set_progress_rate_limit(2, 3);
+    up.set_progress_rate_limit(2, "3");
     for (int i = 0; i < 2; ++i) {
         r = call(p, "POST", "/api/client/progress/batch", {{"events", {event("r-1")}}});
         EXPECT_EQ(r.status, 429);
@@ -497,13 +498,32 @@ TEST(WritesProgress, RateLimitedBatchIsRetriedAndEveryCallerSucceeds) {
 TEST(WritesProgress, RetryAfterPastTheDeadlineGivesTheCallersThe429) {
     mock_upstream up;
     running_gateway gw(example_config("progress.yaml", up.port(), "10ms"));
-    up.set_progress_rate_limit(100, 3600);  // Retry-After: 1 hour, far past any caller's deadline
+    up.set_progress_rate_limit(100, "3600");  // Retry-After: 1 hour, far past any caller's deadline
     const auto started = std::chrono::steady_clock::now();
     auto r = call(gw.port(), "POST", "/api/client/progress", event("late-1"));
     EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(5)) << "the gateway waited for a retry it could not make";
     EXPECT_EQ(r.status, 429) << r.body;
     EXPECT_EQ(r.header("retry-after"), "3600");
     EXPECT_EQ(up.count("POST", "/api/client/progress/batch"), 1u);
+}
+
+// Retry-After as an HTTP-date (RFC 9110 section 10.2.3), an hour ahead: as far past the deadline
+// as 3600 seconds, so no retry; and one in the past is a retry at once.
+TEST(WritesProgress, RetryAfterAsAnHttpDateIsADelayFromNow) {
+    mock_upstream up;
+    running_gateway gw(example_config("progress.yaml", up.port(), "10ms"));
+    const auto now = std::chrono::floor<std::chrono::seconds>(std::chrono::system_clock::now());
+    const std::string in_an_hour = batchgate::routes::format_http_date(now + std::chrono::hours(1));
+    up.set_progress_rate_limit(100, in_an_hour);
+    auto r = call(gw.port(), "POST", "/api/client/progress", event("dated-1"));
+    EXPECT_EQ(r.status, 429) << r.body;
+    EXPECT_EQ(r.header("retry-after"), in_an_hour);
+    EXPECT_EQ(up.count("POST", "/api/client/progress/batch"), 1u) << "the date was not read as an hour's delay";
+
+    up.set_progress_rate_limit(1, "Sun, 06 Nov 1994 08:49:37 GMT");
+    r = call(gw.port(), "POST", "/api/client/progress", event("dated-2"));
+    EXPECT_EQ(r.status, 202) << r.body;
+    EXPECT_EQ(up.count("POST", "/api/client/progress/batch"), 3u);
 }
 
 // =========================================================================================

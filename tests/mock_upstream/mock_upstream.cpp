@@ -932,8 +932,8 @@ std::size_t mock_upstream::max_observed_concurrency() const {
   return impl_->state->peak;
 }
 
-void mock_upstream::set_progress_rate_limit(std::size_t calls, unsigned retry_after_seconds) {
-  impl_->state->writes.set_progress_rate_limit(calls, retry_after_seconds);
+void mock_upstream::set_progress_rate_limit(std::size_t calls, std::string retry_after) {
+  impl_->state->writes.set_progress_rate_limit(calls, std::move(retry_after));
 }
 
 std::size_t mock_upstream::rate_limited_count() const { return impl_->state->writes.rate_limited_count(); }

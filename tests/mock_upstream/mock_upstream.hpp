@@ -160,8 +160,8 @@ class mock_upstream {
   // --- Write APIs C–F: test hooks and state. ---
 
   /// D: the next `calls` batch calls (`POST /api/client/progress/batch`) are answered
-  /// `429 {"error":"rate limited"}` with `Retry-After: <retry_after_seconds>`.
-  void set_progress_rate_limit(std::size_t calls, unsigned retry_after_seconds = 0);
+  /// `429 {"error":"rate limited"}` with `Retry-After: <retry_after>` (delay-seconds or an HTTP-date).
+  void set_progress_rate_limit(std::size_t calls, std::string retry_after = "0");
   /// 429s answered since clear(): C single calls over the limit and D batch calls of the hook.
   std::size_t rate_limited_count() const;
   /// E: stores document `doc_id` in workspace `ws` with that version (title "seeded <doc_id>").

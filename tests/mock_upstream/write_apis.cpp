@@ -396,7 +396,7 @@ write_reply write_apis::progress_batch(std::string_view body) {
     --progress_limit_left_;
     ++rate_limited_;
     write_reply r = error(429, "rate limited");
-    r.headers.emplace_back("Retry-After", std::to_string(progress_retry_after_));
+    r.headers.emplace_back("Retry-After", progress_retry_after_);
     return r;
   }
   if (body.size() > progress_max_bytes) return error(413, "batch larger than 64 KB");
@@ -661,7 +661,7 @@ void write_apis::reset() {
   single_arrivals_.clear();
   seen_events_.clear();
   progress_limit_left_ = 0;
-  progress_retry_after_ = 0;
+  progress_retry_after_ = "0";
   rate_limited_ = 0;
   documents_.clear();
   next_document_ = 1;
@@ -671,10 +671,10 @@ void write_apis::reset() {
   processed_events_.clear();
 }
 
-void write_apis::set_progress_rate_limit(std::size_t calls, unsigned retry_after_seconds) {
+void write_apis::set_progress_rate_limit(std::size_t calls, std::string retry_after) {
   std::lock_guard lock(mutex_);
   progress_limit_left_ = calls;
-  progress_retry_after_ = retry_after_seconds;
+  progress_retry_after_ = std::move(retry_after);
 }
 
 void write_apis::seed_document(const std::string& ws, const std::string& doc_id, std::uint64_t version) {

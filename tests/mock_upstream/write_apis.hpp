@@ -58,7 +58,7 @@ class write_apis {
   json applied() const;
 
   void reset();
-  void set_progress_rate_limit(std::size_t calls, unsigned retry_after_seconds);
+  void set_progress_rate_limit(std::size_t calls, std::string retry_after);
   void seed_document(const std::string& ws, const std::string& doc_id, std::uint64_t version);
   void seed_goal(const std::string& org, const std::string& goal_id, const std::string& period_id,
                  const std::string& type, double weight);
@@ -109,7 +109,7 @@ class write_apis {
   // D
   std::set<std::string, std::less<>> seen_events_;
   std::size_t progress_limit_left_ = 0;
-  unsigned progress_retry_after_ = 0;
+  std::string progress_retry_after_ = "0";
   std::size_t rate_limited_ = 0;
   // E
   std::map<std::string, workspace, std::less<>> documents_;

@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "routes/route_table.hpp"
+#include "text/http_date.hpp"
 #include "text/json_pointer.hpp"
 #include "text/json_text.hpp"
 #include "text/url.hpp"
@@ -402,6 +403,51 @@ TEST(JsonText, ParseRefusesDeepDocumentsWithoutBuildingThem) {
     nlohmann::json copy = q.value;
     EXPECT_EQ(copy.dump(), at_cap);
     EXPECT_EQ(json_depth_message(64), "JSON nested deeper than limits.max_json_depth (64)");
+}
+
+// --- HTTP-date (RFC 9110 section 5.6.7) ----------------------------------------------------
+
+std::chrono::sys_seconds at(int y, unsigned m, unsigned d, int hh, int mm, int ss) {
+    using namespace std::chrono;
+    return sys_days(year(y) / month(m) / day(d)) + hours(hh) + minutes(mm) + seconds(ss);
+}
+
+TEST(HttpDate, TheThreeFormsOfRfc9110NameTheSameInstant) {
+    const auto now = at(2026, 12, 6, 0, 0, 0);
+    const auto expected = at(1994, 11, 6, 8, 49, 37);
+    EXPECT_EQ(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT", now), expected);
+    EXPECT_EQ(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT", now), expected);
+    EXPECT_EQ(parse_http_date("Sun Nov  6 08:49:37 1994", now), expected);
+    EXPECT_EQ(parse_http_date("Thu Dec 10 23:59:60 2026", now), at(2026, 12, 10, 23, 59, 59)) << "leap second";
+    EXPECT_EQ(parse_http_date("Mon, 29 Feb 2028 00:00:00 GMT", now), at(2028, 2, 29, 0, 0, 0));
+}
+
+TEST(HttpDate, ATwoDigitYearMoreThanFiftyYearsAheadIsThePastCentury) {
+    const auto now = at(2026, 12, 6, 0, 0, 0);
+    EXPECT_EQ(parse_http_date("Friday, 01-Jan-76 00:00:00 GMT", now), at(2076, 1, 1, 0, 0, 0));
+    EXPECT_EQ(parse_http_date("Friday, 01-Jan-77 00:00:00 GMT", now), at(1977, 1, 1, 0, 0, 0));
+    EXPECT_EQ(parse_http_date("Friday, 01-Jan-26 00:00:00 GMT", now), at(2026, 1, 1, 0, 0, 0));
+    EXPECT_EQ(parse_http_date("Friday, 01-Jan-26 00:00:00 GMT", at(2090, 1, 1, 0, 0, 0)), at(2126, 1, 1, 0, 0, 0));
+}
+
+TEST(HttpDate, AnythingButTheGrammarIsRefused) {
+    const auto now = at(2026, 12, 6, 0, 0, 0);
+    for (const char* bad : {"", "120", "-1", "Sun, 6 Nov 1994 08:49:37 GMT", "sun, 06 Nov 1994 08:49:37 GMT",
+                            "Sun, 06 nov 1994 08:49:37 GMT", "Sun, 06 Nov 1994 08:49:37 UTC", "Sun, 06 Nov 1994 08:49:37",
+                            "Sun, 06 Nov 1994 08:49:37 GMT ", " Sun, 06 Nov 1994 08:49:37 GMT", "Sun,  06 Nov 1994 08:49:37 GMT",
+                            "Sun, 31 Apr 1994 08:49:37 GMT", "Sun, 29 Feb 1900 08:49:37 GMT", "Sun, 00 Nov 1994 08:49:37 GMT",
+                            "Sun, 06 Nov 1994 24:00:00 GMT", "Sun, 06 Nov 1994 08:60:00 GMT", "Sun, 06 Nov 1994 08:49:61 GMT",
+                            "Sun, 06 Nov 94 08:49:37 GMT", "Sunday, 06-Nov-1994 08:49:37 GMT", "Sun, 06-Nov-94 08:49:37 GMT",
+                            "Sun Nov 06 08:49:37 1994", "Sun Nov 6 08:49:37 1994", "Sun Nov  6 08:49:37 1994 GMT",
+                            "Sun, 06 Nov 1994 8:49:37 GMT", "Sun, 06 Nov +994 08:49:37 GMT", "Sun, 06 Nov 1994 08:49:37 GMT\n"})
+        EXPECT_FALSE(parse_http_date(bad, now)) << bad;
+}
+
+TEST(HttpDate, FormattedDatesReadBack) {
+    const auto now = at(2026, 12, 6, 0, 0, 0);
+    EXPECT_EQ(format_http_date(at(1994, 11, 6, 8, 49, 37)), "Sun, 06 Nov 1994 08:49:37 GMT");
+    for (auto t : {at(1970, 1, 1, 0, 0, 0), at(2000, 2, 29, 23, 59, 59), at(2026, 12, 6, 10, 30, 5), at(9999, 12, 31, 0, 0, 0)})
+        EXPECT_EQ(parse_http_date(format_http_date(t), now), t) << format_http_date(t);
 }
 
 }  // namespace
