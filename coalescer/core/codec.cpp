@@ -497,23 +497,25 @@ std::optional<compiled_list> compile(const config::result_list& l) {
     return c;
 }
 
-// The key an answer entry names through `pointers` (the first present wins): a string's value,
-// or an integer's digits as the upstream wrote them. The parse reads -0 as 0 and an integer past
-// 64 bits as a double: those come from the entry's text when it is at hand ("-0" names the caller
-// who asked for "-0", not the one who asked for "0"). Other numbers are no keys.
-std::optional<std::string> answer_key(const std::vector<routes::json_pointer>& pointers, const json& entry,
-                                      std::string_view entry_text) {
+// The key value v found at p in text (the document it was read from; "" when not at hand): a
+// string's value, or an integer's digits as written. The parse reads -0 as 0 and an integer past
+// 64 bits as a double: those come from the text when it is at hand ("-0" names the caller who
+// sent "-0", not the one who sent "0"). Other numbers are no keys.
+std::optional<std::string> key_as_written(const routes::json_pointer& p, const json& v, std::string_view text) {
     auto integer_literal = [](std::string_view t) {
         if (!t.empty() && t.front() == '-') t.remove_prefix(1);
         return !t.empty() && std::all_of(t.begin(), t.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
     };
-    for (const auto& p : pointers) {
-        const json* v = p.find(entry);
-        if (!v) continue;
-        if (!entry_text.empty() && (v->is_number_float() || (v->is_number_integer() && *v == 0)))
-            if (auto t = p.find_text(entry_text); t && integer_literal(*t)) return std::string(*t);
-        return key_text(*v);
-    }
+    if (!text.empty() && (v.is_number_float() || (v.is_number_integer() && v == 0)))
+        if (auto t = p.find_text(text); t && integer_literal(*t)) return std::string(*t);
+    return key_text(v);
+}
+
+// The key an answer entry names through `pointers` (the first present wins), as written.
+std::optional<std::string> answer_key(const std::vector<routes::json_pointer>& pointers, const json& entry,
+                                      std::string_view entry_text) {
+    for (const auto& p : pointers)
+        if (const json* v = p.find(entry)) return key_as_written(p, *v, entry_text);
     return std::nullopt;
 }
 
@@ -681,7 +683,7 @@ key_result extract_key(const config::coalesce_settings& settings, const caller_r
             const json* v = pointer->find(doc);
             if (!v && when_missing) return generated();
             if (!v) return fail("item key " + ref.name + " is missing from the request body");
-            key = key_text(*v);
+            key = key_as_written(*pointer, *v, request.body);  // as answer entries name it
             if (!key)
                 return fail("item key " + ref.name + " in the request body must be a string or an "
                             "integer, not " + std::string(v->type_name()));

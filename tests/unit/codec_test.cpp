@@ -212,6 +212,25 @@ TEST(ExtractKey, BodyErrorsSayWhatIsWrong) {
     }
 }
 
+// An integer key is its digits as written, as answer entries are keyed (answer_key): past 64
+// bits it is still an integer, and -0 is not 0.
+TEST(ExtractKey, BodyIntegerKeysAreTheirDigitsAsWritten) {
+    auto s = users_api();
+    s.key = {value_source::body, "/clientEventId"};
+    fake_request r;
+    for (auto [body, key] : {std::pair{R"({"clientEventId": 123456789012345678901234567890})", "123456789012345678901234567890"},
+                             std::pair{R"({"clientEventId":-0})", "-0"}, std::pair{R"({"clientEventId":0})", "0"},
+                             std::pair{R"({"clientEventId": 42 })", "42"}, std::pair{R"({"clientEventId":"-0"})", "-0"}}) {
+        r.body = body;
+        auto k = extract_key(s, r.view());
+        EXPECT_EQ(k.key, std::optional<std::string>(key)) << body << ": " << k.error;
+    }
+    r.body = R"({"clientEventId":1E400})";
+    EXPECT_FALSE(extract_key(s, r.view()).key);
+    r.body = R"({"clientEventId":1e3})";
+    EXPECT_FALSE(extract_key(s, r.view()).key) << "1e3 is a number, not an integer's digits";
+}
+
 // ---------------------------------------------------------------- make_partition
 
 TEST(Partition, DifferentAuthorizationNeverShareABatch) {
