@@ -132,6 +132,11 @@ private:
 };
 
 
+// The most of an answer that waits unsent in a client socket's kernel buffer (the session's
+// constructor, TCP_NOTSENT_LOWAT): a client that reads at all takes half of it within
+// send_timeout unless it reads slower than 32 KiB per send_timeout.
+constexpr int unsent_limit = 64 * 1024;
+
 // Stream: stream_t (plain), or tls_client_stream (listen_tls).
 template <class Stream>
 class http_session : public drainable,
@@ -160,6 +165,13 @@ public:
         }
         beast::error_code ec;
         tcp().socket().set_option(tcp::no_delay(true), ec);
+        // At most unsent_limit of an answer waits unsent in the kernel (TCP_NOTSENT_LOWAT): a
+        // send takes no more, and the socket is writable again once half of that has gone. So
+        // a write that waits, waits for a slow reader to take a few KiB, not for an autotuned
+        // send buffer of several MiB to drain by a third (at 100 KB/s, longer than send_timeout:
+        // a client reading steadily was dropped mid-answer as if it read nothing). It also
+        // bounds the kernel memory a slow reader holds. Bytes in flight are not limited by it.
+        tcp().socket().set_option(net::detail::socket_option::integer<IPPROTO_TCP, TCP_NOTSENT_LOWAT>(unsent_limit), ec);
         auto remote = tcp().socket().remote_endpoint(ec);
         client_ip_ = ec ? std::string("unknown") : remote.address().to_string();
     }

@@ -161,6 +161,30 @@ TEST(Streaming, ASlowReaderStallsTheUpstreamNotTheGatewaysMemory) {
     EXPECT_GE(gw.metric("batchgate_send_timeouts_total"), 1);
 }
 
+// A client that reads steadily but slowly is no client that reads nothing: send_timeout (here
+// 500 ms) must not drop it while it takes bytes. It did: the kernel's send buffer, grown to
+// several MiB, turned writable again only once a third of it had drained, longer than
+// send_timeout at 1 MB/s, and the client got a cut body (3.9 of 8 MB).
+TEST(Streaming, ASteadySlowReaderGetsTheWholeAnswer) {
+    stream_upstream up;
+    auto text = config_text(up.port());
+    text.replace(text.find("send_timeout: 3s"), 16, "send_timeout: 500ms");
+    running_gateway gw(load_yaml(text));
+    constexpr std::uint64_t size = 8'000'000;
+    constexpr double bytes_per_second = 1'000'000;
+    const auto start = std::chrono::steady_clock::now();
+    std::uint64_t got = 0;
+    auto r = stream_get(gw.port(), "/bytes/" + std::to_string(size), {}, [&](std::string_view piece, auto) {
+        got += piece.size();
+        std::this_thread::sleep_until(start + std::chrono::microseconds(static_cast<long long>(got / bytes_per_second * 1e6)));
+        return true;
+    });
+    EXPECT_EQ(r.status, 200);
+    EXPECT_TRUE(r.complete) << r.error.message();
+    EXPECT_EQ(r.bytes, size);
+    EXPECT_EQ(gw.metric("batchgate_send_timeouts_total"), 0);
+}
+
 // Each event reaches the client before the upstream writes the next one: the upstream sends
 // event i+1 only once the client has event i (gated), so a gateway that held an event back
 // for more bytes would stall the stream. The stream outlives the upstream's 2 s request_timeout
