@@ -293,6 +293,12 @@ private:
             });
         }
         const bool no_body = head_request_ || status == 204 || status == 304 || status == 101;
+        if (!no_body)
+            if (auto coded = transfer_coded(response_->get()); !coded.empty())
+                return on_s([this, coded] {
+                    fail_before_head(gateway_error::upstream_bad_response,
+                                     upstream_name() + " answered with " + transfer_coded_answer(coded));
+                });
         bool chunk_out = false, close_after = false;
         if (status != 101 && !no_body && !response_->content_length()) {
             if (version_ >= 11) chunk_out = true;

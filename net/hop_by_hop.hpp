@@ -16,6 +16,35 @@ namespace batchgate::gateway {
 
 namespace http = boost::beast::http;
 
+// An upstream answer's transfer codings beyond chunked, as sent ("" when it has none, or only
+// chunked once): its body, once de-chunked, is still coded ("gzip, chunked"), or is framed by
+// the connection's close under a coding ("gzip"). The gateway decodes no coding but chunked,
+// and a hop-by-hop field is never relayed: relayed as it came, such a body would reach the
+// client as if plain (RFC 9112 6.1), so it is a bad answer instead.
+template <class Fields>
+std::string transfer_coded(const Fields& fields) {
+    std::string all;
+    std::size_t codings = 0;
+    bool only_chunked = true;
+    // Beast keeps the lines of one name together, in the order they came.
+    auto [first, last] = fields.equal_range(http::field::transfer_encoding);
+    for (auto it = first; it != last; ++it) {
+        all += (all.empty() ? "" : ", ") + std::string(it->value());
+        const http::opt_token_list list{it->value()};
+        only_chunked = only_chunked && http::validate_list(list);
+        for (auto coding : list) {
+            ++codings;
+            only_chunked = only_chunked && boost::beast::iequals(coding, "chunked");
+        }
+    }
+    return all.empty() || (only_chunked && codings == 1) ? std::string() : all;
+}
+
+// Why such an answer is refused.
+inline std::string transfer_coded_answer(const std::string& codings) {
+    return "Transfer-Encoding \"" + codings + "\", a coding the gateway does not decode (only chunked)";
+}
+
 inline bool is_hop_by_hop(http::field f) {
     // "expect" too: the gateway has the whole body already, and a 100 Continue from the
     // upstream must never be taken for its answer.

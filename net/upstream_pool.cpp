@@ -13,6 +13,7 @@
 #include <boost/beast/ssl.hpp>
 
 #include "config/loader.hpp"
+#include "net/hop_by_hop.hpp"
 #include "net/upstream_connection.hpp"
 #include "net/wire.hpp"
 
@@ -268,6 +269,9 @@ private:
             // gateway cannot relay an upgrade yet. Never pooled, never relayed as a final answer.
             return fail(upstream_failure::bad_response, "upstream answered 101 Switching Protocols (upgrades are not supported)");
         }
+        if (auto coded = transfer_coded(parser_->get()); !coded.empty() && status != 204 && status != 304 &&
+                                                            req_.method() != http::verb::head)
+            return fail(upstream_failure::bad_response, "upstream answered with " + transfer_coded_answer(coded));
         upstream_result r;
         // The parser's keep_alive() also knows a body framed by closing the connection.
         const bool reusable = parser_->keep_alive();

@@ -235,6 +235,35 @@ TEST(Robustness, AnswersTheGatewayReadsAreAskedForUnencoded) {
     EXPECT_EQ(ok.body, R"({"id":"1","n":1})");
 }
 
+// A transfer coding other than chunked ("gzip, chunked") is hop-by-hop, never relayed, and the
+// gateway decodes none: relayed as it came, the de-chunked gzip reached the client as a plain
+// body labelled chunked, and fan-out and $batch embedded it as a 200 item. Now a 502 on every
+// path; an answer chunked only still passes.
+TEST(Robustness, ATransferCodingBeyondChunkedIsABadAnswer) {
+    const std::string body = R"([{"id":"1"}])";
+    const std::string chunks = "c\r\n" + body + "\r\n0\r\n\r\n";  // 12 bytes
+    for (const char* te : {"Transfer-Encoding: gzip, chunked\r\n", "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n"}) {
+        raw_upstream up(std::string("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n") + te + "\r\n" + chunks);
+        running_gateway gw(coalesce_config(up.port(), "1ms"));
+        auto passed = get(gw.port(), "/other");
+        EXPECT_EQ(passed.status, 502) << te << passed.body;
+        EXPECT_NE(passed.body.find("Transfer-Encoding \\\"gzip"), std::string::npos) << passed.body;
+        auto coalesced = get(gw.port(), "/users/1");
+        EXPECT_EQ(coalesced.status, 502) << te << coalesced.body;
+        auto fan = send_request(gw.port(), "POST", "/fan", R"({"ids":["1"]})", {{"Content-Type", "application/json"}});
+        ASSERT_EQ(fan.status, 200) << fan.body;
+        EXPECT_EQ(fan.json()["results"][0]["status"], 502) << fan.body;
+        nlohmann::json envelope{{"requests", {{{"id", "a"}, {"method", "GET"}, {"url", "/other"}}}}};
+        auto batch = send_request(gw.port(), "POST", "/$batch", envelope.dump(), {{"Content-Type", "application/json"}});
+        ASSERT_EQ(batch.status, 200) << batch.body;
+        EXPECT_EQ(batch.json()["responses"][0]["status"], 502) << batch.body;
+    }
+    raw_upstream chunked("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks);
+    running_gateway gw(coalesce_config(chunked.port(), "1ms"));
+    EXPECT_EQ(get(gw.port(), "/other").body, body);
+    EXPECT_EQ(get(gw.port(), "/users/1").body, R"({"id":"1"})");
+}
+
 // A kept-alive connection the upstream closes as a batch call goes on it: a batch of reads is
 // sent again on a new connection, even as a POST; a batch of writes is not, even as a PUT (it
 // may have been applied, and its callers' POSTs are not idempotent), and its callers learn that
