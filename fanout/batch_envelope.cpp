@@ -105,6 +105,7 @@ private:
         }
         gateway::request_context ctx;
         ctx.client_ip = ctx_.client_ip;
+        ctx.proto = ctx_.proto;
         ctx.request_id = ctx_.request_id;
         ctx.traceparent = ctx_.traceparent;
         ctx.deadline = deadline_;

@@ -76,7 +76,7 @@ private:
         up.set("X-Request-Id", ctx_.request_id);
         if (!ctx_.traceparent.empty()) up.set("traceparent", ctx_.traceparent);
         up.set("X-Forwarded-For", ctx_.client_ip);
-        up.set("X-Forwarded-Proto", "http");
+        up.set("X-Forwarded-Proto", ctx_.proto);  // https with listen_tls
         gateway::accept_identity_only(up);  // the answer is read here, into the call's answer
         if (!item.body.empty()) {
             up.body() = std::move(item.body);

@@ -35,6 +35,12 @@ routes:
       max_wait: 20ms
       request: {method: GET, path: /users, encoding: query_list, query_param: ids}
       response: {items: "", key: /id}
+  - name: fan
+    match: {method: POST, path: /fan}
+    upstream: plain
+    mode: fan_out
+    fan_out: {items: /ids, request: {method: GET, path: "/echo/{item}"}}
+  - {name: batch, match: {method: POST, path: "/$batch"}, mode: batch_envelope}
   - name: everything
     match: {prefix: /}
     upstream: plain
@@ -128,6 +134,14 @@ TEST_F(ListenTls, CurlReachesCoalesceAndPassthroughRoutes) {
     const auto body = nlohmann::json::parse(echo.substr(0, echo.rfind('\n')));
     EXPECT_EQ(body["body"], R"({"a":1})");
     EXPECT_EQ(body["headers"]["x-forwarded-proto"], "https") << body.dump();
+    // Fan-out item calls and $batch sub-requests say so too (they said http).
+    const std::string fan = run(base + "/fan -H 'Content-Type: application/json' --data-binary '{\"ids\":[\"a\"]}'");
+    ASSERT_EQ(fan.substr(fan.rfind('\n') + 1), "200") << fan;
+    EXPECT_NE(fan.find(R"("x-forwarded-proto":"https")"), std::string::npos) << fan;
+    const std::string batch = run(base + "/\\$batch -H 'Content-Type: application/json' --data-binary "
+                                         "'{\"requests\":[{\"id\":\"1\",\"method\":\"GET\",\"url\":\"/echo/b\"}]}'");
+    ASSERT_EQ(batch.substr(batch.rfind('\n') + 1), "200") << batch;
+    EXPECT_NE(batch.find(R"("x-forwarded-proto":"https")"), std::string::npos) << batch;
 
     // Without the CA, curl refuses the certificate: the gateway really presented this one.
     const std::string untrusted = run("curl -sS --max-time 10 -o /dev/null -w '%{http_code}' https://127.0.0.1:" +
