@@ -304,7 +304,7 @@ private:
             if (version_ >= 11) chunk_out = true;
             else close_after = true;
         }
-        write_client_head(response_->get(), status, chunk_out, close_after);
+        write_client_head(response_->get(), status, chunk_out, close_after, response_->content_length());
         const bool done = response_->is_done() || status == 101;
         const std::size_t window =
             status == 101 ? stream_window : std::clamp<std::uint64_t>(response_->content_length().value_or(stream_window), 1, stream_window);
@@ -518,7 +518,8 @@ private:
     // Server and X-Request-Id (the gateway's); the framing; Connection as Beast's keep_alive()
     // would set it for the client's version; Server; X-Request-Id.
     template <class Head>
-    void write_client_head(const Head& h, int status, bool chunk_out, bool close_after) {
+    void write_client_head(const Head& h, int status, bool chunk_out, bool close_after,
+                           boost::optional<std::uint64_t> content_length) {
         std::string& out = ready_head_;
         out.clear();
         out.reserve(wire::fields_bytes(h) + p_.request_id.size() + 160);  // one allocation
@@ -531,9 +532,17 @@ private:
         if (reason.empty()) reason = http::obsolete_reason(h.result());
         out.append(reason.data(), reason.size());
         out += "\r\n";
+        // Content-Length as the parser read it: one number, whatever list the upstream sent
+        // ("2, 2" is one length to the parser, an ambiguous field to a client, RFC 9110 8.6),
+        // and none on a 204, which has no content to measure.
         append_crossing_fields(out, h, [](const auto& f) {
-            return f.name() == http::field::server || is_request_id(f);
+            return f.name() == http::field::server || f.name() == http::field::content_length || is_request_id(f);
         });
+        if (content_length && status != 204 && status != 101) {
+            char length[24];
+            auto [length_end, length_ec] = std::to_chars(length, length + sizeof length, *content_length);
+            wire::append_field(out, "Content-Length", std::string_view(length, length_end - length));
+        }
         if (status == 101) {
             wire::append_field(out, "Connection", "Upgrade");
             wire::append_field(out, "Upgrade", h[http::field::upgrade]);

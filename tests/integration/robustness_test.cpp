@@ -264,6 +264,25 @@ TEST(Robustness, ATransferCodingBeyondChunkedIsABadAnswer) {
     EXPECT_EQ(get(gw.port(), "/users/1").body, R"({"id":"1"})");
 }
 
+// A passthrough answer's Content-Length is the one the gateway read: "2, 2" (one length to
+// Beast, RFC 9110 8.6 lets a recipient take it) goes out as "2", and a 204's (which has no
+// content, and must not say a length) not at all. Both were relayed as they came.
+TEST(Robustness, APassedAnswersContentLengthIsOneNumber) {
+    raw_upstream listed("HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok");
+    running_gateway gw(coalesce_config(listed.port(), "1ms"));
+    auto raw = send_raw(gw.port(), "GET /other HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    EXPECT_NE(raw.find("\r\nContent-Length: 2\r\n"), std::string::npos) << raw;
+    EXPECT_EQ(raw.find("2, 2"), std::string::npos) << raw;
+    EXPECT_EQ(raw.substr(raw.size() - 2), "ok") << raw;
+
+    raw_upstream empty("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-Kept: yes\r\n\r\n");
+    running_gateway gw2(coalesce_config(empty.port(), "1ms"));
+    raw = send_raw(gw2.port(), "GET /other HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    EXPECT_EQ(raw.rfind("HTTP/1.1 204", 0), 0u) << raw;
+    EXPECT_EQ(raw.find("Content-Length"), std::string::npos) << raw;
+    EXPECT_NE(raw.find("X-Kept: yes\r\n"), std::string::npos) << raw;
+}
+
 // A kept-alive connection the upstream closes as a batch call goes on it: a batch of reads is
 // sent again on a new connection, even as a POST; a batch of writes is not, even as a PUT (it
 // may have been applied, and its callers' POSTs are not idempotent), and its callers learn that
