@@ -137,6 +137,11 @@ private:
     }
 
     void on_response(std::size_t i, response_t res) {
+        // Held until the envelope goes out: every entry's answer counts against max_buffered.
+        if (!held_.take(res.body().size() + 64 * std::distance(res.begin(), res.end()))) {
+            if (env_.budget_rejected) env_.budget_rejected->Increment();
+            return reject(i, 503, "over_budget", std::string(gateway::held_answer_refused));
+        }
         // Asked for identity (build_sub_request): a coded body would be embedded as garbage.
         const std::string coding = res.body().empty() ? std::string() : gateway::content_coding(res);
         const int status = coding.empty() ? res.result_int() : 502;
@@ -196,6 +201,7 @@ private:
             answered_ = true;
             res.body() = json{{"responses", std::move(entries_)}}.dump(-1, ' ', false, json::error_handler_t::replace);
         }
+        held_.release();  // the session's lease counts the envelope from here
         // Stop the deadline timer on its own strand; it holds this call alive until then.
         boost::asio::post(timer_.get_executor(), [self = shared_from_this()] { self->timer_.cancel(); });
         res.set(http::field::content_type, "application/json");
@@ -231,6 +237,7 @@ private:
     metrics::fanout_metrics& metrics_;
     std::mutex mutex_;  // entries_, statuses_ and answered_: completions arrive on any thread
     std::vector<json> entries_;
+    gateway::shared_lease held_{env_.budget};  // the entries' answers (max_buffered)
     std::vector<int> statuses_;  // 0 = not finished yet
     bool answered_ = false;
     boost::asio::steady_timer timer_;

@@ -34,6 +34,8 @@ struct engine_env {
     const config::limits_settings& limits;
     std::shared_ptr<gateway::upstream_pool> pool;  // mode fan_out: the route's upstream; null if unknown
     dispatch_fn dispatch;                          // mode batch_envelope: sub-requests, same snapshot
+    gateway::memory_budget* budget = nullptr;      // limits.max_buffered: the items' answers, held
+    prometheus::Counter* budget_rejected = nullptr;  // items refused for it
 };
 
 void serve_fan_out(const engine_env& env, const config::route_settings& route, gateway::request_t req,

@@ -115,6 +115,11 @@ private:
             return complete(i, {502, json{{"error", where + " answered with " + gateway::coded_answer(coding)}}},
                             outcome::error);
         }
+        // Held until the call's answer goes out: every item's answer counts against max_buffered.
+        if (!held_.take(r.response.body().size())) {
+            if (env_.budget_rejected) env_.budget_rejected->Increment();
+            return complete(i, {503, json{{"error", std::string(gateway::held_answer_refused)}}}, outcome::error);
+        }
         const int status = r.response.result_int();
         const std::size_t max_depth = env_.limits.max_json_depth;
         auto parsed = routes::parse_json(r.response.body(), max_depth);
@@ -149,6 +154,7 @@ private:
         res.body() = render_envelope(route_.fan_out, call_, header_, std::move(entries_), succeeded,
                                      std::chrono::system_clock::now());
         res.prepare_payload();
+        held_.release();  // the session's lease counts the answer from here
         auto done = std::move(done_);
         done(std::move(res), {});
     }
@@ -167,6 +173,7 @@ private:
     std::vector<json> entries_;
     std::vector<char> succeeded_;  // not vector<bool>: items complete on different threads
     plan_runner runner_;
+    gateway::shared_lease held_{env_.budget};  // the items' answers (max_buffered)
 };
 
 }  // namespace

@@ -220,7 +220,8 @@ struct exchange {
 // What a fan-out engine takes from the gateway for one call (fanout/engine.hpp).
 fanout::engine_env engine_env_for(const std::shared_ptr<shared_state>& state, const std::shared_ptr<const runtime>& rt,
                                   const config::route_settings& route) {
-    fanout::engine_env env{state->metrics, state->executor_here(), state, rt, rt->config->limits, nullptr, nullptr};
+    fanout::engine_env env{state->metrics, state->executor_here(), state, rt, rt->config->limits, nullptr, nullptr,
+                           &state->budget, &state->metrics.budget_rejected()};
     if (route.mode == config::route_mode::fan_out) {
         if (auto it = rt->upstreams.find(route.upstream); it != rt->upstreams.end()) env.pool = it->second;
     } else {

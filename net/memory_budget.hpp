@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstddef>
 #include <string>
+#include <string_view>
 
 #include <prometheus/gauge.h>
 
@@ -111,5 +112,34 @@ inline bool make_room(std::string& body, budget_lease& lease, std::size_t limit)
     lease.set_to(body.capacity());
     return true;
 }
+
+inline constexpr std::string_view held_answer_refused =
+    "the gateway's memory budget (limits.max_buffered) cannot hold this item's answer";
+
+// Bytes a fan-out or $batch call holds for the answers of its items (which complete on any
+// worker thread) until its own answer goes to the session, whose lease then counts it. Each
+// item's answer is taken or refused as a whole; everything goes back at once.
+class shared_lease {
+public:
+    explicit shared_lease(memory_budget* budget) : budget_(budget) {}
+    shared_lease(const shared_lease&) = delete;
+    shared_lease& operator=(const shared_lease&) = delete;
+    ~shared_lease() { release(); }
+
+    // n more bytes held; false (nothing held) when over the budget.
+    bool take(std::size_t n) {
+        if (!budget_ || n == 0) return true;
+        if (!budget_->try_reserve(n)) return false;
+        bytes_.fetch_add(n, std::memory_order_relaxed);
+        return true;
+    }
+    void release() {
+        if (budget_) budget_->release(bytes_.exchange(0, std::memory_order_relaxed));
+    }
+
+private:
+    memory_budget* budget_;
+    std::atomic<std::size_t> bytes_{0};
+};
 
 }  // namespace batchgate::gateway

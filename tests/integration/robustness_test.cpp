@@ -283,6 +283,41 @@ TEST(Robustness, APassedAnswersContentLengthIsOneNumber) {
     EXPECT_NE(raw.find("X-Kept: yes\r\n"), std::string::npos) << raw;
 }
 
+// limits.max_buffered bounds what a fan-out or $batch call holds of its items' answers until
+// its own answer goes out, not only each answer while it is read: one at a time, four answers
+// of 30 KB fit a 100 KiB budget as they are read, not all together. An item over it is a 503
+// in its place; the rest are kept, and everything goes back once the answer is written.
+TEST(Robustness, FanOutAndBatchAnswersAreHeldWithinTheBudget) {
+    const std::string big(30000, 'x');
+    raw_upstream up(http_answer("200 OK", "Content-Type: text/plain\r\n", big));
+    auto text = fill(coalesce_yaml, {{"PORT", std::to_string(up.port())}, {"WAIT", "1ms"}, {"TIMEOUT", "2s"}, {"RETRY", "{}"}});
+    auto swap = [&text](const std::string& from, const std::string& to) { text.replace(text.find(from), from.size(), to); };
+    swap("limits: {drain_timeout: 200ms}", "limits: {drain_timeout: 200ms, max_buffered: 100KiB}");
+    swap("mode: batch_envelope}", "mode: batch_envelope, batch_envelope: {concurrency: 1}}");
+    running_gateway gw(load_yaml(text));
+    nlohmann::json envelope{{"requests", nlohmann::json::array()}};
+    for (int i = 0; i < 4; ++i) envelope["requests"].push_back({{"id", std::to_string(i)}, {"method", "GET"}, {"url", "/other"}});
+    auto batch = send_request(gw.port(), "POST", "/$batch", envelope.dump(), {{"Content-Type", "application/json"}});
+    ASSERT_EQ(batch.status, 200) << batch.body.substr(0, 300);
+    const auto responses = batch.json()["responses"];
+    ASSERT_EQ(responses.size(), 4u);
+    int held = 0, refused = 0;
+    for (const auto& r : responses) {
+        if (r["status"] == 200) {
+            ++held;
+            EXPECT_EQ(r["body"], big);
+        } else {
+            ++refused;
+            EXPECT_EQ(r["status"], 503) << r.dump().substr(0, 300);
+        }
+    }
+    EXPECT_EQ(held, 3);
+    EXPECT_EQ(refused, 1);
+    for (int i = 0; i < 100 && gw.metric("batchgate_buffered_bytes") > 0; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    EXPECT_EQ(gw.metric("batchgate_buffered_bytes"), 0) << "the held answers were not given back";
+}
+
 // A kept-alive connection the upstream closes as a batch call goes on it: a batch of reads is
 // sent again on a new connection, even as a POST; a batch of writes is not, even as a PUT (it
 // may have been applied, and its callers' POSTs are not idempotent), and its callers learn that
