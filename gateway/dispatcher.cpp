@@ -1,4 +1,5 @@
 #include "gateway/dispatcher.hpp"
+#include "gateway/request_head.hpp"
 
 #include <algorithm>
 #include <list>
@@ -226,6 +227,11 @@ fanout::engine_env engine_env_for(const std::shared_ptr<shared_state>& state, co
         if (auto it = rt->upstreams.find(route.upstream); it != rt->upstreams.end()) env.pool = it->second;
     } else {
         env.dispatch = [state, rt](request_t req, request_context ctx, dispatch_done done) {
+            // A sub-request's Host (the envelope's, or the entry's own) is checked as a client's
+            // is: "a b" went upstream as X-Forwarded-Host. Its target the envelope checked.
+            // (None: an HTTP/1.0 envelope without one, which is no error.)
+            if (auto bad = req.count(http::field::host) ? check_request_head(req.base()) : std::nullopt)
+                return done(error_response(bad->error, "sub-request: " + bad->message, "", req.version()), {});
             dispatch(state, rt, std::move(req), std::move(ctx), std::move(done));
         };
     }

@@ -318,6 +318,24 @@ TEST(Robustness, FanOutAndBatchAnswersAreHeldWithinTheBudget) {
     EXPECT_EQ(gw.metric("batchgate_buffered_bytes"), 0) << "the held answers were not given back";
 }
 
+// A $batch entry's own Host is checked as a client's Host is: "a b" is a 400 in its entry, not
+// an X-Forwarded-Host upstream; the entries beside it go on.
+TEST(Robustness, ABatchEntrysInvalidHostIsRefusedInItsEntry) {
+    raw_upstream up(http_answer("200 OK", "Content-Type: application/json\r\n", R"({"ok":true})"));
+    running_gateway gw(coalesce_config(up.port(), "1ms"));
+    nlohmann::json envelope{{"requests",
+                             {{{"id", "bad"}, {"method", "GET"}, {"url", "/other"}, {"headers", {{"Host", "a b"}}}},
+                              {{"id", "good"}, {"method", "GET"}, {"url", "/other"}, {"headers", {{"Host", "api.example:8080"}}}}}}};
+    auto batch = send_request(gw.port(), "POST", "/$batch", envelope.dump(), {{"Content-Type", "application/json"}});
+    ASSERT_EQ(batch.status, 200) << batch.body;
+    const auto responses = batch.json()["responses"];
+    ASSERT_EQ(responses.size(), 2u);
+    EXPECT_EQ(responses[0]["id"], "bad");
+    EXPECT_EQ(responses[0]["status"], 400) << batch.body;
+    EXPECT_EQ(responses[1]["status"], 200) << batch.body;
+    EXPECT_EQ(up.requests(), 1) << "the refused entry went upstream";
+}
+
 // A kept-alive connection the upstream closes as a batch call goes on it: a batch of reads is
 // sent again on a new connection, even as a POST; a batch of writes is not, even as a PUT (it
 // may have been applied, and its callers' POSTs are not idempotent), and its callers learn that
