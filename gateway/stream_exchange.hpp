@@ -443,7 +443,11 @@ private:
             if (ec.category() == error_code(http::error::end_of_stream).category() && ec != http::error::end_of_stream &&
                 ec != http::error::partial_message)
                 return fail_before_head(gateway_error::bad_request, "malformed request body: " + ec.message());
-            return abort(false);  // the client went away mid-body: nobody to answer
+            // A FIN mid-body: the client may have only half-closed, and still reads. It gets
+            // the 400 a buffered route gives a cut body (the upstream call, if begun, is ended).
+            if (ec == http::error::partial_message)
+                return fail_before_head(gateway_error::bad_request, "malformed request body: " + ec.message());
+            return abort(false);  // the client went away mid-body (a reset): nobody to answer
         }
         const bool first = !upstream_begun_;
         // Counted from the window's start: the first window fills before anything goes upstream.

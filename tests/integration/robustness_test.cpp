@@ -336,6 +336,31 @@ TEST(Robustness, ABatchEntrysInvalidHostIsRefusedInItsEntry) {
     EXPECT_EQ(up.requests(), 1) << "the refused entry went upstream";
 }
 
+// A passthrough client that half-closes in the middle of its body gets the 400 a buffered route
+// gives (it got its connection closed without a word), whether the body had begun to go upstream
+// or not; nothing is answered twice.
+TEST(Robustness, APassthroughBodyCutByAHalfCloseGets400) {
+    raw_upstream up(http_answer("200 OK", "", "ok"));
+    running_gateway gw(coalesce_config(up.port(), "1ms"));
+    const std::string big(100000, 'x');  // past the first window: the upstream call has begun
+    for (const std::string& head_and_part :
+         {std::string("POST /other HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc"),
+          std::string("POST /other HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"),
+          "POST /other HTTP/1.1\r\nHost: a\r\nContent-Length: 200000\r\n\r\n" + big}) {
+        net::io_context ioc;
+        tcp::socket s(ioc);
+        s.connect({net::ip::make_address("127.0.0.1"), gw.port()});
+        net::write(s, net::buffer(head_and_part));
+        s.shutdown(tcp::socket::shutdown_send);
+        std::string answer;
+        beast::error_code ec;
+        std::array<char, 4096> buf;
+        for (std::size_t n; (n = s.read_some(net::buffer(buf), ec)) > 0 || !ec;) answer.append(buf.data(), n);
+        EXPECT_EQ(answer.rfind("HTTP/1.1 400", 0), 0u) << head_and_part.substr(0, 60) << ": " << answer;
+        EXPECT_EQ(answer.find("HTTP/1.1", 1), std::string::npos) << answer;
+    }
+}
+
 // A kept-alive connection the upstream closes as a batch call goes on it: a batch of reads is
 // sent again on a new connection, even as a POST; a batch of writes is not, even as a PUT (it
 // may have been applied, and its callers' POSTs are not idempotent), and its callers learn that
