@@ -440,12 +440,10 @@ private:
             if (ec == http::error::body_limit)
                 return fail_before_head(gateway_error::payload_too_large,
                                         too_big("request body", "max_body", p_.route->passthrough.max_body_bytes));
-            if (ec.category() == error_code(http::error::end_of_stream).category() && ec != http::error::end_of_stream &&
-                ec != http::error::partial_message)
-                return fail_before_head(gateway_error::bad_request, "malformed request body: " + ec.message());
-            // A FIN mid-body: the client may have only half-closed, and still reads. It gets
-            // the 400 a buffered route gives a cut body (the upstream call, if begun, is ended).
-            if (ec == http::error::partial_message)
+            // A malformed body, or a FIN mid-body (partial_message: the client may have only
+            // half-closed, and still reads): the 400 a buffered route gives (the upstream call,
+            // if begun, is ended).
+            if (ec.category() == error_code(http::error::end_of_stream).category() && ec != http::error::end_of_stream)
                 return fail_before_head(gateway_error::bad_request, "malformed request body: " + ec.message());
             return abort(false);  // the client went away mid-body (a reset): nobody to answer
         }
