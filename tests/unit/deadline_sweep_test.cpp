@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -186,4 +187,24 @@ TEST_F(sweep_test, CoarseNowIsTheLastSweptTimeWhileTicking) {
     EXPECT_GT(later, started);               // a tick moved it on
     EXPECT_LE(later, clock_type::now());
     EXPECT_TRUE(fired.empty());
+}
+
+// Lengths past max_lists join the list of the nearest length (found by a binary search of the
+// lists): each still fires when due, never before, and in order within a sweep step.
+TEST_F(sweep_test, ManyLengthsShareTheNearestListsAndEachFiresWhenDue) {
+    std::vector<std::unique_ptr<probe>> probes;
+    std::vector<int> lengths_ms;
+    for (int i = 0; i < 48; ++i) lengths_ms.push_back(((i * 37) % 48 + 1) * 10);  // 10..480 ms, shuffled
+    for (int ms : lengths_ms) {
+        probes.push_back(std::make_unique<probe>(std::to_string(ms), &fired));
+        sweep.arm(*probes.back(), t0, std::chrono::milliseconds(ms));
+    }
+    EXPECT_EQ(sweep.lists(), deadline_sweep::max_lists);
+    for (int ms = 5; ms <= 485; ms += 10) {
+        sweep.sweep(t0 + std::chrono::milliseconds(ms));
+        // Exactly those due by now have fired: the ones of 10 .. ms-5.
+        EXPECT_EQ(fired.size(), static_cast<std::size_t>(ms / 10)) << "at " << ms << " ms";
+    }
+    for (std::size_t i = 0; i < fired.size(); ++i) EXPECT_EQ(fired[i], std::to_string((i + 1) * 10));
+    EXPECT_EQ(sweep.armed(), 0u);
 }
