@@ -6,9 +6,12 @@
 
 #include <array>
 #include <chrono>
+#include <cstring>
+#include <memory>
 #include <new>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/io_context.hpp>
@@ -44,14 +47,112 @@ struct exact_allocator {
     bool operator==(const exact_allocator<U>&) const noexcept { return true; }
 };
 
+// A block cache of the calling thread: freed blocks of up to `sizes` sizes, up to `depth` of
+// each, kept for the next allocation of their exact size. For objects made once per request and
+// too big for glibc's per-thread cache (1,032 bytes), such as a passthrough exchange (1.3 KiB):
+// malloc and free of those searched the bins and cost 750 instructions a request. A loop
+// frees a burst of them (one epoll round of answers) before it makes the next burst, hence the
+// depth. Blocks freed on another thread (an exchange whose upstream side ends last) go to that
+// thread's cache. A thread holds at most sizes x depth blocks; they are freed when it ends.
+class thread_block_cache {
+public:
+    static constexpr std::size_t sizes = 4;
+    static constexpr std::size_t depth = 64;
+    // Off under AddressSanitizer: a block in the cache would hide a use after free from it.
+#if defined(__SANITIZE_ADDRESS__)
+    static constexpr bool enabled = false;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+    static constexpr bool enabled = false;
+#else
+    static constexpr bool enabled = true;
+#endif
+#else
+    static constexpr bool enabled = true;
+#endif
+
+    static void* take(std::size_t size) {
+        if (enabled)
+            for (auto& c : local().classes)
+                if (c.size == size && c.top) {
+                    auto* b = c.top;
+                    c.top = b->next;
+                    --c.count;
+                    return b;
+                }
+        return ::operator new(size);
+    }
+    static void give(void* block, std::size_t size) noexcept {
+        if (enabled && size >= sizeof(free_block))
+            for (auto& c : local().classes)
+                if (c.size == size || c.count == 0) {
+                    if (c.count == depth) break;
+                    c.size = size;
+                    c.top = ::new (block) free_block{c.top};
+                    ++c.count;
+                    return;
+                }
+        ::operator delete(block);
+    }
+
+private:
+    struct free_block {
+        free_block* next;
+    };
+    struct size_class {
+        std::size_t size = 0;
+        std::size_t count = 0;
+        free_block* top = nullptr;
+    };
+    struct cache {
+        std::array<size_class, sizes> classes{};
+        cache() = default;
+        cache(const cache&) = delete;
+        cache& operator=(const cache&) = delete;
+        ~cache() {
+            for (auto& c : classes)
+                while (c.top) ::operator delete(std::exchange(c.top, c.top->next));
+        }
+    };
+    static cache& local() noexcept {
+        thread_local cache c;
+        return c;
+    }
+};
+
+// An allocator that takes its blocks from thread_block_cache: for std::allocate_shared of an
+// object made per request.
+template <class T>
+struct thread_cached_allocator {
+    using value_type = T;
+    thread_cached_allocator() noexcept = default;
+    template <class U>
+    thread_cached_allocator(const thread_cached_allocator<U>&) noexcept {}
+    T* allocate(std::size_t n) {
+        static_assert(alignof(T) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__, "the cache's blocks come from plain operator new");
+        return static_cast<T*>(thread_block_cache::take(n * sizeof(T)));
+    }
+    void deallocate(T* p, std::size_t n) noexcept { thread_block_cache::give(p, n * sizeof(T)); }
+    template <class U>
+    bool operator==(const thread_cached_allocator<U>&) const noexcept { return true; }
+};
+
 namespace wire {
 
-// "Name: value\r\n".
+// "Name: value\r\n": one grow of `out` and two copies (a head is some fifteen of these per
+// request; four appends each, two of them strlen'd, were 6% of a passthrough request).
 inline void append_field(std::string& out, std::string_view name, std::string_view value) {
-    out.append(name);
-    out += ": ";
-    out.append(value);
-    out += "\r\n";
+    const std::size_t at = out.size();
+    out.resize(at + name.size() + value.size() + 4);
+    char* p = out.data() + at;
+    if (!name.empty()) std::memcpy(p, name.data(), name.size());  // an empty view's data may be null
+    p += name.size();
+    *p++ = ':';
+    *p++ = ' ';
+    if (!value.empty()) std::memcpy(p, value.data(), value.size());
+    p += value.size();
+    *p++ = '\r';
+    *p = '\n';
 }
 
 // The bytes "Name: value\r\n" takes for every field: a head written from them is reserved once,

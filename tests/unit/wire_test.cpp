@@ -1,0 +1,91 @@
+// net/wire.hpp: a head's field lines, and the per-thread block cache of per-request objects.
+#include "net/wire.hpp"
+
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace batchgate::gateway;
+
+TEST(wire, AppendFieldWritesOneLineAfterWhatIsThere) {
+    std::string out = "GET / HTTP/1.1\r\n";
+    wire::append_field(out, "Host", "example.com:8080");
+    wire::append_field(out, "X-Empty", "");
+    wire::append_field(out, "", "");  // never asked for; still exact bytes, no read of a null view
+    wire::append_field(out, std::string_view(), std::string_view());
+    EXPECT_EQ(out, "GET / HTTP/1.1\r\nHost: example.com:8080\r\nX-Empty: \r\n: \r\n: \r\n");
+}
+
+TEST(wire, AppendFieldGrowsPastAnyReserve) {
+    std::string out;
+    const std::string value(5000, 'v');
+    for (int i = 0; i < 20; ++i) wire::append_field(out, "X-Long", value);
+    EXPECT_EQ(out.size(), 20u * (6 + 2 + 5000 + 2));
+    EXPECT_EQ(out.substr(0, 10), "X-Long: vv");
+    EXPECT_EQ(out.substr(out.size() - 4), "vv\r\n");
+}
+
+TEST(thread_block_cache, ABlockFreedIsTakenAgainForItsSizeOnly) {
+    if (!thread_block_cache::enabled) GTEST_SKIP() << "off under AddressSanitizer";
+    void* a = thread_block_cache::take(1312);
+    thread_block_cache::give(a, 1312);
+    void* other = thread_block_cache::take(1400);  // another size: not a's block
+    EXPECT_NE(other, a);
+    EXPECT_EQ(thread_block_cache::take(1312), a);  // the same size: the block back
+    thread_block_cache::give(other, 1400);
+    thread_block_cache::give(a, 1312);
+}
+
+TEST(thread_block_cache, KeepsAtMostDepthBlocksOfASizeAndGivesThemBackInAnyOrder) {
+    if (!thread_block_cache::enabled) GTEST_SKIP() << "off under AddressSanitizer";
+    const std::size_t size = 2048;
+    std::vector<void*> blocks;
+    for (std::size_t i = 0; i < thread_block_cache::depth + 10; ++i) blocks.push_back(thread_block_cache::take(size));
+    for (void* b : blocks) thread_block_cache::give(b, size);  // the last 10 are freed, not kept
+    std::set<void*> kept(blocks.begin(), blocks.begin() + thread_block_cache::depth);
+    std::set<void*> again;
+    for (std::size_t i = 0; i < thread_block_cache::depth; ++i) again.insert(thread_block_cache::take(size));
+    EXPECT_EQ(again, kept);
+    for (void* b : again) thread_block_cache::give(b, size);
+}
+
+TEST(thread_block_cache, ABlockFreedOnAnotherThreadStaysThere) {
+    if (!thread_block_cache::enabled) GTEST_SKIP() << "off under AddressSanitizer";
+    const std::size_t size = 3000;
+    void* block = thread_block_cache::take(size);
+    void* taken_there = nullptr;
+    std::thread([&] {
+        thread_block_cache::give(block, size);
+        taken_there = thread_block_cache::take(size);
+        thread_block_cache::give(taken_there, size);
+    }).join();  // the thread's cache frees it as the thread ends
+    EXPECT_EQ(taken_there, block);
+}
+
+namespace {
+struct big {
+    explicit big(int* alive) : alive(alive) { ++*alive; }
+    ~big() { --*alive; }
+    int* alive;
+    char payload[1200] = {};
+};
+}  // namespace
+
+TEST(thread_block_cache, SharedObjectsMadeThroughItAreBuiltAndDestroyedOnce) {
+    int alive = 0;
+    std::vector<std::shared_ptr<big>> objects;
+    for (int i = 0; i < 100; ++i) objects.push_back(std::allocate_shared<big>(thread_cached_allocator<big>(), &alive));
+    EXPECT_EQ(alive, 100);
+    objects.resize(30);
+    EXPECT_EQ(alive, 30);
+    for (int i = 0; i < 70; ++i) objects.push_back(std::allocate_shared<big>(thread_cached_allocator<big>(), &alive));
+    std::set<big*> distinct;
+    for (auto& o : objects) distinct.insert(o.get());
+    EXPECT_EQ(distinct.size(), 100u);  // no block handed out twice
+    objects.clear();
+    EXPECT_EQ(alive, 0);
+}
