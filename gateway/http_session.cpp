@@ -141,6 +141,7 @@ constexpr int unsent_limit = 64 * 1024;
 template <class Stream>
 class http_session : public drainable,
                      public hang_up_watcher,
+                     public stream_owner,
                      public std::enable_shared_from_this<http_session<Stream>>,
                      private deadline_entry {
 public:
@@ -457,16 +458,15 @@ private:
         p.keep_alive = keep_alive_;
         p.budget_rejected = &state_->metrics.budget_rejected();
         p.send_timeouts = &state_->metrics.send_timeouts();
-        auto ex = std::make_shared<stream_exchange<Stream>>(
-            stream_, buffer_, std::move(*parser_), std::move(p), this->shared_from_this(),
-            [self = this->shared_from_this()](stream_outcome out) { self->end_stream(std::move(out)); });
+        auto ex = std::allocate_shared<stream_exchange<Stream>>(
+            thread_cached_allocator<stream_exchange<Stream>>(), stream_, buffer_, std::move(*parser_), std::move(p), this->shared_from_this());
         parser_.reset();
         exchange_ = ex;
         ex->start();
     }
 
     // On the connection's thread, exactly once per streamed request.
-    void end_stream(stream_outcome out) {
+    void end_stream(stream_outcome out) override {
         exchange_.reset();
         info_ = std::move(out.info);
         if (out.close_client) keep_alive_ = false, linger_ = true;

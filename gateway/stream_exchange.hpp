@@ -55,6 +55,16 @@ struct stream_outcome {
     dispatch_info info;
 };
 
+// The session an exchange serves: told on S, exactly once, that the exchange is over. The
+// exchange holds it alive until then.
+class stream_owner {
+public:
+    virtual void end_stream(stream_outcome out) = 0;
+
+protected:
+    ~stream_owner() = default;
+};
+
 struct stream_params {
     std::shared_ptr<upstream_pool> pool;
     const config::route_settings* route = nullptr;
@@ -76,24 +86,23 @@ struct stream_params {
 inline constexpr std::size_t stream_window = 64 * 1024;
 
 template <class ClientStream>
-class stream_exchange : public std::enable_shared_from_this<stream_exchange<ClientStream>> {
+class stream_exchange : public std::enable_shared_from_this<stream_exchange<ClientStream>>,
+                        public upstream_pool::lease_taker {
 public:
     using request_parser_t = http::request_parser<http::buffer_body>;
-    using done_fn = std::function<void(stream_outcome)>;
     using clock = std::chrono::steady_clock;
 
-    // owner keeps the client stream and buffer alive; done runs on S, exactly once.
+    // owner keeps the client stream and buffer alive; its end_stream runs on S, exactly once.
     // parser: the client's, with the request's head read and none of its body.
     stream_exchange(ClientStream& client, boost::beast::flat_buffer& client_buffer,
                     http::request_parser<http::string_body>&& parser,
-                    stream_params params, std::shared_ptr<void> owner, done_fn done)
+                    stream_params params, std::shared_ptr<stream_owner> owner)
         : client_(client),
           client_buffer_(client_buffer),
           s_(client.get_executor()),
           req_(std::move(parser)),
           p_(std::move(params)),
           owner_(std::move(owner)),
-          done_(std::move(done)),
           request_charge_(p_.budget),
           response_charge_(p_.budget) {}
 
@@ -224,10 +233,10 @@ private:
     // --- the upstream connection (U) -------------------------------------------------------
 
     void lease(bool fresh) {
-        p_.pool->async_lease(p_.head_deadline, fresh, [self = this->shared_from_this()](upstream_pool::lease l) {
-            self->on_lease(std::move(l));
-        });
+        p_.pool->async_lease(p_.head_deadline, fresh, this->shared_from_this());
     }
+
+    void take_lease(upstream_pool::lease l) override { on_lease(std::move(l)); }
 
     // On the lent connection's thread, or any thread when no connection came.
     void on_lease(upstream_pool::lease l) {
@@ -744,9 +753,7 @@ private:
 
     void done(stream_outcome out) {
         out.client_read_pending = client_reading_;
-        auto d = std::move(done_);
-        done_ = nullptr;
-        if (d) d(std::move(out));
+        if (!std::exchange(ended_, true)) owner_->end_stream(std::move(out));
     }
 
     // --- helpers ---------------------------------------------------------------------------
@@ -805,8 +812,8 @@ private:
     std::optional<executor_t> u_;  // set when the connection is lent
     request_parser_t req_;
     stream_params p_;
-    std::shared_ptr<void> owner_;
-    done_fn done_;
+    std::shared_ptr<stream_owner> owner_;
+    bool ended_ = false;  // owner_ was told
     budget_lease request_charge_;   // S: the request window
     budget_lease response_charge_;  // U: the response window, until the exchange is gone
     std::string upgrade_value_;     // the client's Upgrade field, when it asks for one

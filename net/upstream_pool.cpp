@@ -173,8 +173,7 @@ private:
         l.conn = std::move(conn_);
         l.reused = reused_;
         auto lend = std::move(lend_);
-        lend_ = nullptr;
-        lend(std::move(l));
+        lend->take_lease(std::move(l));
     }
 
     void do_handshake() {
@@ -336,8 +335,7 @@ private:
             l.failure = f;
             l.detail = std::move(detail);
             auto lend = std::move(lend_);
-            lend_ = nullptr;
-            return lend(std::move(l));
+            return lend->take_lease(std::move(l));
         }
         upstream_result r;
         r.failure = f;
@@ -429,7 +427,10 @@ void upstream_pool::give_back(std::unique_ptr<connection> conn, bool reusable) {
     if (!conn) return;
     conn->tcp().expires_never();
     if (reusable && conn->buffer.size() == 0) {
-        conn->buffer.shrink_to_fit();  // a stream may have grown it to a window: idle, it holds nothing
+        // A stream may have grown it to a window (64 KiB): idle, it holds nothing. A buffer
+        // the size of an ordinary head stays, for the next request on this connection to read
+        // into (freeing and growing it again was an allocation per passthrough request).
+        if (conn->buffer.capacity() > idle_buffer_keep) conn->buffer.shrink_to_fit();
         return release(std::move(conn));
     }
     beast::error_code ignored;

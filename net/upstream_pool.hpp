@@ -124,7 +124,17 @@ public:
         std::unique_ptr<connection> conn;  // set when failure == none
         bool reused = false;               // an idle keep-alive connection, not a new one
     };
-    using lease_handler = std::function<void(lease)>;
+    // Who takes a lent connection (async_lease), told exactly once. An interface, not a
+    // std::function: the taker (a passthrough exchange) is already shared, and wrapping it in a
+    // function was an allocation per request.
+    class lease_taker {
+    public:
+        virtual void take_lease(lease l) = 0;
+
+    protected:
+        ~lease_taker() = default;
+    };
+    using lease_handler = std::shared_ptr<lease_taker>;
 
     // Throws config::config_error when an https upstream's ca_file cannot be loaded. Answer
     // bodies are reserved from budget while they are read.
@@ -152,6 +162,9 @@ public:
     // Ends a lease: reusable only after complete messages both ways and nothing unread. Call on
     // the connection's executor.
     void give_back(std::unique_ptr<connection> conn, bool reusable);
+
+    // An idle pooled connection keeps a read buffer of at most this capacity.
+    static constexpr std::size_t idle_buffer_keep = 8 * 1024;
 
     // "host[:port]", the Host of every request to this upstream.
     const std::string& host_header() const { return host_header_; }
