@@ -16,6 +16,14 @@ namespace batchgate::gateway {
 
 using tls_stream_t = boost::beast::ssl_stream<stream_t>;
 
+// The most an upstream connection's read buffer holds: an answer's head (64 KiB, the parsers'
+// header_limit) and a passthrough window (64 KiB). Beast bounds neither a chunk-size line's
+// extensions nor a trailer section, and waits for each whole in the buffer: an upstream that
+// sends an endless one grew it without end (gigabytes, outside limits.max_buffered). Past this
+// the read fails with buffer_overflow, an invalid answer (502, or the client's connection
+// closed once the head went out), as a client's is (limits.max_header_bytes + 64 KiB).
+inline constexpr std::size_t upstream_read_buffer_max = 128 * 1024;
+
 struct upstream_pool::connection {
     connection(const boost::asio::io_context::executor_type& ex, std::size_t shard, boost::asio::ssl::context* tls)
         : shard(shard) {
@@ -37,7 +45,7 @@ struct upstream_pool::connection {
     std::size_t shard;  // whose thread runs it (the index into the shards' executors)
     std::optional<stream_t> plain;
     std::optional<tls_stream_t> secure;
-    boost::beast::flat_buffer buffer;
+    boost::beast::flat_buffer buffer{upstream_read_buffer_max};
 };
 
 }  // namespace batchgate::gateway

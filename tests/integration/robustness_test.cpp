@@ -264,6 +264,39 @@ TEST(Robustness, ATransferCodingBeyondChunkedIsABadAnswer) {
     EXPECT_EQ(get(gw.port(), "/users/1").body, R"({"id":"1"})");
 }
 
+// An upstream answer whose chunk-size line (its extensions) or trailer section never ends is
+// refused once it passes what a connection's read buffer holds (128 KiB): Beast waits for each
+// whole in the buffer, which grew with every byte the upstream sent (gigabytes, found by a
+// hostile upstream), and the callers waited for the request timeout (here 30 s: a 504).
+TEST(Robustness, AnEndlessChunkLineOrTrailerFromTheUpstreamIsABadAnswer) {
+    const std::string head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+    const std::string endless(300 * 1024, 'x');
+    const std::string body = R"([{"id":"1"}])";
+    {
+        raw_upstream up(head + "c;e=" + endless);
+        running_gateway gw(coalesce_config(up.port(), "1ms", "30s"));
+        auto passed = get(gw.port(), "/other");
+        EXPECT_EQ(passed.status, 502) << passed.body;
+        EXPECT_NE(passed.body.find("buffer overflow"), std::string::npos) << passed.body;
+        auto coalesced = get(gw.port(), "/users/1");
+        EXPECT_EQ(coalesced.status, 502) << coalesced.body;
+    }
+    {
+        raw_upstream up(head + "c\r\n" + body + "\r\n0\r\nX-Trailer: " + endless);
+        running_gateway gw(coalesce_config(up.port(), "1ms", "30s"));
+        auto coalesced = get(gw.port(), "/users/1");
+        EXPECT_EQ(coalesced.status, 502) << coalesced.body;
+        EXPECT_NE(coalesced.body.find("buffer overflow"), std::string::npos) << coalesced.body;
+        // Passthrough relays the head and the first chunk as they come: then the client's
+        // connection is closed where the trailers would be (no complete answer: status 0).
+        auto passed = get(gw.port(), "/other");
+        EXPECT_EQ(passed.status, 0) << passed.body;
+        auto fan = send_request(gw.port(), "POST", "/fan", R"({"ids":["1"]})", {{"Content-Type", "application/json"}});
+        ASSERT_EQ(fan.status, 200) << fan.body;
+        EXPECT_EQ(fan.json()["results"][0]["status"], 502) << fan.body;
+    }
+}
+
 // A passthrough answer's Content-Length is the one the gateway read: "2, 2" (one length to
 // Beast, RFC 9110 8.6 lets a recipient take it) goes out as "2", and a 204's (which has no
 // content, and must not say a length) not at all. Both were relayed as they came.
