@@ -174,7 +174,7 @@ private:
                                    [](const auto& known, clock_type::duration l) { return known.first < l; });
         if (it != by_length_.end() && it->first == length) return it->second;
         if (lists_.size() < max_lists) {
-            lists_.push_back({length, nullptr, nullptr});
+            lists_.push_back({nullptr, nullptr});
             by_length_.insert(it, {length, lists_.size() - 1});  // reserved: cannot throw, `it` stays valid
             return lists_.size() - 1;
         }
@@ -184,8 +184,7 @@ private:
         return length - below->first < it->first - length ? below->second : it->second;
     }
 
-    struct list {
-        clock_type::duration length;
+    struct list {  // its length is in by_length_
         deadline_entry* head;
         deadline_entry* tail;
     };
