@@ -50,7 +50,7 @@ struct exact_allocator {
 // A block cache of the calling thread: freed blocks of up to `sizes` sizes, up to `depth` of
 // each, kept for the next allocation of their exact size. For objects made once per request and
 // too big for glibc's per-thread cache (1,032 bytes), such as a passthrough exchange (1.3 KiB):
-// malloc and free of those searched the bins and cost 750 instructions a request. A loop
+// malloc and free of those searched the bins and cost about 1,000 instructions a request. A loop
 // frees a burst of them (one epoll round of answers) before it makes the next burst, hence the
 // depth. Blocks freed on another thread (an exchange whose upstream side ends last) go to that
 // thread's cache. A thread holds at most sizes x depth blocks; they are freed when it ends.
