@@ -127,8 +127,8 @@ batcher::batcher(net::any_io_executor executor, std::shared_ptr<const config::ga
       mode_(mode) {}
 
 // The submission moves once, into the posted handler, which on_submit takes it from.
-void batcher::submit(submission&& s) {
-    net::post(executor_, [self = shared_from_this(), s = std::move(s)]() mutable { self->on_submit(s); });
+void batcher::submit(std::unique_ptr<submission> s) {
+    net::post(executor_, [self = shared_from_this(), s = std::move(s)] { self->on_submit(*s); });
 }
 
 void batcher::on_submit(submission& s) {

@@ -2,6 +2,7 @@
 #include "gateway/request_head.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <list>
 #include <optional>
 #include <string>
@@ -139,7 +140,8 @@ struct exchange {
         }
         coalescer::item_build item = coalescer::build_item(settings, caller, key);
         if (!item.item) return refuse(gateway_error::bad_request, item.error, metrics::shadow_outcome::bad_item);
-        coalescer::submission s;
+        auto submitted = std::make_unique<coalescer::submission>();
+        coalescer::submission& s = *submitted;
         s.part = coalescer::make_partition(route->name, settings, caller);
         // The shard that owns this partition gathers its callers from every thread.
         auto* batcher = rt->batcher_for(route->name, s.part.key);
@@ -175,24 +177,34 @@ struct exchange {
                               : r.status == 503 ? shadow_outcome::overloaded
                                                 : shadow_outcome::timeout);
             };
-            batcher->submit(std::move(s));
+            batcher->submit(std::move(submitted));
             return passthrough(batcher->load());
         }
         s.done = [version = req.version(), done = std::move(done)](coalescer::reply r) {
+            // Every field is new to the answer: inserted, not set (a set looks for the name
+            // first), and the gateway's own under their known names (no lookup by string). The
+            // reply's headers never frame the body (Content-Type, Content-Encoding,
+            // Retry-After, WWW-Authenticate), and its status is never 1xx: Content-Length is
+            // the body's, except on a 204 or 304, which have none.
             response_t res{static_cast<http::status>(r.status), version};
-            if (r.status != 204 && r.status != 304) {
-                if (!r.verbatim) res.set(http::field::content_type, json_type);
-                res.body() = std::move(r.body);
-            }
+            const bool has_body = r.status != 204 && r.status != 304;
+            if (has_body && !r.verbatim) res.insert(http::field::content_type, json_type);
             for (auto& [name, value] : r.headers) res.insert(name, value);  // a field may come in several lines
             if (!r.batch_id.empty()) {
-                res.set("X-Batchgate-Batch-Id", r.batch_id);
-                res.set("X-Batchgate-Batch-Size", std::to_string(r.batch_size));
+                res.insert(http::field::unknown, "X-Batchgate-Batch-Id", r.batch_id);
+                char size[24];
+                const auto end = std::to_chars(size, size + sizeof size, r.batch_size).ptr;
+                res.insert(http::field::unknown, "X-Batchgate-Batch-Size", std::string_view(size, end - size));
             }
-            res.prepare_payload();
+            if (has_body) {
+                char length[24];
+                const auto end = std::to_chars(length, length + sizeof length, r.body.size()).ptr;
+                res.insert(http::field::content_length, std::string_view(length, end - length));
+                res.body() = std::move(r.body);
+            }
             done(std::move(res), dispatch_info{std::move(r.batch_id), r.batch_size, r.upstream_status, r.upstream_elapsed});
         };
-        batcher->submit(std::move(s));
+        batcher->submit(std::move(submitted));
     }
 
     // A shadow route's shared load (any shard's batcher has it).
