@@ -70,7 +70,13 @@ const nlohmann::json* json_pointer::find(const nlohmann::json& doc) const {
 }
 
 std::optional<std::string_view> json_pointer::find_text(std::string_view json) const {
-    auto cur = json_value_text(json);
+    auto value = json_value_text(json);
+    if (!value) return std::nullopt;
+    return find_in_value(*value);
+}
+
+std::optional<std::string_view> json_pointer::find_in_value(std::string_view value_text) const {
+    std::optional<std::string_view> cur = value_text;
     for (const auto& token : tokens_) {
         if (!cur) return std::nullopt;
         if (cur->starts_with('{')) {

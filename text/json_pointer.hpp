@@ -24,6 +24,9 @@ public:
     // The text of the value at this pointer in a JSON text nlohmann accepted (the value's own
     // bytes, as text/json_text.hpp finds them), or nullopt when find() would give nullptr.
     std::optional<std::string_view> find_text(std::string_view json) const;
+    // The same, in a value's own text (no space or byte order mark around it, as
+    // json_array_elements and find_text give): without the scan that finds the value's end.
+    std::optional<std::string_view> find_in_value(std::string_view value_text) const;
 
     bool is_root() const { return tokens_.empty(); }
     const std::string& text() const { return text_; }

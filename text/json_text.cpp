@@ -1,5 +1,9 @@
 #include "text/json_text.hpp"
 
+#include <algorithm>
+#include <cstdlib>
+#include <list>
+
 namespace batchgate::routes {
 
 namespace {
@@ -103,6 +107,218 @@ parsed_json parse_json(std::string_view text, std::size_t max_depth) {
 
 namespace {
 
+// One pass over a JSON text, in the order nlohmann reads it, stopping at the first fault: the
+// fault nlohmann reports first is the one found first here. Nesting is counted as it goes (for
+// valid text the same count json_too_deep makes).
+class json_checker {
+public:
+    json_checker(std::string_view text, std::size_t max_depth) : t_(text), max_depth_(max_depth) {}
+
+    json_status run() {
+        // nlohmann skips a UTF-8 byte order mark, only at the very start (0xEF is no JSON byte
+        // otherwise, so anything else starting with it fails below).
+        if (t_.starts_with("\xEF\xBB\xBF")) i_ = 3;
+        i_ = skip_space(t_, i_);
+        for (;;) {
+            if (!value()) return status_;
+            // After a value: close what it ends, or go on to the next element or member.
+            for (;;) {
+                i_ = skip_space(t_, i_);
+                if (open_.empty()) return i_ == t_.size() ? json_status::ok : json_status::invalid;
+                if (at() == ',') {
+                    i_ = skip_space(t_, i_ + 1);
+                    if (open_.back() == '{' && !member_name()) return json_status::invalid;
+                    break;
+                }
+                if (at() != (open_.back() == '{' ? '}' : ']')) return json_status::invalid;
+                open_.pop_back();
+                ++i_;
+            }
+        }
+    }
+
+private:
+    // The byte at i_, or 0 at the end (a NUL is no JSON byte, so it never matches).
+    unsigned char at() const { return i_ < t_.size() ? static_cast<unsigned char>(t_[i_]) : 0; }
+
+    // A value at i_ (i_ then just past it, or past an opening bracket whose first element or
+    // member name has been read); false with status_ set on a fault.
+    bool value() {
+        switch (at()) {
+            case '{':
+            case '[': {
+                const char open = static_cast<char>(at());
+                if (open_.size() == max_depth_) return fault(json_status::too_deep);
+                open_.push_back(open);
+                i_ = skip_space(t_, i_ + 1);
+                if (at() == (open == '{' ? '}' : ']')) {
+                    // An empty one: the caller's loop closes it.
+                    return true;
+                }
+                if (open == '{') {
+                    if (!member_name()) return fault(json_status::invalid);
+                    return value();
+                }
+                return value();
+            }
+            case '"': return string() || fault(json_status::invalid);
+            case 't': return literal("true");
+            case 'f': return literal("false");
+            case 'n': return literal("null");
+            default: return number();
+        }
+    }
+
+    bool fault(json_status s) {
+        status_ = s;
+        return false;
+    }
+
+    // A member name at i_, its colon, and the space up to its value.
+    bool member_name() {
+        if (at() != '"' || !string()) return false;
+        i_ = skip_space(t_, i_);
+        if (at() != ':') return false;
+        i_ = skip_space(t_, i_ + 1);
+        return true;
+    }
+
+    bool literal(std::string_view word) {
+        if (t_.substr(i_, word.size()) != word) return fault(json_status::invalid);
+        i_ += word.size();
+        return true;
+    }
+
+    static bool digit(unsigned char c) { return c >= '0' && c <= '9'; }
+
+    // -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?; a value nlohmann reads as a double (a
+    // fraction, an exponent, or an integer past 64 bits) must be finite.
+    bool number() {
+        const std::size_t begin = i_;
+        if (at() == '-') ++i_;
+        if (at() == '0') {
+            ++i_;
+        } else if (digit(at())) {
+            while (digit(at())) ++i_;
+        } else {
+            return fault(json_status::invalid);
+        }
+        const std::size_t integer_digits = i_ - begin - (t_[begin] == '-');
+        if (at() == '.') {
+            ++i_;
+            if (!digit(at())) return fault(json_status::invalid);
+            while (digit(at())) ++i_;
+        }
+        bool exponent = false;
+        if (at() == 'e' || at() == 'E') {
+            exponent = true;
+            ++i_;
+            if (at() == '+' || at() == '-') ++i_;
+            if (!digit(at())) return fault(json_status::invalid);
+            while (digit(at())) ++i_;
+        }
+        // Below 10^308 without an exponent: finite, whatever its fraction.
+        if (!exponent && integer_digits <= 308) return true;
+        const std::string text(t_.substr(begin, i_ - begin));
+        return std::isfinite(std::strtod(text.c_str(), nullptr)) || fault(json_status::out_of_range);
+    }
+
+    int hex4() {  // four hex digits at i_ (i_ past them), or -1
+        if (t_.size() - i_ < 4) return -1;
+        int v = 0;
+        for (int k = 0; k < 4; ++k) {
+            const char c = t_[i_++];
+            v <<= 4;
+            if (c >= '0' && c <= '9') v |= c - '0';
+            else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
+            else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
+            else return -1;
+        }
+        return v;
+    }
+
+    // A string at i_ ('"'), i_ then just past it: no control character, escapes as RFC 8259
+    // has them (a \u surrogate only as a high one followed by a low one), UTF-8 as RFC 3629.
+    bool string() {
+        ++i_;
+        for (;;) {
+            const unsigned char c = at();
+            if (i_ >= t_.size() || c < 0x20) return false;
+            if (c == '"') {
+                ++i_;
+                return true;
+            }
+            if (c == '\\') {
+                ++i_;
+                const unsigned char e = at();
+                ++i_;
+                if (e == 'u') {
+                    const int cp = hex4();
+                    if (cp < 0 || (cp >= 0xDC00 && cp <= 0xDFFF)) return false;
+                    if (cp >= 0xD800 && cp <= 0xDBFF) {
+                        if (at() != '\\') return false;
+                        ++i_;
+                        if (at() != 'u') return false;
+                        ++i_;
+                        const int low = hex4();
+                        if (low < 0xDC00 || low > 0xDFFF) return false;
+                    }
+                } else if (e != '"' && e != '\\' && e != '/' && e != 'b' && e != 'f' && e != 'n' && e != 'r' &&
+                           e != 't') {
+                    return false;
+                }
+                continue;
+            }
+            if (c < 0x80) {
+                ++i_;
+                continue;
+            }
+            if (!utf8_sequence(c)) return false;
+        }
+    }
+
+    // The multi-byte UTF-8 sequence led by c at i_ (RFC 3629, section 4), i_ past it.
+    bool utf8_sequence(unsigned char c) {
+        unsigned char low = 0x80, high = 0xBF;  // the second byte's range
+        std::size_t n;
+        if (c >= 0xC2 && c <= 0xDF) n = 1;
+        else if (c == 0xE0) n = 2, low = 0xA0;
+        else if (c >= 0xE1 && c <= 0xEC) n = 2;
+        else if (c == 0xED) n = 2, high = 0x9F;
+        else if (c >= 0xEE && c <= 0xEF) n = 2;
+        else if (c == 0xF0) n = 3, low = 0x90;
+        else if (c >= 0xF1 && c <= 0xF3) n = 3;
+        else if (c == 0xF4) n = 3, high = 0x8F;
+        else return false;
+        ++i_;
+        for (std::size_t k = 0; k < n; ++k, low = 0x80, high = 0xBF) {
+            const unsigned char b = at();
+            if (i_ >= t_.size() || b < low || b > high) return false;
+            ++i_;
+        }
+        return true;
+    }
+
+    std::string_view t_;
+    std::size_t max_depth_;
+    std::size_t i_ = 0;
+    std::string open_;  // the brackets open at i_, outermost first
+    json_status status_ = json_status::invalid;
+};
+
+}  // namespace
+
+json_status check_json(std::string_view text, std::size_t max_depth) {
+    const json_status s = json_checker(text, max_depth).run();
+    if (s == json_status::ok || s == json_status::too_deep) return s;
+    // parse_json's own order: nesting over the whole text first, then a NUL anywhere.
+    if (json_too_deep(text, max_depth)) return json_status::too_deep;
+    if (text.find('\0') != std::string_view::npos) return json_status::invalid;
+    return s;
+}
+
+namespace {
+
 // Just past the value that starts at t[i].
 std::size_t value_end(std::string_view t, std::size_t i) {
     if (i >= t.size()) return npos;
@@ -170,6 +386,82 @@ std::size_t json_member_count(std::string_view text) {
         return false;
     });
     return n;
+}
+
+std::optional<std::string> json_string_value(std::string_view t) {
+    if (t.size() < 2 || t.front() != '"' || t.back() != '"') return std::nullopt;
+    const std::string_view raw = t.substr(1, t.size() - 2);
+    if (raw.find('\\') == npos) return std::string(raw);
+    const auto decoded = nlohmann::json::parse(t, nullptr, false);
+    if (!decoded.is_string()) return std::nullopt;
+    return decoded.get<std::string>();
+}
+
+bool json_integer_literal(std::string_view t) {
+    if (t.starts_with('-')) t.remove_prefix(1);
+    return !t.empty() && std::all_of(t.begin(), t.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+bool json_repeats_a_name(std::string_view t) {
+    // The names of the objects open at i, innermost last (names[starts.back()] on); a name
+    // with an escape is compared by its value, kept in decoded.
+    thread_local std::vector<std::string_view> names;
+    thread_local std::vector<std::size_t> starts;
+    std::list<std::string> decoded;  // empty unless a name has an escape: no allocation
+    std::string open;                 // the brackets open at i
+    names.clear();
+    starts.clear();
+    auto repeats = [](std::size_t from) {
+        const auto first = names.begin() + static_cast<std::ptrdiff_t>(from);
+        const std::size_t n = names.size() - from;
+        if (n <= 16) {
+            for (auto a = first; a != names.end(); ++a)
+                for (auto b = std::next(a); b != names.end(); ++b)
+                    if (*a == *b) return true;
+            return false;
+        }
+        std::vector<std::string_view> sorted(first, names.end());
+        std::ranges::sort(sorted);
+        return std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end();
+    };
+    bool name_next = false;  // the next string is a member name
+    for (std::size_t i = 0; i < t.size(); ++i) {
+        const char c = t[i];
+        if (c == '"') {
+            const std::size_t end = string_end(t, i);
+            if (end == npos) return false;
+            if (name_next) {
+                const std::string_view quoted = t.substr(i, end - i);
+                if (quoted.find('\\') == npos) {
+                    names.push_back(quoted.substr(1, quoted.size() - 2));
+                } else {
+                    auto value = json_string_value(quoted);
+                    names.push_back(decoded.emplace_back(value ? std::move(*value) : std::string(quoted)));
+                }
+                name_next = false;
+            }
+            i = end - 1;
+        } else if (c == '{') {
+            open.push_back(c);
+            starts.push_back(names.size());
+            name_next = true;
+        } else if (c == '[') {
+            open.push_back(c);
+            name_next = false;
+        } else if (c == ',') {
+            name_next = !open.empty() && open.back() == '{';
+        } else if (c == '}' || c == ']') {
+            if (open.empty()) return false;
+            if (open.back() == '{') {
+                if (starts.empty()) return false;
+                if (repeats(starts.back())) return true;
+                names.resize(starts.back());
+                starts.pop_back();
+            }
+            open.pop_back();
+        }
+    }
+    return false;
 }
 
 std::optional<std::vector<std::string_view>> json_array_elements(std::string_view array_text) {

@@ -38,6 +38,14 @@ struct parsed_json {
 // Parses without exceptions; nothing nested deeper than max_depth is ever built.
 parsed_json parse_json(std::string_view text, std::size_t max_depth = max_json_depth_cap);
 
+// The status parse_json(text, max_depth) gives, without building the document: the same
+// checks (nesting, NUL, RFC 8259's grammar, UTF-8 and escapes in strings, a number beyond a
+// double), in one scan and no allocation. For a text then read only through the functions
+// below (an upstream's batch answer: a DOM of it cost more than the rest of a caller's answer).
+// tests/fuzz/fuzz_json_text.cpp holds the two to the same answer on every input. Assumes the
+// C locale, as nlohmann does for numbers (the gateway never sets another).
+json_status check_json(std::string_view text, std::size_t max_depth = max_json_depth_cap);
+
 // The bytes of the parts of a JSON text nlohmann accepted (parse_json), so that a value can be
 // handed on as the upstream wrote it instead of re-serialized: numbers keep their digits (an
 // integer past 64 bits does not turn into a double), keys their order. Each takes valid JSON;
@@ -49,6 +57,17 @@ std::optional<std::string_view> json_value_text(std::string_view text);
 // The members of all the objects in a value's text (its colons outside strings). Less than the
 // parse's count when a name repeats in an object: the parse keeps only the last of them.
 std::size_t json_member_count(std::string_view value_text);
+
+// True when an object in a value's text has a member name twice (unescaped, as the parse
+// compares them): exactly when json_member_count is more than the parse's count.
+bool json_repeats_a_name(std::string_view value_text);
+
+// A string's text ("\"a\\u0062\"") as its value ("ab"); nullopt when the text is no string.
+std::optional<std::string> json_string_value(std::string_view value_text);
+
+// True when a number's text is an integer as written ("-0", "7", 20 digits): no fraction or
+// exponent.
+bool json_integer_literal(std::string_view value_text);
 
 // The elements of a JSON array's text ("[1, 2]": "1" and "2"); nullopt when it is no array.
 std::optional<std::vector<std::string_view>> json_array_elements(std::string_view array_text);

@@ -528,51 +528,79 @@ std::vector<std::string_view> element_texts(const routes::json_pointer& at, std:
     return std::vector<std::string_view>(array.size());
 }
 
-// The members of all the objects in a value.
-std::size_t member_count(const json& value) {
-    std::size_t n = 0;
-    if (value.is_object())
-        for (const auto& member : value) n += 1 + member_count(member);
-    else if (value.is_array())
-        for (const auto& element : value) n += member_count(element);
-    return n;
+// The key an answer entry's text names through `pointers` (the first present wins), as
+// answer_key reads it from the parse: a string's value, an integer's digits as written.
+std::optional<std::string> answer_key_text(const std::vector<routes::json_pointer>& pointers,
+                                           std::string_view entry_text) {
+    for (const auto& p : pointers) {
+        auto v = p.find_in_value(entry_text);
+        if (!v) continue;
+        if (v->starts_with('"')) return routes::json_string_value(*v);
+        if (routes::json_integer_literal(*v)) return std::string(*v);
+        return std::nullopt;  // present, but no key
+    }
+    return std::nullopt;
 }
 
-// A caller's body: the value's own bytes in the upstream's answer (item_text is its item's),
-// as the upstream wrote them; serialized from the parse only when they are not at hand.
-// Serialized, too, when a name repeats in one of its objects: the parse (routing, statuses)
-// took the last one, a client's parser might take the first.
-std::string body_text(const routes::json_pointer& at, const json& value, std::string_view item_text) {
-    std::optional<std::string_view> text;
-    if (!item_text.empty()) text = at.is_root() ? item_text : at.find_text(item_text);
-    if (text && routes::json_member_count(*text) == member_count(value)) return std::string(*text);
-    return dump(value);
+// A scalar's text parsed, for what is read from it only now and then (an error message, a
+// status that is no plain integer or string).
+json parsed_value(std::string_view text) { return routes::parse_json(text).value; }
+
+// status_code_of, from the value's text: a plain integer without a parse.
+std::optional<int> status_code_of_text(std::string_view text) {
+    if (text.size() <= 4 && routes::json_integer_literal(text) && !text.starts_with('-')) {
+        int code = 0;
+        std::from_chars(text.data(), text.data() + text.size(), code);
+        if (code < 200 || code > 599) return std::nullopt;
+        return code;
+    }
+    if (text.empty() || !(text.front() == '-' || (text.front() >= '0' && text.front() <= '9'))) return std::nullopt;
+    return status_code_of(parsed_value(text));
 }
 
-// The answer for one item of the batch; item_text is its text in the answer ("": not at hand).
-item_outcome outcome_of(const compiled_list& c, std::string_view route, const json& item, std::string_view item_text) {
+// status_text, from the value's text: a string without escapes as it is.
+std::string status_text_of(std::string_view text) {
+    if (text.size() >= 2 && text.front() == '"' && text.substr(1, text.size() - 2).find_first_of("\\") == text.npos)
+        return std::string(text.substr(1, text.size() - 2));
+    return status_text(parsed_value(text));
+}
+
+// A caller's body: the value's own bytes in the upstream's answer, as the upstream wrote them
+// (numbers keep their digits, members their order). Serialized from a parse only when a name
+// repeats in one of its objects: routing and statuses read the last of them, as the parse
+// does, and a client's parser might take the first.
+std::string body_text(std::string_view value_text) {
+    if (routes::json_repeats_a_name(value_text)) return dump(parsed_value(value_text));
+    return std::string(value_text);
+}
+
+// The answer for one item of the batch, read from its text in the (checked) answer; item is its
+// parse, which only a list with status rules or a response template needs (nullptr otherwise).
+item_outcome outcome_of(const compiled_list& c, std::string_view route, std::string_view item_text,
+                        const json* item) {
     const auto& l = *c.list;
     int status = 200;
-    auto rule = std::find_if(c.rules.begin(), c.rules.end(), [&item](const auto& r) { return all_equal(r.first, item); });
+    auto rule = std::find_if(c.rules.begin(), c.rules.end(),
+                             [item](const auto& r) { return item && all_equal(r.first, *item); });
     if (rule != c.rules.end()) {
         status = rule->second;
     } else if (l.status != 0) {
         status = l.status;
     } else {
         std::optional<int> from_code;
-        const json* code_value = c.status_code ? c.status_code->find(item) : nullptr;
-        if (code_value) from_code = status_code_of(*code_value);
-        const json* status_value = c.status_field ? c.status_field->find(item) : nullptr;
-        if (!from_code && code_value && !code_value->is_null() && !status_value)
+        const auto code_value = c.status_code ? c.status_code->find_in_value(item_text) : std::nullopt;
+        if (code_value) from_code = status_code_of_text(*code_value);
+        const auto status_value = c.status_field ? c.status_field->find_in_value(item_text) : std::nullopt;
+        if (!from_code && code_value && *code_value != "null" && !status_value)
             // Never fail open: an item whose status cannot be read is not a success.
-            return item_error(502, "upstream reported invalid item status code " + dump(*code_value), route);
+            return item_error(502, "upstream reported invalid item status code " + dump(parsed_value(*code_value)),
+                              route);
         if (from_code) {
             status = *from_code;
         } else if (status_value) {
-            auto text = status_text(*status_value);
-            auto it = l.status_map.find(text);
+            auto it = l.status_map.find(status_text_of(*status_value));
             if (it == l.status_map.end())
-                return item_error(502, "upstream reported unknown item status " + dump(*status_value),
+                return item_error(502, "upstream reported unknown item status " + dump(parsed_value(*status_value)),
                                   route);
             status = it->second;
         }
@@ -580,26 +608,24 @@ item_outcome outcome_of(const compiled_list& c, std::string_view route, const js
 
     if (status >= 200 && status < 300) {
         if (status == 204) return {status, {}};
-        if (!l.body_template.is_null()) {
+        if (!l.body_template.is_null() && item) {
             // Rendered per caller (render_answer): it may use the caller's own request.
             item_outcome out{status, {}};
-            out.entry = item;
+            out.entry = *item;
             out.render = &l;
             return out;
         }
         if (l.body_value) return {status, dump(*l.body_value)};
-        const json* body = c.body.find(item);
+        const auto body = c.body.find_in_value(item_text);
         if (!body) return item_error(502, "upstream item has no " + c.body.text(), route);
-        return {status, body_text(c.body, *body, item_text)};
+        return {status, body_text(*body)};
     }
     // A failed item: with an `error` pointer, a gateway error naming the upstream's message;
     // without one, the upstream's own item (at `body`, else whole) is the caller's answer.
-    if (!c.error) {
-        const json* body = c.body.find(item);
-        return {status, body ? body_text(c.body, *body, item_text) : body_text({}, item, item_text)};
-    }
+    if (!c.error) return {status, body_text(c.body.find_in_value(item_text).value_or(item_text))};
     std::string message;
-    if (const json* e = c.error->find(item); e && e->is_string()) message = e->get<std::string>();
+    if (auto e = c.error->find_in_value(item_text); e && e->starts_with('"'))
+        message = routes::json_string_value(*e).value_or("");
     if (message.empty())
         message = "upstream reported status " + std::to_string(status) + " for this item";
     return item_error(status, message, route);
@@ -903,56 +929,71 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
         return out;
     }
 
-    auto parsed = routes::parse_json(body, max_json_depth);
-    if (parsed.status == routes::json_status::too_deep) {
+    // The answer is checked, not parsed: each caller's part is read from its text. Only status
+    // rules and response templates work on a parse (of the whole answer, then).
+    const bool needs_parse = std::any_of(lists.begin(), lists.end(), [](const compiled_list& c) {
+        return !c.rules.empty() || !c.list->body_template.is_null();
+    });
+    routes::parsed_json parsed;
+    const auto status = needs_parse ? (parsed = routes::parse_json(body, max_json_depth)).status
+                                    : routes::check_json(body, max_json_depth);
+    if (status == routes::json_status::too_deep) {
         out.error = "upstream batch answer is " + routes::json_depth_message(max_json_depth);
         return out;
     }
-    if (parsed.status == routes::json_status::out_of_range) {
+    if (status == routes::json_status::out_of_range) {
         out.error = "upstream batch answer holds a number beyond what the gateway reads (about ±1.8e308)";
         return out;
     }
-    if (!parsed.ok()) {
+    if (status != routes::json_status::ok) {
         out.error = "upstream batch answer is not valid JSON";
         return out;
     }
-    const json& doc = parsed.value;
-    // The array of each list; with several lists, an absent one is empty. Beside it, the text
-    // of each of its items in the answer (none when they cannot be told: then bodies are
-    // serialized from the parse).
-    std::vector<const json*> arrays;
-    std::vector<std::vector<std::string_view>> item_texts(lists.size());
+    // Each list's items (their texts; with several lists, an absent one has none), and their
+    // parse when needed.
+    struct list_items {
+        bool present = false;
+        std::vector<std::string_view> texts;
+        const json* parsed = nullptr;  // the array, when needs_parse
+        const json* item(std::size_t i) const { return parsed ? &(*parsed)[i] : nullptr; }
+    };
+    std::vector<list_items> arrays(lists.size());
     std::string texts;
     for (std::size_t li = 0; li < lists.size(); ++li) {
         const auto& c = lists[li];
-        const json* items = c.items.find(doc);
+        const auto at = c.items.find_text(body);
         texts += (texts.empty() ? "" : ", ") + (c.items.is_root() ? std::string("\"\"") : c.items.text());
-        if (items && items->is_array()) {
-            arrays.push_back(items);
-            item_texts[li] = element_texts(c.items, body, *items);
-        } else if (items || lists.size() == 1) {
+        if (at && at->starts_with('[')) {
+            auto elements = routes::json_array_elements(*at);
+            const json* array = needs_parse ? c.items.find(parsed.value) : nullptr;
+            // Never for a checked answer: the text and the parse read the same JSON.
+            if (!elements || (needs_parse && (!array || !array->is_array() || array->size() != elements->size()))) {
+                out.error = "upstream batch answer could not be read at " + texts;
+                return out;
+            }
+            arrays[li] = list_items{true, std::move(*elements), array};
+        } else if (at || lists.size() == 1) {
             out.error = c.items.is_root() ? "upstream batch answer is not a JSON array"
                                           : "upstream batch answer has no array at " + c.items.text();
             return out;
-        } else {
-            arrays.push_back(nullptr);
         }
     }
-    if (std::all_of(arrays.begin(), arrays.end(), [](const json* a) { return a == nullptr; })) {
+    if (std::none_of(arrays.begin(), arrays.end(), [](const list_items& a) { return a.present; })) {
         out.error = "upstream batch answer has none of the result lists (" + texts + ")";
         return out;
     }
 
     out.keys = keys;
     if (by_position) {
-        const json& items = *arrays.front();
-        if (items.size() != keys.size()) {
-            out.error = "upstream batch answer has " + std::to_string(items.size()) +
+        const list_items& items = arrays.front();
+        if (items.texts.size() != keys.size()) {
+            out.error = "upstream batch answer has " + std::to_string(items.texts.size()) +
                         " items for " + std::to_string(keys.size()) + " requested keys";
             return out;
         }
+        out.items.reserve(keys.size());
         for (std::size_t i = 0; i < keys.size(); ++i)
-            out.items.push_back(outcome_of(lists.front(), route_name, items[i], item_texts[0][i]));
+            out.items.push_back(outcome_of(lists.front(), route_name, items.texts[i], items.item(i)));
         return out;
     }
 
@@ -962,8 +1003,8 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
     // allocation per batch, not one per key.
     struct seen {
         std::size_t list;
-        const json* item;
-        std::string_view text;  // the item's text in the answer ("": not at hand)
+        std::size_t index;      // in its list
+        std::string_view text;  // the item's text in the answer
     };
     struct wanted {
         std::string_view key;      // a view into keys
@@ -991,18 +1032,16 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
         return it != requested.end() && it->key == key ? &*it : nullptr;
     };
     for (std::size_t li = 0; li < lists.size(); ++li) {
-        if (!arrays[li]) continue;
-        const auto& array = *arrays[li];
-        for (std::size_t i = 0; i < array.size(); ++i) {
-            const json& item = array[i];
-            auto key = answer_key(lists[li].key, item, item_texts[li][i]);
+        const auto& items = arrays[li].texts;
+        for (std::size_t i = 0; i < items.size(); ++i) {
+            auto key = answer_key_text(lists[li].key, items[i]);
             wanted* found = key ? find(*key) : nullptr;
             if (!found) {
                 ++out.ignored_items;
                 continue;
             }
             wanted& w = *found;
-            const seen entry{li, &item, item_texts[li][i]};
+            const seen entry{li, i, items[i]};
             if (w.found++ == 0)
                 w.first = entry;
             else
@@ -1010,6 +1049,9 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
         }
     }
 
+    auto outcome = [&](const seen& e) {
+        return outcome_of(lists[e.list], route_name, e.text, arrays[e.list].item(e.index));
+    };
     auto ambiguous = [&](const std::string& key, const std::string& why) {
         return item_outcome{502, error_body(gateway_error::upstream_bad_response,
                                             "upstream returned key \"" + key + "\" " + why, route_name)};
@@ -1029,16 +1071,12 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
             const seen& first = w.first;
             bool twice = false;
             for (std::size_t i = 1; i < w.found && !twice; ++i)
-                // Where the bytes go on, equal as parsed is not enough (1.10 and 1.1 differ), and
-                // the same bytes parse alike.
-                twice = w.entry(i).list == first.list &&
-                        (!first.text.empty() && !w.entry(i).text.empty() ? w.entry(i).text != first.text
-                                                                          : *w.entry(i).item != *first.item);
-            out.items.push_back(twice ? ambiguous(key, "more than once")
-                                      : outcome_of(lists[first.list], route_name, *first.item, first.text));
+                // The bytes go on: equal as parsed is not enough (1.10 and 1.1 differ), and the
+                // same bytes parse alike.
+                twice = w.entry(i).list == first.list && w.entry(i).text != first.text;
+            out.items.push_back(twice ? ambiguous(key, "more than once") : outcome(first));
         } else if (w.found == w.asked) {
-            const seen& e = w.entry(n);
-            out.items.push_back(outcome_of(lists[e.list], route_name, *e.item, e.text));
+            out.items.push_back(outcome(w.entry(n)));
         } else {
             out.items.push_back(ambiguous(key, std::to_string(w.found) + " times for " + std::to_string(w.asked) +
                                                    " operations"));

@@ -1,6 +1,6 @@
 // Fuzz target: RFC 6901 JSON pointers (text/json_pointer.hpp), compared with nlohmann's own
 // json_pointer: both must accept the same texts and find the same value; find_text (and
-// json_array_elements) must give that value's own bytes.
+// find_in_value, json_array_elements) must give that value's own bytes.
 // Input: pointer text, 0x1F, JSON document.
 #include <cstdint>
 #include <string>
@@ -48,6 +48,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     };
     const auto found_text = ours->find_text(doc_text);
     fuzz::check(found_text.has_value() == (found != nullptr), "pointer \"" + text + "\": find_text differs from find");
+    const auto value_text = routes::json_value_text(doc_text);
+    fuzz::check(value_text && ours->find_in_value(*value_text) == found_text,
+                "pointer \"" + text + "\": find_in_value differs from find_text");
     if (!found) return 0;
     fuzz::check(inside(doc_text, *found_text), "find_text outside the text");
     fuzz::check(json::parse(*found_text, nullptr, false) == *found,

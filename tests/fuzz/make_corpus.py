@@ -117,6 +117,14 @@ pointers = [("/results", B_ANSWER), ("/results/1/status_code", B_ANSWER), ("/res
 for i, (p, d) in enumerate(pointers):
     write("json_pointer", f"pointer-{i:02d}", fields(p, j(d)))
 
+# --- json_text: depth byte (0-7: limits.max_json_depth 1-8, else the cap), JSON text ----------
+json_texts = [j(B_ANSWER), '[{"id":"7","name":"user-7"},{"id":8}]', '{"a":1,"a":2}', '{"a":1,"\\u0061":2}',
+              '\ufeff [1, -0, 1.5e3, 18446744073709551616]', '"\\ud83d\\ude00 \\u00e9 \u00e9"', '"\\udc00"',
+              '[1e999]', '[' + '9' * 320 + ']', '[[[[[[[[[1]]]]]]]]]', '{"a":[{"b":{"c":null}}]} x', '[1,]',
+              '{"x":"a\\"b","x":true}', '"\xc3\x28"', '[01]', '\t\n{ }\r ', '[true,false,null]', '"\x00"']
+for i, t in enumerate(json_texts):
+    write("json_text", f"text-{i:02d}", bytes([8 if i % 3 else i % 8]) + t.encode("utf-8", "surrogateescape"))
+
 # --- codec and split: per reference API ------------------------------------------------------
 AUTH = "Authorization: Bearer token-1\nCookie: session=abc\nX-Request-Id: r-1"
 EVENT = {"type": "lesson_progress", "courseId": "foundations", "lessonId": "lesson-video", "userId": "demo-user",

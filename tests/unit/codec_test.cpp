@@ -781,6 +781,40 @@ TEST(SplitB, UnreadableStatusCodeWithoutStatusFieldIs502) {
     EXPECT_EQ(out.at("a5").status, 404);
 }
 
+// The answer is read from its text, not a parse: escapes, numbers written as floats and
+// names repeated across nesting read as the parse would read them.
+TEST(SplitB, ItemsReadFromTheTextAsTheParseReadsThem) {
+    auto s = activities_api();
+    s.response.lists[0].status_map = {{"success", 200}, {"err\"or", 409}, {"true", 202}, {"1.5", 203}};
+    auto out = split_batch_response(s, "activities", R"({"results":[
+        {"\u0069d":"a\u0031","status_code":2e2,"data":{"id":"a1","x":{"id":2}}},
+        {"id":"a2","status_code":201.0,"data":[{"k":1},{"k":2}]},
+        {"id":"a3","status":"err\"or","error":"gone \u00e9"},
+        {"id":"a4","status":true,"data":{}},
+        {"id":"a5","status":1.50,"data":7},
+        {"id":"a6","status_code":2.5e2,"data":{}},
+        {"id":"a7","status_code":-200,"data":{}},
+        {"id":"a8","status":{"s":1},"data":{}}]})",
+                                    {"a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8"});
+    ASSERT_TRUE(out.error.empty()) << out.error;
+    EXPECT_EQ(out.at("a1").status, 200);
+    EXPECT_EQ(out.at("a1").body, R"({"id":"a1","x":{"id":2}})");
+    EXPECT_EQ(out.at("a2").status, 201);
+    EXPECT_EQ(out.at("a2").body, R"([{"k":1},{"k":2}])");
+    EXPECT_EQ(out.at("a3").status, 409);
+    EXPECT_EQ(error_json(out.at("a3"))["message"], "gone \xC3\xA9");
+    EXPECT_EQ(out.at("a4").status, 202);
+    EXPECT_EQ(out.at("a5").status, 203);  // the number as the parse prints it
+    EXPECT_EQ(out.at("a5").body, "7");
+    EXPECT_EQ(out.at("a6").status, 250);  // a whole number, however written
+    EXPECT_EQ(out.at("a7").status, 502);
+    EXPECT_NE(error_json(out.at("a7"))["message"].get<std::string>().find("invalid item status code -200"),
+              std::string::npos);
+    EXPECT_EQ(out.at("a8").status, 502);
+    EXPECT_NE(error_json(out.at("a8"))["message"].get<std::string>().find(R"(unknown item status {"s":1})"),
+              std::string::npos);
+}
+
 TEST(SplitB, UnknownStatusStringIs502) {
     auto s = activities_api();
     auto out = split_batch_response(

@@ -405,6 +405,56 @@ TEST(JsonText, ParseRefusesDeepDocumentsWithoutBuildingThem) {
     EXPECT_EQ(json_depth_message(64), "JSON nested deeper than limits.max_json_depth (64)");
 }
 
+// check_json stands in for parse_json on an upstream's batch answer: the same status for every
+// text (tests/fuzz/fuzz_json_text.cpp compares the two on random input).
+TEST(JsonText, CheckGivesTheParsesStatusWithoutBuilding) {
+    using namespace std::string_view_literals;
+    const std::vector<std::pair<std::string_view, std::size_t>> texts = {
+        {"[1]", 512}, {" {\"a\" : [true, false, null, -0, 1.5e-3, \"x\"]} ", 512}, {"\xEF\xBB\xBF[]", 512},
+        {"\xEF\xBB[]", 512}, {" \xEF\xBB\xBF[]", 512}, {"", 512}, {" ", 512}, {"[1,]", 512}, {"{\"a\":1,}", 512},
+        {"[01]", 512}, {"[-]", 512}, {"[1.]", 512}, {"[1e]", 512}, {"[.5]", 512}, {"[+1]", 512}, {"[tru]", 512},
+        {"[1E400]", 512}, {"[,1E400]", 512}, {"[1E400,]", 512}, {"[1e-400, 18446744073709551616]", 512},
+        {"[1]\0junk{{"sv, 512}, {"[\"a\0b\"]"sv, 512}, {"[[[1]]]", 2}, {"[[[1", 2}, {"[[1]]", 2}, {"[x, [[[", 2},
+        {"\"\\ud83d\\ude00\"", 512}, {"\"\\ud83d\"", 512}, {"\"\\ude00\"", 512}, {"\"\\ud83d\\u0041\"", 512},
+        {"\"\\u00e9\\/\\b\\f\\n\\r\\t\\\\\\\"\"", 512}, {"\"\\x\"", 512}, {"\"\\u12\"", 512}, {"\"\t\"", 512},
+        {"\"\xC3\xA9\"", 512}, {"\"\xC3\x28\"", 512}, {"\"\xE0\x80\xAF\"", 512}, {"\"\xED\xA0\x80\"", 512},
+        {"\"\xF4\x90\x80\x80\"", 512}, {"\"\xF0\x9F\x98\x80\"", 512}, {"\"\xC3\"", 512}, {"[\xC3\xA9]", 512},
+        {"{\"a\":1 \"b\":2}", 512}, {"{\"a\" 1}", 512}, {"{1:2}", 512}, {"[1}", 512}, {"{\"a\":1]", 512},
+        {"1 2", 512}, {"\"abc", 512}, {"[\"\\", 512},
+    };
+    for (const auto& [text, depth] : texts)
+        EXPECT_EQ(check_json(text, depth), parse_json(text, depth).status) << text;
+    EXPECT_EQ(check_json("[1E400]"), json_status::out_of_range);
+    EXPECT_EQ(check_json("[" + std::string(309, '9') + "]"), json_status::out_of_range);
+    EXPECT_EQ(check_json("[" + std::string(308, '9') + ".5]"), json_status::ok);
+    const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+    EXPECT_EQ(check_json(deep), json_status::too_deep);
+}
+
+TEST(JsonText, RepeatedNamesAreFoundPerObjectAndUnescaped) {
+    EXPECT_FALSE(json_repeats_a_name(R"({"a":1,"b":{"a":2},"c":[{"a":3},{"a":4}]})"));
+    EXPECT_TRUE(json_repeats_a_name(R"({"a":1,"b":2,"a":3})"));
+    EXPECT_TRUE(json_repeats_a_name(R"([1,{"x":{"y":1,"y":2}}])"));
+    EXPECT_TRUE(json_repeats_a_name(R"({"a":1,"\u0061":2})"));
+    EXPECT_FALSE(json_repeats_a_name(R"({"a":"b","b":"a","c":["a","a"]})"));  // values are no names
+    std::string many = "{";
+    for (int i = 0; i < 40; ++i) many += "\"k" + std::to_string(i) + "\":" + std::to_string(i) + ",";
+    EXPECT_FALSE(json_repeats_a_name(many + "\"z\":0}"));
+    EXPECT_TRUE(json_repeats_a_name(many + "\"k7\":0}"));
+}
+
+TEST(JsonText, StringsAndIntegersReadFromTheirText) {
+    EXPECT_EQ(json_string_value(R"("abc")"), "abc");
+    EXPECT_EQ(json_string_value(R"("a\u0062\n")"), "ab\n");
+    EXPECT_EQ(json_string_value("7"), std::nullopt);
+    EXPECT_TRUE(json_integer_literal("-0"));
+    EXPECT_TRUE(json_integer_literal("18446744073709551616"));
+    EXPECT_FALSE(json_integer_literal("1.0"));
+    EXPECT_FALSE(json_integer_literal("1e3"));
+    EXPECT_FALSE(json_integer_literal("\"7\""));
+    EXPECT_FALSE(json_integer_literal("-"));
+}
+
 // --- HTTP-date (RFC 9110 section 5.6.7) ----------------------------------------------------
 
 std::chrono::sys_seconds at(int y, unsigned m, unsigned d, int hh, int mm, int ss) {
