@@ -539,8 +539,7 @@ private:
         auto [end, ec] = std::to_chars(digits, digits + sizeof digits, status);
         out.append(digits, end);
         out += ' ';
-        auto reason = h.reason();
-        if (reason.empty()) reason = http::obsolete_reason(h.result());
+        const auto reason = wire::reason_phrase(h.reason(), h.result_int());
         out.append(reason.data(), reason.size());
         out += "\r\n";
         // Content-Length as the parser read it: one number, whatever list the upstream sent

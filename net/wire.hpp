@@ -171,16 +171,25 @@ void append_fields(std::string& out, const Fields& fields) {
     out += "\r\n";
 }
 
+// The reason phrase to write, from an answer's reason() (Beast gives the standard phrase when
+// none was set, as on the gateway's own answers). On a status no one registered, a phrase not
+// set is Beast's placeholder "<unknown-status>", which no one sent: none is written
+// ("HTTP/1.1 299 \r\n" is a valid status line, RFC 9112 section 4).
+inline std::string_view reason_phrase(boost::beast::string_view reason, unsigned status) {
+    namespace http = boost::beast::http;
+    if (http::int_to_status(status) == http::status::unknown && reason == http::obsolete_reason(http::status::unknown))
+        return {};
+    return {reason.data(), reason.size()};
+}
+
 // "HTTP/1.1 200 OK\r\n": an answer's status line; its fields follow (the session writes them).
 template <class Body, class Fields>
 void append_status_line(std::string& out, const boost::beast::http::response<Body, Fields>& res) {
-    namespace http = boost::beast::http;
     const unsigned v = res.version();
     out += v == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
     out += std::to_string(res.result_int());
     out += ' ';
-    auto reason = res.reason();
-    if (reason.empty()) reason = http::obsolete_reason(res.result());
+    const auto reason = reason_phrase(res.reason(), res.result_int());
     out.append(reason.data(), reason.size());
     out += "\r\n";
 }

@@ -494,6 +494,26 @@ TEST_P(Conformance, ClientAnswerAndUpstreamBytes) {
     EXPECT_EQ(received, c.upstream);
 }
 
+// An upstream's reason phrase is relayed as it came. An empty one stays empty on a status no
+// one registered (Beast only has the placeholder "<unknown-status>" for it, which no one
+// sent), and becomes the standard phrase on a known status.
+TEST(UpstreamStatusLine, ReasonPhrasesAreRelayedAndNeverMadeUp) {
+    const std::pair<const char*, const char*> lines[] = {
+        {"HTTP/1.1 299 \r\n", "HTTP/1.1 299 \r\n"},
+        {"HTTP/1.1 299 Fine Thing\r\n", "HTTP/1.1 299 Fine Thing\r\n"},
+        {"HTTP/1.1 520 \r\n", "HTTP/1.1 520 \r\n"},
+        {"HTTP/1.1 200 \r\n", "HTTP/1.1 200 OK\r\n"},
+        {"HTTP/1.1 404 Gone Away\r\n", "HTTP/1.1 404 Gone Away\r\n"},
+    };
+    for (const auto& [from_upstream, to_client] : lines) {
+        raw_upstream upstream(std::string(from_upstream) + "Content-Length: 2\r\n\r\nok");
+        running_gateway gw(load_yaml(fill(yaml, {{"PORT", std::to_string(upstream.port())}})));
+        const client_result got = talk(gw.port(), "GET /a HTTP/1.1\r\nHost: c\r\n\r\n", "", 1);
+        EXPECT_TRUE(got.raw.starts_with(to_client)) << from_upstream << "relayed as:\n" << got.raw;
+        EXPECT_TRUE(got.raw.ends_with("\r\n\r\nok")) << got.raw;
+    }
+}
+
 INSTANTIATE_TEST_SUITE_P(Rfc9112, Conformance, ::testing::ValuesIn(cases),
                          [](const ::testing::TestParamInfo<conformance_case>& info) { return std::string(info.param.name); });
 

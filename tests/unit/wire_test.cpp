@@ -1,6 +1,7 @@
 // net/wire.hpp: a head's field lines, and the per-thread block cache of per-request objects.
 #include "net/wire.hpp"
 
+#include <boost/beast/http/string_body.hpp>
 #include <gtest/gtest.h>
 
 #include <memory>
@@ -27,6 +28,21 @@ TEST(wire, AppendFieldGrowsPastAnyReserve) {
     EXPECT_EQ(out.size(), 20u * (6 + 2 + 5000 + 2));
     EXPECT_EQ(out.substr(0, 10), "X-Long: vv");
     EXPECT_EQ(out.substr(out.size() - 4), "vv\r\n");
+}
+
+TEST(wire, StatusLinesKeepTheirReasonAndMakeNoneUp) {
+    namespace http = boost::beast::http;
+    auto line = [](unsigned status, std::string_view reason) {
+        http::response<http::string_body> res{static_cast<http::status>(status), 11};
+        if (!reason.empty()) res.reason(reason);
+        std::string out;
+        wire::append_status_line(out, res);
+        return out;
+    };
+    EXPECT_EQ(line(200, ""), "HTTP/1.1 200 OK\r\n");  // the gateway's own answers set no reason
+    EXPECT_EQ(line(404, "Gone Away"), "HTTP/1.1 404 Gone Away\r\n");
+    EXPECT_EQ(line(299, ""), "HTTP/1.1 299 \r\n");  // not "<unknown-status>"
+    EXPECT_EQ(line(299, "Fine"), "HTTP/1.1 299 Fine\r\n");
 }
 
 TEST(thread_block_cache, ABlockFreedIsTakenAgainForItsSizeOnly) {
