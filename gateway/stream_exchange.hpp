@@ -83,8 +83,6 @@ struct stream_params {
     prometheus::Counter* send_timeouts = nullptr;
 };
 
-inline constexpr std::size_t stream_window = 64 * 1024;
-
 template <class ClientStream>
 class stream_exchange : public std::enable_shared_from_this<stream_exchange<ClientStream>>,
                         public upstream_pool::lease_taker {
@@ -275,7 +273,7 @@ private:
 
     void read_response_head() {
         response_.emplace();
-        response_->header_limit(64 * 1024);
+        response_->header_limit(upstream_head_limit);
         const auto cap = p_.route->passthrough.max_response_bytes;
         response_->body_limit(cap ? boost::optional<std::uint64_t>(cap) : boost::none);
         if (head_request_) response_->skip(true);

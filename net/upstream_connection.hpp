@@ -16,13 +16,20 @@ namespace batchgate::gateway {
 
 using tls_stream_t = boost::beast::ssl_stream<stream_t>;
 
-// The most an upstream connection's read buffer holds: an answer's head (64 KiB, the parsers'
-// header_limit) and a passthrough window (64 KiB). Beast bounds neither a chunk-size line's
+// The most an upstream's answer head may take (the header_limit of both of its parsers: the
+// pool's, and a passthrough stream's).
+inline constexpr std::size_t upstream_head_limit = 64 * 1024;
+
+// The most a passthrough stream reads of a body at once, either way.
+inline constexpr std::size_t stream_window = 64 * 1024;
+
+// The most an upstream connection's read buffer holds: an answer's head and a passthrough
+// window. Beast bounds neither a chunk-size line's
 // extensions nor a trailer section, and waits for each whole in the buffer: an upstream that
 // sends an endless one grew it without end (gigabytes, outside limits.max_buffered). Past this
 // the read fails with buffer_overflow, an invalid answer (502, or the client's connection
 // closed once the head went out), as a client's is (limits.max_header_bytes + 64 KiB).
-inline constexpr std::size_t upstream_read_buffer_max = 128 * 1024;
+inline constexpr std::size_t upstream_read_buffer_max = upstream_head_limit + stream_window;
 
 struct upstream_pool::connection {
     connection(const boost::asio::io_context::executor_type& ex, std::size_t shard, boost::asio::ssl::context* tls)

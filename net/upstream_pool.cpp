@@ -220,7 +220,7 @@ private:
     void read_response() {
         parser_.emplace();
         parser_->body_limit(pool_->settings_.max_response_bytes);
-        parser_->header_limit(64 * 1024);
+        parser_->header_limit(upstream_head_limit);
         if (req_.method() == http::verb::head) parser_->skip(true);
         conn_->tcp().expires_after(remaining());
         conn_->with_stream([&](auto& stream) {

@@ -163,9 +163,6 @@ public:
     // the connection's executor.
     void give_back(std::unique_ptr<connection> conn, bool reusable);
 
-    // An idle pooled connection keeps a read buffer of at most this capacity.
-    static constexpr std::size_t idle_buffer_keep = 8 * 1024;
-
     // "host[:port]", the Host of every request to this upstream.
     const std::string& host_header() const { return host_header_; }
 
@@ -188,6 +185,9 @@ public:
     usage current_usage();
 
 private:
+    // An idle pooled connection keeps a read buffer of at most this capacity.
+    static constexpr std::size_t idle_buffer_keep = 8 * 1024;
+
     class call;
     friend class call;
 
