@@ -107,12 +107,28 @@ parsed_json parse_json(std::string_view text, std::size_t max_depth) {
 
 namespace {
 
+// Whether names[from, end) holds one name twice: pairs compared for an ordinary object, a
+// sorted copy for a large one.
+bool names_repeat(const std::vector<std::string_view>& names, std::size_t from) {
+    const auto first = names.begin() + static_cast<std::ptrdiff_t>(from);
+    if (names.end() - first <= 16) {
+        for (auto a = first; a != names.end(); ++a)
+            if (std::find(std::next(a), names.end(), *a) != names.end()) return true;
+        return false;
+    }
+    std::vector<std::string_view> sorted(first, names.end());
+    std::ranges::sort(sorted);
+    return std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end();
+}
+
 // One pass over a JSON text, in the order nlohmann reads it, stopping at the first fault: the
 // fault nlohmann reports first is the one found first here. Nesting is counted as it goes (for
 // valid text the same count json_too_deep makes).
 class json_checker {
 public:
-    json_checker(std::string_view text, std::size_t max_depth) : t_(text), max_depth_(max_depth) {}
+    // names: when given, set to whether an object repeats a member name (unescaped).
+    json_checker(std::string_view text, std::size_t max_depth, bool* names)
+        : t_(text), max_depth_(max_depth), repeats_(names) {}
 
     json_status run() {
         // nlohmann skips a UTF-8 byte order mark, only at the very start (0xEF is no JSON byte
@@ -131,6 +147,7 @@ public:
                     break;
                 }
                 if (at() != (open_.back() == '{' ? '}' : ']')) return json_status::invalid;
+                if (open_.back() == '{' && repeats_) close_names();
                 open_.pop_back();
                 ++i_;
             }
@@ -150,6 +167,7 @@ private:
                 const char open = static_cast<char>(at());
                 if (open_.size() == max_depth_) return fault(json_status::too_deep);
                 open_.push_back(open);
+                if (open == '{' && repeats_) starts_.push_back(names_.size());
                 i_ = skip_space(t_, i_ + 1);
                 if (at() == (open == '{' ? '}' : ']')) {
                     // An empty one: the caller's loop closes it.
@@ -176,7 +194,9 @@ private:
 
     // A member name at i_, its colon, and the space up to its value.
     bool member_name() {
+        const std::size_t begin = i_;
         if (at() != '"' || !string()) return false;
+        if (repeats_) note_name(t_.substr(begin + 1, i_ - begin - 2));
         i_ = skip_space(t_, i_);
         if (at() != ':') return false;
         i_ = skip_space(t_, i_ + 1);
@@ -299,17 +319,39 @@ private:
         return true;
     }
 
+    // A member name as written (between its quotes), of the innermost open object.
+    void note_name(std::string_view raw) {
+        if (raw.find('\\') == npos) {
+            names_.push_back(raw);
+            return;
+        }
+        const std::string quoted = '"' + std::string(raw) + '"';
+        names_.push_back(decoded_.emplace_back(json_string_value(quoted).value_or(quoted)));
+    }
+
+    // The innermost object closes: does it name a member twice?
+    void close_names() {
+        if (!*repeats_) *repeats_ = names_repeat(names_, starts_.back());
+        names_.resize(starts_.back());
+        starts_.pop_back();
+    }
+
     std::string_view t_;
     std::size_t max_depth_;
     std::size_t i_ = 0;
     std::string open_;  // the brackets open at i_, outermost first
     json_status status_ = json_status::invalid;
+    bool* repeats_;                       // nullptr: names are not compared
+    std::vector<std::string_view> names_;  // of the open objects, innermost last
+    std::vector<std::size_t> starts_;      // where each open object's names begin
+    std::list<std::string> decoded_;       // names written with escapes, unescaped
 };
 
 }  // namespace
 
-json_status check_json(std::string_view text, std::size_t max_depth) {
-    const json_status s = json_checker(text, max_depth).run();
+json_status check_json(std::string_view text, std::size_t max_depth, bool* repeated_names) {
+    if (repeated_names) *repeated_names = false;
+    const json_status s = json_checker(text, max_depth, repeated_names).run();
     if (s == json_status::ok || s == json_status::too_deep) return s;
     // parse_json's own order: nesting over the whole text first, then a NUL anywhere.
     if (json_too_deep(text, max_depth)) return json_status::too_deep;
@@ -411,19 +453,6 @@ bool json_repeats_a_name(std::string_view t) {
     std::string open;                 // the brackets open at i
     names.clear();
     starts.clear();
-    auto repeats = [](std::size_t from) {
-        const auto first = names.begin() + static_cast<std::ptrdiff_t>(from);
-        const std::size_t n = names.size() - from;
-        if (n <= 16) {
-            for (auto a = first; a != names.end(); ++a)
-                for (auto b = std::next(a); b != names.end(); ++b)
-                    if (*a == *b) return true;
-            return false;
-        }
-        std::vector<std::string_view> sorted(first, names.end());
-        std::ranges::sort(sorted);
-        return std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end();
-    };
     bool name_next = false;  // the next string is a member name
     for (std::size_t i = 0; i < t.size(); ++i) {
         const char c = t[i];
@@ -454,7 +483,7 @@ bool json_repeats_a_name(std::string_view t) {
             if (open.empty()) return false;
             if (open.back() == '{') {
                 if (starts.empty()) return false;
-                if (repeats(starts.back())) return true;
+                if (names_repeat(names, starts.back())) return true;
                 names.resize(starts.back());
                 starts.pop_back();
             }

@@ -43,8 +43,11 @@ parsed_json parse_json(std::string_view text, std::size_t max_depth = max_json_d
 // double), in one scan and no allocation. For a text then read only through the functions
 // below (an upstream's batch answer: a DOM of it cost more than the rest of a caller's answer).
 // tests/fuzz/fuzz_json_text.cpp holds the two to the same answer on every input. Assumes the
-// C locale, as nlohmann does for numbers (the gateway never sets another).
-json_status check_json(std::string_view text, std::size_t max_depth = max_json_depth_cap);
+// C locale, as nlohmann does for numbers (the gateway never sets another). repeated_names,
+// when given, is set to whether an object of a valid text names a member twice (unescaped, as
+// the parse compares them; json_repeats_a_name of each value then finds which).
+json_status check_json(std::string_view text, std::size_t max_depth = max_json_depth_cap,
+                       bool* repeated_names = nullptr);
 
 // The bytes of the parts of a JSON text nlohmann accepted (parse_json), so that a value can be
 // handed on as the upstream wrote it instead of re-serialized: numbers keep their digits (an

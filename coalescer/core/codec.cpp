@@ -568,16 +568,18 @@ std::string status_text_of(std::string_view text) {
 // A caller's body: the value's own bytes in the upstream's answer, as the upstream wrote them
 // (numbers keep their digits, members their order). Serialized from a parse only when a name
 // repeats in one of its objects: routing and statuses read the last of them, as the parse
-// does, and a client's parser might take the first.
-std::string body_text(std::string_view value_text) {
-    if (routes::json_repeats_a_name(value_text)) return dump(parsed_value(value_text));
+// does, and a client's parser might take the first. may_repeat: the answer has a repeated name
+// somewhere (its check found one), so this value is looked at.
+std::string body_text(std::string_view value_text, bool may_repeat) {
+    if (may_repeat && routes::json_repeats_a_name(value_text)) return dump(parsed_value(value_text));
     return std::string(value_text);
 }
 
 // The answer for one item of the batch, read from its text in the (checked) answer; item is its
 // parse, which only a list with status rules or a response template needs (nullptr otherwise).
+// may_repeat: a name repeats somewhere in the answer (body_text).
 item_outcome outcome_of(const compiled_list& c, std::string_view route, std::string_view item_text,
-                        const json* item) {
+                        const json* item, bool may_repeat) {
     const auto& l = *c.list;
     int status = 200;
     auto rule = std::find_if(c.rules.begin(), c.rules.end(),
@@ -618,11 +620,11 @@ item_outcome outcome_of(const compiled_list& c, std::string_view route, std::str
         if (l.body_value) return {status, dump(*l.body_value)};
         const auto body = c.body.find_in_value(item_text);
         if (!body) return item_error(502, "upstream item has no " + c.body.text(), route);
-        return {status, body_text(*body)};
+        return {status, body_text(*body, may_repeat)};
     }
     // A failed item: with an `error` pointer, a gateway error naming the upstream's message;
     // without one, the upstream's own item (at `body`, else whole) is the caller's answer.
-    if (!c.error) return {status, body_text(c.body.find_in_value(item_text).value_or(item_text))};
+    if (!c.error) return {status, body_text(c.body.find_in_value(item_text).value_or(item_text), may_repeat)};
     std::string message;
     if (auto e = c.error->find_in_value(item_text); e && e->starts_with('"'))
         message = routes::json_string_value(*e).value_or("");
@@ -935,8 +937,9 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
         return !c.rules.empty() || !c.list->body_template.is_null();
     });
     routes::parsed_json parsed;
+    bool may_repeat = true;  // a name repeated in an object somewhere (unknown after a parse)
     const auto status = needs_parse ? (parsed = routes::parse_json(body, max_json_depth)).status
-                                    : routes::check_json(body, max_json_depth);
+                                    : routes::check_json(body, max_json_depth, &may_repeat);
     if (status == routes::json_status::too_deep) {
         out.error = "upstream batch answer is " + routes::json_depth_message(max_json_depth);
         return out;
@@ -993,7 +996,7 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
         }
         out.items.reserve(keys.size());
         for (std::size_t i = 0; i < keys.size(); ++i)
-            out.items.push_back(outcome_of(lists.front(), route_name, items.texts[i], items.item(i)));
+            out.items.push_back(outcome_of(lists.front(), route_name, items.texts[i], items.item(i), may_repeat));
         return out;
     }
 
@@ -1050,7 +1053,7 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
     }
 
     auto outcome = [&](const seen& e) {
-        return outcome_of(lists[e.list], route_name, e.text, arrays[e.list].item(e.index));
+        return outcome_of(lists[e.list], route_name, e.text, arrays[e.list].item(e.index), may_repeat);
     };
     auto ambiguous = [&](const std::string& key, const std::string& why) {
         return item_outcome{502, error_body(gateway_error::upstream_bad_response,

@@ -1,7 +1,7 @@
 // Fuzz target: the JSON text readers of text/json_text.hpp held to nlohmann's parse on the same
 // bytes. check_json must give parse_json's status for every input (it stands in for the parse
-// of an upstream's batch answer); on a valid text json_repeats_a_name must say whether the
-// parse dropped a repeated name, and a string's or an array element's text must read as the
+// of an upstream's batch answer); on a valid text it and json_repeats_a_name must say whether
+// the parse dropped a repeated name, and a string's or an array element's text must read as the
 // parse reads it (json_string_value, json_integer_literal).
 // Input: a depth byte (limits.max_json_depth: 1-8, or the cap), then the JSON text.
 #include <cstdint>
@@ -66,9 +66,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
     const auto value_text = routes::json_value_text(text);
     fuzz::check(value_text.has_value(), "a valid text without its value's text");
-    fuzz::check(routes::json_repeats_a_name(*value_text) ==
-                    (routes::json_member_count(*value_text) != member_count(parsed.value)),
+    const bool dropped = routes::json_member_count(*value_text) != member_count(parsed.value);
+    fuzz::check(routes::json_repeats_a_name(*value_text) == dropped,
                 "json_repeats_a_name differs from the parse's member count");
+    bool repeated = !dropped;
+    routes::check_json(text, depth, &repeated);
+    fuzz::check(repeated == dropped, "check_json's repeated names differ from the parse's member count");
     check_reads_alike(*value_text, parsed.value);
     if (parsed.value.is_array()) {
         const auto elements = routes::json_array_elements(*value_text);

@@ -441,6 +441,14 @@ TEST(JsonText, RepeatedNamesAreFoundPerObjectAndUnescaped) {
     for (int i = 0; i < 40; ++i) many += "\"k" + std::to_string(i) + "\":" + std::to_string(i) + ",";
     EXPECT_FALSE(json_repeats_a_name(many + "\"z\":0}"));
     EXPECT_TRUE(json_repeats_a_name(many + "\"k7\":0}"));
+    // The check of a whole answer says the same of it, in its one pass.
+    for (const std::string& text : {std::string(R"([{"a":1,"b":{"a":2}},{"a":3}])"), std::string(R"([{"a":1,"a":2}])"),
+                                    std::string(R"({"x":[{"y":1,"\u0079":2}]})"), many + "\"z\":0}",
+                                    many + "\"k7\":0}"}) {
+        bool repeated = false;
+        ASSERT_EQ(check_json(text, 64, &repeated), json_status::ok) << text;
+        EXPECT_EQ(repeated, json_repeats_a_name(text)) << text;
+    }
 }
 
 TEST(JsonText, StringsAndIntegersReadFromTheirText) {
