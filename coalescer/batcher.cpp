@@ -126,7 +126,8 @@ batcher::batcher(net::any_io_executor executor, std::shared_ptr<const config::ga
       load_(std::move(load)),
       mode_(mode) {}
 
-// The submission moves once, into the posted handler, which on_submit takes it from.
+// Only the pointer moves into the posted handler; on_submit moves the submission's parts
+// into the caller's waiter.
 void batcher::submit(std::unique_ptr<submission> s) {
     net::post(executor_, [self = shared_from_this(), s = std::move(s)] { self->on_submit(*s); });
 }

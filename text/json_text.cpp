@@ -446,13 +446,12 @@ bool json_integer_literal(std::string_view t) {
 
 bool json_repeats_a_name(std::string_view t) {
     // The names of the objects open at i, innermost last (names[starts.back()] on); a name
-    // with an escape is compared by its value, kept in decoded.
-    thread_local std::vector<std::string_view> names;
-    thread_local std::vector<std::size_t> starts;
-    std::list<std::string> decoded;  // empty unless a name has an escape: no allocation
-    std::string open;                 // the brackets open at i
-    names.clear();
-    starts.clear();
+    // with an escape is compared by its value, kept in decoded. (Called only for an answer
+    // whose check found a repeated name somewhere: no scratch is kept between calls.)
+    std::vector<std::string_view> names;
+    std::vector<std::size_t> starts;
+    std::list<std::string> decoded;
+    std::string open;  // the brackets open at i
     bool name_next = false;  // the next string is a member name
     for (std::size_t i = 0; i < t.size(); ++i) {
         const char c = t[i];

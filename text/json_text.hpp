@@ -40,7 +40,8 @@ parsed_json parse_json(std::string_view text, std::size_t max_depth = max_json_d
 
 // The status parse_json(text, max_depth) gives, without building the document: the same
 // checks (nesting, NUL, RFC 8259's grammar, UTF-8 and escapes in strings, a number beyond a
-// double), in one scan and no allocation. For a text then read only through the functions
+// double), in one scan that builds nothing but its stack of open brackets (and, when asked, the
+// member names of the open objects). For a text then read only through the functions
 // below (an upstream's batch answer: a DOM of it cost more than the rest of a caller's answer).
 // tests/fuzz/fuzz_json_text.cpp holds the two to the same answer on every input. Assumes the
 // C locale, as nlohmann does for numbers (the gateway never sets another). repeated_names,
@@ -57,7 +58,7 @@ json_status check_json(std::string_view text, std::size_t max_depth = max_json_d
 // The value that is the whole text, without the whitespace (and UTF-8 byte order mark) around it.
 std::optional<std::string_view> json_value_text(std::string_view text);
 
-// The members of all the objects in a value's text (its colons outside strings). Less than the
+// The members of all the objects in a value's text (its colons outside strings). More than the
 // parse's count when a name repeats in an object: the parse keeps only the last of them.
 std::size_t json_member_count(std::string_view value_text);
 
