@@ -2,7 +2,6 @@
 #include "gateway/request_head.hpp"
 
 #include <algorithm>
-#include <charconv>
 #include <list>
 #include <optional>
 #include <string>
@@ -14,6 +13,7 @@
 #include "coalescer/core/codec.hpp"
 #include "fanout/engine.hpp"
 #include "net/hop_by_hop.hpp"
+#include "net/wire.hpp"
 #include "text/json_text.hpp"
 
 namespace batchgate::gateway {
@@ -180,29 +180,28 @@ struct exchange {
             batcher->submit(std::move(submitted));
             return passthrough(batcher->load());
         }
-        s.done = [version = req.version(), done = std::move(done)](coalescer::reply r) {
-            // Every field is new to the answer: inserted, not set (a set looks for the name
-            // first), and the gateway's own under their known names (no lookup by string). The
-            // reply's headers never frame the body (Content-Type, Content-Encoding,
-            // Retry-After, WWW-Authenticate), and its status is never 1xx: Content-Length is
-            // the body's, except on a 204 or 304, which have none.
-            response_t res{static_cast<http::status>(r.status), version};
+        s.done = [done = std::move(done)](coalescer::reply r) {
+            // Composed as bytes, in one buffer (no Beast fields for the connection to write out
+            // again). The reply's headers never frame the body (Content-Type, Content-Encoding,
+            // Retry-After, WWW-Authenticate: relayed from a parsed answer) and its status is
+            // never 1xx: Content-Length is the body's, except on a 204 or 304, which have none.
+            composed_answer a;
+            a.status = static_cast<unsigned>(r.status);
             const bool has_body = r.status != 204 && r.status != 304;
-            if (has_body && !r.verbatim) res.insert(http::field::content_type, json_type);
-            for (auto& [name, value] : r.headers) res.insert(name, value);  // a field may come in several lines
+            std::size_t bytes = 160 + r.batch_id.size();
+            for (const auto& [name, value] : r.headers) bytes += name.size() + value.size() + 4;
+            a.fields.reserve(bytes);
+            if (has_body && !r.verbatim) wire::append_field(a.fields, "Content-Type", json_type);
+            for (const auto& [name, value] : r.headers) wire::append_field(a.fields, name, value);  // a field may come in several lines
             if (!r.batch_id.empty()) {
-                res.insert(http::field::unknown, "X-Batchgate-Batch-Id", r.batch_id);
-                char size[24];
-                const auto end = std::to_chars(size, size + sizeof size, r.batch_size).ptr;
-                res.insert(http::field::unknown, "X-Batchgate-Batch-Size", std::string_view(size, end - size));
+                wire::append_field(a.fields, "X-Batchgate-Batch-Id", r.batch_id);
+                wire::append_field(a.fields, "X-Batchgate-Batch-Size", r.batch_size);
             }
             if (has_body) {
-                char length[24];
-                const auto end = std::to_chars(length, length + sizeof length, r.body.size()).ptr;
-                res.insert(http::field::content_length, std::string_view(length, end - length));
-                res.body() = std::move(r.body);
+                wire::append_field(a.fields, "Content-Length", r.body.size());
+                a.body = std::move(r.body);
             }
-            done(std::move(res), dispatch_info{std::move(r.batch_id), r.batch_size, r.upstream_status, r.upstream_elapsed});
+            done(std::move(a), dispatch_info{std::move(r.batch_id), r.batch_size, r.upstream_status, r.upstream_elapsed});
         };
         batcher->submit(std::move(submitted));
     }

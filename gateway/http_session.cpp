@@ -586,7 +586,7 @@ private:
         auto request = std::move(*std::exchange(request_, nullptr));
         try {
             dispatch_matched(state_, runtime_, route, std::move(params), std::move(request), std::move(ctx),
-                             [self = this->shared_from_this(), gen = generation_](response_t res, dispatch_info info) {
+                             [self = this->shared_from_this(), gen = generation_](answer res, dispatch_info info) {
                                  // Back onto this connection's thread.
                                  net::post(self->stream_.get_executor(),
                                            [self, gen, res = std::move(res), info = std::move(info)]() mutable {
@@ -685,7 +685,7 @@ private:
 
     // --- answering ------------------------------------------------------------------------------
 
-    void send(response_t res) {
+    void send(answer a) {
         if (answered_) return;  // exactly one answer per request
         answered_ = true;
         // A hang-up watch still pending is done with: cancelled now (no system call), it does not
@@ -694,20 +694,28 @@ private:
             beast::error_code ignored;
             tcp().socket().cancel(ignored);
         }
-        record_answer(res.result_int());
+        auto* res = std::get_if<response_t>(&a);
+        record_answer(res ? res->result_int() : static_cast<int>(std::get<composed_answer>(a).status));
         if (state_->draining.load()) keep_alive_ = false;
         // A caller seen hanging up gets nothing more on this connection: bytes it left in our
         // buffer (pipelined requests) are not served for a client that is gone.
         if (gone_ && gone_->load(std::memory_order_relaxed)) keep_alive_ = false;
-        res.version(version_);
-        res.keep_alive(keep_alive_);
-        response_ = std::make_unique<outgoing>(std::move(res));
+        response_ = std::make_unique<outgoing>();
+        if (res) {
+            res->version(version_);
+            res->keep_alive(keep_alive_);
+            write_head(*res);
+            response_->body = std::move(res->body());
+        } else {
+            auto& composed = std::get<composed_answer>(a);
+            write_head(composed);
+            response_->body = std::move(composed.body);
+        }
         // Traffic answers only: a scrape must never count against (or show up in) the budget.
-        if (role_ == listener_role::traffic) response_lease_.force_to(response_->res.body().size());
+        if (role_ == listener_role::traffic) response_lease_.force_to(response_->body.size());
         // One head buffer plus the body in place: a single writev, no per-field buffers.
         // A HEAD answer keeps its Content-Length but never carries the body.
-        write_head();
-        const auto& body = response_->res.body();
+        const auto& body = response_->body;
         response_->unsent.emplace(std::array<net::const_buffer, 2>{
             net::buffer(response_->head), head_request_ ? net::const_buffer() : net::buffer(body)});
         write_more();
@@ -716,8 +724,7 @@ private:
     // The answer's head, written once into a buffer sized first (one allocation): its fields
     // as they are, except Server and X-Request-Id, which are the gateway's own and come last
     // (no field set on the answer to be copied again).
-    void write_head() {
-        const auto& res = response_->res;
+    void write_head(const response_t& res) {
         const bool traffic = role_ == listener_role::traffic;
         auto own = [traffic](const auto& f) {
             return f.name() == http::field::server || (traffic && is_request_id(f));
@@ -727,8 +734,24 @@ private:
         wire::append_status_line(out, res);
         for (const auto& f : res)
             if (!own(f)) wire::append_field(out, f.name_string(), f.value());
+        end_head(out);
+    }
+
+    // A composed answer's head: its fields as composed (none of them Connection, Server or
+    // X-Request-Id), then what Beast's keep_alive() would have said for this version.
+    void write_head(const composed_answer& a) {
+        auto& out = response_->head;
+        out.reserve(a.fields.size() + 112 + request_id_.size());
+        wire::append_status_line(out, version_, a.status);
+        out += a.fields;
+        if (version_ == 10 && keep_alive_) wire::append_field(out, "Connection", "keep-alive");
+        if (version_ != 10 && !keep_alive_) wire::append_field(out, "Connection", "close");
+        end_head(out);
+    }
+
+    void end_head(std::string& out) const {
         wire::append_field(out, "Server", "batchgate");
-        if (traffic) wire::append_field(out, "X-Request-Id", request_id_);
+        if (role_ == listener_role::traffic) wire::append_field(out, "X-Request-Id", request_id_);
         out += "\r\n";
     }
 
@@ -851,10 +874,9 @@ private:
     std::unique_ptr<request_t> request_;  // from its head's end until it is dispatched or answered
     // An answer while it is written; none while a caller waits (memory per waiting caller).
     struct outgoing {
-        explicit outgoing(response_t r) : res(std::move(r)) {}
-        response_t res;
-        std::string head;  // serialized status line and fields of res
-        std::optional<beast::buffers_suffix<std::array<net::const_buffer, 2>>> unsent;  // of head and res
+        std::string head;  // its status line and fields
+        std::string body;
+        std::optional<beast::buffers_suffix<std::array<net::const_buffer, 2>>> unsent;  // of head and body
     };
     std::unique_ptr<outgoing> response_;
     deadline_sweep* sweep_;  // this shard's

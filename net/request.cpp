@@ -24,6 +24,26 @@ std::optional<std::string> header_value(const request_t& req, std::string_view n
     return all;
 }
 
+response_t to_response(answer a, unsigned version) {
+    if (auto* res = std::get_if<response_t>(&a)) {
+        res->version(version);
+        return std::move(*res);
+    }
+    auto& c = std::get<composed_answer>(a);
+    response_t res{static_cast<http::status>(c.status), version};
+    std::string_view rest = c.fields;
+    while (!rest.empty()) {
+        const auto end = rest.find("\r\n");
+        const auto line = rest.substr(0, end);
+        rest = end == std::string_view::npos ? std::string_view() : rest.substr(end + 2);
+        const auto colon = line.find(": ");
+        if (colon == std::string_view::npos) continue;  // never composed
+        res.insert(line.substr(0, colon), line.substr(colon + 2));
+    }
+    res.body() = std::move(c.body);
+    return res;
+}
+
 response_t error_response(gateway_error e, const std::string& message, const std::string& route, unsigned version) {
     response_t res{static_cast<http::status>(http_status(e)), version ? version : 11};
     res.set(http::field::content_type, json_type);

@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <variant>
 
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/http/string_body.hpp>
@@ -43,7 +44,24 @@ struct dispatch_info {
     std::chrono::steady_clock::duration upstream_elapsed{};
 };
 
-using dispatch_done = std::function<void(response_t, dispatch_info)>;
+// An answer the gateway composed as bytes (a coalesced caller's share of a batch answer): no
+// Beast fields are built for it, one element each, only for the client connection to write them
+// out again. fields holds "Name: value\r\n" for each field, Content-Length among them unless the
+// status has no body (204, 304); never Connection, Server or X-Request-Id, which the connection
+// writes. Its composer writes only names and values a parsed HTTP head could hold (no CR or LF).
+struct composed_answer {
+    unsigned status = 200;
+    std::string fields;
+    std::string body;
+};
+
+// What a request is answered with: a Beast response, or bytes the gateway composed.
+using answer = std::variant<response_t, composed_answer>;
+
+using dispatch_done = std::function<void(answer, dispatch_info)>;
+
+// An answer as a Beast response of the given version, for who reads its fields ($batch entries).
+response_t to_response(answer a, unsigned version);
 
 // Every line of a header as one value ("a=1; b=2" for Cookie, "x, y" otherwise), nullopt when
 // absent: two Cookie lines (HTTP/2 hops send them) are one caller's credentials.

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <array>
+#include <charconv>
 #include <chrono>
 #include <cstring>
 #include <memory>
@@ -182,16 +183,35 @@ inline std::string_view reason_phrase(boost::beast::string_view reason, unsigned
     return {reason.data(), reason.size()};
 }
 
-// "HTTP/1.1 200 OK\r\n": an answer's status line; its fields follow (the session writes them).
+// "HTTP/1.1 200 OK\r\n": a status line; the answer's fields follow (the session writes them).
+inline void append_status_line(std::string& out, unsigned version, unsigned status, std::string_view reason) {
+    out += version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
+    char digits[12];
+    const auto end = std::to_chars(digits, digits + sizeof digits, status).ptr;
+    out.append(digits, end);
+    out += ' ';
+    out += reason;
+    out += "\r\n";
+}
+
+// An answer's status line, with its own reason phrase.
 template <class Body, class Fields>
 void append_status_line(std::string& out, const boost::beast::http::response<Body, Fields>& res) {
-    const unsigned v = res.version();
-    out += v == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
-    out += std::to_string(res.result_int());
-    out += ' ';
-    const auto reason = reason_phrase(res.reason(), res.result_int());
-    out.append(reason.data(), reason.size());
-    out += "\r\n";
+    append_status_line(out, res.version(), res.result_int(), reason_phrase(res.reason(), res.result_int()));
+}
+
+// The status line of an answer composed without a reason phrase: the standard one (none for a
+// status no one registered).
+inline void append_status_line(std::string& out, unsigned version, unsigned status) {
+    namespace http = boost::beast::http;
+    append_status_line(out, version, status, reason_phrase(http::obsolete_reason(http::int_to_status(status)), status));
+}
+
+// "Name: 123\r\n".
+inline void append_field(std::string& out, std::string_view name, std::size_t number) {
+    char digits[24];
+    const auto end = std::to_chars(digits, digits + sizeof digits, number).ptr;
+    append_field(out, name, std::string_view(digits, static_cast<std::size_t>(end - digits)));
 }
 
 // "GET /path HTTP/1.1\r\n" + fields + "\r\n".

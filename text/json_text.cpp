@@ -173,10 +173,7 @@ private:
                     // An empty one: the caller's loop closes it.
                     return true;
                 }
-                if (open == '{') {
-                    if (!member_name()) return fault(json_status::invalid);
-                    return value();
-                }
+                if (open == '{' && !member_name()) return fault(json_status::invalid);
                 return value();
             }
             case '"': return string() || fault(json_status::invalid);
@@ -445,51 +442,10 @@ bool json_integer_literal(std::string_view t) {
 }
 
 bool json_repeats_a_name(std::string_view t) {
-    // The names of the objects open at i, innermost last (names[starts.back()] on); a name
-    // with an escape is compared by its value, kept in decoded. (Called only for an answer
-    // whose check found a repeated name somewhere: no scratch is kept between calls.)
-    std::vector<std::string_view> names;
-    std::vector<std::size_t> starts;
-    std::list<std::string> decoded;
-    std::string open;  // the brackets open at i
-    bool name_next = false;  // the next string is a member name
-    for (std::size_t i = 0; i < t.size(); ++i) {
-        const char c = t[i];
-        if (c == '"') {
-            const std::size_t end = string_end(t, i);
-            if (end == npos) return false;
-            if (name_next) {
-                const std::string_view quoted = t.substr(i, end - i);
-                if (quoted.find('\\') == npos) {
-                    names.push_back(quoted.substr(1, quoted.size() - 2));
-                } else {
-                    auto value = json_string_value(quoted);
-                    names.push_back(decoded.emplace_back(value ? std::move(*value) : std::string(quoted)));
-                }
-                name_next = false;
-            }
-            i = end - 1;
-        } else if (c == '{') {
-            open.push_back(c);
-            starts.push_back(names.size());
-            name_next = true;
-        } else if (c == '[') {
-            open.push_back(c);
-            name_next = false;
-        } else if (c == ',') {
-            name_next = !open.empty() && open.back() == '{';
-        } else if (c == '}' || c == ']') {
-            if (open.empty()) return false;
-            if (open.back() == '{') {
-                if (starts.empty()) return false;
-                if (names_repeat(names, starts.back())) return true;
-                names.resize(starts.back());
-                starts.pop_back();
-            }
-            open.pop_back();
-        }
-    }
-    return false;
+    // check_json walks the names anyway (called only for an answer whose check found a
+    // repeated name somewhere, so the second walk is rare).
+    bool repeated = false;
+    return check_json(t, max_json_depth_cap, &repeated) == json_status::ok && repeated;
 }
 
 std::optional<std::vector<std::string_view>> json_array_elements(std::string_view array_text) {

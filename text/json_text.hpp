@@ -59,11 +59,13 @@ json_status check_json(std::string_view text, std::size_t max_depth = max_json_d
 std::optional<std::string_view> json_value_text(std::string_view text);
 
 // The members of all the objects in a value's text (its colons outside strings). More than the
-// parse's count when a name repeats in an object: the parse keeps only the last of them.
+// parse's count when a name repeats in an object: the parse keeps only the last of them. (The
+// json_text fuzz target's reference for the repeated-name flag.)
 std::size_t json_member_count(std::string_view value_text);
 
 // True when an object in a value's text has a member name twice (unescaped, as the parse
-// compares them): exactly when json_member_count is more than the parse's count.
+// compares them): exactly when json_member_count is more than the parse's count. check_json's
+// own flag, for one value; false for a text check_json refuses.
 bool json_repeats_a_name(std::string_view value_text);
 
 // A string's text ("\"a\\u0062\"") as its value ("ab"); nullopt when the text is no string.

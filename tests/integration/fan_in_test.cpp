@@ -1,8 +1,12 @@
 // Fan-in end to end: concurrent single calls through a real gateway to the mock upstreams of
 // reference APIs A and B, checking what every caller got and what the upstream saw.
+#include <poll.h>
+#include <sys/socket.h>
+
 #include <atomic>
 #include <latch>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "tests/integration/harness.hpp"
@@ -114,6 +118,89 @@ TEST(FanIn, TwoHundredConcurrentCallersEachGetTheirOwnUser) {
     }
     EXPECT_EQ(ids.size(), 200u);  // every id sent exactly once
     EXPECT_EQ(std::set<std::string>(ids.begin(), ids.end()).size(), 200u);
+}
+
+// A coalesced caller's answer is composed as bytes, not built as Beast fields: its head is
+// framed for the caller's version and Connection as Beast frames any other answer. Every field
+// once, Content-Length the body's, the connection kept or closed as RFC 9112 section 9.3 says.
+TEST(FanIn, CoalescedAnswersAreFramedForTheCallersVersionAndConnection) {
+    mock_upstream up({.user_count = 10});
+    running_gateway gw(users_config(up.port(), {.wait = "1ms"}));
+    struct exchange {
+        http::response<http::string_body> res;
+        std::string head;  // as it came, status line and fields
+        bool closed = false;  // the gateway closed after the answer
+    };
+    auto ask = [](tcp::socket& socket, const std::string& request) {
+        net::write(socket, net::buffer(request));
+        exchange out;
+        beast::flat_buffer buffer;
+        http::response_parser<http::string_body> parser;
+        http::read(socket, buffer, parser);
+        out.res = parser.release();
+        std::ostringstream head;
+        head << out.res.base();
+        out.head = head.str();
+        // The answer was whole: anything more is the close (EOF) or nothing within 300 ms.
+        pollfd p{socket.native_handle(), POLLIN, 0};
+        char more;
+        out.closed = ::poll(&p, 1, 300) == 1 && ::recv(socket.native_handle(), &more, 1, MSG_PEEK) == 0;
+        return out;
+    };
+    auto each_field_once = [](const exchange& x) {
+        for (const char* name : {"Content-Type", "Content-Length", "X-Batchgate-Batch-Id", "X-Batchgate-Batch-Size",
+                                 "Server", "X-Request-Id"})
+            EXPECT_EQ(x.res.count(name), 1u) << name << " in\n" << x.head;
+        EXPECT_EQ(x.res["Content-Length"], std::to_string(x.res.body().size())) << x.head;
+        EXPECT_EQ(x.res["Content-Type"], "application/json");
+        EXPECT_EQ(x.res["Server"], "batchgate");
+        EXPECT_EQ(nlohmann::json::parse(x.res.body())["id"], "7") << x.res.body();
+    };
+    struct row {
+        const char* what;
+        std::string request;
+        std::string status_line;
+        const char* connection;  // the answer's Connection field, nullptr: none
+        bool closes;
+        std::string next;  // a second request on the same connection, "" for none
+    };
+    const row rows[] = {
+        {"HTTP/1.1: kept open, no Connection field", "GET /users/7 HTTP/1.1\r\nHost: a\r\n\r\n",
+         "HTTP/1.1 200 OK\r\n", nullptr, false, "GET /users/7 HTTP/1.1\r\nHost: a\r\nX-Request-Id: second\r\n\r\n"},
+        {"HTTP/1.1 with Connection: close: says so, then closes",
+         "GET /users/7 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", "HTTP/1.1 200 OK\r\n", "close", true, ""},
+        {"HTTP/1.0: closes by default, and says nothing about it", "GET /users/7 HTTP/1.0\r\n\r\n",
+         "HTTP/1.0 200 OK\r\n", nullptr, true, ""},
+        {"HTTP/1.0 asking for keep-alive: gets it, and is told",
+         "GET /users/7 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", "HTTP/1.0 200 OK\r\n", "keep-alive", false,
+         "GET /users/7 HTTP/1.0\r\nX-Request-Id: second\r\n\r\n"},
+    };
+    net::io_context ioc;
+    for (const auto& r : rows) {
+        SCOPED_TRACE(r.what);
+        auto socket = connect_client(ioc, gw.port());
+        auto x = ask(socket, r.request);
+        EXPECT_EQ(x.head.rfind(r.status_line, 0), 0u) << x.head;
+        each_field_once(x);
+        if (r.connection) EXPECT_EQ(x.res[http::field::connection], std::string(r.connection)) << x.head;
+        else EXPECT_EQ(x.res.count(http::field::connection), 0u) << x.head;
+        EXPECT_EQ(x.closed, r.closes);
+        if (r.next.empty()) continue;
+        auto again = ask(socket, r.next);  // answered too, and framed as its own request asks
+        EXPECT_EQ(again.res.result_int(), 200) << again.head;
+        EXPECT_EQ(again.res["X-Request-Id"], "second");
+        each_field_once(again);
+        EXPECT_EQ(again.closed, again.res.version() == 10);
+    }
+    {  // an absent user: 404 with the gateway's JSON error, framed the same way
+        auto socket = connect_client(ioc, gw.port());
+        auto x = ask(socket, "GET /users/99999 HTTP/1.1\r\nHost: a\r\n\r\n");
+        EXPECT_EQ(x.head.rfind("HTTP/1.1 404 Not Found\r\n", 0), 0u) << x.head;
+        EXPECT_EQ(x.res["Content-Length"], std::to_string(x.res.body().size())) << x.head;
+        EXPECT_EQ(x.res.count("X-Batchgate-Batch-Id"), 1u) << x.head;
+        EXPECT_EQ(nlohmann::json::parse(x.res.body())["error"], "not_found") << x.res.body();
+        EXPECT_FALSE(x.closed);
+    }
 }
 
 TEST(FanIn, RepeatedParameterSpelling) {

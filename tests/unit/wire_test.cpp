@@ -1,5 +1,7 @@
-// net/wire.hpp: a head's field lines, and the per-thread block cache of per-request objects.
+// net/wire.hpp: a head's field lines, and the per-thread block cache of per-request objects;
+// net/request.hpp: a composed answer read back as a Beast response.
 #include "net/wire.hpp"
+#include "net/request.hpp"
 
 #include <boost/beast/http/string_body.hpp>
 #include <gtest/gtest.h>
@@ -43,6 +45,53 @@ TEST(wire, StatusLinesKeepTheirReasonAndMakeNoneUp) {
     EXPECT_EQ(line(404, "Gone Away"), "HTTP/1.1 404 Gone Away\r\n");
     EXPECT_EQ(line(299, ""), "HTTP/1.1 299 \r\n");  // not "<unknown-status>"
     EXPECT_EQ(line(299, "Fine"), "HTTP/1.1 299 Fine\r\n");
+}
+
+TEST(wire, ComposedStatusLinesGiveTheStandardReasonOrNone) {
+    auto line = [](unsigned version, unsigned status) {
+        std::string out;
+        wire::append_status_line(out, version, status);
+        return out;
+    };
+    EXPECT_EQ(line(11, 200), "HTTP/1.1 200 OK\r\n");
+    EXPECT_EQ(line(10, 404), "HTTP/1.0 404 Not Found\r\n");
+    EXPECT_EQ(line(11, 207), "HTTP/1.1 207 Multi-Status\r\n");
+    EXPECT_EQ(line(11, 299), "HTTP/1.1 299 \r\n");
+    EXPECT_EQ(line(11, 422), "HTTP/1.1 422 Unprocessable Entity\r\n");
+    EXPECT_EQ(line(11, 520), "HTTP/1.1 520 \r\n");
+    std::string out;
+    wire::append_field(out, "Content-Length", std::size_t{0});
+    wire::append_field(out, "X-Size", std::size_t{18446744073709551615u});
+    EXPECT_EQ(out, "Content-Length: 0\r\nX-Size: 18446744073709551615\r\n");
+}
+
+TEST(answer, AComposedAnswerReadsBackAsTheFieldsItWasComposedFrom) {
+    composed_answer a;
+    a.status = 429;
+    wire::append_field(a.fields, "Content-Type", "application/json");
+    wire::append_field(a.fields, "retry-after", "1");
+    wire::append_field(a.fields, "WWW-Authenticate", "Basic realm=\"a: b\"");
+    wire::append_field(a.fields, "WWW-Authenticate", "Bearer");
+    wire::append_field(a.fields, "X-Empty", "");
+    wire::append_field(a.fields, "Content-Length", std::size_t{2});
+    a.body = "{}";
+    const auto res = to_response(answer(a), 10);
+    EXPECT_EQ(res.result_int(), 429);
+    EXPECT_EQ(res.version(), 10u);
+    EXPECT_EQ(res.body(), "{}");
+    std::vector<std::pair<std::string, std::string>> fields;
+    for (const auto& f : res) fields.emplace_back(f.name_string(), f.value());
+    const std::vector<std::pair<std::string, std::string>> want{
+        {"Content-Type", "application/json"},       {"retry-after", "1"}, {"WWW-Authenticate", "Basic realm=\"a: b\""},
+        {"WWW-Authenticate", "Bearer"}, {"X-Empty", ""},      {"Content-Length", "2"}};
+    EXPECT_EQ(fields, want);
+
+    response_t plain{http::status::created, 11};
+    plain.set(http::field::location, "/x");
+    const auto same = to_response(answer(plain), 10);  // a Beast response is one already
+    EXPECT_EQ(same.result_int(), 201);
+    EXPECT_EQ(same.version(), 10u);
+    EXPECT_EQ(same[http::field::location], "/x");
 }
 
 TEST(thread_block_cache, ABlockFreedIsTakenAgainForItsSizeOnly) {
