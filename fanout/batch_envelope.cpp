@@ -111,7 +111,7 @@ private:
         ctx.deadline = deadline_;
         ctx.depth = ctx_.depth + 1;
         env_.dispatch(std::move(sub), std::move(ctx),
-                      [self = shared_from_this(), i](gateway::answer res, gateway::dispatch_info) {
+                      [self = shared_from_this(), i](gateway::answer&& res, gateway::dispatch_info) {
                           self->on_response(i, gateway::to_response(std::move(res), 11));
                       });
     }

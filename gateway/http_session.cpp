@@ -586,7 +586,7 @@ private:
         auto request = std::move(*std::exchange(request_, nullptr));
         try {
             dispatch_matched(state_, runtime_, route, std::move(params), std::move(request), std::move(ctx),
-                             [self = this->shared_from_this(), gen = generation_](answer res, dispatch_info info) {
+                             [self = this->shared_from_this(), gen = generation_](answer&& res, dispatch_info&& info) {
                                  // Back onto this connection's thread.
                                  net::post(self->stream_.get_executor(),
                                            [self, gen, res = std::move(res), info = std::move(info)]() mutable {

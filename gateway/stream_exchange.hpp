@@ -287,11 +287,17 @@ private:
     void on_response_head(error_code ec) {
         if (ec) return upstream_failed(ec);
         const int status = response_->get().result_int();
-        if (status >= 100 && status < 200 && status != 101) return read_response_head();  // interim answers
+        if (valid_status(status) && status < 200 && status != 101) return read_response_head();  // interim answers
         head_seen_ = true;
         if (head_timer_) head_timer_->cancel();
         const auto elapsed = head_elapsed_ = clock::now() - p_.started;
         p_.upstream_metrics->duration->Observe(std::chrono::duration<double>(elapsed).count());
+        if (!valid_status(status)) {
+            count_upstream(failure_label(upstream_failure::bad_response));
+            return on_s([this, status] {
+                fail_before_head(gateway_error::upstream_bad_response, upstream_name() + " answered " + invalid_status_answer(status));
+            });
+        }
         p_.upstream_metrics->requests->inc(status);
         if (status == 101 && !upgrade_) {
             return on_s([this] {
@@ -532,25 +538,15 @@ private:
         std::string& out = ready_head_;
         out.clear();
         out.reserve(wire::fields_bytes(h) + p_.request_id.size() + 160);  // one allocation
-        out += version_ == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
-        char digits[8];
-        auto [end, ec] = std::to_chars(digits, digits + sizeof digits, status);
-        out.append(digits, end);
-        out += ' ';
-        const auto reason = wire::reason_phrase(h.reason(), h.result_int());
-        out.append(reason.data(), reason.size());
-        out += "\r\n";
+        wire::append_status_line(out, version_, static_cast<unsigned>(status), wire::reason_phrase(h.reason(), h.result_int()));
         // Content-Length as the parser read it: one number, whatever list the upstream sent
         // ("2, 2" is one length to the parser, an ambiguous field to a client, RFC 9110 8.6),
         // and none on a 204, which has no content to measure.
         append_crossing_fields(out, h, [](const auto& f) {
             return f.name() == http::field::server || f.name() == http::field::content_length || is_request_id(f);
         });
-        if (content_length && status != 204 && status != 101) {
-            char length[24];
-            auto [length_end, length_ec] = std::to_chars(length, length + sizeof length, *content_length);
-            wire::append_field(out, "Content-Length", std::string_view(length, length_end - length));
-        }
+        if (content_length && status != 204 && status != 101)
+            wire::append_field(out, "Content-Length", static_cast<std::size_t>(*content_length));
         if (status == 101) {
             wire::append_field(out, "Connection", "Upgrade");
             wire::append_field(out, "Upgrade", h[http::field::upgrade]);

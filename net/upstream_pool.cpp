@@ -259,6 +259,7 @@ private:
         // Nothing came back: nothing parsed, and no part of a head left unparsed in the buffer.
         if (ec) return io_failed(ec, bytes == 0 && conn_->buffer.size() == 0);
         const int status = parser_->get().result_int();
+        if (!valid_status(status)) return fail(upstream_failure::bad_response, "upstream answered " + invalid_status_answer(status));
         if (status >= 100 && status < 200 && status != 101) {
             // An interim answer (100 Continue, 103 Early Hints): the real one follows.
             return read_response();

@@ -63,6 +63,17 @@ inline std::string coded_answer(const std::string& coding) {
     return "Content-Encoding \"" + coding + "\", which the gateway cannot read (it asks for identity)";
 }
 
+// RFC 9110 section 15: a status outside 100-599 is invalid, though Beast's parser takes any
+// three digits ("002", "999"). Relayed, "HTTP/1.1 2 OK" is no status line a client can read.
+inline bool valid_status(int status) { return status >= 100 && status <= 599; }
+
+// Why such an answer is refused: "upstream answered status 002, ...".
+inline std::string invalid_status_answer(int status) {
+    const char digits[] = {static_cast<char>('0' + status / 100 % 10), static_cast<char>('0' + status / 10 % 10),
+                           static_cast<char>('0' + status % 10), '\0'};
+    return std::string("status ") + digits + ", outside 100-599 (RFC 9110 section 15)";
+}
+
 enum class upstream_failure {
     none,
     connect_failed,  // refused, unreachable, DNS failure

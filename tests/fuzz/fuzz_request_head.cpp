@@ -16,50 +16,14 @@
 #include <boost/beast/http/string_body.hpp>
 
 #include "fuzz_common.hpp"
+#include "fuzz_http.hpp"
 #include "gateway/request_head.hpp"
 
 using namespace batchgate;
 namespace http = boost::beast::http;
 
-namespace {
-
-// Hands out the connection's bytes one read at a time, like the socket.
-class connection {
-public:
-    connection(std::string_view bytes, std::size_t read_size) : bytes_(bytes), read_size_(read_size) {}
-    // Appends the next read to buffer; false at end of stream.
-    bool read(std::string& buffer) {
-        if (bytes_.empty()) return false;
-        auto n = std::min(read_size_, bytes_.size());
-        buffer.append(bytes_.substr(0, n));
-        bytes_.remove_prefix(n);
-        return true;
-    }
-
-private:
-    std::string_view bytes_;
-    std::size_t read_size_;
-};
-
-// Feeds parser from buffer until done(); false on a parse error or end of stream.
-template <class Done>
-bool parse_until(http::request_parser<http::string_body>& parser, std::string& buffer, connection& conn, Done done) {
-    while (!done()) {
-        boost::beast::error_code ec;
-        std::size_t used = 0;
-        if (!buffer.empty()) used = parser.put(boost::asio::buffer(buffer.data(), buffer.size()), ec);
-        else ec = http::error::need_more;
-        buffer.erase(0, used);
-        if (ec == http::error::need_more) {
-            if (!conn.read(buffer)) return false;
-            continue;
-        }
-        if (ec) return false;  // the session answers 400/413/431 and closes
-    }
-    return true;
-}
-
-}  // namespace
+using fuzz::connection;
+using fuzz::parse_until;
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     fuzz::input in(data, size);

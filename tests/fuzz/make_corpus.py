@@ -252,6 +252,31 @@ requests = [
 for i, r in enumerate(requests):
     write("request_head", f"request-{i:02d}", bytes([i % 8]) + r.encode())
 
+# --- upstream_answer: HEAD/read-size byte, the upstream's bytes ----------------------------------
+answers = [
+    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 26\r\n\r\n"
+    '{"id":"7","name":"user-7"}',
+    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n"
+    "X-Keep: 2\r\n\r\n5;ext\r\nhello\r\n0\r\nTrailer-Field: t\r\n\r\n",
+    "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+    "HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}",
+    "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nclose-delimited body",
+    "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
+    "HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Length: 100\r\n\r\n",
+    "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    "HTTP/1.1 299 \r\nServer: up\r\nX-Request-Id: up-1\r\nKeep-Alive: timeout=5\r\nProxy-Authenticate: x\r\n"
+    "Content-Length: 1\r\n\r\nx",
+    "HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\nConnection: content-length\r\n\r\nok",
+    "HTTP/1.1 200 OK\r\nConnection: x-a\r\nX-B: 1\r\nConnection: x-b, server\r\nX-A: 2\r\nContent-Length: 0\r\n\r\n",
+    "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    "HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+    "HTTP/1.1 520 \r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+]
+for i, a in enumerate(answers):
+    write("upstream_answer", f"answer-{i:02d}", bytes([i % 8]) + a.encode())
+
 # --- http_date: current-year byte (1950 + b), Retry-After value ------------------------------
 dates = [
     "Sun, 06 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994",

@@ -514,6 +514,49 @@ TEST(UpstreamStatusLine, ReasonPhrasesAreRelayedAndNeverMadeUp) {
     }
 }
 
+// RFC 9110 section 15: a status outside 100-599 is invalid, and Beast's parser takes any three
+// digits. Relayed, "HTTP/1.1 002 OK" became "HTTP/1.1 2 OK", no status line a client can read
+// (found by fuzz_upstream_answer). Streamed passthrough, buffered passthrough (a coalesce
+// route's caller without a key) and a batch call: each caller gets a 502 saying why.
+TEST(UpstreamStatusLine, StatusesOutside100To599AreA502) {
+    const char* coalesce_yaml = R"(
+listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+worker_threads: 1
+logging: {level: error, access_log: false}
+upstreams:
+  raw: {url: "http://127.0.0.1:{{PORT}}", request_timeout: 2s}
+routes:
+  - name: users
+    match: {method: GET, path: "/users/{id}"}
+    upstream: raw
+    mode: coalesce
+    coalesce:
+      key: {header: X-Id}
+      on_missing_key: passthrough
+      max_wait: 1ms
+      request: {method: GET, path: /users, encoding: query_list, query_param: ids}
+      response: {items: "", key: /id}
+)";
+    for (const char* status_line : {"HTTP/1.1 002 OK\r\n", "HTTP/1.1 099 Low\r\n", "HTTP/1.1 600 High\r\n",
+                                    "HTTP/1.1 999 \r\n"}) {
+        const std::string answer = std::string(status_line) + "Content-Length: 2\r\n\r\nok";
+        auto expect_502 = [&](const std::string& got, const char* path) {
+            EXPECT_TRUE(got.starts_with("HTTP/1.1 502 Bad Gateway\r\n")) << status_line << path << ":\n" << got;
+            EXPECT_NE(got.find("outside 100-599"), std::string::npos) << got;
+        };
+        {
+            raw_upstream upstream(answer);
+            running_gateway gw(load_yaml(fill(yaml, {{"PORT", std::to_string(upstream.port())}})));
+            expect_502(talk(gw.port(), "GET /a HTTP/1.1\r\nHost: c\r\n\r\n", "", 1).raw, "streamed");
+        }
+        raw_upstream upstream(answer);
+        running_gateway gw(load_yaml(fill(coalesce_yaml, {{"PORT", std::to_string(upstream.port())}})));
+        expect_502(talk(gw.port(), "GET /users/7 HTTP/1.1\r\nHost: c\r\n\r\n", "", 1).raw, "buffered");
+        expect_502(talk(gw.port(), "GET /users/7 HTTP/1.1\r\nHost: c\r\nX-Id: 7\r\n\r\n", "", 1).raw, "batch call");
+    }
+}
+
 INSTANTIATE_TEST_SUITE_P(Rfc9112, Conformance, ::testing::ValuesIn(cases),
                          [](const ::testing::TestParamInfo<conformance_case>& info) { return std::string(info.param.name); });
 
