@@ -67,6 +67,10 @@ struct upstream_settings {
     duration connect_timeout = std::chrono::seconds(2);
     duration request_timeout = std::chrono::seconds(10);
     std::size_t max_response_bytes = 64 * 1024 * 1024;  // max_response: 64MiB
+    // keep_alive: connections carry one request after another. false: one request each, then
+    // closed (for an upstream that answers requests nobody sent, which on a reused connection
+    // would be taken for the next request's answer).
+    bool keep_alive = true;
     // https:// upstreams (tls: section).
     bool tls = false;                  // url scheme is https
     bool tls_verify = true;            // tls.verify: check the certificate chain and name

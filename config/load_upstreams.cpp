@@ -181,7 +181,8 @@ void load_upstreams(context& ctx, const field& f, gateway_config& cfg) {
         u.name = name;
         u.mark = {ctx.file, k.Mark().line + 1};
         map_reader m(ctx, it->second, path,
-                     {"url", "max_connections", "connect_timeout", "request_timeout", "max_response", "tls", "concurrency"});
+                     {"url", "max_connections", "connect_timeout", "request_timeout", "max_response", "keep_alive", "tls",
+                      "concurrency"});
         if (m.ok()) {
             if (auto* x = m.required("url")) parse_upstream_url(ctx, *x, u);
             if (auto* x = m.get("max_connections"))
@@ -192,6 +193,8 @@ void load_upstreams(context& ctx, const field& f, gateway_config& cfg) {
                 if (auto v = read_duration(ctx, *x, false)) u.request_timeout = *v;
             if (auto* x = m.get("max_response"))
                 if (auto v = read_size(ctx, *x, false)) u.max_response_bytes = *v;
+            if (auto* x = m.get("keep_alive"))
+                if (auto v = read_bool(ctx, *x)) u.keep_alive = *v;
             if (auto* x = m.get("tls")) load_upstream_tls(ctx, *x, u);
             if (auto* x = m.get("concurrency")) load_concurrency(ctx, *x, u.concurrency);
         }

@@ -181,8 +181,8 @@ struct exchange {
             return passthrough(batcher->load());
         }
         s.done = [done = std::move(done)](coalescer::reply r) {
-            // Composed as bytes, in one buffer (no Beast fields for the connection to write out
-            // again). The reply's headers never frame the body (Content-Type, Content-Encoding,
+            // Composed as bytes: the field lines in one string (no Beast fields for the
+            // connection to write out again), the body in another. The reply's headers never frame the body (Content-Type, Content-Encoding,
             // Retry-After, WWW-Authenticate: relayed from a parsed answer) and its status is
             // never 1xx: Content-Length is the body's, except on a 204 or 304, which have none.
             composed_answer a;

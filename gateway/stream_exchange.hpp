@@ -224,6 +224,8 @@ private:
         if (upgrade_) {
             wire::append_field(upstream_head_, "Connection", "Upgrade");
             wire::append_field(upstream_head_, "Upgrade", upgrade_value_);
+        } else if (!p_.pool->settings().keep_alive) {
+            wire::append_field(upstream_head_, "Connection", "close");  // one request per connection
         }
         upstream_head_ += "\r\n";
     }

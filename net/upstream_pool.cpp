@@ -235,6 +235,9 @@ private:
     // step by step for a chunked or close-delimited answer (make_room).
     void on_header(beast::error_code ec, std::size_t n) {
         if (ec || parser_->is_done()) return on_read(ec, n);
+        // Refused on its head: its body is not worth reading (on_read refuses it too).
+        if (const int status = parser_->get().result_int(); !valid_status(status))
+            return fail(upstream_failure::bad_response, "upstream answered " + invalid_status_answer(status));
         if (auto length = parser_->content_length(); length && !lease_.grow_to(*length))
             return over_budget();
         read_body();
@@ -276,8 +279,9 @@ private:
         // The parser's keep_alive() also knows a body framed by closing the connection.
         const bool reusable = parser_->keep_alive();
         r.response = parser_->release();
-        // Only a connection with nothing left unread may serve another call.
-        const bool keep = reusable && conn_->buffer.size() == 0;
+        // Only a connection with nothing left unread may serve another call (and only when the
+        // upstream's connections carry more than one: keep_alive).
+        const bool keep = reusable && conn_->buffer.size() == 0 && pool_->settings_.keep_alive;
         conn_->tcp().expires_never();
         if (keep) pool_->release(std::move(conn_));
         else drop_connection();
@@ -414,7 +418,7 @@ upstream_pool::~upstream_pool() = default;
 void upstream_pool::async_send(upstream_request req, std::chrono::milliseconds timeout, handler done, repeat again) {
     req.set(http::field::host, host_header_);
     req.version(11);
-    req.keep_alive(true);
+    req.keep_alive(settings_.keep_alive);  // false: Connection: close, one request per connection
     req.prepare_payload();
     auto c = std::make_shared<call>(shared_from_this(), std::move(req), timeout, std::move(done), again);
     c->start();
@@ -427,7 +431,7 @@ void upstream_pool::async_lease(clock_type::time_point deadline, bool fresh, lea
 void upstream_pool::give_back(std::unique_ptr<connection> conn, bool reusable) {
     if (!conn) return;
     conn->tcp().expires_never();
-    if (reusable && conn->buffer.size() == 0) {
+    if (reusable && conn->buffer.size() == 0 && settings_.keep_alive) {
         // A stream may have grown it to a window (64 KiB): idle, it holds nothing. A buffer
         // the size of an ordinary head stays, for the next request on this connection to read
         // into (freeing and growing it again was an allocation per passthrough request).

@@ -111,6 +111,64 @@ TEST(Failures, AnswerCutMidBodyIsADroppedConnection) {
     EXPECT_LE(gw.metric("batchgate_upstream_requests_total{route=\"users\",status=\"bad_response\",upstream=\"api\"}"), 0);
 }
 
+// An upstream that answers a request twice (the second answer 5 ms later, on the idle
+// keep-alive connection) hands whoever reuses that connection next an answer to a request it
+// never sent: HTTP/1.1 has nothing that ties an answer to its request. With keep_alive: false
+// every request has its own connection (and says Connection: close), so none is crossed,
+// passthrough (streamed and buffered) and batch calls alike.
+TEST(Failures, AnUpstreamThatAnswersTwiceCrossesNothingWithKeepAliveOff) {
+    batchgate::mock::mock_options opts;
+    opts.fault_rate = 0.25;  // not every answer: the next one would cancel the late extra
+    opts.fault_kinds = 1u << static_cast<unsigned>(batchgate::mock::random_fault::extra_late);
+    mock_upstream up(opts);
+    running_gateway gw(load_yaml(fill(R"(
+listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+worker_threads: 1
+logging: {level: error, access_log: false}
+upstreams:
+  api: {url: "http://127.0.0.1:{{PORT}}", request_timeout: 2s, keep_alive: false}
+routes:
+  - name: users
+    match: {method: GET, path: "/users/{id}"}
+    upstream: api
+    mode: coalesce
+    coalesce:
+      key: {header: X-Id}
+      on_missing_key: passthrough
+      max_wait: 1ms
+      request: {method: GET, path: /users, encoding: query_list, query_param: ids}
+      response: {items: "", key: /id}
+  - name: everything
+    match: {prefix: /}
+    upstream: api
+)", {{"PORT", std::to_string(up.port())}})));
+    // Eight callers, each one request after another, so that the upstream's connections would
+    // be reused within the 5 ms (with keep_alive on, callers here got each other's answers).
+    auto results = concurrently(8, [&](int t) {
+        response crossed;  // status 200 when every answer was the caller's own
+        crossed.status = 200;
+        for (int k = 0; k < 30; ++k) {
+            const std::string n = std::to_string(t * 100 + k + 1);
+            std::string want = n, got;
+            if (k % 3 == 0) {  // streamed passthrough
+                auto r = get(gw.port(), "/echo/" + n, {{"Authorization", "caller-" + n}});
+                want = "/echo/" + n + " caller-" + n;
+                if (r.json().is_object())
+                    got = r.json().value("target", "") + " " + r.json()["headers"].value("authorization", "");
+            } else {  // buffered (no X-Id: sent on alone), then in a batch call
+                auto r = k % 3 == 1 ? get(gw.port(), "/users/" + n) : get(gw.port(), "/users/" + n, {{"X-Id", n}});
+                if (r.json().is_object()) got = r.json().value("id", "");
+            }
+            if (got != want) crossed.status = 0, crossed.body += "asked for " + want + ", got " + got + "\n";
+        }
+        return crossed;
+    });
+    for (const auto& r : results) EXPECT_EQ(r.status, 200) << r.body;
+    for (const auto& c : up.calls()) EXPECT_EQ(c.headers.at("connection"), "close") << c.target;
+    EXPECT_EQ(gw.metric("batchgate_upstream_requests_total{route=\"everything\",status=\"200\",upstream=\"api\"}"), 80);
+}
+
 TEST(Failures, RefusedConnectionGives502) {
     unsigned short dead_port;
     {
