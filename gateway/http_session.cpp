@@ -409,7 +409,7 @@ private:
         parser_.reset();
         if (chunked_head_) request_->base() = std::move(*std::exchange(chunked_head_, nullptr));
         state_->refresh(runtime_, runtime_generation_);  // route with the config current when the request arrived
-        keep_alive_ = request_->keep_alive() && !state_->draining.load();
+        keep_alive_ = connection_persists(*request_, request_->version()) && !state_->draining.load();
         version_ = request_->version();
         set_request_id(*request_, request_id_);
         begin_request();
@@ -425,7 +425,7 @@ private:
         const auto& head = parser_->get();
         request_.reset();
         version_ = head.version();
-        keep_alive_ = head.keep_alive() && !state_->draining.load();
+        keep_alive_ = connection_persists(head, head.version()) && !state_->draining.load();
         set_request_id(head, request_id_);
         method_ = std::string(head.method_string());
         target_ = std::string(head.target());

@@ -75,6 +75,22 @@ inline bool named_by_connection(const Fields& fields, typename Fields::const_ite
     return false;
 }
 
+// Whether a message lets its connection carry another after it (RFC 9112 section 9.3): "close"
+// in any Connection line ends it, and HTTP/1.0 persists only with "keep-alive". Beast's
+// keep_alive() reads the first Connection line only, and in HTTP/1.0 takes "keep-alive, close"
+// for keep-alive.
+template <class Fields>
+bool connection_persists(const Fields& fields, unsigned version) {
+    bool keep_alive = false;
+    auto [first, last] = fields.equal_range(http::field::connection);
+    for (auto it = first; it != last; ++it)
+        for (auto token : http::token_list(it->value())) {
+            if (boost::beast::iequals(token, "close")) return false;
+            keep_alive = keep_alive || boost::beast::iequals(token, "keep-alive");
+        }
+    return version >= 11 || keep_alive;
+}
+
 // X-Request-Id, a field Beast has no name for: the gateway sets its own on every request it
 // forwards and every answer it gives.
 template <class Field>

@@ -234,6 +234,16 @@ const conformance_case cases[] = {
      up("GET /a HTTP/1.1")},
     {"http11_connection_close", "GET /a HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n", "200", closes,
      up("GET /a HTTP/1.1")},
+    // RFC 9112 section 9.3: "close" in any Connection line wins (Beast's keep_alive() reads the
+    // first line only, and in HTTP/1.0 takes "keep-alive, close" for keep-alive).
+    {"http10_keep_alive_and_close", "GET /a HTTP/1.0\r\nHost: c\r\nConnection: keep-alive, close\r\n\r\n", "200",
+     closes, up("GET /a HTTP/1.1")},
+    {"http11_close_in_a_second_connection_line",
+     "GET /a HTTP/1.1\r\nHost: c\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n", "200", closes,
+     up("GET /a HTTP/1.1")},
+    {"http10_keep_alive_in_a_second_connection_line",
+     "GET /a HTTP/1.0\r\nHost: c\r\nConnection: x-foo\r\nConnection: Keep-Alive\r\n\r\n", "200", stays_open,
+     up("GET /a HTTP/1.1")},
     {"http11_without_host", "GET /a HTTP/1.1\r\n\r\n", "400", closes, ""},
     {"two_host_lines", "GET /a HTTP/1.1\r\nHost: c\r\nHost: d\r\n\r\n", "400", closes, ""},
     {"http09_request_line", "GET /a\r\n\r\n", "400", closes, ""},
