@@ -744,8 +744,7 @@ private:
         out.reserve(a.fields.size() + 112 + request_id_.size());
         wire::append_status_line(out, version_, a.status);
         out += a.fields;
-        if (version_ == 10 && keep_alive_) wire::append_field(out, "Connection", "keep-alive");
-        if (version_ != 10 && !keep_alive_) wire::append_field(out, "Connection", "close");
+        wire::append_connection(out, version_, keep_alive_);
         end_head(out);
     }
 

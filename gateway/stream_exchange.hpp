@@ -216,10 +216,8 @@ private:
         if (chunked_in_) {
             wire::append_field(upstream_head_, "Transfer-Encoding", "chunked");
         } else if (!bodyless_ || req_.content_length()) {
-            char digits[24];
             const std::uint64_t length = first_done_ ? first_n_ : *req_.content_length();
-            auto [end, ec] = std::to_chars(digits, digits + sizeof digits, length);
-            wire::append_field(upstream_head_, "Content-Length", std::string_view(digits, static_cast<std::size_t>(end - digits)));
+            wire::append_field(upstream_head_, "Content-Length", static_cast<std::size_t>(length));
         }
         if (upgrade_) {
             wire::append_field(upstream_head_, "Connection", "Upgrade");
@@ -559,10 +557,7 @@ private:
         // the client's connection (maybe_finish): the head says so (RFC 9112 9.6).
         ready_keep_client_ = p_.keep_alive && !close_after && status != 101 && request_sent_;
         ready_chunk_out_ = chunk_out;
-        if (status != 101) {
-            if (version_ >= 11 && !ready_keep_client_) wire::append_field(out, "Connection", "close");
-            if (version_ < 11 && ready_keep_client_) wire::append_field(out, "Connection", "keep-alive");
-        }
+        if (status != 101) wire::append_connection(out, version_, ready_keep_client_);
         wire::append_field(out, "Server", "batchgate");
         wire::append_field(out, "X-Request-Id", p_.request_id);
         out += "\r\n";

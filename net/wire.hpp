@@ -207,6 +207,13 @@ inline void append_status_line(std::string& out, unsigned version, unsigned stat
     append_status_line(out, version, status, reason_phrase(http::obsolete_reason(http::int_to_status(status)), status));
 }
 
+// The Connection field an answer needs when what happens differs from its version's default
+// (what Beast's keep_alive() writes): "close" in HTTP/1.1, "keep-alive" in HTTP/1.0.
+inline void append_connection(std::string& out, unsigned version, bool keep_alive) {
+    if (version >= 11 && !keep_alive) append_field(out, "Connection", "close");
+    if (version < 11 && keep_alive) append_field(out, "Connection", "keep-alive");
+}
+
 // "Name: 123\r\n".
 inline void append_field(std::string& out, std::string_view name, std::size_t number) {
     char digits[24];
