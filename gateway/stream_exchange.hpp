@@ -286,32 +286,20 @@ private:
 
     void on_response_head(error_code ec) {
         if (ec) return upstream_failed(ec);
+        const auto check = check_answer_head(response_->get(), head_request_, upgrade_);
+        if (check.kind == answer_head::interim) return read_response_head();
         const int status = response_->get().result_int();
-        if (valid_status(status) && status < 200 && status != 101) return read_response_head();  // interim answers
         head_seen_ = true;
         if (head_timer_) head_timer_->cancel();
         const auto elapsed = head_elapsed_ = clock::now() - p_.started;
         p_.upstream_metrics->duration->Observe(std::chrono::duration<double>(elapsed).count());
-        if (!valid_status(status)) {
-            count_upstream(failure_label(upstream_failure::bad_response));
-            return on_s([this, status] {
-                fail_before_head(gateway_error::upstream_bad_response, upstream_name() + " answered " + invalid_status_answer(status));
+        if (!valid_status(status)) count_upstream(failure_label(upstream_failure::bad_response));
+        else p_.upstream_metrics->requests->inc(status);
+        if (check.kind == answer_head::refused)
+            return on_s([this, why = check.why] {
+                fail_before_head(gateway_error::upstream_bad_response, upstream_name() + " answered " + why);
             });
-        }
-        p_.upstream_metrics->requests->inc(status);
-        if (status == 101 && !upgrade_) {
-            return on_s([this] {
-                fail_before_head(gateway_error::upstream_bad_response,
-                                 upstream_name() + " answered 101 Switching Protocols to a request that asked for no upgrade");
-            });
-        }
         const bool no_body = head_request_ || status == 204 || status == 304 || status == 101;
-        if (!no_body)
-            if (auto coded = transfer_coded(response_->get()); !coded.empty())
-                return on_s([this, coded] {
-                    fail_before_head(gateway_error::upstream_bad_response,
-                                     upstream_name() + " answered with " + transfer_coded_answer(coded));
-                });
         bool chunk_out = false, close_after = false;
         if (status != 101 && !no_body && !response_->content_length()) {
             if (version_ >= 11) chunk_out = true;

@@ -236,8 +236,8 @@ private:
     void on_header(beast::error_code ec, std::size_t n) {
         if (ec || parser_->is_done()) return on_read(ec, n);
         // Refused on its head: its body is not worth reading (on_read refuses it too).
-        if (const int status = parser_->get().result_int(); !valid_status(status))
-            return fail(upstream_failure::bad_response, "upstream answered " + invalid_status_answer(status));
+        if (auto check = check_head(); check.kind == answer_head::refused)
+            return fail(upstream_failure::bad_response, "upstream answered " + check.why);
         if (auto length = parser_->content_length(); length && !lease_.grow_to(*length))
             return over_budget();
         read_body();
@@ -254,6 +254,10 @@ private:
         });
     }
 
+    answer_head_check check_head() const {
+        return check_answer_head(parser_->get(), req_.method() == http::verb::head, false);
+    }
+
     void over_budget() {
         fail(upstream_failure::over_budget, "the gateway's memory budget (limits.max_buffered) cannot hold the answer");
     }
@@ -261,20 +265,12 @@ private:
     void on_read(beast::error_code ec, std::size_t bytes) {
         // Nothing came back: nothing parsed, and no part of a head left unparsed in the buffer.
         if (ec) return io_failed(ec, bytes == 0 && conn_->buffer.size() == 0);
-        const int status = parser_->get().result_int();
-        if (!valid_status(status)) return fail(upstream_failure::bad_response, "upstream answered " + invalid_status_answer(status));
-        if (status >= 100 && status < 200 && status != 101) {
-            // An interim answer (100 Continue, 103 Early Hints): the real one follows.
-            return read_response();
+        switch (auto check = check_head(); check.kind) {
+            case answer_head::interim: return read_response();  // 100 Continue, 103 Early Hints: the real one follows
+            case answer_head::refused: return fail(upstream_failure::bad_response, "upstream answered " + check.why);
+            case answer_head::final_answer: break;
         }
-        if (status == 101) {
-            // The upstream switched protocols: the connection no longer speaks HTTP, and the
-            // gateway cannot relay an upgrade yet. Never pooled, never relayed as a final answer.
-            return fail(upstream_failure::bad_response, "upstream answered 101 Switching Protocols (upgrades are not supported)");
-        }
-        if (auto coded = transfer_coded(parser_->get()); !coded.empty() && status != 204 && status != 304 &&
-                                                            req_.method() != http::verb::head)
-            return fail(upstream_failure::bad_response, "upstream answered with " + transfer_coded_answer(coded));
+        settle_content_length(*parser_);
         upstream_result r;
         // The parser's keep_alive() also knows a body framed by closing the connection.
         const bool reusable = parser_->keep_alive();

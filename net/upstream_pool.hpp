@@ -23,6 +23,7 @@
 
 #include "config/config.hpp"
 #include "net/errors.hpp"
+#include "net/hop_by_hop.hpp"
 #include "net/memory_budget.hpp"
 #include "net/shard.hpp"
 
@@ -72,6 +73,41 @@ inline std::string invalid_status_answer(int status) {
     const char digits[] = {static_cast<char>('0' + status / 100 % 10), static_cast<char>('0' + status / 10 % 10),
                            static_cast<char>('0' + status % 10), '\0'};
     return std::string("status ") + digits + ", outside 100-599 (RFC 9110 section 15)";
+}
+
+// What the gateway makes of an upstream answer's head, one rule for the pool, streamed
+// passthrough and the fuzz target that reads answers as they do: an interim answer (1xx but 101:
+// the real one follows), the final answer, or an answer refused (a 502 bad_response) with why,
+// for "<upstream> answered " + why. A 101 is final only when the request asked to upgrade (the
+// pool never does: Upgrade is hop-by-hop). A body under a transfer coding beyond chunked is
+// refused: the gateway decodes none, and relayed it would reach the client as if plain (RFC 9112
+// 6.1); a HEAD, 204 or 304 answer has no body.
+enum class answer_head { interim, final_answer, refused };
+struct answer_head_check {
+    answer_head kind = answer_head::final_answer;
+    std::string why;  // refused only
+};
+template <class Fields>
+answer_head_check check_answer_head(const http::response_header<Fields>& head, bool head_request, bool upgrade_asked) {
+    const int status = head.result_int();
+    if (!valid_status(status)) return {answer_head::refused, invalid_status_answer(status)};
+    if (status < 200 && status != 101) return {answer_head::interim, {}};
+    if (status == 101)
+        return upgrade_asked ? answer_head_check{}
+                             : answer_head_check{answer_head::refused,
+                                                 "101 Switching Protocols to a request that asked for no upgrade"};
+    if (!head_request && status != 204 && status != 304)
+        if (auto coded = transfer_coded(head); !coded.empty())
+            return {answer_head::refused, "with " + transfer_coded_answer(coded)};
+    return {};
+}
+
+// An answer's Content-Length as the gateway relays it: the one number the parser read. Beast takes
+// a list of equal lengths ("2, 2") or repeated lines as that length; relayed as sent (the body of a
+// HEAD or 304 is not re-counted), the list is ambiguous to a stricter client (RFC 9110 8.6).
+template <class Parser>
+void settle_content_length(Parser& parser) {
+    if (const auto length = parser.content_length()) parser.get().content_length(*length);
 }
 
 enum class upstream_failure {

@@ -121,28 +121,8 @@ TEST(Failures, AnUpstreamThatAnswersTwiceCrossesNothingWithKeepAliveOff) {
     opts.fault_rate = 0.25;  // not every answer: the next one would cancel the late extra
     opts.fault_kinds = 1u << static_cast<unsigned>(batchgate::mock::random_fault::extra_late);
     mock_upstream up(opts);
-    running_gateway gw(load_yaml(fill(R"(
-listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-worker_threads: 1
-logging: {level: error, access_log: false}
-upstreams:
-  api: {url: "http://127.0.0.1:{{PORT}}", request_timeout: 2s, keep_alive: false}
-routes:
-  - name: users
-    match: {method: GET, path: "/users/{id}"}
-    upstream: api
-    mode: coalesce
-    coalesce:
-      key: {header: X-Id}
-      on_missing_key: passthrough
-      max_wait: 1ms
-      request: {method: GET, path: /users, encoding: query_list, query_param: ids}
-      response: {items: "", key: /id}
-  - name: everything
-    match: {prefix: /}
-    upstream: api
-)", {{"PORT", std::to_string(up.port())}})));
+    running_gateway gw(load_yaml(
+        fill(keyed_users_yaml, {{"PORT", std::to_string(up.port())}, {"METHOD", "GET"}, {"KEEP_ALIVE", "false"}})));
     // Eight callers, each one request after another, so that the upstream's connections would
     // be reused within the 5 ms (with keep_alive on, callers here got each other's answers).
     auto results = concurrently(8, [&](int t) {

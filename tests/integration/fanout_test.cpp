@@ -293,6 +293,24 @@ TEST(BatchEnvelope, BadUrlsAndNestedBatchAre400InTheirEntryOnly) {
     EXPECT_EQ(targets(up), std::vector<std::string>{"/api/v1/activities/a1"});
 }
 
+// A HEAD entry has no body, whoever answered it: the upstream (a length, no body) or the
+// gateway itself (its 404 error has a JSON body, which a client's connection never sends for a HEAD).
+TEST(BatchEnvelope, HeadEntriesCarryNoBody) {
+    mock_upstream up;
+    running_gateway gw(fanout_config(up.port()));
+    auto res = post(gw.port(), "/$batch",
+                    requests({{{"id", "up"}, {"method", "HEAD"}, {"url", "/api/v1/activities/a1"}},
+                              {{"id", "gw"}, {"method", "HEAD"}, {"url", "/nowhere/at/all"}},
+                              {{"id", "get"}, {"method", "GET"}, {"url", "/nowhere/at/all"}}})
+                        .dump());
+    ASSERT_EQ(res.status, 200) << res.body;
+    auto body = res.json();
+    EXPECT_FALSE(entry(body, "up")->contains("body")) << *entry(body, "up");
+    EXPECT_FALSE(entry(body, "gw")->contains("body")) << *entry(body, "gw");
+    EXPECT_EQ((*entry(body, "gw"))["status"], (*entry(body, "get"))["status"]) << body;
+    EXPECT_TRUE(entry(body, "get")->contains("body")) << *entry(body, "get");
+}
+
 // A sub-request never passed the listener's parser: what the listener refuses (control bytes,
 // bytes over 0x7f) and methods a REST call has no use for (TRACE, CONNECT, unknown ones) are a
 // 400 in their own entry, never sent; the other entries still run.

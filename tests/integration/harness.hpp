@@ -138,6 +138,32 @@ inline std::string fill(std::string text, const std::map<std::string, std::strin
     return text;
 }
 
+// A coalesce route over users (GET /users?ids=...) whose callers without X-Id go upstream alone
+// and whole (buffered passthrough, on the pool), with everything else streamed to the same
+// upstream. Fill PORT, METHOD (the route's) and KEEP_ALIVE (the upstream's keep_alive).
+inline constexpr const char* keyed_users_yaml = R"(
+listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+worker_threads: 1
+logging: {level: error, access_log: false}
+upstreams:
+  api: {url: "http://127.0.0.1:{{PORT}}", request_timeout: 2s, keep_alive: {{KEEP_ALIVE}}}
+routes:
+  - name: users
+    match: {method: {{METHOD}}, path: "/users/{id}"}
+    upstream: api
+    mode: coalesce
+    coalesce:
+      key: {header: X-Id}
+      on_missing_key: passthrough
+      max_wait: 1ms
+      request: {method: GET, path: /users, encoding: query_list, query_param: ids}
+      response: {items: "", key: /id}
+  - name: everything
+    match: {prefix: /}
+    upstream: api
+)";
+
 // A gateway running in-process.
 // BATCHGATE_TEST_WORKER_THREADS=N runs every in-process gateway with N worker threads, whatever
 // its config says (scripts/test.sh runs the integration tests with 1, 2 and 4).
