@@ -137,6 +137,9 @@ private:
     }
 
     void on_response(std::size_t i, response_t res) {
+        // A HEAD has no body to embed, whoever answered it (the gateway's own errors carry one that
+        // a client's connection never sends for a HEAD).
+        if (requests_[i].method == "HEAD") res.body().clear();
         // Held until the envelope goes out: every entry's answer counts against max_buffered.
         if (!held_.take(res.body().size() + 64 * std::distance(res.begin(), res.end()))) {
             if (env_.budget_rejected) env_.budget_rejected->Increment();

@@ -409,6 +409,7 @@ std::string status_text(const json& v) {
     if (v.is_string()) return v.get<std::string>();
     if (v.is_boolean()) return v.get<bool>() ? "true" : "false";
     if (v.is_number()) return v.dump();
+    if (v.is_null()) return "null";
     return {};
 }
 

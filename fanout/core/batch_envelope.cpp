@@ -155,8 +155,12 @@ json response_entry(const std::string& id, int status, const std::vector<std::pa
                     std::string_view content_type, const std::string& body, std::size_t max_json_depth) {
     json entry{{"id", id}, {"status", status}};
     json h = json::object();
+    // Field names are case-insensitive (RFC 9110 5.1): lines of one name become one member, named
+    // as the first line spells it, values joined as a list (5.3).
     for (const auto& [k, v] : headers) {
-        if (h.contains(k)) h[k] = h[k].get<std::string>() + ", " + v;
+        auto same = h.begin();
+        while (same != h.end() && !iequals(same.key(), k)) ++same;
+        if (same != h.end()) *same = same->get<std::string>() + ", " + v;
         else h[k] = v;
     }
     entry["headers"] = std::move(h);

@@ -760,6 +760,22 @@ TEST(SplitB, StatusFromMapWhenNoStatusCode) {
     EXPECT_EQ(error_json(out.at("a4"))["message"], "boom");
 }
 
+// A null status is matched by the key "null", like true by "true"; unmapped, it is unknown (502).
+TEST(SplitB, NullStatusMatchesTheKeyNull) {
+    auto s = activities_api();
+    s.response.lists[0].status_code.clear();
+    s.response.lists[0].status_map = {{"success", 200}, {"null", 202}};
+    auto out = split_batch_response(s, "activities", R"({"results":[{"id":"a1","status":null,"data":{"x":1}}]})", {"a1"});
+    ASSERT_TRUE(out.error.empty()) << out.error;
+    EXPECT_EQ(out.at("a1").status, 202);
+    EXPECT_EQ(out.at("a1").body, R"({"x":1})");
+    s.response.lists[0].status_map = {{"success", 200}};
+    out = split_batch_response(s, "activities", R"({"results":[{"id":"a1","status":null,"data":{"x":1}}]})", {"a1"});
+    ASSERT_TRUE(out.error.empty()) << out.error;
+    EXPECT_EQ(out.at("a1").status, 502);
+    EXPECT_NE(error_json(out.at("a1"))["message"].get<std::string>().find("unknown item status null"), std::string::npos);
+}
+
 // An item whose status_code cannot be read is never taken for a success (fail closed).
 TEST(SplitB, UnreadableStatusCodeWithoutStatusFieldIs502) {
     auto s = activities_api();

@@ -256,6 +256,9 @@ TEST(BatchEnvelope, EntriesEmbedJsonAndKeepText) {
     auto t = response_entry("2", 200, {}, "text/plain", "123", 64);
     EXPECT_EQ(t["body"], "123");
     EXPECT_FALSE(response_entry("3", 204, {}, "", "", 64).contains("body"));
+    // Names are case-insensitive: one member per name, spelled as its first line, values listed.
+    auto merged = response_entry("4", 429, {{"Retry-After", "5"}, {"retry-after", "7"}, {"Vary", "a"}, {"VARY", "b"}}, "", "", 64);
+    EXPECT_EQ(merged["headers"], (json{{"Retry-After", "5, 7"}, {"Vary", "a, b"}}));
     EXPECT_EQ(encode_body(json{{"a", 1}}), (std::pair<std::string, bool>{R"({"a":1})", true}));
     EXPECT_EQ(encode_body(json("raw")), (std::pair<std::string, bool>{"raw", false}));
 }
