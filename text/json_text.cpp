@@ -418,6 +418,14 @@ std::optional<std::string_view> json_value_text(std::string_view text) {
     return text.substr(begin, end - begin);
 }
 
+std::string_view checked_value_text(std::string_view checked) {
+    if (checked.starts_with("\xEF\xBB\xBF")) checked.remove_prefix(3);
+    checked.remove_prefix(std::min(skip_space(checked, 0), checked.size()));
+    while (!checked.empty() && (checked.back() == ' ' || checked.back() == '\t' || checked.back() == '\n' || checked.back() == '\r'))
+        checked.remove_suffix(1);
+    return checked;
+}
+
 std::size_t json_member_count(std::string_view text) {
     std::size_t n = 0;
     any_outside_strings(text, [&n](char c) {

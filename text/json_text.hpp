@@ -58,6 +58,10 @@ json_status check_json(std::string_view text, std::size_t max_depth = max_json_d
 // The value that is the whole text, without the whitespace (and UTF-8 byte order mark) around it.
 std::optional<std::string_view> json_value_text(std::string_view text);
 
+// The same for a text check_json or parse_json found to be one whole valid value: its BOM and
+// surrounding whitespace trimmed, without scanning the value again for its end.
+std::string_view checked_value_text(std::string_view checked);
+
 // The members of all the objects in a value's text (its colons outside strings). More than the
 // parse's count when a name repeats in an object: the parse keeps only the last of them. (The
 // json_text fuzz target's reference for the repeated-name flag.)

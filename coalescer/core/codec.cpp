@@ -963,9 +963,10 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
     };
     std::vector<list_items> arrays(lists.size());
     std::string texts;
+    const std::string_view whole = routes::checked_value_text(body);  // checked or parsed above
     for (std::size_t li = 0; li < lists.size(); ++li) {
         const auto& c = lists[li];
-        const auto at = c.items.find_text(body);
+        const auto at = c.items.find_in_value(whole);
         texts += (texts.empty() ? "" : ", ") + (c.items.is_root() ? std::string("\"\"") : c.items.text());
         if (at && at->starts_with('[')) {
             auto elements = routes::json_array_elements(*at);
