@@ -152,7 +152,7 @@ void batcher::on_submit(submission& s) {
     }
     const auto now = clock_type::now();
     waiter w{std::move(s.done), now, s.deadline, std::move(s.method), std::move(s.traceparent),
-             std::move(s.caller_values), std::move(s.gone), ++next_serial_};
+             std::move(s.caller_values), std::move(s.caller), ++next_serial_};
     unsent_.insert(w.serial);
     caller_deadlines_.emplace(w.deadline, w.serial);
     // flush: adaptive: a caller whose partition could send right now (a free slot, nothing of
@@ -372,6 +372,8 @@ void batcher::send(pending p) {
             reads_only = reads_only && (w.method == "GET" || w.method == "HEAD");
             latest = std::max(latest, w.deadline);
             unsent_.erase(w.serial);
+            // From here its write may be applied: an answer made up for it must not invite a retry.
+            if (w.caller) w.caller->sent.store(true, std::memory_order_relaxed);
         }
     }
     // No point waiting for the upstream after the last caller stopped waiting.
@@ -477,8 +479,8 @@ void batcher::on_answer(pending p, const std::string& batch_id, gateway::upstrea
             break;
         case gateway::upstream_failure::over_budget:
             upstream_metrics_.requests->inc(std::string("over_budget"));
-            proto.headers.emplace_back("Retry-After", "1");
-            fail_all(gateway_error::overloaded, r.detail);
+            // The batch call went out: its writes may have been applied (no Retry-After).
+            fail_all(gateway_error::answer_over_budget, r.detail);
             break;
         case gateway::upstream_failure::none: {
             const int status = r.response.result_int();

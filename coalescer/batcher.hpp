@@ -30,6 +30,7 @@
 #include "coalescer/core/window.hpp"
 #include "config/config.hpp"
 #include "metrics/metrics.hpp"
+#include "net/request.hpp"
 #include "net/upstream_pool.hpp"
 
 namespace batchgate::coalescer {
@@ -60,7 +61,7 @@ struct submission {
     std::string traceparent;      // W3C trace context, "" when none
     nlohmann::json caller_values; // what the response templates use of the caller's request (codec caller_values)
     std::chrono::steady_clock::time_point deadline;  // retries never start after it
-    std::shared_ptr<std::atomic<bool>> gone;         // the caller hung up (nullptr: never known)
+    std::shared_ptr<gateway::caller_flags> caller;   // hung up, sent (nullptr: never known)
     reply_handler done;           // called exactly once, on the batcher's thread
 };
 
@@ -118,9 +119,9 @@ private:
         std::string method;
         std::string traceparent;
         nlohmann::json caller_values;
-        std::shared_ptr<std::atomic<bool>> gone;
+        std::shared_ptr<gateway::caller_flags> caller;
         std::uint64_t serial = 0;  // in unsent_ until sent or answered
-        bool left() const { return gone && gone->load(std::memory_order_relaxed); }
+        bool left() const { return caller && caller->gone.load(std::memory_order_relaxed); }
     };
     using window_type = window<waiter>;
     using batch = window_type::batch;

@@ -143,7 +143,7 @@ private:
         // Held until the envelope goes out: every entry's answer counts against max_buffered.
         if (!held_.take(res.body().size() + 64 * std::distance(res.begin(), res.end()))) {
             if (env_.budget_rejected) env_.budget_rejected->Increment();
-            return reject(i, 503, "over_budget", std::string(gateway::held_answer_refused));
+            return reject(i, 502, "answer_over_budget", std::string(gateway::held_answer_refused));
         }
         // Asked for identity (build_sub_request): a coded body would be embedded as garbage.
         const std::string coding = res.body().empty() ? std::string() : gateway::content_coding(res);

@@ -108,7 +108,7 @@ private:
                 return complete(i, {502, json{{"error", where + ": " + r.detail}}}, outcome::error);
             case gateway::upstream_failure::over_budget:
                 upstream_metrics_.requests->inc(std::string("over_budget"));
-                return complete(i, {503, json{{"error", r.detail}}}, outcome::error);
+                return complete(i, {502, json{{"error", r.detail}}}, outcome::error);
         }
         if (auto coding = gateway::content_coding(r.response); !coding.empty() && !r.response.body().empty()) {
             upstream_metrics_.requests->inc(std::string("bad_response"));
@@ -118,7 +118,7 @@ private:
         // Held until the call's answer goes out: every item's answer counts against max_buffered.
         if (!held_.take(r.response.body().size())) {
             if (env_.budget_rejected) env_.budget_rejected->Increment();
-            return complete(i, {503, json{{"error", std::string(gateway::held_answer_refused)}}}, outcome::error);
+            return complete(i, {502, json{{"error", std::string(gateway::held_answer_refused)}}}, outcome::error);
         }
         const int status = r.response.result_int();
         const std::size_t max_depth = env_.limits.max_json_depth;

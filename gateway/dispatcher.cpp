@@ -62,6 +62,8 @@ struct exchange {
         if (pool_it == rt->upstreams.end()) return fail(gateway_error::internal, "route names an unknown upstream");
         const bool head = req.method() == http::verb::head;
         const unsigned version = req.version();
+        // From here it may take effect (a coalesce route's caller sent on alone).
+        if (ctx.caller) ctx.caller->sent.store(true, std::memory_order_relaxed);
         // The caller's request itself goes upstream (no copy of its fields).
         upstream_request up = std::move(req);
         prepare_for_upstream(up, ctx.client_ip, ctx.proto);
@@ -166,7 +168,7 @@ struct exchange {
         s.method = std::string(req.method_string());
         s.traceparent = ctx.traceparent;
         s.deadline = ctx.deadline;
-        s.gone = ctx.gone;
+        s.caller = ctx.caller;
         if (shadow) {
             // What the batching does with this caller only counts; the caller's answer is its
             // single call's (its request goes upstream after the submission took what it needs).

@@ -205,6 +205,16 @@ public:
         net::post(stream_.get_executor(), [self = this->shared_from_this()] {
             if (auto ex = self->exchange_.lock()) return ex->shut_down();  // a stream owes its rest
             if (self->answered_ || self->generation_ == 0) return;  // nothing owed
+            // A write that may have gone upstream (in a batch call, alone, or as part of a fan-out
+            // or $batch call: those do not say) may have taken effect: a 503 with Retry-After
+            // would invite applying it twice. A read, or a write still held back, is safe to retry.
+            const bool may_have_taken_effect =
+                !reads_only(http::string_to_verb(self->method_)) && (!self->caller_ || self->caller_->sent.load(std::memory_order_relaxed));
+            if (may_have_taken_effect)
+                return self->send(error_response(gateway_error::upstream_timeout,
+                                                 "the gateway is shutting down before the upstream answered; the "
+                                                 "request was sent, so it may have taken effect",
+                                                 self->route_name_, self->version_));
             self->send(error_response(gateway_error::shutting_down, "the gateway is shutting down",
                                       self->route_name_, self->version_));
         });
@@ -551,17 +561,18 @@ private:
         if (auto tp = request_->find("traceparent"); tp != request_->end()) ctx.traceparent = std::string(tp->value());
         ctx.deadline = started_ + timeout;
         arm_deadline(started_, timeout);
-        auto last_gone = std::move(gone_);
+        auto last_flags = std::move(caller_);
         if (route && route->mode == config::route_mode::coalesce) {
-            // The last request's flag once nothing else holds it (no allocation per request):
+            // The last request's flags once nothing else holds them (no allocation per request):
             // only this session hands out copies, so a count of one stays one.
-            if (last_gone && last_gone.use_count() == 1) {
-                last_gone->store(false, std::memory_order_relaxed);
-                gone_ = std::move(last_gone);
+            if (last_flags && last_flags.use_count() == 1) {
+                last_flags->gone.store(false, std::memory_order_relaxed);
+                last_flags->sent.store(false, std::memory_order_relaxed);
+                caller_ = std::move(last_flags);
             } else {
-                gone_ = std::make_shared<std::atomic<bool>>(false);
+                caller_ = std::make_shared<caller_flags>();
             }
-            ctx.gone = gone_;
+            ctx.caller = caller_;
             // After a read that drained the socket, the watch's receive waits for the socket's
             // next edge, and a FIN that came with the request raises none: a peek of our own
             // looks for it. At once for a write, which must not be applied for a caller who
@@ -575,7 +586,7 @@ private:
                 else
                     seen = peek_peer();
             }
-            watch_for_hang_up(ctx.gone, seen);
+            watch_for_hang_up(ctx.caller, seen);
             // A caller may wait a whole window: its read buffer goes back meanwhile (the next
             // request on this connection gets a new one), unless it holds pipelined bytes.
             if (buffer_.size() == 0) buffer_.shrink_to_fit();
@@ -614,21 +625,21 @@ private:
     // a gone caller's item out of a batch not sent yet.
     enum class peer_state { quiet, bytes, gone };
 
-    void watch_for_hang_up(std::shared_ptr<std::atomic<bool>> gone, peer_state seen = peer_state::quiet) {
+    void watch_for_hang_up(std::shared_ptr<caller_flags> flags, peer_state seen = peer_state::quiet) {
         if (seen == peer_state::gone) {
-            gone->store(true, std::memory_order_relaxed);
+            flags->gone.store(true, std::memory_order_relaxed);
             return;
         }
         watching_ = true;
         // What a caller holds while it waits: a block of its own size, not a recycled one
         // (memory per waiting caller).
-        auto look_again = [self = this->shared_from_this(), gen = generation_, gone = std::move(gone)](
+        auto look_again = [self = this->shared_from_this(), gen = generation_, flags = std::move(flags)](
                               beast::error_code ec, std::size_t = 0) mutable {
             if (gen != self->generation_ || self->answered_) return;
             self->watching_ = false;
             // EOF or a reset, seen by the receive below: the peek tells which.
             if (ec && ec != net::error::eof && ec != net::error::connection_reset) return;
-            self->watch_for_hang_up(std::move(gone), self->peek_peer());
+            self->watch_for_hang_up(std::move(flags), self->peek_peer());
         };
         if (seen == peer_state::quiet) {
             // A receive that peeks: asio tries it at once unless the socket was drained (then no
@@ -649,8 +660,8 @@ private:
 
     // first_looks: the caller of request `generation` still waits; has its FIN come?
     void first_look(std::uint64_t generation) noexcept override {
-        if (generation != generation_ || answered_ || !gone_) return;
-        if (peek_peer() == peer_state::gone) gone_->store(true, std::memory_order_relaxed);
+        if (generation != generation_ || answered_ || !caller_) return;
+        if (peek_peer() == peer_state::gone) caller_->gone.store(true, std::memory_order_relaxed);
     }
 
     peer_state peek_peer() {
@@ -699,7 +710,7 @@ private:
         if (state_->draining.load()) keep_alive_ = false;
         // A caller seen hanging up gets nothing more on this connection: bytes it left in our
         // buffer (pipelined requests) are not served for a client that is gone.
-        if (gone_ && gone_->load(std::memory_order_relaxed)) keep_alive_ = false;
+        if (caller_ && caller_->gone.load(std::memory_order_relaxed)) keep_alive_ = false;
         response_ = std::make_unique<outgoing>();
         if (res) {
             res->version(version_);
@@ -894,7 +905,7 @@ private:
     unsigned version_ = 11;
     bool answered_ = false;
     bool keep_alive_ = true;
-    std::shared_ptr<std::atomic<bool>> gone_;  // the current request's hang-up flag (coalesce routes)
+    std::shared_ptr<caller_flags> caller_;  // the current request's flags (coalesce routes)
     std::weak_ptr<stream_exchange<Stream>> exchange_;  // the current request's, when streamed
     const runtime* matched_runtime_ = nullptr;  // what on_header matched the head against
     const config::route_settings* matched_route_ = nullptr;

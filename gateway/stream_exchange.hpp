@@ -311,7 +311,10 @@ private:
             status == 101 ? stream_window : std::clamp<std::uint64_t>(response_->content_length().value_or(stream_window), 1, stream_window);
         if (!no_body && !response_charge_.grow_to(window)) {
             close_upstream_now();
-            return on_s([this] { over_budget(); });
+            return on_s([this] {
+                p_.budget_rejected->Increment();
+                fail_before_head(gateway_error::answer_over_budget, std::string(answer_refused));
+            });
         }
         response_window_.ensure(window);
         const bool reusable = done && status != 101 && response_->keep_alive();

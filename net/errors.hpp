@@ -24,6 +24,8 @@ enum class gateway_error {
     upstream_timeout,     // 504
     internal,             // 500
     client_closed,        // 499 (nginx's): the caller hung up before its batch was sent
+    answer_over_budget,   // 502: the request went upstream, but limits.max_buffered cannot hold
+                          // its answer. It may have taken effect: no Retry-After (unlike overloaded)
 };
 
 inline int http_status(gateway_error e) {
@@ -42,6 +44,7 @@ inline int http_status(gateway_error e) {
         case gateway_error::upstream_timeout: return 504;
         case gateway_error::internal: return 500;
         case gateway_error::client_closed: return 499;
+        case gateway_error::answer_over_budget: return 502;
     }
     return 500;
 }
@@ -62,6 +65,7 @@ inline std::string_view error_code_name(gateway_error e) {
         case gateway_error::upstream_timeout: return "upstream_timeout";
         case gateway_error::internal: return "internal";
         case gateway_error::client_closed: return "client_closed_request";
+        case gateway_error::answer_over_budget: return "answer_over_budget";
     }
     return "internal";
 }

@@ -113,8 +113,14 @@ inline bool make_room(std::string& body, budget_lease& lease, std::size_t limit)
     return true;
 }
 
+// Said once a request went upstream and its answer cannot be held: it may have taken effect, so
+// the caller is not told to try again (answer_over_budget, 502, no Retry-After).
 inline constexpr std::string_view held_answer_refused =
-    "the gateway's memory budget (limits.max_buffered) cannot hold this item's answer";
+    "the gateway's memory budget (limits.max_buffered) cannot hold this item's answer; the request was sent, so it "
+    "may have taken effect";
+inline constexpr std::string_view answer_refused =
+    "the gateway's memory budget (limits.max_buffered) cannot hold the upstream's answer; the request was sent, so "
+    "it may have taken effect";
 
 // Bytes a fan-out or $batch call holds for the answers of its items (which complete on any
 // worker thread) until its own answer goes to the session, whose lease then counts it. Each

@@ -24,6 +24,16 @@ namespace http = boost::beast::http;
 using request_t = http::request<http::string_body>;
 using response_t = http::response<http::string_body>;
 
+// What a coalesce route's caller and the gateway's work for it tell each other across threads.
+struct caller_flags {
+    // Set by the client connection when the caller hangs up before its answer; a batcher then
+    // leaves its item out of a batch not sent yet.
+    std::atomic<bool> gone{false};
+    // Set when its request went upstream (in a batch call, or alone): from then on it may have
+    // taken effect, and an answer the gateway makes up for it must not invite a retry.
+    std::atomic<bool> sent{false};
+};
+
 struct request_context {
     std::string client_ip;       // for X-Forwarded-For
     std::string_view proto = "http";  // X-Forwarded-Proto: the client's connection (https with listen_tls)
@@ -31,9 +41,9 @@ struct request_context {
     std::string traceparent;     // W3C trace context, "" when none
     std::chrono::steady_clock::time_point deadline;  // when the caller stops waiting
     int depth = 0;               // 0: a client's request; 1: a sub-request of a $batch call
-    // Set by the client connection when the caller hangs up before its answer; a batcher then
-    // leaves its item out of a batch not sent yet. nullptr: nobody watches ($batch sub-requests).
-    std::shared_ptr<std::atomic<bool>> gone;
+    // Shared with the client connection (coalesce routes); nullptr: nobody watches ($batch
+    // sub-requests).
+    std::shared_ptr<caller_flags> caller;
 };
 
 // What the access log and metrics want to know about how a request was served.

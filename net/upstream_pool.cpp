@@ -259,7 +259,7 @@ private:
     }
 
     void over_budget() {
-        fail(upstream_failure::over_budget, "the gateway's memory budget (limits.max_buffered) cannot hold the answer");
+        fail(upstream_failure::over_budget, std::string(answer_refused));
     }
 
     void on_read(beast::error_code ec, std::size_t bytes) {

@@ -116,7 +116,7 @@ enum class upstream_failure {
     timeout,         // no complete answer before the deadline
     io_error,        // connection dropped mid-exchange
     bad_response,    // not HTTP, or over max_response
-    over_budget,     // the answer's body would go over limits.max_buffered (callers: 503)
+    over_budget,     // the answer's body would go over limits.max_buffered (callers: 502 answer_over_budget)
 };
 
 // What a failed read or write of an upstream exchange counts as, one rule for pooled calls and
@@ -141,7 +141,7 @@ inline gateway_error failure_error(upstream_failure f) {
     switch (f) {
         case upstream_failure::timeout: return gateway_error::upstream_timeout;
         case upstream_failure::bad_response: return gateway_error::upstream_bad_response;
-        case upstream_failure::over_budget: return gateway_error::overloaded;
+        case upstream_failure::over_budget: return gateway_error::answer_over_budget;
         default: return gateway_error::upstream_unreachable;
     }
 }

@@ -318,8 +318,8 @@ TEST(Robustness, APassedAnswersContentLengthIsOneNumber) {
 
 // limits.max_buffered bounds what a fan-out or $batch call holds of its items' answers until
 // its own answer goes out, not only each answer while it is read: one at a time, four answers
-// of 30 KB fit a 100 KiB budget as they are read, not all together. An item over it is a 503
-// in its place; the rest are kept, and everything goes back once the answer is written.
+// of 30 KB fit a 100 KiB budget as they are read, not all together. An item over it is a 502
+// (answer_over_budget) in its place; the rest are kept, and everything goes back once the answer is written.
 TEST(Robustness, FanOutAndBatchAnswersAreHeldWithinTheBudget) {
     const std::string big(30000, 'x');
     raw_upstream up(http_answer("200 OK", "Content-Type: text/plain\r\n", big));
@@ -341,7 +341,10 @@ TEST(Robustness, FanOutAndBatchAnswersAreHeldWithinTheBudget) {
             EXPECT_EQ(r["body"], big);
         } else {
             ++refused;
-            EXPECT_EQ(r["status"], 503) << r.dump().substr(0, 300);
+            // Sent, so it may have taken effect: a 502 without Retry-After, not a 503.
+            EXPECT_EQ(r["status"], 502) << r.dump().substr(0, 300);
+            EXPECT_EQ(r["body"]["error"], "answer_over_budget") << r.dump().substr(0, 300);
+            EXPECT_FALSE(r["headers"].contains("Retry-After")) << r.dump().substr(0, 300);
         }
     }
     EXPECT_EQ(held, 3);
@@ -349,6 +352,31 @@ TEST(Robustness, FanOutAndBatchAnswersAreHeldWithinTheBudget) {
     for (int i = 0; i < 100 && gw.metric("batchgate_buffered_bytes") > 0; ++i)
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
     EXPECT_EQ(gw.metric("batchgate_buffered_bytes"), 0) << "the held answers were not given back";
+}
+
+// Once a request went upstream, an answer the budget cannot hold is a 502 (answer_over_budget)
+// without Retry-After: the request may have taken effect, and a 503 with Retry-After: 1 invited
+// the client to apply a write again (found by a hostile-upstream helper). Batch call, buffered and
+// streamed passthrough alike; the upstream saw each request once.
+TEST(Robustness, AnAnswerTheBudgetCannotHoldAfterTheRequestWentOutIsA502WithoutRetryAfter) {
+    raw_upstream up("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n" +
+                    std::string(100000, ' '));
+    running_gateway gw(load_yaml(fill(keyed_users_yaml, {{"PORT", std::to_string(up.port())}, {"METHOD", "GET"},
+                                                          {"KEEP_ALIVE", "true"}}) +
+                                 "limits: {max_buffered: 16KiB}\n"));
+    const std::pair<const char*, std::map<std::string, std::string>> calls[] = {
+        {"/users/7", {{"X-Id", "7"}}},  // a batch call
+        {"/users/7", {}},               // buffered passthrough
+        {"/other", {}},                 // streamed passthrough
+    };
+    for (const auto& [target, headers] : calls) {
+        const auto r = get(gw.port(), target, headers);
+        EXPECT_EQ(r.status, 502) << target << ": " << r.body;
+        EXPECT_NE(r.body.find("\"answer_over_budget\""), std::string::npos) << target << ": " << r.body;
+        EXPECT_NE(r.body.find("may have taken effect"), std::string::npos) << target << ": " << r.body;
+        EXPECT_EQ(r.headers.count("retry-after"), 0u) << target;
+    }
+    EXPECT_EQ(up.requests(), 3);
 }
 
 // A $batch entry's own Host is checked as a client's Host is: "a b" is a 400 in its entry, not

@@ -332,6 +332,40 @@ TEST(WritesAbilities, TwentyConcurrentPatchesOneInvalidOnlyThatCallerFails) {
     if (invalid_shared_a_batch) EXPECT_GT(gw.metric("batchgate_isolations_total{route=\"abilities\"}"), 0);
 }
 
+// The drain deadline answers the callers still waiting. A write whose batch call went out may
+// have been applied: a 504 that says so, never a 503 with Retry-After (which invited applying it
+// twice; found by a hostile-upstream helper). A write still held back (its character's call in
+// flight) never went out: 503 with Retry-After, and it is never sent.
+TEST(WritesAbilities, TheDrainDeadlineTellsASentWriteFromAHeldOne) {
+    mock_upstream up({.threads = 2});
+    up.hold();
+    std::string text = example_config_text("abilities.yaml", up.port(), "5ms");
+    text += "limits: {drain_timeout: 300ms}\n";
+    response sent, held;
+    std::thread a, b;
+    {
+        running_gateway gw(load_yaml(text));
+        const json op{{"action", "increment"}, {"data", {{"score", 1}, {"experience_points", 1}}}};
+        a = std::thread([&] { sent = call(gw.port(), "PATCH", "/api/characters/3/abilities/4", op); });
+        ASSERT_TRUE(eventually(std::chrono::seconds(10), [&] { return up.held() == 1; }));
+        b = std::thread([&] { held = call(gw.port(), "PATCH", "/api/characters/3/abilities/7", op); });
+        const std::string waiting = R"(batchgate_waiting_callers{route="abilities"})";
+        ASSERT_TRUE(eventually(std::chrono::seconds(10), [&] { return gw.metric(waiting) == 2; }));
+        gw.stop();
+        a.join();
+        b.join();
+    }
+    up.release_held();
+    EXPECT_EQ(sent.status, 504) << sent.body;
+    EXPECT_NE(sent.body.find("may have taken effect"), std::string::npos) << sent.body;
+    EXPECT_EQ(sent.headers.count("retry-after"), 0u) << sent.body;
+    EXPECT_EQ(held.status, 503) << held.body;
+    EXPECT_EQ(held.json()["error"], "shutting_down") << held.body;
+    EXPECT_EQ(held.header("retry-after"), "1");
+    ASSERT_TRUE(eventually(std::chrono::seconds(10), [&] { return up.held() == 0; }));
+    EXPECT_EQ(calls_to(up, "POST", abilities_batch_path).size(), 1u) << "the held write went out";
+}
+
 // merge_patch is opt-in and only right for overwrites; this pins down what it does when a route
 // chooses it (the shipped example uses in_batch: increments are deltas).
 TEST(WritesAbilities, MergePatchMergesWhenARouteOptsIn) {
