@@ -708,21 +708,29 @@ bool batcher::gave_up(const waiter& w, clock_type::time_point now) const { retur
 
 void batcher::answer_gave_up(waiter& w, clock_type::time_point now) {
     reply r;
+    // A write merged into one item with other callers' (merge_patch, last_write_wins) still goes
+    // with theirs when they wait on: its caller is not told only that its batch was not sent.
+    const bool merged = route_.coalesce.same_key == config::same_key_policy::merge_patch ||
+                        route_.coalesce.same_key == config::same_key_policy::last_write_wins;
+    const std::string merged_note =
+        merged ? " (a change merged into an item that other callers still wait for goes with theirs)" : "";
     if (w.left()) {
         metrics_.callers_left->Increment();
         r.status = http_status(gateway_error::client_closed);  // 499: rarely read, the access log does
-        r.body = error_body(gateway_error::client_closed, "the caller closed its connection before its batch was sent",
-                            route_.name);
+        r.body = error_body(gateway_error::client_closed,
+                            "the caller closed its connection before its batch was sent" + merged_note, route_.name);
     } else if (w.deadline <= now) {
         r.status = http_status(gateway_error::upstream_timeout);
         r.body = error_body(gateway_error::upstream_timeout,
-                            "the caller's deadline passed before its batch could be sent (the upstream had no free slot)",
+                            "the caller's deadline passed before its batch could be sent (the upstream had no free slot)" +
+                                merged_note,
                             route_.name);
     } else {
         r.status = http_status(gateway_error::upstream_timeout);
         r.body = error_body(gateway_error::upstream_timeout,
                             "the caller's deadline comes before the upstream could answer (its quickest batch call "
-                            "took longer than the time left), so its batch was not sent",
+                            "took longer than the time left), so its batch was not sent" +
+                                merged_note,
                             route_.name);
     }
     answer(w, std::move(r));
