@@ -353,6 +353,10 @@ void batcher::count_flush(pending& p) {
 
 void batcher::send(pending p) {
     if (mode_ == batcher_mode::shadow) return send_shadow(std::move(p));
+    if (!claim_callers(p)) {  // every caller was answered before it could go: nothing is sent
+        slots_->release(call_outcome::ignored, {});
+        return;  // pump, which called, goes on with the next
+    }
     count_flush(p);
     p.sent = clock_type::now();
     window_.call_started(p.b.partition_key);
@@ -372,8 +376,6 @@ void batcher::send(pending p) {
             reads_only = reads_only && (w.method == "GET" || w.method == "HEAD");
             latest = std::max(latest, w.deadline);
             unsent_.erase(w.serial);
-            // From here its write may be applied: an answer made up for it must not invite a retry.
-            if (w.caller) w.caller->sent.store(true, std::memory_order_relaxed);
         }
     }
     // No point waiting for the upstream after the last caller stopped waiting.
@@ -410,6 +412,26 @@ void batcher::send(pending p) {
 // Shadow: the batch is counted as sent, holds its slot and its partition for as long as the
 // route's single calls take, then "answers" its callers 200 (their handlers only count them:
 // each caller was served by its own single call meanwhile).
+// From here each caller's write may be applied (an answer made up for it must not invite a
+// retry), except a caller the gateway already answered (abandoned at the drain deadline), which
+// is left out; its item goes only if another caller still waits for it. False: nobody is left.
+bool batcher::claim_callers(pending& p) {
+    bool abandoned = false;
+    for (auto& item : p.b.items)
+        for (auto& w : item.waiters) abandoned = (w.caller && !w.caller->claim_for_sending()) || abandoned;
+    if (!abandoned) return true;
+    window_type::remove_from(
+        p.b, [](const waiter& w) { return w.caller && w.caller->abandoned_now(); },
+        [&](waiter&& w) {
+            waiter out = std::move(w);
+            reply r;
+            r.status = http_status(gateway_error::shutting_down);
+            r.body = error_body(gateway_error::shutting_down, "the gateway is shutting down", route_.name);
+            answer(out, std::move(r));  // answered already by its connection: this one is dropped
+        });
+    return !p.b.items.empty();
+}
+
 void batcher::send_shadow(pending p) {
     count_flush(p);
     p.sent = clock_type::now();

@@ -137,9 +137,6 @@ private:
     }
 
     void on_response(std::size_t i, response_t res) {
-        // A HEAD has no body to embed, whoever answered it (the gateway's own errors carry one that
-        // a client's connection never sends for a HEAD).
-        if (requests_[i].method == "HEAD") res.body().clear();
         // Held until the envelope goes out: every entry's answer counts against max_buffered.
         if (!held_.take(res.body().size() + 64 * std::distance(res.begin(), res.end()))) {
             if (env_.budget_rejected) env_.budget_rejected->Increment();
@@ -202,6 +199,10 @@ private:
             std::lock_guard lock(mutex_);
             if (answered_) return;
             answered_ = true;
+            // A HEAD has no body to embed, whoever answered it (the gateway's own errors carry one
+            // that a client's connection never sends for a HEAD).
+            for (std::size_t i = 0; i < entries_.size(); ++i)
+                if (requests_[i].method == "HEAD" && entries_[i].is_object()) entries_[i].erase("body");
             res.body() = json{{"responses", std::move(entries_)}}.dump(-1, ' ', false, json::error_handler_t::replace);
         }
         held_.release();  // the session's lease counts the envelope from here

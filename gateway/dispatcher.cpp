@@ -62,8 +62,10 @@ struct exchange {
         if (pool_it == rt->upstreams.end()) return fail(gateway_error::internal, "route names an unknown upstream");
         const bool head = req.method() == http::verb::head;
         const unsigned version = req.version();
-        // From here it may take effect (a coalesce route's caller sent on alone).
-        if (ctx.caller) ctx.caller->sent.store(true, std::memory_order_relaxed);
+        // From here it may take effect (a coalesce route's caller sent on alone), unless the
+        // gateway answered it already (the drain deadline): then it never goes.
+        if (ctx.caller && !ctx.caller->claim_for_sending())
+            return fail(gateway_error::shutting_down, "the gateway is shutting down");
         // The caller's request itself goes upstream (no copy of its fields).
         upstream_request up = std::move(req);
         prepare_for_upstream(up, ctx.client_ip, ctx.proto);
@@ -190,7 +192,9 @@ struct exchange {
             composed_answer a;
             a.status = static_cast<unsigned>(r.status);
             const bool has_body = r.status != 204 && r.status != 304;
-            std::size_t bytes = 160 + r.batch_id.size();
+            // The lines, and room for what the connection adds around them (status line,
+            // Connection, Server, X-Request-Id): they become its head in place.
+            std::size_t bytes = 320 + r.batch_id.size();
             for (const auto& [name, value] : r.headers) bytes += name.size() + value.size() + 4;
             a.fields.reserve(bytes);
             if (has_body && !r.verbatim) wire::append_field(a.fields, "Content-Type", json_type);

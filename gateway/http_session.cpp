@@ -207,9 +207,10 @@ public:
             if (self->answered_ || self->generation_ == 0) return;  // nothing owed
             // A write that may have gone upstream (in a batch call, alone, or as part of a fan-out
             // or $batch call: those do not say) may have taken effect: a 503 with Retry-After
-            // would invite applying it twice. A read, or a write still held back, is safe to retry.
+            // would invite applying it twice. A read is safe to retry, and so is a write still held
+            // back, which abandon() makes sure never goes (a batcher about to send it leaves it out).
             const bool may_have_taken_effect =
-                !reads_only(http::string_to_verb(self->method_)) && (!self->caller_ || self->caller_->sent.load(std::memory_order_relaxed));
+                !reads_only(http::string_to_verb(self->method_)) && (!self->caller_ || !self->caller_->abandon());
             if (may_have_taken_effect)
                 return self->send(error_response(gateway_error::upstream_timeout,
                                                  "the gateway is shutting down before the upstream answered; the "
@@ -566,8 +567,10 @@ private:
             // The last request's flags once nothing else holds them (no allocation per request):
             // only this session hands out copies, so a count of one stays one.
             if (last_flags && last_flags.use_count() == 1) {
+                // What the last holder (a batcher's thread) wrote is seen before it is reset.
+                std::atomic_thread_fence(std::memory_order_acquire);
                 last_flags->gone.store(false, std::memory_order_relaxed);
-                last_flags->sent.store(false, std::memory_order_relaxed);
+                last_flags->state.store(caller_flags::waiting, std::memory_order_relaxed);
                 caller_ = std::move(last_flags);
             } else {
                 caller_ = std::make_shared<caller_flags>();
@@ -750,11 +753,16 @@ private:
 
     // A composed answer's head: its fields as composed (none of them Connection, Server or
     // X-Request-Id), then what Beast's keep_alive() would have said for this version.
-    void write_head(const composed_answer& a) {
+    // A composed answer's lines become the head in place, its status line put in front of them
+    // (their composer leaves room for that and the lines after: no second buffer).
+    void write_head(composed_answer& a) {
+        thread_local std::string status_line;
+        status_line.clear();
+        wire::append_status_line(status_line, version_, a.status);
         auto& out = response_->head;
-        out.reserve(a.fields.size() + 112 + request_id_.size());
-        wire::append_status_line(out, version_, a.status);
-        out += a.fields;
+        out = std::move(a.fields);
+        out.reserve(out.size() + status_line.size() + 112 + request_id_.size());
+        out.insert(0, status_line);
         wire::append_connection(out, version_, keep_alive_);
         end_head(out);
     }

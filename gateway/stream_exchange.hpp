@@ -116,6 +116,7 @@ public:
         const auto& h = req_.get();
         version_ = h.version();
         head_request_ = h.method() == http::verb::head;
+        read_only_ = head_request_ || h.method() == http::verb::get;
         idempotent_ = is_idempotent(h.method());
         request_done_ = req_.is_done();
         bodyless_ = request_done_;
@@ -154,9 +155,15 @@ public:
         begin_upstream();
     }
 
-    // On S: the drain deadline. What is owed becomes a 503, or the connection closes.
+    // On S: the drain deadline. What is owed becomes a 503, or the connection closes. A write
+    // that has an upstream connection may have gone out (conn_ is set on S before anything is
+    // written on it) and taken effect: a 504 that says so, never a 503 inviting a retry.
     void shut_down() {
         if (finished_) return;
+        if (!head_sent_ && conn_ && !read_only_)
+            return fail_before_head(gateway_error::upstream_timeout,
+                                    "the gateway is shutting down before the upstream answered; the request was sent, "
+                                    "so it may have taken effect");
         if (!head_sent_) return fail_before_head(gateway_error::shutting_down, "the gateway is shutting down");
         end(true, false);
     }
@@ -833,6 +840,7 @@ private:
     // set in start(), then read-only
     unsigned version_ = 11;
     bool head_request_ = false;
+    bool read_only_ = false;  // GET or HEAD: safe to answer "try again" whatever was sent
     bool idempotent_ = false;
     bool chunked_in_ = false;
     bool bodyless_ = false;

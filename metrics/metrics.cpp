@@ -266,7 +266,7 @@ registry::registry()
                      .Add({})),
       budget_rejected_(&prometheus::BuildCounter()
                             .Name("batchgate_budget_rejected_total")
-                            .Help("Requests answered 503 because limits.max_buffered could not hold their body")
+                            .Help("Requests answered 503 because limits.max_buffered could not hold their body or request window, streams answered 502 because it could not hold their answer window, and fan_out items or $batch entries whose answer it could not hold")
                             .Register(*registry_)
                             .Add({})),
       send_timeouts_(&prometheus::BuildCounter()

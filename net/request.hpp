@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -29,9 +30,24 @@ struct caller_flags {
     // Set by the client connection when the caller hangs up before its answer; a batcher then
     // leaves its item out of a batch not sent yet.
     std::atomic<bool> gone{false};
-    // Set when its request went upstream (in a batch call, or alone): from then on it may have
-    // taken effect, and an answer the gateway makes up for it must not invite a retry.
-    std::atomic<bool> sent{false};
+
+    // waiting -> sent: its request goes upstream (in a batch call, or alone), and from then on may
+    // have taken effect: an answer the gateway makes up for it must not invite a retry.
+    // waiting -> abandoned: the gateway answered it before it went (the drain deadline), and it
+    // never goes. One compare-and-swap decides between the two threads that may race for it.
+    enum : std::uint8_t { waiting, sent, abandoned };
+    std::atomic<std::uint8_t> state{waiting};
+    // True when the request may go (now sent, or sent already: a retry).
+    bool claim_for_sending() {
+        std::uint8_t expected = waiting;
+        return state.compare_exchange_strong(expected, sent, std::memory_order_acq_rel) || expected == sent;
+    }
+    // True when the request will never go (now or already abandoned); false: it went.
+    bool abandon() {
+        std::uint8_t expected = waiting;
+        return state.compare_exchange_strong(expected, abandoned, std::memory_order_acq_rel) || expected == abandoned;
+    }
+    bool abandoned_now() const { return state.load(std::memory_order_acquire) == abandoned; }
 };
 
 struct request_context {

@@ -271,6 +271,33 @@ TEST(Drain, AStreamAnswered503WhileQueuedForAConnectionSendsNothing) {
     EXPECT_EQ(up.count("POST", "/orders"), 0u) << "a request answered 503 reached the upstream";
 }
 
+// A streamed write that has an upstream connection when drain_timeout passes may have been
+// applied: a 504 that says so, without Retry-After (it was a 503 with Retry-After: 1, inviting
+// the client to apply it twice; found in review). A streamed read still gets the 503.
+TEST(Drain, AStreamedWriteInFlightAtTheDeadlineIsA504) {
+    mock_upstream up({.latency = std::chrono::milliseconds(700)});
+    std::string text = fill(yaml, {{"PORT", std::to_string(up.port())}, {"WAIT", "5ms"}});
+    replace_once(text, "  drain_timeout: 5s", "  drain_timeout: 200ms");
+    response write, read;
+    std::thread a, b;
+    {
+        running_gateway gw(load_yaml(text));
+        a = std::thread([&] { write = send_request(gw.port(), "POST", "/orders", R"({"buy":1})", {{"Content-Type", "application/json"}}); });
+        b = std::thread([&] { read = get(gw.port(), "/slow/read"); });
+        for (int i = 0; i < 400 && (up.count("POST", "/orders") == 0 || up.count("GET", "/slow/read") == 0); ++i)
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        ASSERT_EQ(up.count("POST", "/orders"), 1u);
+        gw.stop();
+    }
+    a.join();
+    b.join();
+    EXPECT_EQ(write.status, 504) << write.body;
+    EXPECT_NE(write.body.find("may have taken effect"), std::string::npos) << write.body;
+    EXPECT_EQ(write.headers.count("retry-after"), 0u);
+    EXPECT_EQ(read.status, 503) << read.body;
+    EXPECT_EQ(read.header("retry-after"), "1");
+}
+
 // An upstream that answers (413, Connection: close) as soon as it has a streamed request's head,
 // while the client is still sending the body: the client's head says Connection: close, and
 // the exchange's read of the body is pending when

@@ -65,6 +65,30 @@ TEST(wire, ComposedStatusLinesGiveTheStandardReasonOrNone) {
     EXPECT_EQ(out, "Content-Length: 0\r\nX-Size: 18446744073709551615\r\n");
 }
 
+// The batcher sending a caller's write and its connection answering it at the drain deadline
+// race; one compare-and-swap decides: sent (a retry may claim again) or abandoned (never sent).
+TEST(caller_flags, SendingAndAbandoningDecideOnce) {
+    caller_flags sent_first;
+    EXPECT_TRUE(sent_first.claim_for_sending());
+    EXPECT_TRUE(sent_first.claim_for_sending());  // a retry of the same batch
+    EXPECT_FALSE(sent_first.abandon());           // it went: the connection must say so
+    EXPECT_FALSE(sent_first.abandoned_now());
+    caller_flags abandoned_first;
+    EXPECT_TRUE(abandoned_first.abandon());
+    EXPECT_TRUE(abandoned_first.abandon());
+    EXPECT_FALSE(abandoned_first.claim_for_sending());  // answered: it never goes
+    EXPECT_TRUE(abandoned_first.abandoned_now());
+    // Raced from two threads many times: exactly one side wins each time.
+    for (int i = 0; i < 2000; ++i) {
+        caller_flags f;
+        bool claimed = false, abandoned = false;
+        std::thread t([&] { claimed = f.claim_for_sending(); });
+        abandoned = f.abandon();
+        t.join();
+        EXPECT_NE(claimed, abandoned) << i;
+    }
+}
+
 TEST(answer, AComposedAnswerReadsBackAsTheFieldsItWasComposedFrom) {
     composed_answer a;
     a.status = 429;
