@@ -409,29 +409,44 @@ void batcher::send(pending p) {
         reads_only ? gateway::upstream_pool::repeat::yes : gateway::upstream_pool::repeat::no);
 }
 
-// Shadow: the batch is counted as sent, holds its slot and its partition for as long as the
-// route's single calls take, then "answers" its callers 200 (their handlers only count them:
-// each caller was served by its own single call meanwhile).
 // From here each caller's write may be applied (an answer made up for it must not invite a
 // retry), except a caller the gateway already answered (abandoned at the drain deadline), which
-// is left out; its item goes only if another caller still waits for it. False: nobody is left.
+// must never go: nor may its item, whose payload carries its change even when other callers share
+// it (merge_patch, last_write_wins). Such an item is left out whole, and its other callers are
+// answered 503 too (truthfully: nothing was sent for them). False: nothing is left to send.
 bool batcher::claim_callers(pending& p) {
-    bool abandoned = false;
-    for (auto& item : p.b.items)
-        for (auto& w : item.waiters) abandoned = (w.caller && !w.caller->claim_for_sending()) || abandoned;
-    if (!abandoned) return true;
-    window_type::remove_from(
-        p.b, [](const waiter& w) { return w.caller && w.caller->abandoned_now(); },
-        [&](waiter&& w) {
-            waiter out = std::move(w);
-            reply r;
-            r.status = http_status(gateway_error::shutting_down);
-            r.body = error_body(gateway_error::shutting_down, "the gateway is shutting down", route_.name);
-            answer(out, std::move(r));  // answered already by its connection: this one is dropped
-        });
+    std::vector<bool> drop(p.b.items.size(), false);
+    bool any = false;
+    for (std::size_t i = 0; i < p.b.items.size(); ++i)
+        for (auto& w : p.b.items[i].waiters)
+            if (w.caller && !w.caller->claim_for_sending()) drop[i] = any = true;
+    if (!any) return true;
+    std::vector<waiter> left_out;
+    std::size_t kept = 0;
+    for (std::size_t i = 0; i < p.b.items.size(); ++i) {
+        auto& item = p.b.items[i];
+        if (!drop[i]) {
+            if (kept != i) p.b.items[kept] = std::move(item);
+            ++kept;
+            continue;
+        }
+        p.b.bytes -= item.cost;
+        for (auto& w : item.waiters) left_out.push_back(std::move(w));
+    }
+    p.b.items.resize(kept);
+    for (auto& w : left_out) {
+        reply r;
+        r.status = http_status(gateway_error::shutting_down);
+        r.body = error_body(gateway_error::shutting_down, "the gateway is shutting down", route_.name);
+        r.headers.emplace_back("Retry-After", "1");
+        answer(w, std::move(r));  // the abandoned ones were answered by their connection: theirs is dropped
+    }
     return !p.b.items.empty();
 }
 
+// Shadow: the batch is counted as sent, holds its slot and its partition for as long as the
+// route's single calls take, then "answers" its callers 200 (their handlers only count them:
+// each caller was served by its own single call meanwhile).
 void batcher::send_shadow(pending p) {
     count_flush(p);
     p.sent = clock_type::now();

@@ -150,8 +150,8 @@ private:
     std::optional<std::chrono::steady_clock::time_point> next_caller_deadline();
     void count_flush(pending& p);
     void send(pending p);
-    void send_shadow(pending p);
-    bool claim_callers(pending& p);  // batcher_mode::shadow: the call it would have made, timed
+    bool claim_callers(pending& p);
+    void send_shadow(pending p);  // batcher_mode::shadow: the call it would have made, timed
     void shadow_call(pending p, std::shared_ptr<boost::asio::steady_timer> timer, std::chrono::milliseconds recheck);
     void on_answer(pending p, const std::string& batch_id, gateway::upstream_result r);
     bool try_retry(pending& p, const gateway::upstream_result& r);

@@ -137,6 +137,9 @@ private:
     }
 
     void on_response(std::size_t i, response_t res) {
+        // A HEAD has no body to embed (a coalesce route composes one, which a client's connection
+        // never sends for a HEAD): not held, parsed or checked for a coding either.
+        if (requests_[i].method == "HEAD") res.body().clear();
         // Held until the envelope goes out: every entry's answer counts against max_buffered.
         if (!held_.take(res.body().size() + 64 * std::distance(res.begin(), res.end()))) {
             if (env_.budget_rejected) env_.budget_rejected->Increment();

@@ -156,14 +156,15 @@ public:
     }
 
     // On S: the drain deadline. What is owed becomes a 503, or the connection closes. A write
-    // that has an upstream connection may have gone out (conn_ is set on S before anything is
-    // written on it) and taken effect: a 504 that says so, never a 503 inviting a retry.
+    // that was handed an upstream connection may have gone out (and, retried on a fresh one
+    // after a reset, gone out before) and taken effect: a 504 that says so, never a 503
+    // inviting a retry.
     void shut_down() {
         if (finished_) return;
-        if (!head_sent_ && conn_ && !read_only_)
+        if (!head_sent_ && request_may_be_out_ && !read_only_)
             return fail_before_head(gateway_error::upstream_timeout,
-                                    "the gateway is shutting down before the upstream answered; the request was sent, "
-                                    "so it may have taken effect");
+                                    "the gateway is shutting down before the upstream's answer could be relayed; the "
+                                    "request was sent, so it may have taken effect");
         if (!head_sent_) return fail_before_head(gateway_error::shutting_down, "the gateway is shutting down");
         end(true, false);
     }
@@ -264,6 +265,7 @@ private:
                 });
             }
             conn_ = std::move(l.conn);
+            request_may_be_out_ = true;  // S's own record: conn_ itself moves on U (a retry gives it back)
             reused_ = l.reused;
             u_.emplace(conn_->tcp().get_executor());
             on_u([this] {
@@ -841,6 +843,7 @@ private:
     unsigned version_ = 11;
     bool head_request_ = false;
     bool read_only_ = false;  // GET or HEAD: safe to answer "try again" whatever was sent
+    bool request_may_be_out_ = false;  // S: an upstream connection was handed over (never reset)
     bool idempotent_ = false;
     bool chunked_in_ = false;
     bool bodyless_ = false;
