@@ -212,9 +212,7 @@ public:
             const bool may_have_taken_effect =
                 !reads_only(http::string_to_verb(self->method_)) && (!self->caller_ || !self->caller_->abandon());
             if (may_have_taken_effect)
-                return self->send(error_response(gateway_error::upstream_timeout,
-                                                 "the gateway is shutting down before the upstream answered; the "
-                                                 "request was sent, so it may have taken effect",
+                return self->send(error_response(gateway_error::upstream_timeout, std::string(sent_before_shutdown),
                                                  self->route_name_, self->version_));
             self->send(error_response(gateway_error::shutting_down, "the gateway is shutting down",
                                       self->route_name_, self->version_));

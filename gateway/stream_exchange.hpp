@@ -46,6 +46,12 @@ namespace batchgate::gateway {
 
 namespace net = boost::asio;
 
+// The drain deadline's answer (504, no Retry-After) to a write that may have gone upstream, for a
+// stream and for a buffered request alike.
+inline constexpr std::string_view sent_before_shutdown =
+    "the gateway is shutting down before the upstream's answer could be relayed; the request was sent, so it may "
+    "have taken effect";
+
 // What the session does once the exchange is over.
 struct stream_outcome {
     std::optional<response_t> error;  // failed before the answer's head went out: send this
@@ -162,9 +168,7 @@ public:
     void shut_down() {
         if (finished_) return;
         if (!head_sent_ && request_may_be_out_ && !read_only_)
-            return fail_before_head(gateway_error::upstream_timeout,
-                                    "the gateway is shutting down before the upstream's answer could be relayed; the "
-                                    "request was sent, so it may have taken effect");
+            return fail_before_head(gateway_error::upstream_timeout, std::string(sent_before_shutdown));
         if (!head_sent_) return fail_before_head(gateway_error::shutting_down, "the gateway is shutting down");
         end(true, false);
     }
