@@ -101,8 +101,13 @@ struct exchange {
                 response_t res = std::move(r.response);
                 strip_hop_by_hop(res);
                 res.version(version);
-                // A HEAD answer keeps the upstream's Content-Length; everything else is re-framed.
-                if (!head) res.prepare_payload();
+                // Re-framed by its body, but a HEAD or 304 answer keeps the Content-Length the
+                // upstream gave (the length a GET would get; RFC 9110 8.6), and a 204 has none:
+                // Beast's prepare_payload would say 0 for both.
+                if (status == 204)
+                    res.erase(http::field::content_length);
+                else if (!head && status != 304)
+                    res.prepare_payload();
                 done(std::move(res), info);
             });
     }

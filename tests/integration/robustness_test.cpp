@@ -316,6 +316,35 @@ TEST(Robustness, APassedAnswersContentLengthIsOneNumber) {
     EXPECT_NE(raw.find("X-Kept: yes\r\n"), std::string::npos) << raw;
 }
 
+// The same on the buffered path (a caller a coalesce route sends on alone, here a shadow route's):
+// a 304 keeps the upstream's Content-Length, the length a GET would get (RFC 9110 8.6), and a
+// 204 says none; Beast's prepare_payload gave both "Content-Length: 0". Two requests pipelined on
+// one connection show the framing: a client that counted a body would lose the second answer.
+TEST(Robustness, ABufferedPassed304KeepsItsLengthAndA204SaysNone) {
+    auto shadowed = [](unsigned short port) {
+        auto text = fill(coalesce_yaml, {{"PORT", std::to_string(port)}, {"WAIT", "1ms"}, {"TIMEOUT", "2s"}, {"RETRY", "{}"}});
+        text.replace(text.find("      max_wait:"), 0, "      shadow: true\n");
+        return load_yaml(text);
+    };
+    const std::string two = "GET /users/7 HTTP/1.1\r\nHost: a\r\nIf-None-Match: \"v1\"\r\n\r\n"
+                            "GET /users/7 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    raw_upstream unchanged("HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 1234\r\n\r\n");
+    running_gateway gw(shadowed(unchanged.port()));
+    auto raw = send_raw(gw.port(), two);
+    ASSERT_EQ(raw.rfind("HTTP/1.1 304", 0), 0u) << raw;
+    EXPECT_NE(raw.find("HTTP/1.1 304", 1), std::string::npos) << "the second answer is lost: " << raw;
+    EXPECT_NE(raw.find("\r\nContent-Length: 1234\r\n"), std::string::npos) << raw;
+    EXPECT_EQ(raw.find("Content-Length: 0"), std::string::npos) << raw;
+
+    raw_upstream empty("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-Kept: yes\r\n\r\n");
+    running_gateway gw2(shadowed(empty.port()));
+    raw = send_raw(gw2.port(), two);
+    ASSERT_EQ(raw.rfind("HTTP/1.1 204", 0), 0u) << raw;
+    EXPECT_NE(raw.find("HTTP/1.1 204", 1), std::string::npos) << "the second answer is lost: " << raw;
+    EXPECT_EQ(raw.find("Content-Length"), std::string::npos) << raw;
+    EXPECT_NE(raw.find("X-Kept: yes\r\n"), std::string::npos) << raw;
+}
+
 // limits.max_buffered bounds what a fan-out or $batch call holds of its items' answers until
 // its own answer goes out, not only each answer while it is read: one at a time, four answers
 // of 30 KB fit a 100 KiB budget as they are read, not all together. An item over it is a 502
