@@ -121,10 +121,12 @@ template <class Fields, class Own>
 inline void append_crossing_fields(std::string& out, const Fields& fields, Own own) {
     const auto connection = fields.find(http::field::connection);  // looked up once, not per field
     for (const auto& f : fields) {
+        // own first: it sees every field, also one Connection names (it may note what it reads).
+        if (own(f)) continue;
         // Beast knows every hop-by-hop name, so the enum decides (no string compares).
         if (f.name() != http::field::unknown && is_hop_by_hop(f.name())) continue;
         if (connection != fields.end() && named_by_connection(fields, connection, f.name_string())) continue;
-        if (!own(f)) wire::append_field(out, f.name_string(), f.value());
+        wire::append_field(out, f.name_string(), f.value());
     }
 }
 
@@ -135,31 +137,42 @@ inline void append_crossing_fields(std::string& out, const Fields& fields, Own o
 template <class Fields>
 inline void append_upstream_fields(std::string& out, const Fields& fields, std::string_view client_ip,
                                    std::string_view proto, std::string_view request_id, std::string_view host) {
-    append_crossing_fields(out, fields, [](const auto& f) {
+    // The client's Host and X-Forwarded-For, noted in the one pass over its fields (whatever its
+    // Connection names).
+    std::string_view client_host;
+    bool host_seen = false;
+    std::string_view forwarded_for;  // the first X-Forwarded-For line
+    std::size_t forwarded_lines = 0;
+    append_crossing_fields(out, fields, [&](const auto& f) {
         switch (f.name()) {
             case http::field::host:
+                if (!host_seen) client_host = f.value(), host_seen = true;
+                return true;
             case http::field::content_length:
                 return true;
             case http::field::unknown: {
                 auto n = f.name_string();
-                return boost::beast::iequals(n, "X-Request-Id") || boost::beast::iequals(n, "X-Forwarded-For") ||
-                       boost::beast::iequals(n, "X-Forwarded-Proto") || boost::beast::iequals(n, "X-Forwarded-Host");
+                if (boost::beast::iequals(n, "X-Forwarded-For")) {
+                    if (forwarded_lines++ == 0) forwarded_for = f.value();
+                    return true;
+                }
+                return boost::beast::iequals(n, "X-Request-Id") || boost::beast::iequals(n, "X-Forwarded-Proto") ||
+                       boost::beast::iequals(n, "X-Forwarded-Host");
             }
             default:
                 return false;
         }
     });
     wire::append_field(out, "X-Request-Id", request_id);
-    out += "X-Forwarded-For: ";
-    if (auto it = fields.find("X-Forwarded-For"); it != fields.end()) {
-        out.append(it->value());
-        out += ", ";
-    }
-    out.append(client_ip);
-    out += "\r\n";
+    // Every X-Forwarded-For line the client sent, as one list (RFC 9110 5.3), then this hop.
+    out.append("X-Forwarded-For: ", 17);
+    if (forwarded_lines == 1)
+        out.append(forwarded_for).append(", ", 2);
+    else if (forwarded_lines > 1)
+        for (auto [it, last] = fields.equal_range("X-Forwarded-For"); it != last; ++it) out.append(it->value()).append(", ", 2);
+    out.append(client_ip).append("\r\n", 2);
     wire::append_field(out, "X-Forwarded-Proto", proto);
-    if (auto it = fields.find(http::field::host); it != fields.end() && !it->value().empty())
-        wire::append_field(out, "X-Forwarded-Host", it->value());
+    if (!client_host.empty()) wire::append_field(out, "X-Forwarded-Host", client_host);
     wire::append_field(out, "Host", host);
 }
 
@@ -169,8 +182,9 @@ inline void append_upstream_fields(std::string& out, const Fields& fields, std::
 // pool sets the upstream's), and X-Forwarded-For, -Proto and -Host set.
 template <class Fields>
 inline void prepare_for_upstream(Fields& fields, const std::string& client_ip, std::string_view proto) {
-    std::string xff = client_ip;
-    if (auto it = fields.find("X-Forwarded-For"); it != fields.end()) xff = std::string(it->value()) + ", " + client_ip;
+    std::string xff;  // every X-Forwarded-For line the client sent, as one list (RFC 9110 5.3), then this hop
+    for (auto [it, last] = fields.equal_range("X-Forwarded-For"); it != last; ++it) xff.append(it->value()).append(", ");
+    xff += client_ip;
     std::string forwarded_host;
     if (auto it = fields.find(http::field::host); it != fields.end()) forwarded_host = std::string(it->value());
     std::string request_id;  // the gateway's own (the session set it): Connection cannot name it away

@@ -185,13 +185,22 @@ inline std::string_view reason_phrase(boost::beast::string_view reason, unsigned
 
 // "HTTP/1.1 200 OK\r\n": a status line; the answer's fields follow (the session writes them).
 inline void append_status_line(std::string& out, unsigned version, unsigned status, std::string_view reason) {
-    out += version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
     char digits[12];
     const auto end = std::to_chars(digits, digits + sizeof digits, status).ptr;
-    out.append(digits, end);
-    out += ' ';
-    out += reason;
-    out += "\r\n";
+    const auto n = static_cast<std::size_t>(end - digits);
+    // One resize and straight copies: this runs for every answer.
+    const std::size_t at = out.size();
+    out.resize(at + 9 + n + 1 + reason.size() + 2);
+    char* p = out.data() + at;
+    std::memcpy(p, version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ", 9);
+    p += 9;
+    std::memcpy(p, digits, n);
+    p += n;
+    *p++ = ' ';
+    if (!reason.empty()) std::memcpy(p, reason.data(), reason.size());
+    p += reason.size();
+    *p++ = '\r';
+    *p = '\n';
 }
 
 // An answer's status line, with its own reason phrase.
@@ -229,7 +238,7 @@ void append_head(std::string& out, const boost::beast::http::request<Body, Field
     out.append(m.data(), m.size());
     out += ' ';
     out.append(t.data(), t.size());
-    out += req.version() == 10 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n";
+    out.append(req.version() == 10 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n", 11);
     append_fields(out, req);
 }
 

@@ -101,6 +101,27 @@ TEST(Passthrough, ConnectionNamesNeverRemoveTheGatewaysOwnFields) {
     EXPECT_FALSE(h["host"].get<std::string>().empty());
 }
 
+// X-Forwarded-For sent in two lines (an ingress adding its own line) is one list (RFC 9110 5.3):
+// all of it goes on, then this hop, streamed and buffered alike. Only the first line went on.
+TEST(Passthrough, XForwardedForInSeveralLinesIsOneList) {
+    mock_upstream up;
+    running_gateway gw(config_for(up.port()));
+    auto forwarded_for = [&](const std::string& head, const std::string& body) {
+        auto raw = send_raw(gw.port(), head + "Host: gateway.test\r\nX-Forwarded-For: 10.1.1.1\r\n"
+                                              "X-Forwarded-For: 10.2.2.2, 10.3.3.3\r\nConnection: close\r\n"
+                                              "Content-Type: application/json\r\nContent-Length: " +
+                                              std::to_string(body.size()) + "\r\n\r\n" + body);
+        const auto at = raw.find("\r\n\r\n");
+        EXPECT_EQ(raw.rfind("HTTP/1.1 200", 0), 0u) << raw;
+        if (at == std::string::npos) return std::string();
+        return nlohmann::json::parse(raw.substr(at + 4), nullptr, false)["headers"].value("x-forwarded-for", "");
+    };
+    EXPECT_EQ(forwarded_for("POST /echo HTTP/1.1\r\n", "{}"), "10.1.1.1, 10.2.2.2, 10.3.3.3, 127.0.0.1") << "streamed";
+    EXPECT_EQ(forwarded_for("POST /echo/keyed HTTP/1.1\r\n", R"({"no_id":true})"),
+              "10.1.1.1, 10.2.2.2, 10.3.3.3, 127.0.0.1")
+        << "buffered";
+}
+
 // The same on the buffered path: a coalesce route's caller without a key, sent on alone
 // (on_missing_key: passthrough).
 TEST(Passthrough, ConnectionNamesNeverRemoveTheGatewaysOwnFieldsOnAKeylessCaller) {
