@@ -1,6 +1,8 @@
 #include "gateway/request_head.hpp"
 
 #include <algorithm>
+#include <array>
+#include <iterator>
 #include <string_view>
 
 #include <boost/beast/core/string.hpp>
@@ -17,7 +19,15 @@ namespace {
 using routes::is_hex_digit;
 
 // RFC 3986 unreserved / sub-delims.
-bool is_reg_name_char(char c) { return routes::is_unreserved(c) || routes::is_sub_delim(c); }
+// unreserved or sub-delims (RFC 3986 3.2.2), as a table: every request's Host is checked.
+constexpr auto reg_name_chars = [] {
+    std::array<bool, 256> t{};
+    for (unsigned c = 0; c < 256; ++c)
+        t[c] = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+               std::string_view("-._~!$&'()*+,;=").find(static_cast<char>(c)) != std::string_view::npos;
+    return t;
+}();
+bool is_reg_name_char(char c) { return reg_name_chars[static_cast<unsigned char>(c)]; }
 
 bool all_digits(std::string_view s) {
     for (char c : s)
@@ -82,11 +92,12 @@ bool valid_host(std::string_view v) {
 }
 
 std::optional<head_rejection> check_request_head(const request_head& head) {
-    const auto hosts = head.count(http::field::host);
-    if (hosts > 1) return head_rejection{gateway_error::bad_request, "more than one Host header"};
-    if (hosts == 0 && head.version() >= 11)
+    const auto [host, no_more] = head.equal_range(http::field::host);  // one look-up for all three
+    if (host != no_more && std::next(host) != no_more)
+        return head_rejection{gateway_error::bad_request, "more than one Host header"};
+    if (host == no_more && head.version() >= 11)
         return head_rejection{gateway_error::bad_request, "HTTP/1.1 request without a Host header"};
-    if (hosts == 1 && !valid_host(head[http::field::host]))
+    if (host != no_more && !valid_host(host->value()))
         return head_rejection{gateway_error::bad_request, "the Host header is not a host[:port]"};
     for (char c : std::string_view(head.target())) {
         if (static_cast<unsigned char>(c) >= 0x80)  // Beast allows obs-text here; a URI never holds it
