@@ -165,7 +165,9 @@ void batcher::on_submit(submission& s) {
         auto rest = window_.drain(now);
         std::move(rest.begin(), rest.end(), std::back_inserter(closed));
     }
-    enqueue(std::move(closed));
+    // With nothing closed, queued or held, pump would find nothing to send (the usual caller under
+    // flush: window); the timers are armed just below either way.
+    if (!closed.empty() || !ready_.empty() || window_.held()) enqueue(std::move(closed));
     arm_timer();
     arm_sweep();
     update_waiting_gauge();
@@ -682,7 +684,8 @@ void batcher::deliver_split(pending& p, const std::string& body, const reply& pr
     std::vector<std::string> keys;
     keys.reserve(p.b.items.size());
     for (const auto& item : p.b.items) keys.push_back(item.key);
-    split_outcome split = split_batch_response(route_.coalesce, route_.name, body, keys, config_->limits.max_json_depth);
+    split_outcome split =
+        split_batch_response(route_.coalesce, route_.name, body, std::move(keys), config_->limits.max_json_depth);
     if (!split.error.empty()) {
         reply r = proto;
         r.status = http_status(gateway_error::upstream_bad_response);

@@ -909,7 +909,7 @@ outgoing_request build_batch_request(const config::coalesce_settings& settings,
 
 split_outcome split_batch_response(const config::coalesce_settings& settings,
                                    std::string_view route_name, std::string_view body,
-                                   const std::vector<std::string>& keys, std::size_t max_json_depth) {
+                                   std::vector<std::string> requested_keys, std::size_t max_json_depth) {
     const auto& rs = settings.response;
     split_outcome out;
 
@@ -988,7 +988,8 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
         return out;
     }
 
-    out.keys = keys;
+    out.keys = std::move(requested_keys);
+    const std::vector<std::string>& keys = out.keys;  // viewed below: they live as long as out
     if (by_position) {
         const list_items& items = arrays.front();
         if (items.texts.size() != keys.size()) {

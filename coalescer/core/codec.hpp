@@ -142,7 +142,7 @@ struct split_outcome {
 // An answer nested deeper than max_json_depth (limits.max_json_depth) is unusable.
 split_outcome split_batch_response(const config::coalesce_settings& settings,
                                    std::string_view route_name, std::string_view body,
-                                   const std::vector<std::string>& keys,
+                                   std::vector<std::string> keys,
                                    std::size_t max_json_depth = routes::max_json_depth_cap);
 
 // Bytes of a partition's batch call besides its items: the batch call (the body for json_body,
