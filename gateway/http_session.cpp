@@ -596,23 +596,34 @@ private:
         target_ = std::string(request_->target());
         // Not kept while the caller waits (memory per waiting caller): dispatch has it now.
         auto request = std::move(*std::exchange(request_, nullptr));
+        const auto gen = generation_;
+        dispatching_ = true;
         try {
             dispatch_matched(state_, runtime_, route, std::move(params), std::move(request), std::move(ctx),
-                             [self = this->shared_from_this(), gen = generation_](answer&& res, dispatch_info&& info) {
-                                 // Back onto this connection's thread.
-                                 net::post(self->stream_.get_executor(),
-                                           [self, gen, res = std::move(res), info = std::move(info)]() mutable {
-                                               if (gen != self->generation_ || self->answered_)
-                                                   return;  // the deadline answered already
-                                               self->info_ = std::move(info);
-                                               self->send(std::move(res));
-                                           });
+                             [self = this->shared_from_this(), gen](answer&& res, dispatch_info&& info) {
+                                 auto deliver = [self, gen, res = std::move(res), info = std::move(info)]() mutable {
+                                     if (gen != self->generation_ || self->answered_)
+                                         return;  // the deadline answered already
+                                     self->info_ = std::move(info);
+                                     self->send(std::move(res));
+                                 };
+                                 // Back onto this connection's thread: at once when on it already
+                                 // (a batcher of its own shard answering: no post per caller), but
+                                 // never from inside dispatch_matched, whose caller has not
+                                 // returned (dispatching_ is read on this thread only).
+                                 const auto ex = self->stream_.get_executor();
+                                 if (ex.running_in_this_thread() && !self->dispatching_)
+                                     deliver();
+                                 else
+                                     net::post(ex, std::move(deliver));
                              });
         } catch (const std::exception& e) {
             // Never expected; the caller still gets exactly one answer.
             log_line("error", "request handling failed", {{"route", route_name_}, {"error", e.what()}});
-            send(error_response(gateway_error::internal, "internal error", route_name_, version_));
+            if (gen == generation_ && !answered_)
+                send(error_response(gateway_error::internal, "internal error", route_name_, version_));
         }
+        dispatching_ = false;
     }
 
     // A caller waiting in a batch may hang up. Like nginx (ngx_http_test_reading), the socket
@@ -912,6 +923,7 @@ private:
     bool answered_ = false;
     bool keep_alive_ = true;
     std::shared_ptr<caller_flags> caller_;  // the current request's flags (coalesce routes)
+    bool dispatching_ = false;  // inside handle_traffic's dispatch_matched: its answers are posted
     std::weak_ptr<stream_exchange<Stream>> exchange_;  // the current request's, when streamed
     const runtime* matched_runtime_ = nullptr;  // what on_header matched the head against
     const config::route_settings* matched_route_ = nullptr;
