@@ -753,11 +753,15 @@ private:
             return f.name() == http::field::server || (traffic && is_request_id(f));
         };
         auto& out = response_->head;
-        out.reserve(wire::fields_bytes(res) + 64 + request_id_.size());
+        out.reserve(wire::fields_bytes(res) + 104 + request_id_.size());
         wire::append_status_line(out, res);
+        bool dated = false;  // a relayed answer keeps the upstream's Date
         for (const auto& f : res)
-            if (!own(f)) wire::append_field(out, f.name_string(), f.value());
-        end_head(out);
+            if (!own(f)) {
+                dated = dated || f.name() == http::field::date;
+                wire::append_field(out, f.name_string(), f.value());
+            }
+        end_head(out, dated);
     }
 
     // A composed answer's head: its fields as composed (none of them Connection, Server or
@@ -770,13 +774,14 @@ private:
         wire::append_status_line(status_line, version_, a.status);
         auto& out = response_->head;
         out = std::move(a.fields);
-        out.reserve(out.size() + status_line.size() + 112 + request_id_.size());
+        out.reserve(out.size() + status_line.size() + 152 + request_id_.size());
         out.insert(0, status_line);
         wire::append_connection(out, version_, keep_alive_);
-        end_head(out);
+        end_head(out, false);
     }
 
-    void end_head(std::string& out) const {
+    void end_head(std::string& out, bool dated) const {
+        if (!dated) wire::append_date(out);
         wire::append_field(out, "Server", "batchgate");
         if (role_ == listener_role::traffic) wire::append_field(out, "X-Request-Id", request_id_);
         out += "\r\n";

@@ -541,12 +541,14 @@ private:
                            boost::optional<std::uint64_t> content_length) {
         std::string& out = ready_head_;
         out.clear();
-        out.reserve(wire::fields_bytes(h) + p_.request_id.size() + 160);  // one allocation
+        out.reserve(wire::fields_bytes(h) + p_.request_id.size() + 200);  // one allocation
         wire::append_status_line(out, version_, static_cast<unsigned>(status), wire::reason_phrase(h.reason(), h.result_int()));
         // Content-Length as the parser read it: one number, whatever list the upstream sent
         // ("2, 2" is one length to the parser, an ambiguous field to a client, RFC 9110 8.6),
         // and none on a 204, which has no content to measure.
-        append_crossing_fields(out, h, [](const auto& f) {
+        bool dated = false;  // the upstream's Date goes on; an answer without one gets the gateway's
+        append_crossing_fields(out, h, [&dated](const auto& f) {
+            dated = dated || f.name() == http::field::date;
             return f.name() == http::field::server || f.name() == http::field::content_length || is_request_id(f);
         });
         if (content_length && status != 204 && status != 101)
@@ -562,6 +564,7 @@ private:
         ready_keep_client_ = p_.keep_alive && !close_after && status != 101 && request_sent_;
         ready_chunk_out_ = chunk_out;
         if (status != 101) wire::append_connection(out, version_, ready_keep_client_);
+        if (!dated) wire::append_date(out);
         wire::append_field(out, "Server", "batchgate");
         wire::append_field(out, "X-Request-Id", p_.request_id);
         out += "\r\n";

@@ -22,6 +22,8 @@
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/http/status.hpp>
 
+#include "text/http_date.hpp"
+
 namespace batchgate::gateway {
 
 // Every connection (client or upstream) runs on the io_context of one worker thread (a shard,
@@ -221,6 +223,19 @@ inline void append_status_line(std::string& out, unsigned version, unsigned stat
 inline void append_connection(std::string& out, unsigned version, bool keep_alive) {
     if (version >= 11 && !keep_alive) append_field(out, "Connection", "close");
     if (version < 11 && keep_alive) append_field(out, "Connection", "keep-alive");
+}
+
+// "Date: <IMF-fixdate>\r\n" for now (RFC 9110 6.6.1: an answer the gateway makes has one, and
+// one relayed without it gets one), formatted once a second per thread.
+inline void append_date(std::string& out) {
+    thread_local std::chrono::sys_seconds formatted_at{};
+    thread_local std::string line;
+    const auto now = std::chrono::floor<std::chrono::seconds>(std::chrono::system_clock::now());
+    if (now != formatted_at || line.empty()) {
+        formatted_at = now;
+        line = "Date: " + routes::format_http_date(now) + "\r\n";
+    }
+    out += line;
 }
 
 // "Name: 123\r\n".

@@ -345,6 +345,44 @@ TEST(Robustness, ABufferedPassed304KeepsItsLengthAndA204SaysNone) {
     EXPECT_NE(raw.find("X-Kept: yes\r\n"), std::string::npos) << raw;
 }
 
+// Every answer has one Date (RFC 9110 6.6.1): the gateway's own on what it makes (a coalesced
+// caller's share, its errors) and on a relayed answer that came without one; a relayed answer's
+// own Date goes on as it came, streamed or buffered (a shadow route's caller).
+TEST(Robustness, EveryAnswerHasOneDate) {
+    auto dates = [](const std::string& raw) {
+        std::vector<std::string> found;
+        const auto head_end = raw.find("\r\n\r\n");
+        for (auto at = raw.find("\r\nDate: "); at != std::string::npos && at < head_end; at = raw.find("\r\nDate: ", at + 2))
+            found.push_back(raw.substr(at + 8, raw.find("\r\n", at + 2) - at - 8));
+        return found;
+    };
+    auto is_imf_fixdate = [](const std::string& d) {  // "Sun, 06 Nov 1994 08:49:37 GMT"
+        return d.size() == 29 && d[3] == ',' && d.substr(26) == "GMT" && d[19] == ':' && d[22] == ':';
+    };
+    const std::string get_user = "GET /users/7 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    const std::string get_other = "GET /other HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    {
+        raw_upstream undated(http_answer("200 OK", "Content-Type: application/json\r\n", R"([{"id":"7"}])"));
+        running_gateway gw(coalesce_config(undated.port(), "1ms"));
+        for (const auto& request : {get_user, get_other, std::string("GET /nowhere/x HTTP/1.1\r\nConnection: close\r\n\r\n")}) {
+            auto raw = send_raw(gw.port(), request);
+            auto found = dates(raw);
+            ASSERT_EQ(found.size(), 1u) << raw;
+            EXPECT_TRUE(is_imf_fixdate(found[0])) << found[0];
+        }
+    }
+    const std::string theirs = "Tue, 15 Nov 1994 08:12:31 GMT";
+    raw_upstream dated(http_answer("200 OK", "Date: " + theirs + "\r\nContent-Type: application/json\r\n", R"([{"id":"7"}])"));
+    running_gateway gw(coalesce_config(dated.port(), "1ms"));
+    auto raw = send_raw(gw.port(), get_other);
+    EXPECT_EQ(dates(raw), std::vector<std::string>{theirs}) << "streamed: " << raw;
+    auto text = fill(coalesce_yaml, {{"PORT", std::to_string(dated.port())}, {"WAIT", "1ms"}, {"TIMEOUT", "2s"}, {"RETRY", "{}"}});
+    text.replace(text.find("      max_wait:"), 0, "      shadow: true\n");
+    running_gateway shadowed(load_yaml(text));
+    raw = send_raw(shadowed.port(), get_user);
+    EXPECT_EQ(dates(raw), std::vector<std::string>{theirs}) << "buffered: " << raw;
+}
+
 // limits.max_buffered bounds what a fan-out or $batch call holds of its items' answers until
 // its own answer goes out, not only each answer while it is read: one at a time, four answers
 // of 30 KB fit a 100 KiB budget as they are read, not all together. An item over it is a 502
