@@ -9,10 +9,13 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
+
+#include "config/ip_network.hpp"
 
 namespace batchgate::config {
 
@@ -364,9 +367,19 @@ struct gateway_config {
     endpoint admin_listen{"127.0.0.1", 9090};
     listen_tls_settings listen_tls;
     unsigned worker_threads = 0;  // 0 = number of cores
+    // trusted_proxies: [] - networks of clients (a TLS-terminating ingress) whose
+    // X-Forwarded-Proto (http or https) goes upstream as they sent it; anyone else's is replaced
+    // by the gateway's own (the scheme of the connection it came in on).
+    std::vector<ip_network> trusted_proxies;
     limits_settings limits;
     std::vector<upstream_settings> upstreams;  // in file order
     std::vector<route_settings> routes;        // in match order
+
+    bool trusts(std::string_view client_ip) const {
+        for (const auto& n : trusted_proxies)
+            if (n.contains(client_ip)) return true;
+        return false;
+    }
 
     const upstream_settings* find_upstream(const std::string& name) const {
         for (const auto& u : upstreams)

@@ -361,7 +361,8 @@ gateway_config load_tree(context& ctx, const YAML::Node& root) {
     // Built, never assigned: assigning a YAML::Node rewrites the tree it referred to.
     const YAML::Node doc = root.IsNull() ? YAML::Node(YAML::NodeType::Map) : root;  // empty file: report what is missing
     map_reader m(ctx, doc, "",
-                 {"listen", "admin_listen", "listen_tls", "worker_threads", "logging", "limits", "upstreams", "routes"});
+                 {"listen", "admin_listen", "listen_tls", "worker_threads", "trusted_proxies", "logging", "limits",
+                  "upstreams", "routes"});
     if (!m.ok()) return cfg;
     if (auto* x = m.get("listen"))
         if (auto e = read_endpoint(ctx, *x)) cfg.listen = *e;
@@ -375,6 +376,15 @@ gateway_config load_tree(context& ctx, const YAML::Node& root) {
     if (auto* x = m.get("listen_tls")) load_listen_tls(ctx, *x, cfg.listen_tls);
     if (auto* x = m.get("worker_threads"))
         if (auto v = read_int(ctx, *x, 0, 256)) cfg.worker_threads = static_cast<unsigned>(*v);
+    if (auto* x = m.get("trusted_proxies"))
+        if (auto list = read_string_list(ctx, *x))
+            for (const auto& [text, mark] : *list) {
+                if (auto n = ip_network::parse(text))
+                    cfg.trusted_proxies.push_back(std::move(*n));
+                else
+                    ctx.add(mark, x->path, "\"" + text + "\" is not an IP network (an address, or address/prefix: "
+                                           "10.0.0.0/8, fd00::/8)");
+            }
     if (auto* x = m.get("logging")) load_logging(ctx, *x, cfg.logging);
     if (auto* x = m.get("limits")) load_limits(ctx, *x, cfg.limits);
     if (auto* x = m.required("upstreams")) load_upstreams(ctx, *x, cfg);

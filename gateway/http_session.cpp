@@ -428,6 +428,25 @@ private:
         handle_traffic();
     }
 
+    // The scheme the upstream is told (X-Forwarded-Proto): this connection's, unless the client is
+    // a trusted proxy (trusted_proxies, a TLS-terminating ingress) that said http or https itself
+    // (the first value: the original client's).
+    template <class Fields>
+    std::string_view forwarded_proto(const Fields& h) const {
+        const std::string_view own = tls ? "https" : "http";
+        const auto& cfg = *runtime_->config;
+        if (cfg.trusted_proxies.empty() || !cfg.trusts(client_ip_)) return own;
+        const auto it = h.find("X-Forwarded-Proto");
+        if (it == h.end()) return own;
+        std::string_view v = it->value();
+        v = v.substr(0, v.find(','));
+        while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+        while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+        if (beast::iequals(v, "https")) return "https";
+        if (beast::iequals(v, "http")) return "http";
+        return own;
+    }
+
     // --- streamed passthrough -------------------------------------------------------------------
 
     void begin_stream(const config::route_settings& route) {
@@ -462,7 +481,7 @@ private:
         p.request_timeout = upstream.request_timeout;
         p.send_timeout = runtime_->config->limits.send_timeout;
         p.client_ip = client_ip_;
-        p.proto = tls ? "https" : "http";
+        p.proto = forwarded_proto(head);
         p.request_id = request_id_;
         p.keep_alive = keep_alive_;
         p.budget_rejected = &state_->metrics.budget_rejected();
@@ -555,7 +574,7 @@ private:
         }
         request_context ctx;
         ctx.client_ip = client_ip_;
-        ctx.proto = tls ? "https" : "http";
+        ctx.proto = forwarded_proto(*request_);
         ctx.request_id = request_id_;
         if (auto tp = request_->find("traceparent"); tp != request_->end()) ctx.traceparent = std::string(tp->value());
         ctx.deadline = started_ + timeout;

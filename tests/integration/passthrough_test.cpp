@@ -122,6 +122,30 @@ TEST(Passthrough, XForwardedForInSeveralLinesIsOneList) {
         << "buffered";
 }
 
+// Behind a TLS-terminating ingress (trusted_proxies) the upstream hears the ingress's
+// X-Forwarded-Proto (its first value: the original client's scheme), streamed and buffered; from
+// a client outside those networks, the gateway's own (this connection's: http), whatever it sent.
+TEST(Passthrough, XForwardedProtoOfATrustedProxyGoesOn) {
+    mock_upstream up;
+    auto proto = [&](const std::string& networks, const std::string& sent, bool buffered) {
+        auto text = fill(yaml, {{"PORT", std::to_string(up.port())}, {"WAIT", "5ms"}});
+        text.replace(text.find("limits:"), 0, "trusted_proxies: " + networks + "\n");
+        running_gateway gw(load_yaml(text));
+        auto r = buffered ? send_request(gw.port(), "POST", "/echo/keyed", R"({"no_id":true})",
+                                         {{"Content-Type", "application/json"}, {"X-Forwarded-Proto", sent}})
+                          : get(gw.port(), "/echo", {{"X-Forwarded-Proto", sent}});
+        EXPECT_EQ(r.status, 200) << r.body;
+        return r.json()["headers"].value("x-forwarded-proto", "");
+    };
+    for (bool buffered : {false, true}) {
+        EXPECT_EQ(proto("[127.0.0.0/8]", "https", buffered), "https") << buffered;
+        EXPECT_EQ(proto("[\"::1\", 127.0.0.1]", "HTTPS, http", buffered), "https") << buffered;
+        EXPECT_EQ(proto("[10.0.0.0/8]", "https", buffered), "http") << "not a trusted client; " << buffered;
+        EXPECT_EQ(proto("[127.0.0.0/8]", "gopher", buffered), "http") << "neither http nor https; " << buffered;
+        EXPECT_EQ(proto("[]", "https", buffered), "http") << buffered;
+    }
+}
+
 // The same on the buffered path: a coalesce route's caller without a key, sent on alone
 // (on_missing_key: passthrough).
 TEST(Passthrough, ConnectionNamesNeverRemoveTheGatewaysOwnFieldsOnAKeylessCaller) {

@@ -1527,3 +1527,36 @@ TEST(ConfigWrites, ShadowIsOffUnlessTheRouteSaysSo) {
     ASSERT_EQ(errs.size(), 1u) << dump(errs);
     EXPECT_NE(errs[0].find("routes[0].coalesce.shadow"), std::string::npos) << errs[0];
 }
+
+// trusted_proxies: networks as address/prefix or one address; host bits cleared; IPv4 mapped into
+// IPv6 counts as IPv4; anything else is an error that names the entry.
+TEST(ConfigLoad, TrustedProxies) {
+    const auto cfg = load_string("trusted_proxies: [10.1.2.3/8, \"fd00::/8\", 127.0.0.1, \"::1\", 192.168.0.0/23]\n" +
+                                     upstream_api + "routes:\n  - {name: all, match: {prefix: /}, upstream: api}\n",
+                                 "t.yaml");
+    ASSERT_EQ(cfg.trusted_proxies.size(), 5u);
+    EXPECT_TRUE(cfg.trusts("10.200.0.1"));
+    EXPECT_FALSE(cfg.trusts("11.0.0.1"));
+    EXPECT_TRUE(cfg.trusts("fd12:3456::1"));
+    EXPECT_FALSE(cfg.trusts("fe80::1"));
+    EXPECT_TRUE(cfg.trusts("127.0.0.1"));
+    EXPECT_FALSE(cfg.trusts("127.0.0.2"));
+    EXPECT_TRUE(cfg.trusts("::ffff:127.0.0.1")) << "IPv4 mapped into IPv6";
+    EXPECT_TRUE(cfg.trusts("::1"));
+    EXPECT_TRUE(cfg.trusts("192.168.1.255"));
+    EXPECT_FALSE(cfg.trusts("192.168.2.0"));
+    EXPECT_FALSE(cfg.trusts("unknown"));
+    EXPECT_FALSE(load_string(upstream_api + "routes:\n  - {name: all, match: {prefix: /}, upstream: api}\n", "t.yaml")
+                     .trusts("127.0.0.1"))
+        << "none by default";
+    for (const std::string bad : {"10.0.0.0/33", "::/129", "10.0.0/8", "10.0.0.0/", "10.0.0.0/8x", "example.com", ""}) {
+        try {
+            load_string("trusted_proxies: [\"" + bad + "\"]\n" + upstream_api +
+                            "routes:\n  - {name: all, match: {prefix: /}, upstream: api}\n",
+                        "t.yaml");
+            ADD_FAILURE() << bad << " was taken";
+        } catch (const config_error& e) {
+            EXPECT_NE(std::string(e.what()).find("\"" + bad + "\" is not an IP network"), std::string::npos) << e.what();
+        }
+    }
+}
