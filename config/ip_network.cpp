@@ -14,7 +14,8 @@ struct address {
     std::array<unsigned char, 16> bytes{};
 };
 
-std::optional<address> read_address(std::string_view text) {
+// An address; `was_mapped` tells whether it was an IPv4 one written mapped into IPv6.
+std::optional<address> read_address(std::string_view text, bool* was_mapped = nullptr) {
     if (text.empty() || text.size() > 45) return std::nullopt;  // INET6_ADDRSTRLEN - 1
     char buf[46];
     std::memcpy(buf, text.data(), text.size());
@@ -30,6 +31,7 @@ std::optional<address> read_address(std::string_view text) {
         std::memmove(a.bytes.data(), a.bytes.data() + 12, 4);
         std::memset(a.bytes.data() + 4, 0, 12);
         a.family = AF_INET;
+        if (was_mapped) *was_mapped = true;
         return a;
     }
     a.family = AF_INET6;
@@ -48,15 +50,22 @@ bool prefix_matches(const std::array<unsigned char, 16>& a, const std::array<uns
 
 std::optional<ip_network> ip_network::parse(std::string_view text) {
     const auto slash = text.find('/');
-    const auto a = read_address(text.substr(0, slash));
+    bool mapped = false;
+    const auto a = read_address(text.substr(0, slash), &mapped);
     if (!a) return std::nullopt;
-    const unsigned max_prefix = a->family == AF_INET ? 32 : 128;
-    unsigned prefix = max_prefix;
+    // A mapped IPv4 network ("::ffff:10.0.0.0/104") is the IPv4 one: its prefix counts the 96
+    // bits of the mapping, and one shorter than them reaches past IPv4 (refused).
+    const unsigned written_max = a->family == AF_INET6 || mapped ? 128 : 32;
+    unsigned prefix = written_max;
     if (slash != std::string_view::npos) {
         const auto digits = text.substr(slash + 1);
         const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), prefix);
-        if (digits.empty() || ec != std::errc() || end != digits.data() + digits.size() || prefix > max_prefix)
+        if (digits.empty() || ec != std::errc() || end != digits.data() + digits.size() || prefix > written_max)
             return std::nullopt;
+    }
+    if (mapped) {
+        if (prefix < 96) return std::nullopt;
+        prefix -= 96;
     }
     ip_network n;
     n.family = a->family;

@@ -429,17 +429,19 @@ private:
     }
 
     // The scheme the upstream is told (X-Forwarded-Proto): this connection's, unless the client is
-    // a trusted proxy (trusted_proxies, a TLS-terminating ingress) that said http or https itself
-    // (the first value: the original client's).
+    // a trusted proxy (trusted_proxies, a TLS-terminating ingress) that said http or https itself:
+    // the last value, which that proxy set (one that appends to a list leaves the values before
+    // it as whoever came before sent them).
     template <class Fields>
     std::string_view forwarded_proto(const Fields& h) const {
         const std::string_view own = tls ? "https" : "http";
         const auto& cfg = *runtime_->config;
         if (cfg.trusted_proxies.empty() || !cfg.trusts(client_ip_)) return own;
-        const auto it = h.find("X-Forwarded-Proto");
-        if (it == h.end()) return own;
-        std::string_view v = it->value();
-        v = v.substr(0, v.find(','));
+        std::string_view v;
+        bool found = false;
+        for (auto [it, last] = h.equal_range("X-Forwarded-Proto"); it != last; ++it) v = it->value(), found = true;
+        if (!found) return own;
+        if (const auto comma = v.rfind(','); comma != std::string_view::npos) v.remove_prefix(comma + 1);
         while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
         while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
         if (beast::iequals(v, "https")) return "https";

@@ -546,11 +546,14 @@ private:
         // Content-Length as the parser read it: one number, whatever list the upstream sent
         // ("2, 2" is one length to the parser, an ambiguous field to a client, RFC 9110 8.6),
         // and none on a 204, which has no content to measure.
-        bool dated = false;  // the upstream's Date goes on; an answer without one gets the gateway's
-        append_crossing_fields(out, h, [&dated](const auto& f) {
-            dated = dated || f.name() == http::field::date;
-            return f.name() == http::field::server || f.name() == http::field::content_length || is_request_id(f);
-        });
+        bool dated = false;  // the upstream's Date goes on; an answer without one (or whose Connection
+                             // names it) gets the gateway's
+        append_crossing_fields(
+            out, h,
+            [](const auto& f) {
+                return f.name() == http::field::server || f.name() == http::field::content_length || is_request_id(f);
+            },
+            [&dated](const auto& f) { dated = dated || f.name() == http::field::date; });
         if (content_length && status != 204 && status != 101)
             wire::append_field(out, "Content-Length", static_cast<std::size_t>(*content_length));
         if (status == 101) {

@@ -116,9 +116,10 @@ inline void strip_hop_by_hop(Fields& fields) {
 
 // "Name: value\r\n" for each field that crosses this hop and is not one the gateway sets itself
 // (`own(field)`), in the order received: the head written straight into its buffer, with no
-// copy of the fields to edit first.
-template <class Fields, class Own>
-inline void append_crossing_fields(std::string& out, const Fields& fields, Own own) {
+// copy of the fields to edit first. `crossed(field)` is told of each field written.
+template <class Fields, class Own, class Crossed = void (*)(const typename Fields::value_type&)>
+inline void append_crossing_fields(std::string& out, const Fields& fields, Own own,
+                                   Crossed crossed = [](const typename Fields::value_type&) {}) {
     const auto connection = fields.find(http::field::connection);  // looked up once, not per field
     for (const auto& f : fields) {
         // own first: it sees every field, also one Connection names (it may note what it reads).
@@ -127,6 +128,7 @@ inline void append_crossing_fields(std::string& out, const Fields& fields, Own o
         if (f.name() != http::field::unknown && is_hop_by_hop(f.name())) continue;
         if (connection != fields.end() && named_by_connection(fields, connection, f.name_string())) continue;
         wire::append_field(out, f.name_string(), f.value());
+        crossed(f);
     }
 }
 

@@ -123,8 +123,9 @@ TEST(Passthrough, XForwardedForInSeveralLinesIsOneList) {
 }
 
 // Behind a TLS-terminating ingress (trusted_proxies) the upstream hears the ingress's
-// X-Forwarded-Proto (its first value: the original client's scheme), streamed and buffered; from
-// a client outside those networks, the gateway's own (this connection's: http), whatever it sent.
+// X-Forwarded-Proto (the last value, which the ingress set: one that appends leaves the client's
+// own before it), streamed and buffered; from a client outside those networks, the gateway's own
+// (this connection's: http), whatever it sent.
 TEST(Passthrough, XForwardedProtoOfATrustedProxyGoesOn) {
     mock_upstream up;
     auto proto = [&](const std::string& networks, const std::string& sent, bool buffered) {
@@ -139,7 +140,8 @@ TEST(Passthrough, XForwardedProtoOfATrustedProxyGoesOn) {
     };
     for (bool buffered : {false, true}) {
         EXPECT_EQ(proto("[127.0.0.0/8]", "https", buffered), "https") << buffered;
-        EXPECT_EQ(proto("[\"::1\", 127.0.0.1]", "HTTPS, http", buffered), "https") << buffered;
+        EXPECT_EQ(proto("[\"::1\", 127.0.0.1]", "http, HTTPS", buffered), "https") << buffered;
+        EXPECT_EQ(proto("[\"::ffff:127.0.0.0/104\"]", "https, http", buffered), "http") << "the client's own first; " << buffered;
         EXPECT_EQ(proto("[10.0.0.0/8]", "https", buffered), "http") << "not a trusted client; " << buffered;
         EXPECT_EQ(proto("[127.0.0.0/8]", "gopher", buffered), "http") << "neither http nor https; " << buffered;
         EXPECT_EQ(proto("[]", "https", buffered), "http") << buffered;

@@ -346,8 +346,9 @@ TEST(Robustness, ABufferedPassed304KeepsItsLengthAndA204SaysNone) {
 }
 
 // Every answer has one Date (RFC 9110 6.6.1): the gateway's own on what it makes (a coalesced
-// caller's share, its errors) and on a relayed answer that came without one; a relayed answer's
-// own Date goes on as it came, streamed or buffered (a shadow route's caller).
+// caller's share, its errors) and on a relayed answer that came without one (or whose Connection
+// names it); a relayed answer's own Date goes on as it came, streamed or buffered (a shadow
+// route's caller).
 TEST(Robustness, EveryAnswerHasOneDate) {
     auto dates = [](const std::string& raw) {
         std::vector<std::string> found;
@@ -376,6 +377,14 @@ TEST(Robustness, EveryAnswerHasOneDate) {
     running_gateway gw(coalesce_config(dated.port(), "1ms"));
     auto raw = send_raw(gw.port(), get_other);
     EXPECT_EQ(dates(raw), std::vector<std::string>{theirs}) << "streamed: " << raw;
+    {  // a Date the upstream's Connection names is its hop's own: dropped, and the gateway's given
+        raw_upstream named(http_answer("200 OK", "Connection: Date\r\nDate: " + theirs + "\r\n", "ok"));
+        running_gateway gw3(coalesce_config(named.port(), "1ms"));
+        raw = send_raw(gw3.port(), get_other);
+        auto found = dates(raw);
+        ASSERT_EQ(found.size(), 1u) << raw;
+        EXPECT_NE(found[0], theirs) << raw;
+    }
     auto text = fill(coalesce_yaml, {{"PORT", std::to_string(dated.port())}, {"WAIT", "1ms"}, {"TIMEOUT", "2s"}, {"RETRY", "{}"}});
     text.replace(text.find("      max_wait:"), 0, "      shadow: true\n");
     running_gateway shadowed(load_yaml(text));

@@ -1531,10 +1531,14 @@ TEST(ConfigWrites, ShadowIsOffUnlessTheRouteSaysSo) {
 // trusted_proxies: networks as address/prefix or one address; host bits cleared; IPv4 mapped into
 // IPv6 counts as IPv4; anything else is an error that names the entry.
 TEST(ConfigLoad, TrustedProxies) {
-    const auto cfg = load_string("trusted_proxies: [10.1.2.3/8, \"fd00::/8\", 127.0.0.1, \"::1\", 192.168.0.0/23]\n" +
+    const auto cfg = load_string("trusted_proxies: [10.1.2.3/8, \"fd00::/8\", 127.0.0.1, \"::1\", 192.168.0.0/23, "
+                                 "\"::ffff:172.16.0.0/108\"]\n" +
                                      upstream_api + "routes:\n  - {name: all, match: {prefix: /}, upstream: api}\n",
                                  "t.yaml");
-    ASSERT_EQ(cfg.trusted_proxies.size(), 5u);
+    ASSERT_EQ(cfg.trusted_proxies.size(), 6u);
+    EXPECT_TRUE(cfg.trusts("172.31.255.1")) << "a mapped network is the IPv4 one (/108 is /12)";
+    EXPECT_TRUE(cfg.trusts("::ffff:172.16.0.9"));
+    EXPECT_FALSE(cfg.trusts("172.32.0.1"));
     EXPECT_TRUE(cfg.trusts("10.200.0.1"));
     EXPECT_FALSE(cfg.trusts("11.0.0.1"));
     EXPECT_TRUE(cfg.trusts("fd12:3456::1"));
@@ -1549,7 +1553,8 @@ TEST(ConfigLoad, TrustedProxies) {
     EXPECT_FALSE(load_string(upstream_api + "routes:\n  - {name: all, match: {prefix: /}, upstream: api}\n", "t.yaml")
                      .trusts("127.0.0.1"))
         << "none by default";
-    for (const std::string bad : {"10.0.0.0/33", "::/129", "10.0.0/8", "10.0.0.0/", "10.0.0.0/8x", "example.com", ""}) {
+    for (const std::string bad :
+         {"10.0.0.0/33", "::/129", "10.0.0/8", "10.0.0.0/", "10.0.0.0/8x", "example.com", "", "::ffff:10.0.0.0/8"}) {
         try {
             load_string("trusted_proxies: [\"" + bad + "\"]\n" + upstream_api +
                             "routes:\n  - {name: all, match: {prefix: /}, upstream: api}\n",
