@@ -437,15 +437,11 @@ private:
         const std::string_view own = tls ? "https" : "http";
         const auto& cfg = *runtime_->config;
         if (cfg.trusted_proxies.empty() || !cfg.trusts(client_ip_)) return own;
-        std::string_view v;
-        bool found = false;
-        for (auto [it, last] = h.equal_range("X-Forwarded-Proto"); it != last; ++it) v = it->value(), found = true;
-        if (!found) return own;
-        if (const auto comma = v.rfind(','); comma != std::string_view::npos) v.remove_prefix(comma + 1);
-        while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
-        while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-        if (beast::iequals(v, "https")) return "https";
-        if (beast::iequals(v, "http")) return "http";
+        std::string_view last_value;  // of every line, as one list (Beast's token_list trims OWS)
+        for (auto [it, end] = h.equal_range("X-Forwarded-Proto"); it != end; ++it)
+            for (auto token : http::token_list(it->value())) last_value = token;
+        if (beast::iequals(last_value, "https")) return "https";
+        if (beast::iequals(last_value, "http")) return "http";
         return own;
     }
 
@@ -617,11 +613,10 @@ private:
         target_ = std::string(request_->target());
         // Not kept while the caller waits (memory per waiting caller): dispatch has it now.
         auto request = std::move(*std::exchange(request_, nullptr));
-        const auto gen = generation_;
         dispatching_ = true;
         try {
             dispatch_matched(state_, runtime_, route, std::move(params), std::move(request), std::move(ctx),
-                             [self = this->shared_from_this(), gen](answer&& res, dispatch_info&& info) {
+                             [self = this->shared_from_this(), gen = generation_](answer&& res, dispatch_info&& info) {
                                  auto deliver = [self, gen, res = std::move(res), info = std::move(info)]() mutable {
                                      if (gen != self->generation_ || self->answered_)
                                          return;  // the deadline answered already
@@ -641,8 +636,7 @@ private:
         } catch (const std::exception& e) {
             // Never expected; the caller still gets exactly one answer.
             log_line("error", "request handling failed", {{"route", route_name_}, {"error", e.what()}});
-            if (gen == generation_ && !answered_)
-                send(error_response(gateway_error::internal, "internal error", route_name_, version_));
+            send(error_response(gateway_error::internal, "internal error", route_name_, version_));  // once: send checks
         }
         dispatching_ = false;
     }
