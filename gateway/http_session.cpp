@@ -432,11 +432,17 @@ private:
     // a trusted proxy (trusted_proxies, a TLS-terminating ingress) that said http or https itself:
     // the last value, which that proxy set (one that appends to a list leaves the values before
     // it as whoever came before sent them).
+    // Whether this client is one of them is decided once per config snapshot, not per request.
     template <class Fields>
-    std::string_view forwarded_proto(const Fields& h) const {
+    std::string_view forwarded_proto(const Fields& h) {
         const std::string_view own = tls ? "https" : "http";
         const auto& cfg = *runtime_->config;
-        if (cfg.trusted_proxies.empty() || !cfg.trusts(client_ip_)) return own;
+        if (cfg.trusted_proxies.empty()) return own;
+        if (trust_generation_ != runtime_generation_) {
+            trusted_proxy_ = cfg.trusts(client_ip_);
+            trust_generation_ = runtime_generation_;
+        }
+        if (!trusted_proxy_) return own;
         std::string_view last_value;  // of every line, as one list (Beast's token_list trims OWS)
         for (auto [it, end] = h.equal_range("X-Forwarded-Proto"); it != end; ++it)
             for (auto token : http::token_list(it->value())) last_value = token;
@@ -931,6 +937,8 @@ private:
     budget_lease request_lease_;   // the request body, until its answer is written
     budget_lease response_lease_;  // the answer, while it is written
     std::string client_ip_;
+    std::uint64_t trust_generation_ = ~std::uint64_t{0};  // the snapshot trusted_proxy_ was decided for
+    bool trusted_proxy_ = false;                          // client_ip_ in its trusted_proxies
     std::string request_id_;
     std::string method_;
     std::string target_;

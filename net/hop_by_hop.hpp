@@ -132,6 +132,15 @@ inline void append_crossing_fields(std::string& out, const Fields& fields, Own o
     }
 }
 
+// X-Forwarded-For's value going upstream: every X-Forwarded-For line the client sent, as one list
+// (RFC 9110 5.3; an empty line adds nothing), then this hop.
+template <class Fields>
+inline void append_forwarded_for(std::string& out, const Fields& fields, std::string_view client_ip) {
+    for (auto [it, last] = fields.equal_range("X-Forwarded-For"); it != last; ++it)
+        if (!it->value().empty()) out.append(it->value()).append(", ", 2);
+    out.append(client_ip);
+}
+
 // What prepare_for_upstream does, written straight into a request head after its start line:
 // the client's fields that cross (not Host, Content-Length or the ones set here), then
 // X-Request-Id, X-Forwarded-For, -Proto, -Host and Host. Framing fields and the blank line
@@ -143,7 +152,6 @@ inline void append_upstream_fields(std::string& out, const Fields& fields, std::
     // Connection names).
     std::string_view client_host;
     bool host_seen = false;
-    std::string_view forwarded_for;  // the first X-Forwarded-For line
     std::size_t forwarded_lines = 0;
     append_crossing_fields(out, fields, [&](const auto& f) {
         switch (f.name()) {
@@ -155,7 +163,7 @@ inline void append_upstream_fields(std::string& out, const Fields& fields, std::
             case http::field::unknown: {
                 auto n = f.name_string();
                 if (boost::beast::iequals(n, "X-Forwarded-For")) {
-                    if (forwarded_lines++ == 0) forwarded_for = f.value();
+                    ++forwarded_lines;
                     return true;
                 }
                 return boost::beast::iequals(n, "X-Request-Id") || boost::beast::iequals(n, "X-Forwarded-Proto") ||
@@ -166,13 +174,12 @@ inline void append_upstream_fields(std::string& out, const Fields& fields, std::
         }
     });
     wire::append_field(out, "X-Request-Id", request_id);
-    // Every X-Forwarded-For line the client sent, as one list (RFC 9110 5.3), then this hop.
     out.append("X-Forwarded-For: ", 17);
-    if (forwarded_lines == 1)
-        out.append(forwarded_for).append(", ", 2);
-    else if (forwarded_lines > 1)
-        for (auto [it, last] = fields.equal_range("X-Forwarded-For"); it != last; ++it) out.append(it->value()).append(", ", 2);
-    out.append(client_ip).append("\r\n", 2);
+    if (forwarded_lines == 0)
+        out.append(client_ip);  // the common case, without a look-up
+    else
+        append_forwarded_for(out, fields, client_ip);
+    out.append("\r\n", 2);
     wire::append_field(out, "X-Forwarded-Proto", proto);
     if (!client_host.empty()) wire::append_field(out, "X-Forwarded-Host", client_host);
     wire::append_field(out, "Host", host);
@@ -184,9 +191,8 @@ inline void append_upstream_fields(std::string& out, const Fields& fields, std::
 // pool sets the upstream's), and X-Forwarded-For, -Proto and -Host set.
 template <class Fields>
 inline void prepare_for_upstream(Fields& fields, const std::string& client_ip, std::string_view proto) {
-    std::string xff;  // every X-Forwarded-For line the client sent, as one list (RFC 9110 5.3), then this hop
-    for (auto [it, last] = fields.equal_range("X-Forwarded-For"); it != last; ++it) xff.append(it->value()).append(", ");
-    xff += client_ip;
+    std::string xff;
+    append_forwarded_for(xff, fields, client_ip);
     std::string forwarded_host;
     if (auto it = fields.find(http::field::host); it != fields.end()) forwarded_host = std::string(it->value());
     std::string request_id;  // the gateway's own (the session set it): Connection cannot name it away

@@ -102,13 +102,15 @@ TEST(Passthrough, ConnectionNamesNeverRemoveTheGatewaysOwnFields) {
 }
 
 // X-Forwarded-For sent in two lines (an ingress adding its own line) is one list (RFC 9110 5.3):
-// all of it goes on, then this hop, streamed and buffered alike. Only the first line went on.
+// all of it goes on, then this hop, streamed and buffered alike; an empty line adds nothing (it
+// made ", , "). Only the first line went on.
 TEST(Passthrough, XForwardedForInSeveralLinesIsOneList) {
     mock_upstream up;
     running_gateway gw(config_for(up.port()));
     auto forwarded_for = [&](const std::string& head, const std::string& body) {
         auto raw = send_raw(gw.port(), head + "Host: gateway.test\r\nX-Forwarded-For: 10.1.1.1\r\n"
-                                              "X-Forwarded-For: 10.2.2.2, 10.3.3.3\r\nConnection: close\r\n"
+                                              "X-Forwarded-For: 10.2.2.2, 10.3.3.3\r\nX-Forwarded-For:\r\n"
+                                              "Connection: close\r\n"
                                               "Content-Type: application/json\r\nContent-Length: " +
                                               std::to_string(body.size()) + "\r\n\r\n" + body);
         const auto at = raw.find("\r\n\r\n");
@@ -146,6 +148,43 @@ TEST(Passthrough, XForwardedProtoOfATrustedProxyGoesOn) {
         EXPECT_EQ(proto("[127.0.0.0/8]", "gopher", buffered), "http") << "neither http nor https; " << buffered;
         EXPECT_EQ(proto("[]", "https", buffered), "http") << buffered;
     }
+}
+
+// Whether a client is a trusted proxy is decided once per connection and config snapshot: a
+// reload that drops its network is heard on the connection's next request.
+TEST(Reload, AKeptAliveConnectionIsTrustedOrNotByTheNewConfig) {
+    mock_upstream up;
+    auto config_trusting = [&](const std::string& networks) {
+        auto text = fill(yaml, {{"PORT", std::to_string(up.port())}, {"WAIT", "5ms"}});
+        text.replace(text.find("limits:"), 0, "trusted_proxies: " + networks + "\n");
+        return load_yaml(text);
+    };
+    running_gateway gw(config_trusting("[127.0.0.0/8]"));
+    net::io_context ioc;
+    auto socket = connect_client(ioc, gw.port());
+    beast::flat_buffer buffer;
+    auto proto = [&] {
+        http::request<http::empty_body> req{http::verb::get, "/echo", 11};
+        req.set(http::field::host, "gateway.test");
+        req.set("X-Forwarded-Proto", "https");
+        http::write(socket, req);
+        http::response<http::string_body> res;
+        http::read(socket, buffer, res);
+        EXPECT_EQ(res.result_int(), 200) << res.body();
+        return nlohmann::json::parse(res.body(), nullptr, false)["headers"].value("x-forwarded-proto", "");
+    };
+    EXPECT_EQ(proto(), "https");
+    EXPECT_EQ(proto(), "https") << "decided once, still trusted";
+    gw.server().reload(config_trusting("[10.0.0.0/8]"));
+    // The reload applies on the control thread: a new connection shows when it has.
+    std::string fresh;
+    for (int i = 0; i < 400; ++i) {
+        fresh = get(gw.port(), "/echo", {{"X-Forwarded-Proto", "https"}}).json()["headers"].value("x-forwarded-proto", "");
+        if (fresh == "http") break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    ASSERT_EQ(fresh, "http") << "the reload did not apply";
+    EXPECT_EQ(proto(), "http") << "the same connection, no longer trusted";
 }
 
 // The same on the buffered path: a coalesce route's caller without a key, sent on alone
