@@ -214,12 +214,12 @@ private:
         upstream_head_.clear();
         // Room for the start line, the client's fields and the gateway's: one allocation.
         upstream_head_.reserve(method.size() + target.size() + wire::fields_bytes(h) + p_.client_ip.size() +
-                               p_.request_id.size() + p_.pool->host_header().size() + 192);
+                               p_.request_id.size() + p_.pool->host_header().size() + 224);
         upstream_head_.append(method.data(), method.size());
         upstream_head_ += ' ';
         upstream_head_.append(target.data(), target.size());
         upstream_head_ += " HTTP/1.1\r\n";
-        append_upstream_fields(upstream_head_, h, p_.client_ip, p_.proto, p_.request_id, p_.pool->host_header());
+        append_upstream_fields(upstream_head_, h, h.version(), p_.client_ip, p_.proto, p_.request_id, p_.pool->host_header());
         if (upgrade_) upgrade_value_ = std::string(h[http::field::upgrade]);
     }
 

@@ -141,12 +141,17 @@ inline void append_forwarded_for(std::string& out, const Fields& fields, std::st
     out.append(client_ip);
 }
 
+// Via (RFC 9110 7.6.3): a gateway adds itself to every request it sends on, as the protocol it
+// received the request in and its name, in a line of its own after the Via lines the request came
+// with (several lines are one list, RFC 9110 5.3).
+inline std::string_view via_hop(unsigned version) { return version == 10 ? "1.0 batchgate" : "1.1 batchgate"; }
+
 // What prepare_for_upstream does, written straight into a request head after its start line:
 // the client's fields that cross (not Host, Content-Length or the ones set here), then
-// X-Request-Id, X-Forwarded-For, -Proto, -Host and Host. Framing fields and the blank line
+// X-Request-Id, X-Forwarded-For, -Proto, -Host, Via and Host (`version`: the client's request's). Framing fields and the blank line
 // are the caller's.
 template <class Fields>
-inline void append_upstream_fields(std::string& out, const Fields& fields, std::string_view client_ip,
+inline void append_upstream_fields(std::string& out, const Fields& fields, unsigned version, std::string_view client_ip,
                                    std::string_view proto, std::string_view request_id, std::string_view host) {
     // The client's Host and X-Forwarded-For, noted in the one pass over its fields (whatever its
     // Connection names).
@@ -182,6 +187,7 @@ inline void append_upstream_fields(std::string& out, const Fields& fields, std::
     out.append("\r\n", 2);
     wire::append_field(out, "X-Forwarded-Proto", proto);
     if (!client_host.empty()) wire::append_field(out, "X-Forwarded-Host", client_host);
+    wire::append_field(out, "Via", via_hop(version));
     wire::append_field(out, "Host", host);
 }
 

@@ -413,6 +413,7 @@ upstream_pool::~upstream_pool() = default;
 
 void upstream_pool::async_send(upstream_request req, std::chrono::milliseconds timeout, handler done, repeat again) {
     req.set(http::field::host, host_header_);
+    req.insert(http::field::via, via_hop(req.version()));  // the version it came in (the gateway's own: 1.1)
     req.version(11);
     req.keep_alive(settings_.keep_alive);  // false: Connection: close, one request per connection
     req.prepare_payload();

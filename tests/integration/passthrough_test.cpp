@@ -124,6 +124,38 @@ TEST(Passthrough, XForwardedForInSeveralLinesIsOneList) {
         << "buffered";
 }
 
+// Via (RFC 9110 7.6.3): every request the gateway sends on names it, with the protocol version
+// the client spoke, after the Via lines the client sent: streamed, buffered, and a batch call the
+// gateway makes itself.
+TEST(Passthrough, EveryRequestSentOnNamesTheGatewayInVia) {
+    mock_upstream up;
+    running_gateway gw(config_for(up.port()));
+    auto via = [&](const std::string& head, const std::string& body) {
+        auto raw = send_raw(gw.port(), head + "Host: gateway.test\r\nVia: 1.1 ingress\r\nVia: 1.0 edge\r\n"
+                                              "Connection: close\r\nContent-Type: application/json\r\n"
+                                              "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+        const auto at = raw.find("\r\n\r\n");
+        EXPECT_EQ(raw.substr(8, 5), " 200 ") << raw;  // HTTP/1.1 or, to a 1.0 client, HTTP/1.0
+        if (at == std::string::npos) return std::string();
+        return nlohmann::json::parse(raw.substr(at + 4), nullptr, false)["headers"].value("via", "");
+    };
+    EXPECT_EQ(via("POST /echo HTTP/1.1\r\n", "{}"), "1.1 ingress, 1.0 edge, 1.1 batchgate") << "streamed";
+    EXPECT_EQ(via("POST /echo HTTP/1.0\r\n", "{}"), "1.1 ingress, 1.0 edge, 1.0 batchgate") << "streamed, HTTP/1.0";
+    EXPECT_EQ(via("POST /echo/keyed HTTP/1.1\r\n", R"({"no_id":true})"), "1.1 ingress, 1.0 edge, 1.1 batchgate")
+        << "buffered";
+    EXPECT_EQ(via("POST /echo/keyed HTTP/1.0\r\n", R"({"no_id":true})"), "1.1 ingress, 1.0 edge, 1.0 batchgate")
+        << "buffered, HTTP/1.0";
+    auto r = get(gw.port(), "/users/7", {{"Via", "1.1 ingress"}});
+    ASSERT_EQ(r.status, 200) << r.body;
+    bool batch_seen = false;
+    for (const auto& call : up.calls())
+        if (call.path == "/users") {
+            batch_seen = true;
+            EXPECT_EQ(call.headers.count("via") ? call.headers.at("via") : "", "1.1 batchgate") << "the batch call is the gateway's own";
+        }
+    EXPECT_TRUE(batch_seen);
+}
+
 // Behind a TLS-terminating ingress (trusted_proxies) the upstream hears the ingress's
 // X-Forwarded-Proto (the last value, which the ingress set: one that appends leaves the client's
 // own before it), streamed and buffered; from a client outside those networks, the gateway's own
