@@ -101,22 +101,29 @@ TEST(Passthrough, ConnectionNamesNeverRemoveTheGatewaysOwnFields) {
     EXPECT_FALSE(h["host"].get<std::string>().empty());
 }
 
+// One POST sent raw ("POST /echo HTTP/1.1\r\n", then `fields`, a JSON body and Connection:
+// close) to a route whose upstream echoes: the header field `name` as the upstream received it
+// (repeated lines joined with ", ").
+static std::string upstream_heard(unsigned short port, const std::string& request_line, const std::string& fields,
+                                  const std::string& body, const std::string& name) {
+    auto raw = send_raw(port, request_line + "Host: gateway.test\r\n" + fields +
+                                  "Connection: close\r\nContent-Type: application/json\r\nContent-Length: " +
+                                  std::to_string(body.size()) + "\r\n\r\n" + body);
+    const auto at = raw.find("\r\n\r\n");
+    EXPECT_EQ(raw.substr(8, 5), " 200 ") << raw;  // HTTP/1.1 or, to a 1.0 client, HTTP/1.0
+    if (at == std::string::npos) return std::string();
+    return nlohmann::json::parse(raw.substr(at + 4), nullptr, false)["headers"].value(name, "");
+}
+
 // X-Forwarded-For sent in two lines (an ingress adding its own line) is one list (RFC 9110 5.3):
 // all of it goes on, then this hop, streamed and buffered alike; an empty line adds nothing (it
 // made ", , "). Only the first line went on.
 TEST(Passthrough, XForwardedForInSeveralLinesIsOneList) {
     mock_upstream up;
     running_gateway gw(config_for(up.port()));
-    auto forwarded_for = [&](const std::string& head, const std::string& body) {
-        auto raw = send_raw(gw.port(), head + "Host: gateway.test\r\nX-Forwarded-For: 10.1.1.1\r\n"
-                                              "X-Forwarded-For: 10.2.2.2, 10.3.3.3\r\nX-Forwarded-For:\r\n"
-                                              "Connection: close\r\n"
-                                              "Content-Type: application/json\r\nContent-Length: " +
-                                              std::to_string(body.size()) + "\r\n\r\n" + body);
-        const auto at = raw.find("\r\n\r\n");
-        EXPECT_EQ(raw.rfind("HTTP/1.1 200", 0), 0u) << raw;
-        if (at == std::string::npos) return std::string();
-        return nlohmann::json::parse(raw.substr(at + 4), nullptr, false)["headers"].value("x-forwarded-for", "");
+    auto forwarded_for = [&](const std::string& line, const std::string& body) {
+        return upstream_heard(gw.port(), line, "X-Forwarded-For: 10.1.1.1\r\nX-Forwarded-For: 10.2.2.2, 10.3.3.3\r\n"
+                                              "X-Forwarded-For:\r\n", body, "x-forwarded-for");
     };
     EXPECT_EQ(forwarded_for("POST /echo HTTP/1.1\r\n", "{}"), "10.1.1.1, 10.2.2.2, 10.3.3.3, 127.0.0.1") << "streamed";
     EXPECT_EQ(forwarded_for("POST /echo/keyed HTTP/1.1\r\n", R"({"no_id":true})"),
@@ -130,14 +137,8 @@ TEST(Passthrough, XForwardedForInSeveralLinesIsOneList) {
 TEST(Passthrough, EveryRequestSentOnNamesTheGatewayInVia) {
     mock_upstream up;
     running_gateway gw(config_for(up.port()));
-    auto via = [&](const std::string& head, const std::string& body) {
-        auto raw = send_raw(gw.port(), head + "Host: gateway.test\r\nVia: 1.1 ingress\r\nVia: 1.0 edge\r\n"
-                                              "Connection: close\r\nContent-Type: application/json\r\n"
-                                              "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
-        const auto at = raw.find("\r\n\r\n");
-        EXPECT_EQ(raw.substr(8, 5), " 200 ") << raw;  // HTTP/1.1 or, to a 1.0 client, HTTP/1.0
-        if (at == std::string::npos) return std::string();
-        return nlohmann::json::parse(raw.substr(at + 4), nullptr, false)["headers"].value("via", "");
+    auto via = [&](const std::string& line, const std::string& body) {
+        return upstream_heard(gw.port(), line, "Via: 1.1 ingress\r\nVia: 1.0 edge\r\n", body, "via");
     };
     EXPECT_EQ(via("POST /echo HTTP/1.1\r\n", "{}"), "1.1 ingress, 1.0 edge, 1.1 batchgate") << "streamed";
     EXPECT_EQ(via("POST /echo HTTP/1.0\r\n", "{}"), "1.1 ingress, 1.0 edge, 1.0 batchgate") << "streamed, HTTP/1.0";
