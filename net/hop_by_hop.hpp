@@ -132,12 +132,16 @@ inline void append_crossing_fields(std::string& out, const Fields& fields, Own o
     }
 }
 
+// A list field's line with no element in it: empty, or only commas and spaces (RFC 9110 5.6.1: a
+// recipient ignores empty list elements).
+inline bool holds_no_element(std::string_view line) { return line.find_first_not_of(" \t,") == line.npos; }
+
 // X-Forwarded-For's value going upstream: every X-Forwarded-For line the client sent, as one list
-// (RFC 9110 5.3; an empty line adds nothing), then this hop.
+// (RFC 9110 5.3; a line with no element adds nothing), then this hop.
 template <class Fields>
 inline void append_forwarded_for(std::string& out, const Fields& fields, std::string_view client_ip) {
     for (auto [it, last] = fields.equal_range("X-Forwarded-For"); it != last; ++it)
-        if (!it->value().empty()) out.append(it->value()).append(", ", 2);
+        if (!holds_no_element(it->value())) out.append(it->value()).append(", ", 2);
     out.append(client_ip);
 }
 
@@ -148,14 +152,14 @@ inline std::string_view via_hop(unsigned version) { return version == 10 ? "1.0 
 
 // What prepare_for_upstream does, written straight into a request head after its start line:
 // the client's fields that cross (not Host, Content-Length or the ones set here), then
-// X-Request-Id, X-Forwarded-For, -Proto, -Host, Via and Host (`version`: the client's request's). Framing fields and the blank line
-// are the caller's.
+// X-Request-Id, X-Forwarded-For, -Proto, -Host, Via and Host (`version`: the client's
+// request's). Framing fields and the blank line are the caller's.
 template <class Fields>
 inline void append_upstream_fields(std::string& out, const Fields& fields, unsigned version, std::string_view client_ip,
                                    std::string_view proto, std::string_view request_id, std::string_view host) {
     // The client's Host and X-Forwarded-For, noted in the one pass over its fields (whatever its
     // Connection names).
-    std::string_view client_host;
+    std::string_view client_host, first_forwarded;
     bool host_seen = false;
     std::size_t forwarded_lines = 0;
     append_crossing_fields(out, fields, [&](const auto& f) {
@@ -168,7 +172,7 @@ inline void append_upstream_fields(std::string& out, const Fields& fields, unsig
             case http::field::unknown: {
                 auto n = f.name_string();
                 if (boost::beast::iequals(n, "X-Forwarded-For")) {
-                    ++forwarded_lines;
+                    if (forwarded_lines++ == 0) first_forwarded = f.value();
                     return true;
                 }
                 return boost::beast::iequals(n, "X-Request-Id") || boost::beast::iequals(n, "X-Forwarded-Proto") ||
@@ -180,10 +184,12 @@ inline void append_upstream_fields(std::string& out, const Fields& fields, unsig
     });
     wire::append_field(out, "X-Request-Id", request_id);
     out.append("X-Forwarded-For: ", 17);
-    if (forwarded_lines == 0)
-        out.append(client_ip);  // the common case, without a look-up
-    else
-        append_forwarded_for(out, fields, client_ip);
+    if (forwarded_lines > 1)
+        append_forwarded_for(out, fields, client_ip);  // the rare case: look them all up
+    else {  // none or one line (behind an ingress, every request), without a look-up
+        if (forwarded_lines == 1 && !holds_no_element(first_forwarded)) out.append(first_forwarded).append(", ", 2);
+        out.append(client_ip);
+    }
     out.append("\r\n", 2);
     wire::append_field(out, "X-Forwarded-Proto", proto);
     if (!client_host.empty()) wire::append_field(out, "X-Forwarded-Host", client_host);

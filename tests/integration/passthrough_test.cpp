@@ -116,19 +116,25 @@ static std::string upstream_heard(unsigned short port, const std::string& reques
 }
 
 // X-Forwarded-For sent in two lines (an ingress adding its own line) is one list (RFC 9110 5.3):
-// all of it goes on, then this hop, streamed and buffered alike; an empty line adds nothing (it
-// made ", , "). Only the first line went on.
+// all of it goes on, then this hop, streamed and buffered alike; a line with no element (empty,
+// or only commas: RFC 9110 5.6.1) adds nothing (it made ", , "). Only the first line went on.
 TEST(Passthrough, XForwardedForInSeveralLinesIsOneList) {
     mock_upstream up;
     running_gateway gw(config_for(up.port()));
+    std::string lines;  // the X-Forwarded-For lines sent
     auto forwarded_for = [&](const std::string& line, const std::string& body) {
-        return upstream_heard(gw.port(), line, "X-Forwarded-For: 10.1.1.1\r\nX-Forwarded-For: 10.2.2.2, 10.3.3.3\r\n"
-                                              "X-Forwarded-For:\r\n", body, "x-forwarded-for");
+        return upstream_heard(gw.port(), line, lines, body, "x-forwarded-for");
     };
-    EXPECT_EQ(forwarded_for("POST /echo HTTP/1.1\r\n", "{}"), "10.1.1.1, 10.2.2.2, 10.3.3.3, 127.0.0.1") << "streamed";
-    EXPECT_EQ(forwarded_for("POST /echo/keyed HTTP/1.1\r\n", R"({"no_id":true})"),
-              "10.1.1.1, 10.2.2.2, 10.3.3.3, 127.0.0.1")
-        << "buffered";
+    const std::string streamed = "POST /echo HTTP/1.1\r\n", buffered = "POST /echo/keyed HTTP/1.1\r\n";
+    const std::string keyless = R"({"no_id":true})";
+    lines = "X-Forwarded-For: 10.1.1.1\r\nX-Forwarded-For: 10.2.2.2, 10.3.3.3\r\nX-Forwarded-For:\r\n"
+            "X-Forwarded-For: , \r\n";
+    EXPECT_EQ(forwarded_for(streamed, "{}"), "10.1.1.1, 10.2.2.2, 10.3.3.3, 127.0.0.1") << "streamed";
+    EXPECT_EQ(forwarded_for(buffered, keyless), "10.1.1.1, 10.2.2.2, 10.3.3.3, 127.0.0.1") << "buffered";
+    // One line, with no element in it (the streamed path's one-line case takes no look-up).
+    lines = "X-Forwarded-For: ,\r\n";
+    EXPECT_EQ(forwarded_for(streamed, "{}"), "127.0.0.1") << "streamed";
+    EXPECT_EQ(forwarded_for(buffered, keyless), "127.0.0.1") << "buffered";
 }
 
 // Via (RFC 9110 7.6.3): every request the gateway sends on names it, with the protocol version
@@ -157,6 +163,13 @@ TEST(Passthrough, EveryRequestSentOnNamesTheGatewayInVia) {
     EXPECT_TRUE(batch_seen);
 }
 
+// The test config with `trusted_proxies: <networks>` (a YAML list).
+static std::shared_ptr<const batchgate::config::gateway_config> config_trusting(unsigned short port, const std::string& networks) {
+    auto text = fill(yaml, {{"PORT", std::to_string(port)}, {"WAIT", "5ms"}});
+    text.replace(text.find("limits:"), 0, "trusted_proxies: " + networks + "\n");
+    return load_yaml(text);
+}
+
 // Behind a TLS-terminating ingress (trusted_proxies) the upstream hears the ingress's
 // X-Forwarded-Proto (the last value, which the ingress set: one that appends leaves the client's
 // own before it), streamed and buffered; from a client outside those networks, the gateway's own
@@ -164,9 +177,7 @@ TEST(Passthrough, EveryRequestSentOnNamesTheGatewayInVia) {
 TEST(Passthrough, XForwardedProtoOfATrustedProxyGoesOn) {
     mock_upstream up;
     auto proto = [&](const std::string& networks, const std::string& sent, bool buffered) {
-        auto text = fill(yaml, {{"PORT", std::to_string(up.port())}, {"WAIT", "5ms"}});
-        text.replace(text.find("limits:"), 0, "trusted_proxies: " + networks + "\n");
-        running_gateway gw(load_yaml(text));
+        running_gateway gw(config_trusting(up.port(), networks));
         auto r = buffered ? send_request(gw.port(), "POST", "/echo/keyed", R"({"no_id":true})",
                                          {{"Content-Type", "application/json"}, {"X-Forwarded-Proto", sent}})
                           : get(gw.port(), "/echo", {{"X-Forwarded-Proto", sent}});
@@ -187,12 +198,7 @@ TEST(Passthrough, XForwardedProtoOfATrustedProxyGoesOn) {
 // reload that drops its network is heard on the connection's next request.
 TEST(Reload, AKeptAliveConnectionIsTrustedOrNotByTheNewConfig) {
     mock_upstream up;
-    auto config_trusting = [&](const std::string& networks) {
-        auto text = fill(yaml, {{"PORT", std::to_string(up.port())}, {"WAIT", "5ms"}});
-        text.replace(text.find("limits:"), 0, "trusted_proxies: " + networks + "\n");
-        return load_yaml(text);
-    };
-    running_gateway gw(config_trusting("[127.0.0.0/8]"));
+    running_gateway gw(config_trusting(up.port(), "[127.0.0.0/8]"));
     net::io_context ioc;
     auto socket = connect_client(ioc, gw.port());
     beast::flat_buffer buffer;
@@ -208,7 +214,7 @@ TEST(Reload, AKeptAliveConnectionIsTrustedOrNotByTheNewConfig) {
     };
     EXPECT_EQ(proto(), "https");
     EXPECT_EQ(proto(), "https") << "decided once, still trusted";
-    gw.server().reload(config_trusting("[10.0.0.0/8]"));
+    gw.server().reload(config_trusting(up.port(), "[10.0.0.0/8]"));
     // The reload applies on the control thread: a new connection shows when it has.
     std::string fresh;
     for (int i = 0; i < 400; ++i) {
