@@ -328,6 +328,9 @@ struct passthrough_settings {
     // longest wait for the next byte either way.
     duration idle_timeout = std::chrono::seconds(60);
     bool upgrade = true;  // upgrade: relay Connection: Upgrade (WebSocket) requests
+    // interim: relay the upstream's 1xx interim answers (103 Early Hints, 102) to HTTP/1.1 clients
+    // before the final one (RFC 9110 15.2); false drops them. 100 Continue is the gateway's own.
+    bool relay_interim = true;
 };
 
 struct route_settings {

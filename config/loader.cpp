@@ -180,7 +180,7 @@ void load_match(context& ctx, const field& f, route_match& out, match_shape& sha
 
 // routes[].passthrough: caps and the idle timeout of a streamed passthrough exchange.
 void load_passthrough(context& ctx, const field& f, passthrough_settings& out) {
-    map_reader m(ctx, f.value, f.path, {"max_body", "max_response", "idle_timeout", "upgrade"});
+    map_reader m(ctx, f.value, f.path, {"max_body", "max_response", "idle_timeout", "upgrade", "interim"});
     if (!m.ok()) return;
     if (auto* x = m.get("max_body"))
         if (auto v = read_size(ctx, *x, true)) out.max_body_bytes = *v;
@@ -190,6 +190,8 @@ void load_passthrough(context& ctx, const field& f, passthrough_settings& out) {
         if (auto v = read_duration(ctx, *x, false)) out.idle_timeout = *v;
     if (auto* x = m.get("upgrade"))
         if (auto v = read_bool(ctx, *x)) out.upgrade = *v;
+    if (auto* x = m.get("interim"))
+        if (auto v = read_bool(ctx, *x)) out.relay_interim = *v;
 }
 
 std::string mode_name(route_mode m) {

@@ -300,7 +300,12 @@ private:
     void on_response_head(error_code ec) {
         if (ec) return upstream_failed(ec);
         const auto check = check_answer_head(response_->get(), head_request_, upgrade_);
-        if (check.kind == answer_head::interim) return read_response_head();
+        if (check.kind == answer_head::interim) {
+            interim_seen_ = true;  // the connection was alive: never sent again on another
+            if (!relays_interim(response_->get().result_int())) return read_response_head();
+            write_interim_head(response_->get());
+            return on_s([this] { send_interim(); });
+        }
         const int status = response_->get().result_int();
         head_seen_ = true;
         if (head_timer_) head_timer_->cancel();
@@ -389,7 +394,7 @@ private:
     // On U: a failure of the upstream connection, sending or reading.
     void upstream_failed(error_code ec) {
         if (head_timed_out_) ec = boost::beast::error::timeout;
-        const bool nothing_received = !response_ || !response_->got_some();
+        const bool nothing_received = !interim_seen_ && (!response_ || !response_->got_some());
         if (!head_seen_ && reused_ && nothing_received && !retried_ && ec != boost::beast::error::timeout &&
             replayable_ && idempotent_) {
             // An idle keep-alive connection the upstream had closed: once more on a new one.
@@ -574,6 +579,50 @@ private:
         ready_status_ = status;
     }
 
+    // An interim answer (1xx but 101) goes on to the client (RFC 9110 15.2: a proxy forwards
+    // them), unless the client spoke HTTP/1.0 (it must get none), the route says not to, or it is
+    // a 100 Continue: the client's was the gateway's own to give (start()), and a client that
+    // asked for none needs none.
+    bool relays_interim(int status) const {
+        return status != 100 && version_ >= 11 && p_.route->passthrough.relay_interim;
+    }
+
+    // On U: the interim answer's head as the client gets it: its status line and the fields
+    // that cross (no Content-Length: a 1xx has no content, RFC 9110 8.6).
+    template <class Head>
+    void write_interim_head(const Head& h) {
+        std::string& out = ready_head_;  // free until the final head (U reads it only after S wrote this)
+        out.clear();
+        out.reserve(wire::fields_bytes(h) + 64);
+        wire::append_status_line(out, 11, static_cast<unsigned>(h.result_int()), wire::reason_phrase(h.reason(), h.result_int()));
+        append_crossing_fields(out, h, [](const auto& f) { return f.name() == http::field::content_length; });
+        out += "\r\n";
+    }
+
+    // On S: the interim head is written, then U reads the next head (one write to the client
+    // at a time: the final head waits for this one). A failure owed meanwhile (the drain, the
+    // head's timeout) is answered once it is written.
+    void send_interim() {
+        if (finished_) return;
+        interim_writing_ = true;
+        client_head_ = std::move(ready_head_);
+        boost::beast::get_lowest_layer(client_).expires_after(p_.send_timeout);
+        write_then(client_, net::buffer(client_head_), [this](error_code ec) {
+            interim_writing_ = false;
+            client_head_.clear();
+            if (finished_) return;
+            if (owed_failure_) {
+                auto [error, message] = std::move(*owed_failure_);
+                owed_failure_.reset();
+                return fail_before_head(error, message);
+            }
+            if (ec == boost::beast::error::timeout) p_.send_timeouts->Increment();
+            if (ec) return abort(false);
+            p_.route_metrics->interim_relayed->Increment();
+            on_u([this] { read_response_head(); });
+        });
+    }
+
     // On S: the head U wrote goes out with the first piece of the body.
     void send_head(clock::duration elapsed) {
         if (finished_) return;
@@ -723,6 +772,10 @@ private:
 
     void fail_before_head(gateway_error e, const std::string& message) {
         if (finished_) return;
+        if (interim_writing_) {  // the session's answer waits for the interim head's write
+            if (!owed_failure_) owed_failure_.emplace(e, message);
+            return;
+        }
         finished_ = true;
         close_upstream();
         stream_outcome out;
@@ -874,6 +927,10 @@ private:
     bool upstream_reusable_ = false;
     bool finished_ = false;
     bool client_reading_ = false;  // a read of the client is pending (its handler not run yet)
+    bool interim_writing_ = false;  // an interim answer's head is being written to the client
+    std::optional<std::pair<gateway_error, std::string>> owed_failure_;  // came while it was
+    // U
+    bool interim_seen_ = false;  // the upstream sent an interim answer
 };
 
 }  // namespace batchgate::gateway

@@ -221,6 +221,10 @@ registry::registry()
                     .Name("batchgate_upgrades_total")
                     .Help("Connections switched to another protocol (WebSocket) and tunnelled")
                     .Register(*registry_)),
+      interim_relayed_(prometheus::BuildCounter()
+                           .Name("batchgate_interim_answers_relayed_total")
+                           .Help("Interim (1xx) answers of an upstream relayed to the client before the final one, by route")
+                           .Register(*registry_)),
       waiting_for_slot_(prometheus::BuildGauge()
                             .Name("batchgate_callers_waiting_for_slot")
                             .Help("Callers whose batch is due but waits for a free upstream slot (queued or held open), by route")
@@ -374,6 +378,7 @@ route_metrics& registry::route(const std::string& name) {
         m->stream_bytes_in = &stream_bytes_.Add({{"route", name}, {"direction", "in"}});
         m->stream_bytes_out = &stream_bytes_.Add({{"route", name}, {"direction", "out"}});
         m->upgrades = &upgrades_.Add(labels);
+        m->interim_relayed = &interim_relayed_.Add(labels);
         m->isolations = &isolations_.Add(labels);
         m->retries = &retries_.Add(labels);
         m->waiting = &waiting_.Add(labels);

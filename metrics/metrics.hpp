@@ -111,6 +111,7 @@ struct route_metrics {
     prometheus::Counter* stream_bytes_in = nullptr;   // request bodies and tunnel bytes, client to upstream
     prometheus::Counter* stream_bytes_out = nullptr;  // answer bodies and tunnel bytes, upstream to client
     prometheus::Counter* upgrades = nullptr;
+    prometheus::Counter* interim_relayed = nullptr;  // 1xx interim answers relayed to the client
     prometheus::Gauge* waiting = nullptr;
     prometheus::Gauge* waiting_for_slot = nullptr;  // callers whose batch is due and waits for a slot
     // A shadow route's (registry::shadow_route) only: partitions with an open batch, and every
@@ -203,6 +204,7 @@ private:
     prometheus::Family<prometheus::Counter>& stream_aborts_;
     prometheus::Family<prometheus::Counter>& stream_bytes_;
     prometheus::Family<prometheus::Counter>& upgrades_;
+    prometheus::Family<prometheus::Counter>& interim_relayed_;
     prometheus::Family<prometheus::Gauge>& waiting_for_slot_;
     prometheus::Family<prometheus::Gauge>& concurrency_limit_;
     prometheus::Family<prometheus::Gauge>& batches_in_flight_;

@@ -139,6 +139,7 @@ std::vector<int> parse_statuses(const std::string& raw) {
     while (!rest.empty()) {
         http::response_parser<http::string_body> p;
         p.eager(true);
+        p.header_limit(64 * 1024);  // the gateway's own cap on an upstream's head
         beast::error_code ec;
         std::size_t used = 0;
         for (;;) {
@@ -474,6 +475,19 @@ const conformance_case cases[] = {
      "POST /a HTTP/1.1\r\nHost: c\r\nExpect: 100-continue\r\nContent-Length: 65\r\n\r\n", "413", closes, ""},
 
     // --- upstream answers ---------------------------------------------------------------------------------------
+    // Interim answers go on to an HTTP/1.1 client before the final one (RFC 9110 15.2), never
+    // to an HTTP/1.0 one; an upstream's 100 Continue is not relayed (the gateway gives its own).
+    {"interim_103_relayed", get_a, "103 200", stays_open, up("GET /a HTTP/1.1"), "",
+     "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n" + std::string(ok_answer)},
+    {"interim_102_and_103_relayed", get_a, "102 103 200", stays_open, up("GET /a HTTP/1.1"), "",
+     "HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n" + std::string(ok_answer)},
+    {"interim_not_to_http10", "GET /a HTTP/1.0\r\nHost: c\r\n\r\n", "200", closes, up("GET /a HTTP/1.1"), "",
+     "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n" + std::string(ok_answer)},
+    {"upstream_100_not_relayed", get_a, "200", stays_open, up("GET /a HTTP/1.1"), "",
+     "HTTP/1.1 100 Continue\r\n\r\n" + std::string(ok_answer)},
+    {"expect_100_then_upstream_103", "POST /a HTTP/1.1\r\nHost: c\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+     "100 103 200", stays_open, up("POST /a HTTP/1.1", "", "abc"), "abc",
+     "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n" + std::string(ok_answer)},
     // Upgrades are not relayed yet: a 101 is not a final answer, and the upstream connection
     // no longer speaks HTTP.
     {"upstream_101_is_502", "GET /a HTTP/1.1\r\nHost: c\r\n\r\n", "502", stays_open, up("GET /a HTTP/1.1"), "",
@@ -505,6 +519,86 @@ TEST_P(Conformance, ClientAnswerAndUpstreamBytes) {
     const auto line_end = c.request.find("\r\n");
     const bool http10 = line_end != std::string::npos && c.request.substr(0, line_end).ends_with("HTTP/1.0");
     EXPECT_EQ(received, std::regex_replace(c.upstream, std::regex("\\{via\\}"), http10 ? "1.0 batchgate" : "1.1 batchgate"));
+}
+
+// An interim answer reaches the client as the upstream sent it, but for the fields that do not
+// cross (hop-by-hop ones, and Content-Length: a 1xx has no content), and is counted. With
+// `passthrough: {interim: false}` the client gets the final answer only. An upstream that
+// fails after an interim answer went out still leaves its client a final answer.
+TEST(InterimAnswers, GoOnAsSentButForTheFieldsThatDoNotCross) {
+    const std::string early = "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nConnection: x-hop\r\n"
+                              "X-Hop: 1\r\nContent-Length: 0\r\nLink: </b.js>; rel=preload\r\n\r\n";
+    {
+        raw_upstream upstream(early + std::string(ok_answer));
+        running_gateway gw(load_yaml(fill(yaml, {{"PORT", std::to_string(upstream.port())}})));
+        const client_result got = talk(gw.port(), get_a + get_a, "", 4);
+        ASSERT_EQ(got.statuses, (std::vector<int>{103, 200, 103, 200})) << got.raw;
+        EXPECT_TRUE(got.raw.starts_with("HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n"
+                                        "Link: </b.js>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\n"))
+            << got.raw;
+        EXPECT_EQ(gw.metric_reaching(R"(batchgate_interim_answers_relayed_total{route="everything"})", 2), 2);
+    }
+    {
+        raw_upstream upstream(early + std::string(ok_answer));
+        auto text = fill(yaml, {{"PORT", std::to_string(upstream.port())}});
+        text.replace(text.find("max_body: 64"), 12, "max_body: 64, interim: false");
+        running_gateway gw(load_yaml(text));
+        const client_result got = talk(gw.port(), get_a, "", 1);
+        EXPECT_TRUE(got.raw.starts_with("HTTP/1.1 200 OK\r\n")) << got.raw;
+        EXPECT_EQ(got.statuses, std::vector<int>{200}) << got.raw;
+    }
+    {
+        // The final head never comes whole (a status line cut short): the head's timeout (the
+        // upstream's request_timeout, 2 s) answers.
+        raw_upstream upstream(early + "HTTP/1.1 2");
+        running_gateway gw(load_yaml(fill(yaml, {{"PORT", std::to_string(upstream.port())}})));
+        const client_result got = talk(gw.port(), get_a, "", 2);
+        EXPECT_EQ(got.statuses, (std::vector<int>{103, 504})) << got.raw;
+    }
+}
+
+// A drain that runs out of time while an interim answer's head is still being written to a
+// client that does not read: the shutdown's answer waits for that write (two writes at once
+// would interleave their bytes), then goes as the one final answer after the interim ones.
+TEST(InterimAnswers, TheDrainsAnswerWaitsForAnInterimHeadBeingWritten) {
+    std::string flood;
+    // Heads of 48 KiB, each written in several sends as the client frees room: a second write
+    // started meanwhile would land between the pieces of one.
+    const std::string early = "HTTP/1.1 103 Early Hints\r\nLink: </" + std::string(48 * 1024, 'a') + ">\r\n\r\n";
+    for (int i = 0; i < 150; ++i) flood += early;  // ~7 MB: more than the sockets' buffers hold
+    raw_upstream upstream(flood + std::string(ok_answer));
+    auto text = fill(yaml, {{"PORT", std::to_string(upstream.port())}});
+    text.replace(text.find("idle_timeout: 5s"), 16, "idle_timeout: 5s, drain_timeout: 300ms, send_timeout: 20s");
+    running_gateway gw(load_yaml(text));
+
+    net::io_context ioc;
+    tcp::socket socket(ioc);
+    socket.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), gw.port()));
+    net::write(socket, net::buffer(get_a));
+    // Not read: the gateway's writes of 103 heads back up until one stays pending.
+    for (int i = 0; i < 500 && gw.metric(R"(batchgate_interim_answers_relayed_total{route="everything"})") < 2; ++i)
+        std::this_thread::sleep_for(10ms);
+    std::this_thread::sleep_for(200ms);
+    std::thread stopper([&] { gw.stop(); });
+    std::this_thread::sleep_for(800ms);  // past the drain deadline: the stream owes its answer
+    std::string raw;
+    char buf[4096];
+    for (;;) {
+        beast::error_code ec;
+        const std::size_t n = socket.read_some(net::buffer(buf), ec);
+        if (ec) break;
+        raw.append(buf, n);
+    }
+    stopper.join();
+    const auto statuses = parse_statuses(raw);
+    ASSERT_GE(statuses.size(), 2u) << raw.substr(0, 300);
+    for (std::size_t i = 0; i + 1 < statuses.size(); ++i) ASSERT_EQ(statuses[i], 103) << "answer " << i;
+    EXPECT_EQ(statuses.back(), 503) << "the drain's answer, once every interim head before it was whole";
+    EXPECT_LT(statuses.size(), 151u) << "the final answer came before the upstream's";
+    // Nothing after the final answer: every byte belongs to a whole answer.
+    std::size_t whole = 0;
+    for (std::size_t at = 0; (at = raw.find("HTTP/1.1 ", at)) != std::string::npos; at += 9) ++whole;
+    EXPECT_EQ(whole, statuses.size());
 }
 
 // An upstream's reason phrase is relayed as it came. An empty one stays empty on a status no

@@ -1335,6 +1335,7 @@ routes:
       max_response: 0
       idle_timeout: 5m
       upgrade: false
+      interim: false
   - name: explicit
     match: {prefix: /explicit/}
     upstream: api
@@ -1350,6 +1351,7 @@ routes:
     EXPECT_EQ(up.max_response_bytes, 0u);
     EXPECT_EQ(up.idle_timeout, 5min);
     EXPECT_FALSE(up.upgrade);
+    EXPECT_FALSE(up.relay_interim);
     const auto& ex = cfg.routes[1].passthrough;
     EXPECT_EQ(ex.max_body_bytes, 512u);
     EXPECT_EQ(ex.max_response_bytes, 2000u * 1000 * 1000);
@@ -1360,6 +1362,7 @@ routes:
     EXPECT_EQ(empty.max_response_bytes, 0u);
     EXPECT_EQ(empty.idle_timeout, 60s);
     EXPECT_TRUE(empty.upgrade);
+    EXPECT_TRUE(empty.relay_interim) << "interim answers are relayed unless a route says not to";
 }
 
 TEST(ConfigErrors, Passthrough) {
@@ -1376,6 +1379,7 @@ TEST(ConfigErrors, Passthrough) {
         "35:47: routes[4].passthrough.max_response: bad size \"1.5MiB\": expected a whole number of bytes with an optional unit B, KB, KiB, MB, MiB, GB or GiB",
         "35:69: routes[4].passthrough.idle_timeout: bad duration \"2\": expected a whole number with a unit us, ms, s, m or h, like \"5ms\" or \"2s\"",
         "35:81: routes[4].passthrough.upgrade: expected true or false, got a list",
+        "35:97: routes[4].passthrough.interim: expected true or false, got \"often\"",
     }));
 }
 
