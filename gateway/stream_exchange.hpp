@@ -150,10 +150,10 @@ public:
             boost::beast::iequals(expect->value(), "100-continue") && client_buffer_.size() == 0) {
             static constexpr std::string_view go_on = "HTTP/1.1 100 Continue\r\n\r\n";
             boost::beast::get_lowest_layer(client_).expires_after(p_.send_timeout);
+            client_writing_ = true;
             return net::async_write(client_, net::buffer(go_on.data(), go_on.size()),
                                     [self = this->shared_from_this()](boost::system::error_code ec, std::size_t) {
-                                        if (ec) return self->abort(false);
-                                        self->read_request_piece();
+                                        if (self->client_write_ended(ec)) self->read_request_piece();
                                     });
         }
         if (!request_done_) return read_request_piece();
@@ -302,7 +302,9 @@ private:
         const auto check = check_answer_head(response_->get(), head_request_, upgrade_);
         if (check.kind == answer_head::interim) {
             interim_seen_ = true;  // the connection was alive: never sent again on another
-            if (!relays_interim(response_->get().result_int())) return read_response_head();
+            if (!relays_interim(response_->get().result_int()) || interim_relayed_ == max_interim_relayed)
+                return read_response_head();
+            ++interim_relayed_;
             write_interim_head(response_->get());
             return on_s([this] { send_interim(); });
         }
@@ -440,7 +442,7 @@ private:
 
     // offset: bytes of the first window already in (it fills before anything goes upstream).
     void read_request_piece(std::size_t offset = 0) {
-        if (finished_) return;
+        if (finished_ || owed_failure_) return;
         auto& body = req_.get().body();
         body.data = request_window_.data() + offset;
         body.size = request_window_.size() - offset;
@@ -455,7 +457,7 @@ private:
     }
 
     void on_request_piece(error_code ec) {
-        if (finished_) return;
+        if (finished_ || owed_failure_) return;
         if (ec == http::error::need_buffer) ec = {};
         if (ec) {
             if (head_sent_) return abort(false);
@@ -586,6 +588,9 @@ private:
     bool relays_interim(int status) const {
         return status != 100 && version_ >= 11 && p_.route->passthrough.relay_interim;
     }
+    // Past this many, an upstream's further interim answers are read and dropped (each relayed
+    // one costs a write to the client and a hop between S and U).
+    static constexpr unsigned max_interim_relayed = 32;
 
     // On U: the interim answer's head as the client gets it: its status line and the fields
     // that cross (no Content-Length: a 1xx has no content, RFC 9110 8.6).
@@ -595,32 +600,55 @@ private:
         out.clear();
         out.reserve(wire::fields_bytes(h) + 64);
         wire::append_status_line(out, 11, static_cast<unsigned>(h.result_int()), wire::reason_phrase(h.reason(), h.result_int()));
-        append_crossing_fields(out, h, [](const auto& f) { return f.name() == http::field::content_length; });
+        // Server and X-Request-Id are the gateway's, as on the final head (which carries them).
+        append_crossing_fields(out, h, [](const auto& f) {
+            return f.name() == http::field::content_length || f.name() == http::field::server || is_request_id(f);
+        });
         out += "\r\n";
     }
 
     // On S: the interim head is written, then U reads the next head (one write to the client
-    // at a time: the final head waits for this one). A failure owed meanwhile (the drain, the
-    // head's timeout) is answered once it is written.
+    // at a time: the final head waits for this one).
     void send_interim() {
         if (finished_) return;
-        interim_writing_ = true;
+        client_writing_ = true;
         client_head_ = std::move(ready_head_);
         boost::beast::get_lowest_layer(client_).expires_after(p_.send_timeout);
         write_then(client_, net::buffer(client_head_), [this](error_code ec) {
-            interim_writing_ = false;
             client_head_.clear();
-            if (finished_) return;
-            if (owed_failure_) {
-                auto [error, message] = std::move(*owed_failure_);
-                owed_failure_.reset();
-                return fail_before_head(error, message);
-            }
-            if (ec == boost::beast::error::timeout) p_.send_timeouts->Increment();
-            if (ec) return abort(false);
+            if (!client_write_ended(ec)) return;
             p_.route_metrics->interim_relayed->Increment();
-            on_u([this] { read_response_head(); });
+            on_u([this] {
+                // The head's read keeps the deadline the first one had (a body write meanwhile
+                // set its idle timeout on the idle read direction too): none while the body is
+                // still going up or the head timer runs, else the head's deadline.
+                if (!request_sent_ || head_timer_)
+                    conn_->tcp().expires_never();
+                else
+                    conn_->tcp().expires_at(p_.head_deadline);
+                read_response_head();
+            });
         });
+    }
+
+    // On S, when a write of the gateway's own to the client before the final head ends (100
+    // Continue, an interim head): whether the exchange goes on. A failure owed meanwhile (the
+    // drain, the head's timeout, a bad body) is answered now, as the client's one final answer.
+    bool client_write_ended(error_code ec) {
+        client_writing_ = false;
+        if (finished_) return false;
+        if (ec == boost::beast::error::timeout) p_.send_timeouts->Increment();
+        if (ec) {
+            abort(false);
+            return false;
+        }
+        if (owed_failure_) {
+            auto [error, message] = std::move(*owed_failure_);
+            owed_failure_.reset();
+            fail_before_head(error, message);
+            return false;
+        }
+        return true;
     }
 
     // On S: the head U wrote goes out with the first piece of the body.
@@ -772,8 +800,11 @@ private:
 
     void fail_before_head(gateway_error e, const std::string& message) {
         if (finished_) return;
-        if (interim_writing_) {  // the session's answer waits for the interim head's write
-            if (!owed_failure_) owed_failure_.emplace(e, message);
+        if (client_writing_) {  // the session's answer waits for the write of the gateway's own
+            if (!owed_failure_) {
+                owed_failure_.emplace(e, message);
+                close_upstream();  // nothing more goes up (read_request_piece stops too)
+            }
             return;
         }
         finished_ = true;
@@ -927,10 +958,13 @@ private:
     bool upstream_reusable_ = false;
     bool finished_ = false;
     bool client_reading_ = false;  // a read of the client is pending (its handler not run yet)
-    bool interim_writing_ = false;  // an interim answer's head is being written to the client
-    std::optional<std::pair<gateway_error, std::string>> owed_failure_;  // came while it was
+    // A write of the gateway's own (100 Continue, an interim head) is pending on the client, and
+    // a failure that came meanwhile, answered once it ends.
+    bool client_writing_ = false;
+    std::optional<std::pair<gateway_error, std::string>> owed_failure_;
     // U
     bool interim_seen_ = false;  // the upstream sent an interim answer
+    unsigned interim_relayed_ = 0;
 };
 
 }  // namespace batchgate::gateway

@@ -522,12 +522,14 @@ TEST_P(Conformance, ClientAnswerAndUpstreamBytes) {
 }
 
 // An interim answer reaches the client as the upstream sent it, but for the fields that do not
-// cross (hop-by-hop ones, and Content-Length: a 1xx has no content), and is counted. With
+// cross (hop-by-hop ones, Content-Length: a 1xx has no content; Server and X-Request-Id, the
+// gateway's on the final answer), and is counted; 32 at most per request (the rest dropped). With
 // `passthrough: {interim: false}` the client gets the final answer only. An upstream that
 // fails after an interim answer went out still leaves its client a final answer.
 TEST(InterimAnswers, GoOnAsSentButForTheFieldsThatDoNotCross) {
     const std::string early = "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nConnection: x-hop\r\n"
-                              "X-Hop: 1\r\nContent-Length: 0\r\nLink: </b.js>; rel=preload\r\n\r\n";
+                              "X-Hop: 1\r\nContent-Length: 0\r\nServer: up/1\r\nX-Request-Id: theirs\r\n"
+                              "Link: </b.js>; rel=preload\r\n\r\n";
     {
         raw_upstream upstream(early + std::string(ok_answer));
         running_gateway gw(load_yaml(fill(yaml, {{"PORT", std::to_string(upstream.port())}})));
@@ -546,6 +548,18 @@ TEST(InterimAnswers, GoOnAsSentButForTheFieldsThatDoNotCross) {
         const client_result got = talk(gw.port(), get_a, "", 1);
         EXPECT_TRUE(got.raw.starts_with("HTTP/1.1 200 OK\r\n")) << got.raw;
         EXPECT_EQ(got.statuses, std::vector<int>{200}) << got.raw;
+    }
+    {
+        std::string many;
+        for (int i = 0; i < 40; ++i) many += "HTTP/1.1 103 Early Hints\r\nLink: </" + std::to_string(i) + ".css>\r\n\r\n";
+        raw_upstream upstream(many + std::string(ok_answer));
+        running_gateway gw(load_yaml(fill(yaml, {{"PORT", std::to_string(upstream.port())}})));
+        const client_result got = talk(gw.port(), get_a, "", 33);
+        std::vector<int> relayed(32, 103);
+        relayed.push_back(200);
+        EXPECT_EQ(got.statuses, relayed) << got.raw;
+        EXPECT_NE(got.raw.find("</31.css>"), std::string::npos);
+        EXPECT_EQ(got.raw.find("</32.css>"), std::string::npos) << "past the 32nd, dropped";
     }
     {
         // The final head never comes whole (a status line cut short): the head's timeout (the
@@ -580,7 +594,7 @@ TEST(InterimAnswers, TheDrainsAnswerWaitsForAnInterimHeadBeingWritten) {
         std::this_thread::sleep_for(10ms);
     std::this_thread::sleep_for(200ms);
     std::thread stopper([&] { gw.stop(); });
-    std::this_thread::sleep_for(800ms);  // past the drain deadline: the stream owes its answer
+    std::this_thread::sleep_for(500ms);  // past the drain deadline: the stream owes its answer
     std::string raw;
     char buf[4096];
     for (;;) {
