@@ -615,6 +615,70 @@ TEST(InterimAnswers, TheDrainsAnswerWaitsForAnInterimHeadBeingWritten) {
     EXPECT_EQ(whole, statuses.size());
 }
 
+// An upload that goes on while interim answers are relayed to a client that reads them late:
+// the upstream answers 103s as soon as the request's head is in, then reads the body, then
+// answers. The head's read after an interim answer kept the idle timeout a body write had set
+// meanwhile, and cut the upload with a 504 (found by a hostile-upstream run); the final answer
+// must come once the whole body went up.
+TEST(InterimAnswers, AnUploadGoesOnWhileInterimHeadsAreRelayed) {
+    constexpr std::size_t body_bytes = 100000;
+    net::io_context up_ioc;
+    tcp::acceptor acceptor(up_ioc, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
+    std::thread upstream([&] {
+        tcp::socket s(up_ioc);
+        beast::error_code ec;
+        acceptor.accept(s, ec);
+        if (ec) return;
+        std::string in;
+        char buf[65536];
+        while (in.find("\r\n\r\n") == std::string::npos) {
+            const std::size_t n = s.read_some(net::buffer(buf), ec);
+            if (ec) return;
+            in.append(buf, n);
+        }
+        std::string early;
+        for (int i = 0; i < 40; ++i)
+            early += "HTTP/1.1 103 Early Hints\r\nLink: </" + std::string(50 * 1024, 'a') + ">\r\n\r\n";
+        net::write(s, net::buffer(early), ec);
+        std::size_t got = in.size() - (in.find("\r\n\r\n") + 4);
+        while (got < body_bytes && !ec) got += s.read_some(net::buffer(buf), ec);
+        const std::string said = "got " + std::to_string(got);
+        net::write(s, net::buffer("HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(said.size()) + "\r\n\r\n" + said), ec);
+    });
+    auto text = fill(yaml, {{"PORT", std::to_string(acceptor.local_endpoint().port())}});
+    text.replace(text.find("max_body: 64"), 12, "idle_timeout: 400ms");
+    running_gateway gw(load_yaml(text));
+
+    net::io_context ioc;
+    tcp::socket socket(ioc);
+    socket.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), gw.port()));
+    std::string raw;
+    std::thread reader([&] {
+        std::this_thread::sleep_for(600ms);  // late: the gateway's interim writes wait on it
+        char buf[65536];
+        for (;;) {
+            beast::error_code ec;
+            const std::size_t n = socket.read_some(net::buffer(buf), ec);
+            if (ec) return;
+            raw.append(buf, n);
+        }
+    });
+    const std::string head = "POST /up HTTP/1.1\r\nHost: c\r\nConnection: close\r\nContent-Length: " +
+                             std::to_string(body_bytes) + "\r\n\r\n";
+    net::write(socket, net::buffer(head + std::string(body_bytes - 30 * 1000, 'a')));
+    for (int i = 0; i < 30; ++i) {  // the rest at 1 KB every 50 ms: never idle for 400 ms
+        std::this_thread::sleep_for(50ms);
+        net::write(socket, net::buffer(std::string(1000, 'b')));
+    }
+    reader.join();
+    upstream.join();
+    const auto statuses = parse_statuses(raw);
+    ASSERT_FALSE(statuses.empty()) << raw.substr(0, 200);
+    EXPECT_EQ(statuses.size(), 33u);
+    EXPECT_EQ(statuses.back(), 200) << raw.substr(raw.rfind("HTTP/1.1 "));
+    EXPECT_TRUE(raw.ends_with("got " + std::to_string(body_bytes))) << raw.substr(raw.rfind("HTTP/1.1 "));
+}
+
 // An upstream's reason phrase is relayed as it came. An empty one stays empty on a status no
 // one registered (Beast only has the placeholder "<unknown-status>" for it, which no one
 // sent), and becomes the standard phrase on a known status.
