@@ -571,6 +571,18 @@ TEST(InterimAnswers, GoOnAsSentButForTheFieldsThatDoNotCross) {
     }
 }
 
+// Everything the socket receives until the peer closes (or resets), `piece` bytes per read.
+std::string read_until_closed(tcp::socket& socket, std::size_t piece) {
+    std::string raw;
+    std::vector<char> buf(piece);
+    for (;;) {
+        beast::error_code ec;
+        const std::size_t n = socket.read_some(net::buffer(buf), ec);
+        if (ec) return raw;
+        raw.append(buf.data(), n);
+    }
+}
+
 // A drain that runs out of time while an interim answer's head is still being written to a
 // client that does not read: the shutdown's answer waits for that write (two writes at once
 // would interleave their bytes), then goes as the one final answer after the interim ones.
@@ -595,14 +607,7 @@ TEST(InterimAnswers, TheDrainsAnswerWaitsForAnInterimHeadBeingWritten) {
     std::this_thread::sleep_for(200ms);
     std::thread stopper([&] { gw.stop(); });
     std::this_thread::sleep_for(500ms);  // past the drain deadline: the stream owes its answer
-    std::string raw;
-    char buf[4096];
-    for (;;) {
-        beast::error_code ec;
-        const std::size_t n = socket.read_some(net::buffer(buf), ec);
-        if (ec) break;
-        raw.append(buf, n);
-    }
+    const std::string raw = read_until_closed(socket, 4096);
     stopper.join();
     const auto statuses = parse_statuses(raw);
     ASSERT_GE(statuses.size(), 2u) << raw.substr(0, 300);
@@ -655,13 +660,7 @@ TEST(InterimAnswers, AnUploadGoesOnWhileInterimHeadsAreRelayed) {
     std::string raw;
     std::thread reader([&] {
         std::this_thread::sleep_for(600ms);  // late: the gateway's interim writes wait on it
-        char buf[65536];
-        for (;;) {
-            beast::error_code ec;
-            const std::size_t n = socket.read_some(net::buffer(buf), ec);
-            if (ec) return;
-            raw.append(buf, n);
-        }
+        raw = read_until_closed(socket, 65536);
     });
     const std::string head = "POST /up HTTP/1.1\r\nHost: c\r\nConnection: close\r\nContent-Length: " +
                              std::to_string(body_bytes) + "\r\n\r\n";
