@@ -539,6 +539,13 @@ private:
 
     // --- the answer: U reads, S writes -------------------------------------------------------
 
+    // An upstream answer's fields the client never gets as sent, final or interim: Server and
+    // X-Request-Id (the gateway's own) and Content-Length (counted again, or none on a 1xx).
+    template <class Field>
+    static bool not_relayed(const Field& f) {
+        return f.name() == http::field::server || f.name() == http::field::content_length || is_request_id(f);
+    }
+
     // On U: the client's head, written straight from the upstream's (no copy of its fields to
     // edit) into ready_head_, which S sends. The upstream's fields that cross, in order, but
     // Server and X-Request-Id (the gateway's); the framing; Connection as Beast's keep_alive()
@@ -555,12 +562,8 @@ private:
         // and none on a 204, which has no content to measure.
         bool dated = false;  // the upstream's Date goes on; an answer without one (or whose Connection
                              // names it) gets the gateway's
-        append_crossing_fields(
-            out, h,
-            [](const auto& f) {
-                return f.name() == http::field::server || f.name() == http::field::content_length || is_request_id(f);
-            },
-            [&dated](const auto& f) { dated = dated || f.name() == http::field::date; });
+        append_crossing_fields(out, h, not_relayed<typename Head::value_type>,
+                               [&dated](const auto& f) { dated = dated || f.name() == http::field::date; });
         if (content_length && status != 204 && status != 101)
             wire::append_field(out, "Content-Length", static_cast<std::size_t>(*content_length));
         if (status == 101) {
@@ -601,9 +604,7 @@ private:
         out.reserve(wire::fields_bytes(h) + 64);
         wire::append_status_line(out, 11, static_cast<unsigned>(h.result_int()), wire::reason_phrase(h.reason(), h.result_int()));
         // Server and X-Request-Id are the gateway's, as on the final head (which carries them).
-        append_crossing_fields(out, h, [](const auto& f) {
-            return f.name() == http::field::content_length || f.name() == http::field::server || is_request_id(f);
-        });
+        append_crossing_fields(out, h, not_relayed<typename Head::value_type>);
         out += "\r\n";
     }
 
