@@ -136,12 +136,17 @@ inline void append_crossing_fields(std::string& out, const Fields& fields, Own o
 // recipient ignores empty list elements).
 inline bool holds_no_element(std::string_view line) { return line.find_first_not_of(" \t,") == line.npos; }
 
+// One X-Forwarded-For line the client sent, as it goes on before this hop: its elements and ", ",
+// or nothing when it holds none.
+inline void append_forwarded_line(std::string& out, std::string_view line) {
+    if (!holds_no_element(line)) out.append(line).append(", ", 2);
+}
+
 // X-Forwarded-For's value going upstream: every X-Forwarded-For line the client sent, as one list
 // (RFC 9110 5.3; a line with no element adds nothing), then this hop.
 template <class Fields>
 inline void append_forwarded_for(std::string& out, const Fields& fields, std::string_view client_ip) {
-    for (auto [it, last] = fields.equal_range("X-Forwarded-For"); it != last; ++it)
-        if (!holds_no_element(it->value())) out.append(it->value()).append(", ", 2);
+    for (auto [it, last] = fields.equal_range("X-Forwarded-For"); it != last; ++it) append_forwarded_line(out, it->value());
     out.append(client_ip);
 }
 
@@ -187,7 +192,7 @@ inline void append_upstream_fields(std::string& out, const Fields& fields, unsig
     if (forwarded_lines > 1)
         append_forwarded_for(out, fields, client_ip);  // the rare case: look them all up
     else {  // none or one line (behind an ingress, every request), without a look-up
-        if (forwarded_lines == 1 && !holds_no_element(first_forwarded)) out.append(first_forwarded).append(", ", 2);
+        if (forwarded_lines == 1) append_forwarded_line(out, first_forwarded);
         out.append(client_ip);
     }
     out.append("\r\n", 2);
