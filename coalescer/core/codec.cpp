@@ -8,6 +8,8 @@
 #include <random>
 #include <unordered_set>
 
+#include <boost/container_hash/hash.hpp>
+
 #include "net/errors.hpp"
 #include "text/json_pointer.hpp"
 #include "text/json_text.hpp"
@@ -1003,10 +1005,31 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
         return out;
     }
 
+    // Most upstreams answer in the order asked. While the answer's entries name the requested
+    // keys position by position, each is its own key's answer whatever the rules below make of
+    // it (a key asked n times is answered by its n entries, in order): the whole answer in order
+    // needs no look-up. The keys read before the first that differs are not read again below.
+    std::size_t in_order = 0;
+    if (lists.size() == 1 && arrays.front().texts.size() == keys.size()) {
+        const auto& items = arrays.front().texts;
+        while (in_order < keys.size()) {
+            auto key = answer_key_text(lists.front().key, items[in_order]);
+            if (!key || *key != keys[in_order]) break;
+            ++in_order;
+        }
+        if (in_order == keys.size()) {
+            out.items.reserve(keys.size());
+            for (std::size_t i = 0; i < keys.size(); ++i)
+                out.items.push_back(outcome_of(lists.front(), route_name, items[i], arrays.front().item(i), may_repeat));
+            return out;
+        }
+    }
+
     // Requested keys with how often each was asked (more than once only under same_key
     // in_batch: the n-th entry for a key answers its n-th operation), and the answer's entries
-    // for each. One sorted array of the distinct keys, each with its first entry inline: one
-    // allocation per batch, not one per key.
+    // for each. The distinct keys in one array, each with its first entry inline, found through
+    // an open-addressed table of their positions: two allocations per batch, not one per key,
+    // and one hash per key and per entry instead of a sort and a binary search for each.
     struct seen {
         std::size_t list;
         std::size_t index;      // in its list
@@ -1023,25 +1046,42 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
     };
     std::vector<wanted> requested;
     requested.reserve(keys.size());
-    for (const auto& k : keys) requested.push_back(wanted{k, 1});
-    std::ranges::sort(requested, {}, &wanted::key);
-    std::size_t distinct = 0;  // equal keys merged into their first, counted in asked
-    for (std::size_t i = 0; i < requested.size(); ++i) {
-        if (distinct > 0 && requested[distinct - 1].key == requested[i].key)
-            ++requested[distinct - 1].asked;
-        else
-            requested[distinct++].key = requested[i].key;
+    std::size_t slots = 8;
+    while (slots < 2 * keys.size()) slots *= 2;  // at most half full: short probes
+    constexpr std::uint32_t empty_slot = ~std::uint32_t{0};
+    std::vector<std::uint32_t> table(slots, empty_slot);  // positions in requested
+    // Seeded per process: keys come from callers, and a table whose keys all fall into one
+    // run of slots would make every look-up walk it.
+    static const std::size_t seed = std::random_device{}() * std::size_t{0x9e3779b97f4a7c15} + std::random_device{}();
+    auto hash = [](std::string_view key) {
+        std::size_t h = seed;
+        boost::hash_range(h, key.begin(), key.end());
+        return h;
+    };
+    // The slot that holds key, or the empty one where it would go.
+    auto slot_of = [&](std::string_view key) -> std::uint32_t& {
+        for (std::size_t at = hash(key) & (slots - 1);; at = (at + 1) & (slots - 1))
+            if (table[at] == empty_slot || requested[table[at]].key == key) return table[at];
+    };
+    for (const auto& k : keys) {
+        std::uint32_t& at = slot_of(k);
+        if (at != empty_slot) {
+            ++requested[at].asked;
+            continue;
+        }
+        at = static_cast<std::uint32_t>(requested.size());
+        requested.push_back(wanted{k, 1});
     }
-    requested.resize(distinct);
-    auto find = [&requested](std::string_view key) -> wanted* {
-        auto it = std::ranges::lower_bound(requested, key, {}, &wanted::key);
-        return it != requested.end() && it->key == key ? &*it : nullptr;
+    auto find = [&](std::string_view key) -> wanted* {
+        const std::uint32_t at = slot_of(key);
+        return at == empty_slot ? nullptr : &requested[at];
     };
     for (std::size_t li = 0; li < lists.size(); ++li) {
         const auto& items = arrays[li].texts;
         for (std::size_t i = 0; i < items.size(); ++i) {
-            auto key = answer_key_text(lists[li].key, items[i]);
-            wanted* found = key ? find(*key) : nullptr;
+            std::optional<std::string> read;
+            if (li > 0 || i >= in_order) read = answer_key_text(lists[li].key, items[i]);
+            wanted* found = li == 0 && i < in_order ? find(keys[i]) : read ? find(*read) : nullptr;
             if (!found) {
                 ++out.ignored_items;
                 continue;

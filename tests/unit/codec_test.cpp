@@ -612,6 +612,47 @@ TEST(SplitA, ItemsWithWrongKeyTypeAreIgnored) {
     EXPECT_EQ(out.at("7").body, R"({"id":"7"})");
 }
 
+// An answer in the order asked is read position by position (no look-up); one that leaves that
+// order at any point, or names a key not asked for, is read by key from there. Each caller's
+// answer is the same either way.
+TEST(SplitA, AnswersInTheOrderAskedAndInAnyOtherSplitAlike) {
+    auto s = users_api();
+    const std::vector<std::string> keys{"1", "2", "3", "4"};
+    auto entry = [](const std::string& id) { return R"({"id":")" + id + R"(","name":"n)" + id + R"("})"; };
+    auto answer = [&](std::vector<std::string> ids) {
+        std::string a = "[";
+        for (const auto& id : ids) a += (a.size() > 1 ? "," : "") + entry(id);
+        return a + "]";
+    };
+    for (const auto& ids : std::vector<std::vector<std::string>>{
+             {"1", "2", "3", "4"}, {"2", "1", "3", "4"}, {"1", "2", "4", "3"}, {"4", "3", "2", "1"}}) {
+        auto out = split_batch_response(s, "users", answer(ids), keys);
+        ASSERT_TRUE(out.error.empty()) << out.error;
+        ASSERT_EQ(out.items.size(), 4u);
+        for (std::size_t i = 0; i < keys.size(); ++i) {
+            EXPECT_EQ(out.items[i].status, 200) << ids[0] << ids[1] << ids[2] << ids[3];
+            EXPECT_EQ(out.items[i].body, entry(keys[i]));
+        }
+        EXPECT_EQ(out.ignored_items, 0u);
+    }
+    // As many entries as keys, in order until one not asked for: the rest by key, the key not
+    // answered a 404, the stranger ignored.
+    for (const auto& ids : std::vector<std::vector<std::string>>{{"1", "2", "9", "4"}, {"1", "2", "4", "9"}}) {
+        auto out = split_batch_response(s, "users", answer(ids), keys);
+        ASSERT_TRUE(out.error.empty()) << out.error;
+        EXPECT_EQ(out.at("1").body, entry("1"));
+        EXPECT_EQ(out.at("2").body, entry("2"));
+        EXPECT_EQ(out.at("4").body, entry("4"));
+        EXPECT_EQ(out.at("3").status, 404);
+        EXPECT_EQ(out.ignored_items, 1u);
+    }
+    // In order but for a key answered twice where it was asked once: ambiguous, as in any order.
+    auto twice = split_batch_response(s, "users", R"([{"id":"1","name":"a"},{"id":"1","name":"b"}])", {"1", "2"});
+    ASSERT_TRUE(twice.error.empty()) << twice.error;
+    EXPECT_EQ(twice.at("1").status, 502);
+    EXPECT_EQ(twice.at("2").status, 404);
+}
+
 TEST(SplitA, DuplicateKeysDifferentContentIs502IdenticalIsFine) {
     auto s = users_api();
     auto out = split_batch_response(
