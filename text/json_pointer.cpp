@@ -75,12 +75,12 @@ std::optional<std::string_view> json_pointer::find_text(std::string_view json) c
     return find_in_value(*value);
 }
 
-std::optional<std::string_view> json_pointer::find_in_value(std::string_view value_text) const {
+std::optional<std::string_view> json_pointer::find_in_value(std::string_view value_text, bool names_unique) const {
     std::optional<std::string_view> cur = value_text;
     for (const auto& token : tokens_) {
         if (!cur) return std::nullopt;
         if (cur->starts_with('{')) {
-            cur = json_member(*cur, token);
+            cur = json_member(*cur, token, names_unique);
         } else if (cur->starts_with('[')) {
             auto index = array_index(token);
             if (!index) return std::nullopt;

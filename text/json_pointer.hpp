@@ -26,7 +26,8 @@ public:
     std::optional<std::string_view> find_text(std::string_view json) const;
     // The same, in a value's own text (no space or byte order mark around it, as
     // json_array_elements and find_text give): without the scan that finds the value's end.
-    std::optional<std::string_view> find_in_value(std::string_view value_text) const;
+    // names_unique: as json_member's (no object in the text repeats a name).
+    std::optional<std::string_view> find_in_value(std::string_view value_text, bool names_unique = false) const;
 
     bool is_root() const { return tokens_.empty(); }
     const std::string& text() const { return text_; }

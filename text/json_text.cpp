@@ -475,7 +475,7 @@ std::optional<std::string_view> json_element(std::string_view array_text, std::s
     return found;
 }
 
-std::optional<std::string_view> json_member(std::string_view t, std::string_view name) {
+std::optional<std::string_view> json_member(std::string_view t, std::string_view name, bool names_unique) {
     if (t.size() < 2 || t.front() != '{') return std::nullopt;
     std::optional<std::string_view> found;
     std::size_t i = skip_space(t, 1);
@@ -488,7 +488,10 @@ std::optional<std::string_view> json_member(std::string_view t, std::string_view
         i = skip_space(t, i + 1);
         const std::size_t end = value_end(t, i);
         if (end == npos || end == i) return std::nullopt;
-        if (same_name(quoted, name)) found = t.substr(i, end - i);  // the last one counts
+        if (same_name(quoted, name)) {
+            found = t.substr(i, end - i);  // the last one counts
+            if (names_unique) break;       // and this is the last one
+        }
         i = skip_space(t, end);
         if (i >= t.size() || t[i] != ',') break;
         i = skip_space(t, i + 1);

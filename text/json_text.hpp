@@ -83,8 +83,10 @@ bool json_integer_literal(std::string_view value_text);
 std::optional<std::vector<std::string_view>> json_array_elements(std::string_view array_text);
 
 // The value of an object's member `name` (the last one, when the name repeats, as the parse
-// keeps it); nullopt when it is no object or has no such member.
-std::optional<std::string_view> json_member(std::string_view object_text, std::string_view name);
+// keeps it); nullopt when it is no object or has no such member. names_unique: the caller knows
+// no object of this text repeats a name (check_json said so), so the first one found is the one.
+std::optional<std::string_view> json_member(std::string_view object_text, std::string_view name,
+                                            bool names_unique = false);
 
 // The index-th element of an array's text; nullopt when it is no array or has no such element.
 std::optional<std::string_view> json_element(std::string_view array_text, std::size_t index);

@@ -534,9 +534,9 @@ std::vector<std::string_view> element_texts(const routes::json_pointer& at, std:
 // The key an answer entry's text names through `pointers` (the first present wins), as
 // answer_key reads it from the parse: a string's value, an integer's digits as written.
 std::optional<std::string> answer_key_text(const std::vector<routes::json_pointer>& pointers,
-                                           std::string_view entry_text) {
+                                           std::string_view entry_text, bool names_unique) {
     for (const auto& p : pointers) {
-        auto v = p.find_in_value(entry_text);
+        auto v = p.find_in_value(entry_text, names_unique);
         if (!v) continue;
         if (v->starts_with('"')) return routes::json_string_value(*v);
         if (routes::json_integer_literal(*v)) return std::string(*v);
@@ -593,9 +593,9 @@ item_outcome outcome_of(const compiled_list& c, std::string_view route, std::str
         status = l.status;
     } else {
         std::optional<int> from_code;
-        const auto code_value = c.status_code ? c.status_code->find_in_value(item_text) : std::nullopt;
+        const auto code_value = c.status_code ? c.status_code->find_in_value(item_text, !may_repeat) : std::nullopt;
         if (code_value) from_code = status_code_of_text(*code_value);
-        const auto status_value = c.status_field ? c.status_field->find_in_value(item_text) : std::nullopt;
+        const auto status_value = c.status_field ? c.status_field->find_in_value(item_text, !may_repeat) : std::nullopt;
         if (!from_code && code_value && *code_value != "null" && !status_value)
             // Never fail open: an item whose status cannot be read is not a success.
             return item_error(502, "upstream reported invalid item status code " + dump(parsed_value(*code_value)),
@@ -621,15 +621,16 @@ item_outcome outcome_of(const compiled_list& c, std::string_view route, std::str
             return out;
         }
         if (l.body_value) return {status, dump(*l.body_value)};
-        const auto body = c.body.find_in_value(item_text);
+        const auto body = c.body.find_in_value(item_text, !may_repeat);
         if (!body) return item_error(502, "upstream item has no " + c.body.text(), route);
         return {status, body_text(*body, may_repeat)};
     }
     // A failed item: with an `error` pointer, a gateway error naming the upstream's message;
     // without one, the upstream's own item (at `body`, else whole) is the caller's answer.
-    if (!c.error) return {status, body_text(c.body.find_in_value(item_text).value_or(item_text), may_repeat)};
+    if (!c.error)
+        return {status, body_text(c.body.find_in_value(item_text, !may_repeat).value_or(item_text), may_repeat)};
     std::string message;
-    if (auto e = c.error->find_in_value(item_text); e && e->starts_with('"'))
+    if (auto e = c.error->find_in_value(item_text, !may_repeat); e && e->starts_with('"'))
         message = routes::json_string_value(*e).value_or("");
     if (message.empty())
         message = "upstream reported status " + std::to_string(status) + " for this item";
@@ -968,7 +969,7 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
     const std::string_view whole = routes::checked_value_text(body);  // checked or parsed above
     for (std::size_t li = 0; li < lists.size(); ++li) {
         const auto& c = lists[li];
-        const auto at = c.items.find_in_value(whole);
+        const auto at = c.items.find_in_value(whole, !may_repeat);
         texts += (texts.empty() ? "" : ", ") + (c.items.is_root() ? std::string("\"\"") : c.items.text());
         if (at && at->starts_with('[')) {
             auto elements = routes::json_array_elements(*at);
@@ -1013,7 +1014,7 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
     if (lists.size() == 1 && arrays.front().texts.size() == keys.size()) {
         const auto& items = arrays.front().texts;
         while (in_order < keys.size()) {
-            auto key = answer_key_text(lists.front().key, items[in_order]);
+            auto key = answer_key_text(lists.front().key, items[in_order], !may_repeat);
             if (!key || *key != keys[in_order]) break;
             ++in_order;
         }
@@ -1080,7 +1081,7 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
         const auto& items = arrays[li].texts;
         for (std::size_t i = 0; i < items.size(); ++i) {
             std::optional<std::string> read;
-            if (li > 0 || i >= in_order) read = answer_key_text(lists[li].key, items[i]);
+            if (li > 0 || i >= in_order) read = answer_key_text(lists[li].key, items[i], !may_repeat);
             wanted* found = li == 0 && i < in_order ? find(keys[i]) : read ? find(*read) : nullptr;
             if (!found) {
                 ++out.ignored_items;

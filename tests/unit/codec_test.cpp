@@ -704,6 +704,11 @@ TEST(SplitA, AnItemWithARepeatedNameIsAnsweredAsParsed) {
     EXPECT_EQ(out.at("1").status, 404);
     EXPECT_EQ(out.at("7").status, 200);
     EXPECT_EQ(out.at("7").body, R"({"id":"7","v":{"x":2}})");
+    // Written with an escape, the same name: the last is the key.
+    auto escaped = split_batch_response(s, "users", R"([{"id":"1","\u0069d":"7"}])", {"1", "7"});
+    ASSERT_TRUE(escaped.error.empty());
+    EXPECT_EQ(escaped.at("1").status, 404);
+    EXPECT_EQ(escaped.at("7").status, 200);
 }
 
 TEST(SplitB, TheBodyPointersValueIsHandedOnAsWritten) {

@@ -347,6 +347,24 @@ TEST(JsonText, ValueTextEndsWhereTheValueDoes) {
     EXPECT_EQ(json_member(R"({"a":})", "a"), std::nullopt);  // not JSON: nothing, not ""
 }
 
+// A repeated name's last member is the parse's; names_unique (check_json found no name repeated)
+// stops at the first, and finds the same as the whole scan where that holds.
+TEST(JsonText, AMemberIsTheLastOfItsNameUnlessNamesAreUnique) {
+    const std::string repeated = R"({"id":1,"x":{"id":3},"\u0069d":2})";
+    bool repeats = false;
+    ASSERT_EQ(check_json(repeated, 64, &repeats), json_status::ok);
+    EXPECT_TRUE(repeats);
+    EXPECT_EQ(json_member(repeated, "id"), "2");
+    EXPECT_EQ(json_pointer::parse("/id")->find_in_value(repeated), "2");
+    EXPECT_EQ(json_member(repeated, "id", true), "1");  // told wrongly: the first, as asked
+    const std::string unique = R"({"id":1,"x":{"id":3},"y":2})";
+    ASSERT_EQ(check_json(unique, 64, &repeats), json_status::ok);
+    EXPECT_FALSE(repeats);
+    for (const char* name : {"id", "x", "y", "z"})
+        EXPECT_EQ(json_member(unique, name, true), json_member(unique, name)) << name;
+    EXPECT_EQ(json_pointer::parse("/x/id")->find_in_value(unique, true), "3");
+}
+
 TEST(JsonText, MemberCountCountsColonsOutsideStrings) {
     EXPECT_EQ(json_member_count(R"([1,"a:b",{"x":{"y":[{"z":"::"}]}}])"), 3u);
     EXPECT_EQ(json_member_count(R"({"a\":":1,"a\":":2})"), 2u);
