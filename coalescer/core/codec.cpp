@@ -59,7 +59,9 @@ std::string to_upper(std::string_view s) {
 
 // Length-prefixed, so no value can forge a separator: "<len>:<bytes>".
 void append_field(std::string& out, std::string_view text) {
-    out += std::to_string(text.size());
+    char digits[20];
+    const char* end = std::to_chars(digits, digits + sizeof digits, text.size()).ptr;
+    out.append(digits, static_cast<std::size_t>(end - digits));
     out += ':';
     out += text;
 }
