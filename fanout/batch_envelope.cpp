@@ -17,6 +17,7 @@
 #include "fanout/core/batch_envelope.hpp"
 #include "fanout/core/plan_runner.hpp"
 #include "fanout/core/request_check.hpp"
+#include "net/hop_by_hop.hpp"
 
 namespace batchgate::fanout {
 
@@ -124,6 +125,13 @@ private:
         inherit(sub, r, http::field::authorization, "authorization");
         inherit(sub, r, http::field::cookie, "cookie");
         inherit(sub, r, http::field::host, "host");
+        // The client's X-Forwarded-For list, unless the entry sends its own: the dispatch adds the
+        // client's address after it, as on the client's own requests.
+        if (!names_header(r, "x-forwarded-for")) {
+            std::string list;  // every line's elements and ", " after each: the address comes later
+            gateway::append_forwarded_for(list, req_, "");
+            if (!list.empty()) sub.set("X-Forwarded-For", list.substr(0, list.size() - 2));
+        }
         sub.set("X-Request-Id", ctx_.request_id);
         // Its answer is embedded in the envelope's JSON: asked for unencoded, whatever the entry says.
         gateway::accept_identity_only(sub);

@@ -11,6 +11,7 @@
 #include "fanout/core/fan_out.hpp"
 #include "fanout/core/plan_runner.hpp"
 #include "fanout/core/request_check.hpp"
+#include "net/hop_by_hop.hpp"
 #include "text/json_text.hpp"
 
 namespace batchgate::fanout {
@@ -46,6 +47,9 @@ public:
                   // shared_from_this() (start() or an item's completion) is on the stack.
                   {[this](std::size_t i) { send(i); }, [](std::size_t) {}, [this] { answer(); }}) {
         header_ = [this](std::string_view name) { return gateway::header_value(req_, name); };
+        // Each item goes on the client's behalf: the list it came with, then its address, as on
+        // passthrough.
+        gateway::append_forwarded_for(forwarded_for_, req_, ctx_.client_ip);
     }
 
     void start() {
@@ -75,7 +79,7 @@ private:
         for (const auto& [name, value] : item.headers) up.set(name, value);
         up.set("X-Request-Id", ctx_.request_id);
         if (!ctx_.traceparent.empty()) up.set("traceparent", ctx_.traceparent);
-        up.set("X-Forwarded-For", ctx_.client_ip);
+        up.set("X-Forwarded-For", forwarded_for_);
         up.set("X-Forwarded-Proto", ctx_.proto);  // https with listen_tls
         gateway::accept_identity_only(up);  // the answer is read here, into the call's answer
         if (!item.body.empty()) {
@@ -167,6 +171,7 @@ private:
     gateway::dispatch_done done_;
     fan_out_call call_;
     header_lookup header_;
+    std::string forwarded_for_;  // X-Forwarded-For of every item
     clock_type::time_point deadline_;
     metrics::fanout_metrics& metrics_;
     metrics::upstream_route_metrics& upstream_metrics_;

@@ -126,6 +126,22 @@ TEST(FanOut, BatchGetIsServedBySingleCallsWithBsExactShape) {
     EXPECT_GE(up.max_observed_concurrency(), 2u);
 }
 
+// Each item goes upstream on the client's behalf, as its passthrough requests do: the
+// X-Forwarded-For list it came with, then its address.
+TEST(FanOut, ItemsCarryTheClientsForwardedForListThenItsAddress) {
+    mock_upstream up;
+    running_gateway gw(fanout_config(up.port()));
+    auto res = post(gw.port(), "/api/v1/batch/get", R"({"resource_type":"activities","ids":["a1","a2"]})",
+                    {{"X-Forwarded-For", "10.1.1.1, 10.2.2.2"}});
+    ASSERT_EQ(res.status, 200) << res.body;
+    const auto calls = up.calls();
+    ASSERT_EQ(calls.size(), 2u);
+    for (const auto& c : calls) EXPECT_EQ(c.headers.at("x-forwarded-for"), "10.1.1.1, 10.2.2.2, 127.0.0.1");
+    // Without one, the address alone.
+    ASSERT_EQ(post(gw.port(), "/api/v1/batch/get", R"({"resource_type":"activities","ids":["a3"]})").status, 200);
+    EXPECT_EQ(up.calls().back().headers.at("x-forwarded-for"), "127.0.0.1");
+}
+
 TEST(FanOut, WithoutFieldsTheQueryIsLeftOut) {
     mock_upstream up;
     running_gateway gw(fanout_config(up.port()));
@@ -338,7 +354,7 @@ TEST(BatchEnvelope, SubRequestsTheListenerWouldRefuseAre400InTheirEntryOnly) {
     EXPECT_EQ(targets(up), std::vector<std::string>{"/api/v1/activities/a8"});
 }
 
-TEST(BatchEnvelope, OuterAuthorizationReachesTheUpstreamUnlessOverridden) {
+TEST(BatchEnvelope, OuterAuthorizationAndForwardedForReachTheUpstreamUnlessOverridden) {
     mock_upstream up;
     running_gateway gw(fanout_config(up.port()));
     auto res = post(gw.port(), "/$batch",
@@ -346,10 +362,10 @@ TEST(BatchEnvelope, OuterAuthorizationReachesTheUpstreamUnlessOverridden) {
                               {{"id", "2"},
                                {"method", "GET"},
                                {"url", "/api/v1/activities/a2"},
-                               {"headers", {{"Authorization", "Bearer own"}}}},
+                               {"headers", {{"Authorization", "Bearer own"}, {"x-forwarded-for", "10.9.9.9"}}}},
                               {{"id", "3"}, {"method", "POST"}, {"url", "/echo"}, {"body", {{"x", 1}}}}})
                         .dump(),
-                    {{"Authorization", "Bearer outer"}, {"Cookie", "session=s1"}});
+                    {{"Authorization", "Bearer outer"}, {"Cookie", "session=s1"}, {"X-Forwarded-For", "10.1.1.1"}});
     ASSERT_EQ(res.status, 200) << res.body;
     std::map<std::string, batchgate::mock::recorded_call> by_path;
     for (const auto& c : up.calls()) by_path[c.path] = c;
@@ -357,6 +373,10 @@ TEST(BatchEnvelope, OuterAuthorizationReachesTheUpstreamUnlessOverridden) {
     EXPECT_EQ(by_path["/api/v1/activities/a1"].headers["authorization"], "Bearer outer");
     EXPECT_EQ(by_path["/api/v1/activities/a1"].headers["cookie"], "session=s1");
     EXPECT_EQ(by_path["/api/v1/activities/a2"].headers["authorization"], "Bearer own");
+    // The client's X-Forwarded-For list, unless an entry sends its own; then the client's address.
+    EXPECT_EQ(by_path["/api/v1/activities/a1"].headers["x-forwarded-for"], "10.1.1.1, 127.0.0.1");
+    EXPECT_EQ(by_path["/api/v1/activities/a2"].headers["x-forwarded-for"], "10.9.9.9, 127.0.0.1");
+    EXPECT_EQ(by_path["/echo"].headers["x-forwarded-for"], "10.1.1.1, 127.0.0.1");
     EXPECT_EQ(by_path["/echo"].headers["content-type"], "application/json");
     EXPECT_EQ(json::parse(by_path["/echo"].body), (json{{"x", 1}}));
 }
