@@ -942,6 +942,10 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
     const bool needs_parse = std::any_of(lists.begin(), lists.end(), [](const compiled_list& c) {
         return !c.rules.empty() || !c.list->body_template.is_null();
     });
+    if (body.find_first_not_of(" \t\r\n") == std::string_view::npos) {
+        out.error = "upstream batch answer is empty";  // a 204, say: nothing to split
+        return out;
+    }
     routes::parsed_json parsed;
     bool may_repeat = true;  // a name repeated in an object somewhere (unknown after a parse)
     const auto status = needs_parse ? (parsed = routes::parse_json(body, max_json_depth)).status

@@ -730,9 +730,15 @@ TEST(SplitB, TheBodyPointersValueIsHandedOnAsWritten) {
 
 TEST(SplitA, MalformedJsonFailsTheWholeBatch) {
     auto s = users_api();
-    for (const char* body : {"", "[{\"id\":\"1\"", "<html>502 Bad Gateway</html>", "[1,]"}) {
+    for (const char* body : {"[{\"id\":\"1\"", "<html>502 Bad Gateway</html>", "[1,]"}) {
         auto out = split_batch_response(s, "users", body, {"1"});
         EXPECT_EQ(out.error, "upstream batch answer is not valid JSON") << body;
+        EXPECT_TRUE(out.items.empty());
+    }
+    // No body at all (a 204, say) is named as such.
+    for (const char* body : {"", " \r\n"}) {
+        auto out = split_batch_response(s, "users", body, {"1"});
+        EXPECT_EQ(out.error, "upstream batch answer is empty") << body;
         EXPECT_TRUE(out.items.empty());
     }
 }
