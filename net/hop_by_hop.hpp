@@ -219,6 +219,8 @@ inline void prepare_for_upstream(Fields& fields, const std::string& client_ip, s
     if (!request_id.empty() && fields.find("X-Request-Id") == fields.end()) fields.set("X-Request-Id", request_id);
     fields.set("X-Forwarded-For", xff);
     fields.set("X-Forwarded-Proto", proto);
+    // The client's Host, or none: never one the client named itself (an empty Host).
+    fields.erase("X-Forwarded-Host");
     if (!forwarded_host.empty()) fields.set("X-Forwarded-Host", forwarded_host);
 }
 

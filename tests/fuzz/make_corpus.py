@@ -248,6 +248,11 @@ requests = [
     "GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\nGET / HTTP/1.1\r\nHost: gw b\r\n\r\n",
     "GET / HTTP/1.1\r\nHost: gw:8o\r\n\r\nGET / HTTP/1.1\r\nHost: a%zz\r\n\r\n",
     "GET http://a\\b/x HTTP/1.1\r\n" + H + "\r\nGET / HTTP/1.1\r\nHost: [fe80::1%25eth0]\r\n\r\n",
+    # What goes upstream: forwarding fields the client sent, a Connection naming a field, Via.
+    "GET /a HTTP/1.1\r\n" + H + "X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: ,\r\nX-Forwarded-For: 10.0.0.2\r\n"
+    "Connection: keep-alive, X-Secret\r\nX-Secret: 1\r\nVia: 1.0 edge\r\nX-Forwarded-Host: other\r\n"
+    "X-Forwarded-Proto: https\r\nX-Request-Id: own\r\nKeep-Alive: 5\r\nTE: trailers\r\n\r\n",
+    "GET /a HTTP/1.0\r\nX-Forwarded-Host: other\r\nX-Forwarded-For: 10.0.0.1\r\nConnection: keep-alive\r\n\r\n",
 ]
 for i, r in enumerate(requests):
     write("request_head", f"request-{i:02d}", bytes([i % 8]) + r.encode())
