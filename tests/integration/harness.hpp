@@ -229,6 +229,18 @@ private:
     bool stopped_ = false;
 };
 
+// For an upstream written by hand in a thread: accepts one connection on acceptor into s and
+// reads until the end of the first request's head. What it read (the head and any body bytes
+// after it), or nothing on an error.
+inline std::string accept_and_read_head(tcp::acceptor& acceptor, tcp::socket& s) {
+    beast::error_code ec;
+    acceptor.accept(s, ec);
+    std::string in;
+    char buf[65536];
+    while (!ec && in.find("\r\n\r\n") == std::string::npos) in.append(buf, s.read_some(net::buffer(buf), ec));
+    return ec ? std::string() : in;
+}
+
 // Runs fn(i) on n threads released at the same moment; returns the results in order.
 template <class Fn>
 std::vector<response> concurrently(int n, Fn fn) {

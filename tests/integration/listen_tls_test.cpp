@@ -99,6 +99,24 @@ public:
         return out;
     }
 
+    // Sends a request's bytes as they are.
+    void send(const std::string& bytes) {
+        beast::error_code ec;
+        net::write(stream_, net::buffer(bytes), ec);
+    }
+
+    // Everything decrypted until the connection ends, and how it ended.
+    std::string read_until_closed(beast::error_code& ended) {
+        std::string raw;
+        char buf[16384];
+        beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(20));
+        for (;;) {
+            const std::size_t n = stream_.read_some(net::buffer(buf), ended);
+            if (ended) return raw;
+            raw.append(buf, n);
+        }
+    }
+
     // Hangs up without TLS's close_notify, as many clients do.
     void close_tcp() {
         beast::error_code ignored;
@@ -218,4 +236,73 @@ TEST_F(ListenTls, AReloadBringsTheNewCertificateToNewConnections) {
     EXPECT_EQ(after.get("/users/3").status, 200);
     // The connection made before the reload keeps working with its certificate.
     EXPECT_EQ(before.get("/echo/y").status, 200);
+}
+
+// Two writes at once on one TLS stream are undefined (their records interleave, or the stream's
+// state breaks). A drain that runs out of time while an interim answer's head is being written
+// to a client that does not read waits for that write to end: the client then decrypts whole
+// 103 heads, as the upstream sent them, and one 503 after them, nothing else.
+TEST_F(ListenTls, TheDrainsAnswerWaitsForAnInterimHeadBeingWritten) {
+    const std::string early = "HTTP/1.1 103 Early Hints\r\nLink: </" + std::string(48 * 1024, 'a') + ">\r\n\r\n";
+    net::io_context up_ioc;
+    tcp::acceptor acceptor(up_ioc, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
+    std::thread upstream([&] {
+        tcp::socket s(up_ioc);
+        beast::error_code ec;
+        if (accept_and_read_head(acceptor, s).empty()) return;
+        char buf[4096];
+        // ~7 MB of 103s, more than the sockets hold: the writes back up until the gateway closes.
+        for (int i = 0; i < 150 && !ec; ++i) net::write(s, net::buffer(early), ec);
+        net::write(s, net::buffer(std::string("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")), ec);
+        while (!ec) s.read_some(net::buffer(buf), ec);
+    });
+    // On a failed assertion the thread may still wait for the gateway's request: one that ends
+    // at once lets it finish (after the gateway, declared below, is gone).
+    const unsigned short up_port = acceptor.local_endpoint().port();
+    auto join = [&](std::thread* t) {
+        if (!t->joinable()) return;
+        net::io_context c;
+        tcp::socket s(c);
+        beast::error_code ec;
+        s.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), up_port), ec);
+        net::write(s, net::buffer(std::string_view("GET / HTTP/1.1\r\n\r\n")), ec);
+        s.close(ec);
+        t->join();
+    };
+    std::unique_ptr<std::thread, decltype(join)> joined(&upstream, join);
+    auto text = fill(yaml, {{"PORT", std::to_string(up_port)}, {"CERT", files.cert},
+                            {"KEY", files.key}});
+    text.replace(text.find("logging:"), 0, "limits: {drain_timeout: 300ms, send_timeout: 20s}\n");
+    running_gateway gw(load_yaml(text));
+
+    tls_client client(gw.port(), files.pem.cert);
+    ASSERT_FALSE(client.handshake_error) << client.handshake_error.message();
+    client.send("GET /early HTTP/1.1\r\nHost: gateway.test\r\n\r\n");
+    // Not read: the gateway's writes of 103 heads back up until one stays pending.
+    for (int i = 0; i < 500 && gw.metric(R"(batchgate_interim_answers_relayed_total{route="everything"})") < 2; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    std::thread stopper([&] { gw.stop(); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // past the drain deadline
+    beast::error_code ended;
+    const std::string raw = client.read_until_closed(ended);
+    stopper.join();
+    upstream.join();
+    EXPECT_TRUE(ended == net::error::eof || ended == ssl::error::stream_truncated)
+        << "the TLS stream broke: " << ended.message();
+
+    std::string_view rest(raw);
+    std::size_t interim = 0;
+    for (; rest.starts_with(early); rest.remove_prefix(early.size())) ++interim;
+    EXPECT_GE(interim, 1u);
+    EXPECT_LT(interim, 150u) << "the final answer came before the upstream's";
+    http::response_parser<http::string_body> final_answer;
+    final_answer.eager(true);
+    beast::error_code ec;
+    std::size_t used = 0;
+    while (!ec && !final_answer.is_done() && used < rest.size())
+        used += final_answer.put(net::buffer(rest.data() + used, rest.size() - used), ec);
+    ASSERT_TRUE(final_answer.is_done()) << "after " << interim << " whole 103s: " << rest.substr(0, 200);
+    EXPECT_EQ(final_answer.get().result_int(), 503);
+    EXPECT_EQ(used, rest.size()) << "bytes after the final answer";
 }
