@@ -33,9 +33,13 @@ struct endpoint {
     std::uint16_t port = 0;
 };
 
+// limits.max_header's largest value: Beast stores a field's value in 16 bits, and a head of at most
+// 64 KiB (start line and line ends included) holds no field longer than that.
+inline constexpr std::size_t max_header_cap = 64 * 1024;
+
 struct limits_settings {
     std::size_t max_body_bytes = 1024 * 1024;      // limits.max_body: 1MiB
-    std::size_t max_header_bytes = 16 * 1024;      // limits.max_header: 16KiB
+    std::size_t max_header_bytes = 16 * 1024;      // limits.max_header: 16KiB, at most max_header_cap
     duration idle_timeout = std::chrono::seconds(60);   // limits.idle_timeout
     duration drain_timeout = std::chrono::seconds(10);  // limits.drain_timeout (SIGTERM)
     // limits.max_json_depth: JSON from callers and upstreams nested deeper is refused

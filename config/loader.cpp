@@ -94,8 +94,16 @@ void load_limits(context& ctx, const field& f, limits_settings& out) {
     if (!m.ok()) return;
     if (auto* x = m.get("max_body"))
         if (auto v = read_size(ctx, *x, false)) out.max_body_bytes = *v;
-    if (auto* x = m.get("max_header"))
-        if (auto v = read_size(ctx, *x, false)) out.max_header_bytes = *v;
+    if (auto* x = m.get("max_header")) {
+        if (auto v = read_size(ctx, *x, false)) {
+            // Beast keeps a field's value in 16 bits: past 64 KiB of head, one field could be longer
+            // than it can hold (the parser throws instead of answering 431).
+            if (*v > max_header_cap)
+                ctx.add(x->mark(), x->path, "must be at most 64KiB (one field of a larger head could not be held)");
+            else
+                out.max_header_bytes = *v;
+        }
+    }
     if (auto* x = m.get("idle_timeout"))
         if (auto v = read_duration(ctx, *x, false)) out.idle_timeout = *v;
     if (auto* x = m.get("drain_timeout"))

@@ -527,6 +527,16 @@ TEST(ConfigInline, ListenAddressForms) {
 }
 
 // A wildcard listener holds its port on every address: the other one could not bind it.
+// Beast keeps a field's value in 16 bits: a head limit past 64 KiB would let one field through
+// that the parser cannot hold (it throws, and the client got no answer).
+TEST(ConfigInline, MaxHeaderIsAtMost64KiB) {
+    const std::string routes = "routes: [{name: a, match: {prefix: /}, upstream: api}]\n";
+    const auto errs = errors_of("limits: {max_header: 65537}\n" + upstream_api + routes);
+    EXPECT_TRUE(has_error(errs, "limits.max_header", "must be at most 64KiB")) << errs.size();
+    EXPECT_EQ(load_string("limits: {max_header: 64KiB}\n" + upstream_api + routes, "t.yaml").limits.max_header_bytes,
+              65536u);
+}
+
 TEST(ConfigInline, ListenAndAdminMustNotOverlapOnAWildcard) {
     for (const char* pair : {"listen: \":9090\"\nadmin_listen: \"127.0.0.1:9090\"\n",
                              "listen: \"127.0.0.1:9091\"\nadmin_listen: \"[::]:9091\"\n",
