@@ -74,6 +74,8 @@ private:
         for (const auto& [name, value] : item.headers) header_bytes += name.size() + value.size() + 4;
         if (header_bytes > env_.limits.max_header_bytes)  // Beast throws past 64 KiB per field
             return complete(i, {431, json{{"error", "the item's headers exceed limits.max_header"}}}, outcome::error);
+        if (forwarded_for_.size() > gateway::max_field_value)
+            return complete(i, {431, json{{"error", std::string(gateway::forwarded_for_too_long)}}}, outcome::error);
         gateway::upstream_request up{http::string_to_verb(item.method), item.target, 11};
         if (up.method() == http::verb::unknown) up.method_string(item.method);
         for (const auto& [name, value] : item.headers) up.set(name, value);

@@ -62,13 +62,14 @@ struct exchange {
         if (pool_it == rt->upstreams.end()) return fail(gateway_error::internal, "route names an unknown upstream");
         const bool head = req.method() == http::verb::head;
         const unsigned version = req.version();
+        // The caller's request itself goes upstream (no copy of its fields).
+        if (!prepare_for_upstream(req, ctx.client_ip, ctx.proto))
+            return fail(gateway_error::headers_too_large, std::string(forwarded_for_too_long));
         // From here it may take effect (a coalesce route's caller sent on alone), unless the
         // gateway answered it already (the drain deadline): then it never goes.
         if (ctx.caller && !ctx.caller->claim_for_sending())
             return fail(gateway_error::shutting_down, "the gateway is shutting down");
-        // The caller's request itself goes upstream (no copy of its fields).
         upstream_request up = std::move(req);
-        prepare_for_upstream(up, ctx.client_ip, ctx.proto);
         up.erase(http::field::content_length);
 
         // The upstream's request_timeout, cut short by the caller's own deadline.

@@ -202,14 +202,23 @@ inline void append_upstream_fields(std::string& out, const Fields& fields, unsig
     wire::append_field(out, "Host", host);
 }
 
+// The longest field value Beast holds (it keeps a value's length in 16 bits, and throws past it).
+inline constexpr std::size_t max_field_value = 65533;
+
+// Why a request whose X-Forwarded-For would be longer than that is refused (431).
+inline constexpr std::string_view forwarded_for_too_long =
+    "X-Forwarded-For with this hop added would be longer than a header field can be (64 KiB)";
+
 // A client's header fields made ready to go upstream: hop-by-hop fields removed (after
 // X-Forwarded-For and X-Forwarded-Host were taken from what the client sent, and the request id
 // the gateway set, before the client's Connection header could strip them), Host removed (the
-// pool sets the upstream's), and X-Forwarded-For, -Proto and -Host set.
+// pool sets the upstream's), and X-Forwarded-For, -Proto and -Host set. False, and the fields
+// untouched, when X-Forwarded-For would be over max_field_value.
 template <class Fields>
-inline void prepare_for_upstream(Fields& fields, const std::string& client_ip, std::string_view proto) {
+[[nodiscard]] inline bool prepare_for_upstream(Fields& fields, const std::string& client_ip, std::string_view proto) {
     std::string xff;
     append_forwarded_for(xff, fields, client_ip);
+    if (xff.size() > max_field_value) return false;
     std::string forwarded_host;
     if (auto it = fields.find(http::field::host); it != fields.end()) forwarded_host = std::string(it->value());
     std::string request_id;  // the gateway's own (the session set it): Connection cannot name it away
@@ -222,6 +231,7 @@ inline void prepare_for_upstream(Fields& fields, const std::string& client_ip, s
     // The client's Host, or none: never one the client named itself (an empty Host).
     fields.erase("X-Forwarded-Host");
     if (!forwarded_host.empty()) fields.set("X-Forwarded-Host", forwarded_host);
+    return true;
 }
 
 }  // namespace batchgate::gateway

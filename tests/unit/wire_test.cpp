@@ -1,6 +1,7 @@
 // net/wire.hpp: a head's field lines, and the per-thread block cache of per-request objects;
 // net/request.hpp: a composed answer read back as a Beast response.
 #include "net/wire.hpp"
+#include "net/hop_by_hop.hpp"
 #include "net/request.hpp"
 
 #include <boost/beast/http/string_body.hpp>
@@ -67,6 +68,28 @@ TEST(wire, ComposedStatusLinesGiveTheStandardReasonOrNone) {
 
 // The batcher sending a caller's write and its connection answering it at the drain deadline
 // race; one compare-and-swap decides: sent (a retry may claim again) or abandoned (never sent).
+// A buffered request's X-Forwarded-For that this hop would make longer than Beast can hold a
+// field is refused (the caller answers 431), the fields untouched; one that fits is set.
+TEST(hop_by_hop, AForwardedForListTooLongForAFieldIsRefused) {
+    using namespace batchgate::gateway;
+    request_t req{http::verb::get, "/", 11};
+    req.set(http::field::host, "gw");
+    req.set("X-Forwarded-For", std::string(max_field_value - 9, '1'));
+    auto lines = [](const request_t& r) {
+        std::vector<std::pair<std::string, std::string>> out;
+        for (const auto& f : r) out.emplace_back(f.name_string(), f.value());
+        return out;
+    };
+    auto refused = req;
+    EXPECT_FALSE(prepare_for_upstream(refused, "10.0.0.1", "http"));  // ", 10.0.0.1": 10 more, one too many
+    EXPECT_EQ(lines(refused), lines(req)) << "fields changed although refused";
+    auto fits = req;
+    EXPECT_TRUE(prepare_for_upstream(fits, "1.1.1.1", "http"));  // 9 more: at the limit
+    EXPECT_EQ(fits["X-Forwarded-For"].size(), max_field_value);
+    EXPECT_EQ(fits.count(http::field::host), 0u);
+    EXPECT_EQ(fits["X-Forwarded-Host"], "gw");
+}
+
 TEST(caller_flags, SendingAndAbandoningDecideOnce) {
     caller_flags sent_first;
     EXPECT_TRUE(sent_first.claim_for_sending());
