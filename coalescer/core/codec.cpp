@@ -749,16 +749,23 @@ std::size_t item_cost(const config::coalesce_settings& settings, std::string_vie
 
 std::size_t item_cost(const nlohmann::json& item) { return dump(item).size() + 1; }
 
+// 64 bits no one outside can guess: the random device's, and the clocks' where it has none.
+static std::uint64_t random_seed() {
+    std::uint64_t seed = 0;
+    try {
+        std::random_device rd;
+        seed = (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
+    } catch (...) {
+    }
+    seed ^= static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+    const auto wall = std::chrono::system_clock::now().time_since_epoch().count();
+    seed ^= static_cast<std::uint64_t>(wall) * 0x9E3779B97F4A7C15ULL;
+    return seed;
+}
+
 std::string generate_correlation_id() {
     static const std::string prefix = [] {
-        std::uint64_t seed = 0;
-        try {
-            std::random_device rd;
-            seed = (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
-        } catch (...) {
-        }
-        seed ^= static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
-        seed ^= static_cast<std::uint64_t>(std::chrono::system_clock::now().time_since_epoch().count()) * 0x9E3779B97F4A7C15ULL;
+        const std::uint64_t seed = random_seed();
         char buf[16];
         std::snprintf(buf, sizeof buf, "bg-%06x-", static_cast<unsigned>((seed ^ (seed >> 29)) & 0xFFFFFF));
         return std::string(buf);
@@ -1027,7 +1034,8 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
         if (in_order == keys.size()) {
             out.items.reserve(keys.size());
             for (std::size_t i = 0; i < keys.size(); ++i)
-                out.items.push_back(outcome_of(lists.front(), route_name, items[i], arrays.front().item(i), may_repeat));
+                out.items.push_back(
+                    outcome_of(lists.front(), route_name, items[i], arrays.front().item(i), may_repeat));
             return out;
         }
     }
@@ -1059,7 +1067,7 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
     std::vector<std::uint32_t> table(slots, empty_slot);  // positions in requested
     // Seeded per process: keys come from callers, and a table whose keys all fall into one
     // run of slots would make every look-up walk it.
-    static const std::size_t seed = std::random_device{}() * std::size_t{0x9e3779b97f4a7c15} + std::random_device{}();
+    static const auto seed = static_cast<std::size_t>(random_seed());
     auto hash = [](std::string_view key) {
         std::size_t h = seed;
         boost::hash_range(h, key.begin(), key.end());

@@ -1423,21 +1423,24 @@ TEST(WritesE, SplitStatusStringsAndSuccessStatus) {
 
 // ---------------------------------------------------------------- issue 10: in_batch, rules, templates, bytes
 
-// Two increments of one ability in one call: the n-th result for a key answers its n-th caller.
+// Two increments of one ability in one call: the n-th result for a key answers its n-th caller,
+// whether the answer comes in the order asked (read by position) or in another (by key).
 TEST(WritesC, SeveralOperationsOnOneKeyAreMatchedByOccurrence) {
     const auto& s = write_route("abilities");
-    auto out = split_batch_response(s, "abilities", R"({"status":"success","results":[
-        {"abilityId":1,"action":"increment","success":true,"data":{"id":1,"score":23}},
-        {"abilityId":7,"action":"decrement","success":true,"data":{"id":7,"score":2}},
-        {"abilityId":1,"action":"increment","success":true,"data":{"id":1,"score":24}}]})",
-                                    {"1", "7", "1"});
-    ASSERT_TRUE(out.error.empty()) << out.error;
-    ASSERT_EQ(out.items.size(), 3u);
-    EXPECT_EQ(json::parse(out.items[0].body)["score"], 23);
-    EXPECT_EQ(json::parse(out.items[1].body)["score"], 2);
-    EXPECT_EQ(json::parse(out.items[2].body)["score"], 24);
-    EXPECT_EQ(json::parse(out.find("1", 1)->body)["score"], 24);
-    EXPECT_EQ(out.find("1", 2), nullptr);
+    const std::string one_23 = R"({"abilityId":1,"action":"increment","success":true,"data":{"id":1,"score":23}})";
+    const std::string seven = R"({"abilityId":7,"action":"decrement","success":true,"data":{"id":7,"score":2}})";
+    const std::string one_24 = R"({"abilityId":1,"action":"increment","success":true,"data":{"id":1,"score":24}})";
+    for (const auto& results : {one_23 + "," + seven + "," + one_24, seven + "," + one_23 + "," + one_24}) {
+        auto out = split_batch_response(s, "abilities", R"({"status":"success","results":[)" + results + "]}",
+                                        {"1", "7", "1"});
+        ASSERT_TRUE(out.error.empty()) << out.error;
+        ASSERT_EQ(out.items.size(), 3u);
+        EXPECT_EQ(json::parse(out.items[0].body)["score"], 23) << results;
+        EXPECT_EQ(json::parse(out.items[1].body)["score"], 2);
+        EXPECT_EQ(json::parse(out.items[2].body)["score"], 24);
+        EXPECT_EQ(json::parse(out.find("1", 1)->body)["score"], 24);
+        EXPECT_EQ(out.find("1", 2), nullptr);
+    }
 }
 
 TEST(WritesC, AKeyAnsweredAnotherNumberOfTimesThanAskedIs502ForEachOperation) {
