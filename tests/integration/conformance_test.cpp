@@ -604,11 +604,10 @@ TEST(InterimAnswers, TheDrainsAnswerWaitsForAnInterimHeadBeingWritten) {
     // Not read: the gateway's writes of 103 heads back up until one stays pending.
     for (int i = 0; i < 500 && gw.metric(R"(batchgate_interim_answers_relayed_total{route="everything"})") < 2; ++i)
         std::this_thread::sleep_for(10ms);
-    std::this_thread::sleep_for(200ms);
-    std::thread stopper([&] { gw.stop(); });
-    std::this_thread::sleep_for(500ms);  // past the drain deadline: the stream owes its answer
+    gw.begin_drain();
+    std::this_thread::sleep_for(1s);  // well past the drain deadline (300 ms): the stream owes its answer
     const std::string raw = read_until_closed(socket, 4096);
-    stopper.join();
+    gw.stop();
     const auto statuses = parse_statuses(raw);
     ASSERT_GE(statuses.size(), 2u) << raw.substr(0, 300);
     for (std::size_t i = 0; i + 1 < statuses.size(); ++i) ASSERT_EQ(statuses[i], 103) << "answer " << i;

@@ -194,6 +194,13 @@ public:
         server_.shutdown();
         server_.wait();
     }
+    // Starts the drain (what SIGTERM does) and returns once /readyz says so: from here the drain
+    // deadline runs, whatever the threads' timing.
+    void begin_drain() {
+        server_.shutdown();
+        for (int i = 0; i < 400 && get(admin_port(), "/readyz").body.find("draining") == std::string::npos; ++i)
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
     unsigned short port() const { return server_.port(); }
     unsigned short admin_port() const { return server_.admin_port(); }
     gateway::server& server() { return server_; }

@@ -6,6 +6,7 @@
 #include <boost/beast/ssl.hpp>
 
 #include <cstdio>
+#include <functional>
 
 #include "tests/integration/examples.hpp"  // eventually
 #include "tests/integration/harness.hpp"
@@ -105,16 +106,26 @@ public:
         net::write(stream_, net::buffer(bytes), ec);
     }
 
-    // Everything decrypted until the connection ends, and how it ended.
+    // Everything decrypted until the connection ends, and how it ended (beast::error::timeout
+    // after 20 s without a byte: the stream's timeouts hold for its asynchronous reads only).
     std::string read_until_closed(beast::error_code& ended) {
         std::string raw;
         char buf[16384];
-        beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(20));
-        for (;;) {
-            const std::size_t n = stream_.read_some(net::buffer(buf), ended);
-            if (ended) return raw;
-            raw.append(buf, n);
-        }
+        std::function<void()> next = [&] {
+            beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(20));
+            stream_.async_read_some(net::buffer(buf), [&](beast::error_code ec, std::size_t n) {
+                if (ec) {
+                    ended = ec;
+                    return;
+                }
+                raw.append(buf, n);
+                next();
+            });
+        };
+        next();
+        ioc_.restart();
+        ioc_.run();
+        return raw;
     }
 
     // Hangs up without TLS's close_notify, as many clients do.
@@ -281,12 +292,11 @@ TEST_F(ListenTls, TheDrainsAnswerWaitsForAnInterimHeadBeingWritten) {
     // Not read: the gateway's writes of 103 heads back up until one stays pending.
     for (int i = 0; i < 500 && gw.metric(R"(batchgate_interim_answers_relayed_total{route="everything"})") < 2; ++i)
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    std::thread stopper([&] { gw.stop(); });
-    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // past the drain deadline
+    gw.begin_drain();
+    std::this_thread::sleep_for(std::chrono::seconds(1));  // well past the drain deadline (300 ms)
     beast::error_code ended;
     const std::string raw = client.read_until_closed(ended);
-    stopper.join();
+    gw.stop();
     upstream.join();
     EXPECT_TRUE(ended == net::error::eof || ended == ssl::error::stream_truncated)
         << "the TLS stream broke: " << ended.message();
