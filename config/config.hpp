@@ -33,8 +33,8 @@ struct endpoint {
     std::uint16_t port = 0;
 };
 
-// limits.max_header's largest value: Beast stores a field's value in 16 bits, and a head of at most
-// 64 KiB (start line and line ends included) holds no field longer than that.
+// limits.max_header's largest value: Beast stores a field's value in 16 bits, and its parser holds
+// each line of a head to the limit (not the head as a whole), so no field is then longer than that.
 inline constexpr std::size_t max_header_cap = 64 * 1024;
 
 struct limits_settings {
