@@ -547,6 +547,22 @@ std::optional<std::string> answer_key_text(const std::vector<routes::json_pointe
     return std::nullopt;
 }
 
+// An entry's key as the parse reads it (the last copy of a repeated name) and, where a name on
+// the key's path repeats in the entry, as a reader that takes the first copy would: when the two
+// differ, the entry names two keys and is neither's answer. may_repeat: check_json found a
+// repeated name somewhere in the answer (without one, both readings are the same).
+struct entry_key {
+    std::optional<std::string> last;
+    std::optional<std::string> first;  // read only when may_repeat
+    bool twofold() const { return first != last; }
+};
+entry_key read_entry_key(const std::vector<routes::json_pointer>& pointers, std::string_view entry_text,
+                         bool may_repeat) {
+    entry_key k{answer_key_text(pointers, entry_text, !may_repeat), std::nullopt};
+    k.first = may_repeat ? answer_key_text(pointers, entry_text, true) : k.last;
+    return k;
+}
+
 // A scalar's text parsed, for what is read from it only now and then (an error message, a
 // status that is no plain integer or string).
 json parsed_value(std::string_view text) { return routes::parse_json(text).value; }
@@ -1027,8 +1043,8 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
     if (lists.size() == 1 && arrays.front().texts.size() == keys.size()) {
         const auto& items = arrays.front().texts;
         while (in_order < keys.size()) {
-            auto key = answer_key_text(lists.front().key, items[in_order], !may_repeat);
-            if (!key || *key != keys[in_order]) break;
+            const auto key = read_entry_key(lists.front().key, items[in_order], may_repeat);
+            if (!key.last || *key.last != keys[in_order] || key.twofold()) break;
             ++in_order;
         }
         if (in_order == keys.size()) {
@@ -1055,6 +1071,7 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
         std::size_t asked = 0;     // times keys holds it
         std::size_t answered = 0;  // of those, answered so far (below)
         std::size_t found = 0;     // entries in the answer
+        bool named_twice = false;  // by an entry that names another key too (a repeated name)
         seen first{};
         std::vector<seen> more{};  // entries after the first
         const seen& entry(std::size_t i) const { return i == 0 ? first : more[i - 1]; }
@@ -1094,19 +1111,26 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
     for (std::size_t li = 0; li < lists.size(); ++li) {
         const auto& items = arrays[li].texts;
         for (std::size_t i = 0; i < items.size(); ++i) {
-            std::optional<std::string> read;
-            if (li > 0 || i >= in_order) read = answer_key_text(lists[li].key, items[i], !may_repeat);
-            wanted* found = li == 0 && i < in_order ? find(keys[i]) : read ? find(*read) : nullptr;
-            if (!found) {
-                ++out.ignored_items;
+            const seen entry{li, i, items[i]};
+            auto add = [&](wanted& w) {
+                if (w.found++ == 0)
+                    w.first = entry;
+                else
+                    w.more.push_back(entry);
+            };
+            if (li == 0 && i < in_order) {  // read above: keys[i], once
+                add(*find(keys[i]));
                 continue;
             }
-            wanted& w = *found;
-            const seen entry{li, i, items[i]};
-            if (w.found++ == 0)
-                w.first = entry;
-            else
-                w.more.push_back(entry);
+            const auto read = read_entry_key(lists[li].key, items[i], may_repeat);
+            wanted* last = read.last ? find(*read.last) : nullptr;
+            wanted* first = read.twofold() && read.first ? find(*read.first) : nullptr;
+            if (!last && !first) ++out.ignored_items;
+            for (wanted* w : {last, first}) {
+                if (!w) continue;
+                add(*w);
+                w->named_twice |= read.twofold();
+            }
         }
     }
 
@@ -1127,7 +1151,10 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
                                             route_name)});
             continue;
         }
-        if (w.asked == 1) {
+        if (w.named_twice) {
+            // A reader that takes the first copy of a name would give this entry to another key.
+            out.items.push_back(ambiguous(key, "in an item that names two keys (its key's member name repeats)"));
+        } else if (w.asked == 1) {
             // First list wins; a second, different entry in that same list is ambiguous.
             const seen& first = w.first;
             bool twice = false;
