@@ -826,7 +826,8 @@ int main(int argc, char** argv) {
   if (time_limited) std::printf("  (stopped early: --max-seconds %lld reached)\n", (long long)opts.max_seconds.count());
   for (std::size_t k = 0; k < kind_count; ++k) {
     std::string codes;
-    for (auto [status, n] : t.statuses[k]) codes += " " + std::to_string(status) + ":" + std::to_string(n);
+    for (auto [status, n] : t.statuses[k])
+      codes.append(1, ' ').append(std::to_string(status)).append(1, ':').append(std::to_string(n));
     std::printf("    %-40s %12llu  %s\n", kind_names[k], (unsigned long long)t.sent_by_kind[k], codes.c_str());
   }
   std::printf("%-44s %12llu\n", "answered", (unsigned long long)t.answered);
