@@ -103,8 +103,10 @@ public:
     // nothing of the partition queued); with min_wait 0 it is then closed (reason idle) before
     // add returns. Otherwise it is due at once and the owner's expire(blocked) holds it open
     // until it can go: a slot that frees sends it, rather than max_wait.
-    std::vector<batch> add(const partition& part, std::string key, std::size_t cost, Waiter waiter,
-                           time_point now, nlohmann::json payload = nullptr, bool can_send = false) {
+    // Taken by reference to the caller's objects, moved only into the batch: a caller's waiter
+    // and key are moved once on the way, not once per call level.
+    std::vector<batch> add(const partition& part, std::string&& key, std::size_t cost, Waiter&& waiter,
+                           time_point now, nlohmann::json&& payload = nullptr, bool can_send = false) {
         std::vector<batch> closed;
         opening_idle_ = limits_.adaptive && !calls_.contains(part.key);
         add_to(part.key, part.values, part.overhead, std::move(key), cost, std::move(waiter), now, std::move(payload),
@@ -324,8 +326,9 @@ private:
     };
     using map = std::unordered_map<std::string, open_batch>;
 
-    void add_to(const std::string& pkey, const partition_values& values, std::size_t overhead, std::string key,
-                std::size_t cost, Waiter waiter, time_point now, nlohmann::json payload, std::vector<batch>& closed) {
+    void add_to(const std::string& pkey, const partition_values& values, std::size_t overhead, std::string&& key,
+                std::size_t cost, Waiter&& waiter, time_point now, nlohmann::json&& payload,
+                std::vector<batch>& closed) {
         ++waiting_;
         auto it = open_.find(pkey);
         if (it != open_.end()) {
@@ -398,9 +401,8 @@ private:
         open_batch& ob = it->second;
         ob.index.emplace(key, ob.b.items.size());  // the first item of a key (in_batch: one of several)
         ob.b.bytes += cost;
-        item fresh{std::move(key), std::move(payload), {}, cost};
+        item& fresh = ob.b.items.emplace_back(item{std::move(key), std::move(payload), {}, cost});
         fresh.waiters.push_back(std::move(waiter));
-        ob.b.items.push_back(std::move(fresh));
         if (ob.b.items.size() >= limits_.max_items)
             close(it, flush_reason::size, now, closed);
         else if (limits_.max_bytes && ob.b.bytes >= limits_.max_bytes)

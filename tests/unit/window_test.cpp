@@ -124,7 +124,7 @@ TEST(Window, PartitionsNeverShareABatch) {
     manual_clock clock;
     test_window w({.max_items = 100, .max_bytes = 0, .max_wait = 5ms});
     for (int i = 0; i < 50; ++i)
-        w.add(part(i % 2 ? "alice" : "bob"), std::to_string(i % 5), 1, i, clock.now);
+        w.add(part(i % 2 ? "alice" : "bob"), std::to_string(i % 5), 1, int{i}, clock.now);
     clock.advance(5ms);
     auto closed = w.expire(clock.now);
     ASSERT_EQ(closed.size(), 2u);
@@ -170,7 +170,7 @@ TEST(Window, DrainHandsBackEveryWaiterExactlyOnce) {
     int next = 0;
     for (int round = 0; round < 3; ++round) {
         for (int p = 0; p < 7; ++p) {
-            for (auto& b : w.add(part("p" + std::to_string(p)), std::to_string(next % 6), 1, next,
+            for (auto& b : w.add(part("p" + std::to_string(p)), std::to_string(next % 6), 1, int{next},
                                  clock.now))
                 for (int x : waiters_of(b)) seen.insert(x);
             ++next;
@@ -272,7 +272,7 @@ TEST(Window, ByteLimitWithSequencedKeysLosesNobody) {
                    .policy = batchgate::coalescer::same_key::sequence});
     std::multiset<int> seen;
     for (int i = 0; i < 40; ++i)
-        for (auto& b : w.add(part("p"), std::to_string(i % 4), 3, i, clock.now)) {
+        for (auto& b : w.add(part("p"), std::to_string(i % 4), 3, int{i}, clock.now)) {
             std::set<std::string> keys;
             for (auto& it : b.items) EXPECT_TRUE(keys.insert(it.key).second) << "key twice in one batch";
             EXPECT_LE(b.bytes, 10u);
@@ -336,7 +336,7 @@ TEST(Window, BlockedPartitionIsHeldOpenAndReleasedAsOneBatch) {
     EXPECT_FALSE(w.next_deadline()) << "a held batch needs no timer";
     for (int i = 3; i <= 6; ++i) {
         clock.advance(40ms);
-        EXPECT_TRUE(w.add(part("p"), std::to_string(i % 2), 1, i, clock.now).empty());
+        EXPECT_TRUE(w.add(part("p"), std::to_string(i % 2), 1, int{i}, clock.now).empty());
         EXPECT_TRUE(w.expire(clock.now, blocked).empty());
     }
     EXPECT_TRUE(w.release(clock.now, blocked).empty()) << "still busy";
@@ -414,9 +414,9 @@ TEST(Window, MergedItemsKeepTheByteCountAndLimit) {
 
     test_window mp({.max_items = 100, .max_bytes = 40, .max_wait = 5ms, .policy = same_key::merge_patch});
     const nlohmann::json a{{"a", 1}}, b{{"b", std::string(10, 'x')}}, c{{"c", std::string(30, 'y')}};
-    mp.add(part("p"), "k", a.dump().size() + 1, 1, clock.now, a);
-    mp.add(part("p"), "k", b.dump().size() + 1, 2, clock.now, b);  // merged {"a":1,"b":"xxxxxxxxxx"}: 25 bytes
-    mp.add(part("p"), "k", c.dump().size() + 1, 3, clock.now, c);  // merged would be 62 > 40
+    mp.add(part("p"), "k", a.dump().size() + 1, 1, clock.now, nlohmann::json(a));
+    mp.add(part("p"), "k", b.dump().size() + 1, 2, clock.now, nlohmann::json(b));  // merged {"a":1,"b":"xxxxxxxxxx"}: 25 bytes
+    mp.add(part("p"), "k", c.dump().size() + 1, 3, clock.now, nlohmann::json(c));  // merged would be 62 > 40
     clock.advance(5ms);
     auto merged = mp.expire(clock.now);
     ASSERT_EQ(merged.size(), 1u);
@@ -512,7 +512,7 @@ TEST(WindowAdaptive, AccumulatesWhileInFlightAndGoesWhenTheCallReturns) {
     EXPECT_TRUE(w.in_flight("p"));
     for (int i = 2; i <= 5; ++i) {
         clock.advance(1ms);
-        EXPECT_TRUE(w.add(part("p"), std::to_string(i), 1, i, clock.now, nullptr, true).empty())
+        EXPECT_TRUE(w.add(part("p"), std::to_string(i), 1, int{i}, clock.now, nullptr, true).empty())
             << "caller " << i << " joins the batch collecting behind the call in flight";
     }
     // Another partition is not held back by p's call.
