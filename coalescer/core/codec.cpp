@@ -1065,13 +1065,13 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
         std::size_t list;
         std::size_t index;      // in its list
         std::string_view text;  // the item's text in the answer
+        bool twofold = false;   // the item names another key too (read_entry_key)
     };
     struct wanted {
         std::string_view key;      // a view into keys
         std::size_t asked = 0;     // times keys holds it
         std::size_t answered = 0;  // of those, answered so far (below)
         std::size_t found = 0;     // entries in the answer
-        bool named_twice = false;  // by an entry that names another key too (a repeated name)
         seen first{};
         std::vector<seen> more{};  // entries after the first
         const seen& entry(std::size_t i) const { return i == 0 ? first : more[i - 1]; }
@@ -1111,7 +1111,7 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
     for (std::size_t li = 0; li < lists.size(); ++li) {
         const auto& items = arrays[li].texts;
         for (std::size_t i = 0; i < items.size(); ++i) {
-            const seen entry{li, i, items[i]};
+            seen entry{li, i, items[i]};
             auto add = [&](wanted& w) {
                 if (w.found++ == 0)
                     w.first = entry;
@@ -1123,14 +1123,12 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
                 continue;
             }
             const auto read = read_entry_key(lists[li].key, items[i], may_repeat);
+            entry.twofold = read.twofold();
             wanted* last = read.last ? find(*read.last) : nullptr;
-            wanted* first = read.twofold() && read.first ? find(*read.first) : nullptr;
+            wanted* first = entry.twofold && read.first ? find(*read.first) : nullptr;
             if (!last && !first) ++out.ignored_items;
-            for (wanted* w : {last, first}) {
-                if (!w) continue;
-                add(*w);
-                w->named_twice |= read.twofold();
-            }
+            for (wanted* w : {last, first})
+                if (w) add(*w);
         }
     }
 
@@ -1151,18 +1149,29 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
                                             route_name)});
             continue;
         }
-        if (w.named_twice) {
-            // A reader that takes the first copy of a name would give this entry to another key.
-            out.items.push_back(ambiguous(key, "in an item that names two keys (its key's member name repeats)"));
-        } else if (w.asked == 1) {
-            // First list wins; a second, different entry in that same list is ambiguous.
+        // An entry that names two keys (its key's member name repeats) is the key's answer to a
+        // reader of the last copy and not to one of the first, or the other way round: where it
+        // could decide the answer, neither reading is taken.
+        const auto named_twice = [&](std::optional<std::size_t> in_list) {
+            for (std::size_t i = 0; i < w.found; ++i)
+                if (w.entry(i).twofold && (!in_list || w.entry(i).list == *in_list)) return true;
+            return false;
+        };
+        static constexpr const char* two_keys = "in an item that names two keys (its key's member name repeats)";
+        if (w.asked == 1) {
+            // First list wins; a second, different entry in that same list is ambiguous. (A
+            // two-key entry in a later list decides nothing: the first list has the key either way.)
             const seen& first = w.first;
             bool twice = false;
             for (std::size_t i = 1; i < w.found && !twice; ++i)
                 // The bytes go on: equal as parsed is not enough (1.10 and 1.1 differ), and the
                 // same bytes parse alike.
                 twice = w.entry(i).list == first.list && w.entry(i).text != first.text;
-            out.items.push_back(twice ? ambiguous(key, "more than once") : outcome(first));
+            out.items.push_back(named_twice(first.list) ? ambiguous(key, two_keys)
+                                : twice                 ? ambiguous(key, "more than once")
+                                                        : outcome(first));
+        } else if (named_twice(std::nullopt)) {
+            out.items.push_back(ambiguous(key, two_keys));  // the entries' count differs by reading
         } else if (w.found == w.asked) {
             out.items.push_back(outcome(w.entry(n)));
         } else {

@@ -718,7 +718,8 @@ TEST(SplitA, AnItemWhoseKeyMemberNamesTwoKeysAnswersNeither) {
     // In the order asked, out of it, written with an escape, one of the two keys not asked for,
     // and beside a proper item for the same key: each key the item names gets a 502.
     for (const char* body : {R"([{"id":"1","id":"7"},{"id":"7"}])", R"([{"id":"7"},{"id":"1","id":"7"}])",
-                             R"([{"id":"1","\u0069d":"7"},{"id":"7"}])", R"([{"id":"7","id":"1"}])"}) {
+                             R"([{"id":"1","\u0069d":"7"},{"id":"7"}])", R"([{"id":"7","id":"1"}])",
+                             R"([{"id":"7","id":"1"},{"id":"7"}])"}) {  // the last copy in the order asked
         auto out = split_batch_response(s, "users", body, {"1", "7"});
         ASSERT_TRUE(out.error.empty()) << body;
         EXPECT_EQ(out.at("1").status, 502) << body;
@@ -729,6 +730,15 @@ TEST(SplitA, AnItemWhoseKeyMemberNamesTwoKeysAnswersNeither) {
     ASSERT_TRUE(one.error.empty());
     EXPECT_EQ(one.at("1").status, 502);
     EXPECT_EQ(one.at("7").status, 200);
+    // One copy names no key: the other's key is still named by one reading only.
+    auto no_key = split_batch_response(s, "users", R"([{"id":null,"id":"1"},{"id":"7"}])", {"1", "7"});
+    ASSERT_TRUE(no_key.error.empty());
+    EXPECT_EQ(no_key.at("1").status, 502);
+    EXPECT_EQ(no_key.at("7").status, 200);
+    // Two copies that read as one key (a string and an integer): one key, no ambiguity.
+    auto alike = split_batch_response(s, "users", R"([{"id":"1","id":1}])", {"1"});
+    ASSERT_TRUE(alike.error.empty());
+    EXPECT_EQ(alike.at("1").status, 200);
     // A key neither copy is requested under: a stranger, ignored.
     auto stranger = split_batch_response(s, "users", R"([{"id":"8","id":"9"},{"id":"7"}])", {"7"});
     ASSERT_TRUE(stranger.error.empty());
@@ -1363,6 +1373,22 @@ TEST(WritesD, SplitAcceptedDuplicatesAndFailed) {
     EXPECT_EQ(error_json(out.at("e-9"))["message"], "validation_error");
 }
 
+// A two-key entry decides only where its list is the key's first: e-1 is accepted under either
+// reading of the failed entry, e-9 is failed under one and missing under the other.
+TEST(WritesD, ATwoKeyEntryInALaterListDoesNotUndoTheFirstListsAnswer) {
+    const auto& s = write_route("progress");
+    auto out = split_batch_response(
+        s, "progress", R"({"accepted":["e-1"],"duplicates":[],"failed":[{"id":"e-1","id":"e-9"}]})", {"e-1", "e-9"});
+    ASSERT_TRUE(out.error.empty()) << out.error;
+    EXPECT_EQ(out.at("e-1").status, 202);
+    EXPECT_EQ(out.at("e-9").status, 502);
+    out = split_batch_response(s, "progress", R"({"accepted":[],"duplicates":[],"failed":[{"id":"e-9","id":"e-1"}]})",
+                               {"e-1", "e-9"});
+    ASSERT_TRUE(out.error.empty()) << out.error;
+    EXPECT_EQ(out.at("e-1").status, 502);
+    EXPECT_EQ(out.at("e-9").status, 502);
+}
+
 TEST(WritesD, FirstListWinsAndAbsentListsAreEmpty) {
     const auto& s = write_route("progress");
     auto out = split_batch_response(s, "progress", R"({"accepted":["e-1"],"duplicates":["e-1"]})", {"e-1"});
@@ -1466,6 +1492,20 @@ TEST(WritesC, SeveralOperationsOnOneKeyAreMatchedByOccurrence) {
         EXPECT_EQ(json::parse(out.find("1", 1)->body)["score"], 24);
         EXPECT_EQ(out.find("1", 2), nullptr);
     }
+}
+
+// Two operations on one key, one of whose results names two keys: how many results the key has
+// depends on the reading, so neither operation takes one.
+TEST(WritesC, ATwoKeyResultFailsEveryOperationOnItsKeys) {
+    const auto& s = write_route("abilities");
+    auto out = split_batch_response(s, "abilities", R"({"status":"success","results":[
+        {"abilityId":1,"abilityId":7,"success":true,"data":{"score":23}},
+        {"abilityId":1,"success":true,"data":{"score":24}}]})",
+                                    {"1", "1"});
+    ASSERT_TRUE(out.error.empty()) << out.error;
+    ASSERT_EQ(out.items.size(), 2u);
+    EXPECT_EQ(out.items[0].status, 502);
+    EXPECT_EQ(out.items[1].status, 502);
 }
 
 TEST(WritesC, AKeyAnsweredAnotherNumberOfTimesThanAskedIs502ForEachOperation) {
