@@ -124,9 +124,20 @@ struct exchange {
         const request_t& r = req;
         std::list<std::string> joined;  // lives while caller is used, below (empty: no allocation)
         caller.header = [&r, &joined](std::string_view name) -> std::optional<std::string_view> {
-            auto [first, last] = r.equal_range(name);
-            if (first == last) return std::nullopt;
-            if (std::next(first) == last) return std::string_view(first->value().data(), first->value().size());
+            // A scan of the head's few fields, case-insensitive: cheaper than the field set's
+            // look-up by name (a tree walk comparing names without case).
+            std::optional<std::string_view> first;
+            bool repeated = false;
+            for (const auto& f : r) {
+                const auto n = f.name_string();
+                if (n.size() != name.size() || !boost::beast::iequals(n, name)) continue;
+                if (first) {
+                    repeated = true;
+                    break;
+                }
+                first = std::string_view(f.value().data(), f.value().size());
+            }
+            if (!first || !repeated) return first;
             // Repeated lines are one value: all of them decide the partition, and all of them
             // go on the batch call.
             return std::string_view(joined.emplace_back(*header_value(r, name)));

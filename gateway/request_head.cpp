@@ -92,12 +92,24 @@ bool valid_host(std::string_view v) {
 }
 
 std::optional<head_rejection> check_request_head(const request_head& head) {
-    const auto [host, no_more] = head.equal_range(http::field::host);  // one look-up for all three
-    if (host != no_more && std::next(host) != no_more)
-        return head_rejection{gateway_error::bad_request, "more than one Host header"};
-    if (host == no_more && head.version() >= 11)
+    // One pass over the fields, by the name Beast gave each as it parsed it (case-insensitive):
+    // cheaper than the field set's look-ups by name for the few fields a head carries.
+    std::size_t hosts = 0, lengths = 0, te_lines = 0;
+    boost::beast::string_view host;
+    for (const auto& f : head) {
+        switch (f.name()) {
+            case http::field::host:
+                if (hosts++ == 0) host = f.value();
+                break;
+            case http::field::content_length: ++lengths; break;
+            case http::field::transfer_encoding: ++te_lines; break;
+            default: break;
+        }
+    }
+    if (hosts > 1) return head_rejection{gateway_error::bad_request, "more than one Host header"};
+    if (hosts == 0 && head.version() >= 11)
         return head_rejection{gateway_error::bad_request, "HTTP/1.1 request without a Host header"};
-    if (host != no_more && !valid_host(host->value()))
+    if (hosts == 1 && !valid_host(host))
         return head_rejection{gateway_error::bad_request, "the Host header is not a host[:port]"};
     for (char c : std::string_view(head.target())) {
         if (static_cast<unsigned char>(c) >= 0x80)  // Beast allows obs-text here; a URI never holds it
@@ -106,20 +118,21 @@ std::optional<head_rejection> check_request_head(const request_head& head) {
             return head_rejection{gateway_error::bad_request, "request-target holds a fragment ('#')"};
     }
 
-    auto [te_first, te_last] = head.equal_range(http::field::transfer_encoding);
-    if (te_first == te_last) return std::nullopt;
-    if (head.count(http::field::content_length) != 0)
+    if (te_lines == 0) return std::nullopt;
+    if (lengths != 0)
         return head_rejection{gateway_error::bad_request, "request has both Transfer-Encoding and Content-Length"};
     if (head.version() < 11)
         return head_rejection{gateway_error::bad_request, "HTTP/1.0 request with Transfer-Encoding"};
     // The codings of every Transfer-Encoding line, in order: chunked exactly once, and last.
     std::size_t codings = 0;
     std::size_t chunked_at = 0;  // 1-based position of the first chunked; 0 = none
-    for (auto it = te_first; it != te_last; ++it)
-        for (auto coding : http::token_list{it->value()}) {
+    for (const auto& f : head) {
+        if (f.name() != http::field::transfer_encoding) continue;
+        for (auto coding : http::token_list{f.value()}) {
             ++codings;
             if (chunked_at == 0 && boost::beast::iequals(coding, "chunked")) chunked_at = codings;
         }
+    }
     // The first chunked is the last coding: present, final and never applied twice.
     if (chunked_at == 0 || chunked_at != codings)
         return head_rejection{gateway_error::bad_request,

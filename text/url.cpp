@@ -131,20 +131,33 @@ std::string url_decode(std::string_view text, bool plus_is_space) {
     return out;
 }
 
-std::string url_encode(std::string_view text) {
+std::size_t url_encoded_size(std::string_view text) {
+    std::size_t n = text.size();
+    for (char c : text)
+        if (!is_unreserved(c)) n += 2;
+    return n;
+}
+
+void append_url_encoded(std::string& out, std::string_view text) {
     static constexpr char hex[] = "0123456789ABCDEF";
-    std::string out;
-    out.reserve(text.size());
+    const std::size_t at = out.size();
+    out.resize(at + url_encoded_size(text));
+    char* p = out.data() + at;
     for (char c : text) {
         if (is_unreserved(c)) {
-            out.push_back(c);
+            *p++ = c;
         } else {
             const auto u = static_cast<unsigned char>(c);
-            out.push_back('%');
-            out.push_back(hex[u >> 4]);
-            out.push_back(hex[u & 0x0F]);
+            *p++ = '%';
+            *p++ = hex[u >> 4];
+            *p++ = hex[u & 0x0F];
         }
     }
+}
+
+std::string url_encode(std::string_view text) {
+    std::string out;
+    append_url_encoded(out, text);
     return out;
 }
 

@@ -39,6 +39,10 @@ bool is_sub_delim(char c);   // "!" / "$" / "&" / "'" / "(" / ")" / "*" / "+" / 
 std::string url_decode(std::string_view text, bool plus_is_space);
 // Percent-encoding of everything except RFC 3986 unreserved characters.
 std::string url_encode(std::string_view text);
+// url_encode(text) appended to out, and its size: without a string of its own (a batch call's
+// query, one key after another).
+void append_url_encoded(std::string& out, std::string_view text);
+std::size_t url_encoded_size(std::string_view text);
 // "a=1&b=2&a=3" -> {{a,1},{b,2},{a,3}}, decoded, in order.
 param_list parse_query(std::string_view query);
 // Splits a request target into path and query (without '?').

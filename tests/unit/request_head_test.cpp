@@ -35,7 +35,9 @@ TEST(RequestHead, PlainRequestsPass) {
 
 // Framed well, but with a coding the gateway cannot decode: RFC 9112 6.1 says 501.
 TEST(RequestHead, ACodingBeforeChunkedIsNotImplemented) {
-    for (const char* tes : {"Transfer-Encoding: gzip, chunked\r\n", "Transfer-Encoding: gzip\r\nTransfer-Encoding: Chunked\r\n"}) {
+    for (const char* tes : {"Transfer-Encoding: gzip, chunked\r\n",
+                            "Transfer-Encoding: gzip\r\nTransfer-Encoding: Chunked\r\n",
+                            "transfer-encoding: gzip\r\nX-A: 1\r\nTRANSFER-ENCODING: chunked\r\n"}) {
         auto r = check(std::string("POST /a HTTP/1.1\r\nHost: gw\r\n") + tes + "\r\n");
         ASSERT_TRUE(r) << tes;
         EXPECT_EQ(r->error, gateway_error::not_implemented);
@@ -51,6 +53,12 @@ TEST(RequestHead, ATargetByteOver0x7fIsRefused) {
 TEST(RequestHead, HostMissingOrRepeated) {
     EXPECT_TRUE(check("GET / HTTP/1.1\r\n\r\n"));
     EXPECT_TRUE(check("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"));
+    // A field's name in any case is that field, wherever it stands among the others.
+    EXPECT_TRUE(check("GET / HTTP/1.1\r\nhOST: a\r\nX-A: 1\r\nHOST: a\r\n\r\n"));
+    EXPECT_FALSE(check("GET / HTTP/1.1\r\nX-A: 1\r\nhost: a\r\nX-Host: b\r\n\r\n"));
+    auto bad = check("GET / HTTP/1.1\r\nX-A: 1\r\nhoSt: a b\r\n\r\n");
+    ASSERT_TRUE(bad);
+    EXPECT_EQ(bad->message, "the Host header is not a host[:port]");
 }
 
 TEST(RequestHead, TransferEncodingNotEndingInChunkedIsRefused) {
@@ -64,6 +72,9 @@ TEST(RequestHead, TransferEncodingNotEndingInChunkedIsRefused) {
 TEST(RequestHead, TransferEncodingWithContentLengthIsRefused) {
     // Beast itself refuses Content-Length after chunked; these orders reach the check.
     EXPECT_TRUE(check("POST /a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\n"));
+    auto r = check("POST /a HTTP/1.1\r\ntransfer-encoding: gzip\r\nHost: gw\r\ncontent-LENGTH: 3\r\n\r\n");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->message, "request has both Transfer-Encoding and Content-Length");
 }
 
 TEST(RequestHead, TransferEncodingInHttp10IsRefused) {
