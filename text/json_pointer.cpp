@@ -92,4 +92,27 @@ std::optional<std::string_view> json_pointer::find_in_value(std::string_view val
     return cur;
 }
 
+namespace {
+void every_at(const std::vector<std::string>& tokens, std::size_t at, std::string_view cur, std::size_t limit,
+              std::vector<std::string_view>& out) {
+    if (out.size() >= limit) return;
+    if (at == tokens.size()) {
+        out.push_back(cur);
+        return;
+    }
+    if (cur.starts_with('{')) {
+        for (auto v : json_members(cur, tokens[at])) every_at(tokens, at + 1, v, limit, out);
+    } else if (cur.starts_with('[')) {
+        if (auto index = array_index(tokens[at]))
+            if (auto e = json_element(cur, *index)) every_at(tokens, at + 1, *e, limit, out);
+    }
+}
+}  // namespace
+
+std::vector<std::string_view> json_pointer::find_every_in_value(std::string_view value_text, std::size_t limit) const {
+    std::vector<std::string_view> out;
+    every_at(tokens_, 0, value_text, limit, out);
+    return out;
+}
+
 }  // namespace batchgate::routes

@@ -475,28 +475,48 @@ std::optional<std::string_view> json_element(std::string_view array_text, std::s
     return found;
 }
 
-std::optional<std::string_view> json_member(std::string_view t, std::string_view name, bool names_unique) {
-    if (t.size() < 2 || t.front() != '{') return std::nullopt;
-    std::optional<std::string_view> found;
+namespace {
+// Calls f with the value of each member `name` of an object's text, in order, while f returns
+// true; false when the text is no object (or ends early).
+template <typename F>
+bool each_member_named(std::string_view t, std::string_view name, F&& f) {
+    if (t.size() < 2 || t.front() != '{') return false;
     std::size_t i = skip_space(t, 1);
     while (i < t.size() && t[i] == '"') {
         const std::size_t name_end = string_end(t, i);
-        if (name_end == npos) return std::nullopt;
+        if (name_end == npos) return false;
         const std::string_view quoted = t.substr(i, name_end - i);
         i = skip_space(t, name_end);
-        if (i >= t.size() || t[i] != ':') return std::nullopt;
+        if (i >= t.size() || t[i] != ':') return false;
         i = skip_space(t, i + 1);
         const std::size_t end = value_end(t, i);
-        if (end == npos || end == i) return std::nullopt;
-        if (same_name(quoted, name)) {
-            found = t.substr(i, end - i);  // the last one counts
-            if (names_unique) break;       // and this is the last one
-        }
+        if (end == npos || end == i) return false;
+        if (same_name(quoted, name) && !f(t.substr(i, end - i))) return true;
         i = skip_space(t, end);
         if (i >= t.size() || t[i] != ',') break;
         i = skip_space(t, i + 1);
     }
+    return true;
+}
+}  // namespace
+
+std::vector<std::string_view> json_members(std::string_view t, std::string_view name) {
+    std::vector<std::string_view> found;
+    if (!each_member_named(t, name, [&](std::string_view v) {
+            found.push_back(v);
+            return true;
+        }))
+        found.clear();
     return found;
+}
+
+std::optional<std::string_view> json_member(std::string_view t, std::string_view name, bool names_unique) {
+    std::optional<std::string_view> found;
+    const bool object = each_member_named(t, name, [&](std::string_view v) {
+        found = v;               // the last one counts
+        return !names_unique;    // unless it is the only one
+    });
+    return object ? found : std::nullopt;
 }
 
 std::string json_depth_message(std::size_t max_depth) {

@@ -88,6 +88,10 @@ std::optional<std::vector<std::string_view>> json_array_elements(std::string_vie
 std::optional<std::string_view> json_member(std::string_view object_text, std::string_view name,
                                             bool names_unique = false);
 
+// The values of every member `name` of an object's text, in order (more than one only when the
+// name repeats); empty when it is no object or has no such member.
+std::vector<std::string_view> json_members(std::string_view object_text, std::string_view name);
+
 // The index-th element of an array's text; nullopt when it is no array or has no such element.
 std::optional<std::string_view> json_element(std::string_view array_text, std::size_t index);
 

@@ -533,33 +533,53 @@ std::vector<std::string_view> element_texts(const routes::json_pointer& at, std:
     return std::vector<std::string_view>(array.size());
 }
 
-// The key an answer entry's text names through `pointers` (the first present wins), as
-// answer_key reads it from the parse: a string's value, an integer's digits as written.
-std::optional<std::string> answer_key_text(const std::vector<routes::json_pointer>& pointers,
-                                           std::string_view entry_text, bool names_unique) {
-    for (const auto& p : pointers) {
-        auto v = p.find_in_value(entry_text, names_unique);
-        if (!v) continue;
-        if (v->starts_with('"')) return routes::json_string_value(*v);
-        if (routes::json_integer_literal(*v)) return std::string(*v);
-        return std::nullopt;  // present, but no key
-    }
+// The key a value's text is: a string's value, an integer's digits as written; nullopt for any
+// other value (present, but no key).
+std::optional<std::string> key_of_value(std::string_view v) {
+    if (v.starts_with('"')) return routes::json_string_value(v);
+    if (routes::json_integer_literal(v)) return std::string(v);
     return std::nullopt;
 }
 
-// An entry's key as the parse reads it (the last copy of a repeated name) and, where a name on
-// the key's path repeats in the entry, as a reader that takes the first copy would: when the two
-// differ, the entry names two keys and is neither's answer. may_repeat: check_json found a
-// repeated name somewhere in the answer (without one, both readings are the same).
+// The key an answer entry's text names through `pointers` (the first present wins), as
+// answer_key reads it from the parse.
+std::optional<std::string> answer_key_text(const std::vector<routes::json_pointer>& pointers,
+                                           std::string_view entry_text, bool names_unique) {
+    for (const auto& p : pointers)
+        if (auto v = p.find_in_value(entry_text, names_unique)) return key_of_value(*v);
+    return std::nullopt;
+}
+
+// An entry's key as the parse reads it (the last copy of a repeated name), and every other key
+// a copy of a repeated name on its way names: a reader that keeps another copy than the last
+// reads that one. When any copy reads differently (another key, or none), the entry names
+// more than one key and is none of them's answer. may_repeat: check_json found a repeated name
+// somewhere in the answer (without one, there are no other copies to read).
 struct entry_key {
     std::optional<std::string> last;
-    std::optional<std::string> first;  // read only when may_repeat
-    bool twofold() const { return first != last; }
+    std::vector<std::string> others;  // distinct, none of them `last`
+    bool twofold = false;
 };
 entry_key read_entry_key(const std::vector<routes::json_pointer>& pointers, std::string_view entry_text,
                          bool may_repeat) {
-    entry_key k{answer_key_text(pointers, entry_text, !may_repeat), std::nullopt};
-    k.first = may_repeat ? answer_key_text(pointers, entry_text, true) : k.last;
+    entry_key k;
+    k.last = answer_key_text(pointers, entry_text, !may_repeat);
+    if (!may_repeat) return k;
+    constexpr std::size_t limit = 64;  // copies read per pointer; past it, the entry is refused
+    for (const auto& p : pointers) {
+        const auto every = p.find_every_in_value(entry_text, limit);
+        if (every.size() >= limit) k.twofold = true;
+        for (auto v : every) {
+            auto key = key_of_value(v);
+            if (key == k.last) continue;
+            k.twofold = true;
+            if (key && std::find(k.others.begin(), k.others.end(), *key) == k.others.end())
+                k.others.push_back(std::move(*key));
+        }
+        // Where the first and the last copies both reach this pointer, a reader stops here (the
+        // first present wins); else it may go on to the next pointer.
+        if (!every.empty() && p.find_in_value(entry_text, true) && p.find_in_value(entry_text, false)) break;
+    }
     return k;
 }
 
@@ -754,9 +774,9 @@ std::size_t item_cost(const config::coalesce_settings& settings, std::string_vie
     const auto& rq = settings.request;
     switch (rq.encoding) {
         case config::batch_encoding::query_list:
-            return routes::url_encode(key).size() + rq.separator.size();
+            return routes::url_encoded_size(key) + rq.separator.size();
         case config::batch_encoding::query_repeat:
-            return rq.query_param.size() + routes::url_encode(key).size() + 2;
+            return rq.query_param.size() + routes::url_encoded_size(key) + 2;
         case config::batch_encoding::json_body:
             return dump(json(std::string(key))).size() + 1;
     }
@@ -902,14 +922,14 @@ outgoing_request build_batch_request(const config::coalesce_settings& settings,
             out.target += '=';
             for (std::size_t i = 0; i < keys.size(); ++i) {
                 if (i) out.target += rq.separator;
-                out.target += routes::url_encode(keys[i]);
+                routes::append_url_encoded(out.target, keys[i]);
             }
         } else {
             for (const auto& k : keys) {
                 add_sep();
                 out.target += rq.query_param;
                 out.target += '=';
-                out.target += routes::url_encode(k);
+                routes::append_url_encoded(out.target, k);
             }
         }
     }
@@ -1044,7 +1064,7 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
         const auto& items = arrays.front().texts;
         while (in_order < keys.size()) {
             const auto key = read_entry_key(lists.front().key, items[in_order], may_repeat);
-            if (!key.last || *key.last != keys[in_order] || key.twofold()) break;
+            if (!key.last || *key.last != keys[in_order] || key.twofold) break;
             ++in_order;
         }
         if (in_order == keys.size()) {
@@ -1123,12 +1143,18 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
                 continue;
             }
             const auto read = read_entry_key(lists[li].key, items[i], may_repeat);
-            entry.twofold = read.twofold();
-            wanted* last = read.last ? find(*read.last) : nullptr;
-            wanted* first = entry.twofold && read.first ? find(*read.first) : nullptr;
-            if (!last && !first) ++out.ignored_items;
-            for (wanted* w : {last, first})
-                if (w) add(*w);
+            entry.twofold = read.twofold;
+            bool named = false;  // a requested key
+            if (wanted* w = read.last ? find(*read.last) : nullptr) {
+                add(*w);
+                named = true;
+            }
+            for (const auto& other : read.others)
+                if (wanted* w = find(other)) {
+                    add(*w);
+                    named = true;
+                }
+            if (!named) ++out.ignored_items;
         }
     }
 

@@ -719,7 +719,9 @@ TEST(SplitA, AnItemWhoseKeyMemberNamesTwoKeysAnswersNeither) {
     // and beside a proper item for the same key: each key the item names gets a 502.
     for (const char* body : {R"([{"id":"1","id":"7"},{"id":"7"}])", R"([{"id":"7"},{"id":"1","id":"7"}])",
                              R"([{"id":"1","\u0069d":"7"},{"id":"7"}])", R"([{"id":"7","id":"1"}])",
-                             R"([{"id":"7","id":"1"},{"id":"7"}])"}) {  // the last copy in the order asked
+                             R"([{"id":"7","id":"1"},{"id":"7"}])",  // the last copy in the order asked
+                             R"([{"id":"1","id":"7","id":"1"}])",       // first and last alike, one between
+                             R"([{"id":"7","id":"1","id":"7","id":"7"}])", R"([{"id":"8","id":"1","id":"7"}])"}) {
         auto out = split_batch_response(s, "users", body, {"1", "7"});
         ASSERT_TRUE(out.error.empty()) << body;
         EXPECT_EQ(out.at("1").status, 502) << body;
@@ -735,6 +737,24 @@ TEST(SplitA, AnItemWhoseKeyMemberNamesTwoKeysAnswersNeither) {
     ASSERT_TRUE(no_key.error.empty());
     EXPECT_EQ(no_key.at("1").status, 502);
     EXPECT_EQ(no_key.at("7").status, 200);
+    // Nested: a repeated member on the way to the key.
+    auto nested_route = s;
+    nested_route.response.lists[0].key = {"/data/id"};
+    auto nested = split_batch_response(nested_route, "users",
+                                       R"([{"data":{"id":"1"},"data":{"id":"7"},"data":{"id":"1"}}])", {"1", "7"});
+    ASSERT_TRUE(nested.error.empty());
+    EXPECT_EQ(nested.at("1").status, 502);
+    EXPECT_EQ(nested.at("7").status, 502);
+    // Several key pointers: where every copy of the first agrees, the later ones are not read.
+    auto alt = nested_route;
+    alt.response.lists[0].key = {"/tempId", "/id"};
+    auto first_wins = split_batch_response(alt, "users", R"([{"tempId":"1","tempId":"1","id":"7","id":"8"}])",
+                                           {"1", "7", "8"});
+    ASSERT_TRUE(first_wins.error.empty());
+    EXPECT_EQ(first_wins.at("1").status, 200);
+    EXPECT_EQ(first_wins.at("7").status, 404);
+    auto falls_through = split_batch_response(alt, "users", R"([{"tempId":"1","x":{},"id":"7"}])", {"1", "7"});
+    EXPECT_EQ(falls_through.at("1").status, 200);  // no repeated name: the first pointer present decides
     // Two copies that read as one key (a string and an integer): one key, no ambiguity.
     auto alike = split_batch_response(s, "users", R"([{"id":"1","id":1}])", {"1"});
     ASSERT_TRUE(alike.error.empty());

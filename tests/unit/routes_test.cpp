@@ -239,6 +239,14 @@ TEST(UrlEncode, EncodesAllButUnreserved) {
     EXPECT_EQ(url_encode("a b,c/d?e&f=g+h%"), "a%20b%2Cc%2Fd%3Fe%26f%3Dg%2Bh%25");
     EXPECT_EQ(url_encode("\xC3\xA9"), "%C3%A9");
     EXPECT_EQ(url_decode(url_encode("x,y&z=1 2"), true), "x,y&z=1 2");
+    // Appended after what the string holds, and sized without encoding.
+    std::string q = "/users?ids=";
+    append_url_encoded(q, "7");
+    q += ',';
+    append_url_encoded(q, "a b\xC3\xA9");
+    EXPECT_EQ(q, "/users?ids=7,a%20b%C3%A9");
+    for (const char* t : {"", "7", "a b\xC3\xA9", "%%", "AZaz09-._~"})
+        EXPECT_EQ(url_encoded_size(t), url_encode(t).size()) << t;
 }
 
 TEST(ParseQuery, KeepsOrderRepeatsAndEmptyValues) {
@@ -363,6 +371,22 @@ TEST(JsonText, AMemberIsTheLastOfItsNameUnlessNamesAreUnique) {
     for (const char* name : {"id", "x", "y", "z"})
         EXPECT_EQ(json_member(unique, name, true), json_member(unique, name)) << name;
     EXPECT_EQ(json_pointer::parse("/x/id")->find_in_value(unique, true), "3");
+}
+
+// Every copy of a repeated name, in order, and every value a pointer reaches through them.
+TEST(JsonText, EveryCopyOfARepeatedNameIsFound) {
+    const std::string item = R"({"id":1,"d":{"id":"a"},"\u0069d":2,"d":[{"id":"b"}],"id":3,"d":{"x":0}})";
+    using views = std::vector<std::string_view>;
+    EXPECT_EQ(json_members(item, "id"), (views{"1", "2", "3"}));
+    EXPECT_EQ(json_members(item, "z"), views{});
+    EXPECT_EQ(json_members("[1]", "id"), views{});
+    EXPECT_EQ(json_pointer::parse("/id")->find_every_in_value(item, 64), (views{"1", "2", "3"}));
+    EXPECT_EQ(json_pointer::parse("/id")->find_every_in_value(item, 2), (views{"1", "2"}));
+    EXPECT_EQ(json_pointer::parse("/d/id")->find_every_in_value(item, 64), views{"\"a\""});  // [..] has no "id"
+    EXPECT_EQ(json_pointer::parse("/d/0/id")->find_every_in_value(item, 64), views{"\"b\""});
+    EXPECT_EQ(json_pointer::parse("")->find_every_in_value(item, 64), views{item});
+    // Without a repeated name: one value, find_in_value's.
+    EXPECT_EQ(json_pointer::parse("/x/id")->find_every_in_value(R"({"x":{"id":3}})", 64), views{"3"});
 }
 
 TEST(JsonText, MemberCountCountsColonsOutsideStrings) {
