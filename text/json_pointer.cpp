@@ -93,26 +93,29 @@ std::optional<std::string_view> json_pointer::find_in_value(std::string_view val
 }
 
 namespace {
-void every_at(const std::vector<std::string>& tokens, std::size_t at, std::string_view cur, std::size_t limit,
-              std::vector<std::string_view>& out) {
-    if (out.size() >= limit) return;
+// Each value the tokens from `at` on reach from cur; true when every copy reaches one. The copies
+// at each step are separate stretches of the text: the work is linear in it.
+bool each_at(const std::vector<std::string>& tokens, std::size_t at, std::string_view cur,
+             const std::function<void(std::string_view)>& f) {
     if (at == tokens.size()) {
-        out.push_back(cur);
-        return;
+        f(cur);
+        return true;
     }
     if (cur.starts_with('{')) {
-        for (auto v : json_members(cur, tokens[at])) every_at(tokens, at + 1, v, limit, out);
-    } else if (cur.starts_with('[')) {
-        if (auto index = array_index(tokens[at]))
-            if (auto e = json_element(cur, *index)) every_at(tokens, at + 1, *e, limit, out);
+        const auto copies = json_members(cur, tokens[at]);
+        bool every = !copies.empty();
+        for (auto v : copies) every = each_at(tokens, at + 1, v, f) && every;
+        return every;
     }
+    if (cur.starts_with('['))
+        if (auto index = array_index(tokens[at]))
+            if (auto e = json_element(cur, *index)) return each_at(tokens, at + 1, *e, f);
+    return false;
 }
 }  // namespace
 
-std::vector<std::string_view> json_pointer::find_every_in_value(std::string_view value_text, std::size_t limit) const {
-    std::vector<std::string_view> out;
-    every_at(tokens_, 0, value_text, limit, out);
-    return out;
+bool json_pointer::each_in_value(std::string_view value_text, const std::function<void(std::string_view)>& f) const {
+    return each_at(tokens_, 0, value_text, f);
 }
 
 }  // namespace batchgate::routes

@@ -2,6 +2,7 @@
 // request path (nlohmann's own json_pointer throws on missing members).
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -28,10 +29,12 @@ public:
     // json_array_elements and find_text give): without the scan that finds the value's end.
     // names_unique: as json_member's (no object in the text repeats a name).
     std::optional<std::string_view> find_in_value(std::string_view value_text, bool names_unique = false) const;
-    // Every value this pointer reaches in a value's text taking each copy of a repeated member
-    // name in turn (the parse keeps the last; another reader may keep another), in order, at
-    // most `limit` of them. One, the same as find_in_value's, where no name on the way repeats.
-    std::vector<std::string_view> find_every_in_value(std::string_view value_text, std::size_t limit) const;
+    // Calls f with every value this pointer reaches in a value's text, taking each copy of a
+    // repeated member name in turn (the parse keeps the last; another reader may keep another),
+    // in order: once, with find_in_value's, where no name on the way repeats. True when every
+    // copy reaches a value; false when one does not (no member of the name, a value of another
+    // type, no such element), and so when none does.
+    bool each_in_value(std::string_view value_text, const std::function<void(std::string_view)>& f) const;
 
     bool is_root() const { return tokens_.empty(); }
     const std::string& text() const { return text_; }

@@ -550,36 +550,33 @@ std::optional<std::string> answer_key_text(const std::vector<routes::json_pointe
     return std::nullopt;
 }
 
-// An entry's key as the parse reads it (the last copy of a repeated name), and every other key
-// a copy of a repeated name on its way names: a reader that keeps another copy than the last
-// reads that one. When any copy reads differently (another key, or none), the entry names
-// more than one key and is none of them's answer. may_repeat: check_json found a repeated name
-// somewhere in the answer (without one, there are no other copies to read).
+// An entry's key as the parse reads it (the last copy of a repeated name); other_key is called
+// with each other key a copy of a repeated name on its way names (a reader that keeps another
+// copy than the last reads that one; more than once for a key two copies name). twofold: a copy
+// reads differently (another key, or none), so the entry names more than one key and is none
+// of them's answer. may_repeat: check_json found a repeated name somewhere in the answer
+// (without one, there are no other copies to read).
 struct entry_key {
     std::optional<std::string> last;
-    std::vector<std::string> others;  // distinct, none of them `last`
     bool twofold = false;
 };
+template <typename OtherKey>
 entry_key read_entry_key(const std::vector<routes::json_pointer>& pointers, std::string_view entry_text,
-                         bool may_repeat) {
+                         bool may_repeat, OtherKey&& other_key) {
     entry_key k;
     k.last = answer_key_text(pointers, entry_text, !may_repeat);
     if (!may_repeat) return k;
-    constexpr std::size_t limit = 64;  // copies read per pointer; past it, the entry is refused
     for (const auto& p : pointers) {
-        const auto every = p.find_every_in_value(entry_text, limit);
-        if (every.size() >= limit) k.twofold = true;
-        for (auto v : every) {
+        const bool every_copy = p.each_in_value(entry_text, [&](std::string_view v) {
             auto key = key_of_value(v);
-            if (key == k.last) continue;
+            if (key == k.last) return;
             k.twofold = true;
-            if (key && std::find(k.others.begin(), k.others.end(), *key) == k.others.end())
-                k.others.push_back(std::move(*key));
-        }
-        // Where the first and the last copies both reach this pointer, a reader stops here (the
-        // first present wins); else it may go on to the next pointer.
-        if (!every.empty() && p.find_in_value(entry_text, true) && p.find_in_value(entry_text, false)) break;
+            if (key) other_key(*key);
+        });
+        if (every_copy) return k;  // every reader stops here (the first pointer present wins)
+        // A copy without this pointer: its reader goes on to the next pointer.
     }
+    if (k.last) k.twofold = true;  // and may find none: no key, where the parse found one
     return k;
 }
 
@@ -1063,7 +1060,7 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
     if (lists.size() == 1 && arrays.front().texts.size() == keys.size()) {
         const auto& items = arrays.front().texts;
         while (in_order < keys.size()) {
-            const auto key = read_entry_key(lists.front().key, items[in_order], may_repeat);
+            const auto key = read_entry_key(lists.front().key, items[in_order], may_repeat, [](const std::string&) {});
             if (!key.last || *key.last != keys[in_order] || key.twofold) break;
             ++in_order;
         }
@@ -1142,18 +1139,20 @@ split_outcome split_batch_response(const config::coalesce_settings& settings,
                 add(*find(keys[i]));
                 continue;
             }
-            const auto read = read_entry_key(lists[li].key, items[i], may_repeat);
-            entry.twofold = read.twofold;
             bool named = false;  // a requested key
-            if (wanted* w = read.last ? find(*read.last) : nullptr) {
+            auto name = [&](wanted* w) {
+                if (!w) return;
+                // Once per key, though several copies name it.
+                if (w->found > 0 && w->entry(w->found - 1).list == li && w->entry(w->found - 1).index == i) return;
                 add(*w);
                 named = true;
-            }
-            for (const auto& other : read.others)
-                if (wanted* w = find(other)) {
-                    add(*w);
-                    named = true;
-                }
+            };
+            const auto read = read_entry_key(lists[li].key, items[i], may_repeat, [&](const std::string& other) {
+                entry.twofold = true;  // another copy's key: the entry names two
+                name(find(other));
+            });
+            entry.twofold = read.twofold;
+            if (read.last) name(find(*read.last));
             if (!named) ++out.ignored_items;
         }
     }

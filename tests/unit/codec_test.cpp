@@ -753,8 +753,32 @@ TEST(SplitA, AnItemWhoseKeyMemberNamesTwoKeysAnswersNeither) {
     ASSERT_TRUE(first_wins.error.empty());
     EXPECT_EQ(first_wins.at("1").status, 200);
     EXPECT_EQ(first_wins.at("7").status, 404);
-    auto falls_through = split_batch_response(alt, "users", R"([{"tempId":"1","x":{},"id":"7"}])", {"1", "7"});
-    EXPECT_EQ(falls_through.at("1").status, 200);  // no repeated name: the first pointer present decides
+    // A copy without the first pointer: its reader goes on to the next one.
+    auto d_alt = nested_route;
+    d_alt.response.lists[0].key = {"/d/t", "/id"};
+    auto falls_through = split_batch_response(d_alt, "users", R"([{"d":{"t":"1"},"d":{},"id":"7"}])", {"1", "7"});
+    ASSERT_TRUE(falls_through.error.empty());
+    EXPECT_EQ(falls_through.at("1").status, 502);
+    EXPECT_EQ(falls_through.at("7").status, 502);
+    // A copy on the way that reaches no key, first or between: the others' key is not sure.
+    for (const char* body : {R"([{"data":{"x":1},"data":{"id":"1"}},{"data":{"id":"7"}}])",
+                             R"([{"data":{"id":"1"},"data":null,"data":{"id":"1"}},{"data":{"id":"7"}}])",
+                             R"([{"data":{"id":"1"},"data":{"x":1}},{"data":{"id":"7"}}])"}) {
+        auto out = split_batch_response(nested_route, "users", body, {"1", "7"});
+        ASSERT_TRUE(out.error.empty()) << body;
+        EXPECT_EQ(out.at("1").status, 502) << body;
+        EXPECT_EQ(out.at("7").status, 200) << body;
+    }
+    // However many copies: every key any of them names (here the 81st), and none where all agree.
+    std::string many = R"([{)";
+    for (int i = 0; i < 80; ++i) many += R"("id":"1",)";
+    auto copies = split_batch_response(s, "users", many + R"("id":"7","id":"1"}])", {"1", "7"});
+    ASSERT_TRUE(copies.error.empty());
+    EXPECT_EQ(copies.at("1").status, 502);
+    EXPECT_EQ(copies.at("7").status, 502);
+    auto agreeing = split_batch_response(s, "users", many + R"("id":"1"}])", {"1"});
+    ASSERT_TRUE(agreeing.error.empty());
+    EXPECT_EQ(agreeing.at("1").status, 200);
     // Two copies that read as one key (a string and an integer): one key, no ambiguity.
     auto alike = split_batch_response(s, "users", R"([{"id":"1","id":1}])", {"1"});
     ASSERT_TRUE(alike.error.empty());

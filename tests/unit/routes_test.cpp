@@ -380,13 +380,23 @@ TEST(JsonText, EveryCopyOfARepeatedNameIsFound) {
     EXPECT_EQ(json_members(item, "id"), (views{"1", "2", "3"}));
     EXPECT_EQ(json_members(item, "z"), views{});
     EXPECT_EQ(json_members("[1]", "id"), views{});
-    EXPECT_EQ(json_pointer::parse("/id")->find_every_in_value(item, 64), (views{"1", "2", "3"}));
-    EXPECT_EQ(json_pointer::parse("/id")->find_every_in_value(item, 2), (views{"1", "2"}));
-    EXPECT_EQ(json_pointer::parse("/d/id")->find_every_in_value(item, 64), views{"\"a\""});  // [..] has no "id"
-    EXPECT_EQ(json_pointer::parse("/d/0/id")->find_every_in_value(item, 64), views{"\"b\""});
-    EXPECT_EQ(json_pointer::parse("")->find_every_in_value(item, 64), views{item});
+    auto every = [](const char* pointer, std::string_view text) {
+        views found;
+        const bool all =
+            json_pointer::parse(pointer)->each_in_value(text, [&](std::string_view v) { found.push_back(v); });
+        return std::pair{found, all};
+    };
+    EXPECT_EQ(every("/id", item), std::pair(views{"1", "2", "3"}, true));
+    // The second "d" (an array) has no "id", the third none either: not every copy reaches one.
+    EXPECT_EQ(every("/d/id", item), std::pair(views{"\"a\""}, false));
+    EXPECT_EQ(every("/d/0/id", item), std::pair(views{"\"b\""}, false));
+    EXPECT_EQ(every("", item), std::pair(views{item}, true));
+    EXPECT_EQ(every("/z", item), std::pair(views{}, false));
+    EXPECT_EQ(every("/id/x", item), std::pair(views{}, false));  // scalars have no members
     // Without a repeated name: one value, find_in_value's.
-    EXPECT_EQ(json_pointer::parse("/x/id")->find_every_in_value(R"({"x":{"id":3}})", 64), views{"3"});
+    EXPECT_EQ(every("/x/id", R"({"x":{"id":3}})"), std::pair(views{"3"}, true));
+    EXPECT_EQ(every("/x/1", R"({"x":[0,5]})"), std::pair(views{"5"}, true));
+    EXPECT_EQ(every("/x/2", R"({"x":[0,5]})"), std::pair(views{}, false));
 }
 
 TEST(JsonText, MemberCountCountsColonsOutsideStrings) {
