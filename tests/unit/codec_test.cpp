@@ -1538,12 +1538,13 @@ TEST(WritesC, SeveralOperationsOnOneKeyAreMatchedByOccurrence) {
     }
 }
 
-// Two operations on one key, one of whose results names two keys: how many results the key has
-// depends on the reading, so neither operation takes one.
+// Two operations on one key, one of three results for it naming two keys: the last copies give
+// the key two results for two operations, the first copies three: neither operation takes one.
 TEST(WritesC, ATwoKeyResultFailsEveryOperationOnItsKeys) {
     const auto& s = write_route("abilities");
     auto out = split_batch_response(s, "abilities", R"({"status":"success","results":[
-        {"abilityId":1,"abilityId":7,"success":true,"data":{"score":23}},
+        {"abilityId":1,"abilityId":7,"success":true,"data":{"score":22}},
+        {"abilityId":1,"success":true,"data":{"score":23}},
         {"abilityId":1,"success":true,"data":{"score":24}}]})",
                                     {"1", "1"});
     ASSERT_TRUE(out.error.empty()) << out.error;
