@@ -632,7 +632,7 @@ void batcher::answer_refused(window_type::item& item, const gateway::upstream_re
     } else {
         relay_whole_answer(rep, r.response);
     }
-    for (auto& w : item.waiters) answer(w, rep);
+    for (auto& w : item.waiters) answer(w, reply(rep));
     item.waiters.clear();
 }
 
@@ -723,13 +723,13 @@ void batcher::deliver_split(pending& p, const std::string& body, const reply& pr
     }
 }
 
-void batcher::answer(waiter& w, reply r) {
+void batcher::answer(waiter& w, reply&& r) {
     --queued_callers_;
     unsent_.erase(w.serial);
     call_safely(w.done, std::move(r));
 }
 
-void batcher::call_safely(reply_handler& done, reply r) {
+void batcher::call_safely(reply_handler& done, reply&& r) {
     auto handler = std::move(done);
     done = nullptr;
     if (!handler) return;
@@ -845,7 +845,7 @@ void batcher::arm_sweep() {
 
 void batcher::answer_all(pending& p, const reply& proto) {
     for (auto& item : p.b.items) {
-        for (auto& w : item.waiters) answer(w, proto);
+        for (auto& w : item.waiters) answer(w, reply(proto));
         item.waiters.clear();
     }
 }

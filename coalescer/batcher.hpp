@@ -49,7 +49,7 @@ struct reply {
     std::chrono::steady_clock::duration upstream_elapsed{};
 };
 
-using reply_handler = std::function<void(reply)>;
+using reply_handler = std::function<void(reply&&)>;
 
 // One caller, as the batcher sees it.
 struct submission {
@@ -162,8 +162,8 @@ private:
     void answer_refused(window_type::item& item, const gateway::upstream_result& r, const reply& proto);
     pending part_of(const pending& p) const;
     void deliver_split(pending& p, const std::string& body, const reply& proto);
-    void answer(waiter& w, reply r);
-    void call_safely(reply_handler& done, reply r);
+    void answer(waiter& w, reply&& r);
+    void call_safely(reply_handler& done, reply&& r);
     // Answers (504, or 499 for a caller who hung up) and drops the waiters that gave up; true
     // when none is left.
     bool shed_expired(pending& p);

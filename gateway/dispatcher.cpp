@@ -94,7 +94,8 @@ struct exchange {
                     std::string message = r.failure == upstream_failure::over_budget ? r.detail
                                           : r.failure == upstream_failure::timeout  ? where() + " timed out"
                                                                                     : where() + ": " + r.detail;
-                    return done(error_response(failure_error(r.failure), message, route_name, version), info);
+                    return done(error_response(failure_error(r.failure), message, route_name, version),
+                                std::move(info));
                 }
                 const int status = r.response.result_int();
                 um->requests->inc(status);
@@ -109,7 +110,7 @@ struct exchange {
                     res.erase(http::field::content_length);
                 else if (!head && status != 304)
                     res.prepare_payload();
-                done(std::move(res), info);
+                done(std::move(res), std::move(info));
             });
     }
 
@@ -191,7 +192,7 @@ struct exchange {
         if (shadow) {
             // What the batching does with this caller only counts; the caller's answer is its
             // single call's (its request goes upstream after the submission took what it needs).
-            s.done = [shadow](coalescer::reply r) {
+            s.done = [shadow](coalescer::reply&& r) {
                 using metrics::shadow_outcome;
                 shadow->count(r.status == 200   ? shadow_outcome::batched
                               : r.status == 499 ? shadow_outcome::left
@@ -201,7 +202,7 @@ struct exchange {
             batcher->submit(std::move(submitted));
             return passthrough(batcher->load());
         }
-        s.done = [done = std::move(done)](coalescer::reply r) {
+        s.done = [done = std::move(done)](coalescer::reply&& r) {
             // Composed as bytes: the field lines in one string (no Beast fields for the
             // connection to write out again), the body in another. The reply's headers never frame the body (Content-Type, Content-Encoding,
             // Retry-After, WWW-Authenticate: relayed from a parsed answer) and its status is

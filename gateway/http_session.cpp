@@ -248,7 +248,7 @@ private:
     void read_head() {
         // On the heap, and only while a request is read: a caller waiting in a batch holds
         // neither (memory per waiting caller).
-        parser_ = std::make_unique<http::request_parser<http::string_body>>();
+        parser_ = make_cached<http::request_parser<http::string_body>>();
         chunked_head_.reset();
         apply_limits(*parser_, runtime_->config->limits);
         // limits.max_body is checked once the route is known: passthrough routes stream, and
@@ -459,8 +459,8 @@ private:
         version_ = head.version();
         keep_alive_ = connection_persists(head, head.version()) && !state_->draining.load();
         set_request_id(head, request_id_);
-        method_ = std::string(head.method_string());
-        target_ = std::string(head.target());
+        method_.assign(head.method_string().data(), head.method_string().size());  // no allocation once it has room
+        target_.assign(head.target().data(), head.target().size());
         begin_request();
         head_request_ = head.method() == http::verb::head;
         route_name_ = route.name;
@@ -486,7 +486,8 @@ private:
         p.send_timeout = runtime_->config->limits.send_timeout;
         p.client_ip = client_ip_;
         p.proto = forwarded_proto(head);
-        p.request_id = request_id_;
+        p.request_id = thread_string_pool::take();
+        p.request_id.assign(request_id_);
         p.keep_alive = keep_alive_;
         p.budget_rejected = &state_->metrics.budget_rejected();
         p.send_timeouts = &state_->metrics.send_timeouts();
@@ -615,8 +616,8 @@ private:
             // request on this connection gets a new one), unless it holds pipelined bytes.
             if (buffer_.size() == 0) buffer_.shrink_to_fit();
         }
-        method_ = std::string(request_->method_string());
-        target_ = std::string(request_->target());
+        method_.assign(request_->method_string().data(), request_->method_string().size());
+        target_.assign(request_->target().data(), request_->target().size());
         // Not kept while the caller waits (memory per waiting caller): dispatch has it now.
         auto request = std::move(*std::exchange(request_, nullptr));
         dispatching_ = true;
@@ -729,7 +730,7 @@ private:
 
     // --- answering ------------------------------------------------------------------------------
 
-    void send(answer a) {
+    void send(answer&& a) {
         if (answered_) return;  // exactly one answer per request
         answered_ = true;
         // A hang-up watch still pending is done with: cancelled now (no system call), it does not
@@ -922,7 +923,7 @@ private:
     std::shared_ptr<const runtime> runtime_;  // the snapshot this request was routed with
     std::uint64_t runtime_generation_ = 0;     // shared_state's generation it was taken at
     beast::flat_buffer buffer_;
-    std::unique_ptr<http::request_parser<http::string_body>> parser_;  // while a request is read
+    cached_ptr<http::request_parser<http::string_body>> parser_;  // while a request is read
     std::unique_ptr<http::request_header<>> chunked_head_;  // the head of a chunked request, without trailers
     std::unique_ptr<request_t> request_;  // from its head's end until it is dispatched or answered
     // An answer while it is written; none while a caller waits (memory per waiting caller).

@@ -108,9 +108,15 @@ public:
           p_(std::move(params)),
           owner_(std::move(owner)),
           request_charge_(p_.budget),
-          response_charge_(p_.budget) {}
+          response_charge_(p_.budget),
+          upstream_head_(thread_string_pool::take()),
+          ready_head_(thread_string_pool::take()) {}
 
     ~stream_exchange() {
+        thread_string_pool::give(upstream_head_);
+        thread_string_pool::give(ready_head_);
+        thread_string_pool::give(client_head_);  // the answer's head, moved there from ready_head_
+        thread_string_pool::give(p_.request_id);
         if (conn_) {  // ended early: the connection is not reused
             auto ex = conn_->tcp().get_executor();
             net::post(ex, [pool = p_.pool, c = std::move(conn_)]() mutable { pool->give_back(std::move(c), false); });
@@ -176,7 +182,8 @@ public:
     bool head_sent() const { return head_sent_; }
 
 private:
-    using response_parser_t = http::response_parser<http::buffer_body>;
+    // Its fields on the exchange's head_arena (response_arena_).
+    using response_parser_t = http::response_parser<http::buffer_body, arena_allocator<char>>;
     using error_code = boost::system::error_code;
 
     static bool is_idempotent(http::verb v) {
@@ -218,7 +225,7 @@ private:
         upstream_head_.append(method.data(), method.size());
         upstream_head_ += ' ';
         upstream_head_.append(target.data(), target.size());
-        upstream_head_ += " HTTP/1.1\r\n";
+        upstream_head_.append(" HTTP/1.1\r\n", 11);
         append_upstream_fields(upstream_head_, h, h.version(), p_.client_ip, p_.proto, p_.request_id, p_.pool->host_header());
         if (upgrade_) upgrade_value_ = std::string(h[http::field::upgrade]);
     }
@@ -237,7 +244,7 @@ private:
         } else if (!p_.pool->settings().keep_alive) {
             wire::append_field(upstream_head_, "Connection", "close");  // one request per connection
         }
-        upstream_head_ += "\r\n";
+        upstream_head_.append("\r\n", 2);
     }
 
     // --- the upstream connection (U) -------------------------------------------------------
@@ -285,7 +292,10 @@ private:
     }
 
     void read_response_head() {
-        response_.emplace();
+        response_.reset();  // an interim head's fields, or a failed try's, let go of the arena first
+        response_arena_.reset();
+        response_.emplace(std::piecewise_construct, std::make_tuple(),
+                          std::make_tuple(arena_allocator<char>(response_arena_)));
         response_->header_limit(upstream_head_limit);
         const auto cap = p_.route->passthrough.max_response_bytes;
         response_->body_limit(cap ? boost::optional<std::uint64_t>(cap) : boost::none);
@@ -580,7 +590,7 @@ private:
         if (!dated) wire::append_date(out);
         wire::append_field(out, "Server", "batchgate");
         wire::append_field(out, "X-Request-Id", p_.request_id);
-        out += "\r\n";
+        out.append("\r\n", 2);
         ready_status_ = status;
     }
 
@@ -605,7 +615,7 @@ private:
         wire::append_status_line(out, 11, static_cast<unsigned>(h.result_int()), wire::reason_phrase(h.reason(), h.result_int()));
         // Server and X-Request-Id are the gateway's, as on the final head (which carries them).
         append_crossing_fields(out, h, not_relayed<typename Head::value_type>);
-        out += "\r\n";
+        out.append("\r\n", 2);
     }
 
     // On S: the interim head is written, then U reads the next head (one write to the client
@@ -920,6 +930,7 @@ private:
     std::string piece_head_;   // S: the chunk-size line of the answer piece being written
     // U
     std::unique_ptr<upstream_pool::connection> conn_;
+    head_arena response_arena_;  // before response_, which uses it
     std::optional<response_parser_t> response_;
     // The client's head as U wrote it, for S to send (U writes it before it posts to S).
     std::string ready_head_;

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cassert>
 #include <chrono>
 #include <cstddef>
@@ -170,18 +171,31 @@ private:
     // of the lists by length: deadlines computed at run time (what is left of a budget) miss
     // every list, and a scan of all sixteen was a fifth of a passthrough request's arming.
     std::size_t list_for(clock_type::duration length) {
+        // A request arms a few lengths over and over (the read's, the write's, the FIN probe's):
+        // the last few that have a list of their own are looked at first. (A length computed at
+        // run time, which rarely comes again, does not push them out.)
+        for (std::size_t k = 0; k < recent_count_; ++k)
+            if (recent_[k].first == length) return recent_[k].second;
         auto it = std::lower_bound(by_length_.begin(), by_length_.end(), length,
                                    [](const auto& known, clock_type::duration l) { return known.first < l; });
-        if (it != by_length_.end() && it->first == length) return it->second;
+        if (it != by_length_.end() && it->first == length) return remember(length, it->second);
         if (lists_.size() < max_lists) {
             lists_.push_back({nullptr, nullptr});
             by_length_.insert(it, {length, lists_.size() - 1});  // reserved: cannot throw, `it` stays valid
-            return lists_.size() - 1;
+            return remember(length, lists_.size() - 1);
         }
         if (it == by_length_.end()) return std::prev(it)->second;
         if (it == by_length_.begin()) return it->second;
         const auto below = std::prev(it);
         return length - below->first < it->first - length ? below->second : it->second;
+    }
+
+    // A length's own list, kept among the recent ones (lists are never removed: it stays its own).
+    std::size_t remember(clock_type::duration length, std::size_t i) noexcept {
+        recent_[recent_next_] = {length, i};
+        recent_next_ = (recent_next_ + 1) % recent_.size();
+        recent_count_ = std::max(recent_count_, recent_next_ == 0 ? recent_.size() : recent_next_);
+        return i;
     }
 
     struct list {  // its length is in by_length_
@@ -190,6 +204,10 @@ private:
     };
     std::vector<list> lists_;
     std::vector<std::pair<clock_type::duration, std::size_t>> by_length_;  // (length, index in lists_), by length
+    // Lengths that have a list of their own, as list_for last found them.
+    std::array<std::pair<clock_type::duration, std::size_t>, 4> recent_{};
+    std::size_t recent_count_ = 0;
+    std::size_t recent_next_ = 0;
     std::size_t armed_ = 0;
     clock_type::time_point swept_to_{};
     bool ticking_ = false;

@@ -84,7 +84,7 @@ struct composed_answer {
 // What a request is answered with: a Beast response, or bytes the gateway composed.
 using answer = std::variant<response_t, composed_answer>;
 
-using dispatch_done = std::function<void(answer, dispatch_info)>;
+using dispatch_done = std::function<void(answer&&, dispatch_info&&)>;
 
 // An answer as a Beast response of the given version, for who reads its fields ($batch entries).
 response_t to_response(answer a, unsigned version);

@@ -13,6 +13,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/io_context.hpp>
@@ -52,14 +53,14 @@ struct exact_allocator {
 
 // A block cache of the calling thread: freed blocks of up to `sizes` sizes, up to `depth` of
 // each, kept for the next allocation of their exact size. For objects made once per request and
-// too big for glibc's per-thread cache (1,032 bytes), such as a passthrough exchange (1.3 KiB):
+// too big for glibc's per-thread cache (1,032 bytes), such as a passthrough exchange (2.4 KiB):
 // malloc and free of those searched the bins and cost about 1,000 instructions a request. A loop
 // frees a burst of them (one epoll round of answers) before it makes the next burst, hence the
 // depth. Blocks freed on another thread (an exchange whose upstream side ends last) go to that
 // thread's cache. A thread holds at most sizes x depth blocks; they are freed when it ends.
 class thread_block_cache {
 public:
-    static constexpr std::size_t sizes = 4;
+    static constexpr std::size_t sizes = 8;
     static constexpr std::size_t depth = 64;
     // Off under AddressSanitizer: a block in the cache would hide a use after free from it.
 #if defined(__SANITIZE_ADDRESS__)
@@ -123,6 +124,44 @@ private:
     }
 };
 
+// Strings made per request, their room kept: a thread's spare strings, handed out empty. A
+// passthrough exchange's two heads and its request id were three allocations a request (a
+// hundred-odd instructions each). At most `depth` strings a thread, of at most `max_room` bytes
+// of room each (a bigger one is freed as usual); freed when the thread ends. Off under
+// AddressSanitizer, as the block cache is.
+class thread_string_pool {
+public:
+    static constexpr std::size_t depth = 256;  // three per exchange in flight: a burst of 50 to 80 fits
+    static constexpr std::size_t max_room = 4096;
+
+    static std::string take() {
+        auto& spare = local();
+        if (!thread_block_cache::enabled || spare.empty()) return {};
+        std::string s = std::move(spare.back());
+        spare.pop_back();
+        s.clear();
+        return s;
+    }
+    // Keeps s's room for the next take() on this thread (s is left empty).
+    static void give(std::string& s) noexcept {
+        auto& spare = local();
+        if (!thread_block_cache::enabled || spare.size() == depth || s.capacity() > max_room ||
+            s.capacity() < 2 * sizeof(std::string))  // one on the heap at all
+            return;
+        spare.push_back(std::move(s));  // reserved: cannot throw
+    }
+
+private:
+    static std::vector<std::string>& local() noexcept {
+        thread_local std::vector<std::string> spare = [] {
+            std::vector<std::string> v;
+            v.reserve(depth);
+            return v;
+        }();
+        return spare;
+    }
+};
+
 // An allocator that takes its blocks from thread_block_cache: for std::allocate_shared of an
 // object made per request.
 template <class T>
@@ -138,6 +177,83 @@ struct thread_cached_allocator {
     void deallocate(T* p, std::size_t n) noexcept { thread_block_cache::give(p, n * sizeof(T)); }
     template <class U>
     bool operator==(const thread_cached_allocator<U>&) const noexcept { return true; }
+};
+
+// One object per request from thread_block_cache, owned as a unique_ptr: a client's request
+// parser, made for each request (malloc and free of it were a hundred-odd instructions).
+template <class T>
+struct cached_delete {
+    void operator()(T* p) const noexcept {
+        p->~T();
+        thread_block_cache::give(p, sizeof(T));
+    }
+};
+template <class T>
+using cached_ptr = std::unique_ptr<T, cached_delete<T>>;
+
+template <class T, class... Args>
+cached_ptr<T> make_cached(Args&&... args) {
+    static_assert(alignof(T) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__, "the cache's blocks come from plain operator new");
+    void* block = thread_block_cache::take(sizeof(T));
+    try {
+        return cached_ptr<T>(::new (block) T(std::forward<Args>(args)...));
+    } catch (...) {
+        thread_block_cache::give(block, sizeof(T));
+        throw;
+    }
+}
+
+// Memory for one parsed head's fields. Beast's field set allocates a block per field (name,
+// value and links) and one for a response's reason phrase: a relayed answer's few fields were
+// four malloc/free pairs and a walk freeing them, a twentieth of a passthrough request. Here
+// blocks are cut from a buffer of the arena's own; a head bigger than it takes the rest from
+// the heap. Freeing a block of the buffer does nothing: reset() starts over, once the field set
+// that used it is gone. (Off under AddressSanitizer, as the block cache is.)
+class head_arena {
+public:
+    static constexpr std::size_t capacity = 1024;
+
+    head_arena() = default;
+    head_arena(const head_arena&) = delete;
+    head_arena& operator=(const head_arena&) = delete;
+
+    void* take(std::size_t n) {
+        constexpr std::size_t align = __STDCPP_DEFAULT_NEW_ALIGNMENT__;
+        n = (n + align - 1) / align * align;
+        if (thread_block_cache::enabled && capacity - used_ >= n) return bytes_ + std::exchange(used_, used_ + n);
+        return ::operator new(n);
+    }
+    void give(void* block) noexcept {
+        const auto* b = static_cast<const char*>(block);
+        if (b >= bytes_ && b < bytes_ + capacity) return;
+        ::operator delete(block);
+    }
+    // Only once nothing holds a block of the buffer.
+    void reset() noexcept { used_ = 0; }
+
+private:
+    alignas(__STDCPP_DEFAULT_NEW_ALIGNMENT__) char bytes_[capacity];
+    std::size_t used_ = 0;
+};
+
+// A field set's allocator on a head_arena (Beast's basic_fields takes one): the field set must
+// go before the arena does, or is reset.
+template <class T>
+struct arena_allocator {
+    using value_type = T;
+    head_arena* arena;
+    explicit arena_allocator(head_arena& a) noexcept : arena(&a) {}
+    template <class U>
+    arena_allocator(const arena_allocator<U>& o) noexcept : arena(o.arena) {}
+    T* allocate(std::size_t n) {
+        static_assert(alignof(T) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__, "blocks are aligned as operator new's");
+        return static_cast<T*>(arena->take(n * sizeof(T)));
+    }
+    void deallocate(T* p, std::size_t) noexcept { arena->give(p); }
+    template <class U>
+    bool operator==(const arena_allocator<U>& o) const noexcept {
+        return arena == o.arena;
+    }
 };
 
 namespace wire {
@@ -171,7 +287,7 @@ std::size_t fields_bytes(const Fields& fields) {
 template <class Fields>
 void append_fields(std::string& out, const Fields& fields) {
     for (const auto& f : fields) append_field(out, f.name_string(), f.value());
-    out += "\r\n";
+    out.append("\r\n", 2);
 }
 
 // The reason phrase to write, from an answer's reason() (Beast gives the standard phrase when

@@ -3,8 +3,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <functional>
 #include <memory>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -206,5 +208,37 @@ TEST_F(sweep_test, ManyLengthsShareTheNearestListsAndEachFiresWhenDue) {
         EXPECT_EQ(fired.size(), static_cast<std::size_t>(ms / 10)) << "at " << ms << " ms";
     }
     for (std::size_t i = 0; i < fired.size(); ++i) EXPECT_EQ(fired[i], std::to_string((i + 1) * 10));
+    EXPECT_EQ(sweep.armed(), 0u);
+}
+
+// Lengths armed again and again (found among the recent ones) mixed with lengths computed at run
+// time, each seen once, with every list taken: each still fires when due, in deadline order.
+TEST_F(sweep_test, RecurringAndOneOffLengthsMixedFireInDeadlineOrder) {
+    std::vector<std::unique_ptr<probe>> probes;
+    std::vector<int> due_ms;
+    auto arm = [&](int ms) {
+        probes.push_back(std::make_unique<probe>(std::to_string(ms), &fired));
+        sweep.arm(*probes.back(), t0, std::chrono::milliseconds(ms));
+        due_ms.push_back(ms);
+    };
+    for (int i = 0; i < 200; ++i) {
+        arm(100 + 100 * (i % 3));               // 100, 200, 300: recurring
+        arm(1 + (i * 7919) % 997);              // one-off lengths, 1..997 ms
+        if (i % 5 == 0) arm(150 + (i % 2) * 100);  // 150, 250: recurring too
+    }
+    EXPECT_EQ(sweep.lists(), deadline_sweep::max_lists);
+    std::sort(due_ms.begin(), due_ms.end());
+    std::size_t before = 0;
+    for (int ms = 0; ms <= 1001; ms += 7) {
+        sweep.sweep(t0 + std::chrono::milliseconds(ms));
+        const auto due = static_cast<std::size_t>(std::upper_bound(due_ms.begin(), due_ms.end(), ms) - due_ms.begin());
+        ASSERT_EQ(fired.size(), due) << "at " << ms << " ms";
+        // The ones this sweep fired are exactly those that came due since the last (one sweep
+        // goes list by list, so among themselves they may come in any order).
+        std::multiset<std::string> got(fired.begin() + before, fired.end()), want;
+        for (std::size_t i = before; i < due; ++i) want.insert(std::to_string(due_ms[i]));
+        EXPECT_EQ(got, want) << "at " << ms << " ms";
+        before = due;
+    }
     EXPECT_EQ(sweep.armed(), 0u);
 }

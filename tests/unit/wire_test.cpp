@@ -4,9 +4,12 @@
 #include "net/hop_by_hop.hpp"
 #include "net/request.hpp"
 
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <memory>
 #include <set>
 #include <string>
@@ -199,5 +202,111 @@ TEST(thread_block_cache, SharedObjectsMadeThroughItAreBuiltAndDestroyedOnce) {
     for (auto& o : objects) distinct.insert(o.get());
     EXPECT_EQ(distinct.size(), 100u);  // no block handed out twice
     objects.clear();
+    EXPECT_EQ(alive, 0);
+}
+
+TEST(head_arena, AParsedHeadsFieldsLiveInItAndSpillToTheHeapWhenItIsFull) {
+    head_arena arena;
+    using parser_t = http::response_parser<http::empty_body, arena_allocator<char>>;
+    // Twice with the same arena (reset between): the second head reads as it came, not the first.
+    for (int round = 0; round < 2; ++round) {
+        arena.reset();
+        parser_t parser(std::piecewise_construct, std::make_tuple(), std::make_tuple(arena_allocator<char>(arena)));
+        parser.skip(true);
+        // Some 40 fields of ~60 bytes each: more than the arena holds, so the last ones are on the heap.
+        std::string head = "HTTP/1.1 299 Round " + std::to_string(round) + "\r\n";
+        for (int i = 0; i < 40; ++i)
+            head += "X-Field-" + std::to_string(i) + ": value-" + std::to_string(round) + "-" + std::string(40, 'v') +
+                    "\r\n";
+        head += "\r\n";
+        boost::system::error_code ec;
+        parser.put(boost::asio::buffer(head), ec);
+        ASSERT_FALSE(ec) << ec.message();
+        ASSERT_TRUE(parser.is_header_done());
+        const auto& res = parser.get();
+        EXPECT_EQ(res.result_int(), 299);
+        EXPECT_EQ(res.reason(), "Round " + std::to_string(round));
+        int i = 0;
+        for (const auto& f : res) {
+            EXPECT_EQ(f.name_string(), "X-Field-" + std::to_string(i));
+            EXPECT_EQ(f.value(), "value-" + std::to_string(round) + "-" + std::string(40, 'v'));
+            ++i;
+        }
+        EXPECT_EQ(i, 40);
+    }
+}
+
+TEST(head_arena, BlocksComeFromItsBufferUntilItIsFullAndItStartsOverWhenReset) {
+    if (!thread_block_cache::enabled) GTEST_SKIP() << "off under AddressSanitizer";
+    head_arena arena;
+    arena_allocator<char> a(arena);
+    char* first = a.allocate(100);
+    char* second = a.allocate(100);
+    EXPECT_EQ(second - first, 112);  // rounded up to the alignment of operator new
+    char* big = a.allocate(head_arena::capacity);  // no room left for it: the heap
+    EXPECT_TRUE(big < first || big >= first + head_arena::capacity);
+    std::memset(big, 'x', head_arena::capacity);
+    a.deallocate(big, head_arena::capacity);  // freed (a leak checker would say otherwise)
+    a.deallocate(second, 100);
+    a.deallocate(first, 100);
+    arena.reset();
+    EXPECT_EQ(a.allocate(10), first);
+    EXPECT_TRUE(arena_allocator<int>(a) == a);
+    head_arena other;
+    EXPECT_FALSE(arena_allocator<char>(other) == a);
+}
+
+TEST(thread_string_pool, AStringGivenBackIsTakenAgainEmptyWithItsRoom) {
+    if (!thread_block_cache::enabled) GTEST_SKIP() << "off under AddressSanitizer";
+    std::string s = thread_string_pool::take();
+    s.assign(300, 'h');
+    const char* room = s.data();
+    thread_string_pool::give(s);
+    EXPECT_TRUE(s.empty());
+    std::string again = thread_string_pool::take();
+    EXPECT_EQ(again.data(), room);
+    EXPECT_TRUE(again.empty());
+    EXPECT_GE(again.capacity(), 300u);
+    // Too big a room is not kept; a string with none on the heap neither.
+    std::string huge(thread_string_pool::max_room + 1, 'x');
+    thread_string_pool::give(huge);
+    EXPECT_EQ(huge.size(), thread_string_pool::max_room + 1);  // still the caller's
+    std::string small = "id";
+    thread_string_pool::give(small);
+    EXPECT_EQ(small, "id");
+    thread_string_pool::give(again);
+}
+
+TEST(thread_string_pool, KeepsAtMostDepthStrings) {
+    if (!thread_block_cache::enabled) GTEST_SKIP() << "off under AddressSanitizer";
+    std::vector<std::string> out;
+    std::set<const char*> rooms;
+    for (std::size_t i = 0; i < thread_string_pool::depth + 10; ++i) {
+        out.push_back(thread_string_pool::take());
+        out.back().assign(100, 'x');
+    }
+    for (auto& s : out) thread_string_pool::give(s);
+    std::size_t with_room = 0;
+    for (std::size_t i = 0; i < thread_string_pool::depth + 10; ++i) {
+        auto s = thread_string_pool::take();
+        if (s.capacity() >= 100) ++with_room, rooms.insert(s.data());
+    }
+    EXPECT_EQ(with_room, thread_string_pool::depth);
+    EXPECT_EQ(rooms.size(), thread_string_pool::depth);  // none handed out twice
+}
+
+TEST(cached_ptr, AnObjectIsBuiltAndDestroyedOnceAndItsBlockComesBack) {
+    int alive = 0;
+    big* first = nullptr;
+    {
+        auto p = make_cached<big>(&alive);
+        first = p.get();
+        EXPECT_EQ(alive, 1);
+    }
+    EXPECT_EQ(alive, 0);
+    auto again = make_cached<big>(&alive);
+    if (thread_block_cache::enabled) EXPECT_EQ(again.get(), first);
+    EXPECT_EQ(alive, 1);
+    again.reset();
     EXPECT_EQ(alive, 0);
 }
