@@ -486,8 +486,7 @@ private:
         p.send_timeout = runtime_->config->limits.send_timeout;
         p.client_ip = client_ip_;
         p.proto = forwarded_proto(head);
-        p.request_id = thread_string_pool::take();
-        p.request_id.assign(request_id_);
+        p.request_id = request_id_;
         p.keep_alive = keep_alive_;
         p.budget_rejected = &state_->metrics.budget_rejected();
         p.send_timeouts = &state_->metrics.send_timeouts();
@@ -877,6 +876,8 @@ private:
         response_lease_.reset();
         request_.reset();
         method_.clear();
+        // Its room kept for the next request, unless a long target made it big.
+        if (target_.capacity() > 512) std::string().swap(target_);
         target_.clear();
         state_->active_requests.fetch_sub(1);
         if (ec || !keep_alive_) return close();

@@ -116,7 +116,6 @@ public:
         thread_string_pool::give(upstream_head_);
         thread_string_pool::give(ready_head_);
         thread_string_pool::give(client_head_);  // the answer's head, moved there from ready_head_
-        thread_string_pool::give(p_.request_id);
         if (conn_) {  // ended early: the connection is not reused
             auto ex = conn_->tcp().get_executor();
             net::post(ex, [pool = p_.pool, c = std::move(conn_)]() mutable { pool->give_back(std::move(c), false); });
@@ -320,6 +319,8 @@ private:
         }
         const int status = response_->get().result_int();
         head_seen_ = true;
+        // The request went up whole: its head is never written again (no retry after an answer).
+        if (request_sent_) thread_string_pool::give(upstream_head_);
         if (head_timer_) head_timer_->cancel();
         const auto elapsed = head_elapsed_ = clock::now() - p_.started;
         p_.upstream_metrics->duration->Observe(std::chrono::duration<double>(elapsed).count());
@@ -626,6 +627,7 @@ private:
         client_head_ = std::move(ready_head_);
         boost::beast::get_lowest_layer(client_).expires_after(p_.send_timeout);
         write_then(client_, net::buffer(client_head_), [this](error_code ec) {
+            thread_string_pool::give(client_head_);
             client_head_.clear();
             if (!client_write_ended(ec)) return;
             p_.route_metrics->interim_relayed->Increment();
@@ -691,6 +693,7 @@ private:
         if (finished_) return;
         if (ec == boost::beast::error::timeout) p_.send_timeouts->Increment();
         if (ec) return abort(false);
+        thread_string_pool::give(client_head_);  // written: a long stream does not hold its room
         client_head_.clear();
         if (status_ == 101) return start_tunnel();
         if (done) {

@@ -109,6 +109,8 @@ public:
 
     std::size_t armed() const noexcept { return armed_; }
     std::size_t lists() const noexcept { return lists_.size(); }
+    // The list an armed entry is in (tests: which lengths share one).
+    static std::size_t list_of(const deadline_entry& e) noexcept { return e.list_; }
     // The latest time swept to: a clock read for free, behind the real one by up to a tick
     // while anything is armed (and by more when nothing is).
     clock_type::time_point swept_to() const noexcept { return swept_to_; }
@@ -172,8 +174,9 @@ private:
     // every list, and a scan of all sixteen was a fifth of a passthrough request's arming.
     std::size_t list_for(clock_type::duration length) {
         // A request arms a few lengths over and over (the read's, the write's, the FIN probe's):
-        // the last few that have a list of their own are looked at first. (A length computed at
-        // run time, which rarely comes again, does not push them out.)
+        // the last few found with a list of their own are looked at first. (A length is
+        // remembered the second time it comes: one computed at run time, which rarely comes
+        // again, does not push them out.)
         for (std::size_t k = 0; k < recent_count_; ++k)
             if (recent_[k].first == length) return recent_[k].second;
         auto it = std::lower_bound(by_length_.begin(), by_length_.end(), length,
@@ -182,7 +185,7 @@ private:
         if (lists_.size() < max_lists) {
             lists_.push_back({nullptr, nullptr});
             by_length_.insert(it, {length, lists_.size() - 1});  // reserved: cannot throw, `it` stays valid
-            return remember(length, lists_.size() - 1);
+            return lists_.size() - 1;
         }
         if (it == by_length_.end()) return std::prev(it)->second;
         if (it == by_length_.begin()) return it->second;

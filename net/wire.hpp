@@ -7,6 +7,7 @@
 #include <array>
 #include <charconv>
 #include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -22,6 +23,7 @@
 #include <boost/asio/strand.hpp>
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/http/status.hpp>
+#include <sanitizer/asan_interface.h>
 
 #include "text/http_date.hpp"
 
@@ -125,10 +127,10 @@ private:
 };
 
 // Strings made per request, their room kept: a thread's spare strings, handed out empty. A
-// passthrough exchange's two heads and its request id were three allocations a request (a
-// hundred-odd instructions each). At most `depth` strings a thread, of at most `max_room` bytes
-// of room each (a bigger one is freed as usual); freed when the thread ends. Off under
-// AddressSanitizer, as the block cache is.
+// passthrough exchange's two heads were two allocations a request (a hundred-odd instructions
+// each); they come back once written, so a long stream or tunnel does not hold them. At most
+// `depth` strings a thread, of at most `max_room` bytes of room each (a bigger one is freed as
+// usual); freed when the thread ends. Off under AddressSanitizer, as the block cache is.
 class thread_string_pool {
 public:
     static constexpr std::size_t depth = 256;  // three per exchange in flight: a burst of 50 to 80 fits
@@ -142,7 +144,8 @@ public:
         s.clear();
         return s;
     }
-    // Keeps s's room for the next take() on this thread (s is left empty).
+    // Keeps s's room for the next take() on this thread (s is left empty), unless the pool is
+    // full or s has no room worth keeping, or too much (s is then left as it was).
     static void give(std::string& s) noexcept {
         auto& spare = local();
         if (!thread_block_cache::enabled || spare.size() == depth || s.capacity() > max_room ||
@@ -208,36 +211,51 @@ cached_ptr<T> make_cached(Args&&... args) {
 // four malloc/free pairs and a walk freeing them, a twentieth of a passthrough request. Here
 // blocks are cut from a buffer of the arena's own; a head bigger than it takes the rest from
 // the heap. Freeing a block of the buffer does nothing: reset() starts over, once the field set
-// that used it is gone. (Off under AddressSanitizer, as the block cache is.)
+// that used it is gone. Under AddressSanitizer the buffer is poisoned but for the blocks in
+// use, so a field read after its set let go of it, or after reset(), is reported.
 class head_arena {
 public:
     static constexpr std::size_t capacity = 1024;
 
-    head_arena() = default;
+    head_arena() noexcept { ASAN_POISON_MEMORY_REGION(bytes_, capacity); }
+    ~head_arena() { ASAN_UNPOISON_MEMORY_REGION(bytes_, capacity); }  // the memory goes back as it came
     head_arena(const head_arena&) = delete;
     head_arena& operator=(const head_arena&) = delete;
 
     void* take(std::size_t n) {
-        constexpr std::size_t align = __STDCPP_DEFAULT_NEW_ALIGNMENT__;
-        n = (n + align - 1) / align * align;
-        if (thread_block_cache::enabled && capacity - used_ >= n) return bytes_ + std::exchange(used_, used_ + n);
-        return ::operator new(n);
+        n = rounded(n);
+        if (capacity - used_ < n) return ::operator new(n);
+        char* block = bytes_ + std::exchange(used_, used_ + n);
+        ASAN_UNPOISON_MEMORY_REGION(block, n);
+        return block;
     }
-    void give(void* block) noexcept {
-        const auto* b = static_cast<const char*>(block);
-        if (b >= bytes_ && b < bytes_ + capacity) return;
+    void give(void* block, std::size_t n) noexcept {
+        const auto at = reinterpret_cast<std::uintptr_t>(block);
+        const auto begin = reinterpret_cast<std::uintptr_t>(bytes_);
+        if (at - begin < capacity) {  // one of the buffer's (unsigned: below it wraps past capacity)
+            ASAN_POISON_MEMORY_REGION(block, rounded(n));
+            return;
+        }
         ::operator delete(block);
     }
     // Only once nothing holds a block of the buffer.
-    void reset() noexcept { used_ = 0; }
+    void reset() noexcept {
+        ASAN_POISON_MEMORY_REGION(bytes_, capacity);
+        used_ = 0;
+    }
 
 private:
+    static constexpr std::size_t rounded(std::size_t n) noexcept {
+        constexpr std::size_t align = __STDCPP_DEFAULT_NEW_ALIGNMENT__;
+        return (n + align - 1) / align * align;
+    }
     alignas(__STDCPP_DEFAULT_NEW_ALIGNMENT__) char bytes_[capacity];
     std::size_t used_ = 0;
 };
 
 // A field set's allocator on a head_arena (Beast's basic_fields takes one): the field set must
-// go before the arena does, or is reset.
+// go before the arena does, or is reset. A copy of the set would share the arena (the copy of
+// an allocator is the same arena): never copy one out of the exchange that owns the arena.
 template <class T>
 struct arena_allocator {
     using value_type = T;
@@ -249,7 +267,7 @@ struct arena_allocator {
         static_assert(alignof(T) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__, "blocks are aligned as operator new's");
         return static_cast<T*>(arena->take(n * sizeof(T)));
     }
-    void deallocate(T* p, std::size_t) noexcept { arena->give(p); }
+    void deallocate(T* p, std::size_t n) noexcept { arena->give(p, n * sizeof(T)); }
     template <class U>
     bool operator==(const arena_allocator<U>& o) const noexcept {
         return arena == o.arena;

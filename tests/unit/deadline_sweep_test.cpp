@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <map>
 #include <memory>
 #include <set>
 #include <stdexcept>
@@ -227,6 +228,15 @@ TEST_F(sweep_test, RecurringAndOneOffLengthsMixedFireInDeadlineOrder) {
         if (i % 5 == 0) arm(150 + (i % 2) * 100);  // 150, 250: recurring too
     }
     EXPECT_EQ(sweep.lists(), deadline_sweep::max_lists);
+    // Each recurring length has a list of its own, and every entry of it is there.
+    std::map<std::string, std::set<std::size_t>> lists_of;
+    for (const auto& p : probes) lists_of[p->name].insert(deadline_sweep::list_of(*p));
+    std::set<std::size_t> recurring_lists;
+    for (const char* name : {"100", "150", "200", "250", "300"}) {
+        ASSERT_EQ(lists_of[name].size(), 1u) << name;
+        recurring_lists.insert(*lists_of[name].begin());
+    }
+    EXPECT_EQ(recurring_lists.size(), 5u);
     std::sort(due_ms.begin(), due_ms.end());
     std::size_t before = 0;
     for (int ms = 0; ms <= 1001; ms += 7) {
