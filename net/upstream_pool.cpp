@@ -70,7 +70,12 @@ public:
           lease_(&pool_->budget_),
           home_(shard_here(pool_->shards_.size())) {}
 
-    void start(bool fresh = false) { pool_->acquire(shared_from_this(), fresh); }
+    // fresh: never an idle connection, nor one handed over by release() (a retry after a stale one).
+    void start(bool fresh = false) {
+        fresh_ = fresh;
+        pool_->acquire(shared_from_this(), fresh);
+    }
+    bool fresh() const { return fresh_; }
 
     // The shard the call was made on: a connection it opens runs there.
     std::size_t home() const { return home_; }
@@ -368,6 +373,7 @@ private:
     std::optional<http::response_parser<http::string_body>> parser_;
     budget_lease lease_;  // the answer body being read
     std::size_t home_;    // the caller's shard when made
+    bool fresh_ = false;  // set by start(), before the call is queued
     bool reused_ = false;
     bool retried_ = false;
 };
@@ -482,6 +488,9 @@ void upstream_pool::release(std::unique_ptr<connection> conn) {
         if (!waiting_.empty()) {
             next = std::move(waiting_.front());
             waiting_.pop_front();
+            // A call that must go on a new connection takes the slot, not this connection,
+            // which goes idle as it would with no one waiting.
+            if (conn && next->fresh()) idle_[conn->shard].push_back(std::move(conn));
         } else {
             --active_;
             if (conn) idle_[conn->shard].push_back(std::move(conn));

@@ -23,6 +23,9 @@
 //   GET  /slow-head?delay_ms=<D>[&fin=1&hold_ms=<H>]    waits D ms, then 200 "slow\n"; with fin=1
 //        the answer says keep-alive but the FIN follows it in the same segment, and the connection
 //        stays open, reading nothing, for H ms.
+//   GET  /drop-if-reused?drop_ms=<D>&delay_ms=<E>   on a connection's first request, waits E ms,
+//        then 200 "fresh\n"; on a later one, waits D ms and closes the connection without an
+//        answer (a kept-alive connection the upstream dropped just as a request came on it).
 //   ANY  /echo-headers              200 JSON of the request as received: {"method","target",
 //        "version":"HTTP/1.1","headers":[[name,value],...] in order,"chunked":bool,"body_bytes":N}.
 //   GET  /ws                        WebSocket echo (same type, text or binary) until the peer closes.
@@ -251,6 +254,7 @@ private:
         net::steady_timer timer;                              // delays, so stop() can cut them
         std::optional<websocket::stream<tcp::socket>> ws;     // takes the socket on upgrade
         bool closed = false;                                  // by stop(); on the strand only
+        std::uint64_t served = 0;                             // requests read on it; on the strand only
         void abort() {
             closed = true;
             beast::error_code ec;
@@ -297,6 +301,7 @@ private:
                 auto [ec, n] = co_await http::async_read_header(c->socket, buffer, head, detail::use_tuple);
                 if (ec) break;  // the peer closed, stop(), or a malformed head
                 ++requests_;
+                ++c->served;
                 if (!co_await handle(*c, buffer, head)) break;
             }
         } catch (const std::exception&) {
@@ -363,6 +368,14 @@ private:
         }
         if (path == "/events") co_return co_await serve_events(c, req, target);
         if (path == "/die") co_return co_await serve_die(c, req, target);
+        if (path == "/drop-if-reused") {
+            if (c.served > 1) {
+                co_await sleep(c, std::chrono::milliseconds(detail::query_number(target, "drop_ms", 0)));
+                co_return false;  // closed, no answer
+            }
+            co_await sleep(c, std::chrono::milliseconds(detail::query_number(target, "delay_ms", 0)));
+            co_return co_await write_small(c, req, http::status::ok, "fresh\n", "text/plain", keep);
+        }
         if (path == "/slow-head") {
             co_await sleep(c, std::chrono::milliseconds(detail::query_number(target, "delay_ms", 0)));
             if (detail::query_number(target, "fin", 0) == 0)

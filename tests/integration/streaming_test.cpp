@@ -397,3 +397,60 @@ TEST(Streaming, AConnectionHandedToAWaitingCallIsCheckedFirst) {
     EXPECT_EQ(second.status, 200) << second.body;
     EXPECT_EQ(up.requests(), 2u);
 }
+
+// A GET whose kept-alive connection the upstream drops is sent once more on a new connection,
+// also when it has to queue for one (max_connections) and the connection that frees first is a
+// kept-alive one: that one goes idle, the retry opens its own. (It was handed the freed
+// connection, which the upstream dropped too: a 502.)
+TEST(Streaming, ARetryAfterADroppedConnectionGoesOnANewOneEvenWhenItQueues) {
+    stream_upstream up;
+    std::string text = config_text(up.port());
+    replace_once(text, "  s: {url: \"http://127.0.0.1:" + std::to_string(up.port()) + "\", request_timeout: 2s}",
+                 "  s: {url: \"http://127.0.0.1:" + std::to_string(up.port()) +
+                     "\", request_timeout: 5s, max_connections: 1}");
+    running_gateway gw(load_yaml(text));
+    // X comes on the client connection whose first request left a kept-alive upstream connection
+    // idle (its shard's: one client connection stays on one shard), so X goes on that one, and
+    // the upstream drops it 500 ms later. Meanwhile Y queues for the one slot.
+    int primed = 0, x = 0;
+    std::string primed_body, x_body;
+    std::thread tx([&] {
+        try {
+            net::io_context ioc;
+            tcp::socket s(ioc);
+            s.connect({net::ip::make_address("127.0.0.1"), gw.port()});
+            beast::flat_buffer buffer;
+            auto get = [&](const std::string& target, int& status, std::string& body) {
+                http::request<http::empty_body> req{http::verb::get, target, 11};
+                req.set(http::field::host, "127.0.0.1");
+                http::write(s, req);
+                http::response<http::string_body> res;
+                http::read(s, buffer, res);
+                status = res.result_int();
+                body = res.body();
+            };
+            get("/drop-if-reused?delay_ms=0", primed, primed_body);
+            get("/drop-if-reused?drop_ms=500", x, x_body);
+        } catch (const std::exception& e) {
+            x_body = e.what();
+        }
+    });
+    const bool x_sent = eventually(10s, [&] { return up.requests() == 2; });
+    stream_result y;
+    std::thread ty([&] { y = stream_get(gw.port(), "/drop-if-reused?delay_ms=200"); });
+    const bool y_queued = eventually(10s, [&] {
+        return gw.metric(R"(batchgate_upstream_connections{state="queued",upstream="s"})") == 1;
+    });
+    // At the drop Y takes the slot (a new connection, answered in 200 ms) and X's retry queues;
+    // when Y's connection frees, X must not be handed it.
+    tx.join();
+    ty.join();
+    ASSERT_TRUE(x_sent);
+    ASSERT_TRUE(y_queued);
+    EXPECT_EQ(primed, 200);
+    EXPECT_EQ(primed_body, "fresh\n");
+    EXPECT_EQ(y.status, 200);
+    EXPECT_EQ(x, 200) << x_body;
+    EXPECT_EQ(x_body, "fresh\n");
+    EXPECT_EQ(up.requests(), 4u);  // primed, X dropped, Y, X again
+}
