@@ -51,6 +51,16 @@ std::shared_ptr<const batchgate::config::gateway_config> config_for(unsigned sho
     return load_yaml(config_text(port, settings));
 }
 
+// The upstream allows one connection at a time (max_connections: 1), with this request_timeout.
+std::shared_ptr<const batchgate::config::gateway_config> one_connection_config(unsigned short port,
+                                                                               const std::string& timeout) {
+    std::string text = config_text(port);
+    replace_once(text, "  s: {url: \"http://127.0.0.1:" + std::to_string(port) + "\", request_timeout: 2s}",
+                 "  s: {url: \"http://127.0.0.1:" + std::to_string(port) + "\", request_timeout: " + timeout +
+                     ", max_connections: 1}");
+    return load_yaml(text);
+}
+
 // 2 GiB as the issue asks; under a sanitizer the transfer is smaller (minutes otherwise), and
 // RSS is not checked (shadow memory and quarantine are the sanitizer's, not the gateway's).
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
@@ -383,11 +393,7 @@ TEST(Streaming, AClientThatHalfClosesAfterItsRequestIsAnsweredAndItsConnectionCl
 // peek it would be a 504.
 TEST(Streaming, AConnectionHandedToAWaitingCallIsCheckedFirst) {
     stream_upstream up;
-    std::string text = config_text(up.port());
-    replace_once(text, "  s: {url: \"http://127.0.0.1:" + std::to_string(up.port()) + "\", request_timeout: 2s}",
-                 "  s: {url: \"http://127.0.0.1:" + std::to_string(up.port()) +
-                     "\", request_timeout: 800ms, max_connections: 1}");
-    running_gateway gw(load_yaml(text));
+    running_gateway gw(one_connection_config(up.port(), "800ms"));
     stream_result first;
     std::thread a([&] { first = stream_get(gw.port(), "/slow-head?delay_ms=300&fin=1&hold_ms=2000"); });
     ASSERT_TRUE(eventually(10s, [&] { return up.requests() == 1; }));
@@ -404,11 +410,7 @@ TEST(Streaming, AConnectionHandedToAWaitingCallIsCheckedFirst) {
 // connection, which the upstream dropped too: a 502.)
 TEST(Streaming, ARetryAfterADroppedConnectionGoesOnANewOneEvenWhenItQueues) {
     stream_upstream up;
-    std::string text = config_text(up.port());
-    replace_once(text, "  s: {url: \"http://127.0.0.1:" + std::to_string(up.port()) + "\", request_timeout: 2s}",
-                 "  s: {url: \"http://127.0.0.1:" + std::to_string(up.port()) +
-                     "\", request_timeout: 5s, max_connections: 1}");
-    running_gateway gw(load_yaml(text));
+    running_gateway gw(one_connection_config(up.port(), "5s"));
     // X comes on the client connection whose first request left a kept-alive upstream connection
     // idle (its shard's: one client connection stays on one shard), so X goes on that one, and
     // the upstream drops it 500 ms later. Meanwhile Y queues for the one slot.
