@@ -73,7 +73,7 @@ public:
     // fresh: never an idle connection, nor one handed over by release() (a retry after a stale one).
     void start(bool fresh = false) {
         fresh_ = fresh;
-        pool_->acquire(shared_from_this(), fresh);
+        pool_->acquire(shared_from_this());
     }
     bool fresh() const { return fresh_; }
 
@@ -449,7 +449,7 @@ void upstream_pool::give_back(std::unique_ptr<connection> conn, bool reusable) {
     release(nullptr);
 }
 
-void upstream_pool::acquire(const std::shared_ptr<call>& c, bool fresh) {
+void upstream_pool::acquire(const std::shared_ptr<call>& c) {
     // A call takes one of max_connections slots before any connection, pooled or new, so no
     // more than max_connections requests are ever in flight, whichever shards their idle
     // connections sit on; at the cap it queues, and release() hands it the next connection
@@ -471,7 +471,7 @@ void upstream_pool::acquire(const std::shared_ptr<call>& c, bool fresh) {
                 holds_slot = true;
             }
             auto& idle = idle_[c->home()];
-            if (!fresh && !idle.empty()) {
+            if (!c->fresh() && !idle.empty()) {
                 conn = std::move(idle.back());
                 idle.pop_back();
             }

@@ -239,7 +239,7 @@ private:
     friend class call;
 
     // Gives the call a connection now (idle or new), or queues it.
-    void acquire(const std::shared_ptr<call>& c, bool fresh = false);
+    void acquire(const std::shared_ptr<call>& c);  // c->fresh(): never an idle connection
     // Returns a connection (nullptr: it is broken) and hands a slot to the next queued call.
     void release(std::unique_ptr<connection> conn);
     // A queued call gave up; false when it was already handed a slot.

@@ -133,7 +133,7 @@ private:
 // usual); freed when the thread ends. Off under AddressSanitizer, as the block cache is.
 class thread_string_pool {
 public:
-    static constexpr std::size_t depth = 256;  // three per exchange in flight: a burst of 50 to 80 fits
+    static constexpr std::size_t depth = 256;  // two per exchange in flight: a burst of over 100 fits
     static constexpr std::size_t max_room = 4096;
 
     static std::string take() {
@@ -188,7 +188,7 @@ template <class T>
 struct cached_delete {
     void operator()(T* p) const noexcept {
         p->~T();
-        thread_block_cache::give(p, sizeof(T));
+        thread_cached_allocator<T>().deallocate(p, 1);
     }
 };
 template <class T>
@@ -196,12 +196,11 @@ using cached_ptr = std::unique_ptr<T, cached_delete<T>>;
 
 template <class T, class... Args>
 cached_ptr<T> make_cached(Args&&... args) {
-    static_assert(alignof(T) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__, "the cache's blocks come from plain operator new");
-    void* block = thread_block_cache::take(sizeof(T));
+    T* block = thread_cached_allocator<T>().allocate(1);
     try {
         return cached_ptr<T>(::new (block) T(std::forward<Args>(args)...));
     } catch (...) {
-        thread_block_cache::give(block, sizeof(T));
+        thread_cached_allocator<T>().deallocate(block, 1);
         throw;
     }
 }
