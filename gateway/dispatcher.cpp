@@ -62,6 +62,9 @@ struct exchange {
         if (pool_it == rt->upstreams.end()) return fail(gateway_error::internal, "route names an unknown upstream");
         const bool head = req.method() == http::verb::head;
         const unsigned version = req.version();
+        // A coalesce route's caller came without the gateway's id (the session sets it only
+        // where the request goes upstream as it is): sent alone, it goes with it.
+        if (route->mode == config::route_mode::coalesce) req.set("X-Request-Id", ctx.request_id);
         // The caller's request itself goes upstream (no copy of its fields).
         if (!prepare_for_upstream(req, ctx.client_ip, ctx.proto))
             return fail(gateway_error::headers_too_large, std::string(forwarded_for_too_long));
@@ -124,7 +127,10 @@ struct exchange {
         caller.path_params = std::move(params);
         const request_t& r = req;
         std::list<std::string> joined;  // lives while caller is used, below (empty: no allocation)
-        caller.header = [&r, &joined](std::string_view name) -> std::optional<std::string_view> {
+        const std::string& request_id = ctx.request_id;
+        caller.header = [&r, &joined, &request_id](std::string_view name) -> std::optional<std::string_view> {
+            // The gateway's id, as a request that goes upstream carries it (not on this one).
+            if (name.size() == 12 && boost::beast::iequals(name, "X-Request-Id")) return std::string_view(request_id);
             // A scan of the head's few fields, case-insensitive: cheaper than the field set's
             // look-up by name (a tree walk comparing names without case).
             std::optional<std::string_view> first;

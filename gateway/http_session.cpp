@@ -394,8 +394,8 @@ private:
     }
 
     void on_read(beast::error_code ec) {
-        if (ec == http::error::end_of_stream || ec == beast::error::timeout || ec == net::error::connection_reset ||
-            ec == net::error::operation_aborted || ec == net::error::eof)
+        if (ec && (ec == http::error::end_of_stream || ec == beast::error::timeout ||
+                   ec == net::error::connection_reset || ec == net::error::operation_aborted || ec == net::error::eof))
             return close();
         // A TLS client that hangs up without close_notify, as many do, before a byte of its next
         // request: gone, as a plain client's FIN there says (end_of_stream), not a bad request.
@@ -558,7 +558,6 @@ private:
     // --- traffic listener ---------------------------------------------------------------------
 
     void handle_traffic() {
-        request_->set("X-Request-Id", request_id_);
         // The head's match, unless a reload came between the head and the end of the body.
         // (runtime_ was current while the one matched against was still held: never the same
         // address for another runtime.)
@@ -576,6 +575,9 @@ private:
             route_metrics_ = runtime_->handles_for(*route).metrics;
             timeout = coalescer::caller_timeout(*runtime_->config, *route);
         }
+        // The request's id on the request that goes upstream. A coalesce route's caller goes in a
+        // batch call with an id of its own; the exchange sets it if the caller goes alone.
+        if (!route || route->mode != config::route_mode::coalesce) request_->set("X-Request-Id", request_id_);
         request_context ctx;
         ctx.client_ip = client_ip_;
         ctx.proto = forwarded_proto(*request_);

@@ -53,7 +53,7 @@ struct caller_flags {
 struct request_context {
     std::string client_ip;       // for X-Forwarded-For
     std::string_view proto = "http";  // X-Forwarded-Proto: the client's connection (https with listen_tls)
-    std::string request_id;      // X-Request-Id (already set on the request too)
+    std::string request_id;      // X-Request-Id (set on the request too, but a coalesce route's)
     std::string traceparent;     // W3C trace context, "" when none
     std::chrono::steady_clock::time_point deadline;  // when the caller stops waiting
     int depth = 0;               // 0: a client's request; 1: a sub-request of a $batch call

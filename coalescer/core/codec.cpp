@@ -849,7 +849,9 @@ item_build build_item(const config::coalesce_settings& settings, const caller_re
     template_values values;
     json item;
     if (rq.item.is_null()) {
-        item = json(key);
+        // A query encoding sends only keys (batcher: send): no payload to build, compare or
+        // free per caller. json_body sends this one, and merge_patch (json_body only) merges it.
+        if (rq.encoding == config::batch_encoding::json_body) item = json(key);
     } else {
         values.resolve = resolver(true);
         item = rq.item;

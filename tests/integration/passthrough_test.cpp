@@ -39,6 +39,15 @@ routes:
       max_wait: {{WAIT}}
       request: {method: POST, path: /echo/keyed/batch, encoding: json_body, body: {items: "{items}"}, item: "{body}"}
       response: {items: /items, key: /id}
+  - name: by_request_id
+    match: {method: GET, path: /whoami}
+    upstream: api
+    mode: coalesce
+    coalesce:
+      key: {header: x-request-id}
+      max_wait: {{WAIT}}
+      request: {method: GET, path: /users, encoding: query_list, query_param: ids}
+      response: {items: "", key: /id}
   - name: everything
     match: {prefix: /}
     upstream: api
@@ -247,6 +256,48 @@ TEST(Passthrough, ConnectionNamesNeverRemoveTheGatewaysOwnFieldsOnAKeylessCaller
     EXPECT_EQ(h["x-forwarded-for"], "10.9.9.9, 127.0.0.1");
     EXPECT_EQ(h["x-forwarded-host"], "gateway.test");
     EXPECT_EQ(gw.metric_reaching("batchgate_requests_total{route=\"keyed\",status=\"200\"}", 1), 1);
+}
+
+// A coalesce route's caller goes in a batch call with the batch's id; sent on alone, it carries
+// the gateway's id as any passthrough request does: the client's when sane, a made-up one else.
+TEST(Passthrough, AKeylessCallerSentAloneCarriesTheRequestId) {
+    mock_upstream up;
+    running_gateway gw(config_for(up.port()));
+    for (const std::string& sent : std::vector<std::string>{"", "client-chosen", "not sane", std::string(129, 'x')}) {
+        std::map<std::string, std::string> headers{{"Content-Type", "application/json"}};
+        if (!sent.empty()) headers.emplace("X-Request-Id", sent);
+        auto r = send_request(gw.port(), "POST", "/echo/keyed", R"({"no_id":true})", headers);
+        ASSERT_EQ(r.status, 200) << sent << ": " << r.body;
+        auto h = r.json()["headers"];
+        ASSERT_TRUE(h.contains("x-request-id")) << sent << ": " << h.dump();
+        EXPECT_EQ(h["x-request-id"], r.header("x-request-id")) << sent << ": the upstream saw another id";
+        if (sent == "client-chosen")
+            EXPECT_EQ(r.header("x-request-id"), sent);
+        else
+            EXPECT_EQ(r.header("x-request-id").size(), 24u) << sent << ": " << r.header("x-request-id");
+    }
+}
+
+// A coalesce route reads the caller's X-Request-Id as the gateway's id (key, partition, templates),
+// whether the client sent a sane one, an insane one or none.
+TEST(Passthrough, ACoalesceRouteReadsTheGatewaysRequestId) {
+    mock_upstream up;
+    running_gateway gw(config_for(up.port()));
+    auto mine = get(gw.port(), "/whoami", {{"X-Request-Id", "7"}});
+    ASSERT_EQ(mine.status, 200) << mine.body;
+    EXPECT_EQ(mine.json()["name"], "user-7");
+    for (const std::string sent : {"", "not sane"}) {
+        up.clear();
+        std::map<std::string, std::string> headers;
+        if (!sent.empty()) headers.emplace("X-Request-Id", sent);
+        auto r = get(gw.port(), "/whoami", headers);
+        EXPECT_EQ(r.status, 404) << sent << ": " << r.body;  // no user has that id
+        const std::string id = r.header("x-request-id");
+        ASSERT_EQ(id.size(), 24u) << sent;
+        auto calls = up.calls();
+        ASSERT_EQ(calls.size(), 1u) << sent;
+        EXPECT_EQ(calls[0].target, "/users?ids=" + id) << sent << ": the batch call's key is not the request's id";
+    }
 }
 
 TEST(Passthrough, LargeChunkedResponseArrivesIntact) {

@@ -1145,6 +1145,18 @@ TEST(BuildItem, DefaultItemIsTheKey) {
     EXPECT_EQ(item_cost(json("a1")), item_cost(s, "a1"));  // the same bytes as before items existed
 }
 
+TEST(BuildItem, AQueryEncodingBuildsNoPayloadButStillSendsTheKeys) {
+    // Only keys go on a query-encoded batch call: the item holds nothing per caller, and two
+    // callers of one key still share (their items compare equal).
+    auto s = users_api();
+    fake_request r;
+    const auto a = build_item(s, r.view(), "7"), b = build_item(s, r.view(), "7");
+    ASSERT_TRUE(a.item && b.item) << a.error;
+    EXPECT_TRUE(a.item->is_null());
+    EXPECT_EQ(*a.item, *b.item);
+    EXPECT_EQ(build_batch_request(s, {}, {"7", "9"}, {*a.item, json()}).target, "/users?ids=7,9");
+}
+
 TEST(BuildItem, PlaceholdersValuesAndRemoval) {
     auto s = activities_api();
     s.request.item = json::parse(R"({
