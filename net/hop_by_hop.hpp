@@ -221,7 +221,7 @@ template <class Fields>
     if (xff.size() > max_field_value) return false;
     std::string forwarded_host;
     if (auto it = fields.find(http::field::host); it != fields.end()) forwarded_host = std::string(it->value());
-    std::string request_id;  // the gateway's own (the session set it): Connection cannot name it away
+    std::string request_id;  // the gateway's own (set before this): Connection cannot name it away
     if (auto it = fields.find("X-Request-Id"); it != fields.end()) request_id = std::string(it->value());
     strip_hop_by_hop(fields);
     fields.erase(http::field::host);

@@ -73,7 +73,8 @@ std::size_t item_cost(const nlohmann::json& item);
 std::string generate_correlation_id();
 
 // The item one caller contributes to the batch call, built from request.item when the caller
-// arrives (default template: the key itself as a JSON string). Error when a placeholder's type
+// arrives (default template: the key itself as a JSON string on json_body, null on a query
+// encoding, which sends only keys). Error when a placeholder's type
 // conversion fails, in request.item or in a batch template for this caller's partition values,
 // or when the template uses the body and it is not JSON (the caller then gets 400). The body is
 // parsed at most once.

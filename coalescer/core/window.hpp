@@ -69,7 +69,7 @@ public:
 
     struct item {
         std::string key;
-        nlohmann::json payload;       // what goes into the batch call for this key
+        nlohmann::json payload;       // what goes into the batch call for this key (null: the key alone)
         std::vector<Waiter> waiters;  // >1 when callers shared or merged into this key
         std::size_t cost = 0;         // bytes the payload adds to the batch call
     };

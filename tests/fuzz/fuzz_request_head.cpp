@@ -84,7 +84,7 @@ void check_upstream_head(const http::request_header<>& head) {
         fuzz::check(up.count(f) == 0, "a hop-by-hop or framing field crossed");
 
     http::request_header<> edited = head;
-    edited.set("X-Request-Id", "rid-1");  // as the session sets it before either path
+    edited.set("X-Request-Id", "rid-1");  // as the session (or a coalesce route's exchange) sets it before
     if (!gateway::prepare_for_upstream(edited, "192.0.2.1", "http")) {
         fuzz::check(up["X-Forwarded-For"].size() > gateway::max_field_value, "a X-Forwarded-For that fits was refused");
         return;
