@@ -95,6 +95,11 @@ void relay_whole_answer(reply& rep, const gateway::upstream_response& res) {
     }
 }
 
+// Callers' handlers running on this thread, from any batcher (call_safely). A submit made from
+// inside one (a $batch envelope whose sub-request's answer starts the next sub-request) is
+// posted: the batcher that called out may be in the middle of its window or its batch.
+thread_local unsigned answering = 0;
+
 }  // namespace
 
 config::duration caller_timeout(const config::gateway_config& config, const config::route_settings& route) {
@@ -105,7 +110,7 @@ config::duration caller_timeout(const config::gateway_config& config, const conf
     return t;
 }
 
-batcher::batcher(net::any_io_executor executor, std::shared_ptr<const config::gateway_config> config,
+batcher::batcher(net::io_context::executor_type executor, std::shared_ptr<const config::gateway_config> config,
                  const config::route_settings& route, std::shared_ptr<gateway::upstream_pool> upstream,
                  std::shared_ptr<batch_slots> slots, metrics::registry& metrics, std::shared_ptr<route_load> load,
                  batcher_mode mode)
@@ -120,16 +125,20 @@ batcher::batcher(net::any_io_executor executor, std::shared_ptr<const config::ga
                             window_policy(route.coalesce.same_key),
                             route.coalesce.flush == config::flush_policy::adaptive, route.coalesce.min_wait}),
       ordered_(route.coalesce.ordered),
+      adaptive_(route.coalesce.flush == config::flush_policy::adaptive),
       timer_(executor_),
       sweep_timer_(executor_),
       rng_(std::random_device{}()),
       load_(std::move(load)),
       mode_(mode) {}
 
-// Only the pointer moves into the posted handler; on_submit moves the submission's parts
-// into the caller's waiter.
-void batcher::submit(std::unique_ptr<submission> s) {
-    net::post(executor_, [self = shared_from_this(), s = std::move(s)] { self->on_submit(*s); });
+// on_submit moves the submission's parts into the caller's waiter. Posted, only the pointer
+// moves into the handler.
+void batcher::submit(submission&& s) {
+    if (answering == 0 && executor_.running_in_this_thread()) return on_submit(s);
+    net::post(executor_, [self = shared_from_this(), s = std::make_unique<submission>(std::move(s))] {
+        self->on_submit(*s);
+    });
 }
 
 void batcher::on_submit(submission& s) {
@@ -156,8 +165,9 @@ void batcher::on_submit(submission& s) {
     unsent_.insert(w.serial);
     caller_deadlines_.emplace(w.deadline, w.serial);
     // flush: adaptive: a caller whose partition could send right now (a free slot, nothing of
-    // it in flight or queued) does not wait for others to come.
-    const bool can_send = !draining_ && slot_free() && !partition_busy(s.part.key);
+    // it in flight or queued) does not wait for others to come. (Not asked under flush: window,
+    // whose add never reads it: the slots are behind two mutexes every shard shares.)
+    const bool can_send = adaptive_ && !draining_ && slot_free() && !partition_busy(s.part.key);
     auto closed = window_.add(s.part, std::move(s.key), s.cost, std::move(w), now, std::move(s.item), can_send);
     if (auto d = window_.take_deduplicated()) metrics_.deduplicated->Increment(static_cast<double>(d));
     if (auto m = window_.take_merged()) metrics_.merged->Increment(static_cast<double>(m));
@@ -735,6 +745,10 @@ void batcher::call_safely(reply_handler& done, reply&& r) {
     if (!handler) return;
     // A caller's handler must never unwind through the batcher: the rest of the batch and
     // the route's in-flight count depend on this loop finishing.
+    ++answering;
+    struct leave {
+        ~leave() { --answering; }
+    } on_return;
     try {
         handler(std::move(r));
     } catch (const std::exception& e) {

@@ -4,7 +4,8 @@
 // and answers every waiter exactly once. A route has one batcher per worker thread (shard),
 // each owning the partitions that hash to it (net/shard.hpp); a batcher runs on its
 // shard's executor, which one thread runs, so its state needs no strand or lock. submit() may be
-// called from any thread. Holds only completion handlers, never sessions.
+// called from any thread: on the batcher's own it takes the caller in at once, from another it
+// posts. Holds only completion handlers, never sessions.
 #pragma once
 
 #include <atomic>
@@ -23,7 +24,7 @@
 #include <utility>
 #include <vector>
 
-#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 #include "coalescer/core/batch_slots.hpp"
@@ -92,16 +93,19 @@ class batcher : public std::enable_shared_from_this<batcher> {
 public:
     // route lives inside config; the batcher keeps config alive for as long as any of its
     // batches is in flight, even after a reload retired the snapshot.
-    batcher(boost::asio::any_io_executor executor, std::shared_ptr<const config::gateway_config> config,
+    batcher(boost::asio::io_context::executor_type executor, std::shared_ptr<const config::gateway_config> config,
             const config::route_settings& route, std::shared_ptr<gateway::upstream_pool> upstream,
             std::shared_ptr<batch_slots> slots, metrics::registry& metrics,
             std::shared_ptr<route_load> load = std::make_shared<route_load>(), batcher_mode mode = batcher_mode::live);
 
     const std::shared_ptr<route_load>& load() const { return load_; }
 
-    // One allocation per caller, built in place by the dispatcher: the post to the shard moves
-    // a pointer, not the submission's strings and JSON (four moves a caller before).
-    void submit(std::unique_ptr<submission> s);
+    // On the batcher's own thread (its shard owns the caller's partition) the caller goes into
+    // the window at once: no post, no allocation. The caller's handler may then run before
+    // submit returns (the route is over max_waiting, or its batch closed and failed at once):
+    // whoever submits must not answer from inside it (the session posts when dispatching). From
+    // another shard's thread the submission moves to the heap and its pointer into a post.
+    void submit(submission&& s);
 
     // Flushes everything now and sends later callers at once (SIGTERM, reload).
     void drain();
@@ -172,7 +176,7 @@ private:
     void answer_all(pending& p, const reply& proto);
     void update_waiting_gauge();
 
-    boost::asio::any_io_executor executor_;  // its shard's: every member is touched there only
+    boost::asio::io_context::executor_type executor_;  // its shard's: every member is touched there only
     std::shared_ptr<const config::gateway_config> config_;
     const config::route_settings& route_;
     std::shared_ptr<gateway::upstream_pool> upstream_;
@@ -186,6 +190,7 @@ private:
     metrics::upstream_route_metrics& upstream_metrics_;
     window_type window_;
     bool ordered_;
+    const bool adaptive_;  // flush: adaptive
     boost::asio::steady_timer timer_;
     std::optional<std::chrono::steady_clock::time_point> armed_at_;
     std::deque<pending> ready_;                // closed batches waiting for a slot

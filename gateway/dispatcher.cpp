@@ -168,8 +168,7 @@ struct exchange {
         }
         coalescer::item_build item = coalescer::build_item(settings, caller, key);
         if (!item.item) return refuse(gateway_error::bad_request, item.error, metrics::shadow_outcome::bad_item);
-        auto submitted = std::make_unique<coalescer::submission>();
-        coalescer::submission& s = *submitted;
+        coalescer::submission s;
         s.part = coalescer::make_partition(route->name, settings, caller);
         // The shard that owns this partition gathers its callers from every thread.
         auto* batcher = rt->batcher_for(route->name, s.part.key);
@@ -205,7 +204,7 @@ struct exchange {
                               : r.status == 503 ? shadow_outcome::overloaded
                                                 : shadow_outcome::timeout);
             };
-            batcher->submit(std::move(submitted));
+            batcher->submit(std::move(s));
             return passthrough(batcher->load());
         }
         s.done = [done = std::move(done)](coalescer::reply&& r) {
@@ -233,7 +232,7 @@ struct exchange {
             }
             done(std::move(a), dispatch_info{std::move(r.batch_id), r.batch_size, r.upstream_status, r.upstream_elapsed});
         };
-        batcher->submit(std::move(submitted));
+        batcher->submit(std::move(s));
     }
 
     // A shadow route's shared load (any shard's batcher has it).

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "tests/integration/examples.hpp"
+#include "tests/integration/kept_alive_client.hpp"
 
 using namespace batchgate::testing;
 using batchgate::mock::ability_state;
@@ -42,6 +43,7 @@ routes:
     timeout: {{USERS_TIMEOUT}}
     coalesce:
       key: {path: id}
+      max_waiting: {{MAX_WAITING}}
       flush: {{FLUSH}}
       max_wait: {{WAIT}}
       request: {method: GET, path: /users, encoding: query_list, query_param: ids}
@@ -69,6 +71,7 @@ std::shared_ptr<const batchgate::config::gateway_config> config_for(unsigned sho
     values.emplace("USERS_TIMEOUT", "10s");
     values.emplace("FLUSH", "adaptive");
     values.emplace("WAIT", "5s");
+    values.emplace("MAX_WAITING", "10000");
     return load_yaml(fill(yaml, values));
 }
 
@@ -281,6 +284,50 @@ TEST(QueueDeadline, CallerIsAnsweredAtItsDeadlineAndNeverSent) {
     EXPECT_EQ(ids_of(users_calls[0]), (std::set<std::string>{"3"}));
     EXPECT_EQ(flushes(gw, "users"), 1) << "a batch that made no call was counted as sent";
     EXPECT_EQ(gw.metric(R"(batchgate_upstream_calls_saved_total{route="users"})"), 0);
+}
+
+// coalesce.max_waiting: a caller over it is answered 503 with Retry-After at once, exactly once
+// (no second answer follows on its connection), and its connection serves its next request. The
+// caller who waits is not disturbed: it goes alone when its window ends. With one worker thread
+// the refused caller's connection and the partition's batcher share it (no post between them);
+// with more, either.
+TEST(Overload, ACallerOverMaxWaitingGetsOne503AndKeepsItsConnection) {
+    mock_upstream up;
+    running_gateway gw(config_for(up.port(), {{"FLUSH", "window"}, {"WAIT", "3s"}, {"MAX_WAITING", "1"}}));
+    response first;
+    std::thread waiting([&] { first = get(gw.port(), "/users/1"); });
+    ASSERT_TRUE(eventually(10s, [&] { return gw.metric(waiting_callers("users")) == 1; }));
+
+    kept_alive_client client(gw.port(), 10);
+    auto ask = [&](const std::string& target) { return client.get(target); };
+    auto refused = ask("/users/2");
+    EXPECT_EQ(refused.result_int(), 503) << refused.body();
+    EXPECT_EQ(refused["Retry-After"], "1");
+    EXPECT_EQ(refused[http::field::content_type], "application/json");
+    const auto body = json::parse(refused.body(), nullptr, false);
+    EXPECT_EQ(body.value("error", ""), "overloaded") << refused.body();
+    EXPECT_NE(body.value("message", "").find("too many callers waiting"), std::string::npos) << refused.body();
+    EXPECT_TRUE(refused.keep_alive());
+    EXPECT_EQ(client.leftover(), 0u) << "bytes after the 503";
+    EXPECT_EQ(gw.metric(R"(batchgate_callers_rejected_total{route="users"})"), 1);
+
+    // The same connection, next request: another route, served.
+    auto next = ask("/api/v1/activities/a1");
+    EXPECT_EQ(next.result_int(), 200) << next.body();
+    EXPECT_EQ(json::parse(next.body(), nullptr, false).value("id", ""), "a1") << next.body();
+    EXPECT_EQ(client.leftover(), 0u);
+
+    waiting.join();
+    ASSERT_EQ(first.status, 200) << first.body;
+    EXPECT_EQ(first.json()["id"], "1");
+    auto users_calls = calls_to(up, "GET", "/users");
+    ASSERT_EQ(users_calls.size(), 1u);
+    EXPECT_EQ(ids_of(users_calls[0]), (std::set<std::string>{"1"})) << "the refused caller's key went upstream";
+    // Once the first caller was answered, room again: the refused key is served.
+    EXPECT_TRUE(eventually(10s, [&] { return gw.metric(waiting_callers("users")) == 0; }));
+    auto again = ask("/users/2");
+    EXPECT_EQ(again.result_int(), 200) << again.body();
+    EXPECT_EQ(gw.metric(R"(batchgate_callers_rejected_total{route="users"})"), 1);
 }
 
 // Alice holds the upstream's only slot; bob and carol wait behind her in one batch. Bob hangs

@@ -233,6 +233,32 @@ TEST(BatchEnvelope, DependsOnOrderIsWhatTheUpstreamSees) {
                                                      "/api/v1/activities/a3"}));
 }
 
+// A dependent sub-request on a coalesce route starts from inside the answer of the one it
+// depends on, which the route's batcher is delivering: it goes into a later batch (posted to the
+// batcher, not taken in while the batcher is still answering), and each goes upstream in turn.
+TEST(BatchEnvelope, DependsOnAlongACoalesceRouteSendsEachInALaterBatch) {
+    mock_upstream up;
+    running_gateway gw(fanout_config(up.port()));
+    auto res = post(gw.port(), "/$batch",
+                    requests({{{"id", "c"}, {"method", "GET"}, {"url", "/users/3"}, {"dependsOn", {"b"}}},
+                              {{"id", "b"}, {"method", "GET"}, {"url", "/users/2"}, {"dependsOn", {"a"}}},
+                              {{"id", "a"}, {"method", "GET"}, {"url", "/users/1"}}})
+                        .dump());
+    ASSERT_EQ(res.status, 200) << res.body;
+    auto body = res.json();
+    for (const char* id : {"a", "b", "c"}) {
+        ASSERT_NE(entry(body, id), nullptr) << id;
+        EXPECT_EQ((*entry(body, id))["status"], 200) << *entry(body, id);
+    }
+    EXPECT_EQ((*entry(body, "c"))["body"]["id"], "3");
+    const auto calls = up.calls();
+    ASSERT_EQ(calls.size(), 3u) << testing::PrintToString(targets(up));
+    for (std::size_t i = 0; i < 3; ++i) {
+        EXPECT_EQ(calls[i].path, "/users");
+        EXPECT_EQ(query_values(calls[i].target, "ids", true), (std::vector<std::string>{std::to_string(i + 1)}));
+    }
+}
+
 TEST(BatchEnvelope, FailedDependencyGives424AndNothingIsSentForDependents) {
     mock_upstream up;
     running_gateway gw(fanout_config(up.port()));

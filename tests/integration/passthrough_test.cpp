@@ -4,6 +4,7 @@
 
 #include "tests/integration/examples.hpp"
 #include "tests/integration/harness.hpp"
+#include "tests/integration/kept_alive_client.hpp"
 
 using namespace batchgate::testing;
 using batchgate::mock::mock_upstream;
@@ -386,17 +387,8 @@ TEST(Reload, NewRoutesApplyToNewRequestsAndWaitingOnesFinish) {
 TEST(Reload, AKeptAliveConnectionRoutesItsNextRequestWithTheNewConfig) {
     mock_upstream up;
     running_gateway gw(config_for(up.port()));
-    net::io_context ioc;
-    auto socket = connect_client(ioc, gw.port());
-    beast::flat_buffer buffer;
-    auto ask = [&](const std::string& target) {
-        http::request<http::empty_body> req{http::verb::get, target, 11};
-        req.set(http::field::host, "gateway.test");
-        http::write(socket, req);
-        http::response<http::string_body> res;
-        http::read(socket, buffer, res);
-        return res;
-    };
+    kept_alive_client client(gw.port());
+    auto ask = [&](const std::string& target) { return client.get(target); };
     auto first = ask("/echo/before");
     ASSERT_EQ(first.result_int(), 200) << first.body();
     EXPECT_TRUE(first.keep_alive());
