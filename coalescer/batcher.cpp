@@ -740,15 +740,16 @@ void batcher::answer(waiter& w, reply&& r) {
 }
 
 void batcher::call_safely(reply_handler& done, reply&& r) {
-    auto handler = std::move(done);
-    done = nullptr;
-    if (!handler) return;
-    // A caller's handler must never unwind through the batcher: the rest of the batch and
-    // the route's in-flight count depend on this loop finishing.
+    if (!done) return;
+    // Counted until the handler and what it holds are destroyed too (declared before it).
     ++answering;
     struct leave {
         ~leave() { --answering; }
     } on_return;
+    auto handler = std::move(done);
+    done = nullptr;
+    // A caller's handler must never unwind through the batcher: the rest of the batch and
+    // the route's in-flight count depend on this loop finishing.
     try {
         handler(std::move(r));
     } catch (const std::exception& e) {

@@ -102,8 +102,10 @@ public:
 
     // On the batcher's own thread (its shard owns the caller's partition) the caller goes into
     // the window at once: no post, no allocation. The caller's handler may then run before
-    // submit returns (the route is over max_waiting, or its batch closed and failed at once):
-    // whoever submits must not answer from inside it (the session posts when dispatching). From
+    // submit returns (503: the route is over max_waiting; or the batch this caller closed is
+    // cut before it is sent: 499 for a writer whose FIN came with its request, 504 for a
+    // deadline nearer than a round trip): whoever submits must not answer from inside it (the
+    // session posts when dispatching; a batch call's answer is always posted). From
     // another shard's thread the submission moves to the heap and its pointer into a post.
     void submit(submission&& s);
 

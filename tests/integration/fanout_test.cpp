@@ -234,8 +234,9 @@ TEST(BatchEnvelope, DependsOnOrderIsWhatTheUpstreamSees) {
 }
 
 // A dependent sub-request on a coalesce route starts from inside the answer of the one it
-// depends on, which the route's batcher is delivering: it goes into a later batch (posted to the
-// batcher, not taken in while the batcher is still answering), and each goes upstream in turn.
+// depends on, which the route's batcher is delivering (its submit is posted, not taken in while
+// the batcher answers; this test does not tell the two apart: the dependency alone puts each
+// sub-request in a later batch): each goes upstream in turn, alone, and every entry is answered.
 TEST(BatchEnvelope, DependsOnAlongACoalesceRouteSendsEachInALaterBatch) {
     mock_upstream up;
     running_gateway gw(fanout_config(up.port()));
