@@ -8,10 +8,12 @@
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <latch>
@@ -46,14 +48,44 @@ struct response {
     }
 };
 
-// A client socket connected to 127.0.0.1:port whose reads give up after timeout_seconds
-// (SO_RCVTIMEO): a test that waits for an answer that never comes fails instead of hanging.
+// A client socket connected to 127.0.0.1:port. SO_RCVTIMEO (timeout_seconds) bounds only the
+// first wait of a synchronous read on it: when recv times out, Asio waits in poll() without end
+// (socket_ops::sync_recv). Reads that must give up go through read_within.
 inline tcp::socket connect_client(net::io_context& ioc, unsigned short port, long timeout_seconds = 5) {
     tcp::socket socket(ioc);
     socket.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
     timeval tv{timeout_seconds, 0};
     setsockopt(socket.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     return socket;
+}
+
+// Runs one asynchronous read, started by `start(handler)` on socket (of ioc), until it completes
+// or `limit` passes; then the read is cancelled and the result is net::error::timed_out. A test
+// that waits for an answer that never comes fails after `limit` instead of hanging until ctest's
+// timeout. The handler's second argument is the bytes read.
+struct read_result {
+    beast::error_code ec;
+    std::size_t bytes = 0;
+};
+template <class Start>
+read_result read_within(net::io_context& ioc, tcp::socket& socket, std::chrono::milliseconds limit, Start&& start) {
+    read_result out;
+    bool timed_out = false;
+    net::steady_timer timer(ioc, limit);
+    start([&](beast::error_code ec, std::size_t n) {
+        out = {ec, n};
+        timer.cancel();
+    });
+    timer.async_wait([&](beast::error_code ec) {
+        if (ec) return;
+        timed_out = true;
+        beast::error_code ignored;
+        socket.cancel(ignored);
+    });
+    ioc.restart();
+    ioc.run();
+    if (timed_out) out.ec = net::error::timed_out;
+    return out;
 }
 
 // One request on a fresh connection. status 0 means the connection failed, or no answer came
@@ -79,7 +111,9 @@ inline response send_request(unsigned short port, const std::string& method, con
             parser.emplace();
             parser->body_limit(256 * 1024 * 1024);
             if (method == "HEAD") parser->skip(true);
-            http::read(socket, buffer, *parser);
+            auto r = read_within(ioc, socket, std::chrono::seconds(100),
+                                 [&](auto&& handler) { http::async_read(socket, buffer, *parser, handler); });
+            if (r.ec) throw beast::system_error(r.ec);
         } while (parser->get().result_int() >= 100 && parser->get().result_int() < 200);
         auto res = parser->release();
         out.status = res.result_int();
@@ -109,11 +143,11 @@ inline std::string send_raw(unsigned short port, const std::string& bytes) {
     net::write(socket, net::buffer(bytes));
     std::string got;
     char buf[4096];
-    for (;;) {
-        beast::error_code ec;
-        std::size_t n = socket.read_some(net::buffer(buf), ec);
-        if (ec || n == 0) break;
-        got.append(buf, n);
+    for (;;) {  // 2 s of silence end it too
+        auto r = read_within(ioc, socket, std::chrono::seconds(2),
+                             [&](auto&& handler) { socket.async_read_some(net::buffer(buf), handler); });
+        if (r.ec || r.bytes == 0) break;
+        got.append(buf, r.bytes);
     }
     return got;
 }

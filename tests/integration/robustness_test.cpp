@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "tests/integration/harness.hpp"
+#include "tests/integration/kept_alive_client.hpp"
 
 using namespace batchgate::testing;
 using batchgate::mock::fault;
@@ -158,6 +159,29 @@ std::string http_answer(const std::string& status_line, const std::string& field
 
 // A refused batch's answer goes to its callers as it came: the upstream's body with the
 // upstream's own Content-Type, not the gateway's application/json (RFC 9110 8.3).
+// The harness itself: a server that takes the request and never answers fails the client's
+// read after its limit (a timeout error), for one request (send_request), a kept-alive
+// connection and raw bytes (send_raw ends after 2 s of silence), instead of hanging until
+// ctest's timeout (Asio's synchronous reads wait without end once SO_RCVTIMEO's recv timed out).
+TEST(Harness, AnAnswerThatNeverComesEndsTheReadAfterItsLimit) {
+    net::io_context server_ioc;
+    tcp::acceptor acceptor(server_ioc, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
+    const auto port = acceptor.local_endpoint().port();
+    std::vector<tcp::socket> held;  // accepted and never answered, open until the test ends
+    std::thread server([&] {
+        for (int i = 0; i < 2; ++i) held.push_back(acceptor.accept());
+    });
+    kept_alive_client client(port, 1);
+    try {
+        client.get("/never");
+        ADD_FAILURE() << "an answer came from a server that sends none";
+    } catch (const beast::system_error& e) {
+        EXPECT_EQ(e.code(), net::error::timed_out) << e.what();
+    }
+    EXPECT_EQ(send_raw(port, "GET /never HTTP/1.1\r\nHost: t\r\n\r\n"), "");
+    server.join();
+}
+
 TEST(Robustness, ARefusedBatchKeepsTheUpstreamsContentType) {
     raw_upstream up(http_answer("400 Bad Request", "Content-Type: text/html\r\nContent-Language: en\r\n", "<b>bad ids</b>"));
     for (const char* wait : {"1ms", "150ms"}) {  // a lone caller (its own refusal); several (the whole batch's)
